@@ -20,8 +20,10 @@ $(STAMP): requirements.lock pyproject.toml
 demo: $(STAMP)
 	$(BIN)/avatar-bridge demo $(DEMO_ARGS)
 
+# Tests run inside a private network namespace (bridge/sim/netns.py): WebRTC needs a
+# non-loopback interface, and the namespace keeps every packet on this machine.
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m bridge.sim.netns -- $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check bridge tests bench
