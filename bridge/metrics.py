@@ -1,0 +1,35 @@
+"""Prometheus metrics of the daemon's core (sessions, ingest-to-uplink path, queues).
+
+Each stage module defines its own stage-specific metrics next to its code; everything lands in the
+default registry that ``/metrics`` serves. Latency buckets are media-scale (1 ms to ~1 s).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+MEDIA_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.033, 0.05, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
+
+SESSIONS_ACTIVE = Gauge("bridge_sessions_active", "Sessions currently open (any state).")
+SESSIONS_ATTACHED = Gauge("bridge_sessions_attached", "Sessions with a connected client.")
+SESSIONS_TOTAL = Counter("bridge_sessions_total", "Sessions ended, by outcome.", ["outcome"])
+SESSIONS_REJECTED = Counter("bridge_sessions_rejected_total", "Sessions refused.", ["reason"])
+SESSION_SECONDS = Counter(
+    "bridge_session_seconds_total", "Session lifetime, summed (a cost proxy for paid sessions)."
+)
+AUDIO_IN_SECONDS = Counter("bridge_audio_in_seconds_total", "Client audio accepted, in seconds.")
+AUDIO_IN_BYTES = Counter("bridge_audio_in_bytes_total", "Client audio accepted, in bytes.")
+TURNS = Counter("bridge_turns_total", "Turns ended by the client, by how.", ["how"])
+MARKS = Counter("bridge_marks_total", "MARK labels echoed back, by outcome.", ["outcome"])
+QUEUE_DEPTH = Gauge("bridge_queue_depth", "Items (or ms of audio) queued per stage.", ["stage"])
+DROPS = Counter("bridge_dropped_total", "Items dropped, by stage and reason.", ["stage", "reason"])
+STAGE_LATENCY = Histogram(
+    "bridge_stage_latency_seconds",
+    "Time an item spends in a stage of the bridge.",
+    ["stage"],
+    buckets=MEDIA_BUCKETS,
+)
+REMOTE_ERRORS = Counter(
+    "bridge_remote_errors_total", "Errors reported by a remote, by remote and code.", ["code"]
+)
+DRAINING = Gauge("bridge_draining", "1 while the daemon drains for shutdown.")

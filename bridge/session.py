@@ -1,0 +1,430 @@
+"""One client stream bound to one Stream call and one avatar.
+
+The session owns the media clock and wires its stages: client audio goes to the avatar's uplink;
+the avatar's rendered media comes back through the downlink into the sync stage and out to the call
+publisher. It outlives its client connection (re-attach within the linger time) and any one avatar.
+
+State machine, reported to the client as ``state`` events::
+
+    starting -> ready <-> speaking -> draining -> closed
+        \\________\\___________\\________> failed
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+import numpy as np
+import structlog
+
+from bridge import metrics
+from bridge.errors import BridgeError, ErrorCode
+from bridge.ingest import ClientLink
+from bridge.media import PCM, AudioChunk, AudioFormat, MediaClock
+from bridge.protocol import MAX_JSON, MAX_PAYLOAD, Hello
+from bridge.stages import (
+    AvatarDownlink,
+    AvatarUplink,
+    CallPublisher,
+    EventSink,
+    FailureCallback,
+    MediaSink,
+)
+
+log = structlog.get_logger(__name__)
+
+# How often a streaming client hears how much audio the bridge holds for it.
+CREDIT_INTERVAL_S = 0.25
+# Events kept for a detached client and replayed when it re-attaches.
+BACKLOG = 64
+
+
+class State(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    SPEAKING = "speaking"
+    DRAINING = "draining"
+    CLOSED = "closed"
+    FAILED = "failed"
+
+
+TERMINAL = frozenset({State.CLOSED, State.FAILED})
+
+
+class SyncStage(MediaSink, Protocol):
+    """The downstream half of a session: takes the downlink's media, feeds the call publisher.
+
+    It is the downlink's sink and runs as one task of the session.
+    """
+
+    async def run(self) -> None: ...
+
+    def flush(self) -> None:
+        """Drop queued media (barge-in)."""
+        ...
+
+
+@dataclass(slots=True)
+class Stages:
+    """What a session drives. Only the uplink is mandatory (a dry run has nothing else)."""
+
+    uplink: AvatarUplink
+    downlink: AvatarDownlink | None = None
+    publisher: CallPublisher | None = None
+    sync: SyncStage | None = None
+    media_path: str = "none"
+    media_path_reason: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class StageFactory(Protocol):
+    """Builds a session's stages from its HELLO; the daemon chooses real, dry-run or test ones."""
+
+    def __call__(
+        self, hello: Hello, clock: MediaClock, events: EventSink, on_failure: FailureCallback
+    ) -> Stages: ...
+
+
+@dataclass(slots=True)
+class _Mark:
+    name: str
+    turn: int
+    offset_s: float  # audio of the turn before the mark, in seconds
+
+
+class Session:
+    """A client stream. Driven by :class:`bridge.sessions.SessionManager`."""
+
+    def __init__(
+        self,
+        hello: Hello,
+        factory: StageFactory,
+        *,
+        linger_s: float,
+        on_closed: Callable[[Session], None],
+    ) -> None:
+        self.id = uuid.uuid4().hex
+        self.key = secrets.token_urlsafe(24)
+        self.hello = hello
+        self.fmt: AudioFormat = hello.audio
+        self.clock = MediaClock()
+        self.created = time.time()
+        self.state = State.STARTING
+        self.error: BridgeError | None = None
+        self.linger_s = linger_s
+        self._on_closed = on_closed
+        self._link: ClientLink | None = None
+        self._backlog: deque[tuple[str, dict[str, Any]]] = deque(maxlen=BACKLOG)
+        self._closing = asyncio.Event()
+        self._close_reason = "USER_CLOSED"
+        self._linger_task: asyncio.Task[None] | None = None
+        self._started = asyncio.Event()
+        # Turn bookkeeping: audio per turn for marks, and the marks waiting for playback.
+        self._turn = 0
+        self._turn_open = False
+        self._turn_audio_s = 0.0
+        self._played_turn = -1  # index of the turn whose playback started last
+        self._marks: list[_Mark] = []
+        self._mark_tasks: set[asyncio.Task[None]] = set()
+        self._last_credit = 0.0
+        self.stats: dict[str, float] = {"audio_in_s": 0.0, "turns": 0, "interrupts": 0}
+        self._log = log.bind(session_id=self.id, call=f"{hello.call.type}:{hello.call.id}")
+        self.stages = factory(hello, self.clock, self._event, self._fail)
+
+    # ----- client link -------------------------------------------------------------------
+
+    @property
+    def attached(self) -> bool:
+        return self._link is not None
+
+    def attach(self, link: ClientLink, *, resumed: bool) -> dict[str, Any]:
+        """Bind a client connection; returns the READY payload."""
+        if self._linger_task is not None:
+            self._linger_task.cancel()
+            self._linger_task = None
+        old, self._link = self._link, link
+        if old is not None and old is not link:
+            old.send_error(
+                BridgeError(ErrorCode.SESSION_CLOSED, "another connection re-attached this session")
+            )
+        if old is None:
+            metrics.SESSIONS_ATTACHED.inc()
+        backlog = list(self._backlog)
+        self._backlog.clear()
+        for name, fields in backlog:
+            link.send_event(name, fields)
+        self._log.info("client attached", peer=link.peer, resumed=resumed)
+        return {
+            "v": 1,
+            "session_id": self.id,
+            "session_key": self.key,
+            "resumed": resumed,
+            "state": str(self.state),
+            "audio": {
+                "sample_rate": self.fmt.sample_rate,
+                "channels": self.fmt.channels,
+                "encoding": "s16le",
+            },
+            "limits": {
+                "max_payload": MAX_PAYLOAD,
+                "max_json": MAX_JSON,
+                "linger_s": self.linger_s,
+            },
+        }
+
+    def detach(self, link: ClientLink) -> None:
+        """The connection went away without CLOSE: keep the session for ``linger_s``."""
+        if self._link is not link:
+            return  # an older connection that was already replaced
+        self._link = None
+        metrics.SESSIONS_ATTACHED.dec()
+        if self.state in TERMINAL or self._closing.is_set():
+            return
+        self._log.info("client detached; lingering", linger_s=self.linger_s)
+        self._linger_task = asyncio.get_running_loop().create_task(self._linger())
+
+    async def _linger(self) -> None:
+        await asyncio.sleep(self.linger_s)
+        if self._link is None:
+            self._log.info("linger expired; closing session")
+            self.close("USER_DISCONNECTED")
+
+    def send_event(self, event: str, fields: Mapping[str, Any]) -> None:
+        if self._link is not None:
+            self._link.send_event(event, fields)
+        else:
+            self._backlog.append((event, dict(fields)))
+
+    # ----- events from the stages ----------------------------------------------------------
+
+    def _event(self, event: str, /, **fields: Any) -> None:
+        if event == "speak_started":
+            self._set_state(State.SPEAKING)
+            self._played_turn += 1
+            self._schedule_marks(self._played_turn)
+        elif event == "speak_ended":
+            if self.state == State.SPEAKING:
+                self._set_state(State.READY)
+        self.send_event(event, fields)
+
+    def _fail(self, err: BridgeError) -> None:
+        if self.state in TERMINAL or self._closing.is_set():
+            return
+        self.error = err
+        metrics.REMOTE_ERRORS.labels(code=str(err.code)).inc()
+        self._log.warning("session failed", code=str(err.code), error=err.message)
+        if self._link is not None:
+            self._link.send_error(err)
+        self.close("SERVER_ERROR")
+
+    def _set_state(self, state: State) -> None:
+        if state == self.state or self.state in TERMINAL:
+            return
+        self.state = state
+        self.send_event("state", {"state": str(state)})
+
+    # ----- lifecycle -----------------------------------------------------------------------
+
+    def close(self, reason: str = "USER_CLOSED") -> None:
+        """Ask the session to end; :meth:`run` then releases every remote resource."""
+        if not self._closing.is_set():
+            self._close_reason = reason
+            self._closing.set()
+
+    async def wait_started(self) -> None:
+        await self._started.wait()
+
+    async def run(self) -> None:
+        """Start the stages, keep the session until closed, then release everything."""
+        structlog.contextvars.bind_contextvars(session_id=self.id)
+        t0 = time.monotonic()
+        metrics.SESSIONS_ACTIVE.inc()
+        outcome = "closed"
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._start_and_serve())
+                await self._closing.wait()
+                # Stage tasks end when the stages close; cancel what is left.
+                raise _Closing
+        except* _Closing:
+            pass
+        except* BridgeError as group:
+            self._fail(group.exceptions[0])  # type: ignore[arg-type]
+        except* Exception as group:
+            self._log.error("session crashed", exc_info=group.exceptions[0])
+            self._fail(BridgeError(ErrorCode.INTERNAL, "internal error; see the daemon log"))
+        finally:
+            await self._release()
+            outcome = "failed" if self.error is not None else "closed"
+            self._set_state(State.FAILED if self.error is not None else State.CLOSED)
+            if self._link is not None:
+                link, self._link = self._link, None
+                metrics.SESSIONS_ATTACHED.dec()
+                await link.aclose()
+            metrics.SESSIONS_ACTIVE.dec()
+            metrics.SESSIONS_TOTAL.labels(outcome=outcome).inc()
+            metrics.SESSION_SECONDS.inc(time.monotonic() - t0)
+            self._log.info("session ended", outcome=outcome, reason=self._close_reason)
+            self._on_closed(self)
+
+    async def _start_and_serve(self) -> None:
+        st = self.stages
+        try:
+            room = await st.uplink.start()
+            self.send_event("liveavatar_session", {"session_id": room.session_id})
+            async with asyncio.TaskGroup() as tg:
+                if st.publisher is not None:
+                    tg.create_task(st.publisher.start())
+                if st.downlink is not None and st.sync is not None:
+                    tg.create_task(st.downlink.start(room, st.sync))
+            self.send_event("media_path", {"path": st.media_path, "reason": st.media_path_reason})
+        except* BridgeError as group:
+            self._fail(group.exceptions[0])  # type: ignore[arg-type]
+            return
+        finally:
+            self._started.set()
+        self._set_state(State.READY)
+        if st.sync is not None:
+            await st.sync.run()
+        else:
+            await asyncio.Event().wait()  # until the session is closed
+
+    async def _release(self) -> None:
+        """Close stages in the order that stops billing first; never raises."""
+        for task in list(self._mark_tasks):
+            task.cancel()
+        if self._linger_task is not None:
+            self._linger_task.cancel()
+        st = self.stages
+        reason = self._close_reason
+        closers: list[Callable[[], Awaitable[None]]] = [lambda: st.uplink.aclose(reason)]
+        if st.downlink is not None:
+            closers.append(st.downlink.aclose)
+        if st.publisher is not None:
+            closers.append(st.publisher.aclose)
+        for closer in closers:
+            try:
+                await asyncio.shield(closer())
+            except Exception:
+                self._log.exception("stage close failed")
+
+    # ----- what the client sends -----------------------------------------------------------
+
+    async def on_audio(self, pcm: PCM) -> None:
+        if self.state in TERMINAL or self._closing.is_set():
+            raise BridgeError(ErrorCode.SESSION_CLOSED, "the session has ended", fatal=True)
+        chunk = AudioChunk(pcm, self.fmt, self.clock.now_us())
+        seconds = chunk.duration_s
+        self._turn_open = True
+        self._turn_audio_s += seconds
+        self.stats["audio_in_s"] += seconds
+        metrics.AUDIO_IN_SECONDS.inc(seconds)
+        metrics.AUDIO_IN_BYTES.inc(pcm.nbytes)
+        t0 = time.monotonic()
+        await self.stages.uplink.send_audio(chunk)
+        metrics.STAGE_LATENCY.labels(stage="ingest_wait").observe(time.monotonic() - t0)
+        now = time.monotonic()
+        if now - self._last_credit >= CREDIT_INTERVAL_S:
+            self._last_credit = now
+            self.send_event("credit", {"buffered_ms": round(self.stages.uplink.buffered_ms(), 1)})
+
+    async def on_end_turn(self) -> None:
+        if not self._turn_open:
+            return  # an empty turn: nothing to end
+        await self.stages.uplink.end_turn()
+        self._next_turn()
+        self.stats["turns"] += 1
+        metrics.TURNS.labels(how="end_turn").inc()
+
+    async def on_interrupt(self) -> None:
+        self._log.info("interrupt")
+        await self.stages.uplink.interrupt()
+        if self.stages.sync is not None:
+            self.stages.sync.flush()
+        if self.stages.publisher is not None:
+            self.stages.publisher.flush_audio()
+        for mark in self._marks:
+            self.send_event("mark", {"name": mark.name, "cleared": True})
+            metrics.MARKS.labels(outcome="cleared").inc()
+        self._marks.clear()
+        for task in list(self._mark_tasks):
+            task.cancel()
+        self._next_turn()
+        self._played_turn = self._turn - 1
+        self.stats["interrupts"] += 1
+        metrics.TURNS.labels(how="interrupt").inc()
+        if self.state == State.SPEAKING:
+            self._set_state(State.READY)
+
+    async def on_mark(self, name: str) -> None:
+        """Echo ``name`` when playback reaches the audio sent so far in this turn."""
+        self._marks.append(_Mark(name, self._turn, self._turn_audio_s))
+
+    async def on_close(self) -> None:
+        if self._turn_open:
+            await self.on_end_turn()
+        self.close("USER_CLOSED")
+
+    def _next_turn(self) -> None:
+        self._turn += 1
+        self._turn_open = False
+        self._turn_audio_s = 0.0
+
+    def _schedule_marks(self, turn: int) -> None:
+        """Playback of a turn began: each of its marks fires after the audio before it.
+
+        The avatar plays turns in the order they were sent, so the n-th ``speak_started`` is
+        turn n; an interrupt clears pending marks and realigns the count.
+        """
+        due = [m for m in self._marks if m.turn <= turn]
+        if not due:
+            return
+        self._marks = [m for m in self._marks if m not in due]
+        loop = asyncio.get_running_loop()
+        for mark in due:
+            task = loop.create_task(self._fire_mark(mark))
+            self._mark_tasks.add(task)
+            task.add_done_callback(self._mark_tasks.discard)
+
+    async def _fire_mark(self, mark: _Mark) -> None:
+        await asyncio.sleep(mark.offset_s)
+        self.send_event("mark", {"name": mark.name})
+        metrics.MARKS.labels(outcome="reached").inc()
+
+    # ----- reporting -----------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "call": {"type": self.hello.call.type, "id": self.hello.call.id},
+            "state": str(self.state),
+            "attached": self.attached,
+            "client": self.hello.client,
+            "created": self.created,
+            "audio": {"sample_rate": self.fmt.sample_rate, "channels": self.fmt.channels},
+            "media_path": self.stages.media_path,
+            "media_path_reason": self.stages.media_path_reason,
+            "uplink_buffered_ms": round(self.stages.uplink.buffered_ms(), 1),
+            "stats": dict(self.stats),
+            "error": self.error.to_json() if self.error else None,
+        }
+
+
+class _Closing(Exception):
+    """Raised inside the session's task group to cancel its tasks once close() was called."""
+
+
+def pcm_view(payload: bytes | memoryview) -> PCM:
+    """A zero-copy int16 view of an AUDIO payload."""
+    return np.frombuffer(payload, dtype="<i2")
+
+
+__all__ = ["SyncStage", "Session", "StageFactory", "Stages", "State", "pcm_view"]

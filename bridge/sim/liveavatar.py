@@ -1,0 +1,645 @@
+"""A protocol-faithful LiveAvatar (HeyGen) LITE stand-in: REST + the audio WebSocket.
+
+It enforces what the real service enforces (see shared/specs/liveavatar-lite-protocol.md): the
+auth kind per endpoint, mode LITE for a ``ws_url``, sandbox pinned to the sandbox avatar with a
+short cap, the 5-minute idle timeout and ``max_session_duration`` (both scaled by
+``time_scale``), the 1 MB WebSocket message cap, base64 errors as ``error`` events, client events
+before ``connected`` silently dropped, single-use session tokens and FastAPI-style 422 bodies.
+Each started session gets an :class:`~bridge.sim.avatar.AvatarRenderer`; when a LiveKit stand-in
+is given, its tracks are published into a room there.
+
+Run alone: ``python -m bridge.sim.liveavatar --port 8900 --api-key sk-test``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+from aiohttp import WSMsgType, web
+from aiortc.mediastreams import MediaStreamTrack
+from prometheus_client import Counter, Gauge
+
+from bridge.sim.avatar import RESOLUTIONS, AvatarRenderer, RendererEvent
+
+log = structlog.get_logger(__name__)
+
+SANDBOX_AVATAR_ID = "dd73ea75-1218-4ef3-92ce-606d5f7fbc0a"
+WS_MAX_MESSAGE = 1 << 20
+STOP_REASONS = frozenset(
+    {
+        "UNKNOWN",
+        "USER_DISCONNECTED",
+        "SERVER_ERROR",
+        "IDLE_TIMEOUT",
+        "NO_CREDITS",
+        "USER_CLOSED",
+        "AVATAR_DELETED",
+        "MAX_DURATION_REACHED",
+        "ZOMBIE_SESSION_REAP",
+        "AGENT_HANG_UP",
+    }
+)
+QUALITIES = frozenset(RESOLUTIONS)
+ENCODINGS = frozenset({"H264", "VP8"})
+
+SIM_LA_LIVE = Gauge("sim_liveavatar_live_sessions", "Started, not yet ended stand-in sessions")
+SIM_LA_REQUESTS = Counter(
+    "sim_liveavatar_requests_total", "Stand-in REST requests", ["endpoint", "status"]
+)
+SIM_LA_WS_IN = Counter("sim_liveavatar_ws_messages_total", "Client WS messages", ["type"])
+SIM_LA_DROPPED = Counter(
+    "sim_liveavatar_ws_dropped_before_connected_total", "Client events dropped before connected"
+)
+
+
+class LiveKitRooms(Protocol):
+    """What the LiveKit stand-in offers (typed here so this module does not depend on it)."""
+
+    url: str
+
+    async def create_room(
+        self,
+        room: str,
+        *,
+        avatar_identity: str,
+        video: MediaStreamTrack,
+        audio: MediaStreamTrack,
+        video_codec: str,
+    ) -> None: ...
+
+    def mint_token(self, room: str, identity: str) -> str: ...
+
+    async def close_room(self, room: str) -> None: ...
+
+
+@dataclass(slots=True)
+class StandInOptions:
+    api_keys: frozenset[str] = frozenset({"sk-test"})
+    # None accepts any avatar id; otherwise unknown ids are rejected like a deleted avatar.
+    known_avatars: frozenset[str] | None = None
+    tier_max_duration_s: int = 3600
+    sandbox_max_duration_s: int = 60
+    idle_timeout_s: float = 300.0
+    # Real seconds per nominal second for idle/max-duration timers (0.01: 5 min -> 3 s).
+    time_scale: float = 1.0
+    render_latency_s: float = 0.2
+    fps: int = 30
+    avatar_identity: str = "heygen"
+    agent_identity: str = "agent"
+    audio_counts_as_activity: bool = True
+    allow_reconnect: bool = True
+    ws_host: str | None = None  # host in ws_url; defaults to the bound host
+
+
+@dataclass(slots=True)
+class Faults:
+    """Knobs tests set on a running stand-in. Counts decrement as they fire."""
+
+    token_status: int | None = None  # fail /token with this status
+    start_status: int | None = None  # fail /start with this status (token stays unused)
+    start_failures: int = 0  # how many /start calls fail with start_status (0 = all)
+    delay_s: float = 0.0  # delay every REST response
+    drop_ws_after: int | None = None  # close the session's first WS after N client messages
+    refuse_stops: int = 0  # answer the next N /stop calls with 503
+    never_connected: bool = False
+    connect_delay_s: float = 0.0  # delay between connecting and connected
+    no_credits: bool = False
+
+
+@dataclass(slots=True)
+class SimSession:
+    session_id: str
+    token: str
+    avatar_id: str
+    is_sandbox: bool
+    mode: str
+    quality: str
+    encoding: str
+    max_duration_s: int
+    ws_secret: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+    token_used: bool = False
+    started: bool = False
+    ended: bool = False
+    end_reason: str | None = None
+    renderer: AvatarRenderer | None = None
+    room: str | None = None
+    ws: web.WebSocketResponse | None = None
+    ws_connections: int = 0
+    last_activity: float = field(default_factory=time.monotonic)
+    started_at: float = 0.0
+    timer: asyncio.Task[None] | None = None
+    messages: list[dict[str, Any]] = field(default_factory=list)  # client messages, for tests
+    dropped_before_connected: int = 0
+
+
+def _envelope(code: int, data: Any, message: str) -> dict[str, Any]:
+    return {"code": code, "data": data, "message": message}
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response(_envelope(status, None, message), status=status)
+
+
+def _validation(errors: list[tuple[list[str | int], str, str]]) -> web.Response:
+    detail = [{"loc": loc, "msg": msg, "type": typ} for loc, msg, typ in errors]
+    return web.json_response({"detail": detail}, status=422)
+
+
+class LiveAvatarStandIn:
+    """The stand-in service. ``async start()`` binds it; ``base_url`` is then the REST root."""
+
+    def __init__(
+        self, options: StandInOptions | None = None, *, livekit: LiveKitRooms | None = None
+    ) -> None:
+        self.options = options or StandInOptions()
+        self.faults = Faults()
+        self.livekit = livekit
+        self.sessions: dict[str, SimSession] = {}
+        self._by_token: dict[str, str] = {}
+        self.stop_calls: list[tuple[str, str]] = []  # (session_id, reason), for tests
+        self._runner: web.AppRunner | None = None
+        self._host = "127.0.0.1"
+        self._port = 0
+        self.app = web.Application()
+        self.app.router.add_post("/v1/sessions/token", self._token)
+        self.app.router.add_post("/v1/sessions/start", self._start)
+        self.app.router.add_post("/v1/sessions/stop", self._stop)
+        self.app.router.add_get("/v1/ws/{session_id}", self._ws)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        self._host = host
+        self._port = int(self._runner.addresses[0][1])
+        log.info("liveavatar_standin_started", url=self.base_url)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    @property
+    def live_sessions(self) -> list[str]:
+        """Ids of started sessions that have not ended (what would be billed)."""
+        return [s.session_id for s in self.sessions.values() if s.started and not s.ended]
+
+    async def aclose(self) -> None:
+        for session in list(self.sessions.values()):
+            await self._end(session, "SERVER_ERROR")
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # --- REST ----------------------------------------------------------------------------------
+
+    async def _delay(self) -> None:
+        if self.faults.delay_s > 0:
+            await asyncio.sleep(self.faults.delay_s)
+
+    @staticmethod
+    async def _json_body(request: web.Request) -> tuple[dict[str, Any] | None, web.Response | None]:
+        raw = await request.read()
+        if not raw.strip():
+            return {}, None
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            return None, _validation([(["body", 0], f"JSON decode error: {exc}", "json_invalid")])
+        if not isinstance(body, dict):
+            return None, _validation([(["body"], "Input should be an object", "dict_type")])
+        return body, None
+
+    @staticmethod
+    def _bearer(request: web.Request) -> str | None:
+        auth = request.headers.get("Authorization", "")
+        if auth.lower().startswith("bearer "):
+            return auth[7:].strip()
+        return None
+
+    async def _token(self, request: web.Request) -> web.Response:
+        await self._delay()
+        response = await self._token_inner(request)
+        SIM_LA_REQUESTS.labels("token", str(response.status)).inc()
+        return response
+
+    async def _token_inner(self, request: web.Request) -> web.Response:
+        if self.faults.token_status is not None:
+            return _error(self.faults.token_status, "Injected failure")
+        key = request.headers.get("X-API-KEY")
+        if key is None or key not in self.options.api_keys:
+            # A session token in Bearer form cannot mint tokens; neither can a wrong key.
+            return _error(401, "Invalid or missing API key")
+        body, bad = await self._json_body(request)
+        if bad is not None or body is None:
+            return bad or _error(400, "bad body")
+        errors: list[tuple[list[str | int], str, str]] = []
+        mode = body.get("mode", "FULL")
+        if mode not in ("FULL", "LITE"):
+            errors.append((["body", "mode"], "Input should be 'FULL' or 'LITE'", "enum"))
+        avatar_id = body.get("avatar_id")
+        if avatar_id is None:
+            errors.append((["body", "avatar_id"], "Field required", "missing"))
+        else:
+            try:
+                uuid.UUID(str(avatar_id))
+            except ValueError:
+                errors.append(
+                    (["body", "avatar_id"], "Input should be a valid UUID", "uuid_parsing")
+                )
+        is_sandbox = body.get("is_sandbox", False)
+        if not isinstance(is_sandbox, bool):
+            errors.append((["body", "is_sandbox"], "Input should be a valid boolean", "bool_type"))
+        vs = body.get("video_settings") or {}
+        if not isinstance(vs, dict):
+            errors.append((["body", "video_settings"], "Input should be an object", "dict_type"))
+            vs = {}
+        quality = vs.get("quality", "high")
+        if quality not in QUALITIES:
+            msg = "Input should be 'very_high', 'high', 'medium' or 'low'"
+            errors.append((["body", "video_settings", "quality"], msg, "enum"))
+        encoding = vs.get("encoding", "H264")
+        if encoding not in ENCODINGS:
+            errors.append(
+                (["body", "video_settings", "encoding"], "Input should be 'H264' or 'VP8'", "enum")
+            )
+        duration = body.get("max_session_duration", self.options.tier_max_duration_s)
+        if duration is None:
+            duration = self.options.tier_max_duration_s
+        if not isinstance(duration, int) or isinstance(duration, bool) or duration <= 0:
+            msg = "Input should be a positive integer"
+            errors.append((["body", "max_session_duration"], msg, "int_type"))
+        if errors:
+            return _validation(errors)
+        assert isinstance(duration, int)
+        if is_sandbox and avatar_id != SANDBOX_AVATAR_ID:
+            return _error(400, f"Sandbox mode only supports the sandbox avatar {SANDBOX_AVATAR_ID}")
+        known = self.options.known_avatars
+        if not is_sandbox and known is not None and avatar_id not in known:
+            return _error(404, f"Avatar {avatar_id} not found")
+        if duration > self.options.tier_max_duration_s:
+            return _error(
+                400,
+                f"max_session_duration exceeds your plan's limit of "
+                f"{self.options.tier_max_duration_s} s",
+            )
+        if self.faults.no_credits and not is_sandbox:
+            return _error(402, "Insufficient credits")
+        if is_sandbox:
+            duration = min(duration, self.options.sandbox_max_duration_s)
+        session = SimSession(
+            session_id=str(uuid.uuid4()),
+            token=secrets.token_urlsafe(32),
+            avatar_id=str(avatar_id),
+            is_sandbox=is_sandbox,
+            mode=str(mode),
+            quality=str(quality),
+            encoding=str(encoding),
+            max_duration_s=duration,
+        )
+        self.sessions[session.session_id] = session
+        self._by_token[session.token] = session.session_id
+        data = {"session_id": session.session_id, "session_token": session.token}
+        return web.json_response(_envelope(100, data, "Session token created"))
+
+    async def _start(self, request: web.Request) -> web.Response:
+        await self._delay()
+        response = await self._start_inner(request)
+        SIM_LA_REQUESTS.labels("start", str(response.status)).inc()
+        return response
+
+    async def _start_inner(self, request: web.Request) -> web.Response:
+        token = self._bearer(request)
+        if token is None:
+            return _error(401, "Missing bearer session token")
+        sid = self._by_token.get(token)
+        if sid is None:
+            return _error(401, "Invalid session token")
+        session = self.sessions[sid]
+        if self.faults.start_status is not None:
+            status = self.faults.start_status
+            if self.faults.start_failures > 0:
+                self.faults.start_failures -= 1
+                if self.faults.start_failures == 0:
+                    self.faults.start_status = None
+            return _error(status, "Injected failure")
+        body, bad = await self._json_body(request)
+        if bad is not None:
+            return bad
+        if body and body.get("session_id") not in (None, sid):
+            return _error(400, "session_id does not match the session token")
+        if session.token_used:
+            return _error(400, "Session token already used")
+        if session.ended:
+            return _error(400, "Session has ended")
+        session.token_used = True
+        await self._launch(session, request)
+        data: dict[str, Any] = {
+            "session_id": sid,
+            "livekit_url": self.livekit.url if self.livekit else "ws://127.0.0.1:1",
+            "livekit_client_token": self._mint(session, "client"),
+            "livekit_agent_token": self._mint(session, self.options.agent_identity),
+            "max_session_duration": session.max_duration_s,
+            "ws_url": self._ws_url(session, request) if session.mode == "LITE" else None,
+        }
+        return web.json_response(_envelope(100, data, "Session started"), status=201)
+
+    def _mint(self, session: SimSession, identity: str) -> str:
+        if self.livekit is not None and session.room is not None:
+            return self.livekit.mint_token(session.room, identity)
+        return f"unconnected-{secrets.token_urlsafe(8)}"
+
+    def _ws_url(self, session: SimSession, request: web.Request) -> str:
+        host = self.options.ws_host or self._host
+        return f"ws://{host}:{self._port}/v1/ws/{session.session_id}?t={session.ws_secret}"
+
+    async def _launch(self, session: SimSession, request: web.Request) -> None:
+        width, height = RESOLUTIONS[session.quality]
+        renderer = AvatarRenderer(
+            width,
+            height,
+            self.options.fps,
+            self.options.render_latency_s,
+            listener=lambda ev: self._on_render_event(session, ev),
+        )
+        renderer.start()
+        session.renderer = renderer
+        session.started = True
+        session.started_at = session.last_activity = time.monotonic()
+        SIM_LA_LIVE.inc()
+        if self.livekit is not None:
+            room = f"la-{session.session_id}"
+            session.room = room
+            await self.livekit.create_room(
+                room,
+                avatar_identity=self.options.avatar_identity,
+                video=renderer.video_track(),
+                audio=renderer.audio_track(),
+                video_codec=session.encoding,
+            )
+        session.timer = asyncio.get_running_loop().create_task(self._expiry(session))
+
+    async def _stop(self, request: web.Request) -> web.Response:
+        await self._delay()
+        response = await self._stop_inner(request)
+        SIM_LA_REQUESTS.labels("stop", str(response.status)).inc()
+        return response
+
+    async def _stop_inner(self, request: web.Request) -> web.Response:
+        key = request.headers.get("X-API-KEY")
+        bearer = self._bearer(request)
+        token_sid = self._by_token.get(bearer) if bearer else None
+        if not ((key is not None and key in self.options.api_keys) or token_sid is not None):
+            return _error(401, "Invalid or missing credentials")
+        body, bad = await self._json_body(request)
+        if bad is not None or body is None:
+            return bad or _error(400, "bad body")
+        sid = body.get("session_id", token_sid)
+        reason = body.get("reason", "UNKNOWN")
+        errors: list[tuple[list[str | int], str, str]] = []
+        if sid is None:
+            errors.append((["body", "session_id"], "Field required", "missing"))
+        if reason not in STOP_REASONS:
+            errors.append((["body", "reason"], "Input should be a valid stop reason", "enum"))
+        if errors:
+            return _validation(errors)
+        if token_sid is not None and key is None and sid != token_sid:
+            return _error(403, "Session token does not belong to this session")
+        if self.faults.refuse_stops > 0:
+            self.faults.refuse_stops -= 1
+            return _error(503, "Service temporarily unavailable")
+        session = self.sessions.get(str(sid))
+        if session is None:
+            return _error(404, "Session not found")
+        self.stop_calls.append((session.session_id, str(reason)))
+        await self._end(session, str(reason))
+        return web.json_response(_envelope(100, None, "Session stopped"))
+
+    # --- session end ---------------------------------------------------------------------------
+
+    async def _expiry(self, session: SimSession) -> None:
+        scale = self.options.time_scale
+        idle = self.options.idle_timeout_s * scale
+        hard_stop = session.started_at + session.max_duration_s * scale
+        while not session.ended:
+            now = time.monotonic()
+            if now >= hard_stop:
+                await self._end(session, "MAX_DURATION_REACHED", from_timer=True)
+                return
+            talking = session.renderer is not None and session.renderer.state == "talking"
+            if talking:
+                session.last_activity = now
+            if now - session.last_activity >= idle:
+                await self._end(session, "IDLE_TIMEOUT", from_timer=True)
+                return
+            wake = min(hard_stop, session.last_activity + idle) - now
+            await asyncio.sleep(max(0.005, min(wake, 0.25)))
+
+    async def _end(self, session: SimSession, reason: str, *, from_timer: bool = False) -> None:
+        if session.ended:
+            return
+        session.ended = True
+        session.end_reason = reason
+        if session.started:
+            SIM_LA_LIVE.dec()
+        log.info("liveavatar_standin_session_ended", session_id=session.session_id, reason=reason)
+        if session.timer is not None and not from_timer:
+            session.timer.cancel()
+        ws = session.ws
+        if ws is not None and not ws.closed:
+            with contextlib.suppress(Exception):
+                await self._send(session, {"type": "session.state_updated", "state": "closing"})
+                await self._send(session, {"type": "session.state_updated", "state": "closed"})
+                await asyncio.wait_for(ws.close(), 2.0)
+        if session.renderer is not None:
+            await session.renderer.aclose()
+        if self.livekit is not None and session.room is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.livekit.close_room(session.room), 5.0)
+
+    # --- WebSocket -----------------------------------------------------------------------------
+
+    async def _send(self, session: SimSession, message: dict[str, Any]) -> None:
+        ws = session.ws
+        if ws is None or ws.closed:
+            return
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await asyncio.wait_for(ws.send_str(json.dumps(message)), 5.0)
+
+    def _on_render_event(self, session: SimSession, ev: RendererEvent) -> None:
+        msg: dict[str, Any]
+        if ev.kind in ("speak_started", "speak_ended"):
+            msg = {"type": f"agent.{ev.kind}", "event_id": ev.event_id, "task": {"id": ev.event_id}}
+        elif ev.kind == "speak_interrupted":
+            msg = {"type": "agent.speak_interrupted", "event_id": ev.event_id}
+        elif ev.kind == "state":
+            msg = {
+                "type": "agent.state_updated",
+                "previous_state": ev.previous_state,
+                "new_state": ev.state,
+                "state": ev.state,
+            }
+        else:
+            return
+        asyncio.get_running_loop().create_task(self._send(session, msg))
+
+    async def _ws(self, request: web.Request) -> web.StreamResponse:
+        session = self.sessions.get(request.match_info["session_id"])
+        if (
+            session is None
+            or not session.started
+            or session.ended
+            or not secrets.compare_digest(request.query.get("t", ""), session.ws_secret)
+        ):
+            raise web.HTTPForbidden(text="unknown or ended session")
+        if session.ws_connections >= 1 and not self.options.allow_reconnect:
+            raise web.HTTPForbidden(text="session already connected once")
+        ws = web.WebSocketResponse(max_msg_size=WS_MAX_MESSAGE, autoping=True)
+        await ws.prepare(request)
+        if session.ws is not None and not session.ws.closed:
+            await session.ws.close(code=4000, message=b"replaced by a new connection")
+        session.ws = ws
+        session.ws_connections += 1
+        first_connection = session.ws_connections == 1
+        connected = False
+        received = 0
+        await self._send(session, {"type": "session.state_updated", "state": "connecting"})
+
+        async def announce() -> None:
+            nonlocal connected
+            if self.faults.never_connected:
+                return
+            if self.faults.connect_delay_s > 0:
+                await asyncio.sleep(self.faults.connect_delay_s)
+            connected = True
+            await self._send(session, {"type": "session.state_updated", "state": "connected"})
+
+        announcer = asyncio.get_running_loop().create_task(announce())
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    if msg.type == WSMsgType.BINARY:
+                        await self._error_event(session, "Binary frames are not supported")
+                    continue
+                received += 1
+                drop_after = self.faults.drop_ws_after
+                if first_connection and drop_after is not None and received >= drop_after:
+                    # Lost in flight: the message that hit the limit is not processed.
+                    await ws.close(code=1011, message=b"injected drop")
+                    break
+                if not connected:
+                    session.dropped_before_connected += 1
+                    SIM_LA_DROPPED.inc()
+                    continue
+                await self._handle(session, str(msg.data))
+        finally:
+            announcer.cancel()
+            if session.ws is ws:
+                session.ws = None
+        return ws
+
+    async def _error_event(self, session: SimSession, message: str) -> None:
+        error = {"type": "invalid_request_error", "message": message}
+        await self._send(session, {"type": "error", "error": error})
+
+    async def _handle(self, session: SimSession, text: str) -> None:
+        try:
+            msg = json.loads(text)
+        except ValueError:
+            await self._error_event(session, "invalid JSON")
+            return
+        if not isinstance(msg, dict):
+            await self._error_event(session, "message must be a JSON object")
+            return
+        kind = msg.get("type")
+        SIM_LA_WS_IN.labels(kind if isinstance(kind, str) and len(kind) < 40 else "invalid").inc()
+        session.messages.append(
+            {k: v for k, v in msg.items() if k != "audio"}
+            | {"audio_len": len(msg.get("audio") or "")}
+        )
+        del session.messages[:-2000]
+        renderer = session.renderer
+        assert renderer is not None
+        event_id = msg.get("event_id")
+        eid = str(event_id) if event_id is not None else "default"
+        now = time.monotonic()
+        if kind == "agent.speak":
+            try:
+                audio = base64.b64decode(str(msg.get("audio", "")), validate=True)
+            except (binascii.Error, ValueError):
+                await self._error_event(session, "invalid base64 audio data")
+                return
+            if self.options.audio_counts_as_activity:
+                session.last_activity = now
+            renderer.push_audio(audio, eid)
+            await self._send(session, {"type": "agent.audio_buffer_appended", "event_id": event_id})
+        elif kind == "agent.speak_end":
+            if self.options.audio_counts_as_activity:
+                session.last_activity = now
+            renderer.end_turn(eid)
+            await self._send(
+                session, {"type": "agent.audio_buffer_committed", "event_id": event_id}
+            )
+        elif kind == "agent.interrupt":
+            session.last_activity = now
+            renderer.interrupt()
+            await self._send(session, {"type": "agent.audio_buffer_cleared"})
+        elif kind == "session.keep_alive":
+            session.last_activity = now
+        elif kind == "start":
+            if msg.get("sample_rate", 24000) != 24000 or msg.get("channels", 1) != 1:
+                warning = {"message": "only pcm_s16le 24000 Hz mono is supported"}
+                await self._send(session, {"type": "warning", "warning": warning})
+        elif kind in ("agent.start_listening", "agent.stop_listening"):
+            session.last_activity = now
+        else:
+            warning = {"message": f"unknown event type {kind!r}"}
+            await self._send(session, {"type": "warning", "warning": warning})
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    options = StandInOptions(
+        api_keys=frozenset(args.api_key),
+        time_scale=args.time_scale,
+        render_latency_s=args.render_latency,
+        fps=args.fps,
+    )
+    standin = LiveAvatarStandIn(options)
+    await standin.start(args.host, args.port)
+    print(f"LiveAvatar stand-in at {standin.base_url}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await standin.aclose()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="LiveAvatar LITE stand-in")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--api-key", action="append", default=None)
+    parser.add_argument("--time-scale", type=float, default=1.0)
+    parser.add_argument("--render-latency", type=float, default=0.2)
+    parser.add_argument("--fps", type=int, default=30)
+    args = parser.parse_args(argv)
+    if not args.api_key:
+        args.api_key = ["sk-test"]
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,932 @@
+"""A LiveKit-compatible server that the real ``livekit`` SDK joins; aiortc publishes the avatar.
+
+LiveAvatar provisions a LiveKit room per session; its stand-in calls
+:meth:`LiveKitStandIn.create_room` with the rendered tracks, hands the daemon a token from
+:meth:`LiveKitStandIn.mint_token`, and ends the room with :meth:`LiveKitStandIn.close_room`.
+Every subscriber that joins gets its own aiortc peer connection, fed from one
+:class:`aiortc.contrib.media.MediaRelay` per room.
+
+Signalling is LiveKit's protobuf-over-WebSocket protocol (livekit-protocol):
+
+* ``/rtc/v1`` (single peer connection, the SDK's default): the join request arrives gzipped in the
+  query, the client is the offerer and the server answers with ``mid_to_track_id``.
+* ``/rtc`` (legacy, two peer connections): the server offers on the subscriber connection.
+* ``/rtc/validate`` and ``/rtc/v1/validate``: token check, the SDK's diagnostic after a failed dial.
+
+What the SDK insists on (see docs/specs livekit-standin.md): participant sids start ``PA_``, track
+sids ``TR_``; the msid is ``<participant sid>|<track sid>``; ping interval and timeout are non-zero;
+``TrackInfo.type`` matches the media kind on its mid.
+
+A signalling WebSocket that closes without ``leave`` leaves its participant parked for
+``ping_timeout_s``, so the SDK can resume (``reconnect=true``); an ICE-restart offer is answered
+on the same aiortc connection (aiortc keeps its ICE credentials, libwebrtc keeps the old pair).
+
+Run alone with a synthetic room:  ``python -m bridge.sim.livekit_server --port 7880``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import fractions
+import gzip
+import json
+import math
+import secrets
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import av
+import numpy as np
+import structlog
+from aiohttp import WSMsgType, web
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.contrib.media import MediaRelay
+from aiortc.mediastreams import MediaStreamError
+from aiortc.sdp import candidate_from_sdp
+from livekit import api
+from livekit.protocol import models as lkm
+from livekit.protocol import rtc as lkr
+from prometheus_client import Counter as PromCounter
+from prometheus_client import Gauge
+
+from bridge.sim import marks
+
+__all__ = ["Faults", "LiveKitStandIn", "StandInCounters", "SyntheticVideoTrack", "ToneAudioTrack"]
+
+log = structlog.get_logger(__name__)
+
+SERVER_VERSION = "1.9.0"
+SERVER_PROTOCOL = 16
+SEND_TIMEOUT_S = 5.0
+PC_CLOSE_TIMEOUT_S = 5.0
+VIDEO_CODECS = ("VP8", "H264")
+
+SIM_ROOMS = Gauge("sim_livekit_rooms", "Rooms open in the LiveKit stand-in")
+SIM_PARTICIPANTS = Gauge(
+    "sim_livekit_participants", "Subscribers connected to the LiveKit stand-in"
+)
+SIM_SIGNAL_REQUESTS = PromCounter(
+    "sim_livekit_signal_requests_total", "Signal requests received", ["message"]
+)
+SIM_JOINS = PromCounter("sim_livekit_joins_total", "WebSocket joins by outcome", ["outcome"])
+
+
+def _sid(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(6)}"
+
+
+@dataclass
+class StandInCounters:
+    """Plain counters for tests (the prometheus objects are process-wide, these are per server)."""
+
+    rooms_created: int = 0
+    rooms_closed: int = 0
+    joins: int = 0
+    resumes: int = 0
+    rejected: int = 0
+    leaves: int = 0
+    participants_closed: int = 0
+    signal_requests: Counter[str] = field(default_factory=Counter)
+
+
+class _SizeProbe(MediaStreamTrack):
+    """Forwards a video track and remembers its frame size, for ``TrackInfo.width/height``."""
+
+    kind = "video"
+
+    def __init__(self, source: MediaStreamTrack) -> None:
+        super().__init__()
+        self._source = source
+        self.width = 0
+        self.height = 0
+
+    async def recv(self) -> Any:
+        frame = await self._source.recv()
+        if isinstance(frame, av.VideoFrame):
+            self.width, self.height = frame.width, frame.height
+        return frame
+
+
+class _Avatar:
+    """The avatar participant of one room: identity, sids and the relay its tracks fan out from."""
+
+    def __init__(
+        self, identity: str, video: MediaStreamTrack, audio: MediaStreamTrack, codec: str
+    ) -> None:
+        self.identity = identity
+        self.sid = _sid("PA")
+        self.video_sid = _sid("TR")
+        self.audio_sid = _sid("TR")
+        self.codec = codec
+        self.joined_at = int(time.time())
+        self.video = _SizeProbe(video)
+        self.audio = audio
+        self.relay = MediaRelay()
+
+    def info(self, state: int) -> lkm.ParticipantInfo:
+        tracks = [
+            lkm.TrackInfo(
+                sid=self.video_sid,
+                type=lkm.VIDEO,
+                name="avatar-video",
+                width=self.video.width,
+                height=self.video.height,
+                source=lkm.TrackSource.CAMERA,
+                mime_type=f"video/{self.codec}",
+                stream="camera",
+            ),
+            lkm.TrackInfo(
+                sid=self.audio_sid,
+                type=lkm.AUDIO,
+                name="avatar-audio",
+                source=lkm.TrackSource.MICROPHONE,
+                mime_type="audio/opus",
+                stream="camera",
+            ),
+        ]
+        return lkm.ParticipantInfo(
+            sid=self.sid,
+            identity=self.identity,
+            name=self.identity,
+            state=cast(Any, state),
+            joined_at=self.joined_at,
+            is_publisher=True,
+            tracks=tracks if state != lkm.ParticipantInfo.DISCONNECTED else [],
+            kind=lkm.ParticipantInfo.AGENT,
+        )
+
+
+class _Participant:
+    """One subscriber: outlives its signalling WebSocket so the SDK can resume."""
+
+    def __init__(self, room: _Room, identity: str, single_pc: bool) -> None:
+        self.room = room
+        self.identity = identity
+        self.sid = _sid("PA")
+        self.single_pc = single_pc
+        self.ws: web.WebSocketResponse | None = None
+        # pub_pc: the client offers (the only PC in single-PC mode); sub_pc: we offer (legacy).
+        self.pub_pc: RTCPeerConnection | None = None
+        self.sub_pc: RTCPeerConnection | None = None
+        self.senders: list[RTCRtpSender] = []
+        self.proxies: list[MediaStreamTrack] = []
+        self.avatar_attached = False
+        self.offer_id = 0
+        self._send_lock = asyncio.Lock()
+        self.park_task: asyncio.Task[None] | None = None
+        self.closed = False
+
+    def info(self) -> lkm.ParticipantInfo:
+        return lkm.ParticipantInfo(
+            sid=self.sid,
+            identity=self.identity,
+            name=self.identity,
+            state=lkm.ParticipantInfo.JOINED,
+            joined_at=int(time.time()),
+            permission=lkm.ParticipantPermission(
+                can_subscribe=True, can_publish=True, can_publish_data=True
+            ),
+        )
+
+    async def send(self, **message: Any) -> bool:
+        """Send a SignalResponse; False when there is no open WebSocket (message dropped)."""
+        ws = self.ws
+        if ws is None or ws.closed:
+            return False
+        data = lkr.SignalResponse(**message).SerializeToString()
+        try:
+            async with self._send_lock, asyncio.timeout(SEND_TIMEOUT_S):
+                await ws.send_bytes(data)
+        except (ConnectionError, TimeoutError, RuntimeError) as exc:
+            log.info("livekit_send_failed", participant=self.sid, error=str(exc))
+            return False
+        return True
+
+    def peer_connections(self) -> Iterator[RTCPeerConnection]:
+        yield from (pc for pc in (self.pub_pc, self.sub_pc) if pc is not None)
+
+    async def close_media(self) -> None:
+        for proxy in self.proxies:
+            proxy.stop()
+        self.proxies.clear()
+        self.senders.clear()
+        self.avatar_attached = False
+        pcs = list(self.peer_connections())
+        self.pub_pc = self.sub_pc = None
+        for pc in pcs:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PC_CLOSE_TIMEOUT_S):
+                    await pc.close()
+
+
+class _Room:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sid = _sid("RM")
+        self.created_at = int(time.time())
+        self.avatar: _Avatar | None = None
+        self.pending_avatar: _Avatar | None = None
+        self.participants: dict[str, _Participant] = {}
+        self.join_task: asyncio.Task[None] | None = None
+
+    def info(self) -> lkm.Room:
+        return lkm.Room(
+            sid=self.sid,
+            name=self.name,
+            creation_time=self.created_at,
+            num_participants=len(self.participants) + (1 if self.avatar else 0),
+            num_publishers=1 if self.avatar else 0,
+            empty_timeout=300,
+        )
+
+
+class Faults:
+    """Fault knobs for tests. Actions apply to one room, or to every room when ``room`` is None."""
+
+    def __init__(self, server: LiveKitStandIn) -> None:
+        self._server = server
+        # Seconds between create_room and the avatar joining (subscribers may join before).
+        self.avatar_join_delay_s = 0.0
+        # Refuse the SDK's resume attempts (it then does a full reconnect or gives up).
+        self.refuse_resume = False
+
+    async def close_signalling(self, room: str | None = None) -> int:
+        """Close subscribers' signalling WebSockets without ``leave``: the SDK resumes."""
+        count = 0
+        for p in self._server._participants(room):
+            if p.ws is not None and not p.ws.closed:
+                count += 1
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(SEND_TIMEOUT_S):
+                        await p.ws.close()
+        return count
+
+    async def kill_peer_connection(self, room: str | None = None) -> int:
+        """Close subscribers' peer connections while signalling stays up."""
+        count = 0
+        for p in self._server._participants(room):
+            count += 1
+            await p.close_media()
+        return count
+
+    async def avatar_leave(self, room: str) -> None:
+        """The avatar participant leaves; subscribers get a DISCONNECTED participant update."""
+        await self._server._avatar_leave(room)
+
+
+class LiveKitStandIn:
+    """LiveKit-compatible signalling plus aiortc media for avatar rooms."""
+
+    def __init__(
+        self,
+        api_key: str = "devkey",
+        api_secret: str | None = None,
+        *,
+        ping_interval_s: int = 5,
+        ping_timeout_s: int = 15,
+    ) -> None:
+        if ping_interval_s <= 0 or ping_timeout_s <= 0:
+            # The SDK panics on a zero interval (tokio interval period must be non-zero).
+            raise ValueError("ping interval and timeout must be positive")
+        self.api_key = api_key
+        self.api_secret = api_secret or secrets.token_urlsafe(32)
+        self.ping_interval_s = ping_interval_s
+        self.ping_timeout_s = ping_timeout_s
+        self.faults = Faults(self)
+        self.counters = StandInCounters()
+        self._rooms: dict[str, _Room] = {}
+        self._runner: web.AppRunner | None = None
+        self._host = "127.0.0.1"
+        self._port = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        app = web.Application()
+        for path in ("/rtc", "/rtc/v1"):
+            app.router.add_get(path, self._handle_rtc)
+        for path in ("/rtc/validate", "/rtc/v1/validate"):
+            app.router.add_get(path, self._handle_validate)
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        server = cast(Any, site)._server
+        self._host, self._port = host, int(server.sockets[0].getsockname()[1])
+        log.info("livekit_standin_started", url=self.url)
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self._host}:{self._port}"
+
+    @property
+    def rooms_open(self) -> int:
+        return len(self._rooms)
+
+    def participants_in(self, room: str) -> int:
+        r = self._rooms.get(room)
+        return 0 if r is None else len(r.participants)
+
+    async def aclose(self) -> None:
+        for name in list(self._rooms):
+            await self.close_room(name)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(10):
+                    await runner.cleanup()
+
+    # -- the interface the LiveAvatar stand-in calls ---------------------------------------------
+
+    async def create_room(
+        self,
+        room: str,
+        *,
+        avatar_identity: str,
+        video: MediaStreamTrack,
+        audio: MediaStreamTrack,
+        video_codec: str,
+    ) -> None:
+        codec = video_codec.upper()
+        if codec not in VIDEO_CODECS:
+            raise ValueError(f"video_codec must be one of {VIDEO_CODECS}, got {video_codec!r}")
+        if room in self._rooms:
+            raise ValueError(f"room {room!r} already exists")
+        r = _Room(room)
+        self._rooms[room] = r
+        self.counters.rooms_created += 1
+        SIM_ROOMS.inc()
+        avatar = _Avatar(avatar_identity, video, audio, codec)
+        delay = self.faults.avatar_join_delay_s
+        if delay > 0:
+            r.pending_avatar = avatar
+            r.join_task = self._spawn(self._join_avatar_later(r, avatar, delay))
+        else:
+            r.avatar = avatar
+        log.info("livekit_room_created", room=room, avatar=avatar_identity, codec=codec)
+
+    def mint_token(self, room: str, identity: str) -> str:
+        grants = api.VideoGrants(room_join=True, room=room, can_subscribe=True, can_publish=True)
+        return (
+            api.AccessToken(self.api_key, self.api_secret)
+            .with_identity(identity)
+            .with_name(identity)
+            .with_grants(grants)
+            .to_jwt()
+        )
+
+    async def close_room(self, room: str) -> None:
+        r = self._rooms.pop(room, None)
+        if r is None:
+            return
+        self.counters.rooms_closed += 1
+        SIM_ROOMS.dec()
+        if r.join_task is not None:
+            r.join_task.cancel()
+        leave = lkr.LeaveRequest(
+            reason=lkm.DisconnectReason.ROOM_DELETED, action=lkr.LeaveRequest.DISCONNECT
+        )
+        for p in list(r.participants.values()):
+            await p.send(leave=leave)
+            await self._close_participant(p)
+        r.avatar = r.pending_avatar = None
+        log.info("livekit_room_closed", room=room)
+
+    # -- avatar presence -----------------------------------------------------------------------
+
+    async def _join_avatar_later(self, r: _Room, avatar: _Avatar, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self._rooms.get(r.name) is not r:
+            return
+        r.avatar, r.pending_avatar = avatar, None
+        log.info("livekit_avatar_joined", room=r.name, avatar=avatar.identity)
+        update = lkr.ParticipantUpdate(participants=[avatar.info(lkm.ParticipantInfo.ACTIVE)])
+        for p in list(r.participants.values()):
+            await p.send(update=update)
+            if p.single_pc:
+                # Only the client may offer in single-PC mode: ask it to renegotiate.
+                req = lkr.MediaSectionsRequirement(num_audios=1, num_videos=1)
+                await p.send(media_sections_requirement=req)
+            elif p.sub_pc is not None:
+                await self._attach_avatar(p, p.sub_pc, add_transceivers=True)
+                await self._send_subscriber_offer(p)
+
+    async def _avatar_leave(self, room: str) -> None:
+        r = self._rooms.get(room)
+        if r is None or r.avatar is None:
+            return
+        avatar, r.avatar = r.avatar, None
+        update = lkr.ParticipantUpdate(participants=[avatar.info(lkm.ParticipantInfo.DISCONNECTED)])
+        for p in list(r.participants.values()):
+            await p.send(update=update)
+            for sender in p.senders:
+                sender.replaceTrack(None)
+            for proxy in p.proxies:
+                proxy.stop()
+            p.proxies.clear()
+        log.info("livekit_avatar_left", room=room)
+
+    # -- HTTP / WebSocket ------------------------------------------------------------------------
+
+    def _verify(self, request: web.Request) -> api.access_token.Claims:
+        auth = request.headers.get("Authorization", "")
+        token = auth[7:] if auth.startswith("Bearer ") else request.query.get("access_token", "")
+        if not token:
+            raise PermissionError("no access token")
+        try:
+            claims = api.TokenVerifier(self.api_key, self.api_secret).verify(token)
+        except Exception as exc:  # the verifier raises jwt's and its own errors alike
+            raise PermissionError(f"invalid token: {exc}") from exc
+        grant = claims.video
+        if grant is None or not grant.room_join or not grant.room:
+            raise PermissionError("token does not grant room_join")
+        if not claims.identity:
+            raise PermissionError("token has no identity")
+        return claims
+
+    async def _handle_validate(self, request: web.Request) -> web.Response:
+        try:
+            claims = self._verify(request)
+        except PermissionError as exc:
+            return web.Response(status=401, text=str(exc))
+        assert claims.video is not None
+        if claims.video.room not in self._rooms:
+            return web.Response(status=404, text="requested room does not exist")
+        return web.Response(text="success")
+
+    async def _handle_rtc(self, request: web.Request) -> web.StreamResponse:
+        single_pc = request.path.rstrip("/").endswith("/v1")
+        try:
+            claims = self._verify(request)
+            join = self._parse_join(request, single_pc)
+        except PermissionError as exc:
+            self.counters.rejected += 1
+            SIM_JOINS.labels("unauthorized").inc()
+            return web.Response(status=401, text=str(exc))
+        except ValueError as exc:
+            self.counters.rejected += 1
+            SIM_JOINS.labels("bad_request").inc()
+            return web.Response(status=400, text=str(exc))
+        assert claims.video is not None
+        r = self._rooms.get(claims.video.room)
+        if r is None:
+            self.counters.rejected += 1
+            SIM_JOINS.labels("no_room").inc()
+            # Not 404: on /rtc/v1 that would make the SDK retry on the legacy path.
+            return web.Response(status=403, text="requested room does not exist")
+        ws = web.WebSocketResponse(max_msg_size=1 << 20)
+        await ws.prepare(request)
+        if join.reconnect:
+            p = await self._resume(r, join, ws)
+            if p is None:
+                return ws
+        else:
+            p = await self._join(r, claims.identity, single_pc, join, ws)
+        try:
+            await self._serve(p, ws)
+        finally:
+            if p.ws is ws:
+                p.ws = None
+                if not p.closed:
+                    # Gone without leave: keep media up for a resume, then give up.
+                    p.park_task = self._spawn(self._expire_parked(p))
+        return ws
+
+    def _parse_join(self, request: web.Request, single_pc: bool) -> lkr.JoinRequest:
+        join = lkr.JoinRequest()
+        if single_pc:
+            raw = request.query.get("join_request")
+            if not raw:
+                raise ValueError("join_request missing")
+            try:
+                wrapped = lkr.WrappedJoinRequest()
+                wrapped.ParseFromString(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+                body = wrapped.join_request
+                if wrapped.compression == lkr.WrappedJoinRequest.GZIP:
+                    body = gzip.decompress(body)
+                join.ParseFromString(body)
+            except Exception as exc:  # malformed base64 / gzip / protobuf
+                raise ValueError(f"bad join_request: {exc}") from exc
+        else:
+            q = request.query
+            join.reconnect = q.get("reconnect") in ("1", "true")
+            join.participant_sid = q.get("sid", "")
+            join.connection_settings.auto_subscribe = q.get("auto_subscribe", "1") != "0"
+        return join
+
+    async def _join(
+        self,
+        r: _Room,
+        identity: str,
+        single_pc: bool,
+        join: lkr.JoinRequest,
+        ws: web.WebSocketResponse,
+    ) -> _Participant:
+        # A second join with the same identity replaces the first (LiveKit's behaviour).
+        for old in [p for p in r.participants.values() if p.identity == identity]:
+            dup = lkr.LeaveRequest(
+                reason=lkm.DisconnectReason.DUPLICATE_IDENTITY, action=lkr.LeaveRequest.DISCONNECT
+            )
+            await old.send(leave=dup)
+            await self._close_participant(old)
+        p = _Participant(r, identity, single_pc)
+        p.ws = ws
+        r.participants[p.sid] = p
+        self.counters.joins += 1
+        SIM_JOINS.labels("joined").inc()
+        SIM_PARTICIPANTS.inc()
+        others = [r.avatar.info(lkm.ParticipantInfo.ACTIVE)] if r.avatar else []
+        await p.send(
+            join=lkr.JoinResponse(
+                room=r.info(),
+                participant=p.info(),
+                other_participants=others,
+                server_version=SERVER_VERSION,
+                server_info=lkm.ServerInfo(
+                    edition=lkm.ServerInfo.Standard,
+                    version=SERVER_VERSION,
+                    protocol=SERVER_PROTOCOL,
+                ),
+                subscriber_primary=not single_pc,
+                ping_interval=self.ping_interval_s,
+                ping_timeout=self.ping_timeout_s,
+            )
+        )
+        log.info("livekit_join", room=r.name, identity=identity, sid=p.sid, single_pc=single_pc)
+        if single_pc:
+            if join.HasField("publisher_offer") and join.publisher_offer.sdp:
+                await self._answer(p, join.publisher_offer)
+        else:
+            p.sub_pc = self._new_pc(p, "subscriber")
+            p.sub_pc.createDataChannel("_reliable")
+            p.sub_pc.createDataChannel("_lossy", ordered=False, maxRetransmits=0)
+            if r.avatar is not None:
+                await self._attach_avatar(p, p.sub_pc, add_transceivers=True)
+            await self._send_subscriber_offer(p)
+        return p
+
+    async def _resume(
+        self, r: _Room, join: lkr.JoinRequest, ws: web.WebSocketResponse
+    ) -> _Participant | None:
+        p = r.participants.get(join.participant_sid)
+        usable = p is not None and not p.closed and any(True for _ in p.peer_connections())
+        if p is None or not usable or self.faults.refuse_resume:
+            # The SDK treats leave(RECONNECT) during a resume as "do a full reconnect".
+            leave = lkr.LeaveRequest(
+                reason=lkm.DisconnectReason.STATE_MISMATCH, action=lkr.LeaveRequest.RECONNECT
+            )
+            with contextlib.suppress(ConnectionError, TimeoutError, RuntimeError):
+                async with asyncio.timeout(SEND_TIMEOUT_S):
+                    await ws.send_bytes(lkr.SignalResponse(leave=leave).SerializeToString())
+                    await ws.close()
+            if p is not None:
+                await self._close_participant(p)
+            SIM_JOINS.labels("resume_refused").inc()
+            return None
+        if p.park_task is not None:
+            p.park_task.cancel()
+            p.park_task = None
+        if p.ws is not None and not p.ws.closed:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SEND_TIMEOUT_S):
+                    await p.ws.close()
+        p.ws = ws
+        self.counters.resumes += 1
+        SIM_JOINS.labels("resumed").inc()
+        await p.send(reconnect=lkr.ReconnectResponse())
+        log.info("livekit_resume", room=r.name, sid=p.sid)
+        return p
+
+    async def _expire_parked(self, p: _Participant) -> None:
+        await asyncio.sleep(self.ping_timeout_s)
+        if p.ws is None:
+            log.info("livekit_participant_expired", sid=p.sid)
+            await self._close_participant(p)
+
+    async def _serve(self, p: _Participant, ws: web.WebSocketResponse) -> None:
+        while not ws.closed:
+            try:
+                # The SDK pings every ping_interval; silence for ping_timeout means it is gone.
+                msg = await ws.receive(timeout=self.ping_timeout_s)
+            except TimeoutError:
+                log.info("livekit_ping_timeout", sid=p.sid)
+                await self._close_participant(p)
+                return
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                return
+            if msg.type != WSMsgType.BINARY:
+                continue
+            req = lkr.SignalRequest()
+            try:
+                req.ParseFromString(msg.data)
+            except Exception:  # a malformed protobuf: ignore it like LiveKit does
+                log.warning("livekit_bad_signal_request", sid=p.sid)
+                continue
+            if not await self._on_request(p, req):
+                return
+
+    async def _on_request(self, p: _Participant, req: lkr.SignalRequest) -> bool:
+        which = req.WhichOneof("message") or "none"
+        self.counters.signal_requests[which] += 1
+        SIM_SIGNAL_REQUESTS.labels(which).inc()
+        if which == "trickle":
+            await self._add_candidate(p, req.trickle)
+        elif which == "offer":
+            await self._answer(p, req.offer)
+        elif which == "answer":
+            if p.sub_pc is not None:
+                desc = RTCSessionDescription(req.answer.sdp, "answer")
+                await p.sub_pc.setRemoteDescription(desc)
+        elif which == "ping_req":
+            pong = lkr.Pong(
+                last_ping_timestamp=req.ping_req.timestamp, timestamp=int(time.time() * 1000)
+            )
+            await p.send(pong_resp=pong)
+        elif which == "ping":
+            await p.send(pong=int(time.time() * 1000))
+        elif which == "leave":
+            self.counters.leaves += 1
+            log.info("livekit_leave", sid=p.sid)
+            await self._close_participant(p)
+            return False
+        else:
+            log.debug("livekit_signal_ignored", message=which)
+        return True
+
+    # -- WebRTC ----------------------------------------------------------------------------------
+
+    def _new_pc(self, p: _Participant, name: str) -> RTCPeerConnection:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+
+        @pc.on("connectionstatechange")
+        def _state() -> None:
+            log.info("livekit_pc_state", sid=p.sid, pc=name, state=pc.connectionState)
+
+        return pc
+
+    async def _attach_avatar(
+        self, p: _Participant, pc: RTCPeerConnection, *, add_transceivers: bool
+    ) -> dict[str, str]:
+        """Put the avatar's tracks on ``pc``; returns {transceiver mid or "": track sid}."""
+        avatar = p.room.avatar
+        if avatar is None or p.avatar_attached:
+            return {}
+        video = avatar.relay.subscribe(avatar.video, buffered=False)
+        audio = avatar.relay.subscribe(avatar.audio, buffered=False)
+        p.proxies += [video, audio]
+        if add_transceivers:
+            for track in (video, audio):
+                t = pc.addTransceiver(track, direction="sendonly")
+                if track.kind == "video":
+                    t.setCodecPreferences(_codec_capabilities(avatar.codec))
+                p.senders.append(t.sender)
+        else:
+            p.senders += [pc.addTrack(video), pc.addTrack(audio)]
+        p.avatar_attached = True
+        mapping: dict[str, str] = {}
+        for t in pc.getTransceivers():
+            if t.sender in p.senders:
+                sid = avatar.video_sid if t.kind == "video" else avatar.audio_sid
+                # LiveKit's msid convention; aiortc keeps these private (no public setter).
+                t.sender._stream_id = f"{avatar.sid}|{sid}"
+                t.sender._track_id = sid
+                if t.kind == "video" and not add_transceivers:
+                    # The transceiver came from the client's offer, so codec preferences
+                    # set now would be ignored: narrow the negotiated list instead.
+                    t._codecs = _only_codec(t._codecs, avatar.codec)
+                mapping[t.mid or ""] = sid
+        return mapping
+
+    async def _answer(self, p: _Participant, offer: lkr.SessionDescription) -> None:
+        """Answer a client offer: the single PC (v1) or the legacy publisher PC."""
+        if p.single_pc:
+            if p.pub_pc is None:
+                p.pub_pc = self._new_pc(p, "single")
+            pc = p.pub_pc
+        else:
+            if p.pub_pc is None:
+                p.pub_pc = self._new_pc(p, "publisher")
+            pc = p.pub_pc
+        await pc.setRemoteDescription(RTCSessionDescription(offer.sdp, offer.type or "offer"))
+        if p.single_pc:
+            await self._attach_avatar(p, pc, add_transceivers=False)
+        await pc.setLocalDescription(await pc.createAnswer())
+        mid_map = _mid_map(p, pc)
+        local = pc.localDescription
+        await p.send(
+            answer=lkr.SessionDescription(
+                type="answer", sdp=local.sdp, id=offer.id, mid_to_track_id=mid_map
+            )
+        )
+        log.info("livekit_answer", sid=p.sid, mid_to_track_id=mid_map, codecs=_codecs_in(local.sdp))
+
+    async def _send_subscriber_offer(self, p: _Participant) -> None:
+        pc = p.sub_pc
+        assert pc is not None
+        await pc.setLocalDescription(await pc.createOffer())
+        p.offer_id += 1
+        desc = lkr.SessionDescription(type="offer", sdp=pc.localDescription.sdp, id=p.offer_id)
+        await p.send(offer=desc)
+
+    async def _add_candidate(self, p: _Participant, trickle: lkr.TrickleRequest) -> None:
+        try:
+            init = json.loads(trickle.candidateInit)
+        except ValueError:
+            return
+        pc = p.pub_pc if p.single_pc or trickle.target == lkr.PUBLISHER else p.sub_pc
+        cand_sdp = init.get("candidate") or ""
+        if pc is None or not cand_sdp:  # an empty candidate is end-of-candidates
+            return
+        cand = candidate_from_sdp(cand_sdp.split(":", 1)[1])
+        cand.sdpMid, cand.sdpMLineIndex = init.get("sdpMid"), init.get("sdpMLineIndex")
+        await pc.addIceCandidate(cand)
+
+    async def _close_participant(self, p: _Participant) -> None:
+        if p.closed:
+            return
+        p.closed = True
+        if p.park_task is not None and p.park_task is not asyncio.current_task():
+            p.park_task.cancel()
+        p.room.participants.pop(p.sid, None)
+        self.counters.participants_closed += 1
+        SIM_PARTICIPANTS.dec()
+        await p.close_media()
+        if p.ws is not None and not p.ws.closed:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SEND_TIMEOUT_S):
+                    await p.ws.close()
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _participants(self, room: str | None) -> list[_Participant]:
+        rooms = [self._rooms[room]] if room in self._rooms else []
+        if room is None:
+            rooms = list(self._rooms.values())
+        return [p for r in rooms for p in r.participants.values()]
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+
+def _mid_map(p: _Participant, pc: RTCPeerConnection) -> dict[str, str]:
+    avatar = p.room.avatar
+    if avatar is None:
+        return {}
+    out: dict[str, str] = {}
+    for t in pc.getTransceivers():
+        if t.sender in p.senders and t.mid is not None:
+            out[t.mid] = avatar.video_sid if t.kind == "video" else avatar.audio_sid
+    return out
+
+
+def _codec_capabilities(codec: str) -> list[Any]:
+    caps = RTCRtpSender.getCapabilities("video").codecs
+    chosen = [c for c in caps if c.mimeType.lower() == f"video/{codec.lower()}"]
+    return chosen + [c for c in caps if c.mimeType.lower() == "video/rtx"]
+
+
+def _only_codec(codecs: list[Any], codec: str) -> list[Any]:
+    keep = [c for c in codecs if c.mimeType.lower() == f"video/{codec.lower()}"]
+    if not keep:
+        raise ValueError(f"the client did not offer {codec}")
+    pts = {c.payloadType for c in keep}
+    rtx = [
+        c for c in codecs if c.mimeType.lower() == "video/rtx" and c.parameters.get("apt") in pts
+    ]
+    return keep + rtx
+
+
+def _codecs_in(sdp: str) -> list[str]:
+    names = {
+        line.split()[1].split("/")[0]
+        for line in sdp.splitlines()
+        if line.startswith("a=rtpmap:") and "rtx" not in line
+    }
+    return sorted(names)
+
+
+# -- synthetic media for manual runs and tests ---------------------------------------------------
+
+
+class SyntheticVideoTrack(MediaStreamTrack):
+    """I420 frames with a moving bar and sync marks (frame number, media ms) at a fixed rate."""
+
+    kind = "video"
+
+    def __init__(self, width: int = 640, height: int = 360, fps: int = 30) -> None:
+        super().__init__()
+        self.width, self.height, self.fps = width, height, fps
+        self.frames_sent = 0
+        self._t0: float | None = None
+        self._yuv = np.full((height * 3 // 2, width), 128, dtype=np.uint8)
+
+    async def recv(self) -> av.VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        loop = asyncio.get_running_loop()
+        if self._t0 is None:
+            self._t0 = loop.time()
+        n = self.frames_sent
+        await asyncio.sleep(max(0.0, self._t0 + n / self.fps - loop.time()))
+        w, h = self.width, self.height
+        y = self._yuv[:h]
+        y[:] = 60
+        x = (n * 4) % max(1, w - 16)
+        y[marks.barcode_height(w) :, x : x + 16] = 200
+        marks.stamp_frame(y, n, n * 1000 // self.fps, flash=n % self.fps == 0)
+        frame = av.VideoFrame.from_ndarray(self._yuv, format="yuv420p")
+        frame.pts = n * 90000 // self.fps
+        frame.time_base = fractions.Fraction(1, 90000)
+        self.frames_sent += 1
+        return frame
+
+
+class ToneAudioTrack(MediaStreamTrack):
+    """48 kHz mono 20 ms frames: a tone beeping 0.5 s on, 0.5 s off."""
+
+    kind = "audio"
+
+    def __init__(self, freq_hz: float = 440.0, amplitude: float = 0.3) -> None:
+        super().__init__()
+        self.sample_rate, self.samples_per_frame = 48000, 960
+        self.freq_hz, self.amplitude = freq_hz, amplitude
+        self._ts = 0
+        self._t0: float | None = None
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        loop = asyncio.get_running_loop()
+        if self._t0 is None:
+            self._t0 = loop.time()
+        await asyncio.sleep(max(0.0, self._t0 + self._ts / self.sample_rate - loop.time()))
+        t = (self._ts + np.arange(self.samples_per_frame)) / self.sample_rate
+        on = (t % 1.0) < 0.5
+        pcm = np.sin(2 * math.pi * self.freq_hz * t) * self.amplitude * 32767 * on
+        frame = av.AudioFrame.from_ndarray(
+            pcm.astype(np.int16).reshape(1, -1), format="s16", layout="mono"
+        )
+        frame.sample_rate = self.sample_rate
+        frame.pts = self._ts
+        frame.time_base = fractions.Fraction(1, self.sample_rate)
+        self._ts += self.samples_per_frame
+        return frame
+
+
+async def _run(args: argparse.Namespace) -> None:
+    server = LiveKitStandIn(args.api_key, args.api_secret)
+    await server.start(args.host, args.port)
+    await server.create_room(
+        args.room,
+        avatar_identity=args.identity,
+        video=SyntheticVideoTrack(args.width, args.height, args.fps),
+        audio=ToneAudioTrack(),
+        video_codec=args.codec,
+    )
+    print(f"url={server.url}", flush=True)
+    print(f"token={server.mint_token(args.room, 'daemon')}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await server.aclose()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="LiveKit stand-in with one synthetic avatar room")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7880)
+    p.add_argument("--room", default="test-room")
+    p.add_argument("--identity", default="heygen")
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=360)
+    p.add_argument("--fps", type=int, default=30)
+    p.add_argument("--codec", default="VP8", choices=VIDEO_CODECS)
+    p.add_argument("--api-key", default="devkey")
+    p.add_argument("--api-secret", default="secretsecretsecretsecretsecret00")
+    args = p.parse_args(argv)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(20))
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_run(args))
+
+
+if __name__ == "__main__":
+    main()

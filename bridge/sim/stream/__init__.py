@@ -1,0 +1,14 @@
+"""Stream Video stand-in: a coordinator + SFU that the real ``getstream_rtc`` SDK joins, and that
+measures what a viewer of each call would get. See :class:`StreamStandIn`."""
+
+from bridge.sim.stream.measure import CallMeasure, MarkReader, OnsetDetectorFactory
+from bridge.sim.stream.server import OWN_CAPABILITIES, StandInAuthError, StreamStandIn
+
+__all__ = [
+    "OWN_CAPABILITIES",
+    "CallMeasure",
+    "MarkReader",
+    "OnsetDetectorFactory",
+    "StandInAuthError",
+    "StreamStandIn",
+]

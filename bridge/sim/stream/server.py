@@ -1,0 +1,924 @@
+"""A Stream Video stand-in: coordinator (JSON REST + WebSocket) and SFU (protobuf WebSocket + Twirp)
+on one aiohttp app, whose media side is an aiortc peer connection per publishing session that
+decodes and measures what a viewer would get.
+
+The real ``getstream_rtc`` SDK joins it unchanged when given ``base_url`` and ``ws_url``. Protocol
+details and pitfalls: ``specs/stream-standin.md``. Published tracks are measured, not forwarded to
+other participants. Test-only endpoints live under ``/_standin/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+import numpy as np
+import structlog
+from aiohttp import WSMsgType, web
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcrtpreceiver import RTCRtpReceiver
+from aiortc.sdp import candidate_from_sdp
+from getstream.video.rtc.pb.stream.video.sfu.event import events_pb2 as ev
+from getstream.video.rtc.pb.stream.video.sfu.models import models_pb2 as pbm
+from getstream.video.rtc.pb.stream.video.sfu.signal_rpc import signal_pb2 as sig
+from google.protobuf.message import DecodeError, Message
+from prometheus_client import Counter as PromCounter
+from prometheus_client import Gauge
+
+from bridge.sim.stream.coordinator_models import get_or_create_call_response
+from bridge.sim.stream.measure import CallMeasure, MarkReader, OnsetDetectorFactory
+from bridge.sim.stream.recorder import Mp4Recorder
+from bridge.sim.stream.vp9 import enable_vp9_receive
+
+log = structlog.get_logger(__name__)
+
+SIM_REQUESTS = PromCounter("sim_stream_requests_total", "Stand-in requests", ["endpoint"])
+SIM_SESSIONS = Gauge("sim_stream_sfu_sessions", "SFU sessions currently joined")
+SIM_FRAMES = PromCounter("sim_stream_frames_received_total", "Decoded frames", ["kind"])
+
+OWN_CAPABILITIES = [
+    "join-call",
+    "read-call",
+    "send-audio",
+    "send-video",
+    "screenshare",
+    "update-call",
+    "end-call",
+]
+_TWIRP_PREFIX = "/twirp/stream.video.sfu.signal.SignalServer/"
+_MORE_INFO = "https://getstream.io/video/docs/api/errors"
+# Stream API error codes (the ``code`` of the JSON error body).
+_CODE_ACCESS_KEY = 2
+_CODE_INPUT = 4
+_CODE_NOT_ALLOWED = 17
+_CODE_TOKEN_EXPIRED = 40
+_CODE_TOKEN_SIGNATURE = 43
+_NET_TIMEOUT_S = 5.0
+_LEAVES_KEPT = 64
+
+
+class StandInAuthError(Exception):
+    """A request the real service would refuse; carries Stream's JSON error fields."""
+
+    def __init__(self, code: int, status: int, message: str) -> None:
+        super().__init__(message)
+        self.code, self.status, self.message = code, status, message
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "message": self.message,
+            "StatusCode": self.status,
+            "duration": "0.00ms",
+            "more_info": _MORE_INFO,
+            "details": [],
+            "unrecoverable": True,
+        }
+
+
+@dataclass(eq=False)
+class _Session:
+    session_id: str
+    user_id: str
+    call: _Call
+    ws: web.WebSocketResponse | None
+    joined_at: float = field(default_factory=time.monotonic)
+    pub_pc: RTCPeerConnection | None = None
+    pending_ice: list[str] = field(default_factory=list)
+    tracks: list[int] = field(default_factory=list)
+    left_reason: str | None = None
+    expiry: asyncio.TimerHandle | None = None
+
+    async def send(self, event: ev.SfuEvent) -> None:
+        ws = self.ws
+        if ws is not None and not ws.closed:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await asyncio.wait_for(ws.send_bytes(event.SerializeToString()), _NET_TIMEOUT_S)
+
+
+@dataclass(eq=False)
+class _Call:
+    call_type: str
+    call_id: str
+    measure: CallMeasure
+    created_by: str
+    video_codec: str
+    sessions: dict[str, _Session] = field(default_factory=dict)
+    deny_join: str | None = None
+    joins: int = 0
+    sfu_connects: int = 0
+    leaves: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=_LEAVES_KEPT))
+    recorder: Mp4Recorder | None = None
+
+    @property
+    def cid(self) -> str:
+        return f"{self.call_type}:{self.call_id}"
+
+
+class StreamStandIn:
+    """Coordinator + SFU stand-in. Use ``async with`` or ``start()`` / ``aclose()``.
+
+    ``video_codec`` is what the SFU's publish option advertises ("VP9" or "VP8"); the SDK refuses
+    to publish a track whose codec is not advertised. ``fast_reconnect_deadline_s`` is how long a
+    session outlives its SFU WebSocket waiting for the SDK's fast reconnect.
+    """
+
+    def __init__(
+        self,
+        api_key: str = "standin-key",
+        api_secret: str | None = None,
+        *,
+        video_codec: str = "VP9",
+        fast_reconnect_deadline_s: float = 5.0,
+        mark_reader: MarkReader | None = None,
+        onset_detector: OnsetDetectorFactory | None = None,
+    ) -> None:
+        if video_codec.upper() not in ("VP8", "VP9"):
+            raise ValueError(f"unsupported video codec {video_codec!r}")
+        enable_vp9_receive()
+        self.api_key = api_key
+        self.api_secret = api_secret or secrets.token_urlsafe(32)
+        self.video_codec = video_codec.upper()
+        self.fast_reconnect_deadline_s = fast_reconnect_deadline_s
+        self._mark_reader = mark_reader
+        self._onset_detector = onset_detector
+        self._sfu_secret = secrets.token_bytes(32)  # signs the SFU tokens this SFU hands out
+        self._calls: dict[str, _Call] = {}
+        self._sessions: dict[str, _Session] = {}
+        self._coordinator_ws: set[web.WebSocketResponse] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runner: web.AppRunner | None = None
+        self._host = "127.0.0.1"
+        self._port = 0
+        self.rpcs: Counter[str] = Counter()
+        self._closed = False
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        app = web.Application(middlewares=[self._count_requests])
+        app.router.add_get("/api/v2/connect", self._coordinator_ws_handler)
+        app.router.add_post("/api/v2/video/call/{type}/{id}/join", self._join_call)
+        app.router.add_post("/api/v2/video/call/{type}/{id}", self._get_or_create)
+        app.router.add_get("/ws", self._sfu_ws_handler)
+        app.router.add_post(_TWIRP_PREFIX + "{method}", self._twirp)
+        app.router.add_get("/_standin/calls", self._http_calls)
+        app.router.add_get("/_standin/calls/{type}/{id}", self._http_stats)
+        app.router.add_post("/_standin/calls/{type}/{id}/reset", self._http_reset)
+        app.router.add_post("/_standin/calls/{type}/{id}/fault/{fault}", self._http_fault)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        server = site._server
+        assert server is not None and server.sockets  # type: ignore[attr-defined]
+        self._host, self._port = host, server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        log.info("stream stand-in listening", base_url=self.base_url, codec=self.video_codec)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    @property
+    def ws_url(self) -> str:
+        """The coordinator WebSocket URL to give ``getstream_rtc.Client(ws_url=...)``."""
+        return f"ws://{self._host}:{self._port}/api/v2/connect"
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    async def aclose(self) -> None:
+        """Close every session, peer connection, socket and task. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for session in list(self._sessions.values()):
+            await self._end_session(session, "stand-in closed")
+        for ws in list(self._coordinator_ws):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), _NET_TIMEOUT_S)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for call in self._calls.values():
+            if call.recorder is not None:
+                await call.recorder.aclose()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        log.info("stream stand-in closed")
+
+    async def __aenter__(self) -> StreamStandIn:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        async def run() -> None:
+            try:
+                await coro
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("stand-in task failed", task=name)
+
+        task = asyncio.get_running_loop().create_task(run(), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- measurement API ---------------------------------------------------------------------
+
+    def calls(self) -> list[dict[str, Any]]:
+        """Every call seen, with its participants and measurement."""
+        return [self._call_stats(c) for c in self._calls.values()]
+
+    def stats(self, call_type: str, call_id: str) -> dict[str, Any]:
+        call = self._calls.get(f"{call_type}:{call_id}")
+        if call is None:
+            raise KeyError(f"{call_type}:{call_id}")
+        return self._call_stats(call)
+
+    def reset_measure(
+        self, call_type: str, call_id: str, media_origin_t: float | None = None
+    ) -> None:
+        """Start the measurement afresh (after a warm-up); ``media_origin_t`` is the monotonic
+        time of media_ms 0 on the sender's clock, for end-to-end latency."""
+        measure = self._call(call_type, call_id).measure
+        measure.reset()
+        measure.media_origin_t = media_origin_t
+
+    def record(self, call_type: str, call_id: str, path: str) -> None:
+        """Record the call's decoded audio and video to an MP4 file (closed on aclose)."""
+        call = self._call(call_type, call_id)
+        if call.recorder is None:
+            call.recorder = Mp4Recorder(path)
+
+    async def stop_recording(self, call_type: str, call_id: str) -> None:
+        call = self._call(call_type, call_id)
+        if call.recorder is not None:
+            recorder, call.recorder = call.recorder, None
+            await recorder.aclose()
+
+    def _call(self, call_type: str, call_id: str, created_by: str = "") -> _Call:
+        cid = f"{call_type}:{call_id}"
+        call = self._calls.get(cid)
+        if call is None:
+            measure = CallMeasure(cid, self._mark_reader, self._onset_detector)
+            call = _Call(call_type, call_id, measure, created_by, self.video_codec)
+            self._calls[cid] = call
+        return call
+
+    def _call_stats(self, call: _Call) -> dict[str, Any]:
+        out = call.measure.snapshot()
+        out["participants"] = [
+            {
+                "user_id": s.user_id,
+                "session_id": s.session_id,
+                "tracks": [pbm.TrackType.Name(t) for t in s.tracks],
+                "connected": s.ws is not None and not s.ws.closed,
+                "pc_state": s.pub_pc.connectionState if s.pub_pc else None,
+            }
+            for s in call.sessions.values()
+        ]
+        out["joins"] = call.joins
+        out["sfu_connects"] = call.sfu_connects
+        out["leaves"] = list(call.leaves)
+        out["video_codec"] = call.video_codec
+        out["recording"] = call.recorder.stats() if call.recorder else None
+        return out
+
+    # ---- fault knobs -------------------------------------------------------------------------
+
+    def deny_join(self, call_type: str, call_id: str, reason: str | None = "denied") -> None:
+        """Refuse coordinator joins of this call (403, as for a user without JoinCall);
+        ``None`` allows them again."""
+        self._call(call_type, call_id).deny_join = reason
+
+    async def drop_sfu_ws(self, call_type: str, call_id: str) -> int:
+        """Close the SFU WebSocket of every session in the call (the SDK reconnects)."""
+        sessions = list(self._call(call_type, call_id).sessions.values())
+        for s in sessions:
+            if s.ws is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(s.ws.close(code=1011), _NET_TIMEOUT_S)
+        return len(sessions)
+
+    async def kill_peer_connection(self, call_type: str, call_id: str) -> int:
+        """Close the publisher peer connection of every session in the call."""
+        n = 0
+        for s in list(self._call(call_type, call_id).sessions.values()):
+            if s.pub_pc is not None:
+                pc, s.pub_pc = s.pub_pc, None
+                await pc.close()
+                n += 1
+        return n
+
+    async def revoke_send_video(self, call_type: str, call_id: str) -> None:
+        """Send ``call_grants_updated`` without the video grant to every session."""
+        grants = pbm.CallGrants(can_publish_audio=True, can_publish_video=False)
+        event = ev.SfuEvent(
+            call_grants_updated=ev.CallGrantsUpdated(
+                current_grants=grants, message="send-video revoked by the stand-in"
+            )
+        )
+        for s in list(self._call(call_type, call_id).sessions.values()):
+            await s.send(event)
+
+    async def pause_video_layer(self, call_type: str, call_id: str, paused: bool = True) -> None:
+        """Send ``change_publish_quality`` switching the single video layer off (or on)."""
+        call = self._call(call_type, call_id)
+        layer = ev.VideoLayerSetting(name="q", active=not paused, max_bitrate=1_000_000)
+        sender = ev.VideoSender(
+            codec=self._video_codec_pb(call.video_codec),
+            layers=[layer],
+            track_type=pbm.TRACK_TYPE_VIDEO,
+            publish_option_id=1,
+        )
+        event = ev.SfuEvent(change_publish_quality=ev.ChangePublishQuality(video_senders=[sender]))
+        for s in list(call.sessions.values()):
+            await s.send(event)
+
+    # ---- auth --------------------------------------------------------------------------------
+
+    def _check_user_token(self, api_key: str | None, token: str | None, user_id: str | None) -> str:
+        """Verify a client JWT like the real coordinator; returns the user id it acts as."""
+        if api_key != self.api_key:
+            raise StandInAuthError(
+                _CODE_ACCESS_KEY, 401, f'api_key not valid: no application with key "{api_key}"'
+            )
+        if not token:
+            raise StandInAuthError(_CODE_INPUT, 401, "JWTAuth error: token is missing")
+        try:
+            claims = jwt.decode(
+                token.removeprefix("Bearer "), self.api_secret, algorithms=["HS256"]
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise StandInAuthError(
+                _CODE_TOKEN_EXPIRED, 401, "JWTAuth error: token has expired"
+            ) from exc
+        except jwt.InvalidTokenError as exc:
+            raise StandInAuthError(
+                _CODE_TOKEN_SIGNATURE,
+                401,
+                "JWTAuth error: signature is not valid. Make sure the token is created using "
+                f'the secret for API key "{api_key}"',
+            ) from exc
+        token_user = claims.get("user_id")
+        if token_user is None:
+            if not claims.get("server"):
+                raise StandInAuthError(_CODE_INPUT, 401, "JWTAuth error: token has no user_id")
+            return user_id or "server"
+        if user_id and user_id != token_user:
+            raise StandInAuthError(
+                _CODE_INPUT, 401, "JWTAuth error: user_id does not match the token's user_id"
+            )
+        return str(token_user)
+
+    def _sfu_token(self, user_id: str, cid: str) -> str:
+        claims = {"user_id": user_id, "call_cid": cid, "exp": int(time.time()) + 3600}
+        return jwt.encode(claims, self._sfu_secret, algorithm="HS256")
+
+    def _check_sfu_token(self, token: str) -> dict[str, Any]:
+        claims: dict[str, Any] = jwt.decode(token, self._sfu_secret, algorithms=["HS256"])
+        return claims
+
+    # ---- coordinator -------------------------------------------------------------------------
+
+    @web.middleware
+    async def _count_requests(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        route = request.match_info.route.resource
+        SIM_REQUESTS.labels(route.canonical if route else "unmatched").inc()
+        return await handler(request)
+
+    async def _coordinator_ws_handler(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=None, max_msg_size=1 << 20)
+        await ws.prepare(request)
+        self._coordinator_ws.add(ws)
+        connection_id = str(uuid.uuid4())
+        authed = False
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                try:
+                    data = json.loads(msg.data)
+                except ValueError:
+                    continue
+                if not authed:
+                    user = data.get("user_details") or {}
+                    try:
+                        user_id = self._check_user_token(
+                            request.query.get("api_key"), data.get("token"), user.get("id")
+                        )
+                    except StandInAuthError as exc:
+                        log.info("coordinator ws auth refused", code=exc.code)
+                        await ws.send_json(
+                            {"type": "connection.error", "created_at": _now(), "error": exc.body()}
+                        )
+                        break
+                    authed = True
+                    me = {"id": user_id, "role": "user", "name": user.get("name", user_id)}
+                    await ws.send_json(
+                        {
+                            "type": "connection.ok",
+                            "connection_id": connection_id,
+                            "created_at": _now(),
+                            "me": me,
+                        }
+                    )
+                elif data.get("type") == "health.check":
+                    await ws.send_json(
+                        {
+                            "type": "health.check",
+                            "connection_id": connection_id,
+                            "created_at": _now(),
+                        }
+                    )
+        finally:
+            self._coordinator_ws.discard(ws)
+        await ws.close()
+        return ws
+
+    def _rest_user(self, request: web.Request) -> str:
+        return self._check_user_token(
+            request.query.get("api_key"),
+            request.headers.get("Authorization"),
+            request.query.get("user_id"),
+        )
+
+    async def _join_call(self, request: web.Request) -> web.Response:
+        call_type, call_id = request.match_info["type"], request.match_info["id"]
+        try:
+            user_id = self._rest_user(request)
+        except StandInAuthError as exc:
+            return web.json_response(exc.body(), status=exc.status)
+        call = self._call(call_type, call_id, created_by=user_id)
+        if call.deny_join is not None:
+            err = StandInAuthError(
+                _CODE_NOT_ALLOWED,
+                403,
+                f"JoinCall failed with error: \"User '{user_id}' with role 'user' is not allowed "
+                f"to perform action JoinCall in scope 'video:{call_type}'\" ({call.deny_join})",
+            )
+            return web.json_response(err.body(), status=err.status)
+        call.joins += 1
+        base = self.base_url
+        body = get_or_create_call_response(
+            call_type,
+            call_id,
+            created=call.joins == 1,
+            created_by=call.created_by or user_id,
+            own_capabilities=OWN_CAPABILITIES,
+            session_id="",
+        )
+        body["credentials"] = {
+            "server": {
+                "edge_name": "standin-edge",
+                "url": f"{base}/twirp",
+                "ws_endpoint": f"ws://{self._host}:{self._port}/ws",
+            },
+            "token": self._sfu_token(user_id, call.cid),
+            "ice_servers": [],
+        }
+        body["stats_options"] = {"reporting_interval_ms": 0, "enable_rtc_stats": False}
+        log.info("coordinator join", cid=call.cid, user_id=user_id)
+        return web.json_response(body)
+
+    async def _get_or_create(self, request: web.Request) -> web.Response:
+        call_type, call_id = request.match_info["type"], request.match_info["id"]
+        try:
+            user_id = self._rest_user(request)
+        except StandInAuthError as exc:
+            return web.json_response(exc.body(), status=exc.status)
+        created = f"{call_type}:{call_id}" not in self._calls
+        call = self._call(call_type, call_id, created_by=user_id)
+        body = get_or_create_call_response(
+            call_type,
+            call_id,
+            created=created,
+            created_by=call.created_by or user_id,
+            own_capabilities=OWN_CAPABILITIES,
+            session_id="",
+        )
+        return web.json_response(body)
+
+    # ---- SFU WebSocket -----------------------------------------------------------------------
+
+    def _video_codec_pb(self, name: str) -> pbm.Codec:
+        if name == "VP9":
+            return pbm.Codec(name="VP9", payload_type=98, clock_rate=90000, fmtp="profile-id=0")
+        return pbm.Codec(name="VP8", payload_type=96, clock_rate=90000)
+
+    def _publish_options(self, call: _Call) -> list[pbm.PublishOption]:
+        audio = pbm.PublishOption(
+            track_type=pbm.TRACK_TYPE_AUDIO,
+            id=0,
+            bitrate=64000,
+            codec=pbm.Codec(
+                name="opus",
+                payload_type=111,
+                clock_rate=48000,
+                encoding_parameters="2",
+                fmtp="minptime=10;useinbandfec=1",
+            ),
+        )
+        # Single layer: aiortc receives neither simulcast nor SVC.
+        video = pbm.PublishOption(
+            track_type=pbm.TRACK_TYPE_VIDEO,
+            id=1,
+            bitrate=1_500_000,
+            fps=30,
+            max_spatial_layers=1,
+            max_temporal_layers=1,
+            use_single_layer=True,
+            video_dimension=pbm.VideoDimension(width=1280, height=720),
+            codec=self._video_codec_pb(call.video_codec),
+        )
+        return [audio, video]
+
+    def _participant(self, s: _Session) -> pbm.Participant:
+        p = pbm.Participant(
+            user_id=s.user_id,
+            session_id=s.session_id,
+            track_lookup_prefix=s.session_id[:8],
+            name=s.user_id,
+            roles=["user"],
+            published_tracks=s.tracks,
+            connection_quality=pbm.CONNECTION_QUALITY_EXCELLENT,
+        )
+        p.joined_at.GetCurrentTime()
+        return p
+
+    async def _sfu_ws_handler(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=None, max_msg_size=1 << 20)
+        await ws.prepare(request)
+        session: _Session | None = None
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.BINARY:
+                    continue
+                try:
+                    req = ev.SfuRequest.FromString(msg.data)
+                except DecodeError:
+                    log.warning("sfu ws: undecodable request")
+                    continue
+                kind = req.WhichOneof("request_payload")
+                if kind == "join_request":
+                    session = await self._on_join_request(ws, request, req.join_request)
+                    if session is None:
+                        break
+                elif session is None:
+                    continue  # nothing is valid before the join
+                elif kind == "health_check_request":
+                    count = pbm.ParticipantCount(total=len(session.call.sessions))
+                    await session.send(
+                        ev.SfuEvent(
+                            health_check_response=ev.HealthCheckResponse(participant_count=count)
+                        )
+                    )
+                elif kind == "leave_call_request":
+                    session.left_reason = req.leave_call_request.reason or "left"
+                    log.info("sfu leave", session=session.session_id, reason=session.left_reason)
+        finally:
+            if session is not None and session.ws is ws:
+                session.ws = None
+                if session.left_reason is not None or self._closed:
+                    await self._end_session(session, session.left_reason or "closed")
+                else:
+                    # Keep the session for a fast reconnect (same session id, new WebSocket).
+                    loop = asyncio.get_running_loop()
+                    s = session
+                    session.expiry = loop.call_later(
+                        self.fast_reconnect_deadline_s,
+                        lambda: self._spawn(self._end_session(s, "signal lost"), "expire-session"),
+                    )
+        await ws.close()
+        return ws
+
+    async def _on_join_request(
+        self, ws: web.WebSocketResponse, request: web.Request, jr: ev.JoinRequest
+    ) -> _Session | None:
+        try:
+            claims = self._check_sfu_token(jr.token)
+        except jwt.InvalidTokenError:
+            err = pbm.Error(
+                code=pbm.ERROR_CODE_UNAUTHENTICATED, message="invalid SFU token", should_retry=False
+            )
+            event = ev.SfuEvent(
+                error=ev.Error(
+                    error=err, reconnect_strategy=pbm.WEBSOCKET_RECONNECT_STRATEGY_DISCONNECT
+                )
+            )
+            await asyncio.wait_for(ws.send_bytes(event.SerializeToString()), _NET_TIMEOUT_S)
+            return None
+        cid = str(claims.get("call_cid", ""))
+        call_type, _, call_id = cid.partition(":")
+        call = self._call(call_type, call_id)
+        call.sfu_connects += 1
+        details = jr.reconnect_details if jr.HasField("reconnect_details") else None
+        session = self._sessions.get(jr.session_id)
+        reconnected = session is not None
+        if session is not None:
+            if session.expiry is not None:
+                session.expiry.cancel()
+                session.expiry = None
+            session.ws = ws
+        else:
+            session = _Session(jr.session_id, str(claims.get("user_id")), call, ws)
+            if details is not None and details.previous_session_id:
+                previous = self._sessions.get(details.previous_session_id)
+                if previous is not None:
+                    await self._end_session(previous, "rejoined")
+            others = list(call.sessions.values())
+            self._sessions[session.session_id] = session
+            call.sessions[session.session_id] = session
+            SIM_SESSIONS.set(len(self._sessions))
+            joined = ev.SfuEvent(
+                participant_joined=ev.ParticipantJoined(
+                    call_cid=cid, participant=self._participant(session)
+                )
+            )
+            for other in others:
+                await other.send(joined)
+        log.info(
+            "sfu join",
+            cid=cid,
+            session=session.session_id,
+            user_id=session.user_id,
+            reconnect=pbm.WebsocketReconnectStrategy.Name(details.strategy) if details else None,
+        )
+        state = pbm.CallState(
+            participants=[self._participant(s) for s in call.sessions.values()],
+            participant_count=pbm.ParticipantCount(total=len(call.sessions)),
+        )
+        state.started_at.GetCurrentTime()
+        response = ev.JoinResponse(
+            call_state=state,
+            reconnected=reconnected,
+            fast_reconnect_deadline_seconds=max(1, int(self.fast_reconnect_deadline_s)),
+            publish_options=self._publish_options(call),
+        )
+        await session.send(ev.SfuEvent(join_response=response))
+        return session
+
+    async def _end_session(self, session: _Session, reason: str) -> None:
+        if self._sessions.get(session.session_id) is not session:
+            return
+        del self._sessions[session.session_id]
+        call = session.call
+        call.sessions.pop(session.session_id, None)
+        SIM_SESSIONS.set(len(self._sessions))
+        if session.expiry is not None:
+            session.expiry.cancel()
+        call.leaves.append(
+            {"session_id": session.session_id, "user_id": session.user_id, "reason": reason}
+        )
+        log.info("sfu session ended", cid=call.cid, session=session.session_id, reason=reason)
+        if session.pub_pc is not None:
+            pc, session.pub_pc = session.pub_pc, None
+            await pc.close()
+        if session.ws is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(session.ws.close(), _NET_TIMEOUT_S)
+        left = ev.SfuEvent(
+            participant_left=ev.ParticipantLeft(
+                call_cid=call.cid, participant=self._participant(session)
+            )
+        )
+        for other in list(call.sessions.values()):
+            await other.send(left)
+
+    # ---- SFU Twirp ---------------------------------------------------------------------------
+
+    async def _twirp(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        self.rpcs[method] += 1
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        try:
+            self._check_sfu_token(token)
+        except jwt.InvalidTokenError:
+            return _twirp_error("unauthenticated", "invalid or missing SFU token", 401)
+        body = await request.read()
+        handler = self._rpc_handlers().get(method)
+        if handler is None:
+            return _protobuf(sig.SendStatsResponse())  # empty message = the default response
+        try:
+            out = await handler(body)
+        except KeyError as exc:
+            return _twirp_error("not_found", f"unknown session {exc}", 404)
+        except DecodeError as exc:
+            return _twirp_error("malformed", str(exc), 400)
+        except Exception as exc:
+            log.exception("twirp handler failed", method=method)
+            return _twirp_error("internal", str(exc), 500)
+        return _protobuf(out)
+
+    def _rpc_handlers(self) -> dict[str, Callable[[bytes], Awaitable[Message]]]:
+        async def empty_stats(_: bytes) -> Message:
+            return sig.SendStatsResponse()
+
+        async def empty_subs(_: bytes) -> Message:
+            return sig.UpdateSubscriptionsResponse()
+
+        async def empty_answer(_: bytes) -> Message:
+            return sig.SendAnswerResponse()
+
+        return {
+            "SetPublisher": self._rpc_set_publisher,
+            "IceTrickle": self._rpc_ice_trickle,
+            "UpdateMuteStates": self._rpc_update_mute_states,
+            "IceRestart": self._rpc_ice_restart,
+            "SendStats": empty_stats,
+            "UpdateSubscriptions": empty_subs,
+            "SendAnswer": empty_answer,
+        }
+
+    async def _rpc_set_publisher(self, body: bytes) -> Message:
+        req = sig.SetPublisherRequest.FromString(body)
+        session = self._sessions[req.session_id]
+        new_tracks = [t.track_type for t in req.tracks]
+        log.info(
+            "sfu set publisher",
+            session=session.session_id,
+            tracks=[(pbm.TrackType.Name(t.track_type), t.codec.name) for t in req.tracks],
+        )
+        if session.pub_pc is None or session.pub_pc.connectionState in ("closed", "failed"):
+            session.pub_pc = self._new_publisher_pc(session)
+        pc = session.pub_pc
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=req.sdp, type="offer"))
+        for cand in session.pending_ice:
+            await _add_candidate(pc, cand)
+        session.pending_ice.clear()
+        # aiortc gathers while setting the local description: candidates are in the answer SDP.
+        await pc.setLocalDescription(await pc.createAnswer())
+        for track_type in new_tracks:
+            if track_type not in session.tracks:
+                session.tracks.append(track_type)
+                published = ev.SfuEvent(
+                    track_published=ev.TrackPublished(
+                        user_id=session.user_id,
+                        session_id=session.session_id,
+                        type=track_type,
+                        participant=self._participant(session),
+                    )
+                )
+                for other in list(session.call.sessions.values()):
+                    if other is not session:
+                        await other.send(published)
+        return sig.SetPublisherResponse(sdp=pc.localDescription.sdp, session_id=req.session_id)
+
+    def _new_publisher_pc(self, session: _Session) -> RTCPeerConnection:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+
+        def on_track(track: MediaStreamTrack) -> None:
+            receiver = next((r for r in pc.getReceivers() if r.track is track), None)
+            self._spawn(self._consume(session.call, track, receiver), f"consume-{track.kind}")
+
+        def on_state() -> None:
+            log.info("publisher pc", session=session.session_id, state=pc.connectionState)
+
+        pc.on("track", on_track)
+        pc.on("connectionstatechange", on_state)
+        return pc
+
+    async def _rpc_ice_trickle(self, body: bytes) -> Message:
+        req = pbm.ICETrickle.FromString(body)
+        session = self._sessions[req.session_id]
+        if req.peer_type == pbm.PEER_TYPE_PUBLISHER_UNSPECIFIED:
+            pc = session.pub_pc
+            if pc is not None and pc.remoteDescription is not None:
+                await _add_candidate(pc, req.ice_candidate)
+            elif len(session.pending_ice) < 64:  # bounded: a flood before SetPublisher is dropped
+                session.pending_ice.append(req.ice_candidate)
+        return sig.ICETrickleResponse()
+
+    async def _rpc_update_mute_states(self, body: bytes) -> Message:
+        req = sig.UpdateMuteStatesRequest.FromString(body)
+        log.info(
+            "sfu mute states",
+            session=req.session_id,
+            states=[(pbm.TrackType.Name(m.track_type), m.muted) for m in req.mute_states],
+        )
+        return sig.UpdateMuteStatesResponse()
+
+    async def _rpc_ice_restart(self, body: bytes) -> Message:
+        req = sig.ICERestartRequest.FromString(body)
+        log.info("sfu ice restart requested", session=req.session_id, peer=req.peer_type)
+        return sig.ICERestartResponse()
+
+    # ---- media -------------------------------------------------------------------------------
+
+    async def _consume(
+        self, call: _Call, track: MediaStreamTrack, receiver: RTCRtpReceiver | None
+    ) -> None:
+        log.info("track received", cid=call.cid, kind=track.kind)
+        if track.kind == "video" and receiver is not None:
+            self._spawn(_request_keyframe(receiver), "pli")
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                break
+            now = time.monotonic()
+            SIM_FRAMES.labels(track.kind).inc()
+            if track.kind == "video":
+                plane = frame.planes[0]
+                y = np.frombuffer(plane, np.uint8).reshape(frame.height, plane.line_size)
+                call.measure.on_video(frame.width, frame.height, y[:, : frame.width], now)
+            else:
+                channels = len(frame.layout.channels)
+                pcm = frame.to_ndarray().reshape(-1)
+                call.measure.on_audio(pcm, frame.sample_rate, channels, now)
+            if call.recorder is not None:
+                call.recorder.put(frame)
+        log.info("track ended", cid=call.cid, kind=track.kind)
+
+    # ---- test-only HTTP ----------------------------------------------------------------------
+
+    async def _http_calls(self, request: web.Request) -> web.Response:
+        return web.json_response(self.calls())
+
+    async def _http_stats(self, request: web.Request) -> web.Response:
+        try:
+            return web.json_response(
+                self.stats(request.match_info["type"], request.match_info["id"])
+            )
+        except KeyError:
+            return web.json_response({"error": "no such call"}, status=404)
+
+    async def _http_reset(self, request: web.Request) -> web.Response:
+        origin = request.query.get("media_origin_t")
+        self.reset_measure(
+            request.match_info["type"], request.match_info["id"], float(origin) if origin else None
+        )
+        return web.json_response({"ok": True})
+
+    async def _http_fault(self, request: web.Request) -> web.Response:
+        ct, cid, fault = (
+            request.match_info["type"],
+            request.match_info["id"],
+            request.match_info["fault"],
+        )
+        if fault == "deny_join":
+            self.deny_join(ct, cid, request.query.get("reason", "denied"))
+        elif fault == "allow_join":
+            self.deny_join(ct, cid, None)
+        elif fault == "drop_sfu_ws":
+            await self.drop_sfu_ws(ct, cid)
+        elif fault == "kill_pc":
+            await self.kill_peer_connection(ct, cid)
+        elif fault == "revoke_send_video":
+            await self.revoke_send_video(ct, cid)
+        elif fault in ("pause_video", "resume_video"):
+            await self.pause_video_layer(ct, cid, paused=fault == "pause_video")
+        else:
+            return web.json_response({"error": f"unknown fault {fault}"}, status=404)
+        return web.json_response({"ok": True})
+
+
+async def _request_keyframe(receiver: RTCRtpReceiver) -> None:
+    """Frames sent before DTLS was up are lost, the first keyframe with them: ask for a new one
+    (RTCP PLI) as soon as RTP of the track arrives."""
+    for _ in range(200):
+        await asyncio.sleep(0.05)
+        sources = receiver.getSynchronizationSources()
+        if sources:
+            await receiver._send_rtcp_pli(sources[0].source)
+            return
+
+
+async def _add_candidate(pc: RTCPeerConnection, candidate_json: str) -> None:
+    data = json.loads(candidate_json)
+    line = str(data.get("candidate", ""))
+    if not line:
+        return
+    cand = candidate_from_sdp(line.removeprefix("candidate:"))
+    cand.sdpMid = data.get("sdpMid")
+    cand.sdpMLineIndex = data.get("sdpMLineIndex")
+    await pc.addIceCandidate(cand)
+
+
+def _protobuf(message: Message) -> web.Response:
+    return web.Response(body=message.SerializeToString(), content_type="application/protobuf")
+
+
+def _twirp_error(code: str, msg: str, status: int) -> web.Response:
+    return web.json_response({"code": code, "msg": msg}, status=status)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
