@@ -170,6 +170,8 @@ class LimitsConfig(_Section):
 
 
 class LogConfig(_Section):
+    """Logging: structured, per-session context, secrets redacted."""
+
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     format: Literal["auto", "json", "console"] = Field(
         "auto", description="auto = JSON unless stderr is a terminal."

@@ -18,7 +18,7 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 
 REDACTED = "***"
 # Field names whose values are secret whatever they contain.
-_SECRET_KEYS = re.compile(r"(api_?key|secret|token|password|authorization|credential)", re.I)
+_SECRET_KEYS = re.compile(r"(api[_-]?key|secret|token|password|authorization|credential)", re.I)
 # Bearer tokens and JWTs appearing inside free text (URLs, exception messages).
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
 _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.I)

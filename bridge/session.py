@@ -280,15 +280,16 @@ class Session:
         try:
             room = await st.uplink.start()
             self.send_event("liveavatar_session", {"session_id": room.session_id})
+            # The call and the avatar's room are joined at the same time; both must succeed.
             async with asyncio.TaskGroup() as tg:
                 if st.publisher is not None:
                     tg.create_task(st.publisher.start())
                 if st.downlink is not None and st.sync is not None:
                     tg.create_task(st.downlink.start(room, st.sync))
             self.send_event("media_path", {"path": st.media_path, "reason": st.media_path_reason})
-        except* BridgeError as group:
-            self._fail(group.exceptions[0])  # type: ignore[arg-type]
-            return
+        except BaseExceptionGroup as group:
+            first = group.exceptions[0]
+            raise first if isinstance(first, BridgeError) else group from None
         finally:
             self._started.set()
         self._set_state(State.READY)

@@ -126,12 +126,14 @@ class LiveKitDownlink:
         self._room: rtc.Room | None = None
         self._sink: MediaSink | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._readers: dict[str, tuple[str, asyncio.Task[None]]] = {}  # kind -> (track sid, task)
+        # kind -> (track, its reader); a full reconnect brings new track objects, same sids.
+        self._readers: dict[str, tuple[rtc.Track, asyncio.Task[None]]] = {}
         self._started_ns = 0
         self._first: dict[str, bool] = {"video": False, "audio": False}
         self._ready = asyncio.Event()
         self._closing = False
         self._failed = False
+        self._reconnecting = False
         self._close_task: asyncio.Task[None] | None = None
         self._resolution: tuple[int, int] | None = None
         self._fps_reported = False
@@ -210,17 +212,23 @@ class LiveKitDownlink:
         else:
             return
         current = self._readers.get(kind)
-        if current is not None and current[0] == track.sid and not current[1].done():
+        if current is not None and current[0] is track and not current[1].done():
             return  # already reading this track
         if current is not None:
             current[1].cancel()  # a full reconnect handed us a new track object
         log.info("downlink_track_subscribed", kind=kind, sid=track.sid, mime=publication.mime_type)
         reader = self._read_video(track) if kind == "video" else self._read_audio(track)
-        self._readers[kind] = (track.sid, self._spawn(reader))
+        self._readers[kind] = (track, self._spawn(reader))
 
     def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
-        if participant.identity == self._opts.avatar_identity:
-            self._fail("avatar_left", "the avatar left the LiveKit room")
+        if participant.identity != self._opts.avatar_identity:
+            return
+        if self._reconnecting:
+            # A full reconnect drops every remote participant and re-adds them from the new
+            # join response; whether the avatar came back is checked on "reconnected".
+            log.info("downlink_avatar_dropped_during_reconnect")
+            return
+        self._fail("avatar_left", "the avatar left the LiveKit room")
 
     def _on_disconnected(self, reason: Any) -> None:
         try:
@@ -230,12 +238,16 @@ class LiveKitDownlink:
         self._fail("room_disconnected", f"the avatar's LiveKit room disconnected ({name})")
 
     def _on_reconnecting(self) -> None:
+        self._reconnecting = True
         RECONNECTS.labels("reconnecting").inc()
         log.warning("downlink_reconnecting")
 
     def _on_reconnected(self) -> None:
+        self._reconnecting = False
         RECONNECTS.labels("reconnected").inc()
         log.info("downlink_reconnected")
+        if not self._closing and self._avatar() is None:
+            self._spawn(self._watch_avatar_return())
 
     def _fail(self, reason: str, message: str) -> None:
         if self._closing or self._failed:
@@ -357,6 +369,11 @@ class LiveKitDownlink:
                 "avatar_join_timeout",
                 f"the avatar sent no audio and video within {self._opts.avatar_join_timeout_s}s",
             )
+
+    async def _watch_avatar_return(self) -> None:
+        await asyncio.sleep(self._opts.avatar_join_timeout_s)
+        if self._avatar() is None:
+            self._fail("avatar_left", "the avatar did not return after the LiveKit reconnect")
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)

@@ -61,7 +61,7 @@ SIM_AVATAR_SKIPPED = Counter(
 
 @dataclass(frozen=True, slots=True)
 class RendererEvent:
-    """``kind`` is speak_started, speak_ended, speak_interrupted or state (then ``state`` is set)."""
+    """``kind``: speak_started, speak_ended, speak_interrupted or state (``state`` then set)."""
 
     kind: str
     event_id: str | None = None

@@ -55,6 +55,8 @@ from aiortc import (
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
+from av.frame import Frame
+from av.packet import Packet
 from livekit import api
 from livekit.protocol import models as lkm
 from livekit.protocol import rtc as lkr
@@ -101,22 +103,57 @@ class StandInCounters:
     signal_requests: Counter[str] = field(default_factory=Counter)
 
 
-class _SizeProbe(MediaStreamTrack):
-    """Forwards a video track and remembers its frame size, for ``TrackInfo.width/height``."""
+class _Tap(MediaStreamTrack):
+    """Forwards a source track into the room's relay and can be stopped without stopping it.
 
-    kind = "video"
+    aiortc's MediaRelay reads its source until the source ends; the tracks belong to the
+    renderer, so each room reads them through a tap that it ends on close. Also remembers the
+    video frame size for ``TrackInfo.width/height``.
+    """
 
     def __init__(self, source: MediaStreamTrack) -> None:
         super().__init__()
+        self.kind = source.kind
         self._source = source
+        self._stopped: asyncio.Future[None] | None = None
+        self._idle = asyncio.Event()  # set while no recv() is in flight
+        self._idle.set()
         self.width = 0
         self.height = 0
 
-    async def recv(self) -> Any:
-        frame = await self._source.recv()
+    async def recv(self) -> Frame | Packet:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._stopped is None:
+            self._stopped = asyncio.get_running_loop().create_future()
+        self._idle.clear()
+        try:
+            pending = asyncio.ensure_future(self._source.recv())
+            await asyncio.wait((pending, self._stopped), return_when=asyncio.FIRST_COMPLETED)
+            if not pending.done():
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, MediaStreamError):
+                    await pending
+                raise MediaStreamError
+            frame = pending.result()
+        finally:
+            self._idle.set()
         if isinstance(frame, av.VideoFrame):
             self.width, self.height = frame.width, frame.height
         return frame
+
+    def stop(self) -> None:
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
+        super().stop()
+
+    async def wait_idle(self, timeout_s: float) -> None:
+        """Wait until no read of the source is in flight (after :meth:`stop`)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+                # One more turn so the relay's worker sees the end of the track and exits.
+                await asyncio.sleep(0)
 
 
 class _Avatar:
@@ -131,9 +168,16 @@ class _Avatar:
         self.audio_sid = _sid("TR")
         self.codec = codec
         self.joined_at = int(time.time())
-        self.video = _SizeProbe(video)
-        self.audio = audio
+        self.video = _Tap(video)
+        self.audio = _Tap(audio)
         self.relay = MediaRelay()
+
+    async def stop(self) -> None:
+        """End the relay's reads of the renderer's tracks (the tracks themselves stay live)."""
+        self.video.stop()
+        self.audio.stop()
+        await self.video.wait_idle(1.0)
+        await self.audio.wait_idle(1.0)
 
     def info(self, state: int) -> lkm.ParticipantInfo:
         tracks = [
@@ -274,11 +318,18 @@ class Faults:
         return count
 
     async def kill_peer_connection(self, room: str | None = None) -> int:
-        """Close subscribers' peer connections while signalling stays up."""
+        """Lose subscribers' media sessions as a failed-over server would.
+
+        Their peer connections close and their signalling drops; the SDK's resume is then
+        refused with ``leave(RECONNECT)`` (no media session to resume), so it does a full
+        reconnect: a new join, a new peer connection and new track subscriptions. (A closed aiortc
+        PC alone goes unnoticed by libwebrtc until its ~30 s consent timeout.)
+        """
         count = 0
         for p in self._server._participants(room):
             count += 1
             await p.close_media()
+        await self.close_signalling(room)
         return count
 
     async def avatar_leave(self, room: str) -> None:
@@ -405,6 +456,8 @@ class LiveKitStandIn:
         for p in list(r.participants.values()):
             await p.send(leave=leave)
             await self._close_participant(p)
+        if r.avatar is not None:
+            await r.avatar.stop()
         r.avatar = r.pending_avatar = None
         log.info("livekit_room_closed", room=room)
 
@@ -440,6 +493,7 @@ class LiveKitStandIn:
             for proxy in p.proxies:
                 proxy.stop()
             p.proxies.clear()
+        await avatar.stop()
         log.info("livekit_avatar_left", room=room)
 
     # -- HTTP / WebSocket ------------------------------------------------------------------------
@@ -610,6 +664,10 @@ class LiveKitStandIn:
         self.counters.resumes += 1
         SIM_JOINS.labels("resumed").inc()
         await p.send(reconnect=lkr.ReconnectResponse())
+        # The SDK treats participants missing from the post-resume snapshot as gone.
+        if r.avatar is not None:
+            snapshot = [r.avatar.info(lkm.ParticipantInfo.ACTIVE)]
+            await p.send(update=lkr.ParticipantUpdate(participants=snapshot))
         log.info("livekit_resume", room=r.name, sid=p.sid)
         return p
 

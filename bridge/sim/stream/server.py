@@ -350,6 +350,12 @@ class StreamStandIn:
         for s in list(call.sessions.values()):
             await s.send(event)
 
+    async def end_call(self, call_type: str, call_id: str) -> None:
+        """End the call for everyone (SFU ``call_ended``): the SDK leaves for good."""
+        event = ev.SfuEvent(call_ended=ev.CallEnded(reason=pbm.CALL_ENDED_REASON_ENDED))
+        for s in list(self._call(call_type, call_id).sessions.values()):
+            await s.send(event)
+
     # ---- auth --------------------------------------------------------------------------------
 
     def _check_user_token(self, api_key: str | None, token: str | None, user_id: str | None) -> str:
@@ -376,9 +382,7 @@ class StreamStandIn:
                 f'the secret for API key "{api_key}"',
             ) from exc
         token_user = claims.get("user_id")
-        if token_user is None:
-            if not claims.get("server"):
-                raise StandInAuthError(_CODE_INPUT, 401, "JWTAuth error: token has no user_id")
+        if token_user is None:  # a server-side token (signed with the secret, no user_id)
             return user_id or "server"
         if user_id and user_id != token_user:
             raise StandInAuthError(
@@ -504,13 +508,19 @@ class StreamStandIn:
             user_id = self._rest_user(request)
         except StandInAuthError as exc:
             return web.json_response(exc.body(), status=exc.status)
+        try:
+            payload = await request.json()
+        except ValueError:
+            payload = {}
+        data = payload.get("data") if isinstance(payload, dict) else None
+        creator = str((data or {}).get("created_by_id") or user_id)
         created = f"{call_type}:{call_id}" not in self._calls
-        call = self._call(call_type, call_id, created_by=user_id)
+        call = self._call(call_type, call_id, created_by=creator)
         body = get_or_create_call_response(
             call_type,
             call_id,
             created=created,
-            created_by=call.created_by or user_id,
+            created_by=call.created_by or creator,
             own_capabilities=OWN_CAPABILITIES,
             session_id="",
         )
@@ -883,6 +893,8 @@ class StreamStandIn:
             await self.kill_peer_connection(ct, cid)
         elif fault == "revoke_send_video":
             await self.revoke_send_video(ct, cid)
+        elif fault == "end_call":
+            await self.end_call(ct, cid)
         elif fault in ("pause_video", "resume_video"):
             await self.pause_video_layer(ct, cid, paused=fault == "pause_video")
         else:

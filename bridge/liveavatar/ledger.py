@@ -1,0 +1,129 @@
+"""A small on-disk ledger of started LiveAvatar sessions, so a crash never leaks a paid session.
+
+A session id is recorded (atomic write + fsync) before ``start`` returns to the caller and
+removed after a successful stop. At daemon start-up :meth:`SessionLedger.sweep` stops whatever a
+previous process left behind. The file is JSON, mode 0600 (it may hold session tokens).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+LEDGER_FILE = "liveavatar-sessions.json"
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    session_id: str
+    session_token: str | None
+    recorded_at: float
+
+
+class _Stopper(Protocol):
+    async def stop(self, session_id: str, reason: str = ...) -> bool: ...
+
+
+class _Log(Protocol):
+    def info(self, event: str, /, **kw: Any) -> Any: ...
+
+    def warning(self, event: str, /, **kw: Any) -> Any: ...
+
+
+class SessionLedger:
+    def __init__(self, state_dir: Path) -> None:
+        self.path = Path(state_dir) / LEDGER_FILE
+        self._lock = threading.Lock()  # file writes happen in worker threads
+        self._entries: dict[str, LedgerEntry] = self._load()
+
+    def _load(self) -> dict[str, LedgerEntry]:
+        try:
+            raw = json.loads(self.path.read_text())
+            sessions = raw.get("sessions", {})
+            return {
+                sid: LedgerEntry(sid, e.get("session_token"), float(e.get("recorded_at", 0)))
+                for sid, e in sessions.items()
+            }
+        except FileNotFoundError:
+            return {}
+        except (ValueError, AttributeError, TypeError):
+            # A corrupt ledger must not stop the daemon; keep it aside for inspection.
+            log.warning("liveavatar_ledger_corrupt", path=str(self.path))
+            bad = self.path.with_suffix(f".corrupt-{int(time.time())}")
+            os.replace(self.path, bad)
+            return {}
+
+    def _write(self, entries: dict[str, LedgerEntry]) -> None:
+        data = {
+            "sessions": {
+                e.session_id: {"session_token": e.session_token, "recorded_at": e.recorded_at}
+                for e in entries.values()
+            }
+        }
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, json.dumps(data).encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+    async def record(self, session_id: str, session_token: str | None = None) -> None:
+        """Persist ``session_id`` durably (returns after fsync)."""
+        self._entries[session_id] = LedgerEntry(session_id, session_token, time.time())
+        await asyncio.to_thread(self._write, dict(self._entries))
+
+    async def remove(self, session_id: str) -> None:
+        if self._entries.pop(session_id, None) is not None:
+            await asyncio.to_thread(self._write, dict(self._entries))
+
+    def pending(self) -> list[LedgerEntry]:
+        return list(self._entries.values())
+
+    async def sweep(self, api: _Stopper, log: _Log = log) -> int:
+        """Stop every session a previous process left behind (reason SERVER_ERROR).
+
+        Entries are removed when the stop succeeded or was definitively refused (the session no
+        longer exists); kept when the service was unreachable, so the next start retries them.
+        Returns the number of sessions removed from the ledger.
+        """
+        # Imported here: the API module imports nothing from the ledger, keep it that way.
+        from bridge.liveavatar.api import LiveAvatarError
+
+        removed = 0
+        for entry in self.pending():
+            try:
+                await api.stop(entry.session_id, "SERVER_ERROR")
+            except LiveAvatarError as exc:
+                if not exc.definitive:
+                    log.warning(
+                        "liveavatar_leftover_stop_failed",
+                        session_id=entry.session_id,
+                        status=exc.status,
+                        error=exc.message,
+                    )
+                    continue
+                log.info("liveavatar_leftover_gone", session_id=entry.session_id, status=exc.status)
+            else:
+                log.info("liveavatar_leftover_stopped", session_id=entry.session_id)
+            await self.remove(entry.session_id)
+            removed += 1
+        return removed

@@ -1,0 +1,548 @@
+"""The LiveAvatar LITE session: REST lifecycle plus the audio WebSocket uplink.
+
+Audio path: client PCM -> :class:`UplinkResampler` (24 kHz mono s16) -> the current turn's buffer
+-> chunks (``first_chunk_ms`` then ``chunk_ms``, the tail at end of turn) -> a bounded queue ->
+the sender, which only sends once the server said ``connected``. Every chunk of a turn carries
+the turn's ``event_id``, and so does its ``agent.speak_end``.
+
+Queue policy: the uplink queue holds at most ``queue_ms`` of audio; a producer waits for space
+(back-pressure to the socket client, counted in ``bridge_liveavatar_uplink_backpressure_total``).
+Audio is only ever dropped on INTERRUPT (the unsent rest of the turn, counted in
+``bridge_liveavatar_uplink_dropped_ms_total``) or after the session failed or closed.
+
+Reliability: a dedicated receive loop always reads (acks, state, errors); protocol pings are off
+and ``session.keep_alive`` goes out after ``keep_alive_s`` without traffic. On an unexpected
+close the uplink reconnects once to the same ``ws_url`` and resends what the server had not
+acknowledged (``agent.audio_buffer_appended`` / ``_committed`` acks, matched in order); after
+that, or on a server-side end, it reports the failure and stops the paid session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from prometheus_client import Counter
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from bridge.errors import BridgeError, ErrorCode
+from bridge.liveavatar.api import LiveAvatarAPI, LiveAvatarError, StartInfo
+from bridge.liveavatar.ledger import SessionLedger
+from bridge.liveavatar.resample import UPLINK_FORMAT, UplinkResampler
+from bridge.media import AudioChunk, AudioFormat
+from bridge.stages import AvatarRoom, EventSink, FailureCallback
+
+log = structlog.get_logger(__name__)
+
+BYTES_PER_MS = UPLINK_FORMAT.bytes_per_second // 1000  # 48
+WS_MAX_MESSAGE = 1 << 20
+# base64 grows 4/3 plus the JSON envelope; 15 s of audio is ~960 KB, under the 1 MB cap.
+MAX_CHUNK_MS = 15_000
+
+WS_SENT = Counter("bridge_liveavatar_ws_sent_total", "Messages sent to LiveAvatar", ["type"])
+WS_RECEIVED = Counter(
+    "bridge_liveavatar_ws_received_total", "Server events from LiveAvatar", ["type"]
+)
+BACKPRESSURE = Counter(
+    "bridge_liveavatar_uplink_backpressure_total", "Times a producer waited for uplink space"
+)
+DROPPED_MS = Counter(
+    "bridge_liveavatar_uplink_dropped_ms_total",
+    "Audio (ms) dropped from the uplink",
+    ["reason"],
+)
+RECONNECTS = Counter("bridge_liveavatar_ws_reconnects_total", "WebSocket reconnect attempts")
+FAILURES = Counter("bridge_liveavatar_session_failures_total", "Sessions failed", ["reason"])
+STOP_FAILURES = Counter(
+    "bridge_liveavatar_stop_failures_total", "Stops that did not succeed (left in the ledger)"
+)
+
+_KNOWN_QUIET = frozenset({"agent.audio_buffer_cleared", "agent.speak_interrupted"})
+
+
+@dataclass(frozen=True, slots=True)
+class LiveAvatarOptions:
+    avatar_id: str
+    is_sandbox: bool = False
+    max_session_duration: int = 600
+    video_quality: str = "high"
+    video_encoding: str = "H264"
+    keep_alive_s: float = 60.0
+    first_chunk_ms: int = 600
+    chunk_ms: int = 1000
+    queue_ms: int = 2000
+    connect_timeout_s: float = 10.0
+    ws_connect_gate_timeout_s: float = 15.0
+    send_timeout_s: float = 10.0
+    reconnects: int = 1
+    send_start_message: bool = False  # HeyGen's starter sends it; docs do not need it
+
+    def __post_init__(self) -> None:
+        for name in ("first_chunk_ms", "chunk_ms"):
+            value = getattr(self, name)
+            if not 20 <= value <= MAX_CHUNK_MS:
+                raise ValueError(f"{name} must be within 20..{MAX_CHUNK_MS} ms, got {value}")
+        if self.queue_ms < self.chunk_ms:
+            raise ValueError("queue_ms must hold at least one chunk")
+        if self.keep_alive_s <= 0:
+            raise ValueError("keep_alive_s must be positive")
+
+
+@dataclass(slots=True)
+class _Out:
+    kind: str  # speak | end | interrupt | keep_alive | start
+    payload: str
+    seq: int
+    ms: float = 0.0
+    event_id: str | None = None
+    stale: bool = False  # sent before an interrupt: its ack still counts, it is never resent
+
+
+class _Done(Exception):
+    """Internal: why a connection's tasks ended."""
+
+
+class LiveAvatarUplink:
+    """One paid LiveAvatar session; implements :class:`bridge.stages.AvatarUplink`."""
+
+    def __init__(
+        self,
+        api: LiveAvatarAPI,
+        ledger: SessionLedger,
+        options: LiveAvatarOptions,
+        input_format: AudioFormat,
+        events: EventSink,
+        on_failure: FailureCallback,
+    ) -> None:
+        self._api = api
+        self._ledger = ledger
+        self._opt = options
+        self._events = events
+        self._on_failure = on_failure
+        self._resampler = UplinkResampler(input_format)
+        self._cond = asyncio.Condition()
+        self._queue: deque[_Out] = deque()
+        self._queued_ms = 0.0
+        self._unacked_speak: deque[_Out] = deque()
+        self._unacked_end: deque[_Out] = deque()
+        self._seq = 0
+        self._gen = 0  # bumped by interrupt: producers of an older turn drop their chunk
+        self._turn_id: str | None = None
+        self._turn_first = True
+        self._turn_buf = bytearray()
+        self._connected = asyncio.Event()
+        self._ws: ClientConnection | None = None
+        self._info: StartInfo | None = None
+        self._session_id: str | None = None
+        self._stopped = False
+        self._started = False
+        self._failed = False
+        self._closing = False
+        self._closed = asyncio.Event()
+        self._run_task: asyncio.Task[None] | None = None
+        self._last_sent = time.monotonic()
+        self.reconnects_used = 0
+
+    # --- properties for the owner and tests ----------------------------------------------------
+
+    @property
+    def session_id(self) -> str | None:
+        return self._session_id
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def buffered_ms(self) -> float:
+        return len(self._turn_buf) / BYTES_PER_MS + self._queued_ms
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> AvatarRoom:
+        if self._started:
+            raise RuntimeError("LiveAvatarUplink.start() called twice")
+        self._started = True
+        opt = self._opt
+        try:
+            token = await self._api.create_token(
+                avatar_id=opt.avatar_id,
+                is_sandbox=opt.is_sandbox,
+                max_session_duration=opt.max_session_duration,
+                video_quality=opt.video_quality,
+                video_encoding=opt.video_encoding,
+            )
+        except LiveAvatarError as exc:
+            raise exc.to_bridge_error() from exc
+        self._session_id = token.session_id
+        # Recorded before /start: a start that fails after the server began billing is still
+        # stopped, now or by the next daemon's sweep.
+        await self._ledger.record(token.session_id)
+        self._emit("liveavatar_session", session_id=token.session_id)
+        try:
+            self._info = await self._api.start(token.session_token)
+            self._ws = await self._connect()
+        except (LiveAvatarError, BridgeError) as exc:
+            await self._stop_session("SERVER_ERROR")
+            raise (exc.to_bridge_error() if isinstance(exc, LiveAvatarError) else exc) from exc
+        except BaseException:
+            await self._stop_session("SERVER_ERROR")
+            raise
+        self._run_task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"liveavatar-{token.session_id}"
+        )
+        log.info("liveavatar_started", session_id=token.session_id)
+        return AvatarRoom(
+            session_id=self._info.session_id,
+            livekit_url=self._info.livekit_url,
+            livekit_token=self._info.livekit_agent_token,
+            ws_url=self._info.ws_url,
+        )
+
+    async def _connect(self) -> ClientConnection:
+        assert self._info is not None
+        try:
+            ws = await connect(
+                self._info.ws_url,
+                ping_interval=None,  # media servers stall pongs under load (spec 2.4)
+                open_timeout=self._opt.connect_timeout_s,
+                close_timeout=2.0,
+                compression=None,  # base64 PCM does not compress; save the CPU
+                max_size=WS_MAX_MESSAGE,
+                proxy=None,
+            )
+        except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+            raise BridgeError(
+                ErrorCode.LIVEAVATAR_UNAVAILABLE,
+                f"Could not open the LiveAvatar WebSocket: {type(exc).__name__}: {exc}",
+            ) from exc
+        self._connected.clear()
+        return ws
+
+    async def aclose(self, reason: str = "USER_CLOSED") -> None:
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        try:
+            async with self._cond:
+                self._cond.notify_all()
+            if self._run_task is not None:
+                self._run_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._run_task
+            await self._close_ws()
+            await self._stop_session(reason)
+        except Exception:
+            log.exception("liveavatar_close_failed", session_id=self._session_id)
+        finally:
+            self._closed.set()
+
+    async def _close_ws(self) -> None:
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 3.0)
+
+    async def _stop_session(self, reason: str) -> None:
+        sid = self._session_id
+        if sid is None or self._stopped:
+            return
+        try:
+            await self._api.stop(sid, reason)
+            self._stopped = True
+        except LiveAvatarError as exc:
+            if exc.definitive:
+                log.info("liveavatar_stop_gone", session_id=sid, status=exc.status)
+                self._stopped = True
+            else:
+                STOP_FAILURES.inc()
+                log.error("liveavatar_stop_failed", session_id=sid, error=str(exc))
+        if self._stopped:
+            await self._ledger.remove(sid)
+
+    def _emit(self, event: str, **fields: Any) -> None:
+        try:
+            self._events(event, **fields)
+        except Exception:
+            log.exception("event_sink_failed", event_name=event)
+
+    def _fail(self, reason: str, message: str) -> None:
+        if self._closing or self._failed:
+            return
+        self._failed = True
+        FAILURES.labels(reason).inc()
+        log.warning("liveavatar_session_failed", session_id=self._session_id, reason=reason)
+        try:
+            self._on_failure(BridgeError(ErrorCode.LIVEAVATAR_UNAVAILABLE, message))
+        except Exception:
+            log.exception("failure_callback_failed")
+
+    # --- connection supervision ----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        reconnects_left = self._opt.reconnects
+        while True:
+            ws = self._ws
+            assert ws is not None
+            why = await self._serve(ws)
+            if self._closing:
+                return
+            await self._close_ws()
+            if why == "dropped" and reconnects_left > 0:
+                reconnects_left -= 1
+                self.reconnects_used += 1
+                RECONNECTS.inc()
+                log.warning("liveavatar_ws_reconnect", session_id=self._session_id)
+                await self._requeue_unacked()
+                try:
+                    self._ws = await self._connect()
+                except BridgeError as exc:
+                    self._fail("reconnect_failed", exc.message)
+                    break
+                continue
+            self._fail(why, self._failure_text(why))
+            break
+        async with self._cond:
+            self._cond.notify_all()  # wake producers waiting for space: they drop now
+        await self._stop_session("SERVER_ERROR")
+
+    def _failure_text(self, why: str) -> str:
+        if why == "gate_timeout":
+            return (
+                "LiveAvatar never reported the session connected within "
+                f"{self._opt.ws_connect_gate_timeout_s:g} s"
+            )
+        if why == "terminal":
+            if self._opt.is_sandbox:
+                return "LiveAvatar ended the sandbox session (sandbox sessions last about 1 minute)"
+            return "LiveAvatar ended the session (idle timeout, max_session_duration or server)"
+        return "The LiveAvatar WebSocket closed unexpectedly and could not be resumed"
+
+    async def _serve(self, ws: ClientConnection) -> str:
+        tasks = [
+            asyncio.create_task(self._receive(ws)),
+            asyncio.create_task(self._send_loop(ws)),
+            asyncio.create_task(self._keep_alive()),
+            asyncio.create_task(self._gate()),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            if not task.cancelled() and task.exception() is None:
+                return task.result()
+        for task in done:
+            exc = task.exception() if not task.cancelled() else None
+            if exc is not None:
+                log.error("liveavatar_task_crashed", error=repr(exc))
+        return "dropped"
+
+    async def _gate(self) -> str:
+        try:
+            await asyncio.wait_for(self._connected.wait(), self._opt.ws_connect_gate_timeout_s)
+        except TimeoutError:
+            return "gate_timeout"
+        await asyncio.Event().wait()  # never returns: only the timeout ends this task
+        return "unreachable"
+
+    async def _receive(self, ws: ClientConnection) -> str:
+        try:
+            async for raw in ws:
+                if self._on_server_message(raw) == "terminal":
+                    return "terminal"
+        except ConnectionClosed:
+            pass
+        return "dropped"
+
+    def _on_server_message(self, raw: str | bytes) -> str | None:
+        try:
+            msg = json.loads(raw)
+            kind = msg["type"]
+        except (ValueError, TypeError, KeyError):
+            log.warning("liveavatar_bad_server_message", size=len(raw))
+            return None
+        if not isinstance(kind, str):
+            return None
+        WS_RECEIVED.labels(kind if len(kind) < 48 else "other").inc()
+        if kind == "session.state_updated":
+            state = msg.get("state")
+            if state == "connected":
+                self._connected.set()
+                self._emit("liveavatar_connected", session_id=self._session_id)
+            elif state in ("closing", "closed"):
+                return "terminal"
+        elif kind in ("agent.speak_started", "agent.speak_ended"):
+            self._emit(kind.removeprefix("agent."), event_id=msg.get("event_id"))
+        elif kind == "agent.state_updated":
+            state = msg.get("new_state") or msg.get("state")
+            if isinstance(state, str):
+                self._emit("avatar_state", state=state)
+        elif kind == "agent.audio_buffer_appended":
+            if self._unacked_speak:
+                self._unacked_speak.popleft()
+        elif kind == "agent.audio_buffer_committed":
+            if self._unacked_end:
+                self._unacked_end.popleft()
+        elif kind == "error":
+            text = json.dumps(msg.get("error"))[:300]
+            log.warning("liveavatar_error_event", session_id=self._session_id, error=text)
+            self._emit("liveavatar_error", message=text)
+        elif kind == "warning":
+            text = json.dumps(msg.get("warning"))[:300]
+            log.info("liveavatar_warning_event", session_id=self._session_id, warning=text)
+        elif kind not in _KNOWN_QUIET:
+            log.debug("liveavatar_unknown_event", type=kind)
+        return None
+
+    async def _send_loop(self, ws: ClientConnection) -> str:
+        await self._connected.wait()
+        if self._opt.send_start_message:
+            start = {"type": "start", "encoding": "pcm_s16le", "sample_rate": 24000, "channels": 1}
+            async with self._cond:
+                self._queue.appendleft(_Out("start", json.dumps(start), self._next_seq()))
+        while True:
+            async with self._cond:
+                await self._cond.wait_for(lambda: bool(self._queue))
+                item = self._queue.popleft()
+                self._queued_ms -= item.ms
+                if item.kind == "speak":
+                    self._unacked_speak.append(item)
+                elif item.kind == "end":
+                    self._unacked_end.append(item)
+                self._cond.notify_all()
+            try:
+                async with asyncio.timeout(self._opt.send_timeout_s):
+                    await ws.send(item.payload)
+            except (ConnectionClosed, TimeoutError):
+                if item.kind not in ("speak", "end"):
+                    async with self._cond:
+                        self._queue.appendleft(item)
+                return "dropped"
+            WS_SENT.labels(item.kind).inc()
+            self._last_sent = time.monotonic()
+
+    async def _keep_alive(self) -> str:
+        await self._connected.wait()
+        period = self._opt.keep_alive_s
+        while True:
+            quiet = time.monotonic() - self._last_sent
+            if quiet >= period:
+                msg = {"type": "session.keep_alive", "event_id": uuid.uuid4().hex}
+                async with self._cond:
+                    self._queue.append(_Out("keep_alive", json.dumps(msg), self._next_seq()))
+                    self._cond.notify_all()
+                self._last_sent = time.monotonic()
+                quiet = 0.0
+            await asyncio.sleep(period - quiet)
+
+    async def _requeue_unacked(self) -> None:
+        async with self._cond:
+            pending = [i for i in (*self._unacked_speak, *self._unacked_end) if not i.stale]
+            self._unacked_speak.clear()
+            self._unacked_end.clear()
+            for item in sorted(pending, key=lambda i: i.seq, reverse=True):
+                self._queue.appendleft(item)
+                self._queued_ms += item.ms
+            self._cond.notify_all()
+        log.info("liveavatar_resend", session_id=self._session_id, messages=len(pending))
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    # --- audio path ----------------------------------------------------------------------------
+
+    async def send_audio(self, chunk: AudioChunk) -> None:
+        if self._closing or self._failed:
+            DROPPED_MS.labels("closed").inc(chunk.duration_s * 1000)
+            return
+        pcm = self._resampler.process(chunk.samples)
+        if self._turn_id is None:
+            self._turn_id = uuid.uuid4().hex
+            self._turn_first = True
+        self._turn_buf += pcm.tobytes()
+        await self._cut_chunks(final=False)
+
+    async def end_turn(self) -> None:
+        if self._turn_id is None or self._closing or self._failed:
+            return
+        self._turn_buf += self._resampler.flush().tobytes()
+        event_id, gen = self._turn_id, self._gen
+        await self._cut_chunks(final=True)
+        self._turn_id = None
+        if gen != self._gen:
+            return  # interrupted while flushing
+        msg = {"type": "agent.speak_end", "event_id": event_id}
+        async with self._cond:
+            self._queue.append(_Out("end", json.dumps(msg), self._next_seq(), event_id=event_id))
+            self._cond.notify_all()
+
+    async def interrupt(self) -> None:
+        if self._closing or self._failed:
+            return
+        self._gen += 1
+        dropped = self.buffered_ms()
+        self._turn_buf.clear()
+        self._turn_id = None
+        self._resampler.reset()
+        async with self._cond:
+            self._queue = deque(i for i in self._queue if i.kind not in ("speak", "end"))
+            self._queued_ms = 0.0
+            for item in (*self._unacked_speak, *self._unacked_end):
+                item.stale = True
+            msg = json.dumps({"type": "agent.interrupt"})
+            self._queue.appendleft(_Out("interrupt", msg, self._next_seq()))
+            self._cond.notify_all()
+        DROPPED_MS.labels("interrupt").inc(dropped)
+        log.info("liveavatar_interrupt", session_id=self._session_id, dropped_ms=round(dropped))
+
+    async def _cut_chunks(self, *, final: bool) -> None:
+        assert self._turn_id is not None
+        event_id, gen = self._turn_id, self._gen
+        while self._turn_buf and gen == self._gen:
+            target_ms = self._opt.first_chunk_ms if self._turn_first else self._opt.chunk_ms
+            size = target_ms * BYTES_PER_MS
+            if len(self._turn_buf) < size and not final:
+                return
+            data = bytes(self._turn_buf[:size])
+            del self._turn_buf[:size]
+            self._turn_first = False
+            await self._enqueue_speak(data, event_id, gen)
+
+    async def _enqueue_speak(self, data: bytes, event_id: str, gen: int) -> None:
+        ms = len(data) / BYTES_PER_MS
+        payload = json.dumps(
+            {"type": "agent.speak", "event_id": event_id, "audio": base64.b64encode(data).decode()}
+        )
+
+        def ready() -> bool:
+            return (
+                self._closing
+                or self._failed
+                or gen != self._gen
+                or self._queued_ms == 0
+                or self._queued_ms + ms <= self._opt.queue_ms
+            )
+
+        async with self._cond:
+            if not ready():
+                BACKPRESSURE.inc()
+                await self._cond.wait_for(ready)
+            if self._closing or self._failed or gen != self._gen:
+                DROPPED_MS.labels("interrupt" if gen != self._gen else "closed").inc(ms)
+                return
+            self._queue.append(_Out("speak", payload, self._next_seq(), ms, event_id))
+            self._queued_ms += ms
+            self._cond.notify_all()

@@ -1,0 +1,133 @@
+"""The sync stage: the avatar's decoded media in, the Stream call's tracks out, in lip sync.
+
+Audio is the master clock: it goes to the publisher as soon as it arrives, and the publisher's
+own pacer plays it out in real time. Video frames are held back by ``video_delay_ms`` from their
+arrival, because libwebrtc hands decoded video to us earlier than the matching audio (its audio
+path, NetEq then the publisher's PCM queue, is the slower one: 25-65 ms measured, see
+docs/sync.md). Holding video by that offset makes both leave aligned for a viewer, without the
+Vision Agents plugin's up-to-``buffer_seconds`` fixed delay and without per-frame conversions.
+
+Queues and their overflow policies:
+
+* video: at most ``fps x buffer_seconds`` frames; when full the *oldest* frame is dropped and
+  counted (a late frame is worth less than a fresh one, and the encoder recovers from gaps).
+* audio: at most ``audio_queue_ms`` of PCM; audio is never dropped silently: on overflow (the
+  publisher stalled) the oldest audio is dropped, counted in ``bridge_dropped_total`` and logged,
+  because unbounded audio latency would destroy lip sync for the rest of the session.
+
+``flush()`` (barge-in) empties both queues at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+
+import structlog
+
+from bridge import metrics
+from bridge.media import AudioChunk, VideoFrame
+from bridge.stages import CallPublisher
+
+log = structlog.get_logger(__name__)
+
+
+class SyncStage:
+    """Bounded A/V queues between the downlink and the publisher; see the module docstring."""
+
+    def __init__(
+        self,
+        publisher: CallPublisher,
+        *,
+        fps: int,
+        buffer_seconds: float,
+        audio_queue_ms: float,
+        video_delay_ms: float,
+    ) -> None:
+        self._publisher = publisher
+        self.video_capacity = max(1, round(fps * buffer_seconds))
+        self._audio_capacity_s = audio_queue_ms / 1000.0
+        self._video_delay_ns = int(video_delay_ms * 1_000_000)
+        self._video: deque[VideoFrame] = deque()
+        self._audio: deque[AudioChunk] = deque()
+        self._audio_s = 0.0
+        self._video_ready = asyncio.Event()
+        self._audio_ready = asyncio.Event()
+        self.video_dropped = 0
+        self.audio_dropped_s = 0.0
+        self.video_written = 0
+        self.audio_written_s = 0.0
+
+    # ----- MediaSink (called by the downlink; never blocks) ------------------------------
+
+    def put_video(self, frame: VideoFrame) -> None:
+        if len(self._video) >= self.video_capacity:
+            self._video.popleft()
+            self.video_dropped += 1
+            metrics.DROPS.labels(stage="sync_video", reason="queue_full").inc()
+        self._video.append(frame)
+        metrics.QUEUE_DEPTH.labels(stage="sync_video").set(len(self._video))
+        self._video_ready.set()
+
+    def put_audio(self, chunk: AudioChunk) -> None:
+        self._audio.append(chunk)
+        self._audio_s += chunk.duration_s
+        while self._audio_s > self._audio_capacity_s and len(self._audio) > 1:
+            old = self._audio.popleft()
+            self._audio_s -= old.duration_s
+            self.audio_dropped_s += old.duration_s
+            metrics.DROPS.labels(stage="sync_audio", reason="queue_full").inc()
+            log.warning("audio dropped: the call publisher is not keeping up", ms=old.duration_s)
+        metrics.QUEUE_DEPTH.labels(stage="sync_audio_ms").set(self._audio_s * 1000)
+        self._audio_ready.set()
+
+    # ----- control -----------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Barge-in: forget everything queued."""
+        dropped = len(self._video)
+        self._video.clear()
+        self._audio.clear()
+        self._audio_s = 0.0
+        if dropped:
+            metrics.DROPS.labels(stage="sync_video", reason="interrupt").inc(dropped)
+
+    def depth(self) -> dict[str, float]:
+        return {"video_frames": len(self._video), "audio_ms": round(self._audio_s * 1000, 1)}
+
+    # ----- the pump ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._pump_audio(), name="sync-audio")
+            tg.create_task(self._pump_video(), name="sync-video")
+
+    async def _pump_audio(self) -> None:
+        while True:
+            while not self._audio:
+                self._audio_ready.clear()
+                await self._audio_ready.wait()
+            chunk = self._audio.popleft()
+            self._audio_s = max(0.0, self._audio_s - chunk.duration_s)
+            await self._publisher.write_audio(chunk)
+            self.audio_written_s += chunk.duration_s
+
+    async def _pump_video(self) -> None:
+        while True:
+            while not self._video:
+                self._video_ready.clear()
+                await self._video_ready.wait()
+            frame = self._video[0]
+            due = frame.received_ns + self._video_delay_ns
+            wait_ns = due - time.monotonic_ns()
+            if wait_ns > 0:
+                await asyncio.sleep(wait_ns / 1e9)
+                continue  # the queue may have been flushed or trimmed meanwhile
+            self._video.popleft()
+            # The await is the publisher's backpressure: frames queue (bounded) meanwhile.
+            await self._publisher.write_video(frame)
+            self.video_written += 1
+            metrics.STAGE_LATENCY.labels(stage="downlink_to_publish").observe(
+                (time.monotonic_ns() - frame.received_ns) / 1e9
+            )
