@@ -114,6 +114,11 @@ log = structlog.get_logger("bridge.ingest")
 READ_SIZE: Final = 64 * 1024  # one read from the socket
 READER_LIMIT: Final = 64 * 1024  # the StreamReader pauses the transport past twice this
 CLOSE_TIMEOUT_S: Final = 2.0
+# Closing after an ERROR: the daemon half-closes, then reads and discards what the client still
+# sends for up to this long (and this many bytes) before closing. Closing a socket with unread
+# input makes the kernel reset the connection, which can destroy the ERROR before it is read.
+LINGER_S: Final = 1.0
+LINGER_BYTES: Final = 4 << 20
 
 _FRAME_NAMES: Final[dict[type, str]] = {
     p.Hello: "hello",
@@ -176,6 +181,7 @@ class _Connection:
         self._by_session = False  # the session closed the link: no on_disconnect
         self._client_closed = False  # the client sent CLOSE
         self._reason = "eof"
+        self._abort_timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
 
     # ClientLink ----------------------------------------------------------------------------
@@ -205,7 +211,7 @@ class _Connection:
         self._by_session = True
         self._close("session_closed")
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._writer.wait_closed(), CLOSE_TIMEOUT_S)
+            await asyncio.wait_for(self._writer.wait_closed(), LINGER_S + CLOSE_TIMEOUT_S)
 
     # Writing and closing ---------------------------------------------------------------------
 
@@ -225,16 +231,46 @@ class _Connection:
             self._abort("out_buffer_full")
 
     def _close(self, reason: str) -> None:
-        """Flush what is queued, then close."""
-        if not self._closing:
-            self._closing, self._reason = True, reason
-            self._writer.close()
+        """Stop sending: flush what is queued, then half-close (the client reads EOF).
+
+        The socket itself is closed by :meth:`shutdown` at the end of the connection's task, or
+        by a timer if that task is held up (in a session call that does not return).
+        """
+        if self._closing:
+            return
+        self._closing, self._reason = True, reason
+        transport = self._writer.transport
+        if transport.is_closing():
+            return
+        with contextlib.suppress(OSError, RuntimeError):  # the peer may be gone already
+            if self._writer.can_write_eof():
+                self._writer.write_eof()
+        loop = asyncio.get_running_loop()
+        self._abort_timer = loop.call_later(LINGER_S + CLOSE_TIMEOUT_S, transport.abort)
 
     def _abort(self, reason: str) -> None:
         """Close now, dropping anything queued."""
         if not self._closing:
             self._closing, self._reason = True, reason
         self._writer.transport.abort()
+
+    async def shutdown(self) -> None:
+        """Close the connection; after an orderly close, first drain what the client still sends."""
+        self._close(self._reason)
+        try:
+            if not self._writer.transport.is_closing():
+                discarded = 0
+                async with asyncio.timeout(LINGER_S):
+                    while discarded < LINGER_BYTES and (data := await self._reader.read(READ_SIZE)):
+                        discarded += len(data)
+        except (TimeoutError, ConnectionError, OSError):
+            pass
+        finally:
+            if self._abort_timer is not None:
+                self._abort_timer.cancel()
+            self._writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._writer.wait_closed(), CLOSE_TIMEOUT_S)
 
     def _reject(self, err: BridgeError) -> None:
         """Send a fatal ERROR for the client's input and close (the connection's own decision)."""
@@ -279,7 +315,6 @@ class _Connection:
                 self._reason = f"connection_error:{type(exc).__name__}"
         finally:
             self._close(self._reason)
-            DISCONNECTS.labels(self._reason.split(":")[0]).inc()
             if handle is not None and not self._by_session and not self._client_closed:
                 try:
                     handle.on_disconnect()
@@ -534,17 +569,19 @@ class IngestServer:
         try:
             if refuse is not None:
                 conn._reject(BridgeError(ErrorCode.UNAUTHORIZED, f"{conn.peer}: {refuse}"))
-                DISCONNECTS.labels("error").inc()
-                return
-            await conn.run(self.host)
+            else:
+                await conn.run(self.host)
         except asyncio.CancelledError:
             pass  # the server is closing; the connection's finally already ran
         except Exception:
             log.exception("ingest.connection_failed", peer=conn.peer)
         finally:
-            self._connections.discard(conn)
-            CONNECTIONS_ACTIVE.dec()
-            conn._close(conn._reason)
+            try:
+                await conn.shutdown()
+            finally:
+                self._connections.discard(conn)
+                CONNECTIONS_ACTIVE.dec()
+                DISCONNECTS.labels(conn._reason.split(":")[0]).inc()
 
 
 # ---------------------------------------------------------------------------------------------

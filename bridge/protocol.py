@@ -388,9 +388,9 @@ def parse_hello(payload: memoryview) -> Hello:
 
 def _parse_hello(payload: memoryview) -> Hello:
     obj = _load_json_object(payload, "HELLO")
-    missing = [key for key in ("v", "call", "audio") if key not in obj]
-    if missing:
-        raise _Invalid(ErrorCode.BAD_HELLO, f"HELLO is missing {', '.join(missing)}")
+    # The version first: a HELLO of another version may have another shape altogether.
+    if "v" not in obj:
+        raise _Invalid(ErrorCode.BAD_HELLO, "HELLO is missing v (the protocol version)")
     version = obj["v"]
     if not _is_int(version):
         raise _Invalid(ErrorCode.BAD_HELLO, "v must be an integer (the protocol version)")
@@ -401,6 +401,9 @@ def _parse_hello(payload: memoryview) -> Hello:
             f"{', '.join(map(str, SUPPORTED_VERSIONS))})",
         )
 
+    missing = [key for key in ("call", "audio") if key not in obj]
+    if missing:
+        raise _Invalid(ErrorCode.BAD_HELLO, f"HELLO is missing {', '.join(missing)}")
     call = _object(obj, "call", ("type", "id"))
     for key in ("type", "id"):
         value = call.get(key)

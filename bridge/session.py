@@ -133,7 +133,7 @@ class Session:
         self._turn_audio_s = 0.0
         self._played_turn = -1  # index of the turn whose playback started last
         self._marks: list[_Mark] = []
-        self._mark_tasks: set[asyncio.Task[None]] = set()
+        self._mark_tasks: dict[asyncio.Task[None], _Mark] = {}
         self._last_credit = 0.0
         self.stats: dict[str, float] = {"audio_in_s": 0.0, "turns": 0, "interrupts": 0}
         self._log = log.bind(session_id=self.id, call=f"{hello.call.type}:{hello.call.id}")
@@ -211,6 +211,8 @@ class Session:
             self._played_turn += 1
             self._schedule_marks(self._played_turn)
         elif event == "speak_ended":
+            if not fields.get("interrupted"):
+                self._flush_marks()
             if self.state == State.SPEAKING:
                 self._set_state(State.READY)
         self.send_event(event, fields)
@@ -347,23 +349,29 @@ class Session:
 
     async def on_interrupt(self) -> None:
         self._log.info("interrupt")
+        # Marks first: the client learns which labels will never play before speech stops.
+        self._clear_marks()
         await self.stages.uplink.interrupt()
         if self.stages.sync is not None:
             self.stages.sync.flush()
         if self.stages.publisher is not None:
             self.stages.publisher.flush_audio()
-        for mark in self._marks:
-            self.send_event("mark", {"name": mark.name, "cleared": True})
-            metrics.MARKS.labels(outcome="cleared").inc()
-        self._marks.clear()
-        for task in list(self._mark_tasks):
-            task.cancel()
         self._next_turn()
         self._played_turn = self._turn - 1
         self.stats["interrupts"] += 1
         metrics.TURNS.labels(how="interrupt").inc()
         if self.state == State.SPEAKING:
             self._set_state(State.READY)
+
+    def _clear_marks(self) -> None:
+        waiting = [m for t, m in self._mark_tasks.items() if not t.done()] + self._marks
+        for task in list(self._mark_tasks):
+            task.cancel()
+        self._mark_tasks.clear()
+        self._marks.clear()
+        for mark in waiting:
+            self.send_event("mark", {"name": mark.name, "cleared": True})
+            metrics.MARKS.labels(outcome="cleared").inc()
 
     async def on_mark(self, name: str) -> None:
         """Echo ``name`` when playback reaches the audio sent so far in this turn."""
@@ -392,8 +400,17 @@ class Session:
         loop = asyncio.get_running_loop()
         for mark in due:
             task = loop.create_task(self._fire_mark(mark))
-            self._mark_tasks.add(task)
-            task.add_done_callback(self._mark_tasks.discard)
+            self._mark_tasks[task] = mark
+            task.add_done_callback(lambda t: self._mark_tasks.pop(t, None))
+
+    def _flush_marks(self) -> None:
+        """The turn finished playing: its marks are all reached, whatever the timers say."""
+        for task, mark in sorted(self._mark_tasks.items(), key=lambda tm: tm[1].offset_s):
+            if not task.done():
+                task.cancel()
+                self.send_event("mark", {"name": mark.name})
+                metrics.MARKS.labels(outcome="reached").inc()
+        self._mark_tasks.clear()
 
     async def _fire_mark(self, mark: _Mark) -> None:
         await asyncio.sleep(mark.offset_s)

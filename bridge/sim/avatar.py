@@ -407,6 +407,11 @@ class AvatarRenderer:
         SIM_AVATAR_FRAMES.inc()
         return frame
 
+    @property
+    def mouth_box(self) -> tuple[int, int, int, int]:
+        """x0, y0, x1, y1 of the mouth region in the luma plane."""
+        return self._face.mouth_box
+
     def mouth_level_at(self, j: int) -> int:
         return mouth_level(self._rms.get(int(j / self.fps / TICK_S), 0.0))
 

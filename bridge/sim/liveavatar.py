@@ -168,6 +168,7 @@ class LiveAvatarStandIn:
         self.sessions: dict[str, SimSession] = {}
         self._by_token: dict[str, str] = {}
         self.stop_calls: list[tuple[str, str]] = []  # (session_id, reason), for tests
+        self.requests: dict[str, int] = {"token": 0, "start": 0, "stop": 0}
         self._runner: web.AppRunner | None = None
         self._host = "127.0.0.1"
         self._port = 0
@@ -232,6 +233,7 @@ class LiveAvatarStandIn:
 
     async def _token(self, request: web.Request) -> web.Response:
         await self._delay()
+        self.requests["token"] += 1
         response = await self._token_inner(request)
         SIM_LA_REQUESTS.labels("token", str(response.status)).inc()
         return response
@@ -317,6 +319,7 @@ class LiveAvatarStandIn:
 
     async def _start(self, request: web.Request) -> web.Response:
         await self._delay()
+        self.requests["start"] += 1
         response = await self._start_inner(request)
         SIM_LA_REQUESTS.labels("start", str(response.status)).inc()
         return response
@@ -394,6 +397,7 @@ class LiveAvatarStandIn:
 
     async def _stop(self, request: web.Request) -> web.Response:
         await self._delay()
+        self.requests["stop"] += 1
         response = await self._stop_inner(request)
         SIM_LA_REQUESTS.labels("stop", str(response.status)).inc()
         return response
@@ -460,15 +464,19 @@ class LiveAvatarStandIn:
             session.timer.cancel()
         ws = session.ws
         if ws is not None and not ws.closed:
-            with contextlib.suppress(Exception):
-                await self._send(session, {"type": "session.state_updated", "state": "closing"})
-                await self._send(session, {"type": "session.state_updated", "state": "closed"})
-                await asyncio.wait_for(ws.close(), 2.0)
+            await self._send(session, {"type": "session.state_updated", "state": "closing"})
+            await self._send(session, {"type": "session.state_updated", "state": "closed"})
+        # Renderer and room first: they must not wait on the client's close handshake.
         if session.renderer is not None:
             await session.renderer.aclose()
         if self.livekit is not None and session.room is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.wait_for(self.livekit.close_room(session.room), 5.0)
+            except Exception:
+                log.exception("liveavatar_standin_close_room_failed", room=session.room)
+        if ws is not None and not ws.closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 2.0)
 
     # --- WebSocket -----------------------------------------------------------------------------
 

@@ -101,6 +101,8 @@ class StandInCounters:
     leaves: int = 0
     participants_closed: int = 0
     signal_requests: Counter[str] = field(default_factory=Counter)
+    # Video codec actually sent, per negotiated avatar video section ("VP8" / "H264").
+    video_codecs: Counter[str] = field(default_factory=Counter)
 
 
 class _Tap(MediaStreamTrack):
@@ -227,6 +229,7 @@ class _Participant:
         self.senders: list[RTCRtpSender] = []
         self.proxies: list[MediaStreamTrack] = []
         self.avatar_attached = False
+        self.codec_counted = False
         self.offer_id = 0
         self._send_lock = asyncio.Lock()
         self.park_task: asyncio.Task[None] | None = None
@@ -546,16 +549,16 @@ class LiveKitStandIn:
             return web.Response(status=403, text="requested room does not exist")
         ws = web.WebSocketResponse(max_msg_size=1 << 20)
         await ws.prepare(request)
-        if join.reconnect:
-            p = await self._resume(r, join, ws)
-            if p is None:
-                return ws
-        else:
-            p = await self._join(r, claims.identity, single_pc, join, ws)
+        p: _Participant | None = None
         try:
-            await self._serve(p, ws)
+            if join.reconnect:
+                p = await self._resume(r, join, ws)
+            else:
+                p = await self._join(r, claims.identity, single_pc, join, ws)
+            if p is not None:
+                await self._serve(p, ws)
         finally:
-            if p.ws is ws:
+            if p is not None and p.ws is ws:
                 p.ws = None
                 if not p.closed:
                     # Gone without leave: keep media up for a resume, then give up.
@@ -605,6 +608,14 @@ class LiveKitStandIn:
         self.counters.joins += 1
         SIM_JOINS.labels("joined").inc()
         SIM_PARTICIPANTS.inc()
+        try:
+            await self._handshake(p, r, join)
+        except BaseException:
+            await self._close_participant(p)
+            raise
+        return p
+
+    async def _handshake(self, p: _Participant, r: _Room, join: lkr.JoinRequest) -> None:
         others = [r.avatar.info(lkm.ParticipantInfo.ACTIVE)] if r.avatar else []
         await p.send(
             join=lkr.JoinResponse(
@@ -617,13 +628,13 @@ class LiveKitStandIn:
                     version=SERVER_VERSION,
                     protocol=SERVER_PROTOCOL,
                 ),
-                subscriber_primary=not single_pc,
+                subscriber_primary=not p.single_pc,
                 ping_interval=self.ping_interval_s,
                 ping_timeout=self.ping_timeout_s,
             )
         )
-        log.info("livekit_join", room=r.name, identity=identity, sid=p.sid, single_pc=single_pc)
-        if single_pc:
+        log.info("livekit_join", room=r.name, identity=p.identity, sid=p.sid, single_pc=p.single_pc)
+        if p.single_pc:
             if join.HasField("publisher_offer") and join.publisher_offer.sdp:
                 await self._answer(p, join.publisher_offer)
         else:
@@ -633,7 +644,6 @@ class LiveKitStandIn:
             if r.avatar is not None:
                 await self._attach_avatar(p, p.sub_pc, add_transceivers=True)
             await self._send_subscriber_offer(p)
-        return p
 
     async def _resume(
         self, r: _Room, join: lkr.JoinRequest, ws: web.WebSocketResponse
@@ -696,8 +706,12 @@ class LiveKitStandIn:
             except Exception:  # a malformed protobuf: ignore it like LiveKit does
                 log.warning("livekit_bad_signal_request", sid=p.sid)
                 continue
-            if not await self._on_request(p, req):
-                return
+            try:
+                if not await self._on_request(p, req):
+                    return
+            except Exception:  # one bad message (an SDP aiortc rejects) must not end the session
+                which = req.WhichOneof("message")
+                log.exception("livekit_signal_request_failed", sid=p.sid, message=which)
 
     async def _on_request(self, p: _Participant, req: lkr.SignalRequest) -> bool:
         which = req.WhichOneof("message") or "none"
@@ -711,6 +725,7 @@ class LiveKitStandIn:
             if p.sub_pc is not None:
                 desc = RTCSessionDescription(req.answer.sdp, "answer")
                 await p.sub_pc.setRemoteDescription(desc)
+                self._count_video_codec(p, p.sub_pc)
         elif which == "ping_req":
             pong = lkr.Pong(
                 last_ping_timestamp=req.ping_req.timestamp, timestamp=int(time.time() * 1000)
@@ -792,6 +807,7 @@ class LiveKitStandIn:
                 type="answer", sdp=local.sdp, id=offer.id, mid_to_track_id=mid_map
             )
         )
+        self._count_video_codec(p, pc)
         log.info("livekit_answer", sid=p.sid, mid_to_track_id=mid_map, codecs=_codecs_in(local.sdp))
 
     async def _send_subscriber_offer(self, p: _Participant) -> None:
@@ -831,6 +847,16 @@ class LiveKitStandIn:
                     await p.ws.close()
 
     # -- helpers ---------------------------------------------------------------------------------
+
+    def _count_video_codec(self, p: _Participant, pc: RTCPeerConnection) -> None:
+        if p.codec_counted:
+            return
+        for t in pc.getTransceivers():
+            if t.kind == "video" and t.sender in p.senders and t.currentDirection is not None:
+                codecs = [c for c in t._codecs if c.mimeType.lower() != "video/rtx"]
+                if codecs:
+                    self.counters.video_codecs[codecs[0].mimeType.split("/")[1]] += 1
+                    p.codec_counted = True
 
     def _participants(self, room: str | None) -> list[_Participant]:
         rooms = [self._rooms[room]] if room in self._rooms else []

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import av
 import getstream_rtc as rtc
+import numpy as np
 import structlog
 from prometheus_client import Counter, Histogram
 
@@ -58,7 +59,15 @@ AUDIO_DROPPED = Counter(
 
 _PRODUCTION_HOSTS = ("video.stream-io-api.com",)
 _CALL_EVENT_CAPACITY = 256
-_STATE_NAMES = ("IDLE", "JOINING", "JOINED", "RECONNECTING", "MIGRATING", "RECONNECTING_FAILED", "LEFT")
+_STATE_NAMES = (
+    "IDLE",
+    "JOINING",
+    "JOINED",
+    "RECONNECTING",
+    "MIGRATING",
+    "RECONNECTING_FAILED",
+    "LEFT",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +105,7 @@ def _scale_i420(data: I420, w: int, h: int, out_w: int, out_h: int) -> I420:
     """Rescale one I420 picture with swscale (bilinear); runs in a worker thread."""
     frame = av.VideoFrame.from_ndarray(data.reshape(h * 3 // 2, w), format="yuv420p")
     scaled = frame.reformat(width=out_w, height=out_h, format="yuv420p", interpolation="BILINEAR")
-    out: I420 = scaled.to_ndarray().reshape(-1)
+    out: I420 = np.asarray(scaled.to_ndarray(), dtype=np.uint8).reshape(-1)
     return out
 
 
@@ -165,7 +174,11 @@ class StreamPublisher:
                 self._watch(call), name="stream-publisher-watch"
             )
             self._audio = rtc.LocalAudioTrack(pcm_queue_capacity=opts.pcm_queue_s)
-            video = rtc.LocalVideoTrack.vp9() if opts.video_codec == "VP9" else rtc.LocalVideoTrack.vp8()
+            video = (
+                rtc.LocalVideoTrack.vp9()
+                if opts.video_codec == "VP9"
+                else rtc.LocalVideoTrack.vp8()
+            )
             self._video = video
             await asyncio.wait_for(call.publish_audio(self._audio), opts.join_timeout_s)
             await asyncio.wait_for(call.publish_video(video), opts.join_timeout_s)
@@ -340,7 +353,9 @@ class StreamPublisher:
                     )
             except rtc.PcmRateMismatchError as exc:
                 AUDIO_DROPPED.labels("rate_mismatch").inc()
-                self._log.warning("pcm rate changed mid-call", expected=exc.expected, got=exc.actual)
+                self._log.warning(
+                    "pcm rate changed mid-call", expected=exc.expected, got=exc.actual
+                )
                 return
             except (rtc.IllegalStateError, rtc.MediaError, ValueError) as exc:
                 AUDIO_DROPPED.labels("sdk_error").inc()
@@ -369,5 +384,3 @@ def _state_name(state: rtc.CallingState) -> str:
         if state == getattr(rtc.CallingState, name):
             return name
     return str(int(state))
-
-

@@ -19,6 +19,7 @@ from bridge.sim.liveavatar import LiveAvatarStandIn, StandInOptions
 
 API_KEY = "sk-test"
 AVATAR = "0f9e8d7c-6b5a-4c3d-9e2f-1a2b3c4d5e6f"
+FMT24 = AudioFormat(24_000, 1)
 
 
 @pytest.fixture
@@ -65,18 +66,16 @@ MakeUplink = Callable[..., Harness]
 async def make_uplink(api: LiveAvatarAPI, ledger: SessionLedger) -> AsyncIterator[MakeUplink]:
     made: list[Harness] = []
 
-    def make(fmt: AudioFormat = AudioFormat(24_000, 1), **overrides: Any) -> Harness:
-        options = LiveAvatarOptions(**({"avatar_id": AVATAR} | overrides))
+    def make(fmt: AudioFormat = FMT24, **overrides: Any) -> Harness:
+        defaults: dict[str, Any] = {"avatar_id": AVATAR, "max_session_duration": 3600}  # 18 s
+        options = LiveAvatarOptions(**(defaults | overrides))
         events: list[tuple[str, dict[str, Any]]] = []
         failures: list[BridgeError] = []
-        uplink = LiveAvatarUplink(
-            api,
-            ledger,
-            options,
-            fmt,
-            lambda name, **fields: events.append((name, fields)),
-            failures.append,
-        )
+
+        def sink(name: str, /, **fields: Any) -> None:
+            events.append((name, fields))
+
+        uplink = LiveAvatarUplink(api, ledger, options, fmt, sink, failures.append)
         harness = Harness(uplink, events, failures)
         made.append(harness)
         return harness

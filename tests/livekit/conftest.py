@@ -67,22 +67,24 @@ class Harness:
     def event(self, name: str) -> dict[str, Any] | None:
         return next((f for e, f in self.events if e == name), None)
 
-    async def wait_for(self, check: Callable[[], bool], timeout: float, what: str) -> None:
-        try:
-            async with asyncio.timeout(timeout):
-                while not check():
-                    await asyncio.sleep(0.05)
-        except TimeoutError:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
+    async def wait_for(self, check: Callable[[], bool], within_s: float, what: str) -> None:
+        # Polling: the conditions are plain counters that callbacks bump.
+        deadline = asyncio.get_running_loop().time() + within_s
+        while not check():
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"timed out after {within_s}s waiting for {what}")
+            await asyncio.sleep(0.05)
 
-    async def wait_ready(self, timeout: float = 10.0) -> dict[str, Any]:
-        await self.wait_for(lambda: self.event("avatar_ready") is not None, timeout, "avatar_ready")
+    async def wait_ready(self, within_s: float = 10.0) -> dict[str, Any]:
+        await self.wait_for(
+            lambda: self.event("avatar_ready") is not None, within_s, "avatar_ready"
+        )
         ready = self.event("avatar_ready")
         assert ready is not None
         return ready
 
-    async def wait_failure(self, timeout: float = 10.0) -> BridgeError:
-        await self.wait_for(lambda: bool(self.failures), timeout, "on_failure")
+    async def wait_failure(self, within_s: float = 10.0) -> BridgeError:
+        await self.wait_for(lambda: bool(self.failures), within_s, "on_failure")
         return self.failures[0]
 
 
@@ -125,6 +127,7 @@ async def make_downlink(standin: LiveKitStandIn) -> AsyncIterator[MakeDownlink]:
         token: str | None = None,
         url: str | None = None,
         read_marks: bool = False,
+        identity: str | None = None,
         **options: Any,
     ) -> Harness:
         sink = CollectingSink(read_marks=read_marks)
@@ -143,7 +146,7 @@ async def make_downlink(standin: LiveKitStandIn) -> AsyncIterator[MakeDownlink]:
         avatar_room = AvatarRoom(
             session_id="s-1",
             livekit_url=url or standin.url,
-            livekit_token=token or standin.mint_token(room, "daemon"),
+            livekit_token=token or standin.mint_token(room, identity or f"daemon-{len(made)}"),
             ws_url="",
         )
         await h.downlink.start(avatar_room, sink)

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import av
 import jwt
 import numpy as np
 import structlog
@@ -31,7 +32,7 @@ from aiortc.sdp import candidate_from_sdp
 from getstream.video.rtc.pb.stream.video.sfu.event import events_pb2 as ev
 from getstream.video.rtc.pb.stream.video.sfu.models import models_pb2 as pbm
 from getstream.video.rtc.pb.stream.video.sfu.signal_rpc import signal_pb2 as sig
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import DecodeError
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge
 
@@ -64,6 +65,8 @@ _CODE_NOT_ALLOWED = 17
 _CODE_TOKEN_EXPIRED = 40
 _CODE_TOKEN_SIGNATURE = 43
 _NET_TIMEOUT_S = 5.0
+# The SDK's generated protobuf modules are untyped for mypy: messages are Any.
+Pb = Any
 _LEAVES_KEPT = 64
 
 
@@ -737,14 +740,14 @@ class StreamStandIn:
             return _twirp_error("internal", str(exc), 500)
         return _protobuf(out)
 
-    def _rpc_handlers(self) -> dict[str, Callable[[bytes], Awaitable[Message]]]:
-        async def empty_stats(_: bytes) -> Message:
+    def _rpc_handlers(self) -> dict[str, Callable[[bytes], Awaitable[Pb]]]:
+        async def empty_stats(_: bytes) -> Pb:
             return sig.SendStatsResponse()
 
-        async def empty_subs(_: bytes) -> Message:
+        async def empty_subs(_: bytes) -> Pb:
             return sig.UpdateSubscriptionsResponse()
 
-        async def empty_answer(_: bytes) -> Message:
+        async def empty_answer(_: bytes) -> Pb:
             return sig.SendAnswerResponse()
 
         return {
@@ -757,7 +760,7 @@ class StreamStandIn:
             "SendAnswer": empty_answer,
         }
 
-    async def _rpc_set_publisher(self, body: bytes) -> Message:
+    async def _rpc_set_publisher(self, body: bytes) -> Pb:
         req = sig.SetPublisherRequest.FromString(body)
         session = self._sessions[req.session_id]
         new_tracks = [t.track_type for t in req.tracks]
@@ -766,9 +769,11 @@ class StreamStandIn:
             session=session.session_id,
             tracks=[(pbm.TrackType.Name(t.track_type), t.codec.name) for t in req.tracks],
         )
-        if session.pub_pc is None or session.pub_pc.connectionState in ("closed", "failed"):
-            session.pub_pc = self._new_publisher_pc(session)
         pc = session.pub_pc
+        if pc is None or pc.connectionState in ("closed", "failed"):
+            pc = session.pub_pc = self._new_publisher_pc(session)
+        elif pc.remoteDescription is not None:
+            _follow_ice_restart(pc, req.sdp, session.session_id)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=req.sdp, type="offer"))
         for cand in session.pending_ice:
             await _add_candidate(pc, cand)
@@ -805,7 +810,7 @@ class StreamStandIn:
         pc.on("connectionstatechange", on_state)
         return pc
 
-    async def _rpc_ice_trickle(self, body: bytes) -> Message:
+    async def _rpc_ice_trickle(self, body: bytes) -> Pb:
         req = pbm.ICETrickle.FromString(body)
         session = self._sessions[req.session_id]
         if req.peer_type == pbm.PEER_TYPE_PUBLISHER_UNSPECIFIED:
@@ -816,7 +821,7 @@ class StreamStandIn:
                 session.pending_ice.append(req.ice_candidate)
         return sig.ICETrickleResponse()
 
-    async def _rpc_update_mute_states(self, body: bytes) -> Message:
+    async def _rpc_update_mute_states(self, body: bytes) -> Pb:
         req = sig.UpdateMuteStatesRequest.FromString(body)
         log.info(
             "sfu mute states",
@@ -825,7 +830,7 @@ class StreamStandIn:
         )
         return sig.UpdateMuteStatesResponse()
 
-    async def _rpc_ice_restart(self, body: bytes) -> Message:
+    async def _rpc_ice_restart(self, body: bytes) -> Pb:
         req = sig.ICERestartRequest.FromString(body)
         log.info("sfu ice restart requested", session=req.session_id, peer=req.peer_type)
         return sig.ICERestartResponse()
@@ -845,13 +850,15 @@ class StreamStandIn:
                 break
             now = time.monotonic()
             SIM_FRAMES.labels(track.kind).inc()
-            if track.kind == "video":
-                plane = frame.planes[0]
-                y = np.frombuffer(plane, np.uint8).reshape(frame.height, plane.line_size)
+            if isinstance(frame, av.VideoFrame):
+                plane = frame.planes[0]  # Y, rows padded to line_size
+                y = np.frombuffer(memoryview(plane), np.uint8).reshape(
+                    frame.height, plane.line_size
+                )
                 call.measure.on_video(frame.width, frame.height, y[:, : frame.width], now)
-            else:
+            elif isinstance(frame, av.AudioFrame):
                 channels = len(frame.layout.channels)
-                pcm = frame.to_ndarray().reshape(-1)
+                pcm = np.asarray(frame.to_ndarray(), dtype=np.int16).reshape(-1)
                 call.measure.on_audio(pcm, frame.sample_rate, channels, now)
             if call.recorder is not None:
                 call.recorder.put(frame)
@@ -924,7 +931,33 @@ async def _add_candidate(pc: RTCPeerConnection, candidate_json: str) -> None:
     await pc.addIceCandidate(cand)
 
 
-def _protobuf(message: Message) -> web.Response:
+def _sdp_attr(sdp: str, name: str) -> str | None:
+    prefix = f"a={name}:"
+    for line in sdp.splitlines():
+        if line.startswith(prefix):
+            return line.removeprefix(prefix).strip()
+    return None
+
+
+def _follow_ice_restart(pc: RTCPeerConnection, offer_sdp: str, session_id: str) -> None:
+    """Accept the SDK's ICE restart on the existing transport.
+
+    After a fast reconnect the SDK re-offers with new ICE credentials and keeps its DTLS session.
+    aiortc has no ICE restart and would reject the new connectivity checks (wrong username), so
+    the remote credentials of the running aioice connection are replaced in place; DTLS and SRTP
+    continue. Private aiortc state: the transport of a BUNDLE group is shared by all transceivers.
+    """
+    assert pc.remoteDescription is not None
+    ufrag, pwd = _sdp_attr(offer_sdp, "ice-ufrag"), _sdp_attr(offer_sdp, "ice-pwd")
+    if ufrag is None or pwd is None or ufrag == _sdp_attr(pc.remoteDescription.sdp, "ice-ufrag"):
+        return
+    for transceiver in pc.getTransceivers():
+        connection = transceiver.receiver.transport.transport._connection
+        connection.remote_username, connection.remote_password = ufrag, pwd
+    log.info("sfu publisher ice restart", session=session_id)
+
+
+def _protobuf(message: Pb) -> web.Response:
     return web.Response(body=message.SerializeToString(), content_type="application/protobuf")
 
 

@@ -110,19 +110,21 @@ def enable_vp9_receive() -> None:
         ),
     ]
     # The receiver module imported these names directly, so they are replaced there.
-    orig_depayload = rtcrtpreceiver.depayload
-    orig_get_decoder = rtcrtpreceiver.get_decoder
+    orig_depayload = getattr(rtcrtpreceiver, "depayload")  # noqa: B009 (not re-exported)
+    orig_get_decoder = getattr(rtcrtpreceiver, "get_decoder")  # noqa: B009
 
     def depayload(codec: RTCRtpCodecParameters, payload: bytes) -> bytes:
         if codec.name == "VP9":
             return vp9_depayload(payload)
-        return orig_depayload(codec, payload)
+        out: bytes = orig_depayload(codec, payload)
+        return out
 
     def get_decoder(codec: RTCRtpCodecParameters) -> Decoder:
         if codec.mimeType.lower() == "video/vp9":
             return Vp9Decoder()
-        return orig_get_decoder(codec)
+        decoder: Decoder = orig_get_decoder(codec)
+        return decoder
 
-    rtcrtpreceiver.depayload = depayload  # type: ignore[assignment]
-    rtcrtpreceiver.get_decoder = get_decoder  # type: ignore[assignment]
+    setattr(rtcrtpreceiver, "depayload", depayload)  # noqa: B010
+    setattr(rtcrtpreceiver, "get_decoder", get_decoder)  # noqa: B010
     _installed = True

@@ -1,0 +1,158 @@
+"""The synthetic avatar renderer: marks, mouth, flash on onsets, playout-time events."""
+
+from __future__ import annotations
+
+import asyncio
+from fractions import Fraction
+from typing import Any, Literal
+
+import av
+import numpy as np
+
+from bridge.sim import marks
+from bridge.sim.avatar import OUT_RATE, RESOLUTIONS, AvatarRenderer, RendererEvent
+
+
+def _codec(name: str, mode: Literal["r", "w"]) -> Any:
+    # av's stubs type create() as the base class; the tests use the video subclass API.
+    codec: Any = av.CodecContext.create(name, mode)
+    return codec
+
+
+FPS = 30
+
+
+def open_pixels(renderer: AvatarRenderer, frame: Any) -> int:
+    """Dark pixels inside the mouth box: grows with the mouth opening."""
+    x0, y0, x1, y1 = renderer.mouth_box
+    y = frame.to_ndarray()[: renderer.height]
+    return int((y[y0:y1, x0:x1] < 50).sum())
+
+
+async def capture(
+    renderer: AvatarRenderer, video_frames: int, audio_frames: int
+) -> tuple[list[Any], list[Any]]:
+    vt: Any = renderer.video_track()
+    at: Any = renderer.audio_track()
+
+    async def video() -> list[Any]:
+        return [await vt.recv() for _ in range(video_frames)]
+
+    async def audio() -> list[Any]:
+        return [await at.recv() for _ in range(audio_frames)]
+
+    return await asyncio.gather(video(), audio())
+
+
+async def test_mouth_flash_and_events_follow_playout() -> None:
+    events: list[RendererEvent] = []
+    r = AvatarRenderer(640, 360, FPS, 0.15, listener=events.append)
+    r.start()
+    try:
+        beeps = marks.beep_train(24_000, 4, 300, 100, 600.0, amplitude=0.6)
+        pushed_at = r.media_s()
+        r.push_audio(beeps.tobytes(), "turn-1")
+        r.end_turn("turn-1")
+        video, audio = await capture(r, 50, 80)
+    finally:
+        await r.aclose()
+    read = [marks.read_frame(f.to_ndarray()[:360]) for f in video]
+    assert all(m is not None for m in read)
+    numbers = [m.frame_no for m in read if m]
+    assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)
+    assert all(f.width == 640 and f.height == 360 for f in video)
+    assert all(f.pts == m.frame_no * 90_000 // FPS for f, m in zip(video, read, strict=True) if m)
+    # Audio: contiguous 20 ms frames at 48 kHz mono, pts in samples.
+    assert all(f.sample_rate == OUT_RATE and f.samples == 960 for f in audio)
+    assert [f.pts for f in audio] == [audio[0].pts + 960 * i for i in range(len(audio))]
+    pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in audio])
+    onset_s = [(audio[0].pts + i) / OUT_RATE for i in marks.onsets(pcm, OUT_RATE)]
+    assert len(onset_s) == 4
+    # Played out after the render latency, one beep every 300 ms.
+    assert abs(onset_s[0] - pushed_at - 0.15) < 0.03
+    assert np.allclose(np.diff(onset_s), 0.3, atol=0.002)
+    # Exactly the frames whose interval holds an onset flash: skew within one frame.
+    flashed = [m.frame_no for m in read if m and m.flash]
+    assert flashed == [int(t * FPS) for t in onset_s]
+    # The mouth is open while a beep plays and closed in the silences between.
+    by_no = {m.frame_no: f for f, m in zip(video, read, strict=True) if m}
+    for t in onset_s:
+        loud = by_no.get(int((t + 0.05) * FPS))
+        quiet = by_no.get(int((t + 0.2) * FPS))
+        assert loud is not None and quiet is not None
+        assert open_pixels(r, loud) > 3 * max(1, open_pixels(r, quiet))
+    # Events at the playout instants, in order.
+    kinds = [(e.kind, e.event_id or e.state) for e in events]
+    assert kinds == [
+        ("speak_started", "turn-1"),
+        ("state", "talking"),
+        ("speak_ended", "turn-1"),
+        ("state", "idle"),
+    ]
+    assert abs(events[0].media_s - onset_s[0]) < 0.005
+    assert abs(events[2].media_s - (onset_s[0] + 1.2)) < 0.01
+    assert r.received_bytes == {"turn-1": len(beeps) * 2}
+    assert r.played_samples == {"turn-1": len(beeps) * 2}
+
+
+async def test_idle_is_still_and_silent() -> None:
+    r = AvatarRenderer(854, 480, FPS, 0.1)
+    r.start()
+    try:
+        video, audio = await capture(r, 6, 10)
+    finally:
+        await r.aclose()
+    assert all(not np.any(f.to_ndarray()) for f in audio)
+    bar = marks.barcode_height(854)
+    bodies = [f.to_ndarray()[bar : 480 - 100] for f in video]
+    assert all(np.array_equal(bodies[0], b) for b in bodies[1:])
+    assert all(not m.flash for m in (marks.read_frame(f.to_ndarray()[:480]) for f in video) if m)
+
+
+async def test_interrupt_silences_and_reports() -> None:
+    events: list[RendererEvent] = []
+    r = AvatarRenderer(640, 360, FPS, 0.05, listener=events.append)
+    r.start()
+    try:
+        tone = (np.sin(np.arange(48_000) / 4) * 10_000).astype(np.int16)  # 2 s at 24 kHz
+        r.push_audio(tone.tobytes(), "long")
+        at: Any = r.audio_track()
+        frames = [await at.recv() for _ in range(25)]  # 0.5 s
+        r.interrupt()
+        frames += [await at.recv() for _ in range(25)]
+    finally:
+        await r.aclose()
+    level = [int(np.abs(f.to_ndarray()).max()) for f in frames]
+    assert max(level[5:25]) > 5000  # was speaking
+    assert max(level[30:]) == 0  # silent shortly after the interrupt (computed lookahead only)
+    kinds = [(e.kind, e.event_id or e.state) for e in events]
+    assert ("speak_interrupted", "long") in kinds
+    assert kinds[-1] == ("state", "idle")
+    assert ("speak_ended", "long") not in kinds
+    assert r.played_samples["long"] < 48_000 * 2
+
+
+async def test_rendered_frame_survives_vp8_at_each_quality() -> None:
+    for quality in ("low", "medium"):
+        w, h = RESOLUTIONS[quality]
+        r = AvatarRenderer(w, h, FPS, 0.05)
+        r.start()
+        try:
+            vt: Any = r.video_track()
+            frames = [await vt.recv() for _ in range(3)]
+        finally:
+            await r.aclose()
+        enc = _codec("libvpx", "w")
+        enc.width, enc.height, enc.pix_fmt = w, h, "yuv420p"
+        enc.bit_rate = 400_000
+        enc.time_base = Fraction(1, FPS)
+        dec = _codec("vp8", "r")
+        decoded = []
+        for frame in frames:
+            for packet in enc.encode(frame):
+                decoded += dec.decode(packet)
+        for packet in enc.encode(None):
+            decoded += dec.decode(packet)
+        expected = [marks.read_frame(f.to_ndarray()[:h]) for f in frames]
+        assert [marks.read_frame(f.to_ndarray()[:h]) for f in decoded] == expected
+        assert all(m is not None for m in expected)

@@ -1,0 +1,120 @@
+"""Smoke test of the LiveKit handshake with the raw SDK: fails naming the step an upgrade broke.
+
+The signalling surface moved recently in the SDK (the /rtc/v1 path, mid_to_track_id, the msid
+format); when an upgrade changes it again, this says which step stopped working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+from aiohttp import ClientSession
+from livekit import api, rtc
+
+from bridge.sim.livekit_server import LiveKitStandIn
+from tests.livekit.conftest import AVATAR, open_room
+
+
+async def _step(name: str, aw: object, within_s: float) -> object:
+    try:
+        async with asyncio.timeout(within_s):
+            return await aw  # type: ignore[misc]
+    except TimeoutError:
+        raise AssertionError(f"handshake step '{name}' timed out after {within_s}s") from None
+    except Exception as exc:
+        raise AssertionError(f"handshake step '{name}' failed: {exc!r}") from exc
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("single_pc", [True, False], ids=["rtc-v1", "rtc-legacy"])
+async def test_sdk_handshake_steps(single_pc: bool) -> None:
+    server = LiveKitStandIn(ping_interval_s=1, ping_timeout_s=4)
+    await server.start()
+    room = rtc.Room()
+    try:
+        await open_room(server, "smoke")
+        subscribed: dict[int, rtc.Track] = {}
+        both = asyncio.Event()
+
+        @room.on("track_subscribed")
+        def _on(
+            track: rtc.Track, pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant
+        ) -> None:
+            assert p.identity == AVATAR
+            subscribed[track.kind] = track
+            if len(subscribed) == 2:
+                both.set()
+
+        options = rtc.RoomOptions(single_peer_connection=single_pc)
+        token = server.mint_token("smoke", "daemon")
+        await _step(
+            "1 connect (signalling + join response + ICE/DTLS)",
+            room.connect(server.url, token, options),
+            10,
+        )
+        joins = server.counters.joins
+        assert joins == 1, f"handshake step '1 connect': server saw {joins} joins"
+        assert AVATAR in {p.identity for p in room.remote_participants.values()}, (
+            "handshake step '2 join response': the avatar is not a remote participant"
+        )
+        await _step(
+            "3 track_subscribed for audio and video (mid_to_track_id / msid)", both.wait(), 5
+        )
+        video = rtc.VideoStream(subscribed[rtc.TrackKind.KIND_VIDEO])
+        audio = rtc.AudioStream(
+            subscribed[rtc.TrackKind.KIND_AUDIO], sample_rate=48000, num_channels=1
+        )
+        try:
+            vev = await _step("4 first decoded video frame", anext(aiter(video)), 5)
+            assert isinstance(vev, rtc.VideoFrameEvent)
+            assert (vev.frame.width, vev.frame.height) == (320, 180)
+            t_end = time.monotonic() + 1.5
+            peak = 0
+            while time.monotonic() < t_end:
+                aev = await _step("5 decoded audio", anext(aiter(audio)), 5)
+                assert isinstance(aev, rtc.AudioFrameEvent)
+                pcm = np.frombuffer(aev.frame.data, dtype=np.int16)
+                peak = max(peak, int(np.abs(pcm).max()))
+            assert peak > 2000, f"handshake step '5 decoded audio': silent (peak {peak})"
+        finally:
+            await video.aclose()
+            await audio.aclose()
+        assert server.counters.signal_requests["ping_req"] >= 1, (
+            "handshake step '6 keep-alive': no ping_req in 1.5 s with ping_interval=1"
+        )
+        assert room.connection_state == rtc.ConnectionState.CONN_CONNECTED
+        await _step("7 leave", room.disconnect(), 5)
+        await asyncio.sleep(0.2)
+        assert server.counters.leaves == 1, "handshake step '7 leave': server saw no leave"
+        assert server.participants_in("smoke") == 0
+    finally:
+        await room.disconnect()
+        await server.aclose()
+
+
+async def test_validate_endpoint_checks_token() -> None:
+    server = LiveKitStandIn(api_secret="s" * 32)
+    await server.start()
+    try:
+        await open_room(server, "val")
+        good = server.mint_token("val", "daemon")
+        forged = (
+            api.AccessToken("devkey", "x" * 32)
+            .with_identity("daemon")
+            .with_grants(api.VideoGrants(room_join=True, room="val"))
+            .to_jwt()
+        )
+        other_room = server.mint_token("nope", "daemon")
+        base = server.url.replace("ws://", "http://")
+        async with ClientSession() as http:
+            for path in ("/rtc/validate", "/rtc/v1/validate"):
+                cases = [(good, 200), (forged, 401), (other_room, 404), ("", 401)]
+                for token, status in cases:
+                    headers = {"Authorization": f"Bearer {token}"} if token else {}
+                    async with http.get(base + path, headers=headers) as resp:
+                        assert resp.status == status, (path, status, await resp.text())
+    finally:
+        await server.aclose()

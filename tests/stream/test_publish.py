@@ -1,0 +1,136 @@
+"""The real getstream_rtc SDK, driven by StreamPublisher, publishing into the stand-in SFU."""
+
+from __future__ import annotations
+
+import asyncio
+
+import getstream_rtc as rtc
+import pytest
+
+from bridge.errors import ErrorCode
+from bridge.sim.stream import StreamStandIn
+from tests.stream._support import Recorder, drive, make_publisher, stamped_frame, wait_for
+
+pytestmark = pytest.mark.netns
+
+
+def other_tasks() -> list[asyncio.Task[object]]:
+    """Tasks still alive besides this test's own."""
+    return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+
+def publisher_tasks() -> list[asyncio.Task[object]]:
+    """Live tasks running publisher code (the stand-in's own server tasks are not counted)."""
+    return [
+        t
+        for t in other_tasks()
+        if "bridge.stream" in getattr(t.get_coro(), "__module__", "")
+        or "StreamPublisher" in getattr(t.get_coro(), "__qualname__", "")
+    ]
+
+
+async def test_vp9_publish_arrives_in_order_with_audio_and_leaves(standin: StreamStandIn) -> None:
+    rec = Recorder()
+    pub = make_publisher(standin, rec, "vp9-call", video_codec="VP9", width=640, height=360)
+    await pub.start()
+    # A second participant in the same call, joined with the SDK directly (publishes nothing).
+    viewer_client = rtc.Client(
+        standin.api_key, standin.api_secret, base_url=standin.base_url, ws_url=standin.ws_url
+    )
+    viewer = viewer_client.call("default", "vp9-call")
+    await asyncio.wait_for(viewer.join("viewer", True), 10)
+    sent = await drive(pub, seconds=3.0)
+    assert await wait_for(
+        lambda: standin.stats("default", "vp9-call")["video"]["frames"] >= sent - 10
+    )
+    stats = standin.stats("default", "vp9-call")
+
+    video, marks, audio, sync = stats["video"], stats["marks"], stats["audio"], stats["sync"]
+    assert video["resolution"] == "640x360" and list(video["sizes"]) == ["640x360"]
+    assert 20 <= video["fps"] <= 40
+    assert marks["in_order"] and marks["backwards"] == 0
+    assert marks["read"] >= sent - 10  # only frames before the first keyframe may be lost
+    # aiortc releases a frame when the next one arrives, so the last one or two stay held.
+    assert sent - 3 <= marks["last"] <= sent - 1
+    assert 2.0 <= audio["seconds"] <= 4.5 and audio["sample_rate"] == 48000
+    assert audio["level_dbfs"] is not None and audio["level_dbfs"] > -40
+    assert audio["onsets"] >= 4 and marks["flashes"] >= 4
+    assert sync["pairs"] >= 3 and abs(sync["skew_ms_median"]) < 250
+    assert {p["user_id"] for p in stats["participants"]} == {"avatar-bridge", "viewer"}
+    assert [e for e, _ in rec.events] == ["published"]
+    assert rec.events[0][1]["codec"] == "VP9"
+    assert pub.frames_written == sent and pub.frames_dropped == 0
+
+    # A frame whose pts does not advance is dropped and counted by the publisher itself.
+    await pub.write_video(stamped_frame(sent - 1, 640, 360, 30.0))
+    assert pub.frames_dropped == 1
+
+    await pub.aclose()
+    await pub.aclose()  # idempotent
+    await pub.write_video(stamped_frame(sent + 5, 640, 360, 30.0))  # ignored after leave
+    assert pub.frames_written == sent
+    assert await wait_for(
+        lambda: (
+            "avatar-bridge"
+            not in {p["user_id"] for p in standin.stats("default", "vp9-call")["participants"]}
+        )
+    )
+    leaves = standin.stats("default", "vp9-call")["leaves"]
+    assert [(x["user_id"], x["reason"]) for x in leaves] == [
+        ("avatar-bridge", "user requested leave")
+    ]
+    await asyncio.wait_for(viewer.leave(), 5)
+    assert rec.failures == []
+    assert publisher_tasks() == []
+
+
+async def test_vp8_with_scaling_to_the_output_size() -> None:
+    async with StreamStandIn(video_codec="VP8") as standin:
+        rec = Recorder()
+        pub = make_publisher(standin, rec, "vp8-call", video_codec="VP8", width=640, height=360)
+        await pub.start()
+        sent = await drive(pub, seconds=2.0, w=1280, h=720)
+        assert await wait_for(
+            lambda: standin.stats("default", "vp8-call")["video"]["frames"] >= sent - 15
+        )
+        stats = standin.stats("default", "vp8-call")
+        await pub.aclose()
+    assert other_tasks() == []  # the stand-in closed every socket, peer connection and task
+    assert stats["video"]["resolution"] == "640x360"
+    assert stats["video_codec"] == "VP8"
+    # The marks survive the downscale: read back in order from the scaled pictures.
+    assert stats["marks"]["in_order"] and stats["marks"]["read"] >= sent - 15
+    assert stats["audio"]["seconds"] > 1.0
+    assert pub.frames_written == sent
+
+
+async def test_sfu_websocket_drop_is_survived(standin: StreamStandIn) -> None:
+    rec = Recorder()
+    pub = make_publisher(standin, rec, "drop-call")
+    await pub.start()
+    await drive(pub, seconds=1.0)
+    before = standin.stats("default", "drop-call")["video"]["frames"]
+    assert before > 0
+    assert await standin.drop_sfu_ws("default", "drop-call") == 1
+    await drive(pub, seconds=2.0, start_frame=30)
+    assert await wait_for(lambda: standin.stats("default", "drop-call")["sfu_connects"] >= 2)
+    stats = standin.stats("default", "drop-call")
+    assert stats["video"]["frames"] >= before + 40, stats  # frames kept arriving after the drop
+    assert stats["marks"]["in_order"]
+    assert [p["user_id"] for p in stats["participants"]] == ["avatar-bridge"]
+    assert rec.failures == []
+    await pub.aclose()
+
+
+async def test_call_ended_by_the_server_reports_stream_failed(standin: StreamStandIn) -> None:
+    rec = Recorder()
+    pub = make_publisher(standin, rec, "end-call")
+    await pub.start()
+    await drive(pub, seconds=0.5)
+    await standin.end_call("default", "end-call")
+    assert await wait_for(lambda: bool(rec.failures), within_s=10)
+    assert [f.code for f in rec.failures] == [ErrorCode.STREAM_FAILED]
+    assert "end-call" in rec.failures[0].message
+    await pub.aclose()
+    assert len(rec.failures) == 1
+    assert publisher_tasks() == []
