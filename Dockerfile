@@ -40,19 +40,16 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 # ----- runtime ------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
 
-ARG UID=10001
-ARG GID=10001
-
 LABEL org.opencontainers.image.title="avatar-bridge" \
       org.opencontainers.image.description="PCM on a local socket in, a lip-synced LiveAvatar avatar in a Stream call out" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 # A fixed UID/GID so host bind mounts (the socket directory) can be owned or grouped to match.
 # The two directories exist before VOLUME so a new named volume inherits their owner and mode.
-RUN groupadd --system --gid "${GID}" avatar-bridge \
-    && useradd --system --uid "${UID}" --gid "${GID}" --no-create-home \
+RUN groupadd --system --gid 10001 avatar-bridge \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home \
        --home-dir /nonexistent --shell /usr/sbin/nologin avatar-bridge \
-    && install -d -o "${UID}" -g "${GID}" -m 0750 /run/avatar-bridge /var/lib/avatar-bridge
+    && install -d -o 10001 -g 10001 -m 0750 /run/avatar-bridge /var/lib/avatar-bridge
 
 COPY --from=builder /app/.venv /app/.venv
 

@@ -5,6 +5,7 @@ CPU (all threads: libwebrtc decode, the SDK's FFI, our hand-off) over a fixed wi
 as % of one core. Media needs a non-loopback interface, so run it through the namespace harness:
 
     python -m bridge.sim.netns -- python bench/downlink_cpu.py [--window 8] [--warmup 2]
+        [--pattern ramp|bar]
 """
 
 from __future__ import annotations
@@ -44,11 +45,11 @@ def cpu_s(pid: int | str = "self") -> float:
 
 
 async def one_run(
-    width: int, height: int, fps: int, warmup: float, window: float
+    width: int, height: int, fps: int, pattern: str, warmup: float, window: float
 ) -> dict[str, Any]:
     server = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bridge.sim.livekit_server", "--port", "0",
-        "--width", str(width), "--height", str(height), "--fps", str(fps),
+        "--width", str(width), "--height", str(height), "--fps", str(fps), "--pattern", pattern,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     assert server.stdout is not None
@@ -75,6 +76,7 @@ async def one_run(
             wall = time.time() - t0
             return {
                 "resolution": f"{width}x{height}@{fps}",
+                "pattern": pattern,
                 "downlink_cpu_pct": round(100 * (cpu_s() - c0) / wall, 1),
                 "standin_cpu_pct": round(100 * (cpu_s(server.pid) - s0) / wall, 1),
                 "video_fps": round((sink.video - v0) / wall, 1),
@@ -94,9 +96,16 @@ async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--window", type=float, default=8.0)
     p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument(
+        "--pattern",
+        default="ramp",
+        choices=("ramp", "bar"),
+        help="ramp: every pixel changes (realistic codec load); bar: a mostly static picture",
+    )
     a = p.parse_args()
     for width, height in ((640, 360), (1280, 720)):
-        print(json.dumps(await one_run(width, height, 30, a.warmup, a.window)), flush=True)
+        run = await one_run(width, height, 30, a.pattern, a.warmup, a.window)
+        print(json.dumps(run), flush=True)
 
 
 if __name__ == "__main__":

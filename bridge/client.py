@@ -186,7 +186,7 @@ class BridgeClient:
 
         The wait is bounded by ``close_timeout_s``.
         """
-        if not self.closed and not self._writer.is_closing():
+        if not self.closed and self._fatal is None and not self._writer.is_closing():
             with contextlib.suppress(ConnectionError, OSError):
                 self._writer.write(self._proto.send_close())
                 await self._writer.drain()
@@ -204,7 +204,8 @@ class BridgeClient:
             await self._task
 
     def _check_open(self) -> None:
-        if self.closed or self._writer.is_closing():
+        # After a fatal ERROR the daemon only drains and hangs up: nothing more may be sent.
+        if self.closed or self._fatal is not None or self._writer.is_closing():
             raise ConnectionClosed(self._fatal)
 
     async def _send(self, frame: bytes) -> None:

@@ -11,6 +11,7 @@ On the command line, ``--set liveavatar.video_quality=low`` sets any option.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import ipaddress
 import json
@@ -61,10 +62,13 @@ class LiveAvatarConfig(_Section):
 
     api_key: SecretStr | None = Field(None, description="LiveAvatar API key (LIVEAVATAR_API_KEY).")
     avatar_id: str | None = Field(
-        None, description="Avatar UUID (LIVEAVATAR_AVATAR_ID); sandbox mode uses the sandbox avatar."
+        None,
+        description="Avatar UUID (LIVEAVATAR_AVATAR_ID); sandbox mode uses the sandbox avatar.",
     )
     base_url: str = Field("https://api.liveavatar.com", description="LiveAvatar REST base URL.")
-    is_sandbox: bool = Field(True, description="Free, duration-capped sessions on the sandbox avatar.")
+    is_sandbox: bool = Field(
+        True, description="Free, duration-capped sessions on the sandbox avatar."
+    )
     max_session_duration: int = Field(
         1800, ge=30, le=86400, description="Hard cap per LiveAvatar session, seconds (always sent)."
     )
@@ -72,9 +76,15 @@ class LiveAvatarConfig(_Section):
         "high", description="Render size: 360p, 480p, 720p, 1080p."
     )
     video_encoding: Literal["H264", "VP8"] = Field("H264", description="Avatar's LiveKit codec.")
-    avatar_identity: str = Field("heygen", description="LiveKit identity of the avatar participant.")
-    keep_alive_s: float = Field(60.0, gt=0, description="Send session.keep_alive after this silence.")
-    first_chunk_ms: int = Field(600, ge=20, le=5000, description="First agent.speak chunk of a turn.")
+    avatar_identity: str = Field(
+        "heygen", description="LiveKit identity of the avatar participant."
+    )
+    keep_alive_s: float = Field(
+        60.0, gt=0, description="Send session.keep_alive after this silence."
+    )
+    first_chunk_ms: int = Field(
+        600, ge=20, le=5000, description="First agent.speak chunk of a turn."
+    )
     chunk_ms: int = Field(1000, ge=20, le=10000, description="Later agent.speak chunks.")
     request_timeout_s: float = Field(10.0, gt=0, description="Timeout of each REST call.")
     connect_timeout_s: float = Field(
@@ -94,7 +104,10 @@ class OutputConfig(_Section):
     height: int = Field(720, ge=16, le=3840, multiple_of=2, description="Outbound video height.")
     fps: int = Field(30, ge=1, le=60, description="Outbound frame rate.")
     buffer_seconds: float = Field(
-        1.0, gt=0, le=10, description="Video queue cap = fps x buffer_seconds frames (absorbs jitter)."
+        1.0,
+        gt=0,
+        le=10,
+        description="Video queue cap = fps x buffer_seconds frames (absorbs jitter).",
     )
     video_codec: Literal["VP9", "VP8"] = Field("VP9", description="Codec when transcoding.")
     media_path: Literal["auto", "relay", "transcode"] = Field(
@@ -102,6 +115,13 @@ class OutputConfig(_Section):
     )
     audio_queue_ms: int = Field(
         200, ge=20, le=5000, description="Outbound PCM queue (bounds lip-sync drift)."
+    )
+    video_delay_ms: float = Field(
+        40.0,
+        ge=0,
+        le=1000,
+        description="Hold video this long after arrival so it leaves aligned with the slower "
+        "audio path (measured 25-65 ms; see docs/sync.md).",
     )
 
 
@@ -137,7 +157,9 @@ class IngestConfig(_Section):
     tcp_port: int | None = Field(None, ge=0, le=65535, description="TCP ingest port; unset = off.")
     tcp_token: SecretStr | None = Field(None, description="Token clients send in HELLO over TCP.")
     allow_non_loopback_tcp: bool = Field(False, description="Allow a non-loopback tcp_host.")
-    hello_timeout_s: float = Field(5.0, gt=0, le=60, description="First frame must be HELLO by then.")
+    hello_timeout_s: float = Field(
+        5.0, gt=0, le=60, description="First frame must be HELLO by then."
+    )
 
     @field_validator("socket_path", mode="before")
     @classmethod
@@ -289,12 +311,12 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
-            raise ConfigError([f"--set {pair!r}: expected OPTION=VALUE, e.g. limits.max_sessions=4"])
+            raise ConfigError(
+                [f"--set {pair!r}: expected OPTION=VALUE, e.g. limits.max_sessions=4"]
+            )
         value: Any = raw
-        try:
+        with contextlib.suppress(ValueError):
             value = json.loads(raw)
-        except ValueError:
-            pass
         node = out
         *parents, leaf = key.strip().split(".")
         for part in parents:
@@ -333,7 +355,9 @@ def load_settings(
         elif DEFAULT_CONFIG_PATH.is_file():
             path = DEFAULT_CONFIG_PATH
     if path is not None and not path.is_file():
-        raise ConfigError([f"config file {path} does not exist (fix --config or AVATAR_BRIDGE_CONFIG)"])
+        raise ConfigError(
+            [f"config file {path} does not exist (fix --config or AVATAR_BRIDGE_CONFIG)"]
+        )
     token = _TOML_PATH.set(path)
     try:
         settings = Settings(**dict(overrides or {}))
@@ -369,6 +393,12 @@ def _cross_checks(s: Settings) -> list[str]:
                 f"ingest.tcp_host: {ingest.tcp_host} is not a loopback address; use 127.0.0.1 "
                 "or set ingest.allow_non_loopback_tcp=true knowingly"
             )
+    if s.limits.uplink_queue_ms < s.liveavatar.chunk_ms:
+        problems.append(
+            f"limits.uplink_queue_ms: {s.limits.uplink_queue_ms} ms cannot hold one "
+            f"agent.speak chunk of liveavatar.chunk_ms={s.liveavatar.chunk_ms}; raise it or "
+            "lower liveavatar.chunk_ms"
+        )
     if s.dry_run:
         return problems
     la = s.liveavatar
@@ -384,7 +414,8 @@ def _cross_checks(s: Settings) -> list[str]:
         )
     if not la.is_sandbox and la.avatar_id is None:
         problems.append(
-            "liveavatar.avatar_id: required outside sandbox mode (export LIVEAVATAR_AVATAR_ID=<uuid>)"
+            "liveavatar.avatar_id: required outside sandbox mode "
+            "(export LIVEAVATAR_AVATAR_ID=<uuid>)"
         )
     if s.stream.api_key is None or s.stream.api_secret is None:
         problems.append(

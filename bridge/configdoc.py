@@ -1,6 +1,6 @@
 """Generate the example TOML file and the configuration reference from the settings model.
 
-    python -m bridge.configdoc            # rewrite config/avatar-bridge.toml and docs/configuration.md
+    python -m bridge.configdoc          # rewrite config/avatar-bridge.toml, docs/configuration.md
     python -m bridge.configdoc --check    # exit 1 if either file drifted from the model
 
 A test runs ``--check`` so the documentation can never disagree with the code.
@@ -90,8 +90,10 @@ def render_toml() -> str:
             extra = _alias_env(section, name)
             if extra:
                 out.append(f"# Also from: {', '.join(extra)}.")
-            if default is None or field.annotation is SecretStr or "SecretStr" in str(
-                field.annotation
+            if (
+                default is None
+                or field.annotation is SecretStr
+                or "SecretStr" in str(field.annotation)
             ):
                 out.append(f"# {name} =")
             else:
@@ -109,7 +111,8 @@ def render_markdown() -> str:
         "> the standard variables (`LIVEAVATAR_API_KEY`, `LIVEAVATAR_AVATAR_ID`, `STREAM_API_KEY`,",
         "`STREAM_API_SECRET`, ...) > credential files in `$CREDENTIALS_DIRECTORY` (systemd",
         "`LoadCredential=`) or `$AVATAR_BRIDGE_SECRETS_DIR` > the TOML file (`--config`,",
-        "`$AVATAR_BRIDGE_CONFIG`, or `/etc/avatar-bridge/avatar-bridge.toml` if present) > defaults.",
+        "`$AVATAR_BRIDGE_CONFIG`, or `/etc/avatar-bridge/avatar-bridge.toml` if present)",
+        "> defaults.",
         "",
         "Invalid values stop the daemon at start with one line per problem naming the option and",
         "how to set it; `avatar-bridge check` prints the effective configuration, secrets masked.",
@@ -142,7 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     stale = [p for p, text in wanted.items() if not p.is_file() or p.read_text() != text]
     if args.check:
         for path in stale:
-            print(f"{path.relative_to(ROOT)} is stale: run python -m bridge.configdoc", file=sys.stderr)
+            print(
+                f"{path.relative_to(ROOT)} is stale: run python -m bridge.configdoc",
+                file=sys.stderr,
+            )
         return 1 if stale else 0
     for path in stale:
         path.parent.mkdir(parents=True, exist_ok=True)

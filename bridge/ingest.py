@@ -567,21 +567,23 @@ class IngestServer:
         conn.task = asyncio.current_task()
         self._connections.add(conn)
         try:
-            if refuse is not None:
-                conn._reject(BridgeError(ErrorCode.UNAUTHORIZED, f"{conn.peer}: {refuse}"))
-            else:
-                await conn.run(self.host)
-        except asyncio.CancelledError:
-            pass  # the server is closing; the connection's finally already ran
-        except Exception:
-            log.exception("ingest.connection_failed", peer=conn.peer)
-        finally:
             try:
-                await conn.shutdown()
+                if refuse is not None:
+                    conn._reject(BridgeError(ErrorCode.UNAUTHORIZED, f"{conn.peer}: {refuse}"))
+                else:
+                    await conn.run(self.host)
+            except Exception:
+                log.exception("ingest.connection_failed", peer=conn.peer)
             finally:
-                self._connections.discard(conn)
-                CONNECTIONS_ACTIVE.dec()
-                DISCONNECTS.labels(conn._reason.split(":")[0]).inc()
+                await conn.shutdown()
+        except asyncio.CancelledError:
+            # aclose() cancels connection tasks; the task must not end cancelled (asyncio's
+            # stream callback would log that as an error).
+            conn._abort("server_closing")
+        finally:
+            self._connections.discard(conn)
+            CONNECTIONS_ACTIVE.dec()
+            DISCONNECTS.labels(conn._reason.split(":")[0]).inc()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -57,7 +57,9 @@ class Redactor:
         return value
 
     def __call__(self, logger: WrappedLogger, name: str, event: EventDict) -> EventDict:
-        return {k: self._value(k, v) if k != "event" else self._value("", v) for k, v in event.items()}
+        return {
+            k: self._value(k, v) if k != "event" else self._value("", v) for k, v in event.items()
+        }
 
 
 REDACTOR = Redactor()

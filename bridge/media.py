@@ -51,7 +51,7 @@ class AudioChunk:
 
 @dataclass(frozen=True, slots=True)
 class VideoFrame:
-    """One I420 picture. ``data`` is a view, never a copy, of the decoder's buffer where possible."""
+    """One I420 picture; ``data`` is a view of the decoder's buffer where possible, not a copy."""
 
     data: I420
     width: int

@@ -76,8 +76,11 @@ async def say(
         async for message in client.messages():
             if isinstance(message, Error):
                 failed = True
-                _print(out, "ERROR", {"code": message.code, "message": message.message,
-                                      "fatal": message.fatal})
+                _print(
+                    out,
+                    "ERROR",
+                    {"code": message.code, "message": message.message, "fatal": message.fatal},
+                )
                 if message.fatal:
                     ended.set()
             elif isinstance(message, EventMsg):
@@ -107,8 +110,11 @@ async def say(
                     sys.stderr.write("avatar-bridge say: no speak_ended before --wait ran out\n")
                 reader.cancel()
     except RemoteError as exc:
-        _print(out, "ERROR", {"code": exc.error.code, "message": exc.error.message,
-                              "fatal": exc.error.fatal})
+        _print(
+            out,
+            "ERROR",
+            {"code": exc.error.code, "message": exc.error.message, "fatal": exc.error.fatal},
+        )
         return 1
     except (ClientError, OSError, TimeoutError) as exc:
         sys.stderr.write(f"avatar-bridge say: {exc or type(exc).__name__}\n")

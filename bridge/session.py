@@ -445,4 +445,4 @@ def pcm_view(payload: bytes | memoryview) -> PCM:
     return np.frombuffer(payload, dtype="<i2")
 
 
-__all__ = ["SyncStage", "Session", "StageFactory", "Stages", "State", "pcm_view"]
+__all__ = ["Session", "StageFactory", "Stages", "State", "SyncStage", "pcm_view"]

@@ -20,6 +20,7 @@ import binascii
 import contextlib
 import json
 import secrets
+import signal
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -66,7 +67,8 @@ SIM_LA_DROPPED = Counter(
 class LiveKitRooms(Protocol):
     """What the LiveKit stand-in offers (typed here so this module does not depend on it)."""
 
-    url: str
+    @property
+    def url(self) -> str: ...
 
     async def create_room(
         self,
@@ -628,8 +630,12 @@ async def _serve(args: argparse.Namespace) -> None:
     standin = LiveAvatarStandIn(options)
     await standin.start(args.host, args.port)
     print(f"LiveAvatar stand-in at {standin.base_url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
         await standin.aclose()
 

@@ -74,6 +74,7 @@ SERVER_PROTOCOL = 16
 SEND_TIMEOUT_S = 5.0
 PC_CLOSE_TIMEOUT_S = 5.0
 VIDEO_CODECS = ("VP8", "H264")
+PATTERNS = ("bar", "ramp")
 
 SIM_ROOMS = Gauge("sim_livekit_rooms", "Rooms open in the LiveKit stand-in")
 SIM_PARTICIPANTS = Gauge(
@@ -916,9 +917,15 @@ class SyntheticVideoTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, width: int = 640, height: int = 360, fps: int = 30) -> None:
+    def __init__(
+        self, width: int = 640, height: int = 360, fps: int = 30, pattern: str = "bar"
+    ) -> None:
         super().__init__()
-        self.width, self.height, self.fps = width, height, fps
+        if pattern not in PATTERNS:
+            raise ValueError(f"pattern must be one of {PATTERNS}")
+        self.width, self.height, self.fps, self.pattern = width, height, fps, pattern
+        # "ramp": every pixel changes every frame, a codec load closer to a real picture.
+        self._ramp = np.tile(np.arange(width, dtype=np.uint16), (height, 1))
         self.frames_sent = 0
         self._t0: float | None = None
         self._yuv = np.full((height * 3 // 2, width), 128, dtype=np.uint8)
@@ -933,7 +940,10 @@ class SyntheticVideoTrack(MediaStreamTrack):
         await asyncio.sleep(max(0.0, self._t0 + n / self.fps - loop.time()))
         w, h = self.width, self.height
         y = self._yuv[:h]
-        y[:] = 60
+        if self.pattern == "ramp":
+            y[:] = (self._ramp + n * 4) % 200 + 28
+        else:
+            y[:] = 60
         x = (n * 4) % max(1, w - 16)
         y[marks.barcode_height(w) :, x : x + 16] = 200
         marks.stamp_frame(y, n, n * 1000 // self.fps, flash=n % self.fps == 0)
@@ -982,7 +992,7 @@ async def _run(args: argparse.Namespace) -> None:
     await server.create_room(
         args.room,
         avatar_identity=args.identity,
-        video=SyntheticVideoTrack(args.width, args.height, args.fps),
+        video=SyntheticVideoTrack(args.width, args.height, args.fps, args.pattern),
         audio=ToneAudioTrack(),
         video_codec=args.codec,
     )
@@ -1004,6 +1014,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--height", type=int, default=360)
     p.add_argument("--fps", type=int, default=30)
     p.add_argument("--codec", default="VP8", choices=VIDEO_CODECS)
+    p.add_argument("--pattern", default="bar", choices=PATTERNS)
     p.add_argument("--api-key", default="devkey")
     p.add_argument("--api-secret", default="secretsecretsecretsecretsecret00")
     args = p.parse_args(argv)

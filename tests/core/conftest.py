@@ -60,13 +60,24 @@ def start_daemon(tmp_path: Path, *extra: str, env: dict[str, str] | None = None)
     sock = tmp_path / "run" / "bridge.sock"
     log_path = tmp_path / "daemon.log"
     full_env = {
-        k: v for k, v in os.environ.items()
+        k: v
+        for k, v in os.environ.items()
         if not k.startswith(("AVATAR_BRIDGE_", "LIVEAVATAR_", "STREAM_", "NOTIFY_SOCKET"))
     }
     full_env.update(env or {})
     args = [
-        str(BIN), "run", "--dry-run", "--socket", str(sock), "--admin-port", "0",
-        "--state-dir", str(tmp_path / "state"), "--log-format", "json", *extra,
+        str(BIN),
+        "run",
+        "--dry-run",
+        "--socket",
+        str(sock),
+        "--admin-port",
+        "0",
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--log-format",
+        "json",
+        *extra,
     ]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=full_env)

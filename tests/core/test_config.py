@@ -118,8 +118,10 @@ def test_sandbox_requires_the_sandbox_avatar(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_tcp_ingest_needs_a_token_and_loopback() -> None:
     with pytest.raises(ConfigError) as info:
-        load_settings(None, parse_overrides(["dry_run=true", "ingest.tcp_port=9000",
-                                             "ingest.tcp_host=0.0.0.0"]))
+        load_settings(
+            None,
+            parse_overrides(["dry_run=true", "ingest.tcp_port=9000", "ingest.tcp_host=0.0.0.0"]),
+        )
     text = "\n".join(info.value.problems)
     assert "ingest.tcp_token" in text
     assert "not a loopback address" in text

@@ -26,9 +26,9 @@ def tone(seconds: float, fmt: AudioFormat = FMT) -> bytes:
     return (np.sin(2 * np.pi * 440 * t) * 8000).astype("<i2").tobytes()
 
 
-async def collect(client: BridgeClient, until: str, timeout: float = 10) -> list[EventMsg | Error]:
+async def collect(client: BridgeClient, until: str, limit_s: float = 10) -> list[EventMsg | Error]:
     seen: list[EventMsg | Error] = []
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(limit_s):
         async for message in client.messages():
             seen.append(message)
             if isinstance(message, EventMsg) and message.event == until:
@@ -40,16 +40,26 @@ def names(messages: list[EventMsg | Error]) -> list[str]:
     return [m.event if isinstance(m, EventMsg) else f"ERROR:{m.code}" for m in messages]
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEAVATAR_", "STREAM_", "AVATAR_BRIDGE_"))}
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("LIVEAVATAR_", "STREAM_", "AVATAR_BRIDGE_"))
+    }
     base.update(env or {})
-    return subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=timeout, env=base)
+    return subprocess.run(
+        [str(BIN), *args], capture_output=True, text=True, timeout=timeout, env=base
+    )
 
 
 # ----- CLI -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cmd", [[], ["run"], ["check"], ["say"], ["sessions"], ["health"], ["drain"], ["demo"]])
+@pytest.mark.parametrize(
+    "cmd", [[], ["run"], ["check"], ["say"], ["sessions"], ["health"], ["drain"], ["demo"]]
+)
 def test_help_everywhere(cmd: list[str]) -> None:
     done = run_cli(*cmd, "--help")
     assert done.returncode == 0, done.stderr
@@ -64,8 +74,11 @@ def test_version() -> None:
 
 
 def test_check_masks_secrets_and_reports_problems() -> None:
-    env = {"LIVEAVATAR_API_KEY": "canary-la-0001", "STREAM_API_KEY": "canary-sk-0002",
-           "STREAM_API_SECRET": "canary-ss-0003"}
+    env = {
+        "LIVEAVATAR_API_KEY": "canary-la-0001",
+        "STREAM_API_KEY": "canary-sk-0002",
+        "STREAM_API_SECRET": "canary-ss-0003",
+    }
     done = run_cli("check", env=env)
     assert done.returncode == 0, done.stderr
     assert '"api_key": "***"' in done.stdout
@@ -86,8 +99,16 @@ def test_say_streams_a_wav_and_prints_events(daemon: DaemonProc, tmp_path: Path)
         w.setsampwidth(2)
         w.setframerate(22050)
         w.writeframes(tone(1.0, AudioFormat(22050, 1)))
-    done = run_cli("say", str(wav), "--call", "default:say-test", "--socket", str(daemon.socket),
-                   "--wait", "10")
+    done = run_cli(
+        "say",
+        str(wav),
+        "--call",
+        "default:say-test",
+        "--socket",
+        str(daemon.socket),
+        "--wait",
+        "10",
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("READY ")
@@ -98,8 +119,9 @@ def test_say_streams_a_wav_and_prints_events(daemon: DaemonProc, tmp_path: Path)
 def test_say_exits_non_zero_on_error(daemon: DaemonProc, tmp_path: Path) -> None:
     raw = tmp_path / "a.pcm"
     raw.write_bytes(tone(0.2))
-    done = run_cli("say", str(raw), "--rate", "96000", "--call", "default:x",
-                   "--socket", str(daemon.socket))
+    done = run_cli(
+        "say", str(raw), "--rate", "96000", "--call", "default:x", "--socket", str(daemon.socket)
+    )
     assert done.returncode == 1
     assert "ERROR" in done.stdout and "unsupported_format" in done.stdout
     gone = run_cli("say", str(raw), "--call", "default:x", "--socket", str(daemon.socket) + ".nope")
@@ -133,9 +155,9 @@ async def test_interrupt_clears_marks_and_ends_speech(daemon: DaemonProc) -> Non
         await client.wait_for_event("speak_started")
         t0 = time.monotonic()
         await client.interrupt()
-        seen = await collect(client, "speak_ended", timeout=5)
+        seen = await collect(client, "speak_ended", limit_s=5)
         assert time.monotonic() - t0 < 1.0  # not after the 1.5 s of queued audio
-        ended = [m for m in seen if isinstance(m, EventMsg) and m.event == "speak_ended"][0]
+        ended = next(m for m in seen if isinstance(m, EventMsg) and m.event == "speak_ended")
         assert ended.fields.get("interrupted") is True
         cleared = [m for m in seen if isinstance(m, EventMsg) and m.event == "mark"]
         assert cleared and cleared[0].fields == {"name": "never-reached", "cleared": True}
@@ -157,7 +179,7 @@ async def test_backpressure_blocks_a_fast_writer(tmp_path: Path) -> None:
             # The daemon read only what its 200 ms queue could take while playing in real time,
             # so the writer was held back for seconds.
             assert elapsed > 2.0
-            status, body = await asyncio.to_thread(d.admin, "GET", "/sessions")
+            _status, body = await asyncio.to_thread(d.admin, "GET", "/sessions")
             assert body["sessions"][0]["uplink_buffered_ms"] <= 200 + 500
             seen = []
             while len(seen) < 200:
@@ -166,8 +188,11 @@ async def test_backpressure_blocks_a_fast_writer(tmp_path: Path) -> None:
                         seen.append(await client.recv())
                 except TimeoutError:
                     break
-            credits = [m.fields["buffered_ms"] for m in seen
-                       if isinstance(m, EventMsg) and m.event == "credit"]
+            credits = [
+                m.fields["buffered_ms"]
+                for m in seen
+                if isinstance(m, EventMsg) and m.event == "credit"
+            ]
             assert credits and max(credits) <= 200 + 500
     finally:
         assert d.terminate() == 0
@@ -182,7 +207,7 @@ async def test_reattach_within_linger_and_not_after(daemon: DaemonProc) -> None:
         assert resumed.resumed and resumed.session_id == ready.session_id
         await again.abort()
     await asyncio.sleep(3.0)  # linger_s=2 in the fixture
-    status, body = daemon.admin("GET", "/sessions")
+    _status, body = daemon.admin("GET", "/sessions")
     assert body["sessions"] == []
     async with await BridgeClient.connect(daemon.socket) as late:
         with pytest.raises(RemoteError) as info:
@@ -306,8 +331,9 @@ def test_sessions_cli_lists_and_stops(daemon: DaemonProc) -> None:
             admin = f"http://127.0.0.1:{daemon.admin_port}"
             listed = await asyncio.to_thread(run_cli, "sessions", "--admin", admin)
             assert r.session_id in listed.stdout and "default:cli" in listed.stdout
-            stopped = await asyncio.to_thread(run_cli, "sessions", "stop", r.session_id,
-                                              "--admin", admin)
+            stopped = await asyncio.to_thread(
+                run_cli, "sessions", "stop", r.session_id, "--admin", admin
+            )
             assert stopped.returncode == 0
             health = await asyncio.to_thread(run_cli, "health", "--admin", admin)
             assert health.returncode == 0

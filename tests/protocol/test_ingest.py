@@ -42,12 +42,15 @@ class Streamer:
         self.client = client
         self.sent = 0
         self.stop = asyncio.Event()
+        self.warm = asyncio.Event()  # set once some audio went through
         self.task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
         while not self.stop.is_set():
             await self.client.send_audio(ramp(320, self.sent // 2))
             self.sent += 640
+            if self.sent >= 6400:
+                self.warm.set()
             await asyncio.sleep(0.002)
 
     async def finish(self, host: FakeHost) -> None:
@@ -67,13 +70,12 @@ class Streamer:
 
 @pytest.fixture
 async def streamer(server: Server) -> AsyncIterator[Streamer]:
-    srv, host = server
+    srv, _ = server
     assert srv.options.unix_path is not None
     client = await BridgeClient.connect(srv.options.unix_path)
     await client.hello("default:streamer", FMT)
     s = Streamer(client)
-    while s.sent < 6400:  # streaming for real before the bad client arrives
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(s.warm.wait(), 5)  # streaming for real before the bad client arrives
     yield s
     await client.close()
 
