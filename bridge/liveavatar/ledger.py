@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 import structlog
 
+from bridge.liveavatar.api import LiveAvatarError
+
 log = structlog.get_logger(__name__)
 
 LEDGER_FILE = "liveavatar-sessions.json"
@@ -107,9 +109,6 @@ class SessionLedger:
         longer exists); kept when the service was unreachable, so the next start retries them.
         Returns the number of sessions removed from the ledger.
         """
-        # Imported here: the API module imports nothing from the ledger, keep it that way.
-        from bridge.liveavatar.api import LiveAvatarError
-
         removed = 0
         for entry in self.pending():
             try:

@@ -172,6 +172,7 @@ class LiveAvatarStandIn:
         self.stop_calls: list[tuple[str, str]] = []  # (session_id, reason), for tests
         self.requests: dict[str, int] = {"token": 0, "start": 0, "stop": 0}
         self._runner: web.AppRunner | None = None
+        self._bg: set[asyncio.Task[None]] = set()  # event sends, owned so none is lost or leaked
         self._host = "127.0.0.1"
         self._port = 0
         self.app = web.Application()
@@ -203,6 +204,9 @@ class LiveAvatarStandIn:
     async def aclose(self) -> None:
         for session in list(self.sessions.values()):
             await self._end(session, "SERVER_ERROR")
+        for task in list(self._bg):
+            task.cancel()
+        await asyncio.gather(*self._bg, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -504,7 +508,9 @@ class LiveAvatarStandIn:
             }
         else:
             return
-        asyncio.get_running_loop().create_task(self._send(session, msg))
+        task = asyncio.get_running_loop().create_task(self._send(session, msg))
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
 
     async def _ws(self, request: web.Request) -> web.StreamResponse:
         session = self.sessions.get(request.match_info["session_id"])

@@ -1,0 +1,132 @@
+"""End to end over real WebRTC: client uplink -> LiveAvatar stand-in -> LiveKit stand-in -> SDK.
+
+The rendered avatar is received with the LiveKit SDK using the start response's livekit_url and
+agent token; the sync marks and the beep onsets are read back from what was decoded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+from livekit import rtc
+
+from bridge.liveavatar.api import LiveAvatarAPI
+from bridge.liveavatar.ledger import SessionLedger
+from bridge.liveavatar.uplink import LiveAvatarOptions, LiveAvatarUplink
+from bridge.media import AudioChunk, AudioFormat
+from bridge.sim import marks
+from bridge.sim.liveavatar import LiveAvatarStandIn, StandInOptions
+from bridge.sim.livekit_server import LiveKitStandIn
+
+from .conftest import API_KEY, AVATAR
+
+pytestmark = pytest.mark.netns
+
+
+@pytest.fixture
+async def stack() -> AsyncIterator[tuple[LiveAvatarStandIn, LiveKitStandIn]]:
+    lk = LiveKitStandIn()
+    await lk.start()
+    la = LiveAvatarStandIn(StandInOptions(render_latency_s=0.1), livekit=lk)
+    await la.start()
+    try:
+        yield la, lk
+    finally:
+        await la.aclose()
+        await lk.aclose()
+
+
+async def test_rendered_avatar_reaches_livekit_subscriber(
+    stack: tuple[LiveAvatarStandIn, LiveKitStandIn], tmp_path: Any
+) -> None:
+    la, lk = stack
+    fmt = AudioFormat(24_000, 1)
+    async with aiohttp.ClientSession() as http:
+        api = LiveAvatarAPI(http, la.base_url, API_KEY, 5.0)
+        options = LiveAvatarOptions(avatar_id=AVATAR, video_quality="low", video_encoding="VP8")
+        uplink = LiveAvatarUplink(
+            api, SessionLedger(tmp_path), options, fmt, lambda *_a, **_k: None, lambda _e: None
+        )
+        avatar_room = await uplink.start()
+        room = rtc.Room()
+        flashes: list[float] = []
+        onsets: list[float] = []
+        frame_nos: list[int] = []
+        got_tracks: dict[str, rtc.Track] = {}
+        both = asyncio.Event()
+
+        @room.on("track_subscribed")
+        def _on_track(track: rtc.Track, _pub: Any, participant: rtc.RemoteParticipant) -> None:
+            if participant.identity == "heygen":
+                got_tracks[str(track.kind)] = track
+                if len(got_tracks) == 2:
+                    both.set()
+
+        async def read_video(track: rtc.Track) -> None:
+            async for ev in rtc.VideoStream(track):
+                frame = ev.frame.convert(rtc.VideoBufferType.I420)
+                y = np.frombuffer(frame.data, dtype=np.uint8)[: frame.width * frame.height]
+                m = marks.read_frame(y.reshape(frame.height, frame.width))
+                if m is not None:
+                    frame_nos.append(m.frame_no)
+                    if m.flash:
+                        flashes.append(time.monotonic())
+
+        async def read_audio(track: rtc.Track) -> None:
+            det = marks.OnsetDetector(48_000)
+            seen = 0
+            async for ev in rtc.AudioStream(track, sample_rate=48_000, num_channels=1):
+                pcm = np.frombuffer(ev.frame.data, dtype=np.int16)
+                now = time.monotonic()
+                for idx in det.feed(pcm):
+                    # Arrival time of the onset sample: the end of this frame minus what follows.
+                    onsets.append(now - (seen + len(pcm) - idx) / 48_000)
+                seen += len(pcm)
+
+        readers: list[asyncio.Task[None]] = []
+        try:
+            await asyncio.wait_for(
+                room.connect(avatar_room.livekit_url, avatar_room.livekit_token), 10
+            )
+            await asyncio.wait_for(both.wait(), 10)
+            readers = [
+                asyncio.create_task(read_video(t))
+                for k, t in got_tracks.items()
+                if "VIDEO" in k.upper() or k == str(rtc.TrackKind.KIND_VIDEO)
+            ]
+            readers += [
+                asyncio.create_task(read_audio(t))
+                for k, t in got_tracks.items()
+                if "AUDIO" in k.upper() or k == str(rtc.TrackKind.KIND_AUDIO)
+            ]
+            assert len(readers) == 2, got_tracks
+            await asyncio.sleep(1.0)  # let both streams settle
+            beeps = marks.beep_train(24_000, 6, 500, 100, 800.0, amplitude=0.6)
+            for start in range(0, len(beeps), 2400):
+                await uplink.send_audio(AudioChunk(beeps[start : start + 2400], fmt))
+            await uplink.end_turn()
+            await asyncio.sleep(4.5)
+        finally:
+            for task in readers:
+                task.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+            await room.disconnect()
+            await uplink.aclose()
+    assert len(frame_nos) > 60 and frame_nos == sorted(frame_nos)
+    assert len(onsets) == 6, onsets
+    assert len(flashes) >= 5, flashes
+    # Pair each onset with the nearest flash; the skew is what the pipeline adds (loose bound).
+    skews = [min(flashes, key=lambda f: abs(f - o)) - o for o in onsets]
+    print(
+        f"avatar A/V skew at the LiveKit subscriber (flash - onset), ms: "
+        f"{[round(s * 1000) for s in skews]}"
+    )
+    assert all(abs(s) < 0.3 for s in skews), skews
+    assert la.live_sessions == []
+    assert lk.rooms_open == 0

@@ -1,0 +1,117 @@
+"""The sync stage's bounded queues, overflow policies, video hold and barge-in flush.
+
+The publisher here is a recording test double of the CallPublisher interface; the real one is
+exercised end to end in tests/pipeline/test_end_to_end.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+
+from bridge.media import AudioChunk, AudioFormat, VideoFrame
+from bridge.sync import SyncStage
+
+FMT = AudioFormat(48000, 1)
+
+
+class RecordingPublisher:
+    def __init__(self, video_write_s: float = 0.0) -> None:
+        self.video: list[tuple[int, float]] = []  # (pts_us, written at monotonic s)
+        self.audio: list[AudioChunk] = []
+        self.flushed = 0
+        self.video_write_s = video_write_s
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def start(self) -> None: ...
+
+    async def write_video(self, frame: VideoFrame) -> None:
+        await self.gate.wait()
+        await asyncio.sleep(self.video_write_s)
+        self.video.append((frame.pts_us, time.monotonic()))
+
+    async def write_audio(self, chunk: AudioChunk) -> None:
+        await self.gate.wait()
+        self.audio.append(chunk)
+
+    def flush_audio(self) -> None:
+        self.flushed += 1
+
+    async def aclose(self) -> None: ...
+
+
+def frame(pts_us: int) -> VideoFrame:
+    return VideoFrame(np.zeros(16 * 16 * 3 // 2, np.uint8), 16, 16, pts_us)
+
+
+def chunk(ms: int) -> AudioChunk:
+    return AudioChunk(np.zeros(48 * ms, np.int16), FMT)
+
+
+async def run_for(stage: SyncStage, seconds: float) -> None:
+    task = asyncio.create_task(stage.run())
+    await asyncio.sleep(seconds)
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+
+
+async def test_video_is_held_by_the_configured_delay() -> None:
+    pub = RecordingPublisher()
+    stage = SyncStage(pub, fps=30, buffer_seconds=1.0, audio_queue_ms=200, video_delay_ms=60)
+    f = frame(1)
+    stage.put_video(f)
+    stage.put_audio(chunk(10))
+    await run_for(stage, 0.2)
+    assert len(pub.audio) == 1
+    (_, written), = pub.video
+    held = written - f.received_ns / 1e9
+    assert 0.055 <= held < 0.18
+
+
+async def test_video_queue_drops_oldest_when_full() -> None:
+    pub = RecordingPublisher()
+    pub.gate.clear()  # the publisher is stalled
+    stage = SyncStage(pub, fps=10, buffer_seconds=0.5, audio_queue_ms=200, video_delay_ms=0)
+    assert stage.video_capacity == 5
+    task = asyncio.create_task(stage.run())
+    await asyncio.sleep(0)
+    for i in range(12):
+        stage.put_video(frame(i))
+    await asyncio.sleep(0.01)
+    assert stage.depth()["video_frames"] <= 5
+    assert stage.video_dropped >= 6
+    pub.gate.set()
+    await asyncio.sleep(0.05)
+    task.cancel()
+    pts = [p for p, _ in pub.video]
+    assert pts == sorted(pts) and pts[-1] == 11  # the freshest frames survive, in order
+
+
+async def test_audio_overflow_is_bounded_and_counted() -> None:
+    pub = RecordingPublisher()
+    pub.gate.clear()
+    stage = SyncStage(pub, fps=30, buffer_seconds=1.0, audio_queue_ms=100, video_delay_ms=0)
+    for _ in range(30):
+        stage.put_audio(chunk(10))
+    assert stage.depth()["audio_ms"] <= 100
+    assert abs(stage.audio_dropped_s - 0.2) < 1e-6
+
+
+async def test_flush_forgets_queued_media() -> None:
+    pub = RecordingPublisher()
+    pub.gate.clear()
+    stage = SyncStage(pub, fps=30, buffer_seconds=1.0, audio_queue_ms=500, video_delay_ms=0)
+    for i in range(5):
+        stage.put_video(frame(i))
+        stage.put_audio(chunk(20))
+    stage.flush()
+    assert stage.depth() == {"video_frames": 0, "audio_ms": 0.0}
+    pub.gate.set()
+    await run_for(stage, 0.05)
+    assert pub.video == [] and pub.audio == []

@@ -1,0 +1,70 @@
+"""The stand-in's fault knobs against the real SDK, and MP4 recording."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import pytest
+
+from bridge.sim.stream import StreamStandIn
+from tests.stream._support import Recorder, drive, make_publisher, wait_for
+
+pytestmark = pytest.mark.netns
+
+
+def frames(standin: StreamStandIn, call_id: str) -> int:
+    n: int = standin.stats("default", call_id)["video"]["frames"]
+    return n
+
+
+async def test_paused_video_layer_stops_video_until_resumed(standin: StreamStandIn) -> None:
+    rec = Recorder()
+    pub = make_publisher(standin, rec, "pause-call")
+    await pub.start()
+    await drive(pub, seconds=1.0)
+    assert frames(standin, "pause-call") > 0
+    await standin.pause_video_layer("default", "pause-call")
+    await drive(pub, seconds=0.5, start_frame=30)  # lets the pause take effect
+    paused_at = frames(standin, "pause-call")
+    await drive(pub, seconds=1.0, start_frame=45)
+    assert frames(standin, "pause-call") <= paused_at + 3  # the SDK discards paused writes
+    await standin.pause_video_layer("default", "pause-call", paused=False)
+    await drive(pub, seconds=1.5, start_frame=75)
+    assert frames(standin, "pause-call") >= paused_at + 20
+    stats = standin.stats("default", "pause-call")
+    assert stats["video"]["freezes"] >= 1  # the pause is visible as a freeze to a viewer
+    assert stats["audio"]["seconds"] > 3.0  # audio was never paused
+    assert rec.failures == []
+    await pub.aclose()
+
+
+async def test_killed_peer_connection_is_recovered(standin: StreamStandIn) -> None:
+    rec = Recorder()
+    pub = make_publisher(standin, rec, "kill-call")
+    await pub.start()
+    await drive(pub, seconds=1.0)
+    assert await standin.kill_peer_connection("default", "kill-call") == 1
+    before = frames(standin, "kill-call")
+    await drive(pub, seconds=4.0, start_frame=30)
+    assert await wait_for(lambda: frames(standin, "kill-call") >= before + 30, within_s=3)
+    assert rec.failures == []
+    await pub.aclose()
+
+
+async def test_recording_writes_a_playable_mp4(standin: StreamStandIn, tmp_path: Path) -> None:
+    path = tmp_path / "call.mp4"
+    standin.record("default", "rec-call", str(path))
+    rec = Recorder()
+    pub = make_publisher(standin, rec, "rec-call")
+    await pub.start()
+    await drive(pub, seconds=1.5)
+    await pub.aclose()
+    await standin.stop_recording("default", "rec-call")
+    with av.open(str(path)) as container:
+        kinds = sorted(s.type for s in container.streams)
+        video = container.streams.video[0]
+        assert (video.codec_context.width, video.codec_context.height) == (640, 360)
+        decoded = sum(1 for _ in container.decode(video=0))
+    assert kinds == ["audio", "video"]
+    assert decoded >= 30
