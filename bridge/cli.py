@@ -94,10 +94,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bridge import logs
     from bridge.pipeline import build_daemon
 
+    from bridge.ingest import IngestSetupError
+
     settings = _load(args)
     logs.configure(settings.log.level, settings.log.format)
     daemon = build_daemon(settings)
-    return _run_loop(daemon.run())
+    try:
+        return _run_loop(daemon.run())
+    except BaseExceptionGroup as group:
+        setup, rest = group.split(IngestSetupError)
+        if setup is None or rest is not None:
+            raise
+        print(f"avatar-bridge: cannot open the socket: {setup.exceptions[0]}", file=sys.stderr)
+        return 1
 
 
 def _run_loop(coro: Any) -> int:

@@ -393,14 +393,14 @@ def _cross_checks(s: Settings) -> list[str]:
                 f"ingest.tcp_host: {ingest.tcp_host} is not a loopback address; use 127.0.0.1 "
                 "or set ingest.allow_non_loopback_tcp=true knowingly"
             )
+    if s.dry_run:
+        return problems
     if s.limits.uplink_queue_ms < s.liveavatar.chunk_ms:
         problems.append(
             f"limits.uplink_queue_ms: {s.limits.uplink_queue_ms} ms cannot hold one "
             f"agent.speak chunk of liveavatar.chunk_ms={s.liveavatar.chunk_ms}; raise it or "
             "lower liveavatar.chunk_ms"
         )
-    if s.dry_run:
-        return problems
     la = s.liveavatar
     if la.api_key is None:
         problems.append(

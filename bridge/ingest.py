@@ -272,9 +272,13 @@ class _Connection:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._writer.wait_closed(), CLOSE_TIMEOUT_S)
 
-    def _reject(self, err: BridgeError) -> None:
-        """Send a fatal ERROR for the client's input and close (the connection's own decision)."""
-        PROTOCOL_ERRORS.labels(str(err.code)).inc()
+    def _reject(self, err: BridgeError, *, protocol: bool = True) -> None:
+        """Send a fatal ERROR and close (the connection's own decision, not the session's).
+
+        ``protocol``: the client's input was at fault (counted in the protocol error metric).
+        """
+        if protocol:
+            PROTOCOL_ERRORS.labels(str(err.code)).inc()
         log.info("ingest.rejected", peer=self.peer, code=str(err.code), reason=err.message)
         self._write(p.encode_error(err.code, err.message, True))
         self._close(f"error:{err.code}")
@@ -295,11 +299,13 @@ class _Connection:
             try:
                 handle = await host.open(hello, self)
             except BridgeError as err:
-                self._reject(BridgeError(err.code, err.message, fatal=True))
+                self._reject(BridgeError(err.code, err.message, fatal=True), protocol=False)
                 return
             except Exception:
                 log.exception("ingest.open_failed", peer=self.peer)
-                self._reject(BridgeError(ErrorCode.INTERNAL, "could not open the session"))
+                self._reject(
+                    BridgeError(ErrorCode.INTERNAL, "could not open the session"), protocol=False
+                )
                 return
             if self._closing:  # the session closed the link while opening
                 return
@@ -368,8 +374,7 @@ class _Connection:
                 return
             data = await self._read()
             if not data:
-                self._reason = "eof"
-                return
+                return  # reason stays "eof" unless something closed the link first
             self._proto.receive_data(data)
             events = self._proto.events_received()
 

@@ -22,6 +22,9 @@ AUDIO_IN_BYTES = Counter("bridge_audio_in_bytes_total", "Client audio accepted, 
 TURNS = Counter("bridge_turns_total", "Turns ended by the client, by how.", ["how"])
 MARKS = Counter("bridge_marks_total", "MARK labels echoed back, by outcome.", ["outcome"])
 QUEUE_DEPTH = Gauge("bridge_queue_depth", "Items (or ms of audio) queued per stage.", ["stage"])
+AUDIO_DROPPED_SECONDS = Counter(
+    "bridge_audio_dropped_seconds_total", "Audio dropped, in seconds, by stage.", ["stage"]
+)
 DROPS = Counter("bridge_dropped_total", "Items dropped, by stage and reason.", ["stage", "reason"])
 STAGE_LATENCY = Histogram(
     "bridge_stage_latency_seconds",

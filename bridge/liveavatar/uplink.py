@@ -79,6 +79,10 @@ class LiveAvatarOptions:
     keep_alive_s: float = 60.0
     first_chunk_ms: int = 600
     chunk_ms: int = 1000
+    # A client streaming in real time would starve the avatar between 1 s chunks: when the
+    # audio already sent this turn leads real time by less than this, send what we have.
+    lead_low_water_ms: int = 300
+    min_chunk_ms: int = 60
     queue_ms: int = 2000
     connect_timeout_s: float = 10.0
     ws_connect_gate_timeout_s: float = 15.0
@@ -139,6 +143,8 @@ class LiveAvatarUplink:
         self._turn_id: str | None = None
         self._turn_first = True
         self._turn_buf = bytearray()
+        self._turn_sent_ms = 0.0  # audio of this turn handed to the send queue
+        self._turn_t0 = 0.0  # monotonic time the turn's first chunk was cut
         self._connected = asyncio.Event()
         self._ws: ClientConnection | None = None
         self._info: StartInfo | None = None
@@ -514,12 +520,23 @@ class LiveAvatarUplink:
         while self._turn_buf and gen == self._gen:
             target_ms = self._opt.first_chunk_ms if self._turn_first else self._opt.chunk_ms
             size = target_ms * BYTES_PER_MS
-            if len(self._turn_buf) < size and not final:
+            if len(self._turn_buf) < size and not final and not self._running_dry():
                 return
             data = bytes(self._turn_buf[:size])
             del self._turn_buf[:size]
+            if self._turn_first:
+                self._turn_t0 = time.monotonic()
+                self._turn_sent_ms = 0.0
             self._turn_first = False
+            self._turn_sent_ms += len(data) / BYTES_PER_MS
             await self._enqueue_speak(data, event_id, gen)
+
+    def _running_dry(self) -> bool:
+        """Whether the avatar's playback buffer would soon run out (real-time clients)."""
+        if self._turn_first or len(self._turn_buf) < self._opt.min_chunk_ms * BYTES_PER_MS:
+            return False
+        played_ms = (time.monotonic() - self._turn_t0) * 1000
+        return self._turn_sent_ms - played_ms < self._opt.lead_low_water_ms
 
     async def _enqueue_speak(self, data: bytes, event_id: str, gen: int) -> None:
         ms = len(data) / BYTES_PER_MS

@@ -19,7 +19,15 @@ from pathlib import Path
 import pytest
 
 from bridge.config import AdminConfig, IngestConfig, LimitsConfig, Settings
-from tests.deploy.files import REPO, VENV_BIN, Dockerfile, Stage, parse_dockerfile
+from bridge.sim import netns
+from tests.deploy.files import (
+    REPO,
+    VENV_BIN,
+    Dockerfile,
+    Stage,
+    logical_lines,
+    parse_dockerfile,
+)
 
 DOCKERFILE = REPO / "Dockerfile"
 SOCKET_DEFAULT = IngestConfig.model_fields["socket_path"].default
@@ -73,7 +81,8 @@ def test_healthcheck_uses_the_cli_and_no_curl(dockerfile: Dockerfile) -> None:
     assert hc.exec_form() == ["avatar-bridge", "health"]
     flags, _ = hc.flags_and_rest()
     assert {"interval", "timeout", "start-period"} <= flags.keys()
-    text = DOCKERFILE.read_text()
+    # Instructions only (comments may mention curl): nothing installs or calls it.
+    text = "\n".join(line for _, line in logical_lines(DOCKERFILE.read_text()))
     for tool in ("curl", "wget"):
         assert not re.search(rf"\b{tool}\b", text), f"{tool} in the Dockerfile"
 
@@ -163,15 +172,15 @@ def _replay_builder(stage: Stage, workdir: Path, venv: Path) -> dict[str, str]:
                 env[key] = value.replace("$PATH", env.get("PATH", ""))
         elif ins.keyword == "COPY":
             *sources, dest = args.split()
-            assert dest == "./", f"line {ins.line}: replay handles COPY into the workdir only"
+            assert not dest.startswith("/"), f"line {ins.line}: replay copies into the workdir"
             for name in sources:
                 origin = REPO / name.rstrip("/")
+                # `COPY a b ./` puts each into the workdir; `COPY dir ./dir` names the target.
+                target = cwd / origin.name if dest.endswith("/") else cwd / dest
                 if origin.is_dir():
-                    shutil.copytree(
-                        origin, cwd / origin.name, ignore=shutil.ignore_patterns("__pycache__")
-                    )
+                    shutil.copytree(origin, target, ignore=shutil.ignore_patterns("__pycache__"))
                 else:
-                    shutil.copy2(origin, cwd / origin.name)
+                    shutil.copy2(origin, target)
         elif ins.keyword == "RUN":
             # BuildKit options (--mount=type=cache) have no meaning outside the builder.
             command = re.sub(r"^(--[a-z-]+=\S+\s+)+", "", args)
@@ -191,6 +200,11 @@ def _replay_builder(stage: Stage, workdir: Path, venv: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
+@pytest.mark.skipif(
+    netns.inside(),
+    reason="pip needs the package index, which the namespace harness cuts off: run "
+    "`.venv/bin/python -m pytest tests/deploy -m slow` outside it",
+)
 def test_image_install_steps_work_from_the_lock(dockerfile: Dockerfile, tmp_path: Path) -> None:
     venv = tmp_path / "app-venv"
     _replay_builder(dockerfile.stage("builder"), tmp_path, venv)

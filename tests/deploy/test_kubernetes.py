@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+import yaml  # type: ignore[import-untyped]  # no types-PyYAML in the lock
 
 from bridge import metrics
 from bridge.config import load_settings
@@ -108,9 +108,9 @@ def test_pod_wiring_matches_the_config(
     assert mounts[str(settings.state_dir)] == "state"
     env = {e["name"]: e["value"] for e in bridge_container["env"]}
     creds_dir = env["CREDENTIALS_DIRECTORY"]
-    assert volumes[mounts[creds_dir]]["secret"]["secretName"] == objects["Secret"]["metadata"][
-        "name"
-    ]
+    assert (
+        volumes[mounts[creds_dir]]["secret"]["secretName"] == objects["Secret"]["metadata"]["name"]
+    )
     assert volumes["credentials"]["secret"]["defaultMode"] == 0o440
     assert {"liveavatar_api_key", "stream_api_key", "stream_api_secret", "admin_token"} <= set(
         objects["Secret"]["stringData"]

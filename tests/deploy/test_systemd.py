@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.config import LimitsConfig, Settings
+from bridge.config import IngestConfig, LimitsConfig, Settings
 from bridge.media import AudioFormat
 from bridge.protocol import CallRef, ClientProtocol, Hello, Ready
 from tests.deploy.files import AVATAR_BRIDGE, DEPLOY, parse_unit, seconds
@@ -115,13 +115,14 @@ def test_service_directives() -> None:
     assert one("RuntimeDirectory") == "avatar-bridge"
     assert one("RuntimeDirectoryMode") == "0750"
     assert one("StateDirectory") == "avatar-bridge"
-    socket_default = Settings.model_fields["ingest"].default_factory().socket_path  # type: ignore[misc,call-arg]
+    socket_default = IngestConfig.model_fields["socket_path"].default
     assert str(socket_default).startswith("/run/avatar-bridge/")
     assert Settings.model_fields["state_dir"].default == Path("/var/lib/avatar-bridge")
     creds = {v.split(":")[0] for v in svc["LoadCredential"]}
     assert {"liveavatar_api_key", "stream_api_key", "stream_api_secret"} <= creds
     assert one("User") == one("Group") == "avatar-bridge"
-    assert one("RestrictAddressFamilies").split() == ["AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"]
+    families = one("RestrictAddressFamilies").split()
+    assert families == ["AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"]
     assert one("SystemCallFilter") == "@system-service"
     for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "PrivateDevices"):
         assert one(key) == "yes"
@@ -270,9 +271,7 @@ def test_daemon_speaks_notify_watchdog_and_socket_activation(
         "limits.drain_timeout_s=3",
     ]
     with stderr_path.open("w") as err:
-        proc = subprocess.Popen(
-            cmd, env=env, pass_fds=(fd,), stdout=subprocess.DEVNULL, stderr=err
-        )
+        proc = subprocess.Popen(cmd, env=env, pass_fds=(fd,), stdout=subprocess.DEVNULL, stderr=err)
     listener.close()  # the daemon holds the only copy now, as under systemd
     try:
         ready = notify.wait_for("READY", "1")

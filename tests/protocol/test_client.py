@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +25,12 @@ FMT = AudioFormat(16000, 1)
 
 
 @pytest.fixture
-async def small_frames(sock_dir: Path) -> tuple[IngestServer, FakeHost]:
+async def small_frames(sock_dir: Path) -> AsyncIterator[tuple[IngestServer, FakeHost]]:
     host = FakeHost()
     srv = IngestServer(host, IngestOptions(unix_path=sock_dir / "c.sock", max_payload=4096))
     await srv.start()
     host.limits = srv.limits
-    yield srv, host  # type: ignore[misc]
+    yield srv, host
     await srv.aclose()
 
 

@@ -10,7 +10,7 @@ import stat
 import subprocess
 import tempfile
 import textwrap
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -469,12 +469,12 @@ PROBE = textwrap.dedent(
 
 
 @pytest.fixture
-def shared_dir() -> AsyncIterator[Path]:
+def shared_dir() -> Iterator[Path]:
     if os.geteuid() != 0 or not os.path.exists("/usr/bin/python3"):
         pytest.skip("needs root (to run a probe as another user) and /usr/bin/python3")
     with tempfile.TemporaryDirectory(prefix="abp-shared-") as name:
         os.chmod(name, 0o755)
-        yield Path(name)  # type: ignore[misc]
+        yield Path(name)
 
 
 def probe_as_nobody(path: Path) -> str:
@@ -588,3 +588,46 @@ async def test_an_inherited_tcp_listener_requires_the_token() -> None:
         assert isinstance(error, p.Error) and error.code == "unauthorized"
     finally:
         await srv.aclose()
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics.
+
+
+def sample(name: str, labels: dict[str, str] | None = None) -> float:
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+async def test_metrics_count_connections_frames_bytes_and_errors(server: Server) -> None:
+    srv, _ = server
+    assert srv.options.unix_path is not None
+    before = {
+        "conns": sample("bridge_ingest_connections_total", {"transport": "unix"}),
+        "active": sample("bridge_ingest_connections_active"),
+        "audio": sample("bridge_ingest_frames_total", {"type": "audio"}),
+        "marks": sample("bridge_ingest_frames_total", {"type": "mark"}),
+        "bytes": sample("bridge_ingest_bytes_total"),
+        "busy": errors_sent("busy"),
+        "odd": errors_sent("odd_audio_length"),
+    }
+    raw = await RawClient.unix(srv.options.unix_path)
+    stream = hello_frame("metrics") + p.encode_audio(ramp(160)) * 3 + p.encode_audio(b"\x00")
+    stream += p.encode_mark("m") + p.encode_close()
+    await raw.send(stream)
+    await raw.until_eof()
+    client = await BridgeClient.connect(srv.options.unix_path)
+    with pytest.raises(Exception, match="busy"):
+        await client.hello("default:busy", FMT)
+    await client.close()
+    for _ in range(100):  # the connection tasks finish just after the clients see EOF
+        if sample("bridge_ingest_connections_active") == before["active"]:
+            break
+        await asyncio.sleep(0.01)
+    assert sample("bridge_ingest_connections_total", {"transport": "unix"}) == before["conns"] + 2
+    assert sample("bridge_ingest_connections_active") == before["active"]
+    assert sample("bridge_ingest_frames_total", {"type": "audio"}) == before["audio"] + 3
+    assert sample("bridge_ingest_frames_total", {"type": "mark"}) == before["marks"] + 1
+    assert sample("bridge_ingest_bytes_total") >= before["bytes"] + len(stream)
+    assert errors_sent("odd_audio_length") == before["odd"] + 1
+    assert errors_sent("busy") == before["busy"]  # a refusal, not a protocol error
+    assert sample("bridge_ingest_disconnects_total", {"reason": "client_close"}) >= 1

@@ -31,6 +31,8 @@ PCM = npt.NDArray[np.int16]
 # jitter buffer releases a frame when the next frame's first packet arrives (one frame interval),
 # and its audio jitter buffer prefetches 4 packets of 20 ms before releasing any.
 AUDIO_HOLD_S = 0.080
+# Frame RMS above which received audio counts as sound rather than silence or codec noise.
+LOUD_RMS = 300.0
 # A flash and an audio onset further apart than this are not the same mark.
 PAIR_WINDOW_S = 0.5
 # An inter-frame gap counts as a freeze above max(FREEZE_MIN_S, FREEZE_FACTOR x median interval).
@@ -128,6 +130,8 @@ class CallMeasure:
         self.first_audio_t: float | None = None
         self._sum_sq = 0.0
         self._peak_rms = 0.0
+        # Receipt time of the last audio frame above the onset threshold (barge-in timing).
+        self.last_loud_t: float | None = None
         self._detector: StreamingOnsets | None = None
         self._detector_base = 0  # audio_samples when the detector was created
         # (index of first sample, receipt time) per received audio frame, for onset timing
@@ -198,7 +202,10 @@ class CallMeasure:
         sq = float(np.square(mono, dtype=np.float64).sum())
         self._sum_sq += sq
         if len(mono):
-            self._peak_rms = max(self._peak_rms, math.sqrt(sq / len(mono)))
+            rms = math.sqrt(sq / len(mono))
+            self._peak_rms = max(self._peak_rms, rms)
+            if rms >= LOUD_RMS:
+                self.last_loud_t = t - AUDIO_HOLD_S
         for idx in self._detector.feed(mono):
             at = self._time_of(self._detector_base + idx, sample_rate)
             if at is not None:

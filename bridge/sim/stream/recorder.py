@@ -22,6 +22,7 @@ log = structlog.get_logger(__name__)
 
 _QUEUE_FRAMES = 240  # ~4 s of 30 fps video plus its audio
 _MS = Fraction(1, 1000)
+_WAIT_BOTH_S = 2.0
 
 
 class Mp4Recorder:
@@ -57,47 +58,74 @@ class Mp4Recorder:
 
     def _run(self) -> None:
         container: Any = av.open(self.path, mode="w")
-        vstream: Any = None
-        astream: Any = None
-        resampler: Any = None
-        last_vpts = -1
+        streams: _Streams | None = None
+        # MP4 streams must all exist before the first packet is written: hold the first frames
+        # until one of each kind (or _WAIT_BOTH_S of one kind) has been seen.
+        held: list[tuple[float, Any]] = []
         try:
             while True:
                 item = self._queue.get()
                 if item is None:
                     break
-                at, frame = item
-                if isinstance(frame, av.VideoFrame):
-                    if vstream is None:
-                        vstream = container.add_stream("libx264", rate=30)
-                        vstream.width, vstream.height = frame.width, frame.height
-                        vstream.pix_fmt = "yuv420p"
-                        vstream.time_base = _MS
-                        vstream.options = {"preset": "ultrafast", "tune": "zerolatency"}
-                    if (frame.width, frame.height) != (vstream.width, vstream.height):
-                        frame = frame.reformat(vstream.width, vstream.height, "yuv420p")
-                    pts = max(last_vpts + 1, int(at * 1000))
-                    last_vpts = pts
-                    frame.pts, frame.time_base = pts, _MS
-                    container.mux(vstream.encode(frame))
-                    self.video_frames += 1
-                elif isinstance(frame, av.AudioFrame):
-                    if astream is None:
-                        astream = container.add_stream("aac", rate=48000)
-                        astream.layout = "stereo"
-                        resampler = av.AudioResampler(
-                            format="fltp", layout="stereo", rate=48000, frame_size=1024
-                        )
-                    frame.pts = None
-                    for out in resampler.resample(frame):
-                        container.mux(astream.encode(out))
-                    self.audio_frames += 1
-            for stream in (vstream, astream):
-                if stream is not None:
-                    container.mux(stream.encode(None))
+                if streams is None:
+                    held.append(item)
+                    video = next((f for _, f in held if isinstance(f, av.VideoFrame)), None)
+                    has_audio = any(isinstance(f, av.AudioFrame) for _, f in held)
+                    waited = held[-1][0] - held[0][0]
+                    if video is None and waited < _WAIT_BOTH_S:
+                        continue
+                    if video is not None and not has_audio and waited < _WAIT_BOTH_S:
+                        continue
+                    streams = _Streams(container, video, has_audio)
+                    for at, frame in held:
+                        self._encode(container, streams, at, frame)
+                    held.clear()
+                    continue
+                self._encode(container, streams, *item)
+            if streams is not None:
+                for stream in (streams.video, streams.audio):
+                    if stream is not None:
+                        container.mux(stream.encode(None))
         except Exception:
             log.exception("mp4 recording failed", path=self.path)
         finally:
             with contextlib.suppress(Exception):
                 container.close()
             log.info("mp4 recording closed", **self.stats())
+
+    def _encode(self, container: Any, streams: _Streams, at: float, frame: Any) -> None:
+        if isinstance(frame, av.VideoFrame) and streams.video is not None:
+            vs = streams.video
+            if (frame.width, frame.height) != (vs.width, vs.height):
+                frame = frame.reformat(vs.width, vs.height, "yuv420p")
+            pts = max(streams.last_vpts + 1, int(at * 1000))
+            streams.last_vpts = pts
+            frame.pts, frame.time_base = pts, _MS
+            container.mux(vs.encode(frame))
+            self.video_frames += 1
+        elif isinstance(frame, av.AudioFrame) and streams.audio is not None:
+            frame.pts = None  # the resampler re-times audio as one continuous stream
+            for out in streams.resampler.resample(frame):
+                container.mux(streams.audio.encode(out))
+            self.audio_frames += 1
+
+
+class _Streams:
+    def __init__(self, container: Any, video: Any, with_audio: bool) -> None:
+        self.video: Any = None
+        self.audio: Any = None
+        self.resampler: Any = None
+        self.last_vpts = -1
+        if video is not None:
+            vs = container.add_stream("libx264", rate=30)
+            vs.width, vs.height = video.width, video.height
+            vs.pix_fmt = "yuv420p"
+            vs.time_base = _MS
+            vs.options = {"preset": "ultrafast", "tune": "zerolatency"}
+            self.video = vs
+        if with_audio:
+            self.audio = container.add_stream("aac", rate=48000)
+            self.audio.layout = "stereo"
+            self.resampler = av.AudioResampler(
+                format="fltp", layout="stereo", rate=48000, frame_size=1024
+            )

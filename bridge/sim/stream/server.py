@@ -253,6 +253,10 @@ class StreamStandIn:
             raise KeyError(f"{call_type}:{call_id}")
         return self._call_stats(call)
 
+    def measure(self, call_type: str, call_id: str) -> CallMeasure:
+        """The live measurement object of a call (for in-process harnesses: demo, bench)."""
+        return self._call(call_type, call_id).measure
+
     def reset_measure(
         self, call_type: str, call_id: str, media_origin_t: float | None = None
     ) -> None:
@@ -352,6 +356,11 @@ class StreamStandIn:
         event = ev.SfuEvent(change_publish_quality=ev.ChangePublishQuality(video_senders=[sender]))
         for s in list(call.sessions.values()):
             await s.send(event)
+            if not paused and s.pub_pc is not None:
+                # Like an SFU activating a layer: ask for a keyframe to restart decoding.
+                for receiver in s.pub_pc.getReceivers():
+                    if receiver.track is not None and receiver.track.kind == "video":
+                        self._spawn(_request_keyframe(receiver, repeat=3), "pli-resume")
 
     async def end_call(self, call_type: str, call_id: str) -> None:
         """End the call for everyone (SFU ``call_ended``): the SDK leaves for good."""
@@ -909,15 +918,18 @@ class StreamStandIn:
         return web.json_response({"ok": True})
 
 
-async def _request_keyframe(receiver: RTCRtpReceiver) -> None:
+async def _request_keyframe(receiver: RTCRtpReceiver, repeat: int = 1) -> None:
     """Frames sent before DTLS was up are lost, the first keyframe with them: ask for a new one
-    (RTCP PLI) as soon as RTP of the track arrives."""
+    (RTCP PLI) as soon as RTP of the track arrives (``repeat`` times, 300 ms apart)."""
+    sent = 0
     for _ in range(200):
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05 if sent == 0 else 0.3)
         sources = receiver.getSynchronizationSources()
         if sources:
             await receiver._send_rtcp_pli(sources[0].source)
-            return
+            sent += 1
+            if sent >= repeat:
+                return
 
 
 async def _add_candidate(pc: RTCPeerConnection, candidate_json: str) -> None:
