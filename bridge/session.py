@@ -132,6 +132,7 @@ class Session:
         self._turn_open = False
         self._turn_audio_s = 0.0
         self._played_turn = -1  # index of the turn whose playback started last
+        self._play_start = 0.0  # monotonic time that playback began
         self._marks: list[_Mark] = []
         self._mark_tasks: dict[asyncio.Task[None], _Mark] = {}
         self._last_credit = 0.0
@@ -209,6 +210,7 @@ class Session:
         if event == "speak_started":
             self._set_state(State.SPEAKING)
             self._played_turn += 1
+            self._play_start = time.monotonic()
             self._schedule_marks(self._played_turn)
         elif event == "speak_ended":
             if not fields.get("interrupted"):
@@ -376,6 +378,8 @@ class Session:
     async def on_mark(self, name: str) -> None:
         """Echo ``name`` when playback reaches the audio sent so far in this turn."""
         self._marks.append(_Mark(name, self._turn, self._turn_audio_s))
+        if self._turn <= self._played_turn:  # this turn is already playing
+            self._schedule_marks(self._played_turn)
 
     async def on_close(self) -> None:
         if self._turn_open:
@@ -396,24 +400,28 @@ class Session:
         due = [m for m in self._marks if m.turn <= turn]
         if not due:
             return
-        self._marks = [m for m in self._marks if m not in due]
+        self._marks = [m for m in self._marks if m.turn > turn]
         loop = asyncio.get_running_loop()
         for mark in due:
-            task = loop.create_task(self._fire_mark(mark))
+            task = loop.create_task(self._fire_mark(mark, self._play_start + mark.offset_s))
             self._mark_tasks[task] = mark
             task.add_done_callback(lambda t: self._mark_tasks.pop(t, None))
 
     def _flush_marks(self) -> None:
         """The turn finished playing: its marks are all reached, whatever the timers say."""
-        for task, mark in sorted(self._mark_tasks.items(), key=lambda tm: tm[1].offset_s):
-            if not task.done():
-                task.cancel()
-                self.send_event("mark", {"name": mark.name})
-                metrics.MARKS.labels(outcome="reached").inc()
+        waiting = [m for t, m in self._mark_tasks.items() if not t.done()]
+        waiting += [m for m in self._marks if m.turn <= self._played_turn]
+        self._marks = [m for m in self._marks if m.turn > self._played_turn]
+        for task in self._mark_tasks:
+            task.cancel()
         self._mark_tasks.clear()
+        for mark in sorted(waiting, key=lambda m: (m.turn, m.offset_s)):
+            self.send_event("mark", {"name": mark.name})
+            metrics.MARKS.labels(outcome="reached").inc()
 
-    async def _fire_mark(self, mark: _Mark) -> None:
-        await asyncio.sleep(mark.offset_s)
+    async def _fire_mark(self, mark: _Mark, due: float) -> None:
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        self._mark_tasks.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
         self.send_event("mark", {"name": mark.name})
         metrics.MARKS.labels(outcome="reached").inc()
 

@@ -322,14 +322,31 @@ class StreamStandIn:
                     await asyncio.wait_for(s.ws.close(code=1011), _NET_TIMEOUT_S)
         return len(sessions)
 
-    async def kill_peer_connection(self, call_type: str, call_id: str) -> int:
-        """Close the publisher peer connection of every session in the call."""
+    async def kill_peer_connection(
+        self, call_type: str, call_id: str, *, notify: bool = True
+    ) -> int:
+        """Close the publisher peer connection of every session in the call.
+
+        With ``notify`` the SFU then reports the transport failure with a REJOIN strategy, as a
+        real SFU does when it loses a participant's media; without it the SDK only notices through
+        its ICE timeouts (more than 20 s with getstream_rtc 0.1.0).
+        """
         n = 0
         for s in list(self._call(call_type, call_id).sessions.values()):
             if s.pub_pc is not None:
                 pc, s.pub_pc = s.pub_pc, None
                 await pc.close()
                 n += 1
+                if notify:
+                    err = pbm.Error(
+                        code=pbm.ERROR_CODE_PARTICIPANT_MEDIA_TRANSPORT_FAILURE,
+                        message="publisher transport failed",
+                        should_retry=True,
+                    )
+                    strategy = pbm.WEBSOCKET_RECONNECT_STRATEGY_REJOIN
+                    await s.send(
+                        ev.SfuEvent(error=ev.Error(error=err, reconnect_strategy=strategy))
+                    )
         return n
 
     async def revoke_send_video(self, call_type: str, call_id: str) -> None:
