@@ -84,7 +84,6 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
     os.execvp(args[0], args)
-    return 0  # not reached
 
 
 if __name__ == "__main__":

@@ -31,3 +31,17 @@ def test_docs_link_each_other() -> None:
         text = (REPO / "docs" / name).read_text()
         for target in re.findall(r"\]\(([a-z-]+\.md)\)", text):
             assert (REPO / "docs" / target).is_file(), f"{name} links to missing {target}"
+
+
+def test_alert_rules_parse_and_use_real_metrics() -> None:
+    import yaml  # type: ignore[import-untyped]  # no types-PyYAML in the lock
+
+    block = re.search(r"```yaml\n(groups:.*?)```", RUNBOOK.read_text(), re.S)
+    assert block, "the runbook's alert rules block is missing"
+    rules = yaml.safe_load(block.group(1))["groups"][0]["rules"]
+    assert len(rules) >= 5
+    known = _metric_names()
+    for rule in rules:
+        assert rule["alert"] and rule["expr"] and rule["annotations"]["summary"]
+        for name in re.findall(r"bridge_[a-z0-9_]+", rule["expr"]):
+            assert name in known, f"{rule['alert']} uses unknown metric {name}"

@@ -23,6 +23,8 @@ log = structlog.get_logger(__name__)
 _QUEUE_FRAMES = 240  # ~4 s of 30 fps video plus its audio
 _MS = Fraction(1, 1000)
 _WAIT_BOTH_S = 2.0
+_AUDIO_RATE = 48000
+_AUDIO_TB = Fraction(1, _AUDIO_RATE)
 
 
 class Mp4Recorder:
@@ -104,8 +106,12 @@ class Mp4Recorder:
             container.mux(vs.encode(frame))
             self.video_frames += 1
         elif isinstance(frame, av.AudioFrame) and streams.audio is not None:
-            frame.pts = None  # the resampler re-times audio as one continuous stream
+            frame.pts = None  # the resampler re-times audio as one continuous stream...
+            if streams.next_apts < 0:  # ...that starts when the first audio arrived
+                streams.next_apts = int(at * _AUDIO_RATE)
             for out in streams.resampler.resample(frame):
+                out.pts, out.time_base = streams.next_apts, _AUDIO_TB
+                streams.next_apts += out.samples
                 container.mux(streams.audio.encode(out))
             self.audio_frames += 1
 
@@ -116,16 +122,20 @@ class _Streams:
         self.audio: Any = None
         self.resampler: Any = None
         self.last_vpts = -1
+        self.next_apts = -1
         if video is not None:
             vs = container.add_stream("libx264", rate=30)
             vs.width, vs.height = video.width, video.height
             vs.pix_fmt = "yuv420p"
+            # Millisecond timestamps in the encoder too: receipt times are irregular, and in
+            # 1/30 s units two close frames would collide (non-increasing DTS, mux error).
             vs.time_base = _MS
+            vs.codec_context.time_base = _MS
             vs.options = {"preset": "ultrafast", "tune": "zerolatency"}
             self.video = vs
         if with_audio:
-            self.audio = container.add_stream("aac", rate=48000)
+            self.audio = container.add_stream("aac", rate=_AUDIO_RATE)
             self.audio.layout = "stereo"
             self.resampler = av.AudioResampler(
-                format="fltp", layout="stereo", rate=48000, frame_size=1024
+                format="fltp", layout="stereo", rate=_AUDIO_RATE, frame_size=1024
             )

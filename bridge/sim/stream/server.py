@@ -794,6 +794,8 @@ class StreamStandIn:
             "sfu set publisher",
             session=session.session_id,
             tracks=[(pbm.TrackType.Name(t.track_type), t.codec.name) for t in req.tracks],
+            ssrcs=sorted({ln.split()[0][7:] for ln in req.sdp.splitlines() if ln.startswith("a=ssrc:")}),
+            ufrag=_sdp_attr(req.sdp, "ice-ufrag"),
         )
         pc = session.pub_pc
         if pc is None or pc.connectionState in ("closed", "failed"):
