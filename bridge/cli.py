@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -14,7 +15,11 @@ from typing import Any
 
 from bridge import __version__
 
-DEFAULT_ADMIN = "http://127.0.0.1:8787"
+# The admin API the client commands talk to: AVATAR_BRIDGE_ADMIN_URL, else the daemon's own
+# admin.port from the environment (so a container HEALTHCHECK follows a changed port).
+DEFAULT_ADMIN = os.environ.get("AVATAR_BRIDGE_ADMIN_URL") or (
+    f"http://127.0.0.1:{os.environ.get('AVATAR_BRIDGE_ADMIN__PORT', '8787')}"
+)
 DEFAULT_SOCKET = "/run/avatar-bridge/bridge.sock"
 
 

@@ -117,7 +117,7 @@ class OutputConfig(_Section):
         200, ge=20, le=5000, description="Outbound PCM queue (bounds lip-sync drift)."
     )
     video_delay_ms: float = Field(
-        40.0,
+        60.0,
         ge=0,
         le=1000,
         description="Hold video this long after arrival so it leaves aligned with the slower "

@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -32,13 +30,11 @@ from bridge.client import BridgeClient, stream_pcm_realtime
 from bridge.media import AudioFormat
 from bridge.protocol import Error, EventMsg
 from bridge.sim import netns
-from bridge.sim.liveavatar import LiveAvatarStandIn, StandInOptions
-from bridge.sim.livekit_server import LiveKitStandIn
 from bridge.sim.marks import beep_train
+from bridge.sim.stack import SMALL, DaemonProcess, StandIns
 from bridge.sim.stream import StreamStandIn
 
 ASSET = Path(__file__).parent / "assets" / "speech.wav"
-API_KEY = "demo-liveavatar-key"
 RENDER_LATENCY_S = 0.2
 
 
@@ -76,8 +72,8 @@ class Demo:
         self.short: bool = args.short
         self.audio_path: Path = args.audio or ASSET
         self.network = network
-        self.daemon: subprocess.Popen[bytes] | None = None
-        self.admin_port = 0
+        self.socket = Path()
+        self.daemon_rc: int | None = None
         self._quiet = not sys.stderr.isatty()
 
     def say(self, text: str) -> None:
@@ -89,36 +85,34 @@ class Demo:
         self.out.mkdir(parents=True, exist_ok=True)
         for stale in ("report.json", "call.mp4", "sync.png", "daemon.log"):
             (self.out / stale).unlink(missing_ok=True)
-        lk = LiveKitStandIn()
-        lav = LiveAvatarStandIn(
-            StandInOptions(api_keys=frozenset({API_KEY}), render_latency_s=RENDER_LATENCY_S),
-            livekit=lk,
-        )
-        sfu = StreamStandIn(video_codec="VP9")
-        await lk.start()
-        await lav.start()
-        await sfu.start()
-        self.say(f"stand-ins: LiveAvatar {lav.base_url}  LiveKit {lk.url}  Stream {sfu.base_url}")
-        self.say(f"network: {self.network}")
         results: list[SessionResult] = []
         report: dict[str, Any] = {}
-        try:
-            # sfu.record("default", "demo-0", str(self.out / "call.mp4"))
-            await self._start_daemon(lav, sfu)
-            results = list(
-                await asyncio.gather(*(self._session(i, sfu) for i in range(self.sessions)))
+        async with StandIns(render_latency_s=RENDER_LATENCY_S) as sim:
+            self.say(
+                f"stand-ins: LiveAvatar {sim.liveavatar.base_url}  LiveKit {sim.livekit.url}  "
+                f"Stream {sim.stream.base_url}"
             )
-            metrics = await asyncio.to_thread(self._metrics)
-            await self._stop_daemon()
-            await sfu.stop_recording("default", "demo-0")
-            await asyncio.sleep(0.5)  # let the stand-in see the avatar's room end
-            report = self._report(results, sfu, lav, metrics)
-        finally:
-            await self._stop_daemon()
-            await sfu.aclose()
-            await lav.aclose()
-            await lk.aclose()
-        report["live_liveavatar_sessions_after"] = len(lav.live_sessions)
+            self.say(f"network: {self.network}")
+            daemon = DaemonProcess(
+                self.out, sim.daemon_env(), "--max-sessions", str(self.sessions), *SMALL
+            )
+            try:
+                sim.stream.record("default", "demo-0", str(self.out / "call.mp4"))
+                await daemon.start()
+                self.socket = daemon.socket
+                self.say(f"daemon: ready, socket {daemon.socket}, admin port {daemon.admin_port}")
+                results = list(
+                    await asyncio.gather(
+                        *(self._session(i, sim.stream) for i in range(self.sessions))
+                    )
+                )
+                metrics = await asyncio.to_thread(daemon.metrics)
+            finally:
+                self.daemon_rc = await daemon.stop()
+                await sim.stream.stop_recording("default", "demo-0")
+            await asyncio.sleep(0.5)  # the stand-in notices the avatar's room end
+            report = self._report(results, sim.stream, metrics)
+            report["live_liveavatar_sessions_after"] = len(sim.liveavatar.live_sessions)
         (self.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         self._plot(report)
         self._summary(report)
@@ -126,81 +120,9 @@ class Demo:
             report["live_liveavatar_sessions_after"] == 0
             and report["frames"]["received"] > 0
             and not report["errors"]
+            and report["daemon_exit_code"] == 0
         )
         return 0 if ok else 1
-
-    async def _start_daemon(self, lav: LiveAvatarStandIn, sfu: StreamStandIn) -> None:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("AVATAR_BRIDGE_", "LIVEAVATAR_", "STREAM_"))
-        }
-        env.update(
-            LIVEAVATAR_API_KEY=API_KEY,
-            LIVEAVATAR_BASE_URL=lav.base_url,
-            STREAM_API_KEY=sfu.api_key,
-            STREAM_API_SECRET=sfu.api_secret,
-            STREAM_BASE_URL=sfu.base_url,
-            AVATAR_BRIDGE_STREAM__WS_URL=sfu.ws_url,
-        )
-        sock = self.out / "bridge.sock"
-        args = [
-            sys.executable, "-m", "bridge.cli", "run",
-            "--socket", str(sock), "--state-dir", str(self.out / "state"),
-            "--admin-port", "0", "--log-format", "json",
-            "--max-sessions", str(max(self.sessions, 1)),
-            "--set", "liveavatar.video_quality=low",
-            "--set", "liveavatar.video_encoding=VP8",
-            "--set", "output.width=640", "--set", "output.height=360",
-        ]  # fmt: skip
-        log = (self.out / "daemon.log").open("wb")
-        self.daemon = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
-        )
-        log.close()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.daemon.poll() is not None:
-                raise SystemExit(
-                    f"the daemon exited ({self.daemon.returncode}); see {self.out}/daemon.log"
-                )
-            for line in (self.out / "daemon.log").read_text().splitlines():
-                if '"event": "ready"' in line:
-                    self.admin_port = int(json.loads(line)["admin_port"])
-                    self.socket = sock
-                    self.say(f"daemon: ready, socket {sock}, admin port {self.admin_port}")
-                    return
-            await asyncio.sleep(0.1)
-        raise SystemExit("the daemon did not become ready within 30 s")
-
-    async def _stop_daemon(self) -> None:
-        proc, self.daemon = self.daemon, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.to_thread(proc.wait, 40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            await asyncio.to_thread(proc.wait)
-        self.daemon_rc = proc.returncode
-
-    def _metrics(self) -> dict[str, float]:
-        import urllib.request
-
-        url = f"http://127.0.0.1:{self.admin_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            text = resp.read().decode()
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            if line.startswith("bridge_") and " " in line:
-                name, _, value = line.rpartition(" ")
-                try:
-                    out[name] = float(value)
-                except ValueError:
-                    pass
-        return out
 
     # ----- one client session --------------------------------------------------------------
 
@@ -252,8 +174,9 @@ class Demo:
     async def _print_events(self, client: BridgeClient, res: SessionResult, tag: str) -> None:
         async for message in client.messages():
             if isinstance(message, Error):
-                res.errors.append({"code": message.code, "message": message.message,
-                                   "fatal": message.fatal})
+                res.errors.append(
+                    {"code": message.code, "message": message.message, "fatal": message.fatal}
+                )
                 self.say(f"{tag} ERROR {message.code}: {message.message}")
             elif isinstance(message, EventMsg):
                 res.events.append(message.event)
@@ -269,7 +192,9 @@ class Demo:
 
         def show(sent: float, total: float) -> None:
             filled = int(30 * sent / total) if total else 30
-            sys.stderr.write(f"\r{tag} [{'#' * filled}{'-' * (30 - filled)}] {sent:4.1f}/{total:.1f} s")
+            sys.stderr.write(
+                f"\r{tag} [{'#' * filled}{'-' * (30 - filled)}] {sent:4.1f}/{total:.1f} s"
+            )
             if sent >= total:
                 sys.stderr.write("\n")
             sys.stderr.flush()
@@ -282,7 +207,6 @@ class Demo:
         self,
         results: list[SessionResult],
         sfu: StreamStandIn,
-        lav: LiveAvatarStandIn,
         metrics: dict[str, float],
     ) -> dict[str, Any]:
         calls = {r.call_id: sfu.stats("default", r.call_id) for r in results}
@@ -300,8 +224,11 @@ class Demo:
         received = sum(c["video"]["frames"] for c in calls.values())
         published = int(metrics.get("bridge_publisher_video_frames_total", 0))
         dropped = int(
-            sum(v for k, v in metrics.items() if k.startswith("bridge_dropped_total")
-                and "video" in k)
+            sum(
+                v
+                for k, v in metrics.items()
+                if k.startswith("bridge_dropped_total") and "video" in k
+            )
         )
         audio_dropped_ms = 1000 * sum(
             v for k, v in metrics.items() if k.startswith("bridge_audio_dropped_seconds_total")
@@ -333,7 +260,7 @@ class Demo:
             "resolution": next(iter(calls.values()))["video"]["resolution"] if calls else None,
             "freezes": sum(c["video"]["freezes"] for c in calls.values()),
             "errors": [e for r in results for e in r.errors],
-            "daemon_exit_code": getattr(self, "daemon_rc", None),
+            "daemon_exit_code": self.daemon_rc,
             "calls": calls,
         }
 
@@ -370,12 +297,18 @@ class Demo:
             ("HELLO to first frame in the call (s)", r["first_frame_s"]),
             ("barge-in: INTERRUPT to last old audio (ms)", r["barge_in_ms"]),
             ("stand-in render latency (ms)", r["render_latency_ms"]),
-            ("frames published / received / dropped",
-             f"{r['frames']['published']} / {r['frames']['received']} / {r['frames']['dropped']}"),
-            ("video at the receiver", f"{r['resolution']} @ {r['fps']} fps, "
-                                      f"{r['freezes']} freezes"),
-            ("audio received (s) / dropped (ms)",
-             f"{r['audio_received_s']} / {r['audio_dropped_ms']}"),
+            (
+                "frames published / received / dropped",
+                "{published} / {received} / {dropped}".format(**r["frames"]),
+            ),
+            (
+                "video at the receiver",
+                f"{r['resolution']} @ {r['fps']} fps, {r['freezes']} freezes",
+            ),
+            (
+                "audio received (s) / dropped (ms)",
+                f"{r['audio_received_s']} / {r['audio_dropped_ms']}",
+            ),
             ("LiveAvatar sessions left running", r["live_liveavatar_sessions_after"]),
             ("errors", len(r["errors"])),
         ]
@@ -385,16 +318,6 @@ class Demo:
         for k, v in rows:
             self.say(f"  {k:<{width}}  {v}")
         self.say(f"files: {self.out}/report.json, call.mp4, sync.png, daemon.log")
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM if the demo dies, so no daemon outlives it (Linux only)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def main(args: argparse.Namespace) -> int:

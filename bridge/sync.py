@@ -16,6 +16,12 @@ Queues and their overflow policies:
   because unbounded audio latency would destroy lip sync for the rest of the session.
 
 ``flush()`` (barge-in) empties both queues at once.
+
+Audio latency is re-anchored during silence: the Stream SDK queues PCM written before its
+connection is up (or during a stall) and then plays it out in real time for ever after, a standing
+delay of up to its queue capacity that the SDK does not let us observe. Whenever the avatar's
+audio has been silent for ``silence_flush_ms``, the publisher's queue is flushed once, which drops
+only silence and brings audio latency back to its floor.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import asyncio
 import time
 from collections import deque
 
+import numpy as np
 import structlog
 
 from bridge import metrics
@@ -31,6 +38,9 @@ from bridge.media import AudioChunk, VideoFrame
 from bridge.stages import CallPublisher
 
 log = structlog.get_logger(__name__)
+
+# Peak sample magnitude below which a chunk counts as silence (about -54 dBFS).
+SILENCE_PEAK = 64
 
 
 class SyncStage:
@@ -44,6 +54,7 @@ class SyncStage:
         buffer_seconds: float,
         audio_queue_ms: float,
         video_delay_ms: float,
+        silence_flush_ms: float = 300.0,
     ) -> None:
         self._publisher = publisher
         self.video_capacity = max(1, round(fps * buffer_seconds))
@@ -54,6 +65,10 @@ class SyncStage:
         self._audio_s = 0.0
         self._video_ready = asyncio.Event()
         self._audio_ready = asyncio.Event()
+        self._silence_flush_s = silence_flush_ms / 1000.0
+        self._silent_s = 0.0
+        self._flushed_this_silence = False
+        self.silence_flushes = 0
         self.video_dropped = 0
         self.audio_dropped_s = 0.0
         self.video_written = 0
@@ -111,8 +126,22 @@ class SyncStage:
                 await self._audio_ready.wait()
             chunk = self._audio.popleft()
             self._audio_s = max(0.0, self._audio_s - chunk.duration_s)
+            self._track_silence(chunk)
             await self._publisher.write_audio(chunk)
             self.audio_written_s += chunk.duration_s
+
+    def _track_silence(self, chunk: AudioChunk) -> None:
+        samples = chunk.samples
+        loud = bool(len(samples)) and int(np.abs(samples).max()) > SILENCE_PEAK
+        if loud:
+            self._silent_s = 0.0
+            self._flushed_this_silence = False
+            return
+        self._silent_s += chunk.duration_s
+        if self._silent_s >= self._silence_flush_s and not self._flushed_this_silence:
+            self._flushed_this_silence = True
+            self.silence_flushes += 1
+            self._publisher.flush_audio()
 
     async def _pump_video(self) -> None:
         while True:

@@ -8,7 +8,7 @@ import av
 import pytest
 
 from bridge.sim.stream import StreamStandIn
-from tests.stream._support import Recorder, drive, make_publisher, wait_for
+from tests.stream._support import Recorder, drive, make_publisher
 
 pytestmark = pytest.mark.netns
 
@@ -30,7 +30,12 @@ async def test_paused_video_layer_stops_video_until_resumed(standin: StreamStand
     await drive(pub, seconds=1.0, start_frame=45)
     assert frames(standin, "pause-call") <= paused_at + 3  # the SDK discards paused writes
     await standin.pause_video_layer("default", "pause-call", paused=False)
-    await drive(pub, seconds=1.5, start_frame=75)
+    start = 75
+    for _ in range(12):  # at most 6 s
+        await drive(pub, seconds=0.5, start_frame=start)
+        start += 15
+        if frames(standin, "pause-call") >= paused_at + 20:
+            break
     assert frames(standin, "pause-call") >= paused_at + 20
     stats = standin.stats("default", "pause-call")
     assert stats["video"]["freezes"] >= 1  # the pause is visible as a freeze to a viewer

@@ -19,6 +19,11 @@ def other_tasks() -> list[asyncio.Task[object]]:
     return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
 
 
+def frames(standin: StreamStandIn, call_id: str) -> int:
+    n: int = standin.stats("default", call_id)["video"]["frames"]
+    return n
+
+
 def publisher_tasks() -> list[asyncio.Task[object]]:
     """Live tasks running publisher code (the stand-in's own server tasks are not counted)."""
     return [
@@ -112,10 +117,17 @@ async def test_sfu_websocket_drop_is_survived(standin: StreamStandIn) -> None:
     before = standin.stats("default", "drop-call")["video"]["frames"]
     assert before > 0
     assert await standin.drop_sfu_ws("default", "drop-call") == 1
-    await drive(pub, seconds=2.0, start_frame=30)
-    assert await wait_for(lambda: standin.stats("default", "drop-call")["sfu_connects"] >= 2)
+    start = 30
+    # The SDK reconnects fast (same session, ICE restart); when that does not bring video back
+    # it rejoins with a new session after ~6 s. Either way frames must come back: at most 12 s.
+    for _ in range(24):
+        await drive(pub, seconds=0.5, start_frame=start)
+        start += 15
+        if frames(standin, "drop-call") >= before + 40:
+            break
     stats = standin.stats("default", "drop-call")
-    assert stats["video"]["frames"] >= before + 40, stats  # frames kept arriving after the drop
+    assert stats["sfu_connects"] >= 2  # the SDK opened a new SFU WebSocket
+    assert stats["video"]["frames"] >= before + 40, stats  # and frames kept arriving
     assert stats["marks"]["in_order"]
     assert [p["user_id"] for p in stats["participants"]] == ["avatar-bridge"]
     assert rec.failures == []

@@ -1,0 +1,199 @@
+"""The local stand-ins started together, and the daemon run against them as its own process.
+
+Shared by ``avatar-bridge demo``, the end-to-end tests and the benchmarks, so all three exercise
+the same configuration. The daemon is a separate process, configured only through its environment
+and flags, exactly as a user would run it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from bridge.sim.liveavatar import LiveAvatarStandIn, StandInOptions
+from bridge.sim.livekit_server import LiveKitStandIn
+from bridge.sim.stream import StreamStandIn
+
+LIVEAVATAR_KEY = "standin-liveavatar-key"
+
+
+class StandIns:
+    """LiveAvatar (which provisions rooms on the LiveKit stand-in) and Stream, on loopback."""
+
+    def __init__(
+        self,
+        *,
+        render_latency_s: float = 0.2,
+        stream_codec: str = "VP9",
+        liveavatar: StandInOptions | None = None,
+    ) -> None:
+        self.livekit = LiveKitStandIn()
+        opts = liveavatar or StandInOptions()
+        opts.api_keys = frozenset({LIVEAVATAR_KEY})
+        opts.render_latency_s = render_latency_s
+        self.liveavatar = LiveAvatarStandIn(opts, livekit=self.livekit)
+        self.stream = StreamStandIn(video_codec=stream_codec)
+
+    async def start(self) -> None:
+        await self.livekit.start()
+        await self.liveavatar.start()
+        await self.stream.start()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+        await self.liveavatar.aclose()
+        await self.livekit.aclose()
+
+    async def __aenter__(self) -> StandIns:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def daemon_env(self) -> dict[str, str]:
+        """The environment that points a daemon at these stand-ins."""
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("AVATAR_BRIDGE_", "LIVEAVATAR_", "STREAM_", "NOTIFY_SOCKET"))
+        }
+        env.update(
+            LIVEAVATAR_API_KEY=LIVEAVATAR_KEY,
+            LIVEAVATAR_BASE_URL=self.liveavatar.base_url,
+            STREAM_API_KEY=self.stream.api_key,
+            STREAM_API_SECRET=self.stream.api_secret,
+            STREAM_BASE_URL=self.stream.base_url,
+            AVATAR_BRIDGE_STREAM__WS_URL=self.stream.ws_url,
+        )
+        return env
+
+
+# A cheap, matching configuration: 360p avatar, 360p output.
+SMALL = (
+    "--set", "liveavatar.video_quality=low",
+    "--set", "liveavatar.video_encoding=VP8",
+    "--set", "output.width=640", "--set", "output.height=360",
+)  # fmt: skip
+
+
+class DaemonProcess:
+    """``avatar-bridge run`` as a child process, its log in ``workdir/daemon.log``."""
+
+    def __init__(self, workdir: Path, env: dict[str, str], *flags: str) -> None:
+        self.workdir = workdir
+        self.env = env
+        self.flags = flags
+        self.socket = workdir / "bridge.sock"
+        self.log_path = workdir / "daemon.log"
+        self.state_dir = workdir / "state"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.admin_port = 0
+        self.returncode: int | None = None
+
+    async def start(self, timeout_s: float = 30.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        args = [
+            sys.executable, "-m", "bridge.cli", "run",
+            "--socket", str(self.socket), "--state-dir", str(self.state_dir),
+            "--admin-port", "0", "--log-format", "json", *self.flags,
+        ]  # fmt: skip
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self.proc = self._spawn(args)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the daemon exited ({self.proc.returncode}): {self.log_tail()}")
+            with self.log_path.open("rb") as f:
+                f.seek(offset)
+                for raw in f.read().splitlines():
+                    if b'"event": "ready"' in raw:
+                        self.admin_port = int(json.loads(raw)["admin_port"])
+                        return
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"the daemon did not become ready: {self.log_tail()}")
+
+    def _spawn(self, args: list[str]) -> subprocess.Popen[bytes]:
+        with self.log_path.open("ab") as log:
+            return subprocess.Popen(
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                preexec_fn=_die_with_parent,
+            )
+
+    def log_tail(self, lines: int = 30) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def log_events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+        return out
+
+    def admin(self, method: str, path: str) -> tuple[int, Any]:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}{path}", method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                body = resp.read()
+                ctype = resp.headers.get("Content-Type", "")
+                return resp.status, json.loads(body) if "json" in ctype else body.decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode(errors="replace")
+
+    def metrics(self) -> dict[str, float]:
+        """The daemon's ``bridge_*`` samples, by full sample name with labels."""
+        _, text = self.admin("GET", "/metrics")
+        out: dict[str, float] = {}
+        for line in str(text).splitlines():
+            if line.startswith("bridge_"):
+                name, _, value = line.rpartition(" ")
+                with contextlib.suppress(ValueError):
+                    out[name] = float(value)
+        return out
+
+    def metric_sum(self, prefix: str, contains: str = "") -> float:
+        return sum(v for k, v in self.metrics().items() if k.startswith(prefix) and contains in k)
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 40.0) -> int:
+        proc = self.proc
+        if proc is None:
+            return self.returncode or 0
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        try:
+            await asyncio.to_thread(proc.wait, timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            await asyncio.to_thread(proc.wait)
+        self.returncode = proc.returncode
+        self.proc = None
+        return proc.returncode
+
+    async def kill(self) -> int:
+        return await self.stop(signal.SIGKILL)
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the parent dies, so no daemon outlives its harness (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
