@@ -53,6 +53,9 @@ PCM_OVERFLOWS = Counter(
 PCM_DROPPED_SAMPLES = Counter(
     "bridge_publisher_pcm_dropped_samples_total", "Oldest PCM samples the SDK dropped on overflow"
 )
+SFU_NOTICES = Counter(
+    "bridge_publisher_sfu_notices_total", "SFU events that change what we publish", ["kind"]
+)
 AUDIO_DROPPED = Counter(
     "bridge_publisher_audio_dropped_chunks_total", "PCM chunks not written", ["reason"]
 )
@@ -134,7 +137,7 @@ class StreamPublisher:
         self._call: rtc.Call | None = None
         self._video: rtc.LocalVideoTrack | None = None
         self._audio: rtc.LocalAudioTrack | None = None
-        self._watcher: asyncio.Task[None] | None = None
+        self._watchers: list[asyncio.Task[None]] = []
         self._video_lock = asyncio.Lock()  # one video write at a time (the SDK may reorder)
         self._audio_lock = asyncio.Lock()
         self._last_pts_s = -1.0
@@ -170,9 +173,11 @@ class StreamPublisher:
         try:
             await asyncio.wait_for(call.join(opts.user_id, True), opts.join_timeout_s)
             # Read the calling state from now on: reconnects are logged, a final LEFT is fatal.
-            self._watcher = asyncio.get_running_loop().create_task(
-                self._watch(call), name="stream-publisher-watch"
-            )
+            loop = asyncio.get_running_loop()
+            self._watchers = [
+                loop.create_task(self._watch(call), name="stream-publisher-watch"),
+                loop.create_task(self._watch_sfu(call), name="stream-publisher-sfu-events"),
+            ]
             self._audio = rtc.LocalAudioTrack(pcm_queue_capacity=opts.pcm_queue_s)
             video = (
                 rtc.LocalVideoTrack.vp9()
@@ -210,12 +215,18 @@ class StreamPublisher:
                 f"{self._opts.user_id!r}: {exc.message} (check STREAM_API_KEY / STREAM_API_SECRET "
                 "and the call type's JoinCall permission for this user)",
             )
-        if isinstance(exc, rtc.CoordinatorError | rtc.PermissionDeniedError):
+        if isinstance(exc, rtc.CoordinatorError):
             return BridgeError(
                 ErrorCode.STREAM_AUTH,
-                f"Stream refused the bridge in call {self._call_type}:{self._call_id}: {exc} "
-                "(check STREAM_API_KEY / STREAM_API_SECRET and the send-audio / send-video "
-                "capabilities of the call type)",
+                f"Stream rejected the bridge's credentials for call {self._call_type}:"
+                f"{self._call_id}: {exc} (check STREAM_API_KEY / STREAM_API_SECRET)",
+            )
+        if isinstance(exc, rtc.PermissionDeniedError):
+            return BridgeError(
+                ErrorCode.STREAM_AUTH,
+                f"the bridge's user {self._opts.user_id!r} lacks the {exc.capability!r} "
+                f"capability in call {self._call_type}:{self._call_id}: grant it to the user's "
+                "role in the call type's settings",
             )
         return BridgeError(
             ErrorCode.STREAM_FAILED,
@@ -243,6 +254,34 @@ class StreamPublisher:
                     "ended, the bridge was removed, or reconnecting failed)",
                 )
             )
+
+    async def _watch_sfu(self, call: rtc.Call) -> None:
+        """Log what the SFU does to our tracks: the SDK applies it silently (a revoked grant
+        mutes the track, a paused layer discards writes), so the logs are the only trace."""
+        try:
+            async for event in call.sfu_events():
+                if isinstance(event, rtc.CallGrantsUpdated):
+                    grants = event.current_grants
+                    SFU_NOTICES.labels("grants_updated").inc()
+                    self._log.warning(
+                        "stream call grants updated",
+                        audio=grants.can_publish_audio if grants else None,
+                        video=grants.can_publish_video if grants else None,
+                        message=event.message,
+                    )
+                elif isinstance(event, rtc.ChangePublishQuality):
+                    SFU_NOTICES.labels("publish_quality").inc()
+                    layers = [
+                        (layer.name, layer.active)
+                        for sender in event.video_senders
+                        for layer in sender.layers
+                    ]
+                    self._log.info("stream sfu changed publish quality", video_layers=layers)
+                elif isinstance(event, rtc.Error):
+                    SFU_NOTICES.labels("error").inc()
+                    self._log.warning("stream sfu error", message=event.error.message)
+        except rtc.RtcError as exc:
+            self._log.warning("stream sfu event stream failed", error=str(exc))
 
     async def aclose(self) -> None:
         """Leave the call and stop the watcher. Idempotent, never raises."""
@@ -274,15 +313,13 @@ class StreamPublisher:
                 await asyncio.wait_for(call.leave(), self._opts.leave_timeout_s)
             except (TimeoutError, rtc.RustError) as exc:
                 self._log.warning("leaving the stream call failed", error=str(exc))
-        watcher, self._watcher = self._watcher, None
-        if watcher is not None:
-            # The event stream ends after LEFT; cancel only if it does not within the timeout.
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(watcher), self._opts.leave_timeout_s)
-            if not watcher.done():
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
+        watchers, self._watchers = self._watchers, []
+        if watchers:
+            # The event streams end after LEFT; cancel only what does not end in time.
+            await asyncio.wait(watchers, timeout=self._opts.leave_timeout_s)
+            for task in watchers:
+                task.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
         self._video = None
         self._audio = None
 

@@ -44,6 +44,23 @@ async def test_paused_video_layer_stops_video_until_resumed(standin: StreamStand
     await pub.aclose()
 
 
+async def test_revoked_send_video_mutes_video_keeps_audio(standin: StreamStandIn) -> None:
+    rec = Recorder()
+    pub = make_publisher(standin, rec, "grant-call")
+    await pub.start()
+    await drive(pub, seconds=1.0)
+    await standin.revoke_send_video("default", "grant-call")
+    await drive(pub, seconds=0.3, start_frame=30)
+    revoked_at = frames(standin, "grant-call")
+    await drive(pub, seconds=1.0, start_frame=39)
+    stats = standin.stats("default", "grant-call")
+    assert stats["video"]["frames"] <= revoked_at + 3
+    assert stats["participants"][0]["muted"] == ["TRACK_TYPE_VIDEO"]
+    assert stats["audio"]["seconds"] > 2.0
+    assert rec.failures == []  # not fatal: the session keeps its audio
+    await pub.aclose()
+
+
 async def test_killed_peer_connection_is_recovered(standin: StreamStandIn) -> None:
     rec = Recorder()
     pub = make_publisher(standin, rec, "kill-call")

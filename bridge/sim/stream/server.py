@@ -99,6 +99,7 @@ class _Session:
     pub_pc: RTCPeerConnection | None = None
     pending_ice: list[str] = field(default_factory=list)
     tracks: list[int] = field(default_factory=list)
+    muted: set[int] = field(default_factory=set)
     left_reason: str | None = None
     expiry: asyncio.TimerHandle | None = None
 
@@ -294,6 +295,7 @@ class StreamStandIn:
                 "user_id": s.user_id,
                 "session_id": s.session_id,
                 "tracks": [pbm.TrackType.Name(t) for t in s.tracks],
+                "muted": sorted(pbm.TrackType.Name(t) for t in s.muted),
                 "connected": s.ws is not None and not s.ws.closed,
                 "pc_state": s.pub_pc.connectionState if s.pub_pc else None,
             }
@@ -794,7 +796,9 @@ class StreamStandIn:
             "sfu set publisher",
             session=session.session_id,
             tracks=[(pbm.TrackType.Name(t.track_type), t.codec.name) for t in req.tracks],
-            ssrcs=sorted({ln.split()[0][7:] for ln in req.sdp.splitlines() if ln.startswith("a=ssrc:")}),
+            ssrcs=sorted(
+                {ln.split()[0][7:] for ln in req.sdp.splitlines() if ln.startswith("a=ssrc:")}
+            ),
             ufrag=_sdp_attr(req.sdp, "ice-ufrag"),
         )
         pc = session.pub_pc
@@ -851,6 +855,12 @@ class StreamStandIn:
 
     async def _rpc_update_mute_states(self, body: bytes) -> Pb:
         req = sig.UpdateMuteStatesRequest.FromString(body)
+        session = self._sessions[req.session_id]
+        for state in req.mute_states:
+            if state.muted:
+                session.muted.add(state.track_type)
+            else:
+                session.muted.discard(state.track_type)
         log.info(
             "sfu mute states",
             session=req.session_id,

@@ -1,0 +1,239 @@
+"""The whole pipeline through the real socket, the real SDKs and the stand-ins.
+
+socket -> session -> LiveAvatar stand-in (renders a marked avatar) -> LiveKit stand-in ->
+our downlink -> sync -> our Stream publisher -> Stream stand-in (decodes and measures).
+Bounds here are functional and loose; the tight goals belong to the benchmark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bridge.client import BridgeClient, RemoteError, stream_pcm_realtime
+from bridge.media import AudioFormat
+from bridge.protocol import EventMsg
+from bridge.sim.marks import beep_train
+from bridge.sim.stack import StandIns
+from tests.pipeline.conftest import StartDaemon
+
+pytestmark = pytest.mark.netns
+
+FMT = AudioFormat(24000, 1)
+
+
+def tone(seconds: float, freq: float = 330.0) -> bytes:
+    t = np.arange(int(seconds * FMT.sample_rate)) / FMT.sample_rate
+    return (np.sin(2 * np.pi * freq * t) * 9000).astype("<i2").tobytes()
+
+
+async def open_session(client: BridgeClient, call_id: str) -> list[EventMsg]:
+    """HELLO, then wait until the avatar is received and our participant publishes."""
+    events: list[EventMsg] = []
+    await asyncio.wait_for(client.hello(f"default:{call_id}", FMT), 30)
+    needed = {"avatar_ready", "published"}
+    async with asyncio.timeout(30):
+        while needed:
+            message = await client.recv()
+            assert not (hasattr(message, "fatal") and message.fatal), message
+            if isinstance(message, EventMsg):
+                events.append(message)
+                needed.discard(message.event)
+    return events
+
+
+async def until_event(client: BridgeClient, name: str, limit_s: float = 30) -> list[EventMsg]:
+    seen: list[EventMsg] = []
+    async with asyncio.timeout(limit_s):
+        while True:
+            message = await client.recv()
+            if isinstance(message, EventMsg):
+                seen.append(message)
+                if message.event == name:
+                    return seen
+            elif message.fatal:
+                raise RemoteError(message)
+
+
+async def test_a_turn_reaches_the_call_lip_synced(sim: StandIns, start_daemon: StartDaemon) -> None:
+    daemon = await start_daemon()
+    async with await BridgeClient.connect(daemon.socket) as client:
+        events = await open_session(client, "e2e")
+        assert any(e.event == "media_path" for e in events)
+        sim.stream.reset_measure("default", "e2e")
+        beeps = beep_train(FMT.sample_rate, 8, 500, 100).tobytes()
+        await client.mark("before-beeps")
+        await stream_pcm_realtime(client, beeps, FMT)
+        await client.mark("after-beeps")
+        await client.end_turn()
+        seen = await until_event(client, "speak_ended")
+        names = [e.event for e in seen]
+        assert names.index("speak_started") < names.index("speak_ended")
+        marks = [e.fields["name"] for e in seen if e.event == "mark"]
+        assert marks == ["before-beeps", "after-beeps"]
+        await asyncio.sleep(0.5)
+        stats = sim.stream.stats("default", "e2e")
+        skews = sim.stream.measure("default", "e2e").skews_ms()
+    video, audio = stats["video"], stats["audio"]
+    assert video["resolution"] == "640x360"
+    assert video["frames"] > 80 and video["fps"] > 20
+    assert stats["marks"]["in_order"] and stats["marks"]["read"] > 50
+    assert audio["seconds"] > 3.0 and audio["onsets"] >= 6
+    assert len(skews) >= 5
+    assert abs(statistics.median(skews)) < 100, skews  # loose: the benchmark holds the goal
+    assert await daemon.stop() == 0
+    await asyncio.sleep(0.3)
+    assert sim.liveavatar.live_sessions == []
+
+
+async def test_two_sessions_into_two_calls_do_not_interfere(
+    sim: StandIns, start_daemon: StartDaemon
+) -> None:
+    daemon = await start_daemon()
+    a = await BridgeClient.connect(daemon.socket)
+    b = await BridgeClient.connect(daemon.socket)
+    try:
+        await asyncio.gather(open_session(a, "call-a"), open_session(b, "call-b"))
+        for call in ("call-a", "call-b"):
+            sim.stream.reset_measure("default", call)
+        await asyncio.gather(
+            stream_pcm_realtime(a, tone(2.0, 330), FMT), stream_pcm_realtime(b, tone(2.0, 550), FMT)
+        )
+        await asyncio.gather(a.end_turn(), b.end_turn())
+        await asyncio.gather(until_event(a, "speak_ended"), until_event(b, "speak_ended"))
+        for call in ("call-a", "call-b"):
+            st = sim.stream.stats("default", call)
+            assert st["video"]["frames"] > 30, call
+            assert st["audio"]["seconds"] > 1.5, call
+            assert [p["user_id"] for p in st["participants"]] == ["avatar-bridge"]
+        _, body = await asyncio.to_thread(daemon.admin, "GET", "/sessions")
+        assert sorted(s["call"]["id"] for s in body["sessions"]) == ["call-a", "call-b"]
+        assert all(s["media_path"] == "transcode" for s in body["sessions"])
+    finally:
+        await a.close()
+        await b.close()
+    await asyncio.sleep(1.0)
+    assert sim.liveavatar.live_sessions == []
+
+
+async def test_interrupt_stops_old_audio_at_the_receiver(
+    sim: StandIns, start_daemon: StartDaemon
+) -> None:
+    daemon = await start_daemon()
+    async with await BridgeClient.connect(daemon.socket) as client:
+        await open_session(client, "barge")
+        sender = asyncio.create_task(stream_pcm_realtime(client, tone(5.0), FMT))
+        await until_event(client, "speak_started")
+        await asyncio.sleep(0.8)
+        sender.cancel()
+        t_interrupt = time.monotonic()
+        await client.interrupt()
+        await asyncio.sleep(2.0)
+        measure = sim.stream.measure("default", "barge")
+        assert measure.last_loud_t is not None
+        # Without the interrupt the tone would have played for ~4 more seconds.
+        assert measure.last_loud_t - t_interrupt < 1.0
+        session = sim.liveavatar.sessions[next(iter(sim.liveavatar.sessions))]
+        assert any(m.get("type") == "agent.interrupt" for m in session.messages)
+
+
+async def test_bad_api_key_is_a_clear_error_for_that_client_only(
+    sim: StandIns, start_daemon: StartDaemon
+) -> None:
+    daemon = await start_daemon(env={"LIVEAVATAR_API_KEY": "wrong-key"})
+    async with await BridgeClient.connect(daemon.socket) as client:
+        await client.hello("default:badkey", FMT)
+        with pytest.raises(RemoteError) as info:
+            async with asyncio.timeout(20):
+                while True:
+                    message = await client.recv()
+                    if not isinstance(message, EventMsg) and message.fatal:
+                        raise RemoteError(message)
+        assert info.value.code == "liveavatar_auth"
+        assert "LIVEAVATAR_API_KEY" in info.value.message
+    status, _ = await asyncio.to_thread(daemon.admin, "GET", "/healthz")
+    assert status == 200  # the daemon itself is fine
+
+
+async def test_client_vanishing_stops_the_paid_session_after_linger(
+    sim: StandIns, start_daemon: StartDaemon
+) -> None:
+    daemon = await start_daemon("--set", "limits.linger_s=1")
+    client = await BridgeClient.connect(daemon.socket)
+    await open_session(client, "vanish")
+    assert len(sim.liveavatar.live_sessions) == 1
+    await client.abort()
+    await asyncio.sleep(0.5)
+    assert len(sim.liveavatar.live_sessions) == 1  # lingering for a re-attach
+    async with asyncio.timeout(15):
+        while sim.liveavatar.live_sessions:
+            await asyncio.sleep(0.1)
+
+
+async def test_sigterm_mid_turn_stops_everything_and_exits_zero(
+    sim: StandIns, start_daemon: StartDaemon
+) -> None:
+    daemon = await start_daemon("--set", "limits.drain_timeout_s=1")
+    async with await BridgeClient.connect(daemon.socket) as client:
+        await open_session(client, "sigterm")
+        sender = asyncio.create_task(stream_pcm_realtime(client, tone(4.0), FMT))
+        await until_event(client, "speak_started")
+        rc = await daemon.stop(signal.SIGTERM)
+        sender.cancel()
+    assert rc == 0
+    assert sim.liveavatar.live_sessions == []
+    ends = [s.end_reason for s in sim.liveavatar.sessions.values()]
+    assert ends and all(ends)
+
+
+async def test_sigkill_then_restart_stops_the_orphan_before_ready(
+    sim: StandIns, start_daemon: StartDaemon
+) -> None:
+    daemon = await start_daemon()
+    client = await BridgeClient.connect(daemon.socket)
+    await open_session(client, "orphan")
+    orphan = list(sim.liveavatar.live_sessions)
+    assert len(orphan) == 1
+    await daemon.kill()
+    await client.abort()
+    assert sim.liveavatar.live_sessions == orphan  # nobody stopped it: it would be billed
+    await start_daemon()  # same state dir: the ledger sweep runs before READY
+    assert sim.liveavatar.live_sessions == []
+    assert sim.liveavatar.sessions[orphan[0]].end_reason is not None
+
+
+@pytest.mark.slow
+def test_demo_short_run_reports_its_invariants(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    done = subprocess.run(
+        [sys.executable, "-m", "bridge.cli", "demo", "--short", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["network"] == "namespace"
+    assert report["live_liveavatar_sessions_after"] == 0
+    assert report["media_path"] in ("transcode", "relay")
+    assert report["skew_ms"]["samples"] >= 3
+    for key in ("p50", "p95", "p99"):
+        assert isinstance(report["skew_ms"][key], float)
+    assert 0 < report["first_frame_s"] < 10
+    assert report["frames"]["received"] > 0
+    assert report["frames"]["published"] >= report["frames"]["received"]
+    assert report["audio_dropped_ms"] == 0
+    assert report["barge_in_ms"] is not None
+    assert report["daemon_exit_code"] == 0
+    assert (out / "call.mp4").stat().st_size > 10_000
+    assert (out / "sync.png").read_bytes()[:4] == b"\x89PNG"
+    assert "avatar-bridge demo: what the Stream call received" in done.stdout
