@@ -97,9 +97,8 @@ def _load(args: argparse.Namespace) -> Any:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bridge import logs
-    from bridge.pipeline import build_daemon
-
     from bridge.ingest import IngestSetupError
+    from bridge.pipeline import build_daemon
 
     settings = _load(args)
     logs.configure(settings.log.level, settings.log.format)

@@ -23,8 +23,12 @@ from bridge.sync import SyncStage
 log = structlog.get_logger(__name__)
 
 # Output sizes of LiveAvatar's quality levels, for choosing the media path.
-QUALITY_SIZE = {"low": (640, 360), "medium": (854, 480), "high": (1280, 720),
-                "very_high": (1920, 1080)}
+QUALITY_SIZE = {
+    "low": (640, 360),
+    "medium": (854, 480),
+    "high": (1280, 720),
+    "very_high": (1920, 1080),
+}
 
 
 class RemoteStages:

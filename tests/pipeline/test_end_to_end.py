@@ -175,7 +175,7 @@ async def test_client_vanishing_stops_the_paid_session_after_linger(
     await asyncio.sleep(0.5)
     assert len(sim.liveavatar.live_sessions) == 1  # lingering for a re-attach
     async with asyncio.timeout(15):
-        while sim.liveavatar.live_sessions:
+        while sim.liveavatar.live_sessions:  # noqa: ASYNC110 - polling another component's state
             await asyncio.sleep(0.1)
 
 

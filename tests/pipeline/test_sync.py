@@ -7,6 +7,7 @@ exercised end to end in tests/pipeline/test_end_to_end.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import numpy as np
@@ -55,10 +56,8 @@ async def run_for(stage: SyncStage, seconds: float) -> None:
     task = asyncio.create_task(stage.run())
     await asyncio.sleep(seconds)
     task.cancel()
-    try:
+    with contextlib.suppress(asyncio.CancelledError):
         await task
-    except asyncio.CancelledError:
-        pass
 
 
 async def test_video_is_held_by_the_configured_delay() -> None:
@@ -69,7 +68,7 @@ async def test_video_is_held_by_the_configured_delay() -> None:
     stage.put_audio(chunk(10))
     await run_for(stage, 0.2)
     assert len(pub.audio) == 1
-    (_, written), = pub.video
+    ((_, written),) = pub.video
     held = written - f.received_ns / 1e9
     assert 0.055 <= held < 0.18
 
