@@ -41,11 +41,15 @@ async def start_standin(codec: str) -> tuple[asyncio.subprocess.Process, dict[st
         stderr=asyncio.subprocess.DEVNULL,
     )
     assert proc.stdout is not None
-    for _ in range(50):  # log lines may come first; the JSON line names the endpoints
-        line = await asyncio.wait_for(proc.stdout.readline(), 30)
-        if line.startswith(b"{"):
-            return proc, json.loads(line)
-    raise RuntimeError("the stand-in did not report its endpoints")
+    try:
+        for _ in range(50):  # log lines may come first; the JSON line names the endpoints
+            line = await asyncio.wait_for(proc.stdout.readline(), 30)
+            if line.startswith(b"{"):
+                return proc, json.loads(line)
+        raise RuntimeError("the stand-in did not report its endpoints")
+    except BaseException:
+        await stop_standin(proc)
+        raise
 
 
 async def stop_standin(proc: asyncio.subprocess.Process) -> None:

@@ -146,3 +146,22 @@ async def test_call_ended_by_the_server_reports_stream_failed(standin: StreamSta
     await pub.aclose()
     assert len(rec.failures) == 1
     assert publisher_tasks() == []
+
+
+async def test_two_calls_at_once_are_measured_apart(standin: StreamStandIn) -> None:
+    rec_a, rec_b = Recorder(), Recorder()
+    pub_a = make_publisher(standin, rec_a, "call-a", width=640, height=360)
+    pub_b = make_publisher(standin, rec_b, "call-b", width=320, height=180, user_id="bridge-b")
+    await asyncio.gather(pub_a.start(), pub_b.start())
+    await asyncio.gather(drive(pub_a, seconds=1.5), drive(pub_b, seconds=1.5, w=320, h=180))
+    assert await wait_for(
+        lambda: frames(standin, "call-b") >= 30 and frames(standin, "call-a") >= 30
+    )
+    a, b = standin.stats("default", "call-a"), standin.stats("default", "call-b")
+    assert (a["video"]["resolution"], b["video"]["resolution"]) == ("640x360", "320x180")
+    assert [p["user_id"] for p in a["participants"]] == ["avatar-bridge"]
+    assert [p["user_id"] for p in b["participants"]] == ["bridge-b"]
+    assert a["marks"]["in_order"] and b["marks"]["in_order"]
+    assert {c["cid"] for c in standin.calls()} == {"default:call-a", "default:call-b"}
+    await asyncio.gather(pub_a.aclose(), pub_b.aclose())
+    assert rec_a.failures == rec_b.failures == []
