@@ -6,17 +6,30 @@ bearer token when ``admin.token`` is set.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Gauge, generate_latest
 
 from bridge import __version__
 from bridge.sessions import SessionManager
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _asyncio_tasks() -> float:
+    # Evaluated at scrape time, on the loop that serves /metrics (the daemon's only loop).
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:  # scraped off the loop (e.g. a test's registry dump)
+        return float("nan")
+
+
+ASYNCIO_TASKS = Gauge("bridge_asyncio_tasks", "Asyncio tasks alive in the daemon (leak watch).")
+ASYNCIO_TASKS.set_function(_asyncio_tasks)
 
 
 class AdminApp:

@@ -118,6 +118,8 @@ class RemoteStages:
                 sample_rate=48000,  # what the publisher's Opus encoder takes: no resampling
                 channels=1,
                 connect_timeout_s=la.connect_timeout_s,
+                # The documented scope of connect_timeout_s includes the LiveKit join.
+                avatar_join_timeout_s=la.connect_timeout_s,
             ),
             clock,
             events,

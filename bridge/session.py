@@ -110,6 +110,7 @@ class Session:
         *,
         linger_s: float,
         on_closed: Callable[[Session], None],
+        is_draining: Callable[[], bool] = lambda: False,
     ) -> None:
         self.id = uuid.uuid4().hex
         self.key = secrets.token_urlsafe(24)
@@ -121,6 +122,8 @@ class Session:
         self.error: BridgeError | None = None
         self.linger_s = linger_s
         self._on_closed = on_closed
+        # While the daemon drains, a vanished client is not waited for.
+        self._is_draining = is_draining
         self._link: ClientLink | None = None
         self._backlog: deque[tuple[str, dict[str, Any]]] = deque(maxlen=BACKLOG)
         self._closing = asyncio.Event()
@@ -188,6 +191,10 @@ class Session:
         self._link = None
         metrics.SESSIONS_ATTACHED.dec()
         if self.state in TERMINAL or self._closing.is_set():
+            return
+        if self._is_draining():
+            self._log.info("client detached while draining; closing")
+            self.close("USER_DISCONNECTED")
             return
         self._log.info("client detached; lingering", linger_s=self.linger_s)
         self._linger_task = asyncio.get_running_loop().create_task(self._linger())

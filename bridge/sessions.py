@@ -63,7 +63,13 @@ class SessionManager:
                 ErrorCode.BUSY,
                 f"all {self.max_sessions} sessions are in use (limits.max_sessions); retry later",
             )
-        session = Session(hello, self._factory, linger_s=self.linger_s, on_closed=self._closed)
+        session = Session(
+            hello,
+            self._factory,
+            linger_s=self.linger_s,
+            on_closed=self._closed,
+            is_draining=lambda: self._draining,
+        )
         self._sessions[session.id] = session
         self._all_closed.clear()
         ready = session.attach(link, resumed=False)

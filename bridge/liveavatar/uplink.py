@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
@@ -65,8 +65,28 @@ FAILURES = Counter("bridge_liveavatar_session_failures_total", "Sessions failed"
 STOP_FAILURES = Counter(
     "bridge_liveavatar_stop_failures_total", "Stops that did not succeed (left in the ledger)"
 )
+# Added latency, excluding the deliberate chunking: from the call that completed a chunk (the
+# AUDIO frame handed over by the session, or END_TURN) to that chunk's WebSocket send returning.
+ADDED_LATENCY = Histogram(
+    "bridge_liveavatar_uplink_added_latency_seconds",
+    "From the audio that completed an agent.speak chunk to its WebSocket send",
+    buckets=(0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25,
+             0.5, 1.0, 2.5),
+)  # fmt: skip
 
 _KNOWN_QUIET = frozenset({"agent.audio_buffer_cleared", "agent.speak_interrupted"})
+# Server events counted under their own label; any other name counts as "other", so a server
+# cannot grow the metric's label set without bound.
+_KNOWN_EVENTS = _KNOWN_QUIET | {
+    "session.state_updated",
+    "agent.speak_started",
+    "agent.speak_ended",
+    "agent.state_updated",
+    "agent.audio_buffer_appended",
+    "agent.audio_buffer_committed",
+    "error",
+    "warning",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +129,7 @@ class _Out:
     ms: float = 0.0
     event_id: str | None = None
     stale: bool = False  # sent before an interrupt: its ack still counts, it is never resent
+    t_in: float = 0.0  # monotonic time of the input that completed it (0: not measured)
 
 
 class _Done(Exception):
@@ -381,7 +402,7 @@ class LiveAvatarUplink:
             return None
         if not isinstance(kind, str):
             return None
-        WS_RECEIVED.labels(kind if len(kind) < 48 else "other").inc()
+        WS_RECEIVED.labels(kind if kind in _KNOWN_EVENTS else "other").inc()
         if kind == "session.state_updated":
             state = msg.get("state")
             if state == "connected":
@@ -409,7 +430,7 @@ class LiveAvatarUplink:
             text = json.dumps(msg.get("warning"))[:300]
             log.info("liveavatar_warning_event", session_id=self._session_id, warning=text)
         elif kind not in _KNOWN_QUIET:
-            log.debug("liveavatar_unknown_event", type=kind)
+            log.debug("liveavatar_unknown_event", type=kind[:64])
         return None
 
     async def _send_loop(self, ws: ClientConnection) -> str:
@@ -438,6 +459,9 @@ class LiveAvatarUplink:
                 return "dropped"
             WS_SENT.labels(item.kind).inc()
             self._last_sent = time.monotonic()
+            if item.t_in:
+                ADDED_LATENCY.observe(self._last_sent - item.t_in)
+                item.t_in = 0.0  # a resend after a reconnect is not measured again
 
     async def _keep_alive(self) -> str:
         await self._connected.wait()
@@ -474,19 +498,21 @@ class LiveAvatarUplink:
         if self._closing or self._failed:
             DROPPED_MS.labels("closed").inc(chunk.duration_s * 1000)
             return
+        t_in = time.monotonic()
         pcm = self._resampler.process(chunk.samples)
         if self._turn_id is None:
             self._turn_id = uuid.uuid4().hex
             self._turn_first = True
         self._turn_buf += pcm.tobytes()
-        await self._cut_chunks(final=False)
+        await self._cut_chunks(final=False, t_in=t_in)
 
     async def end_turn(self) -> None:
         if self._turn_id is None or self._closing or self._failed:
             return
+        t_in = time.monotonic()
         self._turn_buf += self._resampler.flush().tobytes()
         event_id, gen = self._turn_id, self._gen
-        await self._cut_chunks(final=True)
+        await self._cut_chunks(final=True, t_in=t_in)
         self._turn_id = None
         if gen != self._gen:
             return  # interrupted while flushing
@@ -514,7 +540,7 @@ class LiveAvatarUplink:
         DROPPED_MS.labels("interrupt").inc(dropped)
         log.info("liveavatar_interrupt", session_id=self._session_id, dropped_ms=round(dropped))
 
-    async def _cut_chunks(self, *, final: bool) -> None:
+    async def _cut_chunks(self, *, final: bool, t_in: float = 0.0) -> None:
         assert self._turn_id is not None
         event_id, gen = self._turn_id, self._gen
         while self._turn_buf and gen == self._gen:
@@ -529,7 +555,7 @@ class LiveAvatarUplink:
                 self._turn_sent_ms = 0.0
             self._turn_first = False
             self._turn_sent_ms += len(data) / BYTES_PER_MS
-            await self._enqueue_speak(data, event_id, gen)
+            await self._enqueue_speak(data, event_id, gen, t_in)
 
     def _running_dry(self) -> bool:
         """Whether the avatar's playback buffer would soon run out (real-time clients)."""
@@ -538,7 +564,7 @@ class LiveAvatarUplink:
         played_ms = (time.monotonic() - self._turn_t0) * 1000
         return self._turn_sent_ms - played_ms < self._opt.lead_low_water_ms
 
-    async def _enqueue_speak(self, data: bytes, event_id: str, gen: int) -> None:
+    async def _enqueue_speak(self, data: bytes, event_id: str, gen: int, t_in: float = 0.0) -> None:
         ms = len(data) / BYTES_PER_MS
         payload = json.dumps(
             {"type": "agent.speak", "event_id": event_id, "audio": base64.b64encode(data).decode()}
@@ -560,6 +586,6 @@ class LiveAvatarUplink:
             if self._closing or self._failed or gen != self._gen:
                 DROPPED_MS.labels("interrupt" if gen != self._gen else "closed").inc(ms)
                 return
-            self._queue.append(_Out("speak", payload, self._next_seq(), ms, event_id))
+            self._queue.append(_Out("speak", payload, self._next_seq(), ms, event_id, t_in=t_in))
             self._queued_ms += ms
             self._cond.notify_all()

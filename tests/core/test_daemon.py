@@ -165,35 +165,29 @@ async def test_interrupt_clears_marks_and_ends_speech(daemon: DaemonProc) -> Non
 
 async def test_backpressure_blocks_a_fast_writer(tmp_path: Path) -> None:
     d = start_daemon(tmp_path, "--set", "limits.uplink_queue_ms=200")
-    fmt = AudioFormat(48000, 2)  # 192 kB/s, so 8 s outgrows every kernel buffer on the way
+    fmt = AudioFormat(48000, 2)  # 192 kB/s: 10 s is far more than every buffer on the way
     try:
         async with await BridgeClient.connect(d.socket) as client:
             await client.hello("default:fast", fmt)
             # A small send buffer so the kernel cannot hide the backpressure in its own memory.
             sock = client._writer.get_extra_info("socket")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
-            t0 = time.monotonic()
-            for _ in range(16):  # 8 s of audio, written as fast as the socket lets us
-                await client.send_audio(tone(0.5, fmt))
-            elapsed = time.monotonic() - t0
-            # The daemon read only what its 200 ms queue could take while playing in real time,
-            # so the writer was held back for seconds.
-            assert elapsed > 2.0
-            _status, body = await asyncio.to_thread(d.admin, "GET", "/sessions")
-            assert body["sessions"][0]["uplink_buffered_ms"] <= 200 + 500
-            seen = []
-            while len(seen) < 200:
-                try:
-                    async with asyncio.timeout(0.5):
-                        seen.append(await client.recv())
-                except TimeoutError:
-                    break
-            credits = [
-                m.fields["buffered_ms"]
-                for m in seen
-                if isinstance(m, EventMsg) and m.event == "credit"
-            ]
-            assert credits and max(credits) <= 200 + 500
+
+            async def flood() -> None:
+                for _ in range(40):  # 10 s of audio, as fast as the socket lets us
+                    await client.send_audio(tone(0.5, fmt))
+
+            writer = asyncio.create_task(flood())
+            await asyncio.sleep(1.5)
+            # Unthrottled, the writer would have finished in milliseconds; it is held back.
+            assert not writer.done()
+            _, body = await asyncio.to_thread(d.admin, "GET", "/sessions")
+            (session,) = body["sessions"]
+            # The daemon took only what real-time playout and its bounded buffers allow.
+            assert session["stats"]["audio_in_s"] < 8.0
+            assert session["uplink_buffered_ms"] <= 200 + 250
+            writer.cancel()
+            await client.abort()
     finally:
         assert d.terminate() == 0
 

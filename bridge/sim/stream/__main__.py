@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--api-key", default="standin-key")
     parser.add_argument("--api-secret", default=None)
-    parser.add_argument("--video-codec", choices=["VP9", "VP8"], default="VP9")
+    parser.add_argument("--video-codec", choices=["VP9", "VP8", "H264"], default="VP9")
     asyncio.run(_serve(parser.parse_args()))
 
 

@@ -16,7 +16,7 @@ import secrets
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +68,11 @@ _NET_TIMEOUT_S = 5.0
 # The SDK's generated protobuf modules are untyped for mypy: messages are Any.
 Pb = Any
 _LEAVES_KEPT = 64
+# The video codecs this SFU can receive (and so grant): aiortc decodes VP8 and H264 itself and
+# VP9 through bridge.sim.stream.vp9.
+GRANTABLE_CODECS = ("VP8", "H264", "VP9")
+# Offer payloads that are not the video codec itself.
+_AUXILIARY_CODECS = frozenset({"RTX", "RED", "ULPFEC", "FLEXFEC-03"})
 
 
 class StandInAuthError(Exception):
@@ -101,6 +106,8 @@ class _Session:
     tracks: list[int] = field(default_factory=list)
     muted: set[int] = field(default_factory=set)
     left_reason: str | None = None
+    # The video codec of this session's publish option (its preferred one when the SFU has it).
+    video_codec: str = "VP9"
     expiry: asyncio.TimerHandle | None = None
 
     async def send(self, event: ev.SfuEvent) -> None:
@@ -132,9 +139,13 @@ class _Call:
 class StreamStandIn:
     """Coordinator + SFU stand-in. Use ``async with`` or ``start()`` / ``aclose()``.
 
-    ``video_codec`` is what the SFU's publish option advertises ("VP9" or "VP8"); the SDK refuses
-    to publish a track whose codec is not advertised. ``fast_reconnect_deadline_s`` is how long a
-    session outlives its SFU WebSocket waiting for the SDK's fast reconnect.
+    ``video_codec`` is the SFU's default video publish option ("VP9", "VP8" or "H264"); the SDK
+    refuses to publish a track whose codec is not advertised. A publisher whose ``JoinRequest``
+    carries ``preferred_publish_options`` gets the first preferred video codec that is in
+    ``grantable_codecs`` instead (what Stream's browser SDK asks for with its preferred codec).
+    A ``SetPublisher`` whose offer does not carry the granted codec is refused with the SFU's
+    error. ``fast_reconnect_deadline_s`` is how long a session outlives its SFU WebSocket waiting
+    for the SDK's fast reconnect.
     """
 
     def __init__(
@@ -143,13 +154,17 @@ class StreamStandIn:
         api_secret: str | None = None,
         *,
         video_codec: str = "VP9",
+        grantable_codecs: Iterable[str] = GRANTABLE_CODECS,
         fast_reconnect_deadline_s: float = 5.0,
         mark_reader: MarkReader | None = None,
         onset_detector: OnsetDetectorFactory | None = None,
     ) -> None:
-        if video_codec.upper() not in ("VP8", "VP9"):
-            raise ValueError(f"unsupported video codec {video_codec!r}")
+        grantable = tuple(c.upper() for c in grantable_codecs)
+        for codec in (video_codec.upper(), *grantable):
+            if codec not in GRANTABLE_CODECS:
+                raise ValueError(f"unsupported video codec {codec!r}")
         enable_vp9_receive()
+        self.grantable_codecs = grantable
         self.api_key = api_key
         self.api_secret = api_secret or secrets.token_urlsafe(32)
         self.video_codec = video_codec.upper()
@@ -562,9 +577,26 @@ class StreamStandIn:
     def _video_codec_pb(self, name: str) -> pbm.Codec:
         if name == "VP9":
             return pbm.Codec(name="VP9", payload_type=98, clock_rate=90000, fmtp="profile-id=0")
+        if name == "H264":
+            return pbm.Codec(
+                name="H264",
+                payload_type=102,
+                clock_rate=90000,
+                fmtp="level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+            )
         return pbm.Codec(name="VP8", payload_type=96, clock_rate=90000)
 
-    def _publish_options(self, call: _Call) -> list[pbm.PublishOption]:
+    def _grant_video_codec(self, jr: ev.JoinRequest) -> str:
+        """The first preferred video codec this SFU can receive, else its default."""
+        for option in jr.preferred_publish_options:
+            if option.track_type not in (pbm.TRACK_TYPE_VIDEO, pbm.TRACK_TYPE_UNSPECIFIED):
+                continue
+            name = str(option.codec.name).upper()
+            if name in self.grantable_codecs:
+                return name
+        return self.video_codec
+
+    def _publish_options(self, video_codec: str) -> list[pbm.PublishOption]:
         audio = pbm.PublishOption(
             track_type=pbm.TRACK_TYPE_AUDIO,
             id=0,
@@ -587,7 +619,7 @@ class StreamStandIn:
             max_temporal_layers=1,
             use_single_layer=True,
             video_dimension=pbm.VideoDimension(width=1280, height=720),
-            codec=self._video_codec_pb(call.video_codec),
+            codec=self._video_codec_pb(video_codec),
         )
         return [audio, video]
 
@@ -679,7 +711,14 @@ class StreamStandIn:
                 session.expiry = None
             session.ws = ws
         else:
-            session = _Session(jr.session_id, str(claims.get("user_id")), call, ws)
+            session = _Session(
+                jr.session_id,
+                str(claims.get("user_id")),
+                call,
+                ws,
+                video_codec=self._grant_video_codec(jr),
+            )
+            call.video_codec = session.video_codec
             if details is not None and details.previous_session_id:
                 previous = self._sessions.get(details.previous_session_id)
                 if previous is not None:
@@ -701,6 +740,8 @@ class StreamStandIn:
             session=session.session_id,
             user_id=session.user_id,
             reconnect=pbm.WebsocketReconnectStrategy.Name(details.strategy) if details else None,
+            preferred=[o.codec.name for o in jr.preferred_publish_options],
+            granted=session.video_codec,
         )
         state = pbm.CallState(
             participants=[self._participant(s) for s in call.sessions.values()],
@@ -711,7 +752,7 @@ class StreamStandIn:
             call_state=state,
             reconnected=reconnected,
             fast_reconnect_deadline_seconds=max(1, int(self.fast_reconnect_deadline_s)),
-            publish_options=self._publish_options(call),
+            publish_options=self._publish_options(session.video_codec),
         )
         await session.send(ev.SfuEvent(join_response=response))
         return session
@@ -801,6 +842,13 @@ class StreamStandIn:
             ),
             ufrag=_sdp_attr(req.sdp, "ice-ufrag"),
         )
+        refusal = _check_offer(req, session.video_codec)
+        if refusal is not None:
+            log.info("sfu set publisher refused", session=session.session_id, reason=refusal)
+            err = pbm.Error(
+                code=pbm.ERROR_CODE_PUBLISH_TRACKS_MISMATCH, message=refusal, should_retry=False
+            )
+            return sig.SetPublisherResponse(session_id=req.session_id, error=err)
         pc = session.pub_pc
         if pc is None or pc.connectionState in ("closed", "failed"):
             pc = session.pub_pc = self._new_publisher_pc(session)
@@ -970,6 +1018,39 @@ async def _add_candidate(pc: RTCPeerConnection, candidate_json: str) -> None:
     cand.sdpMid = data.get("sdpMid")
     cand.sdpMLineIndex = data.get("sdpMLineIndex")
     await pc.addIceCandidate(cand)
+
+
+def _offer_video_codecs(sdp: str) -> list[str]:
+    """The video codec names an offer carries (rtpmap of its video sections), RTX and FEC aside."""
+    names: list[str] = []
+    in_video = False
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            in_video = line.startswith("m=video")
+        elif in_video and line.startswith("a=rtpmap:"):
+            _, _, encoding = line.partition(" ")
+            name = encoding.split("/")[0].upper()
+            if name not in _AUXILIARY_CODECS and name not in names:
+                names.append(name)
+    return names
+
+
+def _check_offer(req: Pb, video_codec: str) -> str | None:
+    """Why a SetPublisher does not match the session's video publish option, or None."""
+    videos = [t for t in req.tracks if t.track_type == pbm.TRACK_TYPE_VIDEO]
+    if not videos:
+        return None
+    offered = _offer_video_codecs(req.sdp)
+    if video_codec not in offered:
+        return (
+            f"publish option {video_codec} is not in the offer (offered: "
+            f"{', '.join(offered) or 'none'})"
+        )
+    for track in videos:
+        name = track.codec.name.upper()
+        if name and name != video_codec:
+            return f"track {track.track_id} announces codec {name}, publish option is {video_codec}"
+    return None
 
 
 def _sdp_attr(sdp: str, name: str) -> str | None:
