@@ -74,5 +74,6 @@ class CpuWindow:
         out = {
             k: 100 * (cpu_seconds(p, self.proc) - self._c0[k]) / wall for k, p in self.pids.items()
         }
-        out["wall_s"] = wall
-        return {k: round(v, 1) for k, v in out.items()}
+        rounded = {k: round(v, 1) for k, v in out.items()}
+        rounded["wall_s"] = round(wall, 3)
+        return rounded

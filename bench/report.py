@@ -12,8 +12,8 @@ from typing import Any
 GOALS: dict[str, tuple[str, float, str]] = {
     "uplink_added_p99": ("uplink added latency p99", 5.0, "ms"),
     "downlink_added_p95": ("downlink added latency p95", 33.0, "ms"),
-    "skew_p95": ("|A/V skew| p95", 20.0, "ms"),
-    "skew_p99": ("|A/V skew| p99", 40.0, "ms"),
+    "skew_p95": ("A/V skew magnitude p95", 20.0, "ms"),
+    "skew_p99": ("A/V skew magnitude p99", 40.0, "ms"),
     "cpu_over_floor": ("CPU beyond the codec floor", 10.0, "%"),
     "cpu_ratio_va": ("CPU per session, ours / Vision Agents", 0.5, "x"),
     "soak_rss_growth": ("soak RSS growth (last vs first quarter)", 5.0, "%"),

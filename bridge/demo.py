@@ -222,7 +222,11 @@ class Demo:
             if r.interrupt_t is not None and m.last_loud_t is not None:
                 barge.append(1000 * (m.last_loud_t - r.interrupt_t))
         received = sum(c["video"]["frames"] for c in calls.values())
-        published = int(metrics.get("bridge_publisher_video_frames_total", 0))
+        # Frames our participant sent: encoded by the transcode publisher, or relayed as is.
+        published = int(
+            metrics.get("bridge_publisher_video_frames_total", 0)
+            + metrics.get("bridge_relay_video_frames_total", 0)
+        )
         dropped = int(
             sum(
                 v

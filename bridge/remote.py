@@ -15,9 +15,11 @@ from bridge.liveavatar import LiveAvatarAPI, LiveAvatarOptions, LiveAvatarUplink
 from bridge.livekit.downlink import DownlinkOptions, LiveKitDownlink
 from bridge.media import MediaClock
 from bridge.protocol import Hello
+from bridge.relay.path import RELAY_CODECS, RelayOptions, RelayPath
 from bridge.session import Stages
 from bridge.stages import EventSink, FailureCallback
 from bridge.stream.publisher import PublisherOptions, StreamPublisher
+from bridge.stream.relay_publisher import RelayPublisherOptions, StreamRelayPublisher
 from bridge.sync import SyncStage
 
 log = structlog.get_logger(__name__)
@@ -125,7 +127,36 @@ class RemoteStages:
             events,
             on_failure,
         )
-        path, reason = self._media_path(hello, quality)
+        codec = (ov.video_encoding or la.video_encoding).upper()
+        path, reason = self._media_path(hello, quality, codec)
+        relay = None
+        if path == "relay":
+            # The transcode stages above stay as the fallback if the SFU grants another codec.
+            relay = RelayPath(
+                RelayOptions(
+                    avatar_identity=la.avatar_identity,
+                    avatar_codec=codec,
+                    connect_timeout_s=la.connect_timeout_s,
+                ),
+                StreamRelayPublisher(
+                    RelayPublisherOptions(
+                        api_key=st.api_key.get_secret_value(),
+                        api_secret=st.api_secret.get_secret_value(),
+                        base_url=st.base_url,
+                        ws_url=st.ws_url,
+                        user_id=st.user_id,
+                        user_name=st.user_name,
+                        join_timeout_s=st.join_timeout_s,
+                    ),
+                    hello.call.type,
+                    hello.call.id,
+                    events,
+                    on_failure,
+                ),
+                events,
+                on_failure,
+            )
+        log.info("media path chosen", path=path, reason=reason, codec=codec, quality=quality)
         return Stages(
             uplink=uplink,
             downlink=downlink,
@@ -133,14 +164,22 @@ class RemoteStages:
             sync=sync,
             media_path=path,
             media_path_reason=reason,
+            relay=relay,
         )
 
-    def _media_path(self, hello: Hello, quality: str) -> tuple[str, str]:
+    def _media_path(self, hello: Hello, quality: str, codec: str) -> tuple[str, str]:
+        """relay | transcode, and why. The SFU's codec grant is checked when the relay starts."""
         wanted = hello.media_path or self.settings.output.media_path
         size = QUALITY_SIZE.get(quality)
         out = (self.settings.output.width, self.settings.output.height)
         if wanted == "transcode":
             return "transcode", "requested"
+        if codec not in RELAY_CODECS:
+            return "transcode", f"the relay cannot carry the avatar's {codec}"
+        if wanted == "relay":
+            if size != out:
+                return "relay", f"requested (the avatar's {size} is sent as is, not {out})"
+            return "relay", "requested"
         if size != out:
             return "transcode", f"avatar {size} differs from the output size {out}"
-        return "transcode", "the encoded relay is not available in this build"
+        return "relay", f"the avatar's {codec} {size} matches the output"

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import structlog
+from prometheus_client import Counter
 
 from bridge import metrics
 from bridge.errors import BridgeError, ErrorCode
@@ -32,6 +33,7 @@ from bridge.media import PCM, AudioChunk, AudioFormat, MediaClock
 from bridge.protocol import MAX_JSON, MAX_PAYLOAD, Hello
 from bridge.stages import (
     AvatarDownlink,
+    AvatarRoom,
     AvatarUplink,
     CallPublisher,
     EventSink,
@@ -40,6 +42,10 @@ from bridge.stages import (
 )
 
 log = structlog.get_logger(__name__)
+
+MEDIA_PATH = Counter(
+    "bridge_media_path_total", "Sessions by the media path they ran, and why", ["path", "reason"]
+)
 
 # How often a streaming client hears how much audio the bridge holds for it.
 CREDIT_INTERVAL_S = 0.25
@@ -72,9 +78,28 @@ class SyncStage(MediaSink, Protocol):
         ...
 
 
+class RelayStage(Protocol):
+    """The encoded relay (LiveKit -> Stream without decoding), tried before the transcode stages.
+
+    ``start`` returns None when relaying, or why it declined (the session then transcodes).
+    """
+
+    async def start(self, room: AvatarRoom) -> str | None: ...
+
+    async def run(self) -> None: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    async def aclose(self) -> None: ...
+
+
 @dataclass(slots=True)
 class Stages:
-    """What a session drives. Only the uplink is mandatory (a dry run has nothing else)."""
+    """What a session drives. Only the uplink is mandatory (a dry run has nothing else).
+
+    With a ``relay``, the downlink/publisher/sync stages are the fallback: they run only when the
+    relay declines.
+    """
 
     uplink: AvatarUplink
     downlink: AvatarDownlink | None = None
@@ -83,6 +108,7 @@ class Stages:
     media_path: str = "none"
     media_path_reason: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    relay: RelayStage | None = None
 
 
 class StageFactory(Protocol):
@@ -291,13 +317,19 @@ class Session:
         try:
             room = await st.uplink.start()
             self.send_event("liveavatar_session", {"session_id": room.session_id})
+            if st.relay is not None and await self._start_relay(st.relay, room):
+                self._media_path_chosen()
+                self._started.set()
+                self._set_state(State.READY)
+                await st.relay.run()
+                return
             # The call and the avatar's room are joined at the same time; both must succeed.
             async with asyncio.TaskGroup() as tg:
                 if st.publisher is not None:
                     tg.create_task(st.publisher.start())
                 if st.downlink is not None and st.sync is not None:
                     tg.create_task(st.downlink.start(room, st.sync))
-            self.send_event("media_path", {"path": st.media_path, "reason": st.media_path_reason})
+            self._media_path_chosen()
         except BaseExceptionGroup as group:
             first = group.exceptions[0]
             raise first if isinstance(first, BridgeError) else group from None
@@ -309,6 +341,24 @@ class Session:
         else:
             await asyncio.Event().wait()  # until the session is closed
 
+    async def _start_relay(self, relay: RelayStage, room: AvatarRoom) -> bool:
+        """Start the relay; False (the transcode stages take over) when it declines."""
+        declined = await relay.start(room)
+        st = self.stages
+        if declined is None:
+            # The fallback stages were never started: nothing of theirs to run or close.
+            st.downlink = st.publisher = st.sync = None
+            return True
+        st.relay = None
+        st.media_path, st.media_path_reason = "transcode", f"relay declined: {declined}"
+        return False
+
+    def _media_path_chosen(self) -> None:
+        st = self.stages
+        self._log.info("media path", path=st.media_path, reason=st.media_path_reason)
+        MEDIA_PATH.labels(st.media_path, _reason_label(st.media_path_reason)).inc()
+        self.send_event("media_path", {"path": st.media_path, "reason": st.media_path_reason})
+
     async def _release(self) -> None:
         """Close stages in the order that stops billing first; never raises."""
         for task in list(self._mark_tasks):
@@ -318,6 +368,8 @@ class Session:
         st = self.stages
         reason = self._close_reason
         closers: list[Callable[[], Awaitable[None]]] = [lambda: st.uplink.aclose(reason)]
+        if st.relay is not None:
+            closers.append(st.relay.aclose)
         if st.downlink is not None:
             closers.append(st.downlink.aclose)
         if st.publisher is not None:
@@ -445,10 +497,23 @@ class Session:
             "audio": {"sample_rate": self.fmt.sample_rate, "channels": self.fmt.channels},
             "media_path": self.stages.media_path,
             "media_path_reason": self.stages.media_path_reason,
+            "relay": self.stages.relay.stats() if self.stages.relay is not None else None,
             "uplink_buffered_ms": round(self.stages.uplink.buffered_ms(), 1),
             "stats": dict(self.stats),
             "error": self.error.to_json() if self.error else None,
         }
+
+
+def _reason_label(reason: str) -> str:
+    """A bounded label for the metric: the reason's kind, not its free text."""
+    kinds = (
+        ("relay declined", "declined"),
+        ("requested", "requested"),
+        ("differs", "size"),
+        ("cannot carry", "codec"),
+        ("matches", "match"),
+    )
+    return next((label for text, label in kinds if text in reason), "other")
 
 
 class _Closing(Exception):
@@ -460,4 +525,4 @@ def pcm_view(payload: bytes | memoryview) -> PCM:
     return np.frombuffer(payload, dtype="<i2")
 
 
-__all__ = ["Session", "StageFactory", "Stages", "State", "SyncStage", "pcm_view"]
+__all__ = ["RelayStage", "Session", "StageFactory", "Stages", "State", "SyncStage", "pcm_view"]

@@ -149,7 +149,9 @@ def ensure_compatible() -> None:
     if _checked:
         return
     if aiortc.__version__ != PINNED_AIORTC:
-        log.warning("aiortc is not the pinned version", found=aiortc.__version__, pinned=PINNED_AIORTC)
+        log.warning(
+            "aiortc is not the pinned version", found=aiortc.__version__, pinned=PINNED_AIORTC
+        )
     missing = missing_hooks()
     if missing:
         raise AiortcHookError(
@@ -338,10 +340,10 @@ class SenderTap:
         s._RTCRtpSender__rtp_timestamp = rtp_timestamp
 
 
-def _negotiate(
-    sender: RTCRtpSender, params: RTCRtpSendParameters, first_seq: int
-) -> _Negotiated:
+def _negotiate(sender: RTCRtpSender, params: RTCRtpSendParameters, first_seq: int) -> _Negotiated:
     codec = params.codecs[0]
+    if codec.payloadType is None:
+        raise AiortcHookError("the sender's codec has no payload type")
     rtx_pt = next(
         (
             c.payloadType

@@ -34,6 +34,7 @@ import fractions
 import gzip
 import json
 import math
+import random
 import secrets
 import time
 from collections import Counter
@@ -104,6 +105,12 @@ class StandInCounters:
     signal_requests: Counter[str] = field(default_factory=Counter)
     # Video codec actually sent, per negotiated avatar video section ("VP8" / "H264").
     video_codecs: Counter[str] = field(default_factory=Counter)
+    # PLI/FIR received from subscribers for the avatar's video (each forces a keyframe).
+    keyframe_requests: int = 0
+    # Avatar media packets (not retransmissions) sent, and dropped by the loss knobs.
+    packets_sent: int = 0
+    packets_dropped: int = 0
+    video_packets_dropped: int = 0
 
 
 class _Tap(MediaStreamTrack):
@@ -309,6 +316,13 @@ class Faults:
         self.avatar_join_delay_s = 0.0
         # Refuse the SDK's resume attempts (it then does a full reconnect or gives up).
         self.refuse_resume = False
+        # Loss and delay on the hop to subscribers (``tc netem`` is not available everywhere).
+        # They apply to the avatar's media packets only; retransmissions (RTX) and RTCP pass,
+        # so a subscriber's NACKs can always recover what was dropped.
+        self.drop_every_n = 0  # drop every Nth media packet (0: off)
+        self.drop_rate = 0.0  # or drop at random with this probability, seeded below
+        self.drop_seed = 1
+        self.delay_ms = 0.0  # added to every media packet
 
     async def close_signalling(self, room: str | None = None) -> int:
         """Close subscribers' signalling WebSockets without ``leave``: the SDK resumes."""
@@ -751,8 +765,65 @@ class LiveKitStandIn:
         @pc.on("connectionstatechange")
         def _state() -> None:
             log.info("livekit_pc_state", sid=p.sid, pc=name, state=pc.connectionState)
+            if pc.connectionState == "connected":
+                self._instrument(p)
 
         return pc
+
+    def _instrument(self, p: _Participant) -> None:
+        """Count keyframe requests and apply the loss/delay knobs on the avatar's senders.
+
+        Installed once the connection is up (BUNDLE has settled which transport each sender
+        uses); aiortc offers no packet filter, so its sender and transport methods are wrapped
+        per instance. Stand-in only: the daemon never does this.
+        """
+        faults, counters = self.faults, self.counters
+        media_ssrcs = {cast(Any, s)._ssrc: s.kind for s in p.senders}
+        for sender in p.senders:
+            s = cast(Any, sender)
+            if sender.kind == "video" and not getattr(s, "_sim_counted", False):
+                original_key = s._send_keyframe
+
+                def count_key(original: Any = original_key) -> None:
+                    counters.keyframe_requests += 1
+                    original()
+
+                s._send_keyframe = count_key
+                s._sim_counted = True
+            transport = cast(Any, sender.transport)
+            if transport is None or getattr(transport, "_sim_lossy", None) is not None:
+                if transport is not None:
+                    transport._sim_lossy.update(media_ssrcs)
+                continue
+            transport._sim_lossy = dict(media_ssrcs)
+            send_rtp = transport._send_rtp
+            rng = random.Random(faults.drop_seed)
+            seen = 0
+
+            async def lossy(
+                data: bytes, send_rtp: Any = send_rtp, transport: Any = transport, rng: Any = rng
+            ) -> None:
+                nonlocal seen
+                is_rtcp = len(data) >= 2 and 192 <= data[1] <= 208
+                kind = (
+                    None if is_rtcp else transport._sim_lossy.get(int.from_bytes(data[8:12], "big"))
+                )
+                if kind is not None:
+                    seen += 1
+                    counters.packets_sent += 1
+                    n = faults.drop_every_n
+                    if (n > 0 and seen % n == 0) or (
+                        faults.drop_rate > 0 and rng.random() < faults.drop_rate
+                    ):
+                        counters.packets_dropped += 1
+                        if kind == "video":
+                            counters.video_packets_dropped += 1
+                        return
+                    if faults.delay_ms > 0:
+                        await asyncio.sleep(faults.delay_ms / 1000.0)
+                await send_rtp(data)
+
+            transport._send_rtp = lossy
 
     async def _attach_avatar(
         self, p: _Participant, pc: RTCPeerConnection, *, add_transceivers: bool
@@ -773,6 +844,8 @@ class LiveKitStandIn:
         else:
             p.senders += [pc.addTrack(video), pc.addTrack(audio)]
         p.avatar_attached = True
+        if pc.connectionState == "connected":
+            self._instrument(p)
         mapping: dict[str, str] = {}
         for t in pc.getTransceivers():
             if t.sender in p.senders:

@@ -22,7 +22,9 @@ from bridge.relay.rtp import (
 # -- VP8 (RFC 7741) ------------------------------------------------------------------------------
 
 
-def vp8(*, start: bool = True, pid: int = 0, key: bool = True, picture_id: int | None = 300) -> bytes:
+def vp8(
+    *, start: bool = True, pid: int = 0, key: bool = True, picture_id: int | None = 300
+) -> bytes:
     b0 = (0x10 if start else 0) | pid
     desc = bytearray()
     if picture_id is not None:
@@ -147,7 +149,8 @@ def test_rewrite_ssrc_pt_seq_and_extensions_keeps_timestamps() -> None:
 
 def test_rewrite_wraps_sequence_numbers_and_keeps_gaps() -> None:
     rw = RtpRewriter(BINDING)
-    seqs = [rw.rewrite(pkt(s, 0), 0.0, None).sequence_number for s in (100, 101, 104, 105, 106, 107)]
+    upstream = (100, 101, 104, 105, 106, 107)
+    seqs = [rw.rewrite(pkt(s, 0), 0.0, None).sequence_number for s in upstream]
     assert seqs == [65530, 65531, 65534, 65535, 0, 1]  # a gap upstream stays a gap (NACKable)
 
 

@@ -2,13 +2,21 @@
 measures what a viewer of each call would get. See :class:`StreamStandIn`."""
 
 from bridge.sim.stream.measure import CallMeasure, MarkReader, OnsetDetectorFactory
-from bridge.sim.stream.server import OWN_CAPABILITIES, StandInAuthError, StreamStandIn
+from bridge.sim.stream.rtp_taps import ReceiveFaults
+from bridge.sim.stream.server import (
+    GRANTABLE_CODECS,
+    OWN_CAPABILITIES,
+    StandInAuthError,
+    StreamStandIn,
+)
 
 __all__ = [
+    "GRANTABLE_CODECS",
     "OWN_CAPABILITIES",
     "CallMeasure",
     "MarkReader",
     "OnsetDetectorFactory",
+    "ReceiveFaults",
     "StandInAuthError",
     "StreamStandIn",
 ]

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import av
@@ -39,6 +39,13 @@ from prometheus_client import Gauge
 from bridge.sim.stream.coordinator_models import get_or_create_call_response
 from bridge.sim.stream.measure import CallMeasure, MarkReader, OnsetDetectorFactory
 from bridge.sim.stream.recorder import Mp4Recorder
+from bridge.sim.stream.rtp_taps import (
+    FaultCounts,
+    LightCounter,
+    ReceiveFaults,
+    install_faults,
+    install_light,
+)
 from bridge.sim.stream.vp9 import enable_vp9_receive
 
 log = structlog.get_logger(__name__)
@@ -130,6 +137,11 @@ class _Call:
     sfu_connects: int = 0
     leaves: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=_LEAVES_KEPT))
     recorder: Mp4Recorder | None = None
+    faults: ReceiveFaults | None = None
+    fault_counts: FaultCounts = field(default_factory=FaultCounts)
+    # Light mode: decoded and measured anyway (the chosen call), else counted per session.
+    full: bool = False
+    light: dict[str, dict[str, LightCounter]] = field(default_factory=dict)
 
     @property
     def cid(self) -> str:
@@ -146,6 +158,11 @@ class StreamStandIn:
     A ``SetPublisher`` whose offer does not carry the granted codec is refused with the SFU's
     error. ``fast_reconnect_deadline_s`` is how long a session outlives its SFU WebSocket waiting
     for the SDK's fast reconnect.
+
+    ``light`` mode counts and checks each session's packets and keyframes instead of decoding
+    them (see :mod:`bridge.sim.stream.rtp_taps`); calls named in ``full_calls`` ("type:id"), or
+    chosen later with :meth:`measure_fully`, are still decoded and measured. ``receive_faults``
+    drops / delays packets on the receive hop of every call (per call: :meth:`set_receive_faults`).
     """
 
     def __init__(
@@ -158,6 +175,9 @@ class StreamStandIn:
         fast_reconnect_deadline_s: float = 5.0,
         mark_reader: MarkReader | None = None,
         onset_detector: OnsetDetectorFactory | None = None,
+        light: bool = False,
+        full_calls: Iterable[str] = (),
+        receive_faults: ReceiveFaults | None = None,
     ) -> None:
         grantable = tuple(c.upper() for c in grantable_codecs)
         for codec in (video_codec.upper(), *grantable):
@@ -165,6 +185,9 @@ class StreamStandIn:
                 raise ValueError(f"unsupported video codec {codec!r}")
         enable_vp9_receive()
         self.grantable_codecs = grantable
+        self.light = light
+        self._full_calls = set(full_calls)
+        self._default_faults = receive_faults
         self.api_key = api_key
         self.api_secret = api_secret or secrets.token_urlsafe(32)
         self.video_codec = video_codec.upper()
@@ -300,6 +323,8 @@ class StreamStandIn:
         if call is None:
             measure = CallMeasure(cid, self._mark_reader, self._onset_detector)
             call = _Call(call_type, call_id, measure, created_by, self.video_codec)
+            call.full = cid in self._full_calls
+            call.faults = self._default_faults
             self._calls[cid] = call
         return call
 
@@ -321,9 +346,28 @@ class StreamStandIn:
         out["leaves"] = list(call.leaves)
         out["video_codec"] = call.video_codec
         out["recording"] = call.recorder.stats() if call.recorder else None
+        out["mode"] = "light" if self.light and not call.full else "full"
+        out["light"] = {
+            sid: {kind: counter.snapshot() for kind, counter in counters.items()}
+            for sid, counters in call.light.items()
+        }
+        out["receive_faults"] = {
+            "config": None if call.faults is None else asdict(call.faults),
+            **call.fault_counts.as_dict(),
+        }
         return out
 
     # ---- fault knobs -------------------------------------------------------------------------
+
+    def set_receive_faults(
+        self, call_type: str, call_id: str, faults: ReceiveFaults | None
+    ) -> None:
+        """Drop / delay this call's packets on the receive hop from now on (None: stop)."""
+        self._call(call_type, call_id).faults = faults
+
+    def measure_fully(self, call_type: str, call_id: str) -> None:
+        """In light mode, decode and measure this call (its sessions that publish from now on)."""
+        self._call(call_type, call_id).full = True
 
     def deny_join(self, call_type: str, call_id: str, reason: str | None = "denied") -> None:
         """Refuse coordinator joins of this call (403, as for a user without JoinCall);
@@ -881,7 +925,20 @@ class StreamStandIn:
 
         def on_track(track: MediaStreamTrack) -> None:
             receiver = next((r for r in pc.getReceivers() if r.track is track), None)
-            self._spawn(self._consume(session.call, track, receiver), f"consume-{track.kind}")
+            call = session.call
+            light = self.light and not call.full and receiver is not None
+            if receiver is not None:
+                if light:
+                    codec = session.video_codec if track.kind == "video" else "opus"
+                    counter = LightCounter(track.kind, codec)
+                    call.light.setdefault(session.session_id, {})[track.kind] = counter
+                    install_light(receiver, counter)
+                # Faults wrap whatever handles the packets, so a decoded call NACKs the gaps.
+                install_faults(
+                    receiver, track.kind, lambda: call.faults, call.fault_counts, self._spawn
+                )
+            if not light:
+                self._spawn(self._consume(call, track, receiver), f"consume-{track.kind}")
 
         def on_state() -> None:
             log.info("publisher pc", session=session.session_id, state=pc.connectionState)
@@ -988,6 +1045,18 @@ class StreamStandIn:
             await self.revoke_send_video(ct, cid)
         elif fault == "end_call":
             await self.end_call(ct, cid)
+        elif fault == "receive_faults":  # ?drop_every=&drop_rate=&seed=&delay_ms=
+            q = request.query
+            try:
+                faults = ReceiveFaults(
+                    drop_every=int(q.get("drop_every", 0)),
+                    drop_rate=float(q.get("drop_rate", 0.0)),
+                    seed=int(q.get("seed", 0)),
+                    delay_ms=float(q.get("delay_ms", 0.0)),
+                )
+            except ValueError as exc:
+                return web.json_response({"error": str(exc)}, status=400)
+            self.set_receive_faults(ct, cid, faults if faults.active else None)
         elif fault in ("pause_video", "resume_video"):
             await self.pause_video_layer(ct, cid, paused=fault == "pause_video")
         else:

@@ -1,0 +1,431 @@
+"""The per-session encoded relay: the avatar's RTP from LiveKit into the Stream call, undecoded.
+
+Order of work (so the avatar's first keyframe is not wasted):
+
+1. Join the Stream call asking for the avatar's codec (``preferred_publish_options``). If the SFU
+   grants another codec, the relay declines (:meth:`RelayPath.start` returns the reason) and the
+   session transcodes instead.
+2. Publish on the Stream side: one Opus and one video sender whose codec is the avatar's.
+3. Subscribe to the avatar on LiveKit (:class:`~bridge.livekit.subscriber.LiveKitSubscriber`);
+   each receiver is taken over before its first packet (:mod:`bridge.relay.aiortc_hooks`).
+4. Forward. Video waits for a keyframe; PLIs go upstream (rate-limited) until one arrived.
+
+Per packet (:mod:`bridge.relay.rtp`): RTX unwrapped and upstream gaps NACKed by the receiver tap,
+keyframe gate (video), then -- video after the playout hold -- rewritten (SSRC, PT, sequence,
+extensions; timestamps kept), stored in a bounded RTX history and sent. Downstream NACKs are
+answered from that history with RTX; downstream PLI/FIR become upstream PLIs (rate-limited).
+Upstream sender reports are translated into ours (the avatar's NTP<->RTP mapping; until the first
+one arrives the mapping is provisional, our send time).
+
+Video hold: Stream's web SDK gives each track its own stream id, so browsers do not lip-sync a
+participant's audio and video by SR; video is held back by ``video_hold_ms`` so that it leaves
+aligned with audio. The hold is bounded (``hold_capacity`` packets; overflow releases the oldest
+early, counted) and costs one timer per session.
+
+Queues: the hold queue (bounded as above) and the RTX history (a fixed ring). Nothing else
+buffers: packets are sent from the receive path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+from aiortc import RTCRtpReceiver, RTCRtpSender, clock
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RtcpSrPacket, RtpPacket
+from prometheus_client import Counter
+
+from bridge.errors import BridgeError, ErrorCode
+from bridge.livekit.subscriber import LiveKitSubscriber, SubscriberOptions
+from bridge.relay.aiortc_hooks import ReceiverTap, SenderTap, ensure_compatible
+from bridge.relay.rtp import HoldQueue, KeyframeGate, RateLimiter, RtpRewriter, RtxHistory
+from bridge.stages import AvatarRoom, EventSink, FailureCallback
+
+__all__ = ["RELAY_CODECS", "RelayOptions", "RelayPath", "StreamSide"]
+
+log = structlog.get_logger(__name__)
+
+# Video codecs the relay can gate on a keyframe (aiortc has no VP9/AV1 packetization anyway).
+RELAY_CODECS = ("VP8", "H264")
+
+PACKETS = Counter("bridge_relay_packets_total", "RTP packets relayed downstream", ["kind"])
+VIDEO_FRAMES = Counter(
+    "bridge_relay_video_frames_total", "Video frames relayed downstream (marker-bit packets)"
+)
+DROPPED = Counter("bridge_relay_dropped_total", "Upstream packets not relayed", ["kind", "reason"])
+KEYFRAME_REQUESTS = Counter(
+    "bridge_relay_keyframe_requests_total",
+    "Keyframe requests, by origin and outcome (sent upstream or rate-limited)",
+    ["origin", "outcome"],
+)
+RTX = Counter("bridge_relay_rtx_total", "Downstream NACKed packets, by outcome", ["outcome"])
+UPSTREAM_NACKS = Counter("bridge_relay_upstream_nacks_total", "NACKs sent to LiveKit")
+SR_TRANSLATED = Counter("bridge_relay_sr_translated_total", "Upstream SRs mapped into ours")
+HOLD_EARLY = Counter(
+    "bridge_relay_hold_released_early_total", "Video packets released before their hold ended"
+)
+DECLINED = Counter("bridge_relay_declined_total", "Relays that fell back to transcoding")
+
+
+class StreamSide(Protocol):
+    """The Stream-side publisher the relay writes into (``StreamRelayPublisher``)."""
+
+    async def join(self, preferred_video_codec: str) -> str: ...
+
+    async def publish(self, video_codec: str, h264_fmtp: str | None = None) -> None: ...
+
+    @property
+    def video_sender(self) -> RTCRtpSender: ...
+
+    @property
+    def audio_sender(self) -> RTCRtpSender: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RelayOptions:
+    avatar_identity: str = "heygen"
+    # The codec LiveAvatar was asked for ("VP8" | "H264"): asked of the SFU before subscribing.
+    avatar_codec: str = "VP8"
+    # Playout alignment (see the module doc); 0 disables the hold.
+    video_hold_ms: float = 20.0
+    hold_capacity: int = 512
+    rtx_history: int = 1024
+    pli_min_interval_s: float = 0.3
+    keyframe_retry_s: float = 0.35
+    keyframe_timeout_s: float = 10.0
+    connect_timeout_s: float = 15.0
+    single_peer_connection: bool = True
+
+
+class _Forwarder:
+    """One upstream stream -> one downstream sender."""
+
+    def __init__(self, kind: str, tap: SenderTap, history_size: int, codec: str | None) -> None:
+        self.kind = kind
+        self.tap = tap
+        self.rewriter = RtpRewriter(tap.binding)
+        self.history = RtxHistory(history_size)
+        self.gate = KeyframeGate(codec) if codec is not None else None
+        self.upstream_ssrc: int | None = None
+        self.sr_from_upstream = False
+        self.sent = 0
+        self.frames = 0
+        self.send_errors = 0
+
+    async def send(self, packet: RtpPacket) -> None:
+        abs_send_time = (clock.current_ntp_time() >> 14) & 0x00FFFFFF
+        out = self.rewriter.rewrite(packet, time.monotonic(), abs_send_time)
+        self.history.store(out)
+        if not await self.tap.send(out):
+            self.send_errors += 1
+            DROPPED.labels(self.kind, "not_connected").inc()
+            return
+        self.tap.count_sent(len(out.payload))
+        if not self.sr_from_upstream:
+            self.tap.set_sr_mapping(clock.current_ntp_time(), out.timestamp)
+        self.sent += 1
+        PACKETS.labels(self.kind).inc()
+        if self.kind == "video" and out.marker:
+            self.frames += 1
+            VIDEO_FRAMES.inc()
+
+    def on_sr(self, sr: RtcpSrPacket) -> None:
+        ts = self.rewriter.translate_sr(sr.ssrc, sr.sender_info.rtp_timestamp)
+        if ts is None:
+            return
+        self.tap.set_sr_mapping(sr.sender_info.ntp_timestamp, ts)
+        self.sr_from_upstream = True
+        SR_TRANSLATED.inc()
+
+    async def retransmit(self, seq: int) -> None:
+        rtx = self.history.retransmission(seq, self.tap.binding)
+        if rtx is None:
+            RTX.labels("miss").inc()
+            return
+        RTX.labels("sent").inc()
+        await self.tap.send(rtx)
+
+
+class RelayPath:
+    """A session's relay. :meth:`start` joins both sides; :meth:`aclose` leaves both."""
+
+    def __init__(
+        self,
+        options: RelayOptions,
+        stream: StreamSide,
+        events: EventSink,
+        on_failure: FailureCallback,
+    ) -> None:
+        codec = options.avatar_codec.upper()
+        if codec not in RELAY_CODECS:
+            raise ValueError(f"the relay carries {RELAY_CODECS}, not {options.avatar_codec!r}")
+        self._opts = options
+        self._codec = codec
+        self._stream = stream
+        self._events = events
+        self._on_failure = on_failure
+        self._subscriber: LiveKitSubscriber | None = None
+        self._fwd: dict[str, _Forwarder] = {}
+        self._receiver_taps: dict[str, ReceiverTap] = {}
+        self._hold: HoldQueue[RtpPacket] = HoldQueue(
+            options.video_hold_ms / 1000.0, options.hold_capacity
+        )
+        self._hold_wake = asyncio.Event()
+        self._pli = RateLimiter(options.pli_min_interval_s)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = asyncio.Event()
+        self._close_task: asyncio.Task[None] | None = None
+        self._first_key_t: float | None = None
+        self._started_t = 0.0
+        self.keyframe_delays_ms: list[float] = []
+        self._pli_pending_t: float | None = None
+        # Counts of receiver taps replaced by a LiveKit rejoin.
+        self._nacks_before = 0
+        self._rtx_before = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self, room: AvatarRoom) -> str | None:
+        """Join Stream, publish, subscribe. None when relaying; else why it declined."""
+        ensure_compatible()
+        self._started_t = time.monotonic()
+        opts = self._opts
+        try:
+            granted = (await self._stream.join(self._codec)).upper()
+            if granted != self._codec:
+                DECLINED.inc()
+                await self._stream.aclose()
+                return f"the Stream SFU grants {granted}, the avatar sends {self._codec}"
+            await self._stream.publish(self._codec)
+            first_seq = random.randrange(1 << 16)
+            self._fwd["video"] = _Forwarder(
+                "video",
+                SenderTap(
+                    self._stream.video_sender,
+                    lambda seq: self._fwd["video"].retransmit(seq),
+                    self._on_downstream_keyframe_request,
+                    first_seq,
+                ),
+                opts.rtx_history,
+                self._codec,
+            )
+            self._fwd["audio"] = _Forwarder(
+                "audio",
+                SenderTap(
+                    self._stream.audio_sender,
+                    lambda seq: self._fwd["audio"].retransmit(seq),
+                    lambda: None,
+                    random.randrange(1 << 16),
+                ),
+                opts.rtx_history,
+                None,
+            )
+            video_codec = self._fwd["video"].tap.codec.mimeType.split("/")[-1].upper()
+            if video_codec != self._codec:
+                raise BridgeError(
+                    ErrorCode.STREAM_FAILED,
+                    f"the Stream side negotiated {video_codec}, not {self._codec}",
+                )
+            if opts.video_hold_ms > 0:
+                self._spawn(self._pump_hold())
+            self._subscriber = LiveKitSubscriber(
+                SubscriberOptions(
+                    avatar_identity=opts.avatar_identity,
+                    connect_timeout_s=opts.connect_timeout_s,
+                    single_peer_connection=opts.single_peer_connection,
+                ),
+                self._on_receiver,
+                self._events,
+                self._on_failure,
+            )
+            await self._subscriber.start(room.livekit_url, room.livekit_token)
+            upstream = self._upstream_video_codec()
+            if upstream is not None and upstream != self._codec:
+                raise BridgeError(
+                    ErrorCode.LIVEKIT_FAILED,
+                    f"the avatar sends {upstream}, the relay was set up for {self._codec}",
+                )
+            self._spawn(self._ask_for_keyframe())
+        except BaseException:
+            await self.aclose()
+            raise
+        log.info(
+            "relay_started",
+            codec=self._codec,
+            hold_ms=opts.video_hold_ms,
+            setup_ms=round(1000 * (time.monotonic() - self._started_t)),
+        )
+        return None
+
+    async def run(self) -> None:
+        """Until the relay is closed (the media flows from the receive path)."""
+        await self._closed.wait()
+
+    async def aclose(self) -> None:
+        """Leave LiveKit, then the call. Idempotent; never raises."""
+        if self._close_task is None:
+            self._close_task = asyncio.get_running_loop().create_task(self._close())
+        await asyncio.shield(self._close_task)
+
+    async def _close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._subscriber is not None:
+            with contextlib.suppress(Exception):
+                await self._subscriber.aclose()
+        with contextlib.suppress(Exception):
+            await self._stream.aclose()
+        self._hold.drain()
+        self._closed.set()
+        stats = self.stats()
+        UPSTREAM_NACKS.inc(stats["upstream_nacks"])
+        log.info("relay_closed", **stats)
+
+    def stats(self) -> dict[str, Any]:
+        video = self._fwd.get("video")
+        audio = self._fwd.get("audio")
+        vt = self._receiver_taps.get("video")
+        return {
+            "video_sent": video.sent if video else 0,
+            "video_frames": video.frames if video else 0,
+            "audio_sent": audio.sent if audio else 0,
+            "keyframes": video.gate.keyframes if video and video.gate else 0,
+            "waiting_for_keyframe_dropped": video.gate.dropped if video and video.gate else 0,
+            "rtx_sent": video.history.hits if video else 0,
+            "rtx_missed": video.history.misses if video else 0,
+            "upstream_nacks": self._nacks_before + (vt.nacks_sent if vt else 0),
+            "upstream_rtx": self._rtx_before + (vt.rtx_received if vt else 0),
+            "pli_sent": self._pli.allowed,
+            "pli_suppressed": self._pli.suppressed,
+            "hold_released_early": self._hold.released_early,
+            "rebases": video.rewriter.rebases if video else 0,
+            "first_keyframe_s": (
+                None if self._first_key_t is None else round(self._first_key_t - self._started_t, 3)
+            ),
+        }
+
+    # -- upstream --------------------------------------------------------------------------------
+
+    def _on_receiver(self, kind: str, receiver: RTCRtpReceiver, sid: str) -> None:
+        fwd = self._fwd.get(kind)
+        if fwd is None:
+            return
+
+        async def on_rtp(packet: RtpPacket, codec: RTCRtpCodecParameters, arrival: int) -> None:
+            await self._on_rtp(fwd, packet)
+
+        tap = ReceiverTap(receiver, on_rtp, fwd.on_sr)
+        old = self._receiver_taps.get(kind)
+        self._receiver_taps[kind] = tap
+        if old is not None:
+            self._nacks_before += old.nacks_sent
+            self._rtx_before += old.rtx_received
+        if kind == "video" and fwd.gate is not None:
+            fwd.gate.close()  # a new subscription starts on a keyframe again
+            if self._first_key_t is not None:
+                self._spawn(self._ask_for_keyframe())
+
+    async def _on_rtp(self, fwd: _Forwarder, packet: RtpPacket) -> None:
+        if packet.ssrc != fwd.upstream_ssrc:
+            if fwd.upstream_ssrc is not None and fwd.gate is not None:
+                fwd.gate.close()
+                self._request_keyframe("ssrc_change")
+            fwd.upstream_ssrc = packet.ssrc
+        if fwd.gate is not None:
+            was_open = fwd.gate.open
+            key = fwd.gate.is_key(packet.payload)
+            if not fwd.gate.admit(packet.payload, packet.timestamp):
+                DROPPED.labels(fwd.kind, "waiting_for_keyframe").inc()
+                return
+            if key:
+                self._on_keyframe(first=not was_open)
+        if fwd.kind == "video" and self._opts.video_hold_ms > 0:
+            for early in self._hold.push(packet, time.monotonic()):
+                HOLD_EARLY.inc()
+                await fwd.send(early)
+            self._hold_wake.set()
+            return
+        await fwd.send(packet)
+
+    def _on_keyframe(self, *, first: bool) -> None:
+        now = time.monotonic()
+        if self._pli_pending_t is not None:
+            self.keyframe_delays_ms.append(round(1000 * (now - self._pli_pending_t), 1))
+            self._pli_pending_t = None
+        if first and self._first_key_t is None:
+            self._first_key_t = now
+            self._events(
+                "avatar_ready",
+                since_start_ms=round(1000 * (now - self._started_t)),
+                media_path="relay",
+                codec=self._codec,
+            )
+
+    def _upstream_video_codec(self) -> str | None:
+        tap = self._receiver_taps.get("video")
+        if tap is None:
+            return None
+        names = {c.mimeType.split("/")[-1].upper() for c in tap.codecs()}
+        if self._codec in names:
+            return self._codec
+        return next(iter(sorted(names)), None)
+
+    def _on_downstream_keyframe_request(self) -> None:
+        self._request_keyframe("stream")
+
+    def _request_keyframe(self, origin: str) -> None:
+        tap = self._receiver_taps.get("video")
+        fwd = self._fwd.get("video")
+        ssrc = fwd.upstream_ssrc if fwd else None
+        if tap is None or ssrc is None:
+            KEYFRAME_REQUESTS.labels(origin, "no_upstream").inc()
+            return
+        if not self._pli.allow(time.monotonic()):
+            KEYFRAME_REQUESTS.labels(origin, "rate_limited").inc()
+            return
+        KEYFRAME_REQUESTS.labels(origin, "sent").inc()
+        if self._pli_pending_t is None:
+            self._pli_pending_t = time.monotonic()
+        self._spawn(tap.send_pli(ssrc))
+
+    async def _ask_for_keyframe(self) -> None:
+        """PLI upstream until the video gate opens (the avatar's first keyframe was missed)."""
+        fwd = self._fwd["video"]
+        deadline = time.monotonic() + self._opts.keyframe_timeout_s
+        while fwd.gate is not None and not fwd.gate.open:
+            if time.monotonic() > deadline:
+                log.warning("relay_no_keyframe", waited_s=self._opts.keyframe_timeout_s)
+                return
+            self._request_keyframe("start")
+            await asyncio.sleep(self._opts.keyframe_retry_s)
+
+    # -- downstream ------------------------------------------------------------------------------
+
+    async def _pump_hold(self) -> None:
+        fwd = self._fwd["video"]
+        while True:
+            due = self._hold.next_due()
+            if due is None:
+                self._hold_wake.clear()
+                await self._hold_wake.wait()
+                continue
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            for packet in self._hold.pop_due(time.monotonic()):
+                await fwd.send(packet)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -1,0 +1,288 @@
+"""Taps on the stand-in SFU's receive hop: fault injection (drop, delay) and a light mode that
+counts and checks packets instead of decoding them.
+
+Both take over one aiortc receiver's packet handler (``RTCRtpReceiver._handle_rtp_packet``, which
+aiortc 1.14's DTLS transport looks up on the instance for every decrypted packet). Faults sit in
+front of the original handler, so aiortc's NACK generator sees the gaps and asks the publisher to
+retransmit (RTX), as a real SFU does; the light counter replaces the handler (no jitter buffer,
+no decoder, no NACK) and is what lets one stand-in take dozens of sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import structlog
+from aiortc.codecs import is_rtx
+from aiortc.rtcrtpreceiver import RTCRtpReceiver
+from aiortc.rtp import RtpPacket
+
+log = structlog.get_logger(__name__)
+
+PacketHandler = Callable[[RtpPacket, int], Awaitable[None]]
+_HOOK = "_handle_rtp_packet"
+_CODECS_ATTR = "_RTCRtpReceiver__codecs"
+# Packets held for delivery later; beyond this a delayed packet is dropped (and counted).
+_DELAY_QUEUE_MAX = 4096
+
+
+def _check_hook(receiver: RTCRtpReceiver) -> None:
+    if not callable(getattr(receiver, _HOOK, None)) or not hasattr(receiver, _CODECS_ATTR):
+        raise RuntimeError(
+            f"aiortc moved RTCRtpReceiver.{_HOOK} / {_CODECS_ATTR}: the stand-in's receive taps "
+            "need updating for this aiortc version"
+        )
+
+
+def _is_rtx_packet(receiver: RTCRtpReceiver, packet: RtpPacket) -> bool:
+    codec = getattr(receiver, _CODECS_ATTR, {}).get(packet.payload_type)
+    return codec is not None and is_rtx(codec)
+
+
+# ---- faults ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiveFaults:
+    """What the receive hop does to a call's packets (RTX included, as on a lossy link).
+
+    ``drop_every`` drops every Nth packet (0 = off); ``drop_rate`` drops each packet with this
+    probability from a ``seed``-ed generator (reproducible); ``delay_ms`` holds every packet back.
+    ``kinds`` limits the faults to "audio" and/or "video".
+    """
+
+    drop_every: int = 0
+    drop_rate: float = 0.0
+    seed: int = 0
+    delay_ms: float = 0.0
+    kinds: tuple[str, ...] = ("audio", "video")
+
+    def __post_init__(self) -> None:
+        if self.drop_every < 0 or not 0.0 <= self.drop_rate < 1.0 or self.delay_ms < 0:
+            raise ValueError(f"invalid receive faults {self}")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.drop_every or self.drop_rate or self.delay_ms)
+
+
+@dataclass
+class FaultCounts:
+    packets: int = 0
+    dropped: int = 0
+    dropped_rtx: int = 0
+    delayed: int = 0
+    delay_overflow: int = 0
+    rtx_received: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def install_faults(
+    receiver: RTCRtpReceiver,
+    kind: str,
+    faults: Callable[[], ReceiveFaults | None],
+    counts: FaultCounts,
+    spawn: Callable[[Awaitable[None], str], None],
+) -> None:
+    """Put the faults (read per packet from ``faults()``, so they can change mid-call) in front
+    of the receiver's own handler."""
+    _check_hook(receiver)
+    original: PacketHandler = getattr(receiver, _HOOK)
+    state: dict[str, Any] = {"n": 0, "rng": None, "seed": None, "delaying": False}
+    pending: deque[tuple[float, RtpPacket, int]] = deque()
+    wake = asyncio.Event()
+
+    async def deliver_delayed() -> None:
+        while True:
+            await wake.wait()
+            wake.clear()
+            while pending:
+                due, packet, arrival_ms = pending[0]
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                pending.popleft()
+                await original(packet, arrival_ms)
+
+    async def handle(packet: RtpPacket, arrival_time_ms: int) -> None:
+        config = faults()
+        if config is None or not config.active or kind not in config.kinds:
+            await original(packet, arrival_time_ms)
+            return
+        counts.packets += 1
+        rtx = _is_rtx_packet(receiver, packet)
+        counts.rtx_received += rtx
+        state["n"] += 1
+        if state["seed"] != config.seed or state["rng"] is None:
+            state["rng"], state["seed"] = random.Random(config.seed), config.seed
+        drop = bool(config.drop_every and state["n"] % config.drop_every == 0)
+        if config.drop_rate and state["rng"].random() < config.drop_rate:
+            drop = True
+        if drop:
+            counts.dropped += 1
+            counts.dropped_rtx += rtx
+            return
+        if config.delay_ms <= 0 and not pending:
+            await original(packet, arrival_time_ms)
+            return
+        if len(pending) >= _DELAY_QUEUE_MAX:
+            counts.delay_overflow += 1
+            return
+        if not state["delaying"]:  # the delivery task exists only once a delay is asked for
+            state["delaying"] = True
+            spawn(deliver_delayed(), f"recv-delay-{kind}")
+        counts.delayed += 1
+        due = time.monotonic() + config.delay_ms / 1000
+        pending.append((due, packet, arrival_time_ms + round(config.delay_ms)))
+        wake.set()
+
+    setattr(receiver, _HOOK, handle)
+
+
+# ---- light mode --------------------------------------------------------------------------------
+
+
+def vp8_keyframe_start(payload: bytes) -> bool:
+    """First packet of a VP8 keyframe (RFC 7741: S=1, partition 0, then the P bit clear)."""
+    if not payload:
+        return False
+    b0 = payload[0]
+    if not b0 & 0x10 or b0 & 0x0F:
+        return False
+    pos = 1
+    try:
+        if b0 & 0x80:
+            x = payload[pos]
+            pos += 1
+            if x & 0x80:
+                pos += 2 if payload[pos] & 0x80 else 1
+            if x & 0x40:
+                pos += 1
+            if x & 0x30:
+                pos += 1
+        return not payload[pos] & 0x01
+    except IndexError:
+        return False
+
+
+def h264_keyframe_start(payload: bytes) -> bool:
+    """A packet carrying an IDR or SPS NAL (single NAL, STAP-A, or an FU-A start)."""
+    if not payload:
+        return False
+    nal = payload[0] & 0x1F
+    if nal in (5, 7):
+        return True
+    if nal == 24:
+        pos = 1
+        while pos + 2 < len(payload):
+            size = int.from_bytes(payload[pos : pos + 2], "big")
+            if payload[pos + 2] & 0x1F in (5, 7):
+                return True
+            pos += 2 + size
+        return False
+    return nal == 28 and len(payload) > 1 and bool(payload[1] & 0x80) and payload[1] & 0x1F == 5
+
+
+def vp9_keyframe_start(payload: bytes) -> bool:
+    """Start of a VP9 picture that is not inter-predicted (RFC 9628: B=1, P=0)."""
+    return bool(payload) and bool(payload[0] & 0x08) and not payload[0] & 0x40
+
+
+_KEYFRAME_DETECTORS: dict[str, Callable[[bytes], bool]] = {
+    "VP8": vp8_keyframe_start,
+    "H264": h264_keyframe_start,
+    "VP9": vp9_keyframe_start,
+}
+
+
+@dataclass
+class LightCounter:
+    """Per track: packets, loss and order by extended sequence number, frames, keyframes."""
+
+    kind: str
+    codec: str = ""
+    packets: int = 0
+    bytes: int = 0
+    rtx: int = 0
+    duplicates: int = 0
+    reordered: int = 0
+    frames: int = 0
+    keyframes: int = 0
+    first_is_keyframe: bool | None = None
+    first_t: float | None = None
+    last_t: float | None = None
+    _highest: int | None = None
+    _lowest: int | None = None
+    _seen: set[int] = field(default_factory=set)
+
+    def add(self, packet: RtpPacket, rtx: bool) -> None:
+        now = time.monotonic()
+        if rtx:
+            self.rtx += 1  # the light path never NACKs; counted, not reassembled
+            return
+        seq = packet.sequence_number
+        if self._highest is None:
+            ext = seq
+        else:
+            delta = (seq - (self._highest & 0xFFFF) + 0x8000) % 0x10000 - 0x8000
+            ext = self._highest + delta
+        self.packets += 1
+        self.bytes += len(packet.payload)
+        if ext in self._seen:
+            self.duplicates += 1
+            return
+        if len(self._seen) > 65536:  # bounded: forget the oldest half of the window
+            cutoff = ext - 32768
+            self._seen = {s for s in self._seen if s >= cutoff}
+        self._seen.add(ext)
+        if self._highest is not None and ext < self._highest:
+            self.reordered += 1
+        self._highest = ext if self._highest is None else max(self._highest, ext)
+        self._lowest = ext if self._lowest is None else min(self._lowest, ext)
+        self.first_t = self.first_t or now
+        self.last_t = now
+        if self.kind == "video":
+            self.frames += packet.marker
+            detector = _KEYFRAME_DETECTORS.get(self.codec)
+            if detector is not None:
+                key = detector(packet.payload)
+                self.keyframes += key
+                if self.first_is_keyframe is None:
+                    self.first_is_keyframe = key
+
+    def snapshot(self) -> dict[str, Any]:
+        expected = 0 if self._highest is None else self._highest - (self._lowest or 0) + 1
+        unique = self.packets - self.duplicates
+        span = (self.last_t or 0.0) - (self.first_t or 0.0)
+        return {
+            "codec": self.codec or None,
+            "packets": self.packets,
+            "bytes": self.bytes,
+            "expected": expected,
+            "lost": max(0, expected - unique),
+            "duplicates": self.duplicates,
+            "reordered": self.reordered,
+            "rtx": self.rtx,
+            "frames": self.frames,
+            "keyframes": self.keyframes,
+            "first_is_keyframe": self.first_is_keyframe,
+            "kbps": round(8 * self.bytes / span / 1000, 1) if span > 0 else None,
+        }
+
+
+def install_light(receiver: RTCRtpReceiver, counter: LightCounter) -> None:
+    """Replace the receiver's handler: count and check, never depayload or decode."""
+    _check_hook(receiver)
+
+    async def handle(packet: RtpPacket, arrival_time_ms: int) -> None:
+        with contextlib.suppress(IndexError, ValueError):  # a malformed packet is not fatal
+            counter.add(packet, _is_rtx_packet(receiver, packet))
+
+    setattr(receiver, _HOOK, handle)

@@ -1,0 +1,955 @@
+"""The relay's participant in the Stream call: Stream's signalling on our own code and the media on
+an aiortc peer connection, so the relay can write the avatar's encoded packets into its senders.
+
+``getstream_rtc`` does not export its encoded writes, so this module speaks the protocol itself
+(the messages are the protobuf modules the ``getstream`` package ships):
+
+* coordinator: WebSocket ``/api/v2/connect`` authenticated with a user JWT (first frame
+  ``connection.ok``), then ``POST /api/v2/video/call/{type}/{id}/join`` for the SFU credentials;
+* SFU WebSocket: ``JoinRequest`` with ``preferred_publish_options`` asking for the avatar's codec
+  (what Stream's browser SDK sends for a preferred codec), ``JoinResponse`` with the granted
+  publish options, health checks, the SFU's events, ``LeaveCallRequest``;
+* SFU Twirp: ``SetPublisher`` (offer + ``TrackInfo`` matching the publish option), ``IceTrickle``
+  both ways, ``UpdateMuteStates``.
+
+A lost SFU WebSocket is resumed with a fast reconnect (same session, the peer connection is kept:
+media does not go through the WebSocket). When the SFU no longer knows the session, asks for a
+rejoin or migration, or the call ends, the failure callback is told once; the owner closes.
+
+The senders' tracks are placeholders whose ``recv()`` never returns: aiortc's own send loop idles
+and the relay writes packets into the senders' transport directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import aiohttp
+import jwt
+import structlog
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
+from aiortc.codecs import is_rtx
+from aiortc.mediastreams import MediaStreamTrack
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability
+from aiortc.sdp import candidate_from_sdp
+from getstream.video.rtc.pb.stream.video.sfu.event import events_pb2 as ev
+from getstream.video.rtc.pb.stream.video.sfu.models import models_pb2 as pbm
+from getstream.video.rtc.pb.stream.video.sfu.signal_rpc import signal_pb2 as sig
+from google.protobuf.message import DecodeError
+from prometheus_client import Counter
+
+from bridge.errors import BridgeError, ErrorCode
+from bridge.stages import EventSink, FailureCallback
+
+log = structlog.get_logger(__name__)
+
+JOINS = Counter("bridge_relay_publisher_joins_total", "Stream joins of the relay", ["result"])
+SFU_EVENTS = Counter(
+    "bridge_relay_publisher_sfu_events_total", "SFU events that matter to the relay", ["kind"]
+)
+SFU_RECONNECTS = Counter(
+    "bridge_relay_publisher_sfu_reconnects_total", "SFU WebSocket fast reconnects", ["result"]
+)
+ICE_DROPPED = Counter(
+    "bridge_relay_publisher_ice_candidates_dropped_total",
+    "SFU ICE candidates dropped because the pre-answer buffer was full",
+)
+
+# The SDK's generated protobuf modules are untyped for mypy: messages are Any.
+Pb = Any
+
+_PRODUCTION_BASE_URL = "https://chat.stream-io-api.com"
+_TWIRP_SERVICE = "stream.video.sfu.signal.SignalServer"
+_NET_TIMEOUT_S = 5.0
+_HEALTH_INTERVAL_S = 10.0
+# No health check answer for this long means the SFU WebSocket is dead even if TCP says otherwise.
+_HEALTH_DEADLINE_S = 30.0
+_DEFAULT_RECONNECT_DEADLINE_S = 10.0
+_RECONNECT_BACKOFF_S = (0.1, 0.5, 1.0, 2.0)
+# SFU candidates that arrive before the answer is applied; a flood beyond this is dropped.
+_PENDING_ICE_MAX = 64
+_OPUS = "audio/opus"
+
+
+@dataclass(frozen=True, slots=True)
+class RelayPublisherOptions:
+    """How the relay joins Stream; the fields overlap ``bridge.stream.publisher.PublisherOptions``.
+
+    ``base_url`` None means Stream's cloud; ``ws_url`` None derives ``ws(s)://<host>/api/v2/connect``
+    from the base URL.
+    """
+
+    api_key: str
+    api_secret: str
+    base_url: str | None = None
+    ws_url: str | None = None
+    user_id: str = "avatar-bridge"
+    user_name: str = "Avatar"
+    join_timeout_s: float = 15.0
+    leave_timeout_s: float = 5.0
+
+    def resolved_base_url(self) -> str:
+        return (self.base_url or _PRODUCTION_BASE_URL).rstrip("/")
+
+    def resolved_ws_url(self) -> str:
+        if self.ws_url is not None:
+            return self.ws_url
+        parts = urlsplit(self.resolved_base_url())
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        return urlunsplit((scheme, parts.netloc, "/api/v2/connect", "", ""))
+
+
+class _IdleTrack(MediaStreamTrack):
+    """A sender's placeholder: ``recv()`` never returns, so aiortc's send loop idles."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    async def recv(self) -> Any:
+        await asyncio.Future()
+
+
+class _SfuRefused(Exception):
+    """The SFU answered with an error (Twirp error or a ``models.Error`` in the response)."""
+
+
+class _AuthRefused(Exception):
+    """The coordinator refused the credentials or the join."""
+
+
+class StreamRelayPublisher:
+    """Publishes one audio and one video sender into ``call_type:call_id`` for the relay.
+
+    ``join()`` then ``publish()`` (each raises :class:`BridgeError` STREAM_AUTH / STREAM_FAILED);
+    afterwards a call that ends for good is reported once through ``on_failure``. ``aclose()``
+    leaves the call, idempotent.
+    """
+
+    def __init__(
+        self,
+        options: RelayPublisherOptions,
+        call_type: str,
+        call_id: str,
+        events: EventSink,
+        on_failure: FailureCallback,
+    ) -> None:
+        self._opts = options
+        self._call_type, self._call_id = call_type, call_id
+        self._events = events
+        self._on_failure = on_failure
+        self._session_id = str(uuid.uuid4())
+        self._http: aiohttp.ClientSession | None = None
+        self._coord_ws: aiohttp.ClientWebSocketResponse | None = None
+        self._sfu_ws: aiohttp.ClientWebSocketResponse | None = None
+        self._sfu_ws_url = ""
+        self._sfu_token = ""
+        self._twirp_url = ""
+        self._ice_servers: list[RTCIceServer] = []
+        self._publish_options: list[Pb] = []
+        self._reconnect_deadline_s = _DEFAULT_RECONNECT_DEADLINE_S
+        self._pc: RTCPeerConnection | None = None
+        self._audio_tx: RTCRtpTransceiver | None = None
+        self._video_tx: RTCRtpTransceiver | None = None
+        self._track_infos: list[Pb] = []
+        self._pending_ice: list[str] = []
+        self._pc_settled = asyncio.Event()  # connected, failed or closed
+        self._last_health = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._joined = False
+        self._closing = False
+        self._closed = False
+        self._failed = False
+        self.granted_codec: str | None = None
+        self.video_codec: str | None = None
+        # Called with (active, max_bitrate) when the SFU changes our video layer
+        # (ChangePublishQuality); the relay maps it upstream where it can.
+        self.on_publish_quality: Callable[[bool, int], None] | None = None
+        self.sfu_reconnects = 0
+        self._log = log.bind(cid=f"{call_type}:{call_id}", user_id=options.user_id)
+
+    # ---- public surface ------------------------------------------------------------------------
+
+    @property
+    def session_id(self) -> str:
+        return self._session_id
+
+    @property
+    def video_sender(self) -> RTCRtpSender:
+        if self._video_tx is None:
+            raise RuntimeError("publish() has not run")
+        return self._video_tx.sender
+
+    @property
+    def audio_sender(self) -> RTCRtpSender:
+        if self._audio_tx is None:
+            raise RuntimeError("publish() has not run")
+        return self._audio_tx.sender
+
+    def flush_audio(self) -> None:
+        """Nothing is queued here (the relay forwards packets as they come)."""
+
+    async def join(self, preferred_video_codec: str) -> str:
+        """Authenticate, join the call and the SFU asking for ``preferred_video_codec``
+        ("VP8" | "H264"); returns the video codec of the publish option the SFU granted."""
+        if self._joined or self._closing:
+            raise RuntimeError("join() called twice or after aclose()")
+        t0 = time.monotonic()
+        self._log.info(
+            "relay joining stream call",
+            base_url=self._opts.resolved_base_url(),
+            preferred=preferred_video_codec,
+        )
+        try:
+            async with asyncio.timeout(self._opts.join_timeout_s):
+                granted = await self._join(preferred_video_codec.upper())
+        except BaseException as exc:
+            JOINS.labels("error").inc()
+            await self._teardown()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise self._join_error(exc) from exc
+        JOINS.labels("ok").inc()
+        self._joined = True
+        self.granted_codec = granted
+        self._log.info(
+            "relay joined stream call",
+            join_s=round(time.monotonic() - t0, 3),
+            preferred=preferred_video_codec,
+            granted=granted,
+        )
+        return granted
+
+    async def publish(
+        self,
+        video_codec: str,
+        h264_fmtp: str | None = None,
+        *,
+        audio_source: MediaStreamTrack | None = None,
+        video_source: MediaStreamTrack | None = None,
+    ) -> None:
+        """Create the publisher peer connection (Opus + exactly ``video_codec`` and its RTX),
+        ``SetPublisher``, trickle, unmute, and wait until it is connected.
+
+        ``audio_source`` / ``video_source`` replace the idle placeholders with tracks aiortc
+        encodes itself (tests; the relay leaves them None and writes packets).
+        """
+        if not self._joined or self._closing:
+            raise RuntimeError("publish() needs a joined, open publisher")
+        if self._pc is not None:
+            raise RuntimeError("publish() called twice")
+        t0 = time.monotonic()
+        try:
+            async with asyncio.timeout(self._opts.join_timeout_s):
+                await self._publish(video_codec.upper(), h264_fmtp, audio_source, video_source)
+        except BaseException as exc:
+            await self._close_pc()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise self._publish_error(exc) from exc
+        self.video_codec = video_codec.upper()
+        self._log.info(
+            "relay publishing into stream call",
+            codec=self.video_codec,
+            connect_s=round(time.monotonic() - t0, 3),
+        )
+        self._events(
+            "published",
+            call_type=self._call_type,
+            call_id=self._call_id,
+            codec=self.video_codec,
+            media_path="relay",
+        )
+
+    async def aclose(self) -> None:
+        """Leave the call: no task, socket or peer connection is left. Idempotent, never raises."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._teardown()
+        self._log.info("relay left stream call", sfu_reconnects=self.sfu_reconnects)
+
+    # ---- join ----------------------------------------------------------------------------------
+
+    async def _join(self, preferred: str) -> str:
+        opts = self._opts
+        self._http = http = aiohttp.ClientSession()
+        user_token = jwt.encode(
+            {"user_id": opts.user_id, "iat": int(time.time()) - 5}, opts.api_secret, "HS256"
+        )
+        query = urlencode(
+            {"api_key": opts.api_key, "user_id": opts.user_id, "stream-auth-type": "jwt"}
+        )
+        self._coord_ws = coord = await http.ws_connect(
+            f"{opts.resolved_ws_url()}?{query}", heartbeat=None, timeout=_ws_timeout()
+        )
+        await coord.send_json(
+            {
+                "token": user_token,
+                "user_details": {"id": opts.user_id, "name": opts.user_name},
+                "products": ["video"],
+            }
+        )
+        first = await coord.receive(timeout=opts.join_timeout_s)
+        hello = _json_object(first.data) if first.type == aiohttp.WSMsgType.TEXT else {}
+        if hello.get("type") == "connection.error":
+            raise _AuthRefused(_stream_error_message(hello.get("error")))
+        connection_id = hello.get("connection_id")
+        if hello.get("type") != "connection.ok" or not connection_id:
+            raise ConnectionError(f"coordinator WebSocket answered {first.type.name} {hello}")
+        self._spawn(self._coordinator_loop(coord), "relay-publisher-coordinator")
+
+        url = f"{opts.resolved_base_url()}/api/v2/video/call/{self._call_type}/{self._call_id}/join"
+        async with http.post(
+            url,
+            params={
+                "api_key": opts.api_key,
+                "user_id": opts.user_id,
+                "connection_id": str(connection_id),
+            },
+            json={"location": "auto", "create": True},
+            headers={"Authorization": user_token, "stream-auth-type": "jwt"},
+            timeout=aiohttp.ClientTimeout(total=_NET_TIMEOUT_S),
+        ) as resp:
+            body = _json_object(await resp.text())
+            if resp.status in (401, 403):
+                raise _AuthRefused(_stream_error_message(body))
+            if resp.status >= 300:
+                raise ConnectionError(
+                    f"join call answered {resp.status}: {_stream_error_message(body)}"
+                )
+        creds = body.get("credentials") or {}
+        server = creds.get("server") or {}
+        self._sfu_ws_url = str(server.get("ws_endpoint") or "")
+        self._twirp_url = str(server.get("url") or "").rstrip("/")
+        self._sfu_token = str(creds.get("token") or "")
+        if not (self._sfu_ws_url and self._twirp_url and self._sfu_token):
+            raise ConnectionError("join call response carries no SFU credentials")
+        self._ice_servers = _ice_servers(creds.get("ice_servers"))
+
+        preferred_options = [
+            pbm.PublishOption(
+                track_type=pbm.TRACK_TYPE_VIDEO,
+                codec=pbm.Codec(name=preferred, clock_rate=90000),
+            )
+        ]
+        response = await self._sfu_connect(
+            ev.JoinRequest(
+                token=self._sfu_token,
+                session_id=self._session_id,
+                unified_session_id=self._session_id,
+                client_details=_client_details(),
+                preferred_publish_options=preferred_options,
+            )
+        )
+        self._publish_options = list(response.publish_options)
+        if response.fast_reconnect_deadline_seconds > 0:
+            self._reconnect_deadline_s = float(response.fast_reconnect_deadline_seconds)
+        video = self._option(pbm.TRACK_TYPE_VIDEO)
+        if video is None:
+            raise ConnectionError("the SFU granted no video publish option")
+        self._spawn(self._sfu_loop(), "relay-publisher-sfu")
+        self._spawn(self._health_loop(), "relay-publisher-health")
+        return str(video.codec.name).upper()
+
+    async def _sfu_connect(self, join_request: Pb) -> Pb:
+        """Open the SFU WebSocket, send ``join_request`` and return the ``JoinResponse``."""
+        assert self._http is not None
+        query = urlencode(
+            {
+                "user_id": self._opts.user_id,
+                "api_key": self._opts.api_key,
+                "user_session_id": self._session_id,
+                "cid": f"{self._call_type}:{self._call_id}",
+            }
+        )
+        ws = await self._http.ws_connect(
+            f"{self._sfu_ws_url}?{query}", heartbeat=None, timeout=_ws_timeout()
+        )
+        try:
+            await _ws_send(ws, ev.SfuRequest(join_request=join_request))
+            async with asyncio.timeout(self._opts.join_timeout_s):
+                while True:
+                    msg = await ws.receive()
+                    if msg.type != aiohttp.WSMsgType.BINARY:
+                        raise ConnectionError(f"SFU WebSocket closed before joining ({msg.type})")
+                    event = ev.SfuEvent.FromString(msg.data)
+                    kind = event.WhichOneof("event_payload")
+                    if kind == "error":
+                        raise _SfuRefused(_sfu_error_text(event.error.error))
+                    if kind == "join_response":
+                        break
+        except BaseException:
+            await _close_ws(ws)
+            raise
+        self._sfu_ws = ws
+        self._last_health = time.monotonic()
+        return event.join_response
+
+    def _option(self, track_type: int) -> Pb | None:
+        return next((o for o in self._publish_options if o.track_type == track_type), None)
+
+    def _join_error(self, exc: BaseException) -> BridgeError:
+        where = self._opts.resolved_base_url()
+        cid = f"{self._call_type}:{self._call_id}"
+        if isinstance(exc, _AuthRefused):
+            return BridgeError(
+                ErrorCode.STREAM_AUTH,
+                f"Stream refused the bridge joining call {cid} as {self._opts.user_id!r}: {exc} "
+                "(check STREAM_API_KEY / STREAM_API_SECRET and the call type's JoinCall "
+                "permission for this user)",
+            )
+        if isinstance(exc, TimeoutError):
+            return BridgeError(
+                ErrorCode.STREAM_FAILED,
+                f"joining Stream call {cid} at {where} timed out after "
+                f"{self._opts.join_timeout_s:.0f} s",
+            )
+        return BridgeError(
+            ErrorCode.STREAM_FAILED, f"could not join Stream call {cid} at {where}: {exc}"
+        )
+
+    # ---- publish -------------------------------------------------------------------------------
+
+    async def _publish(
+        self,
+        video_codec: str,
+        h264_fmtp: str | None,
+        audio_source: MediaStreamTrack | None,
+        video_source: MediaStreamTrack | None,
+    ) -> None:
+        audio_option = self._option(pbm.TRACK_TYPE_AUDIO)
+        video_option = self._option(pbm.TRACK_TYPE_VIDEO)
+        assert video_option is not None  # join() checked it
+        video_caps = _video_capabilities(video_codec, h264_fmtp)
+        audio_caps = [c for c in RTCRtpSender.getCapabilities("audio").codecs if _is(c, _OPUS)]
+
+        self._pc_settled.clear()
+        pc = self._pc = RTCPeerConnection(RTCConfiguration(iceServers=self._ice_servers))
+        pc.on("connectionstatechange", self._on_pc_state)
+        audio_track = audio_source or _IdleTrack("audio")
+        video_track = video_source or _IdleTrack("video")
+        self._audio_tx = pc.addTransceiver(audio_track, direction="sendonly")
+        self._video_tx = pc.addTransceiver(video_track, direction="sendonly")
+        self._audio_tx.setCodecPreferences(audio_caps)
+        self._video_tx.setCodecPreferences(video_caps)
+        # aiortc gathers every host candidate here: they are in the offer, and trickled too.
+        await pc.setLocalDescription(await pc.createOffer())
+        offer = pc.localDescription.sdp
+        video_pb_codec = pbm.Codec(
+            name=video_codec,
+            payload_type=_payload_type(offer, self._video_tx.mid, video_codec) or 0,
+            clock_rate=90000,
+            fmtp=_fmtp_line(video_caps[0]),
+        )
+        dimension = video_option.video_dimension
+        self._track_infos = [
+            pbm.TrackInfo(
+                track_id=audio_track.id,
+                track_type=pbm.TRACK_TYPE_AUDIO,
+                mid=self._audio_tx.mid or "",
+                codec=audio_option.codec if audio_option is not None else None,
+                publish_option_id=audio_option.id if audio_option is not None else 0,
+            ),
+            pbm.TrackInfo(
+                track_id=video_track.id,
+                track_type=pbm.TRACK_TYPE_VIDEO,
+                mid=self._video_tx.mid or "",
+                codec=video_pb_codec,
+                publish_option_id=video_option.id,
+                # One layer: the avatar's single encoding, relayed as it is.
+                layers=[
+                    pbm.VideoLayer(
+                        rid="f",
+                        video_dimension=pbm.VideoDimension(
+                            width=dimension.width, height=dimension.height
+                        ),
+                        bitrate=video_option.bitrate,
+                        fps=video_option.fps or 30,
+                        quality=pbm.VIDEO_QUALITY_HIGH,
+                    )
+                ],
+            ),
+        ]
+        response = await self._twirp(
+            "SetPublisher",
+            sig.SetPublisherRequest(
+                sdp=offer, session_id=self._session_id, tracks=self._track_infos
+            ),
+            sig.SetPublisherResponse,
+        )
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=response.sdp, type="answer"))
+        pending, self._pending_ice = self._pending_ice, []
+        for candidate in pending:
+            await _add_candidate(pc, candidate)
+        for candidate in _local_candidates(offer):
+            await self._twirp(
+                "IceTrickle",
+                pbm.ICETrickle(
+                    peer_type=pbm.PEER_TYPE_PUBLISHER_UNSPECIFIED,
+                    ice_candidate=candidate,
+                    session_id=self._session_id,
+                ),
+                sig.ICETrickleResponse,
+            )
+        await self._twirp(
+            "UpdateMuteStates",
+            sig.UpdateMuteStatesRequest(
+                session_id=self._session_id,
+                mute_states=[
+                    sig.TrackMuteState(track_type=pbm.TRACK_TYPE_AUDIO, muted=False),
+                    sig.TrackMuteState(track_type=pbm.TRACK_TYPE_VIDEO, muted=False),
+                ],
+            ),
+            sig.UpdateMuteStatesResponse,
+        )
+        await self._pc_settled.wait()
+        if pc.connectionState != "connected":
+            raise ConnectionError(f"publisher peer connection {pc.connectionState}")
+
+    def _on_pc_state(self) -> None:
+        pc = self._pc
+        if pc is None:
+            return
+        state = pc.connectionState
+        self._log.info("relay publisher pc", state=state)
+        if state in ("connected", "failed", "closed"):
+            self._pc_settled.set()
+        if state == "failed" and self.video_codec is not None:
+            self._fail("the media transport to the Stream SFU failed")
+
+    def _publish_error(self, exc: BaseException) -> BridgeError:
+        cid = f"{self._call_type}:{self._call_id}"
+        if isinstance(exc, _SfuRefused):
+            return BridgeError(
+                ErrorCode.STREAM_FAILED, f"the Stream SFU refused the relay's publisher: {exc}"
+            )
+        if isinstance(exc, TimeoutError):
+            return BridgeError(
+                ErrorCode.STREAM_FAILED,
+                f"publishing into Stream call {cid} did not connect within "
+                f"{self._opts.join_timeout_s:.0f} s",
+            )
+        return BridgeError(ErrorCode.STREAM_FAILED, f"publishing into Stream call {cid}: {exc}")
+
+    # ---- SFU Twirp -----------------------------------------------------------------------------
+
+    async def _twirp(self, method: str, request: Pb, response_type: Any) -> Pb:
+        assert self._http is not None
+        async with self._http.post(
+            f"{self._twirp_url}/{_TWIRP_SERVICE}/{method}",
+            data=request.SerializeToString(),
+            headers={
+                "Content-Type": "application/protobuf",
+                "Authorization": f"Bearer {self._sfu_token}",
+            },
+            timeout=aiohttp.ClientTimeout(total=_NET_TIMEOUT_S),
+        ) as resp:
+            body = await resp.read()
+            if resp.status != 200:
+                detail = _json_object(body.decode(errors="replace"))
+                raise _SfuRefused(
+                    f"{method}: {resp.status} {detail.get('code', '')} {detail.get('msg', '')}"
+                )
+        try:
+            response = response_type.FromString(body)
+        except DecodeError as exc:
+            raise ConnectionError(f"{method}: undecodable response") from exc
+        has_error = "error" in response.DESCRIPTOR.fields_by_name and response.HasField("error")
+        if has_error and (response.error.code or response.error.message):
+            raise _SfuRefused(f"{method}: {_sfu_error_text(response.error)}")
+        return response
+
+    # ---- background loops ----------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._log.error(
+                "relay publisher task failed", task=task.get_name(), error=repr(task.exception())
+            )
+            self._fail(f"internal error in {task.get_name()}: {task.exception()!r}")
+
+    async def _coordinator_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Answer nothing, read everything: the coordinator only needs the socket kept open
+        (it ends the connection when the socket closes); a health check every 25 s."""
+        reader = asyncio.get_running_loop().create_task(_drain(ws))
+        try:
+            while not reader.done():
+                await asyncio.wait({reader}, timeout=25.0)
+                if not reader.done():
+                    with contextlib.suppress(ConnectionError, RuntimeError, TimeoutError):
+                        async with asyncio.timeout(_NET_TIMEOUT_S):
+                            await ws.send_json({"type": "health.check"})
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        if not self._closing:
+            # Media does not depend on it; the SFU session lives on. Logged, not fatal.
+            self._log.warning("stream coordinator WebSocket closed")
+
+    async def _sfu_loop(self) -> None:
+        """Read SFU events; when the WebSocket drops, fast-reconnect or fail once."""
+        while not self._closing:
+            ws = self._sfu_ws
+            if ws is not None:
+                async for msg in ws:
+                    if msg.type == aiohttp.WSMsgType.BINARY:
+                        await self._on_sfu_message(msg.data)
+                    elif msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSE):
+                        break
+                    if self._failed:
+                        return
+            if self._closing or self._failed:
+                return
+            self._log.warning("stream sfu websocket lost, reconnecting")
+            if not await self._fast_reconnect():
+                return
+
+    async def _fast_reconnect(self) -> bool:
+        await _close_ws(self._sfu_ws)
+        self._sfu_ws = None
+        deadline = time.monotonic() + self._reconnect_deadline_s
+        attempt = 0
+        last_error = "no attempt"
+        while time.monotonic() < deadline and not self._closing:
+            attempt += 1
+            request = ev.JoinRequest(
+                token=self._sfu_token,
+                session_id=self._session_id,
+                unified_session_id=self._session_id,
+                client_details=_client_details(),
+                fast_reconnect=True,
+                reconnect_details=ev.ReconnectDetails(
+                    strategy=pbm.WEBSOCKET_RECONNECT_STRATEGY_FAST,
+                    announced_tracks=self._track_infos,
+                    reconnect_attempt=attempt,
+                    reason="websocket lost",
+                ),
+            )
+            try:
+                response = await self._sfu_connect(request)
+            except (_SfuRefused, ConnectionError, OSError, TimeoutError, aiohttp.ClientError) as e:
+                last_error = str(e) or type(e).__name__
+                delay = _RECONNECT_BACKOFF_S[min(attempt - 1, len(_RECONNECT_BACKOFF_S) - 1)]
+                await asyncio.sleep(max(0.0, min(delay, deadline - time.monotonic())))
+                continue
+            if not response.reconnected:
+                SFU_RECONNECTS.labels("session_lost").inc()
+                self._fail("the Stream SFU no longer knew the relay's session after a reconnect")
+                return False
+            self.sfu_reconnects += 1
+            SFU_RECONNECTS.labels("ok").inc()
+            self._log.info("stream sfu websocket resumed", attempt=attempt)
+            return True
+        if self._closing:
+            return False
+        SFU_RECONNECTS.labels("failed").inc()
+        self._fail(
+            f"the Stream SFU WebSocket could not be resumed within "
+            f"{self._reconnect_deadline_s:.0f} s ({last_error})"
+        )
+        return False
+
+    async def _health_loop(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(_HEALTH_INTERVAL_S)
+            ws = self._sfu_ws
+            if ws is None or ws.closed:
+                continue  # the SFU loop is reconnecting
+            if time.monotonic() - self._last_health > _HEALTH_DEADLINE_S:
+                self._log.warning("stream sfu health checks unanswered, dropping the socket")
+                await _close_ws(ws)  # the SFU loop sees the close and reconnects
+                continue
+            with contextlib.suppress(ConnectionError, RuntimeError, TimeoutError):
+                await _ws_send(ws, ev.SfuRequest(health_check_request=ev.HealthCheckRequest()))
+
+    async def _on_sfu_message(self, data: bytes) -> None:
+        try:
+            event = ev.SfuEvent.FromString(data)
+        except DecodeError:
+            self._log.warning("undecodable sfu event")
+            return
+        kind = event.WhichOneof("event_payload")
+        if kind == "health_check_response":
+            self._last_health = time.monotonic()
+        elif kind == "ice_trickle":
+            trickle = event.ice_trickle
+            if trickle.peer_type != pbm.PEER_TYPE_PUBLISHER_UNSPECIFIED:
+                return
+            pc = self._pc
+            if pc is not None and pc.remoteDescription is not None:
+                await _add_candidate(pc, trickle.ice_candidate)
+            elif len(self._pending_ice) < _PENDING_ICE_MAX:
+                self._pending_ice.append(trickle.ice_candidate)
+            else:
+                ICE_DROPPED.inc()
+        elif kind == "error":
+            SFU_EVENTS.labels("error").inc()
+            error, strategy = event.error.error, event.error.reconnect_strategy
+            self._log.warning(
+                "stream sfu error",
+                error=_sfu_error_text(error),
+                strategy=pbm.WebsocketReconnectStrategy.Name(strategy),
+            )
+            if strategy == pbm.WEBSOCKET_RECONNECT_STRATEGY_FAST and self._sfu_ws is not None:
+                await _close_ws(self._sfu_ws)  # the SFU loop reconnects
+            elif strategy != pbm.WEBSOCKET_RECONNECT_STRATEGY_UNSPECIFIED:
+                # Disconnect, rejoin or migrate: a new session is the owner's decision.
+                self._fail(f"the Stream SFU ended the relay's session: {_sfu_error_text(error)}")
+        elif kind == "call_ended":
+            SFU_EVENTS.labels("call_ended").inc()
+            self._fail("the Stream call ended")
+        elif kind == "go_away":
+            SFU_EVENTS.labels("go_away").inc()
+            self._log.warning("stream sfu going away (migration is not supported by the relay)")
+        elif kind == "change_publish_quality":
+            SFU_EVENTS.labels("publish_quality").inc()
+            self._on_publish_quality_event(event.change_publish_quality)
+        elif kind == "call_grants_updated":
+            SFU_EVENTS.labels("grants_updated").inc()
+            grants = event.call_grants_updated.current_grants
+            self._log.warning(
+                "stream call grants updated",
+                audio=grants.can_publish_audio,
+                video=grants.can_publish_video,
+                message=event.call_grants_updated.message,
+            )
+        elif kind == "ice_restart":
+            SFU_EVENTS.labels("ice_restart").inc()
+            self._log.warning("stream sfu asked for an ice restart (not supported by aiortc)")
+
+    def _on_publish_quality_event(self, change: Pb) -> None:
+        for sender in change.video_senders:
+            layers = list(sender.layers)
+            active = any(layer.active for layer in layers) if layers else True
+            bitrate = max((layer.max_bitrate for layer in layers), default=0)
+            self._log.info("stream sfu changed publish quality", active=active, max_bitrate=bitrate)
+            callback = self.on_publish_quality
+            if callback is not None:
+                callback(active, bitrate)
+
+    def _fail(self, message: str) -> None:
+        if self._closing or self._failed:
+            return
+        self._failed = True
+        self._log.warning("relay publisher failed", reason=message)
+        self._on_failure(
+            BridgeError(
+                ErrorCode.STREAM_FAILED,
+                f"Stream call {self._call_type}:{self._call_id}: {message}",
+            )
+        )
+
+    # ---- teardown ------------------------------------------------------------------------------
+
+    async def _teardown(self) -> None:
+        self._closing = True
+        timeout = self._opts.leave_timeout_s
+        ws = self._sfu_ws
+        if ws is not None and not ws.closed:
+            leave = ev.LeaveCallRequest(session_id=self._session_id, reason="user requested leave")
+            with contextlib.suppress(ConnectionError, RuntimeError, TimeoutError):
+                await _ws_send(ws, ev.SfuRequest(leave_call_request=leave))
+        tasks, self._tasks = set(self._tasks), set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._close_pc()
+        await _close_ws(self._sfu_ws)
+        await _close_ws(self._coord_ws)
+        self._sfu_ws = self._coord_ws = None
+        http, self._http = self._http, None
+        if http is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await http.close()
+
+    async def _close_pc(self) -> None:
+        pc, self._pc = self._pc, None
+        if pc is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._opts.leave_timeout_s):
+                    await pc.close()
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+
+def _ws_timeout() -> aiohttp.ClientWSTimeout:
+    return aiohttp.ClientWSTimeout(ws_receive=None, ws_close=_NET_TIMEOUT_S)
+
+
+async def _ws_send(ws: aiohttp.ClientWebSocketResponse, message: Pb) -> None:
+    async with asyncio.timeout(_NET_TIMEOUT_S):
+        await ws.send_bytes(message.SerializeToString())
+
+
+async def _close_ws(ws: aiohttp.ClientWebSocketResponse | None) -> None:
+    if ws is not None and not ws.closed:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(_NET_TIMEOUT_S):
+                await ws.close()
+
+
+async def _drain(ws: aiohttp.ClientWebSocketResponse) -> None:
+    async for _ in ws:
+        pass
+
+
+def _client_details() -> Pb:
+    return pbm.ClientDetails(
+        sdk=pbm.Sdk(type=pbm.SDK_TYPE_PLAIN_JAVASCRIPT, major="0", minor="1", patch="0")
+    )
+
+
+def _json_object(text: str | bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except (ValueError, TypeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _stream_error_message(error: Any) -> str:
+    if isinstance(error, dict):
+        return str(error.get("message") or error.get("code") or "no message")
+    return "no message"
+
+
+def _sfu_error_text(error: Pb) -> str:
+    return f"{error.message} ({pbm.ErrorCode.Name(error.code)})"
+
+
+def _ice_servers(raw: Any) -> list[RTCIceServer]:
+    servers: list[RTCIceServer] = []
+    for item in raw if isinstance(raw, list) else []:
+        if isinstance(item, dict) and item.get("urls"):
+            servers.append(
+                RTCIceServer(
+                    urls=item["urls"],
+                    username=item.get("username") or None,
+                    credential=item.get("password") or item.get("credential") or None,
+                )
+            )
+    return servers
+
+
+def _is(codec: RTCRtpCodecCapability, mime: str) -> bool:
+    return codec.mimeType.lower() == mime
+
+
+def _fmtp_params(fmtp: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in fmtp.split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep:
+            out[key.strip().lower()] = value.strip()
+    return out
+
+
+def _video_capabilities(codec: str, h264_fmtp: str | None) -> list[RTCRtpCodecCapability]:
+    """Exactly one video codec and RTX, as aiortc can offer them."""
+    caps = RTCRtpSender.getCapabilities("video").codecs
+    rtx = [c for c in caps if is_rtx(c)][:1]
+    candidates = [c for c in caps if c.name.upper() == codec and not is_rtx(c)]
+    if codec == "H264":
+        candidates = [c for c in candidates if c.parameters.get("packetization-mode") == "1"]
+        wanted = _fmtp_params(h264_fmtp or "").get("profile-level-id", "42e01f").lower()
+        exact = [c for c in candidates if str(c.parameters.get("profile-level-id")) == wanted]
+        if not exact and candidates:
+            log.warning(
+                "aiortc cannot offer the avatar's H264 profile, offering its closest",
+                wanted=wanted,
+                offered=candidates[-1].parameters.get("profile-level-id"),
+            )
+        candidates = exact or candidates[-1:]
+    if not candidates:
+        raise ValueError(f"aiortc cannot send video codec {codec!r}")
+    return candidates[:1] + rtx
+
+
+def _fmtp_line(codec: RTCRtpCodecCapability) -> str:
+    return ";".join(f"{k}={v}" for k, v in codec.parameters.items())
+
+
+def _payload_type(sdp: str, mid: str | None, codec: str) -> int | None:
+    """The payload type the offer gives ``codec`` in the section of ``mid``."""
+    section_mid: str | None = None
+    rtpmaps: list[tuple[int, str]] = []
+    for line in [*sdp.splitlines(), "m="]:
+        if line.startswith("m="):
+            if section_mid == mid:
+                for pt, name in rtpmaps:
+                    if name == codec:
+                        return pt
+            section_mid, rtpmaps = None, []
+        elif line.startswith("a=mid:"):
+            section_mid = line[6:].strip()
+        elif line.startswith("a=rtpmap:"):
+            number, _, encoding = line[9:].partition(" ")
+            with contextlib.suppress(ValueError):
+                rtpmaps.append((int(number), encoding.split("/")[0].upper()))
+    return None
+
+
+def _local_candidates(sdp: str) -> list[str]:
+    """Our candidates as the SFU's IceTrickle JSON (all in the first, bundled section)."""
+    ufrag, mid, out = None, None, []
+    lines: list[str] = []
+    for line in sdp.splitlines():
+        if line.startswith("m=") and mid is not None:
+            break  # BUNDLE: the first section's candidates serve every section
+        if line.startswith("a=mid:"):
+            mid = line[6:].strip()
+        elif line.startswith("a=ice-ufrag:"):
+            ufrag = line[12:].strip()
+        elif line.startswith("a=candidate:"):
+            lines.append(line[2:].strip())
+    for candidate in lines:
+        out.append(
+            json.dumps(
+                {
+                    "candidate": candidate,
+                    "sdpMid": mid,
+                    "sdpMLineIndex": 0,
+                    "usernameFragment": ufrag,
+                }
+            )
+        )
+    return out
+
+
+async def _add_candidate(pc: RTCPeerConnection, candidate_json: str) -> None:
+    data = _json_object(candidate_json)
+    line = str(data.get("candidate") or "")
+    if not line:
+        return
+    try:
+        candidate = candidate_from_sdp(line.removeprefix("candidate:"))
+    except (ValueError, IndexError):
+        log.debug("unparsable sfu ice candidate", candidate=line)
+        return
+    candidate.sdpMid = data.get("sdpMid")
+    candidate.sdpMLineIndex = data.get("sdpMLineIndex")
+    await pc.addIceCandidate(candidate)

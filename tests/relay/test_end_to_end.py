@@ -1,0 +1,190 @@
+"""The relay in the daemon, end to end: socket -> LiveAvatar stand-in -> LiveKit stand-in ->
+relay (no decoding) -> Stream stand-in (decodes and measures). Loose functional bounds only."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bridge.client import BridgeClient, RemoteError, stream_pcm_realtime
+from bridge.media import AudioFormat
+from bridge.protocol import EventMsg
+from bridge.sim.marks import beep_train
+from bridge.sim.stack import SMALL, DaemonProcess, StandIns
+from bridge.sim.stream.rtp_taps import ReceiveFaults
+
+pytestmark = pytest.mark.netns
+
+FMT = AudioFormat(24000, 1)
+StartDaemon = Callable[..., Awaitable[DaemonProcess]]
+
+
+def tone(seconds: float, freq: float = 330.0) -> bytes:
+    t = np.arange(int(seconds * FMT.sample_rate)) / FMT.sample_rate
+    return (np.sin(2 * np.pi * freq * t) * 9000).astype("<i2").tobytes()
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[StandIns]:
+    async with StandIns(render_latency_s=0.2) as stack:
+        yield stack
+
+
+@pytest.fixture
+async def start_daemon(sim: StandIns, tmp_path: Path) -> AsyncIterator[StartDaemon]:
+    started: list[DaemonProcess] = []
+
+    async def start(*flags: str) -> DaemonProcess:
+        d = DaemonProcess(tmp_path, sim.daemon_env(), *SMALL, *flags)
+        await d.start()
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        await d.stop()
+
+
+async def open_session(client: BridgeClient, call_id: str) -> dict[str, dict[str, Any]]:
+    """HELLO, then wait for the avatar and our participant; returns the events by name."""
+    events: dict[str, dict[str, Any]] = {}
+    await asyncio.wait_for(client.hello(f"default:{call_id}", FMT), 30)
+    async with asyncio.timeout(30):
+        while not {"avatar_ready", "published", "media_path"} <= events.keys():
+            message = await client.recv()
+            assert not (hasattr(message, "fatal") and message.fatal), message
+            if isinstance(message, EventMsg):
+                events[message.event] = dict(message.fields)
+    return events
+
+
+async def until_event(client: BridgeClient, name: str, limit_s: float = 30) -> None:
+    async with asyncio.timeout(limit_s):
+        while True:
+            message = await client.recv()
+            if isinstance(message, EventMsg) and message.event == name:
+                return
+            if not isinstance(message, EventMsg) and message.fatal:
+                raise RemoteError(message)
+
+
+async def session_info(daemon: DaemonProcess) -> dict[str, Any]:
+    _, body = await asyncio.to_thread(daemon.admin, "GET", "/sessions")
+    (session,) = body["sessions"]
+    return dict(session)
+
+
+async def wait_until(pred: Callable[[], bool], timeout_s: float, what: str) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not pred():  # noqa: ASYNC110 (polls the stand-ins' counters)
+            await asyncio.sleep(0.1)
+    assert pred(), what
+
+
+async def speak_beeps(client: BridgeClient, count: int = 8) -> None:
+    await stream_pcm_realtime(client, beep_train(FMT.sample_rate, count, 500, 100).tobytes(), FMT)
+    await client.end_turn()
+    await until_event(client, "speak_ended")
+    await asyncio.sleep(0.5)
+
+
+@pytest.mark.parametrize("codec", ["VP8", "H264"])
+async def test_relay_is_the_default_and_carries_a_lip_synced_turn(
+    sim: StandIns, start_daemon: StartDaemon, codec: str
+) -> None:
+    daemon = await start_daemon("--set", f"liveavatar.video_encoding={codec}")
+    async with await BridgeClient.connect(daemon.socket) as client:
+        events = await open_session(client, "relay")
+        assert events["media_path"]["path"] == "relay", events["media_path"]
+        assert events["published"]["codec"] == codec
+        sim.stream.reset_measure("default", "relay")
+        await speak_beeps(client)
+        stats = sim.stream.stats("default", "relay")
+        skews = sim.stream.measure("default", "relay").skews_ms()
+        info = await session_info(daemon)
+    assert stats["video_codec"] == codec
+    video, audio = stats["video"], stats["audio"]
+    assert video["resolution"] == "640x360"
+    assert video["frames"] > 80 and video["fps"] > 20
+    assert stats["marks"]["in_order"] and stats["marks"]["read"] > 50
+    assert audio["seconds"] > 3.0 and audio["onsets"] >= 6
+    assert len(skews) >= 5
+    assert abs(statistics.median(skews)) < 100, skews  # loose: the benchmark holds the goal
+    assert info["media_path"] == "relay"
+    relay = info["relay"]
+    assert relay["keyframes"] >= 1 and relay["video_sent"] > 80 and relay["audio_sent"] > 100
+    metrics = await asyncio.to_thread(daemon.metrics)
+    assert any(k.startswith("bridge_media_path_total") and 'path="relay"' in k for k in metrics)
+    assert await daemon.stop() == 0
+    await asyncio.sleep(0.3)
+    assert sim.liveavatar.live_sessions == []
+
+
+async def test_auto_transcodes_when_the_sfu_does_not_grant_the_avatars_codec(
+    sim: StandIns, start_daemon: StartDaemon
+) -> None:
+    sim.stream.grantable_codecs = ("VP9",)  # the SFU answers its default (VP9) to a VP8 ask
+    daemon = await start_daemon()
+    async with await BridgeClient.connect(daemon.socket) as client:
+        events = await open_session(client, "fallback")
+        path = events["media_path"]
+        assert path["path"] == "transcode" and "declined" in path["reason"], path
+        sim.stream.reset_measure("default", "fallback")
+        await stream_pcm_realtime(client, tone(1.5), FMT)
+        await client.end_turn()
+        await until_event(client, "speak_ended")
+        stats = sim.stream.stats("default", "fallback")
+    assert stats["video_codec"] == "VP9"
+    assert stats["video"]["frames"] > 20
+    assert [p["user_id"] for p in stats["participants"]] == ["avatar-bridge"]
+
+
+async def test_nack_rtx_recovers_two_percent_loss_on_both_hops(
+    sim: StandIns, start_daemon: StartDaemon
+) -> None:
+    sim.livekit.faults.drop_every_n = 50
+    sim.stream.set_receive_faults("default", "lossy", ReceiveFaults(drop_every=50, kinds=("video",)))
+    daemon = await start_daemon()
+    async with await BridgeClient.connect(daemon.socket) as client:
+        events = await open_session(client, "lossy")
+        assert events["media_path"]["path"] == "relay"
+        sim.stream.reset_measure("default", "lossy")
+        await speak_beeps(client)
+        stats = sim.stream.stats("default", "lossy")
+        relay = (await session_info(daemon))["relay"]
+    faults = stats["receive_faults"]
+    assert sim.livekit.counters.video_packets_dropped >= 3
+    assert relay["upstream_nacks"] > 0 and relay["upstream_rtx"] > 0
+    assert faults["dropped"] >= 3 and faults["rtx_received"] > 0
+    assert relay["rtx_sent"] > 0
+    assert stats["marks"]["in_order"] and stats["video"]["frames"] > 80
+    assert stats["audio"]["seconds"] > 3.0
+
+
+async def test_each_side_dropping_and_coming_back(sim: StandIns, start_daemon: StartDaemon) -> None:
+    daemon = await start_daemon()
+    async with await BridgeClient.connect(daemon.socket) as client:
+        await open_session(client, "flaky")
+        measure = sim.stream.measure("default", "flaky")
+        # LiveKit: the media session is lost; the relay rejoins and restarts on a keyframe.
+        await sim.livekit.faults.kill_peer_connection()
+        before = measure.frames
+        await wait_until(lambda: measure.frames > before + 30, 20, "video after the rejoin")
+        # Stream: the SFU WebSocket drops; the publisher resumes, media never stopped.
+        assert await sim.stream.drop_sfu_ws("default", "flaky") >= 1
+        before = measure.frames
+        await wait_until(lambda: measure.frames > before + 30, 20, "video after the SFU resume")
+        info = await session_info(daemon)
+        assert info["state"] in ("ready", "speaking") and info["error"] is None
+        assert info["relay"]["rebases"] >= 1 and info["relay"]["keyframes"] >= 2
+        await stream_pcm_realtime(client, tone(1.0), FMT)
+        await client.end_turn()
+        await until_event(client, "speak_ended")
+    stats = sim.stream.stats("default", "flaky")
+    assert stats["marks"]["in_order"]

@@ -1,0 +1,142 @@
+"""RelayPath end to end: LiveKit stand-in -> relay -> an aiortc receiver that decodes."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from bridge.relay.path import RelayOptions, RelayPath
+from bridge.sim.livekit_server import LiveKitStandIn
+from bridge.stages import AvatarRoom
+
+from .conftest import AVATAR, Recorder, make_room, wait_for
+from .loopback import LoopbackStream
+
+pytestmark = pytest.mark.netns
+
+
+def in_order(frames: list[int | None]) -> bool:
+    nums = [f for f in frames if f is not None]
+    return all(b > a for a, b in itertools.pairwise(nums))
+
+
+async def start_relay(
+    livekit: LiveKitStandIn, recorder: Recorder, stream: LoopbackStream, codec: str = "VP8",
+    **opts: object,
+) -> RelayPath:  # fmt: skip
+    url, token = await make_room(livekit, codec=codec)
+    relay = RelayPath(
+        RelayOptions(avatar_identity=AVATAR, avatar_codec=codec, **opts),  # type: ignore[arg-type]
+        stream,
+        recorder,
+        recorder.fail,
+    )
+    declined = await relay.start(AvatarRoom("s1", url, token, ""))
+    assert declined is None
+    return relay
+
+
+@pytest.mark.parametrize("codec", ["VP8", "H264"])
+async def test_relay_forwards_video_and_audio_undecoded(
+    livekit: LiveKitStandIn, recorder: Recorder, codec: str
+) -> None:
+    stream = LoopbackStream()
+    relay = await start_relay(livekit, recorder, stream, codec)
+    try:
+        assert stream.asked == codec
+        await wait_for(lambda: len(stream.frames) >= 45, 15, "decoded frames")
+        await wait_for(lambda: stream.audio_samples >= 48000, 5, "a second of audio")
+        stats = relay.stats()
+        assert stats["keyframes"] >= 1
+        assert "avatar_ready" in recorder.names()
+        # The first decoded frame is a keyframe's: every frame after it decodes, in order.
+        assert sum(f is not None for f in stream.frames) >= 0.9 * len(stream.frames)
+        assert in_order(stream.frames)
+        nums = [f for f in stream.frames if f is not None]
+        assert nums[-1] - nums[0] + 1 - len(nums) <= 2  # counters (almost) contiguous
+        assert max(stream.audio_rms) > 3000  # the tone arrived, not silence
+    finally:
+        await relay.aclose()
+    assert stream.closed
+    assert not recorder.failures
+
+
+async def test_relay_declines_a_codec_the_sfu_does_not_grant(
+    livekit: LiveKitStandIn, recorder: Recorder
+) -> None:
+    url, token = await make_room(livekit)
+    stream = LoopbackStream(grant="VP9")
+    relay = RelayPath(RelayOptions(avatar_codec="VP8"), stream, recorder, recorder.fail)
+    reason = await relay.start(AvatarRoom("s1", url, token, ""))
+    assert reason is not None and "VP9" in reason
+    assert stream.closed
+    assert livekit.counters.joins == 0  # declined before subscribing on LiveKit
+
+
+async def test_pli_from_the_stream_side_reaches_the_avatar(
+    livekit: LiveKitStandIn, recorder: Recorder
+) -> None:
+    stream = LoopbackStream()
+    relay = await start_relay(livekit, recorder, stream)
+    try:
+        await wait_for(lambda: len(stream.frames) >= 10, 15, "decoded frames")
+        before_pli = livekit.counters.keyframe_requests
+        before_keys = relay.stats()["keyframes"]
+        await stream.send_pli()
+        await wait_for(lambda: livekit.counters.keyframe_requests > before_pli, 5, "PLI upstream")
+        await wait_for(lambda: relay.stats()["keyframes"] > before_keys, 5, "a new keyframe")
+        assert relay.keyframe_delays_ms
+    finally:
+        await relay.aclose()
+
+
+async def test_nack_rtx_recovers_loss_on_both_hops(
+    livekit: LiveKitStandIn, recorder: Recorder
+) -> None:
+    livekit.faults.drop_every_n = 50  # 2 % of the avatar's media packets, upstream hop
+    stream = LoopbackStream(drop_every=50)  # and 2 % of our video packets, downstream hop
+    relay = await start_relay(livekit, recorder, stream)
+    try:
+        await wait_for(
+            lambda: livekit.counters.video_packets_dropped >= 3 and stream.dropped >= 3,
+            20,
+            "losses on both hops",
+        )
+        # Upstream hop: every video packet the stand-in dropped was NACKed and came back as RTX.
+        await wait_for(
+            lambda: relay.stats()["upstream_rtx"] >= livekit.counters.video_packets_dropped - 1,
+            5,
+            "upstream retransmissions",
+        )
+        assert relay.stats()["upstream_nacks"] >= 3
+        # Downstream hop: every packet dropped on the way to the receiver was retransmitted
+        # from the relay's history (the last drop may still be in flight).
+        await wait_for(
+            lambda: len(stream.dropped_seqs - stream.recovered_seqs) <= 1, 5, "downstream RTX"
+        )
+        assert relay.stats()["rtx_sent"] >= 2
+        # aiortc's receive jitter buffer emits one frame per arriving packet, so at ~1 packet a
+        # frame it lags after each repaired gap; order is what it can show here.
+        assert len(stream.frames) > 30 and in_order(stream.frames)
+    finally:
+        await relay.aclose()
+    assert not recorder.failures
+
+
+async def test_livekit_rejoin_rebases_and_restarts_on_a_keyframe(
+    livekit: LiveKitStandIn, recorder: Recorder
+) -> None:
+    stream = LoopbackStream()
+    relay = await start_relay(livekit, recorder, stream)
+    try:
+        await wait_for(lambda: len(stream.frames) >= 10, 15, "decoded frames")
+        await livekit.faults.kill_peer_connection("room")
+        await wait_for(lambda: relay.stats()["rebases"] >= 1, 15, "new upstream stream")
+        n = len(stream.frames)
+        await wait_for(lambda: len(stream.frames) >= n + 20, 10, "video after the rejoin")
+        assert relay.stats()["keyframes"] >= 2
+        assert in_order(stream.frames)
+    finally:
+        await relay.aclose()
+    assert not recorder.failures
