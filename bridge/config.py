@@ -130,7 +130,9 @@ class StreamConfig(_Section):
 
     api_key: SecretStr | None = Field(None, description="Stream API key (STREAM_API_KEY).")
     api_secret: SecretStr | None = Field(None, description="Stream API secret (STREAM_API_SECRET).")
-    base_url: str = Field("https://video.stream-io-api.com", description="Stream REST base URL.")
+    base_url: str = Field(
+        "https://chat.stream-io-api.com", description="Stream API base URL (the SDK default)."
+    )
     ws_url: str | None = Field(
         None, description="Coordinator WebSocket URL; derived from base_url when unset."
     )

@@ -60,7 +60,7 @@ AUDIO_DROPPED = Counter(
     "bridge_publisher_audio_dropped_chunks_total", "PCM chunks not written", ["reason"]
 )
 
-_PRODUCTION_HOSTS = ("video.stream-io-api.com",)
+_PRODUCTION_HOSTS = ("chat.stream-io-api.com", "video.stream-io-api.com")
 _CALL_EVENT_CAPACITY = 256
 _STATE_NAMES = (
     "IDLE",
