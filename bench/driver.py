@@ -41,6 +41,7 @@ BEEP_PERIOD_MS = 500
 BEEP_MS = 100
 VIDEO_DELAY_MS = 60.0  # the daemon's default output.video_delay_ms (set explicitly below)
 SESSION_TIMEOUT_S = 60.0
+BENCH_AVATAR_ID = "6b1f3b8e-5c1e-4d7a-9a59-0b3c2d1e4f50"  # any UUID: the stand-in accepts all
 SKEW_QS = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
 
 
@@ -54,6 +55,9 @@ class Variant:
 
     def daemon_flags(self) -> tuple[str, ...]:
         return (
+            # Paid (non-sandbox) sessions: the sandbox's ~1 minute cap would end the soak.
+            "--set", "liveavatar.is_sandbox=false",
+            "--set", f"liveavatar.avatar_id={BENCH_AVATAR_ID}",
             "--set", f"liveavatar.video_quality={self.quality}",
             "--set", "liveavatar.video_encoding=VP8",
             "--set", f"output.width={self.width}", "--set", f"output.height={self.height}",

@@ -269,7 +269,9 @@ def markdown(results: dict[str, Any]) -> str:
                 "",
             ]
     soak = sc.get("soak", {})
-    if soak:
+    if soak.get("error"):
+        lines += ["## Soak", "", f"Failed: {soak['error']}", ""]
+    elif soak:
         lines += [
             "## Soak",
             "",

@@ -34,13 +34,13 @@ import random
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import structlog
 from aiortc import RTCRtpReceiver, RTCRtpSender, clock
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtcpSrPacket, RtpPacket
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from bridge.errors import BridgeError, ErrorCode
 from bridge.livekit.subscriber import LiveKitSubscriber, SubscriberOptions
@@ -72,6 +72,43 @@ HOLD_EARLY = Counter(
     "bridge_relay_hold_released_early_total", "Video packets released before their hold ended"
 )
 DECLINED = Counter("bridge_relay_declined_total", "Relays that fell back to transcoding")
+LOOP_LAG = Histogram(
+    "bridge_event_loop_lag_seconds",
+    "How late a 50 ms timer fires on the daemon's event loop while relays run (sessions "
+    "starting and stopping must not stall the others' media)",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+)
+_LAG_INTERVAL_S = 0.05
+
+
+class _LoopLag:
+    """One sampler per process while at least one relay runs (reference-counted, owned task)."""
+
+    users = 0
+    task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def acquire(cls) -> None:
+        cls.users += 1
+        if cls.task is None or cls.task.done():
+            cls.task = asyncio.get_running_loop().create_task(cls._sample())
+
+    @classmethod
+    async def release(cls) -> None:
+        cls.users = max(0, cls.users - 1)
+        if cls.users == 0 and cls.task is not None:
+            task, cls.task = cls.task, None
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    @staticmethod
+    async def _sample() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + _LAG_INTERVAL_S
+            await asyncio.sleep(_LAG_INTERVAL_S)
+            LOOP_LAG.observe(max(0.0, loop.time() - due))
 
 
 class StreamSide(Protocol):
@@ -191,12 +228,15 @@ class RelayPath:
         # Counts of receiver taps replaced by a LiveKit rejoin.
         self._nacks_before = 0
         self._rtx_before = 0
+        self._lag_held = False
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self, room: AvatarRoom) -> str | None:
         """Join Stream, publish, subscribe. None when relaying; else why it declined."""
         ensure_compatible()
+        _LoopLag.acquire()
+        self._lag_held = True
         self._started_t = time.monotonic()
         opts = self._opts
         try:
@@ -206,6 +246,8 @@ class RelayPath:
                 await self._stream.aclose()
                 return f"the Stream SFU grants {granted}, the avatar sends {self._codec}"
             await self._stream.publish(self._codec)
+            if hasattr(self._stream, "on_publish_quality"):
+                cast(Any, self._stream).on_publish_quality = self._on_publish_quality
             first_seq = random.randrange(1 << 16)
             self._fwd["video"] = _Forwarder(
                 "video",
@@ -286,6 +328,9 @@ class RelayPath:
         with contextlib.suppress(Exception):
             await self._stream.aclose()
         self._hold.drain()
+        if self._lag_held:
+            self._lag_held = False
+            await _LoopLag.release()
         self._closed.set()
         stats = self.stats()
         UPSTREAM_NACKS.inc(stats["upstream_nacks"])
@@ -379,6 +424,15 @@ class RelayPath:
         if self._codec in names:
             return self._codec
         return next(iter(sorted(names)), None)
+
+    def _on_publish_quality(self, active: bool, max_bitrate: int) -> None:
+        # The avatar publishes one layer and we have no encoder: nothing to switch upstream.
+        log.info(
+            "relay_publish_quality_ignored",
+            active=active,
+            max_bitrate=max_bitrate,
+            why="single layer from the avatar, no encoder to steer",
+        )
 
     def _on_downstream_keyframe_request(self) -> None:
         self._request_keyframe("stream")

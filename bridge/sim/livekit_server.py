@@ -53,6 +53,9 @@ from aiortc import (
     RTCRtpSender,
     RTCSessionDescription,
 )
+from aiortc.codecs.h264 import H264Encoder
+from aiortc.codecs.opus import OpusEncoder
+from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
@@ -166,6 +169,132 @@ class _Tap(MediaStreamTrack):
                 await asyncio.sleep(0)
 
 
+class _RawVp8(Vp8Encoder):
+    """aiortc's VP8 encoder settings, without packetizing: one payload per encoded frame."""
+
+    @classmethod
+    def _packetize(cls, buffer: bytes, picture_id: int) -> list[bytes]:
+        return [buffer]
+
+
+class _RawH264(H264Encoder):
+    """aiortc's H264 encoder settings, output as one Annex B access unit per frame."""
+
+    @classmethod
+    def _packetize(cls, packages: Any) -> list[bytes]:
+        return [b"".join(b"\x00\x00\x00\x01" + bytes(p) for p in packages)]
+
+
+class _PacketTrack(MediaStreamTrack):
+    """One subscriber's view of the shared encoded stream: aiortc packetizes what recv() returns.
+
+    Bounded (``capacity`` items); when the sender lags, the oldest is dropped and counted.
+    """
+
+    def __init__(self, kind: str, capacity: int = 64) -> None:
+        super().__init__()
+        self.kind = kind
+        self._queue: asyncio.Queue[Packet] = asyncio.Queue()
+        self._capacity = capacity
+        self._started = False
+        self.dropped = 0
+
+    def push(self, packet: Packet) -> None:
+        if self._queue.qsize() >= self._capacity:
+            self._queue.get_nowait()
+            self.dropped += 1
+        self._queue.put_nowait(packet)
+
+    async def recv(self) -> Packet:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if not self._started:
+            # The sender's first read: what queued while DTLS was connecting is stale.
+            self._started = True
+            while not self._queue.empty():
+                self._queue.get_nowait()
+        return await self._queue.get()
+
+
+class _Broadcaster:
+    """Encodes one avatar once and hands the same packets to every subscriber (pre-encoded mode).
+
+    Each subscriber's aiortc sender then only packetizes and encrypts (``encoder.pack``), so a
+    scale test measures the bridge, not the stand-in. A PLI/FIR from any subscriber makes the next
+    shared frame a keyframe (at most one per ``key_interval_s``).
+    """
+
+    def __init__(
+        self, video: MediaStreamTrack, audio: MediaStreamTrack, codec: str, key_interval_s: float
+    ) -> None:
+        self.video_source, self.audio_source = video, audio
+        self.codec = codec
+        self._venc: Vp8Encoder | H264Encoder = _RawVp8() if codec == "VP8" else _RawH264()
+        self._aenc = OpusEncoder()
+        self._subs: set[tuple[_PacketTrack, _PacketTrack]] = set()
+        self._force_key = False
+        self._last_key = 0.0
+        self._key_interval_s = key_interval_s
+        self._tasks: list[asyncio.Task[None]] = []
+        self.width = 0
+        self.height = 0
+        self.frames = 0
+        self.keyframes_forced = 0
+
+    def subscribe(self) -> tuple[_PacketTrack, _PacketTrack]:
+        pair = (_PacketTrack("video"), _PacketTrack("audio"))
+        self._subs.add(pair)
+        if not self._tasks:
+            loop = asyncio.get_running_loop()
+            self._tasks = [loop.create_task(self._video()), loop.create_task(self._audio())]
+        return pair
+
+    def unsubscribe(self, pair: tuple[_PacketTrack, _PacketTrack]) -> None:
+        self._subs.discard(pair)
+
+    def request_keyframe(self) -> None:
+        now = time.monotonic()
+        if now - self._last_key >= self._key_interval_s:
+            self._last_key = now
+            self._force_key = True
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def _video(self) -> None:
+        tb = fractions.Fraction(1, 90000)
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = cast(av.VideoFrame, await self.video_source.recv())
+                self.width, self.height = frame.width, frame.height
+                force, self._force_key = self._force_key, False
+                self.keyframes_forced += force
+                # Encoding is the heavy part: off the loop.
+                payloads, ts = await asyncio.to_thread(self._venc.encode, frame, force)
+                if not payloads or not payloads[0]:
+                    continue
+                packet = Packet(payloads[0])
+                packet.pts, packet.time_base = ts, tb
+                self.frames += 1
+                for v, _ in list(self._subs):
+                    v.push(packet)
+
+    async def _audio(self) -> None:
+        tb = fractions.Fraction(1, 48000)
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = cast(av.AudioFrame, await self.audio_source.recv())
+                payloads, ts = self._aenc.encode(frame)
+                for payload in payloads:
+                    packet = Packet(payload)
+                    packet.pts, packet.time_base = ts, tb
+                    for _, a in list(self._subs):
+                        a.push(packet)
+
+
 class _Avatar:
     """The avatar participant of one room: identity, sids and the relay its tracks fan out from."""
 
@@ -181,6 +310,7 @@ class _Avatar:
         self.video = _Tap(video)
         self.audio = _Tap(audio)
         self.relay = MediaRelay()
+        self.broadcaster: _Broadcaster | None = None
 
     async def stop(self) -> None:
         """End the relay's reads of the renderer's tracks (the tracks themselves stay live)."""
@@ -195,8 +325,8 @@ class _Avatar:
                 sid=self.video_sid,
                 type=lkm.VIDEO,
                 name="avatar-video",
-                width=self.video.width,
-                height=self.video.height,
+                width=self.broadcaster.width if self.broadcaster else self.video.width,
+                height=self.broadcaster.height if self.broadcaster else self.video.height,
                 source=lkm.TrackSource.CAMERA,
                 mime_type=f"video/{self.codec}",
                 stream="camera",
@@ -236,6 +366,7 @@ class _Participant:
         self.sub_pc: RTCPeerConnection | None = None
         self.senders: list[RTCRtpSender] = []
         self.proxies: list[MediaStreamTrack] = []
+        self.fanout: list[tuple[_Broadcaster, tuple[_PacketTrack, _PacketTrack]]] = []
         self.avatar_attached = False
         self.codec_counted = False
         self.offer_id = 0
@@ -273,6 +404,9 @@ class _Participant:
         yield from (pc for pc in (self.pub_pc, self.sub_pc) if pc is not None)
 
     async def close_media(self) -> None:
+        for broadcaster, pair in self.fanout:
+            broadcaster.unsubscribe(pair)
+        self.fanout.clear()
         for proxy in self.proxies:
             proxy.stop()
         self.proxies.clear()
@@ -365,6 +499,7 @@ class LiveKitStandIn:
         *,
         ping_interval_s: int = 5,
         ping_timeout_s: int = 15,
+        preencoded: bool = False,
     ) -> None:
         if ping_interval_s <= 0 or ping_timeout_s <= 0:
             # The SDK panics on a zero interval (tokio interval period must be non-zero).
@@ -380,6 +515,10 @@ class LiveKitStandIn:
         self._host = "127.0.0.1"
         self._port = 0
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Pre-encoded fan-out: one broadcaster per video codec, fed by the first room's tracks;
+        # later rooms' own tracks are not read.
+        self.preencoded = preencoded
+        self.broadcasters: dict[str, _Broadcaster] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -412,6 +551,9 @@ class LiveKitStandIn:
     async def aclose(self) -> None:
         for name in list(self._rooms):
             await self.close_room(name)
+        for broadcaster in self.broadcasters.values():
+            await broadcaster.aclose()
+        self.broadcasters.clear()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -442,6 +584,10 @@ class LiveKitStandIn:
         self.counters.rooms_created += 1
         SIM_ROOMS.inc()
         avatar = _Avatar(avatar_identity, video, audio, codec)
+        if self.preencoded:
+            avatar.broadcaster = self.broadcasters.setdefault(
+                codec, _Broadcaster(video, audio, codec, key_interval_s=0.3)
+            )
         delay = self.faults.avatar_join_delay_s
         if delay > 0:
             r.pending_avatar = avatar
@@ -508,6 +654,9 @@ class LiveKitStandIn:
             await p.send(update=update)
             for sender in p.senders:
                 sender.replaceTrack(None)
+            for broadcaster, pair in p.fanout:
+                broadcaster.unsubscribe(pair)
+            p.fanout.clear()
             for proxy in p.proxies:
                 proxy.stop()
             p.proxies.clear()
@@ -786,6 +935,8 @@ class LiveKitStandIn:
 
                 def count_key(original: Any = original_key) -> None:
                     counters.keyframe_requests += 1
+                    for b, _ in p.fanout:  # pre-encoded: the shared encoder makes the keyframe
+                        b.request_keyframe()
                     original()
 
                 s._send_keyframe = count_key
@@ -832,8 +983,15 @@ class LiveKitStandIn:
         avatar = p.room.avatar
         if avatar is None or p.avatar_attached:
             return {}
-        video = avatar.relay.subscribe(avatar.video, buffered=False)
-        audio = avatar.relay.subscribe(avatar.audio, buffered=False)
+        video: MediaStreamTrack
+        audio: MediaStreamTrack
+        if avatar.broadcaster is not None:
+            pair = avatar.broadcaster.subscribe()
+            p.fanout.append((avatar.broadcaster, pair))
+            video, audio = pair
+        else:
+            video = avatar.relay.subscribe(avatar.video, buffered=False)
+            audio = avatar.relay.subscribe(avatar.audio, buffered=False)
         p.proxies += [video, audio]
         if add_transceivers:
             for track in (video, audio):

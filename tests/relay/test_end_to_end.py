@@ -149,7 +149,9 @@ async def test_nack_rtx_recovers_two_percent_loss_on_both_hops(
     sim: StandIns, start_daemon: StartDaemon
 ) -> None:
     sim.livekit.faults.drop_every_n = 50
-    sim.stream.set_receive_faults("default", "lossy", ReceiveFaults(drop_every=50, kinds=("video",)))
+    sim.stream.set_receive_faults(
+        "default", "lossy", ReceiveFaults(drop_every=50, kinds=("video",))
+    )
     daemon = await start_daemon()
     async with await BridgeClient.connect(daemon.socket) as client:
         events = await open_session(client, "lossy")

@@ -203,8 +203,7 @@ async def test_hostile_clients_are_cut_off_and_the_good_one_is_untouched(
     assert 1 <= len(admitted) <= MAX_SESSIONS - 1  # the good client holds one slot
     assert {raw.fatal_code() for raw in refused} == {"busy"}
 
-    good_result = await asyncio.wait_for(good_task, 20)
-    assert good_result is None
+    await asyncio.wait_for(good_task, 20)
     assert good.errors == []
     marks = [e.fields["name"] for e in good.events if e.event == "mark"]
     assert marks == [f"m{i}" for i in range(8)]
