@@ -123,6 +123,13 @@ class OutputConfig(_Section):
         description="Hold video this long after arrival so it leaves aligned with the slower "
         "audio path (measured 25-65 ms; see docs/sync.md).",
     )
+    relay_video_hold_ms: float = Field(
+        20.0,
+        ge=0,
+        le=500,
+        description="On the relay path, hold video packets this long so a viewer presents them "
+        "aligned with the audio (see docs/relay.md).",
+    )
 
 
 class StreamConfig(_Section):

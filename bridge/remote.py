@@ -136,6 +136,7 @@ class RemoteStages:
                 RelayOptions(
                     avatar_identity=la.avatar_identity,
                     avatar_codec=codec,
+                    video_hold_ms=out.relay_video_hold_ms,
                     connect_timeout_s=la.connect_timeout_s,
                 ),
                 StreamRelayPublisher(

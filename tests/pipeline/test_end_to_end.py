@@ -64,11 +64,15 @@ async def until_event(client: BridgeClient, name: str, limit_s: float = 30) -> l
                 raise RemoteError(message)
 
 
-async def test_a_turn_reaches_the_call_lip_synced(sim: StandIns, start_daemon: StartDaemon) -> None:
-    daemon = await start_daemon()
+@pytest.mark.parametrize("media_path", ["relay", "transcode"])
+async def test_a_turn_reaches_the_call_lip_synced(
+    sim: StandIns, start_daemon: StartDaemon, media_path: str
+) -> None:
+    daemon = await start_daemon("--set", f"output.media_path={media_path}")
     async with await BridgeClient.connect(daemon.socket) as client:
         events = await open_session(client, "e2e")
-        assert any(e.event == "media_path" for e in events)
+        chosen = [e.fields["path"] for e in events if e.event == "media_path"]
+        assert chosen == [media_path]
         sim.stream.reset_measure("default", "e2e")
         beeps = beep_train(FMT.sample_rate, 8, 500, 100).tobytes()
         await client.mark("before-beeps")
@@ -117,7 +121,8 @@ async def test_two_sessions_into_two_calls_do_not_interfere(
             assert [p["user_id"] for p in st["participants"]] == ["avatar-bridge"]
         _, body = await asyncio.to_thread(daemon.admin, "GET", "/sessions")
         assert sorted(s["call"]["id"] for s in body["sessions"]) == ["call-a", "call-b"]
-        assert all(s["media_path"] == "transcode" for s in body["sessions"])
+        # Avatar VP8 360p, output 360p, and the SFU grants VP8: auto relays.
+        assert all(s["media_path"] == "relay" for s in body["sessions"])
     finally:
         await a.close()
         await b.close()
