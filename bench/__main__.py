@@ -28,7 +28,7 @@ from typing import Any
 
 import structlog
 
-from bench import driver, report
+from bench import driver, relay_scenario, report
 from bench.driver import VARIANTS, Variant
 from bridge.sim import netns
 
@@ -169,6 +169,7 @@ SCENARIOS: dict[str, Scenario] = {
     "scaling": scenario_scaling,
     "side_by_side": scenario_side_by_side,
     "soak": scenario_soak,
+    "relay": relay_scenario.scenario,
 }
 
 

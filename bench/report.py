@@ -285,6 +285,44 @@ def markdown(results: dict[str, Any]) -> str:
             f"{'met (flat)' if soak.get('flat') else 'not flat'} |",
             "",
         ]
+    relay = sc.get("relay", {})
+    if relay.get("error"):
+        lines += ["## Relay (issue 12)", "", f"Failed: {relay['error']}", ""]
+    elif relay:
+        ratio = relay.get("cpu_ratio_vs_floor")
+        lag = relay.get("loop_lag_p99_ms")
+        rss = relay.get("rss_mb_per_extra_session")
+        best = relay.get("max_sessions_no_drops") or 0
+        lines += [
+            "## Relay (issue 12)",
+            "",
+            f"Variant {relay.get('variant')}: encoded packets forwarded, no decode. "
+            f"Stopped because: {relay.get('stopped_because')}.",
+            "",
+            "| measure | value | goal | Goals |",
+            "|---|---|---|---|",
+            f"| CPU per session % | {_f(relay.get('cpu_pct_per_session'))} | | |",
+            f"| transcode floor CPU % (same run) | {_f(relay.get('floor_cpu_pct'))} | | |",
+            f"| ratio relay / floor | {_f(ratio, 3)} | <= 0.1 | {judge(ratio, 0.1, 'x')} |",
+            f"| max sessions without loss | {best} | >= 32 | "
+            f"{'met' if best >= 32 else f'missed (reached {best})'} |",
+            f"| RSS per extra session MB | {_f(rss, 2)} | <= 2 | {judge(rss, 2.0, 'MB')} |",
+            f"| event-loop lag p99 ms | {_f(lag, 1)} | <= 20 | {judge(lag, 20.0, 'ms')} |",
+            "",
+            "| sessions | daemon CPU % | stand-ins CPU % | packets lost | loop lag p99 ms "
+            "| RSS MB |",
+            "|---|---|---|---|---|---|",
+        ]
+        for st in relay.get("steps", []):
+            if "error" in st:
+                lines.append(f"| {st.get('sessions', '?')} | failed: {st['error']} | | | | |")
+                continue
+            lines.append(
+                f"| {st.get('sessions')} | {_f(st.get('cpu_pct'))} | "
+                f"{_f(st.get('standin_cpu_pct'))} | {st.get('packets_lost')} | "
+                f"{_f((st.get('loop_lag_ms') or {}).get('p99'))} | {_f(st.get('rss_mb'))} |"
+            )
+        lines.append("")
     goals = results.get("goals", [])
     if goals:
         lines += ["## Goals", "", "| goal | target | measured | where | Goals | note |"]
