@@ -16,6 +16,11 @@ from bridge.sim.stack import SMALL, DaemonProcess, StandIns
 
 StartDaemon = Callable[..., Awaitable[DaemonProcess]]
 
+# The faults here were written against the transcode path. SMALL would now pick the encoded
+# relay, whose behaviour under these faults differs (see the report of issue 10): pinned until
+# the relay has its own fault tests.
+TRANSCODE = ("--set", "output.media_path=transcode")
+
 
 @pytest.fixture
 def sim_options() -> StandInOptions:
@@ -38,7 +43,7 @@ async def start_daemon(sim: StandIns, tmp_path: Path) -> AsyncIterator[StartDaem
         *flags: str, env: dict[str, str] | None = None, workdir: Path | None = None
     ) -> DaemonProcess:
         wd = workdir or tmp_path / f"daemon-{len(started)}"
-        d = DaemonProcess(wd, {**sim.daemon_env(), **(env or {})}, *SMALL, *flags)
+        d = DaemonProcess(wd, {**sim.daemon_env(), **(env or {})}, *SMALL, *TRANSCODE, *flags)
         await d.start()
         started.append(d)
         return d
