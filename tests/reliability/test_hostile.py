@@ -64,12 +64,16 @@ class Raw:
     @classmethod
     async def connect(cls, path: Path) -> Raw:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.setblocking(False)
+        # A blocking connect in a thread: on a full listen backlog it waits for the daemon to
+        # accept, where a non-blocking AF_UNIX connect fails with EAGAIN (which asyncio's
+        # sock_connect mistakes for "in progress", leaving an unconnected socket).
+        sock.settimeout(10)
         try:
-            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, str(path)), 10)
+            await asyncio.to_thread(sock.connect, str(path))
         except BaseException:
             sock.close()
             raise
+        sock.setblocking(False)
         return cls(sock)
 
     async def send(self, data: bytes) -> None:
