@@ -138,6 +138,7 @@ class RemoteStages:
                     avatar_codec=codec,
                     video_hold_ms=out.relay_video_hold_ms,
                     connect_timeout_s=la.connect_timeout_s,
+                    avatar_join_timeout_s=la.connect_timeout_s,
                 ),
                 StreamRelayPublisher(
                     RelayPublisherOptions(

@@ -140,6 +140,8 @@ class RelayOptions:
     keyframe_retry_s: float = 0.35
     keyframe_timeout_s: float = 10.0
     connect_timeout_s: float = 15.0
+    # How long the avatar's tracks may take to appear in the room after we joined it.
+    avatar_join_timeout_s: float = 20.0
     single_peer_connection: bool = True
 
 
@@ -283,6 +285,7 @@ class RelayPath:
                 SubscriberOptions(
                     avatar_identity=opts.avatar_identity,
                     connect_timeout_s=opts.connect_timeout_s,
+                    avatar_join_timeout_s=opts.avatar_join_timeout_s,
                     single_peer_connection=opts.single_peer_connection,
                 ),
                 self._on_receiver,

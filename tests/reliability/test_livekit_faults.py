@@ -67,11 +67,14 @@ async def test_avatar_leaving_ends_only_its_session(
     await no_live_sessions(sim.liveavatar)
 
 
+@pytest.mark.parametrize("media_path", ["transcode", "relay"])
 async def test_avatar_never_joining_times_out_cleanly(
-    sim: StandIns, start_daemon: StartDaemon
+    sim: StandIns, start_daemon: StartDaemon, media_path: str
 ) -> None:
     sim.livekit.faults.avatar_join_delay_s = 60.0
-    daemon = await start_daemon("--set", "liveavatar.connect_timeout_s=3")
+    daemon = await start_daemon(
+        "--set", "liveavatar.connect_timeout_s=3", "--set", f"output.media_path={media_path}"
+    )
     t0 = time.monotonic()
     err = await refused(daemon, "lk-never", limit_s=20)
     assert err.code == "livekit_failed", err
