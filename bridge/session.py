@@ -265,10 +265,19 @@ class Session:
     def _set_state(self, state: State) -> None:
         if state == self.state or self.state in TERMINAL:
             return
+        if self.state == State.DRAINING and state not in TERMINAL:
+            return  # draining is sticky: turns go on, but the session only ends from here
         self.state = state
         self.send_event("state", {"state": str(state)})
 
     # ----- lifecycle -----------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """The daemon is shutting down: tell the client; it may finish its turn, then close."""
+        self.send_event("draining", {})
+        self._set_state(State.DRAINING)
+        if not self.attached:
+            self.close("USER_DISCONNECTED")  # nobody left to finish a turn for
 
     def close(self, reason: str = "USER_CLOSED") -> None:
         """Ask the session to end; :meth:`run` then releases every remote resource."""

@@ -129,9 +129,7 @@ class SessionManager:
         self._draining = True
         metrics.DRAINING.set(1)
         for session in list(self._sessions.values()):
-            session.send_event("draining", {})
-            if not session.attached:
-                session.close("USER_DISCONNECTED")  # nobody left to finish a turn for
+            session.drain()
 
     async def drain(self, timeout_s: float) -> None:
         """Let sessions end on their own for up to ``timeout_s``, then close the rest."""

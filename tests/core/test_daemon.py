@@ -283,6 +283,8 @@ async def test_sigterm_drains_then_exits_zero(tmp_path: Path) -> None:
         await asyncio.sleep(0.2)
         d.proc.send_signal(15)
         await client.wait_for_event("draining")
+        state = await client.wait_for_event("state")
+        assert state.fields == {"state": "draining"}
         status, body = await asyncio.to_thread(d.admin, "GET", "/readyz")
         assert status == 503 and body["reason"] == "draining"
         # A newcomer is refused (the listener is closed or it gets `draining`).

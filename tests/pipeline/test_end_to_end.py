@@ -169,6 +169,24 @@ async def test_bad_api_key_is_a_clear_error_for_that_client_only(
     assert status == 200  # the daemon itself is fine
 
 
+async def test_sandbox_avatar_mismatch_is_a_clear_error(
+    sim: StandIns, start_daemon: StartDaemon
+) -> None:
+    daemon = await start_daemon()  # sandbox mode, the default
+    async with await BridgeClient.connect(daemon.socket) as client:
+        own_avatar = {"avatar_id": "0b7c6f0e-6f2a-4c55-9d0e-2f6f1d1c9a11"}
+        await client.hello("default:sandbox", FMT, avatar=own_avatar)
+        with pytest.raises(RemoteError) as info:
+            async with asyncio.timeout(20):
+                while True:
+                    message = await client.recv()
+                    if not isinstance(message, EventMsg) and message.fatal:
+                        raise RemoteError(message)
+        assert info.value.code == "liveavatar_sandbox"
+        assert "sandbox" in info.value.message.lower()
+    assert sim.liveavatar.live_sessions == []
+
+
 async def test_client_vanishing_stops_the_paid_session_after_linger(
     sim: StandIns, start_daemon: StartDaemon
 ) -> None:
