@@ -15,7 +15,7 @@ FROM ${PYTHON_IMAGE} AS builder
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_INPUT=1 \
-    PIP_CACHE_DIR=/var/cache/pip \
+    PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 
 WORKDIR /src
@@ -26,15 +26,13 @@ ENV PATH=/app/.venv/bin:$PATH
 # Only the runtime dependencies are installed (the lock also pins the dev tools), each at the
 # version the lock file pins; the constraint makes any drift from the lock an install error.
 COPY requirements.lock pyproject.toml ./
-RUN --mount=type=cache,target=/var/cache/pip \
-    python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > runtime-requirements.txt \
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > runtime-requirements.txt \
     && pip install --constraint requirements.lock --requirement runtime-requirements.txt
 
 # Then the project itself, without touching the dependencies installed above.
 COPY README.md ./
 COPY bridge ./bridge
-RUN --mount=type=cache,target=/var/cache/pip \
-    pip install --no-deps . \
+RUN pip install --no-deps . \
     && pip check \
     && avatar-bridge --version
 

@@ -268,7 +268,7 @@ class Demo:
             "audio_latency_ms": {
                 "socket_to_receiver": round(max(first_sound), 1) if first_sound else None,
                 "stand_in_render": 1000 * RENDER_LATENCY_S,
-                "bridge_and_network": round(max(first_sound) - 1000 * RENDER_LATENCY_S, 1)
+                "added_after_render": round(max(first_sound) - 1000 * RENDER_LATENCY_S, 1)
                 if first_sound
                 else None,
             },
@@ -317,8 +317,8 @@ class Demo:
             ("barge-in: INTERRUPT to last old audio (ms)", r["barge_in_ms"]),
             (
                 "socket AUDIO to first sound at receiver (ms)",
-                "{socket_to_receiver} = render {stand_in_render} + bridge and network "
-                "{bridge_and_network}".format(**r["audio_latency_ms"]),
+                "{socket_to_receiver} = render {stand_in_render} + bridge and networks "
+                "{added_after_render}".format(**r["audio_latency_ms"]),
             ),
             (
                 "frames published / received / dropped",
