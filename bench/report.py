@@ -268,6 +268,18 @@ def markdown(results: dict[str, Any]) -> str:
                 f" ({va.get('note', '')})",
                 "",
             ]
+            relay_cpu = sc.get("relay", {}).get("cpu_pct_per_session")
+            theirs = min(
+                (r["cpu_pct"] for r in va.get("rows", [])[1:] if r.get("cpu_pct")), default=None
+            )
+            if relay_cpu and theirs:
+                lines += [
+                    f"With the bridge's default media path, the encoded relay (same 360p30 VP8 "
+                    f"avatar, same run, see the Relay section): {_f(relay_cpu)} % per session, "
+                    f"ours/theirs **{relay_cpu / theirs:.2f}** (goal <= 0.5: "
+                    f"{judge(relay_cpu / theirs, 0.5, 'x')}).",
+                    "",
+                ]
     soak = sc.get("soak", {})
     if soak.get("error"):
         lines += ["## Soak", "", f"Failed: {soak['error']}", ""]
@@ -293,11 +305,27 @@ def markdown(results: dict[str, Any]) -> str:
         lag = relay.get("loop_lag_p99_ms")
         rss = relay.get("rss_mb_per_extra_session")
         best = relay.get("max_sessions_no_drops") or 0
+        steps_ok = [s for s in relay.get("steps", []) if "cpu_pct" in s]
+        marginal = None
+        if len(steps_ok) >= 2:
+            a, b = steps_ok[0], steps_ok[-1]
+            marginal = (b["cpu_pct"] - a["cpu_pct"]) / (b["sessions"] - a["sessions"])
+        floor_cpu = relay.get("floor_cpu_pct")
         lines += [
             "## Relay (issue 12)",
             "",
             f"Variant {relay.get('variant')}: encoded packets forwarded, no decode. "
             f"Stopped because: {relay.get('stopped_because')}.",
+            "",
+            "One relay session carries the daemon's fixed cost (asyncio, RTCP, ICE consent, "
+            "metrics); each further session adds "
+            f"**{_f(marginal, 2)} %** of a core"
+            + (
+                f", {marginal / floor_cpu:.3f} of the transcode floor"
+                if marginal and floor_cpu
+                else ""
+            )
+            + ".",
             "",
             "| measure | value | goal | Goals |",
             "|---|---|---|---|",
