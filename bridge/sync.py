@@ -30,7 +30,6 @@ import asyncio
 import time
 from collections import deque
 
-import numpy as np
 import structlog
 from prometheus_client import Histogram
 
@@ -142,7 +141,10 @@ class SyncStage:
 
     def _track_silence(self, chunk: AudioChunk) -> None:
         samples = chunk.samples
-        loud = bool(len(samples)) and int(np.abs(samples).max()) > SILENCE_PEAK
+        # max/min rather than abs(): no temporary array, and no int16 overflow at -32768.
+        loud = bool(len(samples)) and (
+            int(samples.max()) > SILENCE_PEAK or int(samples.min()) < -SILENCE_PEAK
+        )
         if loud:
             self._silent_s = 0.0
             self._flushed_this_silence = False

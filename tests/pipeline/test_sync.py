@@ -114,3 +114,17 @@ async def test_flush_forgets_queued_media() -> None:
     pub.gate.set()
     await run_for(stage, 0.05)
     assert pub.video == [] and pub.audio == []
+
+
+async def test_silence_reanchors_the_publisher_queue_once_per_silence() -> None:
+    pub = RecordingPublisher()
+    stage = SyncStage(
+        pub, fps=30, buffer_seconds=1.0, audio_queue_ms=5000, video_delay_ms=0,
+        silence_flush_ms=100,
+    )  # fmt: skip
+    loud = AudioChunk(np.full(480, -32768, np.int16), FMT)  # a full-scale negative peak is loud
+    for chunk_ in [chunk(10)] * 15 + [loud] * 3 + [chunk(10)] * 15:
+        stage.put_audio(chunk_)
+    await run_for(stage, 0.1)
+    # Two silences of 150 ms each, split by sound: one flush for each, none for the sound.
+    assert pub.flushed == 2 and stage.silence_flushes == 2
