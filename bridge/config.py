@@ -87,6 +87,12 @@ class LiveAvatarConfig(_Section):
     )
     chunk_ms: int = Field(1000, ge=20, le=10000, description="Later agent.speak chunks.")
     request_timeout_s: float = Field(10.0, gt=0, description="Timeout of each REST call.")
+    ack_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=120,
+        description="Audio unacknowledged this long means a stalled WebSocket: reconnect once.",
+    )
     connect_timeout_s: float = Field(
         15.0, gt=0, description="WebSocket connect + 'connected' state, and LiveKit join, timeout."
     )

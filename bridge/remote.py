@@ -81,6 +81,7 @@ class RemoteStages:
                 queue_ms=s.limits.uplink_queue_ms,
                 connect_timeout_s=la.connect_timeout_s,
                 ws_connect_gate_timeout_s=la.connect_timeout_s,
+                ack_timeout_s=la.ack_timeout_s,
             ),
             hello.audio,
             events,

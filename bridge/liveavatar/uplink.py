@@ -12,7 +12,8 @@ Audio is only ever dropped on INTERRUPT (the unsent rest of the turn, counted in
 
 Reliability: a dedicated receive loop always reads (acks, state, errors); protocol pings are off
 and ``session.keep_alive`` goes out after ``keep_alive_s`` without traffic. On an unexpected
-close the uplink reconnects once to the same ``ws_url`` and resends what the server had not
+close, or a stall (a sent message left unacknowledged for ``ack_timeout_s`` on a connection that
+stays open), the uplink reconnects once to the same ``ws_url`` and resends what the server had not
 acknowledged (``agent.audio_buffer_appended`` / ``_committed`` acks, matched in order); after
 that, or on a server-side end, it reports the failure and stops the paid session.
 """
@@ -61,6 +62,9 @@ DROPPED_MS = Counter(
     ["reason"],
 )
 RECONNECTS = Counter("bridge_liveavatar_ws_reconnects_total", "WebSocket reconnect attempts")
+ACK_TIMEOUTS = Counter(
+    "bridge_liveavatar_ws_ack_timeouts_total", "WebSocket links given up for lack of acks"
+)
 FAILURES = Counter("bridge_liveavatar_session_failures_total", "Sessions failed", ["reason"])
 STOP_FAILURES = Counter(
     "bridge_liveavatar_stop_failures_total", "Stops that did not succeed (left in the ledger)"
@@ -107,6 +111,9 @@ class LiveAvatarOptions:
     connect_timeout_s: float = 10.0
     ws_connect_gate_timeout_s: float = 15.0
     send_timeout_s: float = 10.0
+    # A server that stops reading without closing sends no acks: a sent speak/end message left
+    # unacknowledged this long counts as a dropped connection (reconnect, resend, or fail).
+    ack_timeout_s: float = 5.0
     reconnects: int = 1
     send_start_message: bool = False  # HeyGen's starter sends it; docs do not need it
 
@@ -119,6 +126,8 @@ class LiveAvatarOptions:
             raise ValueError("queue_ms must hold at least one chunk")
         if self.keep_alive_s <= 0:
             raise ValueError("keep_alive_s must be positive")
+        if self.ack_timeout_s <= 0:
+            raise ValueError("ack_timeout_s must be positive")
 
 
 @dataclass(slots=True)
@@ -130,6 +139,7 @@ class _Out:
     event_id: str | None = None
     stale: bool = False  # sent before an interrupt: its ack still counts, it is never resent
     t_in: float = 0.0  # monotonic time of the input that completed it (0: not measured)
+    t_sent: float = 0.0  # monotonic time its last send completed (0: not sent on this link)
 
 
 class _Done(Exception):
@@ -360,6 +370,7 @@ class LiveAvatarUplink:
             asyncio.create_task(self._send_loop(ws)),
             asyncio.create_task(self._keep_alive()),
             asyncio.create_task(self._gate()),
+            asyncio.create_task(self._ack_watchdog()),
         ]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -458,10 +469,22 @@ class LiveAvatarUplink:
                         self._queue.appendleft(item)
                 return "dropped"
             WS_SENT.labels(item.kind).inc()
-            self._last_sent = time.monotonic()
+            self._last_sent = item.t_sent = time.monotonic()
             if item.t_in:
                 ADDED_LATENCY.observe(self._last_sent - item.t_in)
                 item.t_in = 0.0  # a resend after a reconnect is not measured again
+
+    async def _ack_watchdog(self) -> str:
+        """Detect a stalled connection: open, but the oldest sent message is never acked."""
+        limit = self._opt.ack_timeout_s
+        while True:
+            await asyncio.sleep(limit / 4)
+            sent = [i.t_sent for q in (self._unacked_speak, self._unacked_end) for i in q]
+            oldest = min((t for t in sent if t > 0), default=0.0)
+            if oldest and time.monotonic() - oldest > limit:
+                ACK_TIMEOUTS.inc()
+                log.warning("liveavatar_ack_timeout", session_id=self._session_id)
+                return "dropped"
 
     async def _keep_alive(self) -> str:
         await self._connected.wait()
@@ -483,6 +506,7 @@ class LiveAvatarUplink:
             self._unacked_speak.clear()
             self._unacked_end.clear()
             for item in sorted(pending, key=lambda i: i.seq, reverse=True):
+                item.t_sent = 0.0
                 self._queue.appendleft(item)
                 self._queued_ms += item.ms
             self._cond.notify_all()

@@ -15,7 +15,9 @@ keyframe gate (video), then -- video after the playout hold -- rewritten (SSRC, 
 extensions; timestamps kept), stored in a bounded RTX history and sent. Downstream NACKs are
 answered from that history with RTX; downstream PLI/FIR become upstream PLIs (rate-limited).
 Upstream sender reports are translated into ours (the avatar's NTP<->RTP mapping; until the first
-one arrives the mapping is provisional, our send time).
+one arrives the mapping is provisional, our send time). Video the Stream SFU does not want now
+(send-video revoked, our layer paused) is dropped on arrival, audio goes on; when allowed again
+the gate waits for a keyframe (PLIs upstream) and the downstream stream is rebased.
 
 Video hold: Stream's web SDK gives each track its own stream id, so browsers do not lip-sync a
 participant's audio and video by SR; video is held back by ``video_hold_ms`` so that it leaves
@@ -70,6 +72,11 @@ UPSTREAM_NACKS = Counter("bridge_relay_upstream_nacks_total", "NACKs sent to Liv
 SR_TRANSLATED = Counter("bridge_relay_sr_translated_total", "Upstream SRs mapped into ours")
 HOLD_EARLY = Counter(
     "bridge_relay_hold_released_early_total", "Video packets released before their hold ended"
+)
+VIDEO_PAUSES = Counter(
+    "bridge_relay_video_paused_total",
+    "Times the Stream SFU stopped the relay's video (send-video revoked, video layer paused)",
+    ["reason"],
 )
 DECLINED = Counter("bridge_relay_declined_total", "Relays that fell back to transcoding")
 LOOP_LAG = Histogram(
@@ -231,6 +238,10 @@ class RelayPath:
         self._nacks_before = 0
         self._rtx_before = 0
         self._lag_held = False
+        # Why the Stream SFU does not want our video now ("grant_revoked", "layer_paused"):
+        # while any reason holds, video packets are dropped on arrival; audio goes on.
+        self._video_blocked: set[str] = set()
+        self._video_paused_dropped = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -250,6 +261,8 @@ class RelayPath:
             await self._stream.publish(self._codec)
             if hasattr(self._stream, "on_publish_quality"):
                 cast(Any, self._stream).on_publish_quality = self._on_publish_quality
+            if hasattr(self._stream, "on_send_video"):
+                cast(Any, self._stream).on_send_video = self._on_send_video
             first_seq = random.randrange(1 << 16)
             self._fwd["video"] = _Forwarder(
                 "video",
@@ -356,6 +369,7 @@ class RelayPath:
             "pli_sent": self._pli.allowed,
             "pli_suppressed": self._pli.suppressed,
             "hold_released_early": self._hold.released_early,
+            "video_paused_dropped": self._video_paused_dropped,
             "rebases": video.rewriter.rebases if video else 0,
             "first_keyframe_s": (
                 None if self._first_key_t is None else round(self._first_key_t - self._started_t, 3)
@@ -387,8 +401,13 @@ class RelayPath:
         if packet.ssrc != fwd.upstream_ssrc:
             if fwd.upstream_ssrc is not None and fwd.gate is not None:
                 fwd.gate.close()
-                self._request_keyframe("ssrc_change")
+                if not self._video_blocked:
+                    self._request_keyframe("ssrc_change")
             fwd.upstream_ssrc = packet.ssrc
+        if fwd.kind == "video" and self._video_blocked:
+            self._video_paused_dropped += 1
+            DROPPED.labels(fwd.kind, "paused_by_sfu").inc()
+            return
         if fwd.gate is not None:
             was_open = fwd.gate.open
             key = fwd.gate.is_key(packet.payload)
@@ -429,13 +448,41 @@ class RelayPath:
         return next(iter(sorted(names)), None)
 
     def _on_publish_quality(self, active: bool, max_bitrate: int) -> None:
-        # The avatar publishes one layer and we have no encoder: nothing to switch upstream.
-        log.info(
-            "relay_publish_quality_ignored",
-            active=active,
-            max_bitrate=max_bitrate,
-            why="single layer from the avatar, no encoder to steer",
-        )
+        # The avatar publishes one layer and we have no encoder: the bitrate cannot be steered,
+        # but a layer switched off is honoured by not sending it.
+        if active:
+            log.info(
+                "relay_publish_quality_bitrate_ignored",
+                max_bitrate=max_bitrate,
+                why="single layer from the avatar, no encoder to steer",
+            )
+        self._set_video_blocked("layer_paused", blocked=not active)
+
+    def _on_send_video(self, allowed: bool) -> None:
+        self._set_video_blocked("grant_revoked", blocked=not allowed)
+
+    def _set_video_blocked(self, reason: str, *, blocked: bool) -> None:
+        was_blocked = bool(self._video_blocked)
+        if blocked == (reason in self._video_blocked):
+            return
+        if blocked:
+            self._video_blocked.add(reason)
+            VIDEO_PAUSES.labels(reason).inc()
+        else:
+            self._video_blocked.discard(reason)
+        fwd = self._fwd.get("video")
+        if self._video_blocked and not was_blocked:
+            held = self._hold.drain()  # not sent: the SFU asked us to stop now
+            self._video_paused_dropped += len(held)
+            log.info("relay_video_paused", reason=reason, held_dropped=len(held))
+        elif was_blocked and not self._video_blocked and fwd is not None:
+            if fwd.gate is not None:
+                fwd.gate.close()  # the receivers' decoders restart on a keyframe
+            # Rebase on the next packet: sequence numbers go on without a gap (nothing for the
+            # SFU to NACK) and timestamps advance by the pause.
+            fwd.rewriter.upstream_ssrc = None
+            log.info("relay_video_resumed", reason=reason, dropped=self._video_paused_dropped)
+            self._spawn(self._ask_for_keyframe())
 
     def _on_downstream_keyframe_request(self) -> None:
         self._request_keyframe("stream")
@@ -459,7 +506,7 @@ class RelayPath:
         """PLI upstream until the video gate opens (the avatar's first keyframe was missed)."""
         fwd = self._fwd["video"]
         deadline = time.monotonic() + self._opts.keyframe_timeout_s
-        while fwd.gate is not None and not fwd.gate.open:
+        while fwd.gate is not None and not fwd.gate.open and not self._video_blocked:
             if time.monotonic() > deadline:
                 log.warning("relay_no_keyframe", waited_s=self._opts.keyframe_timeout_s)
                 return

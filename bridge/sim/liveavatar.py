@@ -117,6 +117,9 @@ class Faults:
     never_connected: bool = False
     connect_delay_s: float = 0.0  # delay between connecting and connected
     no_credits: bool = False
+    # Session ids whose WebSocket stalls: while listed, the server reads and answers nothing on
+    # it (messages wait unprocessed, back-pressure builds), but the connection stays open.
+    stall_ws: set[str] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -488,7 +491,7 @@ class LiveAvatarStandIn:
 
     async def _send(self, session: SimSession, message: dict[str, Any]) -> None:
         ws = session.ws
-        if ws is None or ws.closed:
+        if ws is None or ws.closed or session.session_id in self.faults.stall_ws:
             return
         with contextlib.suppress(ConnectionError, RuntimeError):
             await asyncio.wait_for(ws.send_str(json.dumps(message)), 5.0)
@@ -546,6 +549,15 @@ class LiveAvatarStandIn:
         announcer = asyncio.get_running_loop().create_task(announce())
         try:
             async for msg in ws:
+                # A stall holds this message and reads no further until it is lifted; if the
+                # connection is closed or replaced meanwhile, the held message is lost in flight.
+                if session.session_id in self.faults.stall_ws:
+                    while session.session_id in self.faults.stall_ws:
+                        if ws.closed or session.ws is not ws:
+                            break
+                        await asyncio.sleep(0.05)
+                    if ws.closed or session.ws is not ws:
+                        break
                 if msg.type != WSMsgType.TEXT:
                     if msg.type == WSMsgType.BINARY:
                         await self._error_event(session, "Binary frames are not supported")

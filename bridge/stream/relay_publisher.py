@@ -180,6 +180,10 @@ class StreamRelayPublisher:
         # Called with (active, max_bitrate) when the SFU changes our video layer
         # (ChangePublishQuality); the relay maps it upstream where it can.
         self.on_publish_quality: Callable[[bool, int], None] | None = None
+        # Called with False when the SFU revokes our send-video grant and True when it gives it
+        # back; the relay stops and resumes forwarding video. Audio is not affected.
+        self.on_send_video: Callable[[bool], None] | None = None
+        self._video_granted = True
         self.sfu_reconnects = 0
         self._log = log.bind(cid=f"{call_type}:{call_id}", user_id=options.user_id)
 
@@ -735,6 +739,7 @@ class StreamRelayPublisher:
                 video=grants.can_publish_video,
                 message=event.call_grants_updated.message,
             )
+            self._on_video_grant(bool(grants.can_publish_video))
         elif kind == "ice_restart":
             SFU_EVENTS.labels("ice_restart").inc()
             self._log.warning("stream sfu asked for an ice restart (not supported by aiortc)")
@@ -748,6 +753,28 @@ class StreamRelayPublisher:
             callback = self.on_publish_quality
             if callback is not None:
                 callback(active, bitrate)
+
+    def _on_video_grant(self, granted: bool) -> None:
+        if granted == self._video_granted:
+            return
+        self._video_granted = granted
+        callback = self.on_send_video
+        if callback is not None:
+            callback(granted)
+        if self._pc is not None:
+            # Tell the SFU the video track is muted while we may not send it (as Stream's SDKs do).
+            self._spawn(self._update_video_mute(muted=not granted), "relay-publisher-mute")
+
+    async def _update_video_mute(self, *, muted: bool) -> None:
+        request = sig.UpdateMuteStatesRequest(
+            session_id=self._session_id,
+            mute_states=[sig.TrackMuteState(track_type=pbm.TRACK_TYPE_VIDEO, muted=muted)],
+        )
+        try:
+            await self._twirp("UpdateMuteStates", request, sig.UpdateMuteStatesResponse)
+        except (_SfuRefused, ConnectionError, TimeoutError, aiohttp.ClientError) as exc:
+            # Not fatal: the packets stop either way; the SFU just shows the track unmuted.
+            self._log.warning("stream video mute update failed", muted=muted, error=str(exc))
 
     def _fail(self, message: str) -> None:
         if self._closing or self._failed:
