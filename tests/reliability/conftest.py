@@ -6,6 +6,7 @@ A module may override ``sim_options`` (the LiveAvatar stand-in's options, e.g. s
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -45,9 +46,27 @@ async def start_daemon(sim: StandIns, tmp_path: Path) -> AsyncIterator[StartDaem
         wd = workdir or tmp_path / f"daemon-{len(started)}"
         d = DaemonProcess(wd, {**sim.daemon_env(), **(env or {})}, *SMALL, *TRANSCODE, *flags)
         await d.start()
+        baselines[id(d)] = await asyncio.to_thread(d.metric_sum, "bridge_asyncio_tasks")
         started.append(d)
         return d
 
+    baselines: dict[int, float] = {}
     yield start
     for d in started:
+        if d.proc is not None and d.proc.poll() is None:
+            await assert_no_leaked_tasks(d, baselines[id(d)])
         await d.stop()
+
+
+async def assert_no_leaked_tasks(d: DaemonProcess, baseline: float) -> None:
+    """Once every session is closed, the daemon runs no more asyncio tasks than when idle."""
+    _, body = await asyncio.to_thread(d.admin, "GET", "/sessions")
+    for s in body["sessions"] if isinstance(body, dict) else []:
+        await asyncio.to_thread(d.admin, "DELETE", f"/sessions/{s['id']}")
+    tasks = baseline
+    for _ in range(50):
+        tasks = await asyncio.to_thread(d.metric_sum, "bridge_asyncio_tasks")
+        if tasks <= baseline:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"the daemon kept {tasks - baseline:g} tasks beyond its idle {baseline:g}")
