@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import subprocess
@@ -137,32 +138,38 @@ class Demo:
             res.session_id = ready.session_id
             self.say(f"{tag} READY session {ready.session_id}")
             printer = asyncio.create_task(self._print_events(client, res, tag))
-            await asyncio.wait_for(self._until(res, "avatar_ready", "published"), 60)
-            sfu.reset_measure("default", res.call_id)
-            turns: list[tuple[str, bytes]] = [("beeps (sync marks)", beeps)]
-            if not self.short:
-                turns.insert(0, ("speech", pcm))
-            for label, audio in turns:
-                self.say(f"{tag} speaking: {label} ({fmt.duration_s(len(audio)):.1f} s)")
-                if res.first_audio_sent_t is None:
-                    res.first_audio_sent_t = time.monotonic()
-                await stream_pcm_realtime(client, audio, fmt, 20, self._progress(tag))
-                await client.end_turn()
-                await asyncio.wait_for(self._until(res, "speak_ended"), 30)
-                res.events.clear()
-            # Barge-in: a steady tone (no pauses to confuse the measurement), interrupted after
-            # a second; the receiver says when the old audio really stopped.
-            self.say(f"{tag} barge-in: a 4 s tone, INTERRUPT after 1 s")
-            t = np.arange(4 * fmt.sample_rate) / fmt.sample_rate
-            tone = (np.sin(2 * np.pi * 330 * t) * 9000).astype("<i2").tobytes()
-            sender = asyncio.create_task(stream_pcm_realtime(client, tone, fmt, 20))
-            await asyncio.sleep(1.0 + RENDER_LATENCY_S + 0.5)
-            sender.cancel()
-            res.interrupt_t = time.monotonic()
-            await client.interrupt()
-            await asyncio.sleep(1.5)
-            await client.close()
-            printer.cancel()
+            try:
+                await asyncio.wait_for(self._until(res, "avatar_ready", "published"), 60)
+                sfu.reset_measure("default", res.call_id)
+                turns: list[tuple[str, bytes]] = [("beeps (sync marks)", beeps)]
+                if not self.short:
+                    turns.insert(0, ("speech", pcm))
+                for label, audio in turns:
+                    self.say(f"{tag} speaking: {label} ({fmt.duration_s(len(audio)):.1f} s)")
+                    if res.first_audio_sent_t is None:
+                        res.first_audio_sent_t = time.monotonic()
+                    await stream_pcm_realtime(client, audio, fmt, 20, self._progress(tag))
+                    await client.end_turn()
+                    await asyncio.wait_for(self._until(res, "speak_ended"), 30)
+                    res.events.clear()
+                # Barge-in: a steady tone (no pauses to confuse the measurement), interrupted after
+                # a second; the receiver says when the old audio really stopped.
+                self.say(f"{tag} barge-in: a 4 s tone, INTERRUPT after 1 s")
+                t = np.arange(4 * fmt.sample_rate) / fmt.sample_rate
+                tone = (np.sin(2 * np.pi * 330 * t) * 9000).astype("<i2").tobytes()
+                sender = asyncio.create_task(stream_pcm_realtime(client, tone, fmt, 20))
+                await asyncio.sleep(1.0 + RENDER_LATENCY_S + 0.5)
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sender
+                res.interrupt_t = time.monotonic()
+                await client.interrupt()
+                await asyncio.sleep(1.5)
+                await client.close()
+            finally:
+                printer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await printer
         return res
 
     async def _until(self, res: SessionResult, *names: str) -> None:

@@ -7,6 +7,8 @@ reports ready.
 
 from __future__ import annotations
 
+import dataclasses
+
 import aiohttp
 import structlog
 
@@ -88,20 +90,24 @@ class RemoteStages:
             on_failure,
         )
         assert st.api_key is not None and st.api_secret is not None  # validated at start
+        # What both Stream publishers (transcode and relay) need to join the call.
+        stream_join = RelayPublisherOptions(
+            api_key=st.api_key.get_secret_value(),
+            api_secret=st.api_secret.get_secret_value(),
+            base_url=st.base_url,
+            ws_url=st.ws_url,
+            user_id=st.user_id,
+            user_name=st.user_name,
+            join_timeout_s=st.join_timeout_s,
+        )
         publisher = StreamPublisher(
             PublisherOptions(
-                api_key=st.api_key.get_secret_value(),
-                api_secret=st.api_secret.get_secret_value(),
-                base_url=st.base_url,
-                ws_url=st.ws_url,
-                user_id=st.user_id,
-                user_name=st.user_name,
+                **dataclasses.asdict(stream_join),
                 video_codec=out.video_codec,
                 width=out.width,
                 height=out.height,
                 fps=out.fps,
                 pcm_queue_s=out.audio_queue_ms / 1000.0,
-                join_timeout_s=st.join_timeout_s,
             ),
             hello.call.type,
             hello.call.id,
@@ -142,15 +148,7 @@ class RemoteStages:
                     avatar_join_timeout_s=la.connect_timeout_s,
                 ),
                 StreamRelayPublisher(
-                    RelayPublisherOptions(
-                        api_key=st.api_key.get_secret_value(),
-                        api_secret=st.api_secret.get_secret_value(),
-                        base_url=st.base_url,
-                        ws_url=st.ws_url,
-                        user_id=st.user_id,
-                        user_name=st.user_name,
-                        join_timeout_s=st.join_timeout_s,
-                    ),
+                    stream_join,
                     hello.call.type,
                     hello.call.id,
                     events,
