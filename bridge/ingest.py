@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import grp
+import hashlib
 import hmac
 import ipaddress
 import os
@@ -363,7 +364,10 @@ class _Connection:
         expected = self._opts.tcp_token
         if not expected or hello.token is None:
             return False
-        return hmac.compare_digest(hello.token.encode(), expected.encode())
+        # Digests of equal length: the comparison's time reveals neither the token's content
+        # nor its length, whatever length (up to a whole HELLO) the client sent.
+        given = hashlib.sha256(hello.token.encode()).digest()
+        return hmac.compare_digest(given, hashlib.sha256(expected.encode()).digest())
 
     async def _serve(self, handle: SessionHandle, events: list[p.ServerEvent]) -> None:
         while True:

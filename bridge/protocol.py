@@ -57,7 +57,7 @@ VIDEO_QUALITIES: Final = ("low", "medium", "high", "very_high")
 VIDEO_ENCODINGS: Final = ("H264", "VP8")
 MEDIA_PATHS: Final = ("auto", "relay", "transcode")
 MAX_SESSION_DURATION_S: Final = 86400
-MAX_STRING: Final = 256  # session_key, token, client, avatar_id
+MAX_STRING: Final = 256  # session_key, client
 
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _PRINTABLE = re.compile(r"[^\x00-\x1f\x7f]+")
@@ -339,10 +339,20 @@ def _reject_constant(name: str) -> Any:
 
 
 def _load_json_object(payload: memoryview, what: str) -> dict[str, Any]:
-    """Strict JSON: UTF-8, an object at the top, no NaN/Infinity. Raises _Invalid(bad_json)."""
+    """Strict JSON: UTF-8, an object at the top, no NaN/Infinity, no lone surrogate escapes.
+    Raises _Invalid(bad_json)."""
     try:
         text = bytes(payload).decode("utf-8")
         obj = json.loads(text, parse_constant=_reject_constant)
+        # Valid UTF-8 cannot carry a surrogate, but a "\ud800" escape decodes to one, and a
+        # string holding it can never be encoded again (a MARK's echo, a log line). Only an
+        # escape can produce one, so the re-encoding check runs only when the text has one.
+        if "\\u" in text:
+            dump_json(obj)
+    except UnicodeEncodeError:
+        raise _Invalid(
+            ErrorCode.BAD_JSON, f"{what} payload has a lone surrogate escape (not Unicode text)"
+        ) from None
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise _Invalid(ErrorCode.BAD_JSON, f"{what} payload is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
@@ -465,8 +475,14 @@ def _parse_hello(payload: memoryview) -> Hello:
         avatar = AvatarOverrides(**values)
 
     optional: dict[str, str | None] = {}
-    for key in ("session_key", "token", "client"):
+    for key in ("session_key", "client"):
         optional[key] = _str_field(obj, key, "") if obj.get(key) is not None else None
+    # The token is compared, not validated: whatever string a client sends that is not the
+    # configured token (too long, empty, odd characters) is the daemon's `unauthorized` on TCP,
+    # and is ignored on a Unix socket, which a parser that cannot tell them apart must allow.
+    token = obj.get("token")
+    if token is not None and not isinstance(token, str):
+        raise _Invalid(ErrorCode.BAD_HELLO, "token must be a string")
     media_path = obj.get("media_path")
     if media_path is not None and media_path not in MEDIA_PATHS:
         raise _Invalid(ErrorCode.BAD_HELLO, f"media_path must be one of {', '.join(MEDIA_PATHS)}")
@@ -476,7 +492,7 @@ def _parse_hello(payload: memoryview) -> Hello:
         audio=AudioFormat(rate, channels),
         avatar=avatar,
         session_key=optional["session_key"],
-        token=optional["token"],
+        token=token,
         media_path=media_path,
         client=optional["client"],
         v=version,

@@ -105,6 +105,28 @@ CASES = {
     "slowloris_hello": ("unix", AFTER_HELLO[:10], "hello_timeout", True),
     "bad_token_tcp": ("tcp", hello_frame("bad", token="wrong"), "unauthorized", True),
     "no_token_tcp": ("tcp", hello_frame("bad"), "unauthorized", True),
+    # docs/protocol.md §4.1: a token that is not the configured one, whatever its length.
+    "long_token_tcp": ("tcp", hello_frame("bad", token="t" * 300), "unauthorized", True),
+    "right_token_then_more_tcp": (
+        "tcp",
+        hello_frame("bad", token=TOKEN + "x" * 300),
+        "unauthorized",
+        True,
+    ),
+    "empty_token_tcp": ("tcp", hello_frame("bad", token=""), "unauthorized", True),
+    "token_not_a_string_tcp": ("tcp", hello_frame("bad", token=7), "bad_hello", True),
+    "lone_surrogate_hello": (
+        "unix",
+        hello_frame("bad")[:-1] + b',"client":"tts\\ud800"}',
+        "bad_json",
+        True,
+    ),
+    "lone_surrogate_mark": (
+        "unix",
+        AFTER_HELLO + p.encode_frame(p.FrameType.MARK, b'{"name":"\\ud800"}'),
+        "bad_json",
+        False,
+    ),
     "busy": ("unix", hello_frame("busy"), "busy", True),
     "session_failure": (
         "unix",
@@ -527,6 +549,40 @@ async def test_tcp_with_the_right_token(server: Server) -> None:
     ready = await client.hello("default:tcp", FMT, token=TOKEN)
     assert ready.session_id == "ses-tcp"
     await client.close()
+
+
+async def test_a_token_of_any_length_is_ignored_on_a_unix_socket(server: Server) -> None:
+    srv, _ = server
+    assert srv.options.unix_path is not None
+    client = await BridgeClient.connect(srv.options.unix_path)
+    ready = await client.hello("default:unix-token", FMT, token="t" * 300)
+    assert ready.session_id == "ses-unix-token"
+    await client.close()
+
+
+async def test_a_lone_surrogate_mark_never_reaches_the_session(server: Server) -> None:
+    # The mark is refused at parse time, so the session neither sees it nor tries to echo it;
+    # the marks around it are echoed in order.
+    srv, host = server
+    assert srv.options.unix_path is not None
+    raw = await RawClient.unix(srv.options.unix_path)
+    await raw.send(hello_frame("surrogate"))
+    assert isinstance(await raw.next_event(), p.Ready)
+    await raw.send(
+        p.encode_mark("before")
+        + p.encode_frame(p.FrameType.MARK, b'{"name":"x\\udfffy"}')
+        + p.encode_frame(p.FrameType.MARK, b'{"name":"\\ud83d\\ude00"}')  # a pair: fine
+        + p.encode_close()
+    )
+    events = await raw.until_eof()
+    assert events[0] == p.EventMsg("mark", {"name": "before"})
+    assert isinstance(events[1], p.Error)
+    assert (events[1].code, events[1].fatal) == ("bad_json", False)
+    assert events[2:] == [p.EventMsg("mark", {"name": "\U0001f600"})]
+    assert [e for e in host.session("surrogate").log if e.startswith("mark:")] == [
+        "mark:before",
+        "mark:\U0001f600",
+    ]
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "::"])

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import json
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bridge import protocol as p
@@ -143,3 +144,39 @@ def test_hello_round_trips(rate: int, channels: int, call_id: str, key: str | No
     proto.receive_data(p.encode_hello(hello))
     (event,) = proto.events_received()
     assert event == hello
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# Lone surrogates mixed into ordinary text often enough to matter (st.text() never makes them).
+surrogate_prone = st.text(
+    st.one_of(st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), st.characters()),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=surrogate_prone, extra=st.none() | surrogate_prone)
+@example(name="\ud83d\ude00", extra=None)  # a pair: accepted as U+1F600
+@example(name="ok", extra="\udc00\ud83d")  # reversed: rejected
+def test_a_mark_is_accepted_exactly_when_its_echo_can_be_encoded(
+    name: str, extra: str | None
+) -> None:
+    obj = {"name": name} if extra is None else {"name": name, "extra": extra}
+    # ensure_ascii: the only way a sender can put a lone surrogate into UTF-8 JSON is "\udXXX".
+    payload = json.dumps(obj, ensure_ascii=True).encode()
+    events = parse_server([HELLO + p.encode_frame(p.FrameType.MARK, payload)])[1:]
+    # A high surrogate followed by a low one is a pair: JSON decodes it to one character.
+    sent = json.loads(payload)
+    if all(_encodes(value) for value in sent.values()):
+        assert events == [{"kind": "mark", "name": sent["name"]}]
+        assert p.encode_event("mark", {"name": sent["name"]})
+    else:
+        assert events == [{"kind": "violation", "code": "bad_json", "fatal": False}]

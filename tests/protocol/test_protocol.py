@@ -141,8 +141,8 @@ def test_hello_errors_name_the_field() -> None:
         ({"avatar": {"max_session_duration": 0}}, ErrorCode.BAD_HELLO),
         ({"avatar": {"video_encoding": "h264"}}, ErrorCode.BAD_HELLO),
         ({"avatar": {"avatar": "x"}}, ErrorCode.BAD_HELLO),
-        ({"token": ""}, ErrorCode.BAD_HELLO),
         ({"token": 5}, ErrorCode.BAD_HELLO),
+        ({"token": ["a"]}, ErrorCode.BAD_HELLO),
         ({"client": "a\nb"}, ErrorCode.BAD_HELLO),
         ({"session_key": "k" * 257}, ErrorCode.BAD_HELLO),
     ],
@@ -159,6 +159,106 @@ def test_hello_validation(patch: dict[str, object], code: ErrorCode) -> None:
     (event,) = proto.events_received()
     assert isinstance(event, p.ProtocolViolation)
     assert (event.code, event.fatal) == (code, True)
+
+
+@pytest.mark.parametrize("token", ["", "t" * 257, "t" * 5000, "a\nb", "\u00e9\u2713"])
+def test_the_parser_leaves_any_string_token_to_the_daemon(token: str) -> None:
+    # Only the daemon knows whether the connection is TCP (token checked: `unauthorized`) or
+    # Unix (token ignored), so no string token may be a HELLO error.
+    proto = p.ServerProtocol()
+    proto.receive_data(hello_frame(token=token))
+    (hello,) = proto.events_received()
+    assert isinstance(hello, p.Hello) and hello.token == token
+
+
+_HELLO_HEAD = b'{"v":1,"call":{"type":"default","id":"x"},'
+_AUDIO = b'"audio":{"sample_rate":16000,"channels":1,"encoding":"s16le"}'
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        # JSON text \\ud800 is a backslash and "ud800", not an escape.
+        _HELLO_HEAD + _AUDIO + b',"client":"\\\\ud800"}',
+        _HELLO_HEAD + _AUDIO + b',"client":"a\\\\\\\\ud800"}',
+        _HELLO_HEAD + _AUDIO + b',"client":"\\\\ud83d\\\\ude00"}',
+    ],
+)
+def test_escaped_backslashes_are_not_surrogates(payload: bytes) -> None:
+    proto = p.ServerProtocol()
+    proto.receive_data(p.encode_frame(p.FrameType.HELLO, payload))
+    (hello,) = proto.events_received()
+    assert isinstance(hello, p.Hello) and hello.client is not None and "ud8" in hello.client
+
+
+LONE = ["\\\\\\ud800", "\\ud800", "\\udfff", "a\\udc00b", "\\ude00\\ud83d", "\\uD834x"]
+
+
+@pytest.mark.parametrize("lone", LONE)
+@pytest.mark.parametrize(
+    "template",
+    [
+        _HELLO_HEAD + _AUDIO + b',"client":"@"}',
+        _HELLO_HEAD + _AUDIO + b',"token":"@"}',
+        _HELLO_HEAD + _AUDIO + b',"session_key":"@"}',
+        _HELLO_HEAD + _AUDIO + b',"avatar":{"avatar_id":"@"}}',
+        _HELLO_HEAD + _AUDIO + b',"future":["ok",{"deep":"@"}]}',  # ignored key, still checked
+        _HELLO_HEAD + _AUDIO + b',"@":1}',  # in a key
+        _HELLO_HEAD + b'"audio":{"sample_rate":16000,"channels":1,"encoding":"@"}}',
+    ],
+    ids=["client", "token", "session_key", "avatar_id", "nested", "key", "encoding"],
+)
+def test_a_lone_surrogate_anywhere_in_hello_is_fatal_bad_json(template: bytes, lone: str) -> None:
+    proto = p.ServerProtocol()
+    proto.receive_data(p.encode_frame(p.FrameType.HELLO, template.replace(b"@", lone.encode())))
+    (event,) = proto.events_received()
+    assert isinstance(event, p.ProtocolViolation)
+    assert (event.code, event.fatal) == (ErrorCode.BAD_JSON, True)
+    assert proto.hello is None and proto.closed
+
+
+@pytest.mark.parametrize("lone", LONE)
+@pytest.mark.parametrize(
+    "payload", [b'{"name":"@"}', b'{"name":"ok","extra":"@"}', b'{"name":"ok","@":0}']
+)
+def test_a_lone_surrogate_in_a_mark_drops_it_and_keeps_the_connection(
+    payload: bytes, lone: str
+) -> None:
+    proto = opened()
+    proto.receive_data(
+        p.encode_frame(p.FrameType.MARK, payload.replace(b"@", lone.encode())) + p.encode_ping()
+    )
+    violation, ping = proto.events_received()
+    assert isinstance(violation, p.ProtocolViolation)
+    assert (violation.code, violation.fatal) == (ErrorCode.BAD_JSON, False)
+    assert isinstance(ping, p.Ping) and not proto.closed
+
+
+def test_a_surrogate_pair_escape_is_one_character_and_its_echo_encodes() -> None:
+    proto = opened()
+    proto.receive_data(p.encode_frame(p.FrameType.MARK, b'{"name":"\\ud83d\\ude00!"}'))
+    (mark,) = proto.events_received()
+    assert mark == p.Mark("\U0001f600!")
+    assert p.encode_event("mark", {"name": mark.name})  # the echo the daemon will send
+
+
+@pytest.mark.parametrize(
+    ("ftype", "payload", "fatal"),
+    [
+        (p.FrameType.READY, b'{"session_id":"s","audio":{},"limits":{},"x":"@"}', True),
+        (p.FrameType.EVENT, b'{"event":"mark","name":"@"}', False),
+        (p.FrameType.EVENT, b'{"event":"@"}', False),
+        (p.FrameType.ERROR, b'{"code":"busy","message":"@","fatal":true}', False),
+    ],
+)
+def test_the_client_side_rejects_lone_surrogates_too(
+    ftype: p.FrameType, payload: bytes, fatal: bool
+) -> None:
+    client = p.ClientProtocol()
+    client.receive_data(p.encode_frame(ftype, payload.replace(b"@", b"\\udbff")))
+    (event,) = client.events_received()
+    assert isinstance(event, p.ProtocolViolation)
+    assert (event.code, event.fatal) == (ErrorCode.BAD_JSON, fatal)
 
 
 @pytest.mark.parametrize("payload", [b'{"v":NaN}', b'{"v":1e999}', b"[" * 50_000, b"1" * 5000])
