@@ -57,6 +57,12 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def setting_default(section: type[BaseModel], name: str) -> Any:
+    """The default of one option. The stages' Options dataclasses take their defaults from here
+    rather than repeating them (tests/core/test_options.py fails if one drifts)."""
+    return section.model_fields[name].get_default(call_default_factory=True)
+
+
 class LiveAvatarConfig(_Section):
     """The LiveAvatar session each client stream drives (the seed plugin's Avatar options)."""
 
@@ -487,10 +493,16 @@ def secret_values(s: Settings) -> list[str]:
 __all__ = [
     "SANDBOX_AVATAR_ID",
     "ConfigError",
+    "IngestConfig",
+    "LimitsConfig",
+    "LiveAvatarConfig",
+    "OutputConfig",
     "Settings",
+    "StreamConfig",
     "effective_avatar_id",
     "load_settings",
     "masked_dump",
     "parse_overrides",
     "secret_values",
+    "setting_default",
 ]

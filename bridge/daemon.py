@@ -31,23 +31,6 @@ log = structlog.get_logger(__name__)
 StartupTask = Callable[[], Awaitable[None]]
 
 
-def ingest_options(settings: Settings, inherited_fds: list[int]) -> IngestOptions:
-    ing = settings.ingest
-    return IngestOptions(
-        unix_path=None if inherited_fds else ing.socket_path,
-        unix_mode=int(ing.socket_mode, 8),
-        unix_group=ing.socket_group,
-        allowed_uids=frozenset(ing.allowed_uids),
-        allowed_gids=frozenset(ing.allowed_gids),
-        tcp_host=ing.tcp_host,
-        tcp_port=ing.tcp_port,
-        tcp_token=ing.tcp_token.get_secret_value() if ing.tcp_token else None,
-        allow_non_loopback_tcp=ing.allow_non_loopback_tcp,
-        hello_timeout_s=ing.hello_timeout_s,
-        inherited_fds=inherited_fds,
-    )
-
-
 class Daemon:
     def __init__(
         self,
@@ -131,7 +114,7 @@ class Daemon:
         for task in self._startup:
             await task()
         fds = listen_fds()
-        opts = ingest_options(self.settings, fds)
+        opts = IngestOptions.from_settings(self.settings, fds)
         if opts.unix_group is not None:
             try:
                 grp.getgrnam(opts.unix_group)

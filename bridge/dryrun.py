@@ -16,6 +16,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from bridge import metrics
+from bridge.config import LimitsConfig, setting_default
 from bridge.media import AudioChunk
 from bridge.stages import AvatarRoom, EventSink
 
@@ -30,7 +31,12 @@ class _Item:
 class DryRunUplink:
     """Plays queued audio at real time; the queue holds at most ``queue_ms`` of audio."""
 
-    def __init__(self, events: EventSink, *, queue_ms: float = 2000.0) -> None:
+    def __init__(
+        self,
+        events: EventSink,
+        *,
+        queue_ms: float = setting_default(LimitsConfig, "uplink_queue_ms"),
+    ) -> None:
         self._events = events
         self._capacity_s = queue_ms / 1000.0
         self._queue: deque[_Item] = deque()

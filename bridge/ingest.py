@@ -40,6 +40,7 @@ import structlog
 from prometheus_client import Counter, Gauge
 
 from bridge import protocol as p
+from bridge.config import IngestConfig, Settings, setting_default
 from bridge.errors import BridgeError, ErrorCode
 from bridge.media import PCM
 from bridge.protocol import Hello
@@ -136,21 +137,47 @@ class IngestSetupError(Exception):
     """The listeners cannot be set up as configured (message names the option and the fix)."""
 
 
+def _ingest(name: str) -> Any:
+    return setting_default(IngestConfig, name)
+
+
 @dataclass
 class IngestOptions:
+    """Defaults are the settings model's (bridge/config.py), but for ``unix_path``: a server
+    built by hand binds no system path unless told to. :meth:`from_settings` builds them."""
+
     unix_path: Path | None = None
-    unix_mode: int = 0o660
-    unix_group: str | None = None  # group name or numeric gid
-    allowed_uids: frozenset[int] = frozenset()  # empty (with allowed_gids empty) = anyone
-    allowed_gids: frozenset[int] = frozenset()
-    tcp_host: str = "127.0.0.1"
-    tcp_port: int | None = None  # 0 = an ephemeral port (see IngestServer.tcp_address)
+    unix_mode: int = int(_ingest("socket_mode"), 8)
+    unix_group: str | None = _ingest("socket_group")  # group name or numeric gid
+    # Empty (with allowed_gids empty) = anyone.
+    allowed_uids: frozenset[int] = frozenset(_ingest("allowed_uids"))
+    allowed_gids: frozenset[int] = frozenset(_ingest("allowed_gids"))
+    tcp_host: str = _ingest("tcp_host")
+    tcp_port: int | None = _ingest("tcp_port")  # 0 = an ephemeral port (IngestServer.tcp_address)
     tcp_token: str | None = field(default=None, repr=False)
-    allow_non_loopback_tcp: bool = False
-    hello_timeout_s: float = 5.0
+    allow_non_loopback_tcp: bool = _ingest("allow_non_loopback_tcp")
+    hello_timeout_s: float = _ingest("hello_timeout_s")
     inherited_fds: list[int] = field(default_factory=list)
     max_payload: int = p.MAX_PAYLOAD
     max_out_buffer: int = 1 << 20  # bytes queued to a client that does not read: then dropped
+
+    @classmethod
+    def from_settings(cls, settings: Settings, inherited_fds: list[int]) -> IngestOptions:
+        """Inherited (socket-activated) listeners replace the configured Unix socket."""
+        ing = settings.ingest
+        return cls(
+            unix_path=None if inherited_fds else ing.socket_path,
+            unix_mode=int(ing.socket_mode, 8),
+            unix_group=ing.socket_group,
+            allowed_uids=frozenset(ing.allowed_uids),
+            allowed_gids=frozenset(ing.allowed_gids),
+            tcp_host=ing.tcp_host,
+            tcp_port=ing.tcp_port,
+            tcp_token=ing.tcp_token.get_secret_value() if ing.tcp_token else None,
+            allow_non_loopback_tcp=ing.allow_non_loopback_tcp,
+            hello_timeout_s=ing.hello_timeout_s,
+            inherited_fds=inherited_fds,
+        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import dataclasses
 import aiohttp
 import structlog
 
-from bridge.config import Settings, effective_avatar_id
+from bridge.config import Settings
 from bridge.liveavatar import LiveAvatarAPI, LiveAvatarOptions, LiveAvatarUplink, SessionLedger
 from bridge.livekit.downlink import DownlinkOptions, LiveKitDownlink
 from bridge.media import MediaClock
@@ -71,20 +71,7 @@ class RemoteStages:
         uplink = LiveAvatarUplink(
             self._api,
             self.ledger,
-            LiveAvatarOptions(
-                avatar_id=ov.avatar_id or effective_avatar_id(s),
-                is_sandbox=la.is_sandbox if ov.is_sandbox is None else ov.is_sandbox,
-                max_session_duration=ov.max_session_duration or la.max_session_duration,
-                video_quality=quality,
-                video_encoding=ov.video_encoding or la.video_encoding,
-                keep_alive_s=la.keep_alive_s,
-                first_chunk_ms=la.first_chunk_ms,
-                chunk_ms=la.chunk_ms,
-                queue_ms=s.limits.uplink_queue_ms,
-                connect_timeout_s=la.connect_timeout_s,
-                ws_connect_gate_timeout_s=la.connect_timeout_s,
-                ack_timeout_s=la.ack_timeout_s,
-            ),
+            LiveAvatarOptions.from_settings(s, ov.as_dict()),
             hello.audio,
             events,
             on_failure,
@@ -122,14 +109,7 @@ class RemoteStages:
             video_delay_ms=out.video_delay_ms,
         )
         downlink = LiveKitDownlink(
-            DownlinkOptions(
-                avatar_identity=la.avatar_identity,
-                sample_rate=48000,  # what the publisher's Opus encoder takes: no resampling
-                channels=1,
-                connect_timeout_s=la.connect_timeout_s,
-                # The documented scope of connect_timeout_s includes the LiveKit join.
-                avatar_join_timeout_s=la.connect_timeout_s,
-            ),
+            DownlinkOptions.from_settings(s),
             clock,
             events,
             on_failure,

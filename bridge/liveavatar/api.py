@@ -19,6 +19,7 @@ import aiohttp
 import structlog
 from prometheus_client import Counter, Histogram
 
+from bridge.config import LiveAvatarConfig, setting_default
 from bridge.errors import BridgeError, ErrorCode
 
 log = structlog.get_logger(__name__)
@@ -122,7 +123,7 @@ class LiveAvatarAPI:
         http: aiohttp.ClientSession,
         base_url: str,
         api_key: str,
-        timeout_s: float = 10.0,
+        timeout_s: float = setting_default(LiveAvatarConfig, "request_timeout_s"),
         *,
         stop_attempts: int = 6,
         backoff_s: float = 0.25,

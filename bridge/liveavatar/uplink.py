@@ -27,6 +27,7 @@ import json
 import time
 import uuid
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,13 @@ from prometheus_client import Counter, Histogram
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from bridge.config import (
+    LimitsConfig,
+    LiveAvatarConfig,
+    Settings,
+    effective_avatar_id,
+    setting_default,
+)
 from bridge.errors import BridgeError, ErrorCode
 from bridge.liveavatar.api import LiveAvatarAPI, LiveAvatarError, StartInfo
 from bridge.liveavatar.ledger import SessionLedger
@@ -93,41 +101,72 @@ _KNOWN_EVENTS = _KNOWN_QUIET | {
 }
 
 
+def _la(name: str) -> Any:
+    return setting_default(LiveAvatarConfig, name)
+
+
 @dataclass(frozen=True, slots=True)
 class LiveAvatarOptions:
+    """One session's LiveAvatar options. Defaults are the settings model's (bridge/config.py),
+    never repeated here; :meth:`from_settings` builds them for a session."""
+
     avatar_id: str
-    is_sandbox: bool = False
-    max_session_duration: int = 600
-    video_quality: str = "high"
-    video_encoding: str = "H264"
-    keep_alive_s: float = 60.0
-    first_chunk_ms: int = 600
-    chunk_ms: int = 1000
+    is_sandbox: bool = _la("is_sandbox")
+    max_session_duration: int = _la("max_session_duration")
+    video_quality: str = _la("video_quality")
+    video_encoding: str = _la("video_encoding")
+    keep_alive_s: float = _la("keep_alive_s")
+    first_chunk_ms: int = _la("first_chunk_ms")
+    chunk_ms: int = _la("chunk_ms")
     # A client streaming in real time would starve the avatar between 1 s chunks: when the
     # audio already sent this turn leads real time by less than this, send what we have.
     lead_low_water_ms: int = 300
     min_chunk_ms: int = 60
-    queue_ms: int = 2000
-    connect_timeout_s: float = 10.0
-    ws_connect_gate_timeout_s: float = 15.0
+    queue_ms: int = setting_default(LimitsConfig, "uplink_queue_ms")
+    connect_timeout_s: float = _la("connect_timeout_s")
+    # The documented scope of liveavatar.connect_timeout_s includes the 'connected' state.
+    ws_connect_gate_timeout_s: float = _la("connect_timeout_s")
     send_timeout_s: float = 10.0
     # A server that stops reading without closing sends no acks: a sent speak/end message left
     # unacknowledged this long counts as a dropped connection (reconnect, resend, or fail).
-    ack_timeout_s: float = 5.0
+    ack_timeout_s: float = _la("ack_timeout_s")
     reconnects: int = 1
     send_start_message: bool = False  # HeyGen's starter sends it; docs do not need it
 
     def __post_init__(self) -> None:
+        # Range and cross-option rules (a queue holding a chunk...) are the settings model's;
+        # this is the wire's own limit, which hand-built options must respect too.
         for name in ("first_chunk_ms", "chunk_ms"):
             value = getattr(self, name)
             if not 20 <= value <= MAX_CHUNK_MS:
                 raise ValueError(f"{name} must be within 20..{MAX_CHUNK_MS} ms, got {value}")
-        if self.queue_ms < self.chunk_ms:
-            raise ValueError("queue_ms must hold at least one chunk")
         if self.keep_alive_s <= 0:
             raise ValueError("keep_alive_s must be positive")
         if self.ack_timeout_s <= 0:
             raise ValueError("ack_timeout_s must be positive")
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, overrides: Mapping[str, Any] | None = None
+    ) -> LiveAvatarOptions:
+        """The options of one session: the settings, with a client's HELLO ``avatar``
+        overrides (``AvatarOverrides.as_dict()``) on top."""
+        la = settings.liveavatar
+        ov = dict(overrides or {})
+        return cls(
+            avatar_id=ov.get("avatar_id") or effective_avatar_id(settings),
+            is_sandbox=ov.get("is_sandbox", la.is_sandbox),
+            max_session_duration=ov.get("max_session_duration") or la.max_session_duration,
+            video_quality=ov.get("video_quality") or la.video_quality,
+            video_encoding=ov.get("video_encoding") or la.video_encoding,
+            keep_alive_s=la.keep_alive_s,
+            first_chunk_ms=la.first_chunk_ms,
+            chunk_ms=la.chunk_ms,
+            queue_ms=settings.limits.uplink_queue_ms,
+            connect_timeout_s=la.connect_timeout_s,
+            ws_connect_gate_timeout_s=la.connect_timeout_s,
+            ack_timeout_s=la.ack_timeout_s,
+        )
 
 
 @dataclass(slots=True)

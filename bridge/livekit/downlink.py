@@ -36,6 +36,7 @@ import structlog
 from livekit import rtc
 from prometheus_client import Counter, Gauge, Histogram
 
+from bridge.config import LiveAvatarConfig, Settings, setting_default
 from bridge.errors import BridgeError, ErrorCode
 from bridge.media import AudioChunk, AudioFormat, MediaClock, VideoFrame
 from bridge.stages import AvatarRoom, EventSink, FailureCallback, MediaSink
@@ -74,17 +75,29 @@ _FPS_WINDOW = 30
 
 @dataclass(frozen=True, slots=True)
 class DownlinkOptions:
-    avatar_identity: str = "heygen"
-    sample_rate: int = 48000
+    """Defaults are the settings model's (bridge/config.py); :meth:`from_settings` builds them."""
+
+    avatar_identity: str = setting_default(LiveAvatarConfig, "avatar_identity")
+    sample_rate: int = 48000  # what the publisher's Opus encoder takes: no resampling
     channels: int = 1
-    # Whole connect (the SDK retries each attempt itself) and time for the avatar to appear.
-    connect_timeout_s: float = 15.0
-    avatar_join_timeout_s: float = 20.0
+    # Whole connect (the SDK retries each attempt itself) and time for the avatar to appear;
+    # the documented scope of liveavatar.connect_timeout_s covers both.
+    connect_timeout_s: float = setting_default(LiveAvatarConfig, "connect_timeout_s")
+    avatar_join_timeout_s: float = setting_default(LiveAvatarConfig, "connect_timeout_s")
     # None = the SDK default (single peer connection, /rtc/v1); False forces legacy /rtc.
     single_peer_connection: bool | None = None
     video_buffer_frames: int = 8
     audio_buffer_frames: int = 50  # 10 ms frames
     reanchor_ms: int = 300
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DownlinkOptions:
+        la = settings.liveavatar
+        return cls(
+            avatar_identity=la.avatar_identity,
+            connect_timeout_s=la.connect_timeout_s,
+            avatar_join_timeout_s=la.connect_timeout_s,
+        )
 
 
 class _Timeline:

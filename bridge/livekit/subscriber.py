@@ -52,6 +52,7 @@ from livekit.protocol import models as lkm
 from livekit.protocol import rtc as lkr
 from prometheus_client import Counter
 
+from bridge.config import LiveAvatarConfig, setting_default
 from bridge.errors import BridgeError, ErrorCode
 from bridge.stages import EventSink, FailureCallback
 
@@ -74,10 +75,14 @@ ReceiverCallback = Callable[[str, RTCRtpReceiver, str], None]
 
 @dataclass(frozen=True, slots=True)
 class SubscriberOptions:
-    avatar_identity: str = "heygen"
-    # Signalling connect + join response, and time for the avatar's two tracks to appear.
-    connect_timeout_s: float = 15.0
-    avatar_join_timeout_s: float = 20.0
+    """Defaults are the settings model's (bridge/config.py); the relay builds these from its own
+    options."""
+
+    avatar_identity: str = setting_default(LiveAvatarConfig, "avatar_identity")
+    # Signalling connect + join response, and time for the avatar's two tracks to appear; the
+    # documented scope of liveavatar.connect_timeout_s covers both.
+    connect_timeout_s: float = setting_default(LiveAvatarConfig, "connect_timeout_s")
+    avatar_join_timeout_s: float = setting_default(LiveAvatarConfig, "connect_timeout_s")
     # True: /rtc/v1 (we offer); False: legacy /rtc (the server offers).
     single_peer_connection: bool = True
     resume_attempts: int = 3

@@ -67,7 +67,11 @@ async def make_uplink(api: LiveAvatarAPI, ledger: SessionLedger) -> AsyncIterato
     made: list[Harness] = []
 
     def make(fmt: AudioFormat = FMT24, **overrides: Any) -> Harness:
-        defaults: dict[str, Any] = {"avatar_id": AVATAR, "max_session_duration": 3600}  # 18 s
+        defaults: dict[str, Any] = {
+            "avatar_id": AVATAR,
+            "is_sandbox": False,
+            "max_session_duration": 3600,  # 18 s at the stand-in's time scale
+        }
         options = LiveAvatarOptions(**(defaults | overrides))
         events: list[tuple[str, dict[str, Any]]] = []
         failures: list[BridgeError] = []

@@ -101,7 +101,7 @@ async def test_wrong_api_key(http: object, standin: LiveAvatarStandIn, tmp_path:
     uplink = LiveAvatarUplink(
         api,
         SessionLedger(tmp_path),
-        LiveAvatarOptions(avatar_id="0f9e8d7c-6b5a-4c3d-9e2f-1a2b3c4d5e6f"),
+        LiveAvatarOptions(avatar_id="0f9e8d7c-6b5a-4c3d-9e2f-1a2b3c4d5e6f", is_sandbox=False),
         FMT24,
         lambda *_a, **_k: None,
         lambda _e: None,

@@ -49,7 +49,9 @@ async def test_rendered_avatar_reaches_livekit_subscriber(
     fmt = AudioFormat(24_000, 1)
     async with aiohttp.ClientSession() as http:
         api = LiveAvatarAPI(http, la.base_url, API_KEY, 5.0)
-        options = LiveAvatarOptions(avatar_id=AVATAR, video_quality="low", video_encoding="VP8")
+        options = LiveAvatarOptions(
+            avatar_id=AVATAR, is_sandbox=False, video_quality="low", video_encoding="VP8"
+        )
         uplink = LiveAvatarUplink(
             api, SessionLedger(tmp_path), options, fmt, lambda *_a, **_k: None, lambda _e: None
         )
