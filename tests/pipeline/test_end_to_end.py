@@ -84,6 +84,8 @@ async def test_a_turn_reaches_the_call_lip_synced(
         assert names.index("speak_started") < names.index("speak_ended")
         marks = [e.fields["name"] for e in seen if e.event == "mark"]
         assert marks == ["before-beeps", "after-beeps"]
+        sessions = [e.fields for e in events + seen if e.event == "liveavatar_session"]
+        assert sessions == [{"session_id": sim.liveavatar.live_sessions[0]}]  # exactly once
         await asyncio.sleep(0.5)
         stats = sim.stream.stats("default", "e2e")
         skews = sim.stream.measure("default", "e2e").skews_ms()
