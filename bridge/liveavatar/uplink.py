@@ -1,9 +1,11 @@
 """The LiveAvatar LITE session: REST lifecycle plus the audio WebSocket uplink.
 
-Audio path: client PCM -> :class:`UplinkResampler` (24 kHz mono s16) -> the current turn's buffer
--> chunks (``first_chunk_ms`` then ``chunk_ms``, the tail at end of turn) -> a bounded queue ->
-the sender, which only sends once the server said ``connected``. Every chunk of a turn carries
-the turn's ``event_id``, and so does its ``agent.speak_end``.
+Audio path: client PCM -> :class:`UplinkResampler` (24 kHz mono s16) -> :class:`UplinkCore`,
+the sans-I/O state machine (bridge/liveavatar/uplink_core.py) that cuts each turn into
+``agent.speak`` chunks (``first_chunk_ms`` then ``chunk_ms``, the tail at end of turn, sooner
+when the avatar would run dry), queues them and tracks their acks -> the sender, which only
+sends once the server said ``connected``. Every chunk of a turn carries the turn's
+``event_id``, and so does its ``agent.speak_end``.
 
 Queue policy: the uplink queue holds at most ``queue_ms`` of audio; a producer waits for space
 (back-pressure to the socket client, counted in ``bridge_liveavatar_uplink_backpressure_total``).
@@ -21,12 +23,9 @@ that, or on a server-side end, it reports the failure and stops the paid session
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import time
-import uuid
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -46,13 +45,13 @@ from bridge.config import (
 from bridge.errors import BridgeError, ErrorCode
 from bridge.liveavatar.api import LiveAvatarAPI, LiveAvatarError, StartInfo
 from bridge.liveavatar.ledger import SessionLedger
-from bridge.liveavatar.resample import UPLINK_FORMAT, UplinkResampler
+from bridge.liveavatar.resample import UplinkResampler
+from bridge.liveavatar.uplink_core import UplinkCore, Verdict
 from bridge.media import AudioChunk, AudioFormat
 from bridge.stages import AvatarRoom, EventSink, FailureCallback
 
 log = structlog.get_logger(__name__)
 
-BYTES_PER_MS = UPLINK_FORMAT.bytes_per_second // 1000  # 48
 WS_MAX_MESSAGE = 1 << 20
 # base64 grows 4/3 plus the JSON envelope; 15 s of audio is ~960 KB, under the 1 MB cap.
 MAX_CHUNK_MS = 15_000
@@ -169,24 +168,13 @@ class LiveAvatarOptions:
         )
 
 
-@dataclass(slots=True)
-class _Out:
-    kind: str  # speak | end | interrupt | keep_alive | start
-    payload: str
-    seq: int
-    ms: float = 0.0
-    event_id: str | None = None
-    stale: bool = False  # sent before an interrupt: its ack still counts, it is never resent
-    t_in: float = 0.0  # monotonic time of the input that completed it (0: not measured)
-    t_sent: float = 0.0  # monotonic time its last send completed (0: not sent on this link)
-
-
-class _Done(Exception):
-    """Internal: why a connection's tasks ended."""
-
-
 class LiveAvatarUplink:
-    """One paid LiveAvatar session; implements :class:`bridge.stages.AvatarUplink`."""
+    """One paid LiveAvatar session; implements :class:`bridge.stages.AvatarUplink`.
+
+    The I/O around :class:`UplinkCore`, which decides what to send and when: this class runs the
+    REST calls, the ledger, the resampler, the WebSocket and three tasks per connection (receive,
+    send, timers). Every call into the core runs under ``_cond``, notified after each change.
+    """
 
     def __init__(
         self,
@@ -203,19 +191,8 @@ class LiveAvatarUplink:
         self._events = events
         self._on_failure = on_failure
         self._resampler = UplinkResampler(input_format)
+        self._core = UplinkCore(options)
         self._cond = asyncio.Condition()
-        self._queue: deque[_Out] = deque()
-        self._queued_ms = 0.0
-        self._unacked_speak: deque[_Out] = deque()
-        self._unacked_end: deque[_Out] = deque()
-        self._seq = 0
-        self._gen = 0  # bumped by interrupt: producers of an older turn drop their chunk
-        self._turn_id: str | None = None
-        self._turn_first = True
-        self._turn_buf = bytearray()
-        self._turn_sent_ms = 0.0  # audio of this turn handed to the send queue
-        self._turn_t0 = 0.0  # monotonic time the turn's first chunk was cut
-        self._connected = asyncio.Event()
         self._ws: ClientConnection | None = None
         self._info: StartInfo | None = None
         self._session_id: str | None = None
@@ -225,7 +202,6 @@ class LiveAvatarUplink:
         self._closing = False
         self._closed = asyncio.Event()
         self._run_task: asyncio.Task[None] | None = None
-        self._last_sent = time.monotonic()
         self.reconnects_used = 0
 
     # --- properties for the owner and tests ----------------------------------------------------
@@ -236,10 +212,10 @@ class LiveAvatarUplink:
 
     @property
     def connected(self) -> bool:
-        return self._connected.is_set()
+        return self._core.connected
 
     def buffered_ms(self) -> float:
-        return len(self._turn_buf) / BYTES_PER_MS + self._queued_ms
+        return self._core.buffered_ms()
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -299,7 +275,7 @@ class LiveAvatarUplink:
                 ErrorCode.LIVEAVATAR_UNAVAILABLE,
                 f"Could not open the LiveAvatar WebSocket: {type(exc).__name__}: {exc}",
             ) from exc
-        self._connected.clear()
+        self._core.connecting(time.monotonic())
         return ws
 
     async def aclose(self, reason: str = "USER_CLOSED") -> None:
@@ -377,7 +353,10 @@ class LiveAvatarUplink:
                 self.reconnects_used += 1
                 RECONNECTS.inc()
                 log.warning("liveavatar_ws_reconnect", session_id=self._session_id)
-                await self._requeue_unacked()
+                async with self._cond:
+                    resent = self._core.connection_lost()
+                    self._cond.notify_all()
+                log.info("liveavatar_resend", session_id=self._session_id, messages=resent)
                 try:
                     self._ws = await self._connect()
                 except BridgeError as exc:
@@ -406,9 +385,7 @@ class LiveAvatarUplink:
         tasks = [
             asyncio.create_task(self._receive(ws)),
             asyncio.create_task(self._send_loop(ws)),
-            asyncio.create_task(self._keep_alive()),
-            asyncio.create_task(self._gate()),
-            asyncio.create_task(self._ack_watchdog()),
+            asyncio.create_task(self._timers()),
         ]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -425,18 +402,31 @@ class LiveAvatarUplink:
                 log.error("liveavatar_task_crashed", error=repr(exc))
         return "dropped"
 
-    async def _gate(self) -> str:
-        try:
-            await asyncio.wait_for(self._connected.wait(), self._opt.ws_connect_gate_timeout_s)
-        except TimeoutError:
-            return "gate_timeout"
-        await asyncio.Event().wait()  # never returns: only the timeout ends this task
-        return "unreachable"
+    async def _timers(self) -> str:
+        """The core's timers: keep-alives, the connected gate, the ack watchdog."""
+        async with self._cond:
+            while True:
+                now = time.monotonic()
+                verdict = self._core.poll(now)
+                if verdict is Verdict.GATE_TIMEOUT:
+                    return "gate_timeout"
+                if verdict is Verdict.ACK_TIMEOUT:
+                    ACK_TIMEOUTS.inc()
+                    log.warning("liveavatar_ack_timeout", session_id=self._session_id)
+                    return "dropped"
+                self._cond.notify_all()  # a keep-alive may be queued
+                # Any change (a send, an ack, 'connected') may move the deadline: wake on it.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, self._core.next_deadline() - now)):
+                        await self._cond.wait()
 
     async def _receive(self, ws: ClientConnection) -> str:
         try:
             async for raw in ws:
-                if self._on_server_message(raw) == "terminal":
+                async with self._cond:
+                    verdict = self._on_server_message(raw)
+                    self._cond.notify_all()
+                if verdict == "terminal":
                     return "terminal"
         except ConnectionClosed:
             pass
@@ -455,7 +445,7 @@ class LiveAvatarUplink:
         if kind == "session.state_updated":
             state = msg.get("state")
             if state == "connected":
-                self._connected.set()
+                self._core.on_connected(time.monotonic())
                 self._emit("liveavatar_connected", session_id=self._session_id)
             elif state in ("closing", "closed"):
                 return "terminal"
@@ -466,11 +456,9 @@ class LiveAvatarUplink:
             if isinstance(state, str):
                 self._emit("avatar_state", state=state)
         elif kind == "agent.audio_buffer_appended":
-            if self._unacked_speak:
-                self._unacked_speak.popleft()
+            self._core.acked("speak")
         elif kind == "agent.audio_buffer_committed":
-            if self._unacked_end:
-                self._unacked_end.popleft()
+            self._core.acked("end")
         elif kind == "error":
             text = json.dumps(msg.get("error"))[:300]
             log.warning("liveavatar_error_event", session_id=self._session_id, error=text)
@@ -483,76 +471,30 @@ class LiveAvatarUplink:
         return None
 
     async def _send_loop(self, ws: ClientConnection) -> str:
-        await self._connected.wait()
-        if self._opt.send_start_message:
-            start = {"type": "start", "encoding": "pcm_s16le", "sample_rate": 24000, "channels": 1}
-            async with self._cond:
-                self._queue.appendleft(_Out("start", json.dumps(start), self._next_seq()))
+        async with self._cond:
+            await self._cond.wait_for(lambda: self._core.connected)
+            if self._opt.send_start_message:
+                self._core.queue_start()
         while True:
             async with self._cond:
-                await self._cond.wait_for(lambda: bool(self._queue))
-                item = self._queue.popleft()
-                self._queued_ms -= item.ms
-                if item.kind == "speak":
-                    self._unacked_speak.append(item)
-                elif item.kind == "end":
-                    self._unacked_end.append(item)
-                self._cond.notify_all()
+                await self._cond.wait_for(self._core.has_outgoing)
+                item = self._core.pop()
+                self._cond.notify_all()  # room in the queue for a waiting producer
+            assert item is not None
             try:
                 async with asyncio.timeout(self._opt.send_timeout_s):
                     await ws.send(item.payload)
             except (ConnectionClosed, TimeoutError):
-                if item.kind not in ("speak", "end"):
-                    async with self._cond:
-                        self._queue.appendleft(item)
+                async with self._cond:
+                    self._core.unsent(item)
                 return "dropped"
             WS_SENT.labels(item.kind).inc()
-            self._last_sent = item.t_sent = time.monotonic()
+            now = time.monotonic()
             if item.t_in:
-                ADDED_LATENCY.observe(self._last_sent - item.t_in)
-                item.t_in = 0.0  # a resend after a reconnect is not measured again
-
-    async def _ack_watchdog(self) -> str:
-        """Detect a stalled connection: open, but the oldest sent message is never acked."""
-        limit = self._opt.ack_timeout_s
-        while True:
-            await asyncio.sleep(limit / 4)
-            sent = [i.t_sent for q in (self._unacked_speak, self._unacked_end) for i in q]
-            oldest = min((t for t in sent if t > 0), default=0.0)
-            if oldest and time.monotonic() - oldest > limit:
-                ACK_TIMEOUTS.inc()
-                log.warning("liveavatar_ack_timeout", session_id=self._session_id)
-                return "dropped"
-
-    async def _keep_alive(self) -> str:
-        await self._connected.wait()
-        period = self._opt.keep_alive_s
-        while True:
-            quiet = time.monotonic() - self._last_sent
-            if quiet >= period:
-                msg = {"type": "session.keep_alive", "event_id": uuid.uuid4().hex}
-                async with self._cond:
-                    self._queue.append(_Out("keep_alive", json.dumps(msg), self._next_seq()))
-                    self._cond.notify_all()
-                self._last_sent = time.monotonic()
-                quiet = 0.0
-            await asyncio.sleep(period - quiet)
-
-    async def _requeue_unacked(self) -> None:
-        async with self._cond:
-            pending = [i for i in (*self._unacked_speak, *self._unacked_end) if not i.stale]
-            self._unacked_speak.clear()
-            self._unacked_end.clear()
-            for item in sorted(pending, key=lambda i: i.seq, reverse=True):
-                item.t_sent = 0.0
-                self._queue.appendleft(item)
-                self._queued_ms += item.ms
-            self._cond.notify_all()
-        log.info("liveavatar_resend", session_id=self._session_id, messages=len(pending))
-
-    def _next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
+                ADDED_LATENCY.observe(now - item.t_in)
+            async with self._cond:
+                self._core.sent(item, now)
+                self._cond.notify_all()
 
     # --- audio path ----------------------------------------------------------------------------
 
@@ -561,93 +503,40 @@ class LiveAvatarUplink:
             DROPPED_MS.labels("closed").inc(chunk.duration_s * 1000)
             return
         t_in = time.monotonic()
-        pcm = self._resampler.process(chunk.samples)
-        if self._turn_id is None:
-            self._turn_id = uuid.uuid4().hex
-            self._turn_first = True
-        self._turn_buf += pcm.tobytes()
-        await self._cut_chunks(final=False, t_in=t_in)
+        pcm = self._resampler.process(chunk.samples).tobytes()
+        async with self._cond:
+            self._core.audio(pcm, t_in)
+            self._cond.notify_all()
+            await self._wait_for_room()
 
     async def end_turn(self) -> None:
-        if self._turn_id is None or self._closing or self._failed:
+        if not self._core.in_turn or self._closing or self._failed:
             return
         t_in = time.monotonic()
-        self._turn_buf += self._resampler.flush().tobytes()
-        event_id, gen = self._turn_id, self._gen
-        await self._cut_chunks(final=True, t_in=t_in)
-        self._turn_id = None
-        if gen != self._gen:
-            return  # interrupted while flushing
-        msg = {"type": "agent.speak_end", "event_id": event_id}
+        tail = self._resampler.flush().tobytes()
         async with self._cond:
-            self._queue.append(_Out("end", json.dumps(msg), self._next_seq(), event_id=event_id))
+            self._core.end_turn(tail, t_in)
             self._cond.notify_all()
+            await self._wait_for_room()
+
+    async def _wait_for_room(self) -> None:
+        """Hold the producer (and so the client's socket) while its audio waits for room in
+        the queue; an interrupt empties the wait, a failure or close drops it. Under _cond."""
+        if not self._core.backlogged:
+            return
+        BACKPRESSURE.inc()
+        await self._cond.wait_for(
+            lambda: not self._core.backlogged or self._closing or self._failed
+        )
+        if self._core.backlogged:
+            DROPPED_MS.labels("closed").inc(self._core.drop_backlog())
 
     async def interrupt(self) -> None:
         if self._closing or self._failed:
             return
-        self._gen += 1
-        dropped = self.buffered_ms()
-        self._turn_buf.clear()
-        self._turn_id = None
         self._resampler.reset()
         async with self._cond:
-            self._queue = deque(i for i in self._queue if i.kind not in ("speak", "end"))
-            self._queued_ms = 0.0
-            for item in (*self._unacked_speak, *self._unacked_end):
-                item.stale = True
-            msg = json.dumps({"type": "agent.interrupt"})
-            self._queue.appendleft(_Out("interrupt", msg, self._next_seq()))
+            dropped = self._core.interrupt()
             self._cond.notify_all()
         DROPPED_MS.labels("interrupt").inc(dropped)
         log.info("liveavatar_interrupt", session_id=self._session_id, dropped_ms=round(dropped))
-
-    async def _cut_chunks(self, *, final: bool, t_in: float = 0.0) -> None:
-        assert self._turn_id is not None
-        event_id, gen = self._turn_id, self._gen
-        while self._turn_buf and gen == self._gen:
-            target_ms = self._opt.first_chunk_ms if self._turn_first else self._opt.chunk_ms
-            size = target_ms * BYTES_PER_MS
-            if len(self._turn_buf) < size and not final and not self._running_dry():
-                return
-            data = bytes(self._turn_buf[:size])
-            del self._turn_buf[:size]
-            if self._turn_first:
-                self._turn_t0 = time.monotonic()
-                self._turn_sent_ms = 0.0
-            self._turn_first = False
-            self._turn_sent_ms += len(data) / BYTES_PER_MS
-            await self._enqueue_speak(data, event_id, gen, t_in)
-
-    def _running_dry(self) -> bool:
-        """Whether the avatar's playback buffer would soon run out (real-time clients)."""
-        if self._turn_first or len(self._turn_buf) < self._opt.min_chunk_ms * BYTES_PER_MS:
-            return False
-        played_ms = (time.monotonic() - self._turn_t0) * 1000
-        return self._turn_sent_ms - played_ms < self._opt.lead_low_water_ms
-
-    async def _enqueue_speak(self, data: bytes, event_id: str, gen: int, t_in: float = 0.0) -> None:
-        ms = len(data) / BYTES_PER_MS
-        payload = json.dumps(
-            {"type": "agent.speak", "event_id": event_id, "audio": base64.b64encode(data).decode()}
-        )
-
-        def ready() -> bool:
-            return (
-                self._closing
-                or self._failed
-                or gen != self._gen
-                or self._queued_ms == 0
-                or self._queued_ms + ms <= self._opt.queue_ms
-            )
-
-        async with self._cond:
-            if not ready():
-                BACKPRESSURE.inc()
-                await self._cond.wait_for(ready)
-            if self._closing or self._failed or gen != self._gen:
-                DROPPED_MS.labels("interrupt" if gen != self._gen else "closed").inc(ms)
-                return
-            self._queue.append(_Out("speak", payload, self._next_seq(), ms, event_id, t_in=t_in))
-            self._queued_ms += ms
-            self._cond.notify_all()
