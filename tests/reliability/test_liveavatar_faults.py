@@ -57,7 +57,8 @@ async def test_rest_refusals_fail_fast_without_retry(
     assert steady.errors == []
     await steady.close()
     await no_live_sessions(la)
-    assert ledger_entries(daemon) == []
+    # Removed once /stop has answered, a moment after the stand-in saw it.
+    await wait_until(lambda: ledger_entries(daemon) == [], 5, "the ledger entry removed")
 
 
 async def test_start_storms_get_one_bounded_retry(sim: StandIns, start_daemon: StartDaemon) -> None:
@@ -80,7 +81,8 @@ async def test_start_storms_get_one_bounded_retry(sim: StandIns, start_daemon: S
     await first.speak(tone(1.0))
     await first.close()
     await no_live_sessions(la)
-    assert ledger_entries(daemon) == []
+    # Removed once /stop has answered, a moment after the stand-in saw it.
+    await wait_until(lambda: ledger_entries(daemon) == [], 5, "the ledger entry removed")
 
 
 class SlowStartStandIn(LiveAvatarStandIn):
@@ -119,7 +121,8 @@ async def test_a_start_that_succeeds_after_the_timeout_is_still_stopped(
         assert (late.session_id, "SERVER_ERROR") in slow.stop_calls
         await asyncio.sleep(slow.start_delay_s)  # let the second, late attempt land too
         assert slow.live_sessions == []
-        assert ledger_entries(daemon) == []
+        # Removed once /stop has answered, a moment after the stand-in saw it.
+        await wait_until(lambda: ledger_entries(daemon) == [], 5, "the ledger entry removed")
     finally:
         await slow.aclose()
 
