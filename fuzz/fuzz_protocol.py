@@ -79,6 +79,22 @@ def _canon(events: list[Any]) -> list[str]:
     return out
 
 
+def _assert_text(value: Any) -> None:
+    """Every string a parser hands out is Unicode text: it may be echoed (a MARK) or logged."""
+    if isinstance(value, str):
+        value.encode("utf-8")
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            _assert_text(getattr(value, f.name))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _assert_text(key)
+            _assert_text(item)
+    elif isinstance(value, list):
+        for item in value:
+            _assert_text(item)
+
+
 def check(data: bytes) -> None:
     """One fuzz input. Raises (AssertionError or the parser's own exception) on a bug."""
     from bridge import protocol as p
@@ -90,6 +106,8 @@ def check(data: bytes) -> None:
         whole_events = _parse(make(), [whole] if whole else [])
         # Splitting only changes when events come out, never which.
         assert _canon(split_events) == _canon(whole_events), (make.__name__, data[:64])
+        for event in whole_events:
+            _assert_text(event)
 
 
 def main(argv: list[str]) -> None:
