@@ -21,7 +21,8 @@ OPTS = LiveAvatarOptions(avatar_id="a", is_sandbox=False)  # the settings' defau
 
 def make(**overrides: Any) -> UplinkCore:
     ids = itertools.count(1)
-    opts = LiveAvatarOptions(**({"avatar_id": "a", "is_sandbox": False} | overrides))
+    defaults: dict[str, Any] = {"avatar_id": "a", "is_sandbox": False}
+    opts = LiveAvatarOptions(**(defaults | overrides))
     core = UplinkCore(opts, new_id=lambda: f"id{next(ids)}")
     core.connecting(0.0)
     core.on_connected(0.0)
