@@ -404,7 +404,14 @@ def _check_invariants(m: Model) -> None:
         assert bytes(fed).startswith(_acked_audio(m, event_id)), event_id
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: the same 400 scripts on every run (a deterministic test); the mutations tried
+# while writing it (no resend, resend reversed, no queue bound) each fail within them.
+@settings(
+    max_examples=400,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(ops)
 def test_every_byte_is_delivered_once_in_order_and_resent_until_acked(
     script: list[tuple[str, int]],
@@ -416,6 +423,8 @@ def test_every_byte_is_delivered_once_in_order_and_resent_until_acked(
         assert m.core.queued_ms >= 0
         if m.core.backlogged:  # only waits when the queue has no room for it
             assert m.core.queued_ms > 0
+        if len(m.servers) == 1:  # no resends yet (they may overfill it): the queue's bound
+            assert m.core.queued_ms <= 700
     # Drain: end the turn, then send and ack everything on a healthy connection.
     _apply(m, "end", 0)
     for _ in range(1000):

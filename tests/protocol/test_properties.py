@@ -162,7 +162,7 @@ surrogate_prone = st.text(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(name=surrogate_prone, extra=st.none() | surrogate_prone)
 @example(name="\ud83d\ude00", extra=None)  # a pair: accepted as U+1F600
 @example(name="ok", extra="\udc00\ud83d")  # reversed: rejected
