@@ -124,6 +124,8 @@ class DaemonProcess:
                         self.admin_port = int(json.loads(raw)["admin_port"])
                         return
             await asyncio.sleep(0.05)
+        # Nobody will stop a daemon whose start failed: do not leave it running.
+        await self.kill()
         raise RuntimeError(f"the daemon did not become ready: {self.log_tail()}")
 
     def _spawn(self, args: list[str]) -> subprocess.Popen[bytes]:
