@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -46,16 +46,22 @@ from prometheus_client import Counter, Histogram
 
 from bridge.errors import BridgeError, ErrorCode
 from bridge.livekit.subscriber import LiveKitSubscriber, SubscriberOptions
+from bridge.media_path import RELAY_CODECS, PathKind, RelayDecline
 from bridge.relay.aiortc_hooks import ReceiverTap, SenderTap, ensure_compatible
-from bridge.relay.rtp import HoldQueue, KeyframeGate, RateLimiter, RtpRewriter, RtxHistory
+from bridge.relay.rtp import (
+    HoldQueue,
+    KeyframeGate,
+    RateLimiter,
+    RtpRewriter,
+    RtxHistory,
+    first_sequence_number,
+)
 from bridge.stages import AvatarRoom, EventSink, FailureCallback
 
-__all__ = ["RELAY_CODECS", "RelayOptions", "RelayPath", "StreamSide"]
+__all__ = ["RELAY_CODECS", "RelayOptions", "RelayPath", "StreamSide"]  # RELAY_CODECS: re-export
 
 log = structlog.get_logger(__name__)
 
-# Video codecs the relay can gate on a keyframe (aiortc has no VP9/AV1 packetization anyway).
-RELAY_CODECS = ("VP8", "H264")
 
 PACKETS = Counter("bridge_relay_packets_total", "RTP packets relayed downstream", ["kind"])
 VIDEO_FRAMES = Counter(
@@ -78,7 +84,9 @@ VIDEO_PAUSES = Counter(
     "Times the Stream SFU stopped the relay's video (send-video revoked, video layer paused)",
     ["reason"],
 )
-DECLINED = Counter("bridge_relay_declined_total", "Relays that fell back to transcoding")
+DECLINED = Counter(
+    "bridge_relay_declined_total", "Relays that fell back to transcoding", ["reason"]
+)
 LOOP_LAG = Histogram(
     "bridge_event_loop_lag_seconds",
     "How late a 50 ms timer fires on the daemon's event loop while relays run (sessions "
@@ -121,7 +129,10 @@ class _LoopLag:
 class StreamSide(Protocol):
     """The Stream-side publisher the relay writes into (``StreamRelayPublisher``)."""
 
-    async def join(self, preferred_video_codec: str) -> str: ...
+    async def join(self, preferred_video_codec: str, fallbacks: Sequence[str] = ()) -> str: ...
+
+    @property
+    def granted_codec(self) -> str | None: ...
 
     async def publish(self, video_codec: str, h264_fmtp: str | None = None) -> None: ...
 
@@ -139,6 +150,9 @@ class RelayOptions:
     avatar_identity: str = "heygen"
     # The codec LiveAvatar was asked for ("VP8" | "H264"): asked of the SFU before subscribing.
     avatar_codec: str = "VP8"
+    # Asked of the SFU after the avatar's codec: what the transcode path can publish on this
+    # same SFU session if the relay declines (so the bridge joins the call once).
+    fallback_codecs: tuple[str, ...] = ()
     # Playout alignment (see the module doc); 0 disables the hold.
     video_hold_ms: float = 20.0
     hold_capacity: int = 512
@@ -202,7 +216,10 @@ class _Forwarder:
 
 
 class RelayPath:
-    """A session's relay. :meth:`start` joins both sides; :meth:`aclose` leaves both."""
+    """A session's relay (a :class:`bridge.media_path.MediaPath`). :meth:`start` joins both
+    sides; :meth:`aclose` leaves both."""
+
+    kind = PathKind.RELAY
 
     def __init__(
         self,
@@ -242,35 +259,40 @@ class RelayPath:
         # while any reason holds, video packets are dropped on arrival; audio goes on.
         self._video_blocked: set[str] = set()
         self._video_paused_dropped = 0
+        self._declined = False
+        self._stream_taken = False
+        self._rng = random.Random()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    async def start(self, room: AvatarRoom) -> str | None:
-        """Join Stream, publish, subscribe. None when relaying; else why it declined."""
+    async def start(self, room: AvatarRoom) -> RelayDecline | None:
+        """Join Stream, publish, subscribe. None when relaying; else why it declined (then the
+        joined Stream session is left for :meth:`take_stream`, everything else released)."""
         ensure_compatible()
         _LoopLag.acquire()
         self._lag_held = True
         self._started_t = time.monotonic()
         opts = self._opts
         try:
-            granted = (await self._stream.join(self._codec)).upper()
+            granted = (await self._stream.join(self._codec, opts.fallback_codecs)).upper()
             if granted != self._codec:
-                DECLINED.inc()
-                await self._stream.aclose()
-                return f"the Stream SFU grants {granted}, the avatar sends {self._codec}"
+                DECLINED.labels(RelayDecline.CODEC_NOT_GRANTED).inc()
+                log.info("relay_declined", granted=granted, codec=self._codec)
+                self._declined = True
+                await self.aclose()
+                return RelayDecline.CODEC_NOT_GRANTED
             await self._stream.publish(self._codec)
             if hasattr(self._stream, "on_publish_quality"):
                 cast(Any, self._stream).on_publish_quality = self._on_publish_quality
             if hasattr(self._stream, "on_send_video"):
                 cast(Any, self._stream).on_send_video = self._on_send_video
-            first_seq = random.randrange(1 << 16)
             self._fwd["video"] = _Forwarder(
                 "video",
                 SenderTap(
                     self._stream.video_sender,
                     lambda seq: self._fwd["video"].retransmit(seq),
                     self._on_downstream_keyframe_request,
-                    first_seq,
+                    first_sequence_number(self._rng),
                 ),
                 opts.rtx_history,
                 self._codec,
@@ -281,7 +303,7 @@ class RelayPath:
                     self._stream.audio_sender,
                     lambda seq: self._fwd["audio"].retransmit(seq),
                     lambda: None,
-                    random.randrange(1 << 16),
+                    first_sequence_number(self._rng),
                 ),
                 opts.rtx_history,
                 None,
@@ -328,6 +350,16 @@ class RelayPath:
         """Until the relay is closed (the media flows from the receive path)."""
         await self._closed.wait()
 
+    def interrupt(self) -> None:
+        """Nothing to drop: packets leave as they arrive (the hold is a few ms)."""
+
+    def take_stream(self) -> StreamSide | None:
+        """After a decline: the joined Stream session, now the caller's to use or close."""
+        if not self._declined or self._stream_taken:
+            return None
+        self._stream_taken = True
+        return self._stream
+
     async def aclose(self) -> None:
         """Leave LiveKit, then the call. Idempotent; never raises."""
         if self._close_task is None:
@@ -341,8 +373,9 @@ class RelayPath:
         if self._subscriber is not None:
             with contextlib.suppress(Exception):
                 await self._subscriber.aclose()
-        with contextlib.suppress(Exception):
-            await self._stream.aclose()
+        if not self._declined:
+            with contextlib.suppress(Exception):
+                await self._stream.aclose()
         self._hold.drain()
         if self._lag_held:
             self._lag_held = False

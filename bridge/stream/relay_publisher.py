@@ -27,7 +27,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -205,12 +205,10 @@ class StreamRelayPublisher:
             raise RuntimeError("publish() has not run")
         return self._audio_tx.sender
 
-    def flush_audio(self) -> None:
-        """Nothing is queued here (the relay forwards packets as they come)."""
-
-    async def join(self, preferred_video_codec: str) -> str:
+    async def join(self, preferred_video_codec: str, fallbacks: Sequence[str] = ()) -> str:
         """Authenticate, join the call and the SFU asking for ``preferred_video_codec``
-        ("VP8" | "H264"); returns the video codec of the publish option the SFU granted."""
+        ("VP8" | "H264"), then ``fallbacks`` in order; returns the video codec of the publish
+        option the SFU granted."""
         if self._joined or self._closing:
             raise RuntimeError("join() called twice or after aclose()")
         t0 = time.monotonic()
@@ -221,7 +219,7 @@ class StreamRelayPublisher:
         )
         try:
             async with asyncio.timeout(self._opts.join_timeout_s):
-                granted = await self._join(preferred_video_codec.upper())
+                granted = await self._join([c.upper() for c in (preferred_video_codec, *fallbacks)])
         except BaseException as exc:
             JOINS.labels("error").inc()
             await self._teardown()
@@ -246,12 +244,14 @@ class StreamRelayPublisher:
         *,
         audio_source: MediaStreamTrack | None = None,
         video_source: MediaStreamTrack | None = None,
+        media_path: str = "relay",
     ) -> None:
         """Create the publisher peer connection (Opus + exactly ``video_codec`` and its RTX),
         ``SetPublisher``, trickle, unmute, and wait until it is connected.
 
         ``audio_source`` / ``video_source`` replace the idle placeholders with tracks aiortc
-        encodes itself (tests; the relay leaves them None and writes packets).
+        encodes itself (the transcode path on a declined relay's session, and tests; the relay
+        leaves them None and writes packets).
         """
         if not self._joined or self._closing:
             raise RuntimeError("publish() needs a joined, open publisher")
@@ -277,7 +277,7 @@ class StreamRelayPublisher:
             call_type=self._call_type,
             call_id=self._call_id,
             codec=self.video_codec,
-            media_path="relay",
+            media_path=media_path,
         )
 
     async def aclose(self) -> None:
@@ -290,7 +290,7 @@ class StreamRelayPublisher:
 
     # ---- join ----------------------------------------------------------------------------------
 
-    async def _join(self, preferred: str) -> str:
+    async def _join(self, preferred: list[str]) -> str:
         opts = self._opts
         self._http = http = aiohttp.ClientSession()
         user_token = jwt.encode(
@@ -348,9 +348,9 @@ class StreamRelayPublisher:
 
         preferred_options = [
             pbm.PublishOption(
-                track_type=pbm.TRACK_TYPE_VIDEO,
-                codec=pbm.Codec(name=preferred, clock_rate=90000),
+                track_type=pbm.TRACK_TYPE_VIDEO, codec=pbm.Codec(name=name, clock_rate=90000)
             )
+            for name in preferred
         ]
         response = await self._sfu_connect(
             ev.JoinRequest(

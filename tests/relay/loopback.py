@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ class LoopbackStream:
         self.grant = grant
         self.drop_every = drop_every
         self.asked: str | None = None
+        self.granted_codec: str | None = None
         self.pub: RTCPeerConnection | None = None
         self.sub: RTCPeerConnection | None = None
         self.frames: list[int | None] = []
@@ -47,9 +49,10 @@ class LoopbackStream:
         self._tasks: set[asyncio.Task[None]] = set()
         self._video_receiver: RTCRtpReceiver | None = None
 
-    async def join(self, preferred_video_codec: str) -> str:
+    async def join(self, preferred_video_codec: str, fallbacks: Sequence[str] = ()) -> str:
         self.asked = preferred_video_codec
-        return self.grant or preferred_video_codec
+        self.granted_codec = self.grant or preferred_video_codec
+        return self.granted_codec
 
     async def publish(self, video_codec: str, h264_fmtp: str | None = None) -> None:
         pub = self.pub = RTCPeerConnection()

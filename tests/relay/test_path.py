@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 
+from bridge.media_path import RelayDecline
 from bridge.relay.path import RelayOptions, RelayPath
 from bridge.sim.livekit_server import LiveKitStandIn
 from bridge.stages import AvatarRoom
@@ -69,9 +70,13 @@ async def test_relay_declines_a_codec_the_sfu_does_not_grant(
     stream = LoopbackStream(grant="VP9")
     relay = RelayPath(RelayOptions(avatar_codec="VP8"), stream, recorder, recorder.fail)
     reason = await relay.start(AvatarRoom("s1", url, token, ""))
-    assert reason is not None and "VP9" in reason
-    assert stream.closed
+    assert reason is RelayDecline.CODEC_NOT_GRANTED
     assert livekit.counters.joins == 0  # declined before subscribing on LiveKit
+    # The joined Stream session is handed over (the transcode path publishes on it), once.
+    assert not stream.closed
+    assert relay.take_stream() is stream and relay.take_stream() is None
+    await relay.aclose()
+    assert not stream.closed  # the relay no longer owns it
 
 
 async def test_pli_from_the_stream_side_reaches_the_avatar(
