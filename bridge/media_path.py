@@ -14,8 +14,9 @@ The choice has two steps, both in this module:
    (:class:`RelayDecline`: the Stream SFU grants another codec than the avatar's). It has then
    joined the call already, so the transcode path takes that one SFU session over when it can
    encode the granted codec itself: the call sees the bridge's participant join once, never join,
-   leave and join again. Only a grant that the bridge can encode with the Stream SDK alone (VP9)
-   still needs the SDK's own session (see ``docs`` and :mod:`bridge.stream.kept_session`).
+   leave and join again. Only a grant that aiortc cannot encode (VP9: the relay asks for the
+   avatar's codec, then VP8/H264) still needs the Stream SDK's own session, a second join
+   (:mod:`bridge.stream.kept_session`).
 
 Every reason is an enum whose value is also the ``reason`` label of ``bridge_media_path_total``.
 """

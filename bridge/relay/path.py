@@ -10,8 +10,9 @@ Order of work (so the avatar's first keyframe is not wasted):
    each receiver is taken over before its first packet (:mod:`bridge.relay.aiortc_hooks`).
 4. Forward. Video waits for a keyframe; PLIs go upstream (rate-limited) until one arrived.
 
-Per packet (:mod:`bridge.relay.rtp`): RTX unwrapped and upstream gaps NACKed by the receiver tap,
-keyframe gate (video), then -- video after the playout hold -- rewritten (SSRC, PT, sequence,
+Per packet: RTX unwrapped and upstream gaps NACKed by the receiver tap; what to do with each video
+packet (keyframe gate, hold, pause/resume, SSRC changes, keyframe requests) is decided by the
+sans-I/O :class:`~bridge.relay.policy.VideoPolicy`; then -- video after the playout hold -- rewritten (SSRC, PT, sequence,
 extensions; timestamps kept), stored in a bounded RTX history and sent. Downstream NACKs are
 answered from that history with RTX; downstream PLI/FIR become upstream PLIs (rate-limited).
 Upstream sender reports are translated into ours (the avatar's NTP<->RTP mapping; until the first
@@ -34,7 +35,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -48,15 +49,10 @@ from bridge.errors import BridgeError, ErrorCode
 from bridge.livekit.subscriber import LiveKitSubscriber, SubscriberOptions
 from bridge.media_path import RELAY_CODECS, PathKind, RelayDecline
 from bridge.relay.aiortc_hooks import ReceiverTap, SenderTap, ensure_compatible
-from bridge.relay.rtp import (
-    HoldQueue,
-    KeyframeGate,
-    RateLimiter,
-    RtpRewriter,
-    RtxHistory,
-    first_sequence_number,
-)
+from bridge.relay.policy import VideoPolicy
+from bridge.relay.rtp import RtpRewriter, RtxHistory, first_sequence_number
 from bridge.stages import AvatarRoom, EventSink, FailureCallback
+from bridge.tasks import TaskSet
 
 __all__ = ["RELAY_CODECS", "RelayOptions", "RelayPath", "StreamSide"]  # RELAY_CODECS: re-export
 
@@ -169,13 +165,11 @@ class RelayOptions:
 class _Forwarder:
     """One upstream stream -> one downstream sender."""
 
-    def __init__(self, kind: str, tap: SenderTap, history_size: int, codec: str | None) -> None:
+    def __init__(self, kind: str, tap: SenderTap, history_size: int) -> None:
         self.kind = kind
         self.tap = tap
         self.rewriter = RtpRewriter(tap.binding)
         self.history = RtxHistory(history_size)
-        self.gate = KeyframeGate(codec) if codec is not None else None
-        self.upstream_ssrc: int | None = None
         self.sr_from_upstream = False
         self.sent = 0
         self.frames = 0
@@ -239,26 +233,21 @@ class RelayPath:
         self._subscriber: LiveKitSubscriber | None = None
         self._fwd: dict[str, _Forwarder] = {}
         self._receiver_taps: dict[str, ReceiverTap] = {}
-        self._hold: HoldQueue[RtpPacket] = HoldQueue(
-            options.video_hold_ms / 1000.0, options.hold_capacity
+        self._video: VideoPolicy[RtpPacket] = VideoPolicy(
+            codec,
+            hold_s=options.video_hold_ms / 1000.0,
+            hold_capacity=options.hold_capacity,
+            pli_min_interval_s=options.pli_min_interval_s,
         )
         self._hold_wake = asyncio.Event()
-        self._pli = RateLimiter(options.pli_min_interval_s)
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(on_failure, ErrorCode.INTERNAL)
         self._closed = asyncio.Event()
         self._close_task: asyncio.Task[None] | None = None
-        self._first_key_t: float | None = None
         self._started_t = 0.0
-        self.keyframe_delays_ms: list[float] = []
-        self._pli_pending_t: float | None = None
         # Counts of receiver taps replaced by a LiveKit rejoin.
         self._nacks_before = 0
         self._rtx_before = 0
         self._lag_held = False
-        # Why the Stream SFU does not want our video now ("grant_revoked", "layer_paused"):
-        # while any reason holds, video packets are dropped on arrival; audio goes on.
-        self._video_blocked: set[str] = set()
-        self._video_paused_dropped = 0
         self._declined = False
         self._stream_taken = False
         self._rng = random.Random()
@@ -295,7 +284,6 @@ class RelayPath:
                     first_sequence_number(self._rng),
                 ),
                 opts.rtx_history,
-                self._codec,
             )
             self._fwd["audio"] = _Forwarder(
                 "audio",
@@ -306,7 +294,6 @@ class RelayPath:
                     first_sequence_number(self._rng),
                 ),
                 opts.rtx_history,
-                None,
             )
             video_codec = self._fwd["video"].tap.codec.mimeType.split("/")[-1].upper()
             if video_codec != self._codec:
@@ -315,7 +302,7 @@ class RelayPath:
                     f"the Stream side negotiated {video_codec}, not {self._codec}",
                 )
             if opts.video_hold_ms > 0:
-                self._spawn(self._pump_hold())
+                self._tasks.spawn(self._pump_hold(), "relay_hold_pump")
             self._subscriber = LiveKitSubscriber(
                 SubscriberOptions(
                     avatar_identity=opts.avatar_identity,
@@ -334,7 +321,7 @@ class RelayPath:
                     ErrorCode.LIVEKIT_FAILED,
                     f"the avatar sends {upstream}, the relay was set up for {self._codec}",
                 )
-            self._spawn(self._ask_for_keyframe())
+            self._tasks.spawn(self._ask_for_keyframe(), "relay_keyframe_request")
         except BaseException:
             await self.aclose()
             raise
@@ -367,16 +354,14 @@ class RelayPath:
         await asyncio.shield(self._close_task)
 
     async def _close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.aclose()
         if self._subscriber is not None:
             with contextlib.suppress(Exception):
                 await self._subscriber.aclose()
         if not self._declined:
             with contextlib.suppress(Exception):
                 await self._stream.aclose()
-        self._hold.drain()
+        self._video.close()
         if self._lag_held:
             self._lag_held = False
             await _LoopLag.release()
@@ -385,27 +370,34 @@ class RelayPath:
         UPSTREAM_NACKS.inc(stats["upstream_nacks"])
         log.info("relay_closed", **stats)
 
+    @property
+    def keyframe_delays_ms(self) -> list[float]:
+        """From each keyframe request upstream to the keyframe that answered it."""
+        return self._video.keyframe_delays_ms
+
     def stats(self) -> dict[str, Any]:
         video = self._fwd.get("video")
         audio = self._fwd.get("audio")
         vt = self._receiver_taps.get("video")
+        policy = self._video
+        first_key_t = policy.first_keyframe_t
         return {
             "video_sent": video.sent if video else 0,
             "video_frames": video.frames if video else 0,
             "audio_sent": audio.sent if audio else 0,
-            "keyframes": video.gate.keyframes if video and video.gate else 0,
-            "waiting_for_keyframe_dropped": video.gate.dropped if video and video.gate else 0,
+            "keyframes": policy.gate.keyframes,
+            "waiting_for_keyframe_dropped": policy.gate.dropped,
             "rtx_sent": video.history.hits if video else 0,
             "rtx_missed": video.history.misses if video else 0,
             "upstream_nacks": self._nacks_before + (vt.nacks_sent if vt else 0),
             "upstream_rtx": self._rtx_before + (vt.rtx_received if vt else 0),
-            "pli_sent": self._pli.allowed,
-            "pli_suppressed": self._pli.suppressed,
-            "hold_released_early": self._hold.released_early,
-            "video_paused_dropped": self._video_paused_dropped,
+            "pli_sent": policy.pli.allowed,
+            "pli_suppressed": policy.pli.suppressed,
+            "hold_released_early": policy.hold.released_early,
+            "video_paused_dropped": policy.paused_dropped,
             "rebases": video.rewriter.rebases if video else 0,
             "first_keyframe_s": (
-                None if self._first_key_t is None else round(self._first_key_t - self._started_t, 3)
+                None if first_key_t is None else round(first_key_t - self._started_t, 3)
             ),
         }
 
@@ -425,51 +417,33 @@ class RelayPath:
         if old is not None:
             self._nacks_before += old.nacks_sent
             self._rtx_before += old.rtx_received
-        if kind == "video" and fwd.gate is not None:
-            fwd.gate.close()  # a new subscription starts on a keyframe again
-            if self._first_key_t is not None:
-                self._spawn(self._ask_for_keyframe())
+        if kind == "video" and self._video.new_subscription():
+            self._tasks.spawn(self._ask_for_keyframe(), "relay_keyframe_request")
 
     async def _on_rtp(self, fwd: _Forwarder, packet: RtpPacket) -> None:
-        if packet.ssrc != fwd.upstream_ssrc:
-            if fwd.upstream_ssrc is not None and fwd.gate is not None:
-                fwd.gate.close()
-                if not self._video_blocked:
-                    self._request_keyframe("ssrc_change")
-            fwd.upstream_ssrc = packet.ssrc
-        if fwd.kind == "video" and self._video_blocked:
-            self._video_paused_dropped += 1
-            DROPPED.labels(fwd.kind, "paused_by_sfu").inc()
+        if fwd.kind != "video":
+            await fwd.send(packet)
             return
-        if fwd.gate is not None:
-            was_open = fwd.gate.open
-            key = fwd.gate.is_key(packet.payload)
-            if not fwd.gate.admit(packet.payload, packet.timestamp):
-                DROPPED.labels(fwd.kind, "waiting_for_keyframe").inc()
-                return
-            if key:
-                self._on_keyframe(first=not was_open)
-        if fwd.kind == "video" and self._opts.video_hold_ms > 0:
-            for early in self._hold.push(packet, time.monotonic()):
-                HOLD_EARLY.inc()
-                await fwd.send(early)
-            self._hold_wake.set()
-            return
-        await fwd.send(packet)
-
-    def _on_keyframe(self, *, first: bool) -> None:
         now = time.monotonic()
-        if self._pli_pending_t is not None:
-            self.keyframe_delays_ms.append(round(1000 * (now - self._pli_pending_t), 1))
-            self._pli_pending_t = None
-        if first and self._first_key_t is None:
-            self._first_key_t = now
+        verdict = self._video.admit(packet, now)
+        if verdict.keyframe_request is not None:
+            self._request_keyframe(verdict.keyframe_request)
+        if verdict.dropped is not None:
+            DROPPED.labels(fwd.kind, verdict.dropped).inc()
+            return
+        if verdict.first_keyframe:
             self._events(
                 "avatar_ready",
                 since_start_ms=round(1000 * (now - self._started_t)),
                 media_path="relay",
                 codec=self._codec,
             )
+        if verdict.released_early:
+            HOLD_EARLY.inc(verdict.released_early)
+        for out in verdict.send:
+            await fwd.send(out)
+        if verdict.held:
+            self._hold_wake.set()
 
     def _upstream_video_codec(self) -> str | None:
         tap = self._receiver_taps.get("video")
@@ -495,51 +469,34 @@ class RelayPath:
         self._set_video_blocked("grant_revoked", blocked=not allowed)
 
     def _set_video_blocked(self, reason: str, *, blocked: bool) -> None:
-        was_blocked = bool(self._video_blocked)
-        if blocked == (reason in self._video_blocked):
-            return
-        if blocked:
-            self._video_blocked.add(reason)
+        change = self._video.set_blocked(reason, blocked=blocked)
+        if blocked and change.changed:
             VIDEO_PAUSES.labels(reason).inc()
-        else:
-            self._video_blocked.discard(reason)
+        if change.paused:
+            log.info("relay_video_paused", reason=reason, held_dropped=change.held_dropped)
         fwd = self._fwd.get("video")
-        if self._video_blocked and not was_blocked:
-            held = self._hold.drain()  # not sent: the SFU asked us to stop now
-            self._video_paused_dropped += len(held)
-            log.info("relay_video_paused", reason=reason, held_dropped=len(held))
-        elif was_blocked and not self._video_blocked and fwd is not None:
-            if fwd.gate is not None:
-                fwd.gate.close()  # the receivers' decoders restart on a keyframe
+        if change.resumed and fwd is not None:
             # Rebase on the next packet: sequence numbers go on without a gap (nothing for the
             # SFU to NACK) and timestamps advance by the pause.
             fwd.rewriter.upstream_ssrc = None
-            log.info("relay_video_resumed", reason=reason, dropped=self._video_paused_dropped)
-            self._spawn(self._ask_for_keyframe())
+            log.info("relay_video_resumed", reason=reason, dropped=self._video.paused_dropped)
+            self._tasks.spawn(self._ask_for_keyframe(), "relay_keyframe_request")
 
     def _on_downstream_keyframe_request(self) -> None:
         self._request_keyframe("stream")
 
     def _request_keyframe(self, origin: str) -> None:
         tap = self._receiver_taps.get("video")
-        fwd = self._fwd.get("video")
-        ssrc = fwd.upstream_ssrc if fwd else None
-        if tap is None or ssrc is None:
-            KEYFRAME_REQUESTS.labels(origin, "no_upstream").inc()
-            return
-        if not self._pli.allow(time.monotonic()):
-            KEYFRAME_REQUESTS.labels(origin, "rate_limited").inc()
-            return
-        KEYFRAME_REQUESTS.labels(origin, "sent").inc()
-        if self._pli_pending_t is None:
-            self._pli_pending_t = time.monotonic()
-        self._spawn(tap.send_pli(ssrc))
+        ask = self._video.ask_keyframe(time.monotonic(), have_upstream=tap is not None)
+        KEYFRAME_REQUESTS.labels(origin, ask.outcome).inc()
+        ssrc = self._video.upstream_ssrc
+        if ask.send and tap is not None and ssrc is not None:
+            self._tasks.spawn(tap.send_pli(ssrc), "relay_pli")
 
     async def _ask_for_keyframe(self) -> None:
         """PLI upstream until the video gate opens (the avatar's first keyframe was missed)."""
-        fwd = self._fwd["video"]
         deadline = time.monotonic() + self._opts.keyframe_timeout_s
-        while fwd.gate is not None and not fwd.gate.open and not self._video_blocked:
+        while self._video.wants_keyframe():
             if time.monotonic() > deadline:
                 log.warning("relay_no_keyframe", waited_s=self._opts.keyframe_timeout_s)
                 return
@@ -551,7 +508,7 @@ class RelayPath:
     async def _pump_hold(self) -> None:
         fwd = self._fwd["video"]
         while True:
-            due = self._hold.next_due()
+            due = self._video.next_due()
             if due is None:
                 self._hold_wake.clear()
                 await self._hold_wake.wait()
@@ -559,10 +516,5 @@ class RelayPath:
             delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            for packet in self._hold.pop_due(time.monotonic()):
+            for packet in self._video.due(time.monotonic()):
                 await fwd.send(packet)
-
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)

@@ -34,6 +34,7 @@ from prometheus_client import Counter, Histogram
 from bridge.errors import BridgeError, ErrorCode
 from bridge.media import I420, AudioChunk, VideoFrame
 from bridge.stages import EventSink, FailureCallback
+from bridge.tasks import TaskSet
 
 log = structlog.get_logger(__name__)
 
@@ -137,7 +138,7 @@ class StreamPublisher:
         self._call: rtc.Call | None = None
         self._video: rtc.LocalVideoTrack | None = None
         self._audio: rtc.LocalAudioTrack | None = None
-        self._watchers: list[asyncio.Task[None]] = []
+        self._watchers = TaskSet(on_failure, ErrorCode.STREAM_FAILED)
         self._video_lock = asyncio.Lock()  # one video write at a time (the SDK may reorder)
         self._audio_lock = asyncio.Lock()
         self._last_pts_s = -1.0
@@ -173,11 +174,8 @@ class StreamPublisher:
         try:
             await asyncio.wait_for(call.join(opts.user_id, True), opts.join_timeout_s)
             # Read the calling state from now on: reconnects are logged, a final LEFT is fatal.
-            loop = asyncio.get_running_loop()
-            self._watchers = [
-                loop.create_task(self._watch(call), name="stream-publisher-watch"),
-                loop.create_task(self._watch_sfu(call), name="stream-publisher-sfu-events"),
-            ]
+            self._watchers.spawn(self._watch(call), "stream_publisher_watch")
+            self._watchers.spawn(self._watch_sfu(call), "stream_publisher_sfu_events")
             self._audio = rtc.LocalAudioTrack(pcm_queue_capacity=opts.pcm_queue_s)
             video = (
                 rtc.LocalVideoTrack.vp9()
@@ -187,11 +185,12 @@ class StreamPublisher:
             self._video = video
             await asyncio.wait_for(call.publish_audio(self._audio), opts.join_timeout_s)
             await asyncio.wait_for(call.publish_video(video), opts.join_timeout_s)
-        except BaseException as exc:
+        except Exception as exc:
             await self._teardown()
-            if isinstance(exc, asyncio.CancelledError):
-                raise
             raise self._join_error(exc) from exc
+        except BaseException:  # cancelled or interrupted: clean up, let it through unchanged
+            await self._teardown()
+            raise
         self._log.info(
             "stream call joined and tracks published",
             join_s=round(time.monotonic() - t0, 3),
@@ -313,13 +312,8 @@ class StreamPublisher:
                 await asyncio.wait_for(call.leave(), self._opts.leave_timeout_s)
             except (TimeoutError, rtc.RustError) as exc:
                 self._log.warning("leaving the stream call failed", error=str(exc))
-        watchers, self._watchers = self._watchers, []
-        if watchers:
-            # The event streams end after LEFT; cancel only what does not end in time.
-            await asyncio.wait(watchers, timeout=self._opts.leave_timeout_s)
-            for task in watchers:
-                task.cancel()
-            await asyncio.gather(*watchers, return_exceptions=True)
+        # The event streams end after LEFT; cancel only what does not end in time.
+        await self._watchers.aclose(grace_s=self._opts.leave_timeout_s)
         self._video = None
         self._audio = None
 

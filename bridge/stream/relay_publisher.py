@@ -55,6 +55,7 @@ from prometheus_client import Counter
 
 from bridge.errors import BridgeError, ErrorCode
 from bridge.stages import EventSink, FailureCallback
+from bridge.tasks import TaskSet
 
 log = structlog.get_logger(__name__)
 
@@ -170,7 +171,7 @@ class StreamRelayPublisher:
         self._pending_ice: list[str] = []
         self._pc_settled = asyncio.Event()  # connected, failed or closed
         self._last_health = 0.0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet(lambda err: self._fail(err.message), ErrorCode.STREAM_FAILED)
         self._joined = False
         self._closing = False
         self._closed = False
@@ -220,12 +221,14 @@ class StreamRelayPublisher:
         try:
             async with asyncio.timeout(self._opts.join_timeout_s):
                 granted = await self._join([c.upper() for c in (preferred_video_codec, *fallbacks)])
-        except BaseException as exc:
+        except Exception as exc:
             JOINS.labels("error").inc()
             await self._teardown()
-            if isinstance(exc, asyncio.CancelledError):
-                raise
             raise self._join_error(exc) from exc
+        except BaseException:  # cancelled or interrupted: clean up, let it through unchanged
+            JOINS.labels("error").inc()
+            await self._teardown()
+            raise
         JOINS.labels("ok").inc()
         self._joined = True
         self.granted_codec = granted
@@ -261,11 +264,12 @@ class StreamRelayPublisher:
         try:
             async with asyncio.timeout(self._opts.join_timeout_s):
                 await self._publish(video_codec.upper(), h264_fmtp, audio_source, video_source)
-        except BaseException as exc:
+        except Exception as exc:
             await self._close_pc()
-            if isinstance(exc, asyncio.CancelledError):
-                raise
             raise self._publish_error(exc) from exc
+        except BaseException:  # cancelled or interrupted: clean up, let it through unchanged
+            await self._close_pc()
+            raise
         self.video_codec = video_codec.upper()
         self._log.info(
             "relay publishing into stream call",
@@ -316,7 +320,7 @@ class StreamRelayPublisher:
         connection_id = hello.get("connection_id")
         if hello.get("type") != "connection.ok" or not connection_id:
             raise ConnectionError(f"coordinator WebSocket answered {first.type.name} {hello}")
-        self._spawn(self._coordinator_loop(coord), "relay-publisher-coordinator")
+        self._spawn(self._coordinator_loop(coord), "relay_publisher_coordinator")
 
         url = f"{opts.resolved_base_url()}/api/v2/video/call/{self._call_type}/{self._call_id}/join"
         async with http.post(
@@ -367,8 +371,8 @@ class StreamRelayPublisher:
         video = self._option(pbm.TRACK_TYPE_VIDEO)
         if video is None:
             raise ConnectionError("the SFU granted no video publish option")
-        self._spawn(self._sfu_loop(), "relay-publisher-sfu")
-        self._spawn(self._health_loop(), "relay-publisher-health")
+        self._spawn(self._sfu_loop(), "relay_publisher_sfu")
+        self._spawn(self._health_loop(), "relay_publisher_health")
         return str(video.codec.name).upper()
 
     async def _sfu_connect(self, join_request: Pb) -> Pb:
@@ -582,17 +586,7 @@ class StreamRelayPublisher:
     # ---- background loops ----------------------------------------------------------------------
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self._log.error(
-                "relay publisher task failed", task=task.get_name(), error=repr(task.exception())
-            )
-            self._fail(f"internal error in {task.get_name()}: {task.exception()!r}")
+        self._tasks.spawn(coro, name)
 
     async def _coordinator_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         """Answer nothing, read everything: the coordinator only needs the socket kept open
@@ -763,7 +757,7 @@ class StreamRelayPublisher:
             callback(granted)
         if self._pc is not None:
             # Tell the SFU the video track is muted while we may not send it (as Stream's SDKs do).
-            self._spawn(self._update_video_mute(muted=not granted), "relay-publisher-mute")
+            self._spawn(self._update_video_mute(muted=not granted), "relay_publisher_mute")
 
     async def _update_video_mute(self, *, muted: bool) -> None:
         request = sig.UpdateMuteStatesRequest(
@@ -798,10 +792,7 @@ class StreamRelayPublisher:
             leave = ev.LeaveCallRequest(session_id=self._session_id, reason="user requested leave")
             with contextlib.suppress(ConnectionError, RuntimeError, TimeoutError):
                 await _ws_send(ws, ev.SfuRequest(leave_call_request=leave))
-        tasks, self._tasks = set(self._tasks), set()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.aclose()
         await self._close_pc()
         await _close_ws(self._sfu_ws)
         await _close_ws(self._coord_ws)
