@@ -12,13 +12,14 @@ Order of work (so the avatar's first keyframe is not wasted):
 
 Per packet: RTX unwrapped and upstream gaps NACKed by the receiver tap; what to do with each video
 packet (keyframe gate, hold, pause/resume, SSRC changes, keyframe requests) is decided by the
-sans-I/O :class:`~bridge.relay.policy.VideoPolicy`; then -- video after the playout hold -- rewritten (SSRC, PT, sequence,
-extensions; timestamps kept), stored in a bounded RTX history and sent. Downstream NACKs are
-answered from that history with RTX; downstream PLI/FIR become upstream PLIs (rate-limited).
-Upstream sender reports are translated into ours (the avatar's NTP<->RTP mapping; until the first
-one arrives the mapping is provisional, our send time). Video the Stream SFU does not want now
-(send-video revoked, our layer paused) is dropped on arrival, audio goes on; when allowed again
-the gate waits for a keyframe (PLIs upstream) and the downstream stream is rebased.
+sans-I/O :class:`~bridge.relay.policy.VideoPolicy`; then -- video after the playout hold --
+rewritten (SSRC, PT, sequence, extensions; timestamps kept), stored in a bounded RTX history and
+sent. Downstream NACKs are answered from that history with RTX; downstream PLI/FIR become upstream
+PLIs (rate-limited). Upstream sender reports are translated into ours (the avatar's NTP<->RTP
+mapping; until the first one arrives the mapping is provisional, our send time). Video the Stream
+SFU does not want now (send-video revoked, our layer paused) is dropped on arrival, audio goes on;
+when allowed again the gate waits for a keyframe (PLIs upstream) and the downstream stream is
+rebased.
 
 Video hold: Stream's web SDK gives each track its own stream id, so browsers do not lip-sync a
 participant's audio and video by SR; video is held back by ``video_hold_ms`` so that it leaves

@@ -23,7 +23,6 @@ import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import av
 import getstream_rtc as rtc
@@ -34,6 +33,7 @@ from prometheus_client import Counter, Histogram
 from bridge.errors import BridgeError, ErrorCode
 from bridge.media import I420, AudioChunk, VideoFrame
 from bridge.stages import EventSink, FailureCallback
+from bridge.stream.join import StreamJoinOptions
 from bridge.tasks import TaskSet
 
 log = structlog.get_logger(__name__)
@@ -61,7 +61,6 @@ AUDIO_DROPPED = Counter(
     "bridge_publisher_audio_dropped_chunks_total", "PCM chunks not written", ["reason"]
 )
 
-_PRODUCTION_HOSTS = ("chat.stream-io-api.com", "video.stream-io-api.com")
 _CALL_EVENT_CAPACITY = 256
 _STATE_NAMES = (
     "IDLE",
@@ -75,34 +74,15 @@ _STATE_NAMES = (
 
 
 @dataclass(frozen=True, slots=True)
-class PublisherOptions:
-    """How the bridge joins Stream. ``base_url``/``ws_url`` None means Stream's cloud; a
-    ``base_url`` without ``ws_url`` derives ``ws(s)://<host>/api/v2/connect`` (the SDK would
-    otherwise dial the production coordinator WebSocket)."""
+class PublisherOptions(StreamJoinOptions):
+    """How the bridge joins Stream (:class:`~bridge.stream.join.StreamJoinOptions`) and what it
+    publishes. getstream_rtc 0.1.0 joins with the user id only; ``user_name`` is logged."""
 
-    api_key: str
-    api_secret: str
-    base_url: str | None = None
-    ws_url: str | None = None
-    user_id: str = "avatar-bridge"
-    # getstream_rtc 0.1.0 joins with the user id only; the name is logged, not sent.
-    user_name: str = "Avatar"
     video_codec: Literal["VP9", "VP8"] = "VP9"
     width: int = 640
     height: int = 360
     fps: float = 30.0
     pcm_queue_s: float = 0.2
-    join_timeout_s: float = 15.0
-    leave_timeout_s: float = 5.0
-
-    def resolved_ws_url(self) -> str | None:
-        if self.ws_url is not None or self.base_url is None:
-            return self.ws_url
-        parts = urlsplit(self.base_url)
-        if parts.hostname in _PRODUCTION_HOSTS:
-            return None  # the SDK's own default is right for the cloud
-        scheme = "wss" if parts.scheme == "https" else "ws"
-        return urlunsplit((scheme, parts.netloc, "/api/v2/connect", "", ""))
 
 
 def _scale_i420(data: I420, w: int, h: int, out_w: int, out_h: int) -> I420:

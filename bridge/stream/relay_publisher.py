@@ -28,9 +28,8 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode
 
 import aiohttp
 import jwt
@@ -55,6 +54,7 @@ from prometheus_client import Counter
 
 from bridge.errors import BridgeError, ErrorCode
 from bridge.stages import EventSink, FailureCallback
+from bridge.stream.join import StreamJoinOptions
 from bridge.tasks import TaskSet
 
 log = structlog.get_logger(__name__)
@@ -74,7 +74,6 @@ ICE_DROPPED = Counter(
 # The SDK's generated protobuf modules are untyped for mypy: messages are Any.
 Pb = Any
 
-_PRODUCTION_BASE_URL = "https://chat.stream-io-api.com"
 _TWIRP_SERVICE = "stream.video.sfu.signal.SignalServer"
 _NET_TIMEOUT_S = 5.0
 _HEALTH_INTERVAL_S = 10.0
@@ -87,32 +86,8 @@ _PENDING_ICE_MAX = 64
 _OPUS = "audio/opus"
 
 
-@dataclass(frozen=True, slots=True)
-class RelayPublisherOptions:
-    """How the relay joins Stream; the fields overlap ``bridge.stream.publisher.PublisherOptions``.
-
-    ``base_url`` None means Stream's cloud; ``ws_url`` None derives ``ws(s)://<host>/api/v2/connect``
-    from the base URL.
-    """
-
-    api_key: str
-    api_secret: str
-    base_url: str | None = None
-    ws_url: str | None = None
-    user_id: str = "avatar-bridge"
-    user_name: str = "Avatar"
-    join_timeout_s: float = 15.0
-    leave_timeout_s: float = 5.0
-
-    def resolved_base_url(self) -> str:
-        return (self.base_url or _PRODUCTION_BASE_URL).rstrip("/")
-
-    def resolved_ws_url(self) -> str:
-        if self.ws_url is not None:
-            return self.ws_url
-        parts = urlsplit(self.resolved_base_url())
-        scheme = "wss" if parts.scheme == "https" else "ws"
-        return urlunsplit((scheme, parts.netloc, "/api/v2/connect", "", ""))
+# How the relay joins Stream: the same options (and URLs) as the SDK publisher.
+RelayPublisherOptions = StreamJoinOptions
 
 
 class _IdleTrack(MediaStreamTrack):
