@@ -111,8 +111,7 @@ class _LoopLag:
         if cls.users == 0 and cls.task is not None:
             task, cls.task = cls.task, None
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait({task})  # not `await task`: our own cancellation must propagate
 
     @staticmethod
     async def _sample() -> None:
