@@ -174,20 +174,23 @@ class _Forwarder:
         self.sent = 0
         self.frames = 0
         self.send_errors = 0
+        # Per-packet metrics: the labelled children once, not a labels() lookup per packet.
+        self._packets = PACKETS.labels(kind)
+        self._not_connected = DROPPED.labels(kind, "not_connected")
 
     async def send(self, packet: RtpPacket) -> None:
-        abs_send_time = (clock.current_ntp_time() >> 14) & 0x00FFFFFF
-        out = self.rewriter.rewrite(packet, time.monotonic(), abs_send_time)
+        ntp = clock.current_ntp_time()
+        out = self.rewriter.rewrite(packet, time.monotonic(), (ntp >> 14) & 0x00FFFFFF)
         self.history.store(out)
         if not await self.tap.send(out):
             self.send_errors += 1
-            DROPPED.labels(self.kind, "not_connected").inc()
+            self._not_connected.inc()
             return
         self.tap.count_sent(len(out.payload))
         if not self.sr_from_upstream:
-            self.tap.set_sr_mapping(clock.current_ntp_time(), out.timestamp)
+            self.tap.set_sr_mapping(ntp, out.timestamp)
         self.sent += 1
-        PACKETS.labels(self.kind).inc()
+        self._packets.inc()
         if self.kind == "video" and out.marker:
             self.frames += 1
             VIDEO_FRAMES.inc()
@@ -396,6 +399,7 @@ class RelayPath:
             "hold_released_early": policy.hold.released_early,
             "video_paused_dropped": policy.paused_dropped,
             "rebases": video.rewriter.rebases if video else 0,
+            "decoder_threads": sum(t.decoder_running for t in self._receiver_taps.values()),
             "first_keyframe_s": (
                 None if first_key_t is None else round(first_key_t - self._started_t, 3)
             ),

@@ -51,6 +51,7 @@ async def test_relay_forwards_video_and_audio_undecoded(
         await wait_for(lambda: stream.audio_samples >= 48000, 5, "a second of audio")
         stats = relay.stats()
         assert stats["keyframes"] >= 1
+        assert stats["decoder_threads"] == 0  # taken-over receivers decode nothing
         assert "avatar_ready" in recorder.names()
         # The first decoded frame is a keyframe's: every frame after it decodes, in order.
         assert sum(f is not None for f in stream.frames) >= 0.9 * len(stream.frames)
