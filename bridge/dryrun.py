@@ -9,7 +9,6 @@ and the same events, so what a client sees differs only in that no avatar is ren
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections import deque
@@ -107,6 +106,5 @@ class DryRunUplink:
     async def aclose(self, reason: str = "USER_CLOSED") -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task})  # not `await`: our own cancellation must propagate
             self._task = None

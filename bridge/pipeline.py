@@ -1,7 +1,7 @@
 """Wiring: which stages a session gets, and the daemon built from the settings.
 
 ``dry_run`` sessions get a paced stand-in for the avatar (no remote is contacted). Real sessions get
-the LiveAvatar uplink, the LiveKit downlink, the sync stage and the Stream publisher.
+the LiveAvatar uplink and one media path (:mod:`bridge.media_path`).
 """
 
 from __future__ import annotations
@@ -21,11 +21,7 @@ def dry_run_factory(settings: Settings) -> StageFactory:
     def make(
         hello: Hello, clock: MediaClock, events: EventSink, on_failure: FailureCallback
     ) -> Stages:
-        return Stages(
-            uplink=DryRunUplink(events, queue_ms=queue_ms),
-            media_path="none",
-            media_path_reason="dry run: no avatar is rendered",
-        )
+        return Stages(uplink=DryRunUplink(events, queue_ms=queue_ms))
 
     return make
 

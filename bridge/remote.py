@@ -1,4 +1,6 @@
-"""The real services: a session's stages built for LiveAvatar, LiveKit and Stream.
+"""The real services: a session's uplink and media paths built for LiveAvatar, LiveKit and Stream.
+
+Which path runs is decided in :mod:`bridge.media_path`; :class:`RemotePaths` only builds them.
 
 Process-wide resources live here: one aiohttp ``ClientSession`` for every LiveAvatar REST call,
 and the paid-session ledger, which is swept (leftovers of a crash stopped) before the daemon
@@ -8,6 +10,7 @@ reports ready.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import aiohttp
 import structlog
@@ -16,13 +19,16 @@ from bridge.config import Settings
 from bridge.liveavatar import LiveAvatarAPI, LiveAvatarOptions, LiveAvatarUplink, SessionLedger
 from bridge.livekit.downlink import DownlinkOptions, LiveKitDownlink
 from bridge.media import MediaClock
+from bridge.media_path import KeptStream, MediaPath, PathChoice, RelayCandidate, choose_path
 from bridge.protocol import Hello
-from bridge.relay.path import RELAY_CODECS, RelayOptions, RelayPath
+from bridge.relay.path import RelayOptions, RelayPath
 from bridge.session import Stages
 from bridge.stages import EventSink, FailureCallback
+from bridge.stream.kept_session import ENCODABLE, KeptSessionPublisher
 from bridge.stream.publisher import PublisherOptions, StreamPublisher
 from bridge.stream.relay_publisher import RelayPublisherOptions, StreamRelayPublisher
 from bridge.sync import SyncStage
+from bridge.transcode import TranscodePath
 
 log = structlog.get_logger(__name__)
 
@@ -65,9 +71,10 @@ class RemoteStages:
     ) -> Stages:
         assert self._api is not None, "start() runs before the socket opens"
         s = self.settings
-        la, out, st = s.liveavatar, s.output, s.stream
+        la = s.liveavatar
         ov = hello.avatar
         quality = ov.video_quality or la.video_quality
+        codec = (ov.video_encoding or la.video_encoding).upper()
         uplink = LiveAvatarUplink(
             self._api,
             self.ledger,
@@ -76,9 +83,35 @@ class RemoteStages:
             events,
             on_failure,
         )
+        choice = choose_path(
+            hello.media_path or s.output.media_path,
+            codec,
+            QUALITY_SIZE.get(quality),
+            (s.output.width, s.output.height),
+        )
+        log.info("media_path_chosen", path=choice.kind, reason=choice.reason, codec=codec)
+        return Stages(
+            uplink=uplink,
+            paths=RemotePaths(s, hello, codec, clock, events, on_failure, choice),
+        )
+
+
+@dataclass(slots=True)
+class RemotePaths:
+    """Builds a session's media paths (a :class:`bridge.media_path.PathBuilder`)."""
+
+    settings: Settings
+    hello: Hello
+    codec: str
+    clock: MediaClock
+    events: EventSink
+    on_failure: FailureCallback
+    choice: PathChoice
+
+    def _stream_join(self) -> RelayPublisherOptions:
+        st = self.settings.stream
         assert st.api_key is not None and st.api_secret is not None  # validated at start
-        # What both Stream publishers (transcode and relay) need to join the call.
-        stream_join = RelayPublisherOptions(
+        return RelayPublisherOptions(
             api_key=st.api_key.get_secret_value(),
             api_secret=st.api_secret.get_secret_value(),
             base_url=st.base_url,
@@ -87,20 +120,50 @@ class RemoteStages:
             user_name=st.user_name,
             join_timeout_s=st.join_timeout_s,
         )
-        publisher = StreamPublisher(
-            PublisherOptions(
-                **dataclasses.asdict(stream_join),
-                video_codec=out.video_codec,
-                width=out.width,
-                height=out.height,
-                fps=out.fps,
-                pcm_queue_s=out.audio_queue_ms / 1000.0,
+
+    def relay(self) -> RelayCandidate:
+        la, out, call = self.settings.liveavatar, self.settings.output, self.hello.call
+        return RelayPath(
+            RelayOptions(
+                avatar_identity=la.avatar_identity,
+                avatar_codec=self.codec,
+                fallback_codecs=tuple(c for c in ENCODABLE if c != self.codec),
+                video_hold_ms=out.relay_video_hold_ms,
+                connect_timeout_s=la.connect_timeout_s,
+                avatar_join_timeout_s=la.connect_timeout_s,
             ),
-            hello.call.type,
-            hello.call.id,
-            events,
-            on_failure,
+            StreamRelayPublisher(
+                self._stream_join(), call.type, call.id, self.events, self.on_failure
+            ),
+            self.events,
+            self.on_failure,
         )
+
+    def can_keep(self, stream: KeptStream) -> bool:
+        return isinstance(stream, StreamRelayPublisher) and stream.granted_codec in ENCODABLE
+
+    def transcode(self, stream: KeptStream | None) -> MediaPath:
+        la, out, call = self.settings.liveavatar, self.settings.output, self.hello.call
+        publisher: StreamPublisher | KeptSessionPublisher
+        if isinstance(stream, StreamRelayPublisher):
+            publisher = KeptSessionPublisher(
+                stream, width=out.width, height=out.height, pcm_queue_s=out.audio_queue_ms / 1000
+            )
+        else:
+            publisher = StreamPublisher(
+                PublisherOptions(
+                    **dataclasses.asdict(self._stream_join()),
+                    video_codec=out.video_codec,
+                    width=out.width,
+                    height=out.height,
+                    fps=out.fps,
+                    pcm_queue_s=out.audio_queue_ms / 1000.0,
+                ),
+                call.type,
+                call.id,
+                self.events,
+                self.on_failure,
+            )
         sync = SyncStage(
             publisher,
             fps=out.fps,
@@ -109,58 +172,9 @@ class RemoteStages:
             video_delay_ms=out.video_delay_ms,
         )
         downlink = LiveKitDownlink(
-            DownlinkOptions.from_settings(s),
-            clock,
-            events,
-            on_failure,
+            DownlinkOptions.from_settings(self.settings),
+            self.clock,
+            self.events,
+            self.on_failure,
         )
-        codec = (ov.video_encoding or la.video_encoding).upper()
-        path, reason = self._media_path(hello, quality, codec)
-        relay = None
-        if path == "relay":
-            # The transcode stages above stay as the fallback if the SFU grants another codec.
-            relay = RelayPath(
-                RelayOptions(
-                    avatar_identity=la.avatar_identity,
-                    avatar_codec=codec,
-                    video_hold_ms=out.relay_video_hold_ms,
-                    connect_timeout_s=la.connect_timeout_s,
-                    avatar_join_timeout_s=la.connect_timeout_s,
-                ),
-                StreamRelayPublisher(
-                    stream_join,
-                    hello.call.type,
-                    hello.call.id,
-                    events,
-                    on_failure,
-                ),
-                events,
-                on_failure,
-            )
-        log.info("media path chosen", path=path, reason=reason, codec=codec, quality=quality)
-        return Stages(
-            uplink=uplink,
-            downlink=downlink,
-            publisher=publisher,
-            sync=sync,
-            media_path=path,
-            media_path_reason=reason,
-            relay=relay,
-        )
-
-    def _media_path(self, hello: Hello, quality: str, codec: str) -> tuple[str, str]:
-        """relay | transcode, and why. The SFU's codec grant is checked when the relay starts."""
-        wanted = hello.media_path or self.settings.output.media_path
-        size = QUALITY_SIZE.get(quality)
-        out = (self.settings.output.width, self.settings.output.height)
-        if wanted == "transcode":
-            return "transcode", "requested"
-        if codec not in RELAY_CODECS:
-            return "transcode", f"the relay cannot carry the avatar's {codec}"
-        if wanted == "relay":
-            if size != out:
-                return "relay", f"requested (the avatar's {size} is sent as is, not {out})"
-            return "relay", "requested"
-        if size != out:
-            return "transcode", f"avatar {size} differs from the output size {out}"
-        return "relay", f"the avatar's {codec} {size} matches the output"
+        return TranscodePath(downlink, sync, publisher)

@@ -18,34 +18,21 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-import numpy as np
 import structlog
-from prometheus_client import Counter
 
 from bridge import metrics
 from bridge.errors import BridgeError, ErrorCode
 from bridge.ingest import ClientLink
 from bridge.media import PCM, AudioChunk, AudioFormat, MediaClock
+from bridge.media_path import DRY_RUN, MediaPath, PathBuilder, PathChoice, PathKind, open_path
 from bridge.protocol import MAX_JSON, MAX_PAYLOAD, Hello
-from bridge.stages import (
-    AvatarDownlink,
-    AvatarRoom,
-    AvatarUplink,
-    CallPublisher,
-    EventSink,
-    FailureCallback,
-    MediaSink,
-)
+from bridge.stages import AvatarUplink, EventSink, FailureCallback
 
 log = structlog.get_logger(__name__)
-
-MEDIA_PATH = Counter(
-    "bridge_media_path_total", "Sessions by the media path they ran, and why", ["path", "reason"]
-)
 
 # How often a streaming client hears how much audio the bridge holds for it.
 CREDIT_INTERVAL_S = 0.25
@@ -65,50 +52,13 @@ class State(StrEnum):
 TERMINAL = frozenset({State.CLOSED, State.FAILED})
 
 
-class SyncStage(MediaSink, Protocol):
-    """The downstream half of a session: takes the downlink's media, feeds the call publisher.
-
-    It is the downlink's sink and runs as one task of the session.
-    """
-
-    async def run(self) -> None: ...
-
-    def flush(self) -> None:
-        """Drop queued media (barge-in)."""
-        ...
-
-
-class RelayStage(Protocol):
-    """The encoded relay (LiveKit -> Stream without decoding), tried before the transcode stages.
-
-    ``start`` returns None when relaying, or why it declined (the session then transcodes).
-    """
-
-    async def start(self, room: AvatarRoom) -> str | None: ...
-
-    async def run(self) -> None: ...
-
-    def stats(self) -> dict[str, Any]: ...
-
-    async def aclose(self) -> None: ...
-
-
 @dataclass(slots=True)
 class Stages:
-    """What a session drives. Only the uplink is mandatory (a dry run has nothing else).
-
-    With a ``relay``, the downlink/publisher/sync stages are the fallback: they run only when the
-    relay declines.
-    """
+    """What a session drives: the avatar's uplink and, unless a dry run, the builder of its media
+    path (:mod:`bridge.media_path` decides which one is built)."""
 
     uplink: AvatarUplink
-    downlink: AvatarDownlink | None = None
-    publisher: CallPublisher | None = None
-    sync: SyncStage | None = None
-    media_path: str = "none"
-    media_path_reason: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-    relay: RelayStage | None = None
+    paths: PathBuilder | None = None
 
 
 class StageFactory(Protocol):
@@ -168,6 +118,11 @@ class Session:
         self.stats: dict[str, float] = {"audio_in_s": 0.0, "turns": 0, "interrupts": 0}
         self._log = log.bind(session_id=self.id, call=f"{hello.call.type}:{hello.call.id}")
         self.stages = factory(hello, self.clock, self._event, self._fail)
+        self.uplink = self.stages.uplink
+        paths = self.stages.paths
+        self.choice: PathChoice = paths.choice if paths is not None else DRY_RUN
+        self.path: MediaPath | None = None
+        self._paths: list[MediaPath] = []  # every path built, for _release
 
     # ----- client link -------------------------------------------------------------------
 
@@ -322,51 +277,26 @@ class Session:
             self._on_closed(self)
 
     async def _start_and_serve(self) -> None:
-        st = self.stages
+        room = await self.uplink.start()
+        paths = self.stages.paths
+        if paths is None:
+            self._serving()
+            await asyncio.Event().wait()  # until the session is closed
+            return
         try:
-            room = await st.uplink.start()
-            self.send_event("liveavatar_session", {"session_id": room.session_id})
-            if st.relay is not None and await self._start_relay(st.relay, room):
-                self._media_path_chosen()
-                self._started.set()
-                self._set_state(State.READY)
-                await st.relay.run()
-                return
-            # The call and the avatar's room are joined at the same time; both must succeed.
-            async with asyncio.TaskGroup() as tg:
-                if st.publisher is not None:
-                    tg.create_task(st.publisher.start())
-                if st.downlink is not None and st.sync is not None:
-                    tg.create_task(st.downlink.start(room, st.sync))
-            self._media_path_chosen()
-        except BaseExceptionGroup as group:
-            first = group.exceptions[0]
-            raise first if isinstance(first, BridgeError) else group from None
+            self.path, self.choice = await open_path(paths, room, self._paths.append)
         finally:
             self._started.set()
+        self._serving()
+        await self.path.run()
+
+    def _serving(self) -> None:
+        choice = self.choice
+        self._log.info("media_path", path=choice.kind, reason=choice.reason, detail=choice.detail)
+        choice.count()
+        self.send_event("media_path", {"path": str(choice.kind), "reason": choice.detail})
+        self._started.set()
         self._set_state(State.READY)
-        if st.sync is not None:
-            await st.sync.run()
-        else:
-            await asyncio.Event().wait()  # until the session is closed
-
-    async def _start_relay(self, relay: RelayStage, room: AvatarRoom) -> bool:
-        """Start the relay; False (the transcode stages take over) when it declines."""
-        declined = await relay.start(room)
-        st = self.stages
-        if declined is None:
-            # The fallback stages were never started: nothing of theirs to run or close.
-            st.downlink = st.publisher = st.sync = None
-            return True
-        st.relay = None
-        st.media_path, st.media_path_reason = "transcode", f"relay declined: {declined}"
-        return False
-
-    def _media_path_chosen(self) -> None:
-        st = self.stages
-        self._log.info("media path", path=st.media_path, reason=st.media_path_reason)
-        MEDIA_PATH.labels(st.media_path, _reason_label(st.media_path_reason)).inc()
-        self.send_event("media_path", {"path": st.media_path, "reason": st.media_path_reason})
 
     async def _release(self) -> None:
         """Close stages in the order that stops billing first; never raises."""
@@ -374,15 +304,9 @@ class Session:
             task.cancel()
         if self._linger_task is not None:
             self._linger_task.cancel()
-        st = self.stages
         reason = self._close_reason
-        closers: list[Callable[[], Awaitable[None]]] = [lambda: st.uplink.aclose(reason)]
-        if st.relay is not None:
-            closers.append(st.relay.aclose)
-        if st.downlink is not None:
-            closers.append(st.downlink.aclose)
-        if st.publisher is not None:
-            closers.append(st.publisher.aclose)
+        closers: list[Callable[[], Awaitable[None]]] = [lambda: self.uplink.aclose(reason)]
+        closers += [path.aclose for path in self._paths]
         for closer in closers:
             try:
                 await asyncio.shield(closer())
@@ -402,17 +326,17 @@ class Session:
         metrics.AUDIO_IN_SECONDS.inc(seconds)
         metrics.AUDIO_IN_BYTES.inc(pcm.nbytes)
         t0 = time.monotonic()
-        await self.stages.uplink.send_audio(chunk)
+        await self.uplink.send_audio(chunk)
         metrics.STAGE_LATENCY.labels(stage="ingest_wait").observe(time.monotonic() - t0)
         now = time.monotonic()
         if now - self._last_credit >= CREDIT_INTERVAL_S:
             self._last_credit = now
-            self.send_event("credit", {"buffered_ms": round(self.stages.uplink.buffered_ms(), 1)})
+            self.send_event("credit", {"buffered_ms": round(self.uplink.buffered_ms(), 1)})
 
     async def on_end_turn(self) -> None:
         if not self._turn_open:
             return  # an empty turn: nothing to end
-        await self.stages.uplink.end_turn()
+        await self.uplink.end_turn()
         self._next_turn()
         self.stats["turns"] += 1
         metrics.TURNS.labels(how="end_turn").inc()
@@ -421,11 +345,9 @@ class Session:
         self._log.info("interrupt")
         # Marks first: the client learns which labels will never play before speech stops.
         self._clear_marks()
-        await self.stages.uplink.interrupt()
-        if self.stages.sync is not None:
-            self.stages.sync.flush()
-        if self.stages.publisher is not None:
-            self.stages.publisher.flush_audio()
+        await self.uplink.interrupt()
+        if self.path is not None:
+            self.path.interrupt()
         self._next_turn()
         self._played_turn = self._turn - 1
         self.stats["interrupts"] += 1
@@ -504,34 +426,22 @@ class Session:
             "client": self.hello.client,
             "created": self.created,
             "audio": {"sample_rate": self.fmt.sample_rate, "channels": self.fmt.channels},
-            "media_path": self.stages.media_path,
-            "media_path_reason": self.stages.media_path_reason,
-            "relay": self.stages.relay.stats() if self.stages.relay is not None else None,
-            "uplink_buffered_ms": round(self.stages.uplink.buffered_ms(), 1),
+            "media_path": str(self.choice.kind),
+            "media_path_reason": self.choice.detail,
+            "relay": (
+                self.path.stats()
+                if self.path is not None and self.path.kind is PathKind.RELAY
+                else None
+            ),
+            "path_stats": self.path.stats() if self.path is not None else None,
+            "uplink_buffered_ms": round(self.uplink.buffered_ms(), 1),
             "stats": dict(self.stats),
             "error": self.error.to_json() if self.error else None,
         }
-
-
-def _reason_label(reason: str) -> str:
-    """A bounded label for the metric: the reason's kind, not its free text."""
-    kinds = (
-        ("relay declined", "declined"),
-        ("requested", "requested"),
-        ("differs", "size"),
-        ("cannot carry", "codec"),
-        ("matches", "match"),
-    )
-    return next((label for text, label in kinds if text in reason), "other")
 
 
 class _Closing(Exception):
     """Raised inside the session's task group to cancel its tasks once close() was called."""
 
 
-def pcm_view(payload: bytes | memoryview) -> PCM:
-    """A zero-copy int16 view of an AUDIO payload."""
-    return np.frombuffer(payload, dtype="<i2")
-
-
-__all__ = ["RelayStage", "Session", "StageFactory", "Stages", "State", "SyncStage", "pcm_view"]
+__all__ = ["Session", "StageFactory", "Stages", "State"]

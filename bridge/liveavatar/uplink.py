@@ -238,6 +238,8 @@ class LiveAvatarUplink:
         # Recorded before /start: a start that fails after the server began billing is still
         # stopped, now or by the next daemon's sweep.
         await self._ledger.record(token.session_id)
+        # Sent once, as soon as the id exists: a client can quote it even if /start fails.
+        self._emit("liveavatar_session", session_id=token.session_id)
         try:
             self._info = await self._api.start(token.session_token)
             self._ws = await self._connect()

@@ -40,6 +40,7 @@ from bridge.config import LiveAvatarConfig, Settings, setting_default
 from bridge.errors import BridgeError, ErrorCode
 from bridge.media import AudioChunk, AudioFormat, MediaClock, VideoFrame
 from bridge.stages import AvatarRoom, EventSink, FailureCallback, MediaSink
+from bridge.tasks import TaskSet
 
 __all__ = ["DownlinkOptions", "LiveKitDownlink"]
 
@@ -138,7 +139,7 @@ class LiveKitDownlink:
         self._fmt = AudioFormat(options.sample_rate, options.channels)
         self._room: rtc.Room | None = None
         self._sink: MediaSink | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet(lambda err: self._fail("internal", err.message), ErrorCode.INTERNAL)
         # kind -> (track, its reader); a full reconnect brings new track objects, same sids.
         self._readers: dict[str, tuple[rtc.Track, asyncio.Task[None]]] = {}
         self._started_ns = 0
@@ -191,7 +192,7 @@ class LiveKitDownlink:
             for pub in avatar.track_publications.values():
                 if pub.track is not None:
                     self._on_track_subscribed(pub.track, pub, avatar)
-        self._spawn(self._watch_avatar_join())
+        self._tasks.spawn(self._watch_avatar_join(), "downlink_watch_avatar_join")
 
     async def aclose(self) -> None:
         """Stop the readers, close the streams, then disconnect. Idempotent; never raises."""
@@ -231,7 +232,7 @@ class LiveKitDownlink:
             current[1].cancel()  # a full reconnect handed us a new track object
         log.info("downlink_track_subscribed", kind=kind, sid=track.sid, mime=publication.mime_type)
         reader = self._read_video(track) if kind == "video" else self._read_audio(track)
-        self._readers[kind] = (track, self._spawn(reader))
+        self._readers[kind] = (track, self._tasks.spawn(reader, f"downlink_read_{kind}"))
 
     def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
         if participant.identity != self._opts.avatar_identity:
@@ -260,7 +261,7 @@ class LiveKitDownlink:
         RECONNECTS.labels("reconnected").inc()
         log.info("downlink_reconnected")
         if not self._closing and self._avatar() is None:
-            self._spawn(self._watch_avatar_return())
+            self._tasks.spawn(self._watch_avatar_return(), "downlink_watch_avatar_return")
 
     def _fail(self, reason: str, message: str) -> None:
         if self._closing or self._failed:
@@ -388,26 +389,10 @@ class LiveKitDownlink:
         if self._avatar() is None:
             self._fail("avatar_left", "the avatar did not return after the LiveKit reconnect")
 
-    def _spawn(self, coro: Any) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception()
-            log.error("downlink_task_failed", error=repr(exc))
-            self._fail("internal", f"the avatar downlink failed: {exc!r}")
-
     async def _close(self) -> None:
         # Order matters: the Rust SDK has panicked at interpreter exit when streams and the room
         # were torn down in an arbitrary order. Readers first, then streams, then the room.
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.aclose()
         self._readers.clear()
         room, self._room = self._room, None
         if room is not None:

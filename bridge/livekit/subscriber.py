@@ -55,6 +55,7 @@ from prometheus_client import Counter
 from bridge.config import LiveAvatarConfig, setting_default
 from bridge.errors import BridgeError, ErrorCode
 from bridge.stages import EventSink, FailureCallback
+from bridge.tasks import TaskSet
 
 __all__ = ["LiveKitSubscriber", "ReceiverCallback", "SubscriberOptions"]
 
@@ -126,6 +127,8 @@ class LiveKitSubscriber:
         self._handed: dict[str, RTCRtpReceiver] = {}  # kind -> current receiver
         self._tracks_ready = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
+        # An unexpected error in the supervisor is logged, counted and fails the session.
+        self._tasks = TaskSet(lambda err: self._fail("internal", err.message))
         self._closing = False
         self._failed = False
         self._send_lock = asyncio.Lock()
@@ -155,7 +158,7 @@ class LiveKitSubscriber:
             raise BridgeError(
                 ErrorCode.LIVEKIT_FAILED, f"could not join the avatar's LiveKit room: {exc}"
             ) from exc
-        self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
+        self._supervisor = self._tasks.spawn(self._supervise(), "livekit_subscriber_supervisor")
         try:
             async with asyncio.timeout(self._opts.avatar_join_timeout_s):
                 await self._tracks_ready.wait()
@@ -178,8 +181,7 @@ class LiveKitSubscriber:
         sup, self._supervisor = self._supervisor, None
         if sup is not None and sup is not asyncio.current_task():
             sup.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await sup
+            await asyncio.wait({sup})  # its outcome was reported by the task set
         with contextlib.suppress(Exception):
             await self._send(leave=lkr.LeaveRequest(reason=lkm.DisconnectReason.CLIENT_INITIATED))
         await self._drop_connection()

@@ -37,7 +37,7 @@ import inspect
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import aiortc
 import structlog
@@ -81,6 +81,8 @@ _RECEIVER_ATTRS = (
     "_RTCRtpReceiver__nack_generator",
     "_RTCRtpReceiver__remote_bitrate_estimator",
     "_RTCRtpReceiver__rtcp_ssrc",
+    "_RTCRtpReceiver__decoder_thread",
+    "_RTCRtpReceiver__stop_decoder",
 )
 _SENDER_ATTRS = (
     "_ssrc",
@@ -219,6 +221,21 @@ class ReceiverTap:
         self._orig_rtcp = receiver._handle_rtcp_packet
         r._handle_rtp_packet = self._handle_rtp
         r._handle_rtcp_packet = self._handle_rtcp
+        # No packet reaches aiortc's decoder any more: end its thread (one idle thread per
+        # receiver otherwise), now or as soon as receive() starts it.
+        r._RTCRtpReceiver__stop_decoder()
+        orig_receive = receiver.receive
+
+        async def receive(parameters: Any) -> None:
+            await orig_receive(parameters)
+            r._RTCRtpReceiver__stop_decoder()
+
+        r.receive = receive
+
+    @property
+    def decoder_running(self) -> bool:
+        """Whether aiortc's decoder thread for this receiver still runs (it should not)."""
+        return cast(Any, self.receiver)._RTCRtpReceiver__decoder_thread is not None
 
     def codecs(self) -> list[RTCRtpCodecParameters]:
         """The negotiated receive codecs (RTX excluded)."""

@@ -10,14 +10,16 @@ Order of work (so the avatar's first keyframe is not wasted):
    each receiver is taken over before its first packet (:mod:`bridge.relay.aiortc_hooks`).
 4. Forward. Video waits for a keyframe; PLIs go upstream (rate-limited) until one arrived.
 
-Per packet (:mod:`bridge.relay.rtp`): RTX unwrapped and upstream gaps NACKed by the receiver tap,
-keyframe gate (video), then -- video after the playout hold -- rewritten (SSRC, PT, sequence,
-extensions; timestamps kept), stored in a bounded RTX history and sent. Downstream NACKs are
-answered from that history with RTX; downstream PLI/FIR become upstream PLIs (rate-limited).
-Upstream sender reports are translated into ours (the avatar's NTP<->RTP mapping; until the first
-one arrives the mapping is provisional, our send time). Video the Stream SFU does not want now
-(send-video revoked, our layer paused) is dropped on arrival, audio goes on; when allowed again
-the gate waits for a keyframe (PLIs upstream) and the downstream stream is rebased.
+Per packet: RTX unwrapped and upstream gaps NACKed by the receiver tap; what to do with each video
+packet (keyframe gate, hold, pause/resume, SSRC changes, keyframe requests) is decided by the
+sans-I/O :class:`~bridge.relay.policy.VideoPolicy`; then -- video after the playout hold --
+rewritten (SSRC, PT, sequence, extensions; timestamps kept), stored in a bounded RTX history and
+sent. Downstream NACKs are answered from that history with RTX; downstream PLI/FIR become upstream
+PLIs (rate-limited). Upstream sender reports are translated into ours (the avatar's NTP<->RTP
+mapping; until the first one arrives the mapping is provisional, our send time). Video the Stream
+SFU does not want now (send-video revoked, our layer paused) is dropped on arrival, audio goes on;
+when allowed again the gate waits for a keyframe (PLIs upstream) and the downstream stream is
+rebased.
 
 Video hold: Stream's web SDK gives each track its own stream id, so browsers do not lip-sync a
 participant's audio and video by SR; video is held back by ``video_hold_ms`` so that it leaves
@@ -34,7 +36,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Awaitable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -46,16 +48,17 @@ from prometheus_client import Counter, Histogram
 
 from bridge.errors import BridgeError, ErrorCode
 from bridge.livekit.subscriber import LiveKitSubscriber, SubscriberOptions
+from bridge.media_path import RELAY_CODECS, PathKind, RelayDecline
 from bridge.relay.aiortc_hooks import ReceiverTap, SenderTap, ensure_compatible
-from bridge.relay.rtp import HoldQueue, KeyframeGate, RateLimiter, RtpRewriter, RtxHistory
+from bridge.relay.policy import VideoPolicy
+from bridge.relay.rtp import RtpRewriter, RtxHistory, first_sequence_number
 from bridge.stages import AvatarRoom, EventSink, FailureCallback
+from bridge.tasks import TaskSet
 
-__all__ = ["RELAY_CODECS", "RelayOptions", "RelayPath", "StreamSide"]
+__all__ = ["RELAY_CODECS", "RelayOptions", "RelayPath", "StreamSide"]  # RELAY_CODECS: re-export
 
 log = structlog.get_logger(__name__)
 
-# Video codecs the relay can gate on a keyframe (aiortc has no VP9/AV1 packetization anyway).
-RELAY_CODECS = ("VP8", "H264")
 
 PACKETS = Counter("bridge_relay_packets_total", "RTP packets relayed downstream", ["kind"])
 VIDEO_FRAMES = Counter(
@@ -78,7 +81,9 @@ VIDEO_PAUSES = Counter(
     "Times the Stream SFU stopped the relay's video (send-video revoked, video layer paused)",
     ["reason"],
 )
-DECLINED = Counter("bridge_relay_declined_total", "Relays that fell back to transcoding")
+DECLINED = Counter(
+    "bridge_relay_declined_total", "Relays that fell back to transcoding", ["reason"]
+)
 LOOP_LAG = Histogram(
     "bridge_event_loop_lag_seconds",
     "How late a 50 ms timer fires on the daemon's event loop while relays run (sessions "
@@ -106,8 +111,7 @@ class _LoopLag:
         if cls.users == 0 and cls.task is not None:
             task, cls.task = cls.task, None
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait({task})  # not `await task`: our own cancellation must propagate
 
     @staticmethod
     async def _sample() -> None:
@@ -121,7 +125,10 @@ class _LoopLag:
 class StreamSide(Protocol):
     """The Stream-side publisher the relay writes into (``StreamRelayPublisher``)."""
 
-    async def join(self, preferred_video_codec: str) -> str: ...
+    async def join(self, preferred_video_codec: str, fallbacks: Sequence[str] = ()) -> str: ...
+
+    @property
+    def granted_codec(self) -> str | None: ...
 
     async def publish(self, video_codec: str, h264_fmtp: str | None = None) -> None: ...
 
@@ -139,6 +146,9 @@ class RelayOptions:
     avatar_identity: str = "heygen"
     # The codec LiveAvatar was asked for ("VP8" | "H264"): asked of the SFU before subscribing.
     avatar_codec: str = "VP8"
+    # Asked of the SFU after the avatar's codec: what the transcode path can publish on this
+    # same SFU session if the relay declines (so the bridge joins the call once).
+    fallback_codecs: tuple[str, ...] = ()
     # Playout alignment (see the module doc); 0 disables the hold.
     video_hold_ms: float = 20.0
     hold_capacity: int = 512
@@ -155,31 +165,32 @@ class RelayOptions:
 class _Forwarder:
     """One upstream stream -> one downstream sender."""
 
-    def __init__(self, kind: str, tap: SenderTap, history_size: int, codec: str | None) -> None:
+    def __init__(self, kind: str, tap: SenderTap, history_size: int) -> None:
         self.kind = kind
         self.tap = tap
         self.rewriter = RtpRewriter(tap.binding)
         self.history = RtxHistory(history_size)
-        self.gate = KeyframeGate(codec) if codec is not None else None
-        self.upstream_ssrc: int | None = None
         self.sr_from_upstream = False
         self.sent = 0
         self.frames = 0
         self.send_errors = 0
+        # Per-packet metrics: the labelled children once, not a labels() lookup per packet.
+        self._packets = PACKETS.labels(kind)
+        self._not_connected = DROPPED.labels(kind, "not_connected")
 
     async def send(self, packet: RtpPacket) -> None:
-        abs_send_time = (clock.current_ntp_time() >> 14) & 0x00FFFFFF
-        out = self.rewriter.rewrite(packet, time.monotonic(), abs_send_time)
+        ntp = clock.current_ntp_time()
+        out = self.rewriter.rewrite(packet, time.monotonic(), (ntp >> 14) & 0x00FFFFFF)
         self.history.store(out)
         if not await self.tap.send(out):
             self.send_errors += 1
-            DROPPED.labels(self.kind, "not_connected").inc()
+            self._not_connected.inc()
             return
         self.tap.count_sent(len(out.payload))
         if not self.sr_from_upstream:
-            self.tap.set_sr_mapping(clock.current_ntp_time(), out.timestamp)
+            self.tap.set_sr_mapping(ntp, out.timestamp)
         self.sent += 1
-        PACKETS.labels(self.kind).inc()
+        self._packets.inc()
         if self.kind == "video" and out.marker:
             self.frames += 1
             VIDEO_FRAMES.inc()
@@ -202,7 +213,10 @@ class _Forwarder:
 
 
 class RelayPath:
-    """A session's relay. :meth:`start` joins both sides; :meth:`aclose` leaves both."""
+    """A session's relay (a :class:`bridge.media_path.MediaPath`). :meth:`start` joins both
+    sides; :meth:`aclose` leaves both."""
+
+    kind = PathKind.RELAY
 
     def __init__(
         self,
@@ -222,58 +236,57 @@ class RelayPath:
         self._subscriber: LiveKitSubscriber | None = None
         self._fwd: dict[str, _Forwarder] = {}
         self._receiver_taps: dict[str, ReceiverTap] = {}
-        self._hold: HoldQueue[RtpPacket] = HoldQueue(
-            options.video_hold_ms / 1000.0, options.hold_capacity
+        self._video: VideoPolicy[RtpPacket] = VideoPolicy(
+            codec,
+            hold_s=options.video_hold_ms / 1000.0,
+            hold_capacity=options.hold_capacity,
+            pli_min_interval_s=options.pli_min_interval_s,
         )
         self._hold_wake = asyncio.Event()
-        self._pli = RateLimiter(options.pli_min_interval_s)
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(on_failure, ErrorCode.INTERNAL)
         self._closed = asyncio.Event()
         self._close_task: asyncio.Task[None] | None = None
-        self._first_key_t: float | None = None
         self._started_t = 0.0
-        self.keyframe_delays_ms: list[float] = []
-        self._pli_pending_t: float | None = None
         # Counts of receiver taps replaced by a LiveKit rejoin.
         self._nacks_before = 0
         self._rtx_before = 0
         self._lag_held = False
-        # Why the Stream SFU does not want our video now ("grant_revoked", "layer_paused"):
-        # while any reason holds, video packets are dropped on arrival; audio goes on.
-        self._video_blocked: set[str] = set()
-        self._video_paused_dropped = 0
+        self._declined = False
+        self._stream_taken = False
+        self._rng = random.Random()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    async def start(self, room: AvatarRoom) -> str | None:
-        """Join Stream, publish, subscribe. None when relaying; else why it declined."""
+    async def start(self, room: AvatarRoom) -> RelayDecline | None:
+        """Join Stream, publish, subscribe. None when relaying; else why it declined (then the
+        joined Stream session is left for :meth:`take_stream`, everything else released)."""
         ensure_compatible()
         _LoopLag.acquire()
         self._lag_held = True
         self._started_t = time.monotonic()
         opts = self._opts
         try:
-            granted = (await self._stream.join(self._codec)).upper()
+            granted = (await self._stream.join(self._codec, opts.fallback_codecs)).upper()
             if granted != self._codec:
-                DECLINED.inc()
-                await self._stream.aclose()
-                return f"the Stream SFU grants {granted}, the avatar sends {self._codec}"
+                DECLINED.labels(RelayDecline.CODEC_NOT_GRANTED).inc()
+                log.info("relay_declined", granted=granted, codec=self._codec)
+                self._declined = True
+                await self.aclose()
+                return RelayDecline.CODEC_NOT_GRANTED
             await self._stream.publish(self._codec)
             if hasattr(self._stream, "on_publish_quality"):
                 cast(Any, self._stream).on_publish_quality = self._on_publish_quality
             if hasattr(self._stream, "on_send_video"):
                 cast(Any, self._stream).on_send_video = self._on_send_video
-            first_seq = random.randrange(1 << 16)
             self._fwd["video"] = _Forwarder(
                 "video",
                 SenderTap(
                     self._stream.video_sender,
                     lambda seq: self._fwd["video"].retransmit(seq),
                     self._on_downstream_keyframe_request,
-                    first_seq,
+                    first_sequence_number(self._rng),
                 ),
                 opts.rtx_history,
-                self._codec,
             )
             self._fwd["audio"] = _Forwarder(
                 "audio",
@@ -281,10 +294,9 @@ class RelayPath:
                     self._stream.audio_sender,
                     lambda seq: self._fwd["audio"].retransmit(seq),
                     lambda: None,
-                    random.randrange(1 << 16),
+                    first_sequence_number(self._rng),
                 ),
                 opts.rtx_history,
-                None,
             )
             video_codec = self._fwd["video"].tap.codec.mimeType.split("/")[-1].upper()
             if video_codec != self._codec:
@@ -293,7 +305,7 @@ class RelayPath:
                     f"the Stream side negotiated {video_codec}, not {self._codec}",
                 )
             if opts.video_hold_ms > 0:
-                self._spawn(self._pump_hold())
+                self._tasks.spawn(self._pump_hold(), "relay_hold_pump")
             self._subscriber = LiveKitSubscriber(
                 SubscriberOptions(
                     avatar_identity=opts.avatar_identity,
@@ -312,7 +324,7 @@ class RelayPath:
                     ErrorCode.LIVEKIT_FAILED,
                     f"the avatar sends {upstream}, the relay was set up for {self._codec}",
                 )
-            self._spawn(self._ask_for_keyframe())
+            self._tasks.spawn(self._ask_for_keyframe(), "relay_keyframe_request")
         except BaseException:
             await self.aclose()
             raise
@@ -328,6 +340,16 @@ class RelayPath:
         """Until the relay is closed (the media flows from the receive path)."""
         await self._closed.wait()
 
+    def interrupt(self) -> None:
+        """Nothing to drop: packets leave as they arrive (the hold is a few ms)."""
+
+    def take_stream(self) -> StreamSide | None:
+        """After a decline: the joined Stream session, now the caller's to use or close."""
+        if not self._declined or self._stream_taken:
+            return None
+        self._stream_taken = True
+        return self._stream
+
     async def aclose(self) -> None:
         """Leave LiveKit, then the call. Idempotent; never raises."""
         if self._close_task is None:
@@ -335,15 +357,14 @@ class RelayPath:
         await asyncio.shield(self._close_task)
 
     async def _close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.aclose()
         if self._subscriber is not None:
             with contextlib.suppress(Exception):
                 await self._subscriber.aclose()
-        with contextlib.suppress(Exception):
-            await self._stream.aclose()
-        self._hold.drain()
+        if not self._declined:
+            with contextlib.suppress(Exception):
+                await self._stream.aclose()
+        self._video.close()
         if self._lag_held:
             self._lag_held = False
             await _LoopLag.release()
@@ -352,27 +373,35 @@ class RelayPath:
         UPSTREAM_NACKS.inc(stats["upstream_nacks"])
         log.info("relay_closed", **stats)
 
+    @property
+    def keyframe_delays_ms(self) -> list[float]:
+        """From each keyframe request upstream to the keyframe that answered it."""
+        return self._video.keyframe_delays_ms
+
     def stats(self) -> dict[str, Any]:
         video = self._fwd.get("video")
         audio = self._fwd.get("audio")
         vt = self._receiver_taps.get("video")
+        policy = self._video
+        first_key_t = policy.first_keyframe_t
         return {
             "video_sent": video.sent if video else 0,
             "video_frames": video.frames if video else 0,
             "audio_sent": audio.sent if audio else 0,
-            "keyframes": video.gate.keyframes if video and video.gate else 0,
-            "waiting_for_keyframe_dropped": video.gate.dropped if video and video.gate else 0,
+            "keyframes": policy.gate.keyframes,
+            "waiting_for_keyframe_dropped": policy.gate.dropped,
             "rtx_sent": video.history.hits if video else 0,
             "rtx_missed": video.history.misses if video else 0,
             "upstream_nacks": self._nacks_before + (vt.nacks_sent if vt else 0),
             "upstream_rtx": self._rtx_before + (vt.rtx_received if vt else 0),
-            "pli_sent": self._pli.allowed,
-            "pli_suppressed": self._pli.suppressed,
-            "hold_released_early": self._hold.released_early,
-            "video_paused_dropped": self._video_paused_dropped,
+            "pli_sent": policy.pli.allowed,
+            "pli_suppressed": policy.pli.suppressed,
+            "hold_released_early": policy.hold.released_early,
+            "video_paused_dropped": policy.paused_dropped,
             "rebases": video.rewriter.rebases if video else 0,
+            "decoder_threads": sum(t.decoder_running for t in self._receiver_taps.values()),
             "first_keyframe_s": (
-                None if self._first_key_t is None else round(self._first_key_t - self._started_t, 3)
+                None if first_key_t is None else round(first_key_t - self._started_t, 3)
             ),
         }
 
@@ -392,51 +421,33 @@ class RelayPath:
         if old is not None:
             self._nacks_before += old.nacks_sent
             self._rtx_before += old.rtx_received
-        if kind == "video" and fwd.gate is not None:
-            fwd.gate.close()  # a new subscription starts on a keyframe again
-            if self._first_key_t is not None:
-                self._spawn(self._ask_for_keyframe())
+        if kind == "video" and self._video.new_subscription():
+            self._tasks.spawn(self._ask_for_keyframe(), "relay_keyframe_request")
 
     async def _on_rtp(self, fwd: _Forwarder, packet: RtpPacket) -> None:
-        if packet.ssrc != fwd.upstream_ssrc:
-            if fwd.upstream_ssrc is not None and fwd.gate is not None:
-                fwd.gate.close()
-                if not self._video_blocked:
-                    self._request_keyframe("ssrc_change")
-            fwd.upstream_ssrc = packet.ssrc
-        if fwd.kind == "video" and self._video_blocked:
-            self._video_paused_dropped += 1
-            DROPPED.labels(fwd.kind, "paused_by_sfu").inc()
+        if fwd.kind != "video":
+            await fwd.send(packet)
             return
-        if fwd.gate is not None:
-            was_open = fwd.gate.open
-            key = fwd.gate.is_key(packet.payload)
-            if not fwd.gate.admit(packet.payload, packet.timestamp):
-                DROPPED.labels(fwd.kind, "waiting_for_keyframe").inc()
-                return
-            if key:
-                self._on_keyframe(first=not was_open)
-        if fwd.kind == "video" and self._opts.video_hold_ms > 0:
-            for early in self._hold.push(packet, time.monotonic()):
-                HOLD_EARLY.inc()
-                await fwd.send(early)
-            self._hold_wake.set()
-            return
-        await fwd.send(packet)
-
-    def _on_keyframe(self, *, first: bool) -> None:
         now = time.monotonic()
-        if self._pli_pending_t is not None:
-            self.keyframe_delays_ms.append(round(1000 * (now - self._pli_pending_t), 1))
-            self._pli_pending_t = None
-        if first and self._first_key_t is None:
-            self._first_key_t = now
+        verdict = self._video.admit(packet, now)
+        if verdict.keyframe_request is not None:
+            self._request_keyframe(verdict.keyframe_request)
+        if verdict.dropped is not None:
+            DROPPED.labels(fwd.kind, verdict.dropped).inc()
+            return
+        if verdict.first_keyframe:
             self._events(
                 "avatar_ready",
                 since_start_ms=round(1000 * (now - self._started_t)),
                 media_path="relay",
                 codec=self._codec,
             )
+        if verdict.released_early:
+            HOLD_EARLY.inc(verdict.released_early)
+        for out in verdict.send:
+            await fwd.send(out)
+        if verdict.held:
+            self._hold_wake.set()
 
     def _upstream_video_codec(self) -> str | None:
         tap = self._receiver_taps.get("video")
@@ -462,51 +473,34 @@ class RelayPath:
         self._set_video_blocked("grant_revoked", blocked=not allowed)
 
     def _set_video_blocked(self, reason: str, *, blocked: bool) -> None:
-        was_blocked = bool(self._video_blocked)
-        if blocked == (reason in self._video_blocked):
-            return
-        if blocked:
-            self._video_blocked.add(reason)
+        change = self._video.set_blocked(reason, blocked=blocked)
+        if blocked and change.changed:
             VIDEO_PAUSES.labels(reason).inc()
-        else:
-            self._video_blocked.discard(reason)
+        if change.paused:
+            log.info("relay_video_paused", reason=reason, held_dropped=change.held_dropped)
         fwd = self._fwd.get("video")
-        if self._video_blocked and not was_blocked:
-            held = self._hold.drain()  # not sent: the SFU asked us to stop now
-            self._video_paused_dropped += len(held)
-            log.info("relay_video_paused", reason=reason, held_dropped=len(held))
-        elif was_blocked and not self._video_blocked and fwd is not None:
-            if fwd.gate is not None:
-                fwd.gate.close()  # the receivers' decoders restart on a keyframe
+        if change.resumed and fwd is not None:
             # Rebase on the next packet: sequence numbers go on without a gap (nothing for the
             # SFU to NACK) and timestamps advance by the pause.
             fwd.rewriter.upstream_ssrc = None
-            log.info("relay_video_resumed", reason=reason, dropped=self._video_paused_dropped)
-            self._spawn(self._ask_for_keyframe())
+            log.info("relay_video_resumed", reason=reason, dropped=self._video.paused_dropped)
+            self._tasks.spawn(self._ask_for_keyframe(), "relay_keyframe_request")
 
     def _on_downstream_keyframe_request(self) -> None:
         self._request_keyframe("stream")
 
     def _request_keyframe(self, origin: str) -> None:
         tap = self._receiver_taps.get("video")
-        fwd = self._fwd.get("video")
-        ssrc = fwd.upstream_ssrc if fwd else None
-        if tap is None or ssrc is None:
-            KEYFRAME_REQUESTS.labels(origin, "no_upstream").inc()
-            return
-        if not self._pli.allow(time.monotonic()):
-            KEYFRAME_REQUESTS.labels(origin, "rate_limited").inc()
-            return
-        KEYFRAME_REQUESTS.labels(origin, "sent").inc()
-        if self._pli_pending_t is None:
-            self._pli_pending_t = time.monotonic()
-        self._spawn(tap.send_pli(ssrc))
+        ask = self._video.ask_keyframe(time.monotonic(), have_upstream=tap is not None)
+        KEYFRAME_REQUESTS.labels(origin, ask.outcome).inc()
+        ssrc = self._video.upstream_ssrc
+        if ask.send and tap is not None and ssrc is not None:
+            self._tasks.spawn(tap.send_pli(ssrc), "relay_pli")
 
     async def _ask_for_keyframe(self) -> None:
         """PLI upstream until the video gate opens (the avatar's first keyframe was missed)."""
-        fwd = self._fwd["video"]
         deadline = time.monotonic() + self._opts.keyframe_timeout_s
-        while fwd.gate is not None and not fwd.gate.open and not self._video_blocked:
+        while self._video.wants_keyframe():
             if time.monotonic() > deadline:
                 log.warning("relay_no_keyframe", waited_s=self._opts.keyframe_timeout_s)
                 return
@@ -518,7 +512,7 @@ class RelayPath:
     async def _pump_hold(self) -> None:
         fwd = self._fwd["video"]
         while True:
-            due = self._hold.next_due()
+            due = self._video.next_due()
             if due is None:
                 self._hold_wake.clear()
                 await self._hold_wake.wait()
@@ -526,10 +520,5 @@ class RelayPath:
             delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            for packet in self._hold.pop_due(time.monotonic()):
+            for packet in self._video.due(time.monotonic()):
                 await fwd.send(packet)
-
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)

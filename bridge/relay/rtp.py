@@ -19,6 +19,7 @@ downstream stream (our sender in the Stream call):
 
 from __future__ import annotations
 
+import random
 import struct
 from collections import deque
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ __all__ = [
     "RateLimiter",
     "RtpRewriter",
     "RtxHistory",
+    "first_sequence_number",
     "h264_is_keyframe_start",
     "is_keyframe_start",
     "vp8_is_keyframe_start",
@@ -46,6 +48,12 @@ _NAL_IDR = 5
 _NAL_SPS = 7
 _NAL_STAP_A = 24
 _NAL_FU_A = 28
+
+
+def first_sequence_number(rng: random.Random) -> int:
+    """A random first sequence number in the lower half of the range, as aiortc draws it, so
+    that no early wrap upsets the receiver's SRTP rollover counter (RFC 3711 s. 3.3.1)."""
+    return rng.randrange(1 << 15)
 
 
 def vp8_is_keyframe_start(payload: bytes) -> bool:

@@ -112,6 +112,7 @@ class StandInCounters:
     keyframe_requests: int = 0
     # Avatar media packets (not retransmissions) sent, and dropped by the loss knobs.
     packets_sent: int = 0
+    video_packets_sent: int = 0  # by the busiest subscriber transport (video_seen)
     packets_dropped: int = 0
     video_packets_dropped: int = 0
 
@@ -456,6 +457,9 @@ class Faults:
         self.drop_every_n = 0  # drop every Nth media packet (0: off)
         self.drop_rate = 0.0  # or drop at random with this probability, seeded below
         self.drop_seed = 1
+        # Or drop exactly these video packets (1-based index of the avatar's video packets on
+        # each subscriber's transport): a fixed pattern whose NACKs and RTX tests can count.
+        self.drop_video_packets: frozenset[int] = frozenset()
         self.delay_ms = 0.0  # added to every media packet
 
     async def close_signalling(self, room: str | None = None) -> int:
@@ -950,11 +954,12 @@ class LiveKitStandIn:
             send_rtp = transport._send_rtp
             rng = random.Random(faults.drop_seed)
             seen = 0
+            video_seen = 0
 
             async def lossy(
                 data: bytes, send_rtp: Any = send_rtp, transport: Any = transport, rng: Any = rng
             ) -> None:
-                nonlocal seen
+                nonlocal seen, video_seen
                 is_rtcp = len(data) >= 2 and 192 <= data[1] <= 208
                 kind = (
                     None if is_rtcp else transport._sim_lossy.get(int.from_bytes(data[8:12], "big"))
@@ -962,9 +967,14 @@ class LiveKitStandIn:
                 if kind is not None:
                     seen += 1
                     counters.packets_sent += 1
+                    if kind == "video":
+                        video_seen += 1
+                        counters.video_packets_sent = max(counters.video_packets_sent, video_seen)
                     n = faults.drop_every_n
-                    if (n > 0 and seen % n == 0) or (
-                        faults.drop_rate > 0 and rng.random() < faults.drop_rate
+                    if (
+                        (n > 0 and seen % n == 0)
+                        or (faults.drop_rate > 0 and rng.random() < faults.drop_rate)
+                        or (kind == "video" and video_seen in faults.drop_video_packets)
                     ):
                         counters.packets_dropped += 1
                         if kind == "video":

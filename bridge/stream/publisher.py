@@ -23,7 +23,6 @@ import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import av
 import getstream_rtc as rtc
@@ -34,6 +33,8 @@ from prometheus_client import Counter, Histogram
 from bridge.errors import BridgeError, ErrorCode
 from bridge.media import I420, AudioChunk, VideoFrame
 from bridge.stages import EventSink, FailureCallback
+from bridge.stream.join import StreamJoinOptions
+from bridge.tasks import TaskSet
 
 log = structlog.get_logger(__name__)
 
@@ -60,7 +61,6 @@ AUDIO_DROPPED = Counter(
     "bridge_publisher_audio_dropped_chunks_total", "PCM chunks not written", ["reason"]
 )
 
-_PRODUCTION_HOSTS = ("chat.stream-io-api.com", "video.stream-io-api.com")
 _CALL_EVENT_CAPACITY = 256
 _STATE_NAMES = (
     "IDLE",
@@ -74,34 +74,15 @@ _STATE_NAMES = (
 
 
 @dataclass(frozen=True, slots=True)
-class PublisherOptions:
-    """How the bridge joins Stream. ``base_url``/``ws_url`` None means Stream's cloud; a
-    ``base_url`` without ``ws_url`` derives ``ws(s)://<host>/api/v2/connect`` (the SDK would
-    otherwise dial the production coordinator WebSocket)."""
+class PublisherOptions(StreamJoinOptions):
+    """How the bridge joins Stream (:class:`~bridge.stream.join.StreamJoinOptions`) and what it
+    publishes. getstream_rtc 0.1.0 joins with the user id only; ``user_name`` is logged."""
 
-    api_key: str
-    api_secret: str
-    base_url: str | None = None
-    ws_url: str | None = None
-    user_id: str = "avatar-bridge"
-    # getstream_rtc 0.1.0 joins with the user id only; the name is logged, not sent.
-    user_name: str = "Avatar"
     video_codec: Literal["VP9", "VP8"] = "VP9"
     width: int = 640
     height: int = 360
     fps: float = 30.0
     pcm_queue_s: float = 0.2
-    join_timeout_s: float = 15.0
-    leave_timeout_s: float = 5.0
-
-    def resolved_ws_url(self) -> str | None:
-        if self.ws_url is not None or self.base_url is None:
-            return self.ws_url
-        parts = urlsplit(self.base_url)
-        if parts.hostname in _PRODUCTION_HOSTS:
-            return None  # the SDK's own default is right for the cloud
-        scheme = "wss" if parts.scheme == "https" else "ws"
-        return urlunsplit((scheme, parts.netloc, "/api/v2/connect", "", ""))
 
 
 def _scale_i420(data: I420, w: int, h: int, out_w: int, out_h: int) -> I420:
@@ -137,7 +118,7 @@ class StreamPublisher:
         self._call: rtc.Call | None = None
         self._video: rtc.LocalVideoTrack | None = None
         self._audio: rtc.LocalAudioTrack | None = None
-        self._watchers: list[asyncio.Task[None]] = []
+        self._watchers = TaskSet(on_failure, ErrorCode.STREAM_FAILED)
         self._video_lock = asyncio.Lock()  # one video write at a time (the SDK may reorder)
         self._audio_lock = asyncio.Lock()
         self._last_pts_s = -1.0
@@ -173,11 +154,8 @@ class StreamPublisher:
         try:
             await asyncio.wait_for(call.join(opts.user_id, True), opts.join_timeout_s)
             # Read the calling state from now on: reconnects are logged, a final LEFT is fatal.
-            loop = asyncio.get_running_loop()
-            self._watchers = [
-                loop.create_task(self._watch(call), name="stream-publisher-watch"),
-                loop.create_task(self._watch_sfu(call), name="stream-publisher-sfu-events"),
-            ]
+            self._watchers.spawn(self._watch(call), "stream_publisher_watch")
+            self._watchers.spawn(self._watch_sfu(call), "stream_publisher_sfu_events")
             self._audio = rtc.LocalAudioTrack(pcm_queue_capacity=opts.pcm_queue_s)
             video = (
                 rtc.LocalVideoTrack.vp9()
@@ -187,11 +165,12 @@ class StreamPublisher:
             self._video = video
             await asyncio.wait_for(call.publish_audio(self._audio), opts.join_timeout_s)
             await asyncio.wait_for(call.publish_video(video), opts.join_timeout_s)
-        except BaseException as exc:
+        except Exception as exc:
             await self._teardown()
-            if isinstance(exc, asyncio.CancelledError):
-                raise
             raise self._join_error(exc) from exc
+        except BaseException:  # cancelled or interrupted: clean up, let it through unchanged
+            await self._teardown()
+            raise
         self._log.info(
             "stream call joined and tracks published",
             join_s=round(time.monotonic() - t0, 3),
@@ -313,13 +292,8 @@ class StreamPublisher:
                 await asyncio.wait_for(call.leave(), self._opts.leave_timeout_s)
             except (TimeoutError, rtc.RustError) as exc:
                 self._log.warning("leaving the stream call failed", error=str(exc))
-        watchers, self._watchers = self._watchers, []
-        if watchers:
-            # The event streams end after LEFT; cancel only what does not end in time.
-            await asyncio.wait(watchers, timeout=self._opts.leave_timeout_s)
-            for task in watchers:
-                task.cancel()
-            await asyncio.gather(*watchers, return_exceptions=True)
+        # The event streams end after LEFT; cancel only what does not end in time.
+        await self._watchers.aclose(grace_s=self._opts.leave_timeout_s)
         self._video = None
         self._audio = None
 

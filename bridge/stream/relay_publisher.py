@@ -2,7 +2,9 @@
 an aiortc peer connection, so the relay can write the avatar's encoded packets into its senders.
 
 ``getstream_rtc`` does not export its encoded writes, so this module speaks the protocol itself
-(the messages are the protobuf modules the ``getstream`` package ships):
+(the messages are the protobuf modules the ``getstream`` package ships; the wire calls are in
+:mod:`bridge.stream.signalling`, the offer's SDP helpers in :mod:`bridge.stream.sdp`, the
+session's state and its reactions to the SFU here):
 
 * coordinator: WebSocket ``/api/v2/connect`` authenticated with a user JWT (first frame
   ``connection.ok``), then ``POST /api/v2/video/call/{type}/{id}/join`` for the SFU credentials;
@@ -24,16 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 import uuid
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import aiohttp
-import jwt
 import structlog
 from aiortc import (
     RTCConfiguration,
@@ -43,10 +41,7 @@ from aiortc import (
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
-from aiortc.codecs import is_rtx
 from aiortc.mediastreams import MediaStreamTrack
-from aiortc.rtcrtpparameters import RTCRtpCodecCapability
-from aiortc.sdp import candidate_from_sdp
 from getstream.video.rtc.pb.stream.video.sfu.event import events_pb2 as ev
 from getstream.video.rtc.pb.stream.video.sfu.models import models_pb2 as pbm
 from getstream.video.rtc.pb.stream.video.sfu.signal_rpc import signal_pb2 as sig
@@ -55,6 +50,30 @@ from prometheus_client import Counter
 
 from bridge.errors import BridgeError, ErrorCode
 from bridge.stages import EventSink, FailureCallback
+from bridge.stream.join import StreamJoinOptions
+from bridge.stream.sdp import (
+    add_candidate,
+    fmtp_line,
+    is_codec,
+    local_candidates,
+    payload_type,
+    video_capabilities,
+)
+from bridge.stream.signalling import (
+    NET_TIMEOUT_S,
+    AuthRefused,
+    SfuRefused,
+    client_details,
+    close_ws,
+    connect_coordinator,
+    drain,
+    join_call,
+    open_sfu,
+    sfu_error_text,
+    twirp,
+    ws_send,
+)
+from bridge.tasks import TaskSet
 
 log = structlog.get_logger(__name__)
 
@@ -73,9 +92,6 @@ ICE_DROPPED = Counter(
 # The SDK's generated protobuf modules are untyped for mypy: messages are Any.
 Pb = Any
 
-_PRODUCTION_BASE_URL = "https://chat.stream-io-api.com"
-_TWIRP_SERVICE = "stream.video.sfu.signal.SignalServer"
-_NET_TIMEOUT_S = 5.0
 _HEALTH_INTERVAL_S = 10.0
 # No health check answer for this long means the SFU WebSocket is dead even if TCP says otherwise.
 _HEALTH_DEADLINE_S = 30.0
@@ -86,32 +102,8 @@ _PENDING_ICE_MAX = 64
 _OPUS = "audio/opus"
 
 
-@dataclass(frozen=True, slots=True)
-class RelayPublisherOptions:
-    """How the relay joins Stream; the fields overlap ``bridge.stream.publisher.PublisherOptions``.
-
-    ``base_url`` None means Stream's cloud; ``ws_url`` None derives ``ws(s)://<host>/api/v2/connect``
-    from the base URL.
-    """
-
-    api_key: str
-    api_secret: str
-    base_url: str | None = None
-    ws_url: str | None = None
-    user_id: str = "avatar-bridge"
-    user_name: str = "Avatar"
-    join_timeout_s: float = 15.0
-    leave_timeout_s: float = 5.0
-
-    def resolved_base_url(self) -> str:
-        return (self.base_url or _PRODUCTION_BASE_URL).rstrip("/")
-
-    def resolved_ws_url(self) -> str:
-        if self.ws_url is not None:
-            return self.ws_url
-        parts = urlsplit(self.resolved_base_url())
-        scheme = "wss" if parts.scheme == "https" else "ws"
-        return urlunsplit((scheme, parts.netloc, "/api/v2/connect", "", ""))
+# How the relay joins Stream: the same options (and URLs) as the SDK publisher.
+RelayPublisherOptions = StreamJoinOptions
 
 
 class _IdleTrack(MediaStreamTrack):
@@ -123,14 +115,6 @@ class _IdleTrack(MediaStreamTrack):
 
     async def recv(self) -> Any:
         await asyncio.Future()
-
-
-class _SfuRefused(Exception):
-    """The SFU answered with an error (Twirp error or a ``models.Error`` in the response)."""
-
-
-class _AuthRefused(Exception):
-    """The coordinator refused the credentials or the join."""
 
 
 class StreamRelayPublisher:
@@ -170,7 +154,7 @@ class StreamRelayPublisher:
         self._pending_ice: list[str] = []
         self._pc_settled = asyncio.Event()  # connected, failed or closed
         self._last_health = 0.0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet(lambda err: self._fail(err.message), ErrorCode.STREAM_FAILED)
         self._joined = False
         self._closing = False
         self._closed = False
@@ -205,12 +189,10 @@ class StreamRelayPublisher:
             raise RuntimeError("publish() has not run")
         return self._audio_tx.sender
 
-    def flush_audio(self) -> None:
-        """Nothing is queued here (the relay forwards packets as they come)."""
-
-    async def join(self, preferred_video_codec: str) -> str:
+    async def join(self, preferred_video_codec: str, fallbacks: Sequence[str] = ()) -> str:
         """Authenticate, join the call and the SFU asking for ``preferred_video_codec``
-        ("VP8" | "H264"); returns the video codec of the publish option the SFU granted."""
+        ("VP8" | "H264"), then ``fallbacks`` in order; returns the video codec of the publish
+        option the SFU granted."""
         if self._joined or self._closing:
             raise RuntimeError("join() called twice or after aclose()")
         t0 = time.monotonic()
@@ -221,13 +203,15 @@ class StreamRelayPublisher:
         )
         try:
             async with asyncio.timeout(self._opts.join_timeout_s):
-                granted = await self._join(preferred_video_codec.upper())
-        except BaseException as exc:
+                granted = await self._join([c.upper() for c in (preferred_video_codec, *fallbacks)])
+        except Exception as exc:
             JOINS.labels("error").inc()
             await self._teardown()
-            if isinstance(exc, asyncio.CancelledError):
-                raise
             raise self._join_error(exc) from exc
+        except BaseException:  # cancelled or interrupted: clean up, let it through unchanged
+            JOINS.labels("error").inc()
+            await self._teardown()
+            raise
         JOINS.labels("ok").inc()
         self._joined = True
         self.granted_codec = granted
@@ -246,12 +230,14 @@ class StreamRelayPublisher:
         *,
         audio_source: MediaStreamTrack | None = None,
         video_source: MediaStreamTrack | None = None,
+        media_path: str = "relay",
     ) -> None:
         """Create the publisher peer connection (Opus + exactly ``video_codec`` and its RTX),
         ``SetPublisher``, trickle, unmute, and wait until it is connected.
 
         ``audio_source`` / ``video_source`` replace the idle placeholders with tracks aiortc
-        encodes itself (tests; the relay leaves them None and writes packets).
+        encodes itself (the transcode path on a declined relay's session, and tests; the relay
+        leaves them None and writes packets).
         """
         if not self._joined or self._closing:
             raise RuntimeError("publish() needs a joined, open publisher")
@@ -261,11 +247,12 @@ class StreamRelayPublisher:
         try:
             async with asyncio.timeout(self._opts.join_timeout_s):
                 await self._publish(video_codec.upper(), h264_fmtp, audio_source, video_source)
-        except BaseException as exc:
+        except Exception as exc:
             await self._close_pc()
-            if isinstance(exc, asyncio.CancelledError):
-                raise
             raise self._publish_error(exc) from exc
+        except BaseException:  # cancelled or interrupted: clean up, let it through unchanged
+            await self._close_pc()
+            raise
         self.video_codec = video_codec.upper()
         self._log.info(
             "relay publishing into stream call",
@@ -277,7 +264,7 @@ class StreamRelayPublisher:
             call_type=self._call_type,
             call_id=self._call_id,
             codec=self.video_codec,
-            media_path="relay",
+            media_path=media_path,
         )
 
     async def aclose(self) -> None:
@@ -290,74 +277,33 @@ class StreamRelayPublisher:
 
     # ---- join ----------------------------------------------------------------------------------
 
-    async def _join(self, preferred: str) -> str:
+    async def _join(self, preferred: list[str]) -> str:
         opts = self._opts
         self._http = http = aiohttp.ClientSession()
-        user_token = jwt.encode(
-            {"user_id": opts.user_id, "iat": int(time.time()) - 5}, opts.api_secret, "HS256"
+        coord, user_token, connection_id = await connect_coordinator(http, opts)
+        self._coord_ws = coord
+        self._spawn(self._coordinator_loop(coord), "relay_publisher_coordinator")
+        creds = await join_call(
+            http, opts, self._call_type, self._call_id, user_token, connection_id
         )
-        query = urlencode(
-            {"api_key": opts.api_key, "user_id": opts.user_id, "stream-auth-type": "jwt"}
+        self._sfu_ws_url, self._twirp_url, self._sfu_token = (
+            creds.ws_url,
+            creds.twirp_url,
+            creds.token,
         )
-        self._coord_ws = coord = await http.ws_connect(
-            f"{opts.resolved_ws_url()}?{query}", heartbeat=None, timeout=_ws_timeout()
-        )
-        await coord.send_json(
-            {
-                "token": user_token,
-                "user_details": {"id": opts.user_id, "name": opts.user_name},
-                "products": ["video"],
-            }
-        )
-        first = await coord.receive(timeout=opts.join_timeout_s)
-        hello = _json_object(first.data) if first.type == aiohttp.WSMsgType.TEXT else {}
-        if hello.get("type") == "connection.error":
-            raise _AuthRefused(_stream_error_message(hello.get("error")))
-        connection_id = hello.get("connection_id")
-        if hello.get("type") != "connection.ok" or not connection_id:
-            raise ConnectionError(f"coordinator WebSocket answered {first.type.name} {hello}")
-        self._spawn(self._coordinator_loop(coord), "relay-publisher-coordinator")
-
-        url = f"{opts.resolved_base_url()}/api/v2/video/call/{self._call_type}/{self._call_id}/join"
-        async with http.post(
-            url,
-            params={
-                "api_key": opts.api_key,
-                "user_id": opts.user_id,
-                "connection_id": str(connection_id),
-            },
-            json={"location": "auto", "create": True},
-            headers={"Authorization": user_token, "stream-auth-type": "jwt"},
-            timeout=aiohttp.ClientTimeout(total=_NET_TIMEOUT_S),
-        ) as resp:
-            body = _json_object(await resp.text())
-            if resp.status in (401, 403):
-                raise _AuthRefused(_stream_error_message(body))
-            if resp.status >= 300:
-                raise ConnectionError(
-                    f"join call answered {resp.status}: {_stream_error_message(body)}"
-                )
-        creds = body.get("credentials") or {}
-        server = creds.get("server") or {}
-        self._sfu_ws_url = str(server.get("ws_endpoint") or "")
-        self._twirp_url = str(server.get("url") or "").rstrip("/")
-        self._sfu_token = str(creds.get("token") or "")
-        if not (self._sfu_ws_url and self._twirp_url and self._sfu_token):
-            raise ConnectionError("join call response carries no SFU credentials")
-        self._ice_servers = _ice_servers(creds.get("ice_servers"))
-
+        self._ice_servers = creds.ice_servers
         preferred_options = [
             pbm.PublishOption(
-                track_type=pbm.TRACK_TYPE_VIDEO,
-                codec=pbm.Codec(name=preferred, clock_rate=90000),
+                track_type=pbm.TRACK_TYPE_VIDEO, codec=pbm.Codec(name=name, clock_rate=90000)
             )
+            for name in preferred
         ]
         response = await self._sfu_connect(
             ev.JoinRequest(
                 token=self._sfu_token,
                 session_id=self._session_id,
                 unified_session_id=self._session_id,
-                client_details=_client_details(),
+                client_details=client_details(),
                 preferred_publish_options=preferred_options,
             )
         )
@@ -367,43 +313,24 @@ class StreamRelayPublisher:
         video = self._option(pbm.TRACK_TYPE_VIDEO)
         if video is None:
             raise ConnectionError("the SFU granted no video publish option")
-        self._spawn(self._sfu_loop(), "relay-publisher-sfu")
-        self._spawn(self._health_loop(), "relay-publisher-health")
+        self._spawn(self._sfu_loop(), "relay_publisher_sfu")
+        self._spawn(self._health_loop(), "relay_publisher_health")
         return str(video.codec.name).upper()
 
     async def _sfu_connect(self, join_request: Pb) -> Pb:
         """Open the SFU WebSocket, send ``join_request`` and return the ``JoinResponse``."""
         assert self._http is not None
-        query = urlencode(
-            {
-                "user_id": self._opts.user_id,
-                "api_key": self._opts.api_key,
-                "user_session_id": self._session_id,
-                "cid": f"{self._call_type}:{self._call_id}",
-            }
+        ws, response = await open_sfu(
+            self._http,
+            self._sfu_ws_url,
+            self._opts,
+            self._session_id,
+            f"{self._call_type}:{self._call_id}",
+            join_request,
         )
-        ws = await self._http.ws_connect(
-            f"{self._sfu_ws_url}?{query}", heartbeat=None, timeout=_ws_timeout()
-        )
-        try:
-            await _ws_send(ws, ev.SfuRequest(join_request=join_request))
-            async with asyncio.timeout(self._opts.join_timeout_s):
-                while True:
-                    msg = await ws.receive()
-                    if msg.type != aiohttp.WSMsgType.BINARY:
-                        raise ConnectionError(f"SFU WebSocket closed before joining ({msg.type})")
-                    event = ev.SfuEvent.FromString(msg.data)
-                    kind = event.WhichOneof("event_payload")
-                    if kind == "error":
-                        raise _SfuRefused(_sfu_error_text(event.error.error))
-                    if kind == "join_response":
-                        break
-        except BaseException:
-            await _close_ws(ws)
-            raise
         self._sfu_ws = ws
         self._last_health = time.monotonic()
-        return event.join_response
+        return response
 
     def _option(self, track_type: int) -> Pb | None:
         return next((o for o in self._publish_options if o.track_type == track_type), None)
@@ -411,7 +338,7 @@ class StreamRelayPublisher:
     def _join_error(self, exc: BaseException) -> BridgeError:
         where = self._opts.resolved_base_url()
         cid = f"{self._call_type}:{self._call_id}"
-        if isinstance(exc, _AuthRefused):
+        if isinstance(exc, AuthRefused):
             return BridgeError(
                 ErrorCode.STREAM_AUTH,
                 f"Stream refused the bridge joining call {cid} as {self._opts.user_id!r}: {exc} "
@@ -440,8 +367,8 @@ class StreamRelayPublisher:
         audio_option = self._option(pbm.TRACK_TYPE_AUDIO)
         video_option = self._option(pbm.TRACK_TYPE_VIDEO)
         assert video_option is not None  # join() checked it
-        video_caps = _video_capabilities(video_codec, h264_fmtp)
-        audio_caps = [c for c in RTCRtpSender.getCapabilities("audio").codecs if _is(c, _OPUS)]
+        video_caps = video_capabilities(video_codec, h264_fmtp)
+        audio_caps = [c for c in RTCRtpSender.getCapabilities("audio").codecs if is_codec(c, _OPUS)]
 
         self._pc_settled.clear()
         pc = self._pc = RTCPeerConnection(RTCConfiguration(iceServers=self._ice_servers))
@@ -457,9 +384,9 @@ class StreamRelayPublisher:
         offer = pc.localDescription.sdp
         video_pb_codec = pbm.Codec(
             name=video_codec,
-            payload_type=_payload_type(offer, self._video_tx.mid, video_codec) or 0,
+            payload_type=payload_type(offer, self._video_tx.mid, video_codec) or 0,
             clock_rate=90000,
-            fmtp=_fmtp_line(video_caps[0]),
+            fmtp=fmtp_line(video_caps[0]),
         )
         dimension = video_option.video_dimension
         self._track_infos = [
@@ -500,8 +427,8 @@ class StreamRelayPublisher:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=response.sdp, type="answer"))
         pending, self._pending_ice = self._pending_ice, []
         for candidate in pending:
-            await _add_candidate(pc, candidate)
-        for candidate in _local_candidates(offer):
+            await add_candidate(pc, candidate)
+        for candidate in local_candidates(offer):
             await self._twirp(
                 "IceTrickle",
                 pbm.ICETrickle(
@@ -539,7 +466,7 @@ class StreamRelayPublisher:
 
     def _publish_error(self, exc: BaseException) -> BridgeError:
         cid = f"{self._call_type}:{self._call_id}"
-        if isinstance(exc, _SfuRefused):
+        if isinstance(exc, SfuRefused):
             return BridgeError(
                 ErrorCode.STREAM_FAILED, f"the Stream SFU refused the relay's publisher: {exc}"
             )
@@ -551,59 +478,27 @@ class StreamRelayPublisher:
             )
         return BridgeError(ErrorCode.STREAM_FAILED, f"publishing into Stream call {cid}: {exc}")
 
-    # ---- SFU Twirp -----------------------------------------------------------------------------
-
     async def _twirp(self, method: str, request: Pb, response_type: Any) -> Pb:
         assert self._http is not None
-        async with self._http.post(
-            f"{self._twirp_url}/{_TWIRP_SERVICE}/{method}",
-            data=request.SerializeToString(),
-            headers={
-                "Content-Type": "application/protobuf",
-                "Authorization": f"Bearer {self._sfu_token}",
-            },
-            timeout=aiohttp.ClientTimeout(total=_NET_TIMEOUT_S),
-        ) as resp:
-            body = await resp.read()
-            if resp.status != 200:
-                detail = _json_object(body.decode(errors="replace"))
-                raise _SfuRefused(
-                    f"{method}: {resp.status} {detail.get('code', '')} {detail.get('msg', '')}"
-                )
-        try:
-            response = response_type.FromString(body)
-        except DecodeError as exc:
-            raise ConnectionError(f"{method}: undecodable response") from exc
-        has_error = "error" in response.DESCRIPTOR.fields_by_name and response.HasField("error")
-        if has_error and (response.error.code or response.error.message):
-            raise _SfuRefused(f"{method}: {_sfu_error_text(response.error)}")
-        return response
+        return await twirp(
+            self._http, self._twirp_url, self._sfu_token, method, request, response_type
+        )
 
     # ---- background loops ----------------------------------------------------------------------
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self._log.error(
-                "relay publisher task failed", task=task.get_name(), error=repr(task.exception())
-            )
-            self._fail(f"internal error in {task.get_name()}: {task.exception()!r}")
+        self._tasks.spawn(coro, name)
 
     async def _coordinator_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         """Answer nothing, read everything: the coordinator only needs the socket kept open
         (it ends the connection when the socket closes); a health check every 25 s."""
-        reader = asyncio.get_running_loop().create_task(_drain(ws))
+        reader = asyncio.get_running_loop().create_task(drain(ws))
         try:
             while not reader.done():
                 await asyncio.wait({reader}, timeout=25.0)
                 if not reader.done():
                     with contextlib.suppress(ConnectionError, RuntimeError, TimeoutError):
-                        async with asyncio.timeout(_NET_TIMEOUT_S):
+                        async with asyncio.timeout(NET_TIMEOUT_S):
                             await ws.send_json({"type": "health.check"})
         finally:
             reader.cancel()
@@ -631,7 +526,7 @@ class StreamRelayPublisher:
                 return
 
     async def _fast_reconnect(self) -> bool:
-        await _close_ws(self._sfu_ws)
+        await close_ws(self._sfu_ws)
         self._sfu_ws = None
         deadline = time.monotonic() + self._reconnect_deadline_s
         attempt = 0
@@ -642,7 +537,7 @@ class StreamRelayPublisher:
                 token=self._sfu_token,
                 session_id=self._session_id,
                 unified_session_id=self._session_id,
-                client_details=_client_details(),
+                client_details=client_details(),
                 fast_reconnect=True,
                 reconnect_details=ev.ReconnectDetails(
                     strategy=pbm.WEBSOCKET_RECONNECT_STRATEGY_FAST,
@@ -653,7 +548,7 @@ class StreamRelayPublisher:
             )
             try:
                 response = await self._sfu_connect(request)
-            except (_SfuRefused, ConnectionError, OSError, TimeoutError, aiohttp.ClientError) as e:
+            except (SfuRefused, ConnectionError, OSError, TimeoutError, aiohttp.ClientError) as e:
                 last_error = str(e) or type(e).__name__
                 delay = _RECONNECT_BACKOFF_S[min(attempt - 1, len(_RECONNECT_BACKOFF_S) - 1)]
                 await asyncio.sleep(max(0.0, min(delay, deadline - time.monotonic())))
@@ -683,10 +578,10 @@ class StreamRelayPublisher:
                 continue  # the SFU loop is reconnecting
             if time.monotonic() - self._last_health > _HEALTH_DEADLINE_S:
                 self._log.warning("stream sfu health checks unanswered, dropping the socket")
-                await _close_ws(ws)  # the SFU loop sees the close and reconnects
+                await close_ws(ws)  # the SFU loop sees the close and reconnects
                 continue
             with contextlib.suppress(ConnectionError, RuntimeError, TimeoutError):
-                await _ws_send(ws, ev.SfuRequest(health_check_request=ev.HealthCheckRequest()))
+                await ws_send(ws, ev.SfuRequest(health_check_request=ev.HealthCheckRequest()))
 
     async def _on_sfu_message(self, data: bytes) -> None:
         try:
@@ -703,7 +598,7 @@ class StreamRelayPublisher:
                 return
             pc = self._pc
             if pc is not None and pc.remoteDescription is not None:
-                await _add_candidate(pc, trickle.ice_candidate)
+                await add_candidate(pc, trickle.ice_candidate)
             elif len(self._pending_ice) < _PENDING_ICE_MAX:
                 self._pending_ice.append(trickle.ice_candidate)
             else:
@@ -713,14 +608,14 @@ class StreamRelayPublisher:
             error, strategy = event.error.error, event.error.reconnect_strategy
             self._log.warning(
                 "stream sfu error",
-                error=_sfu_error_text(error),
+                error=sfu_error_text(error),
                 strategy=pbm.WebsocketReconnectStrategy.Name(strategy),
             )
             if strategy == pbm.WEBSOCKET_RECONNECT_STRATEGY_FAST and self._sfu_ws is not None:
-                await _close_ws(self._sfu_ws)  # the SFU loop reconnects
+                await close_ws(self._sfu_ws)  # the SFU loop reconnects
             elif strategy != pbm.WEBSOCKET_RECONNECT_STRATEGY_UNSPECIFIED:
                 # Disconnect, rejoin or migrate: a new session is the owner's decision.
-                self._fail(f"the Stream SFU ended the relay's session: {_sfu_error_text(error)}")
+                self._fail(f"the Stream SFU ended the relay's session: {sfu_error_text(error)}")
         elif kind == "call_ended":
             SFU_EVENTS.labels("call_ended").inc()
             self._fail("the Stream call ended")
@@ -763,7 +658,7 @@ class StreamRelayPublisher:
             callback(granted)
         if self._pc is not None:
             # Tell the SFU the video track is muted while we may not send it (as Stream's SDKs do).
-            self._spawn(self._update_video_mute(muted=not granted), "relay-publisher-mute")
+            self._spawn(self._update_video_mute(muted=not granted), "relay_publisher_mute")
 
     async def _update_video_mute(self, *, muted: bool) -> None:
         request = sig.UpdateMuteStatesRequest(
@@ -772,7 +667,7 @@ class StreamRelayPublisher:
         )
         try:
             await self._twirp("UpdateMuteStates", request, sig.UpdateMuteStatesResponse)
-        except (_SfuRefused, ConnectionError, TimeoutError, aiohttp.ClientError) as exc:
+        except (SfuRefused, ConnectionError, TimeoutError, aiohttp.ClientError) as exc:
             # Not fatal: the packets stop either way; the SFU just shows the track unmuted.
             self._log.warning("stream video mute update failed", muted=muted, error=str(exc))
 
@@ -797,14 +692,11 @@ class StreamRelayPublisher:
         if ws is not None and not ws.closed:
             leave = ev.LeaveCallRequest(session_id=self._session_id, reason="user requested leave")
             with contextlib.suppress(ConnectionError, RuntimeError, TimeoutError):
-                await _ws_send(ws, ev.SfuRequest(leave_call_request=leave))
-        tasks, self._tasks = set(self._tasks), set()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+                await ws_send(ws, ev.SfuRequest(leave_call_request=leave))
+        await self._tasks.aclose()
         await self._close_pc()
-        await _close_ws(self._sfu_ws)
-        await _close_ws(self._coord_ws)
+        await close_ws(self._sfu_ws)
+        await close_ws(self._coord_ws)
         self._sfu_ws = self._coord_ws = None
         http, self._http = self._http, None
         if http is not None:
@@ -818,165 +710,3 @@ class StreamRelayPublisher:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._opts.leave_timeout_s):
                     await pc.close()
-
-
-# ---- helpers ---------------------------------------------------------------------------------
-
-
-def _ws_timeout() -> aiohttp.ClientWSTimeout:
-    return aiohttp.ClientWSTimeout(ws_receive=None, ws_close=_NET_TIMEOUT_S)
-
-
-async def _ws_send(ws: aiohttp.ClientWebSocketResponse, message: Pb) -> None:
-    async with asyncio.timeout(_NET_TIMEOUT_S):
-        await ws.send_bytes(message.SerializeToString())
-
-
-async def _close_ws(ws: aiohttp.ClientWebSocketResponse | None) -> None:
-    if ws is not None and not ws.closed:
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(_NET_TIMEOUT_S):
-                await ws.close()
-
-
-async def _drain(ws: aiohttp.ClientWebSocketResponse) -> None:
-    async for _ in ws:
-        pass
-
-
-def _client_details() -> Pb:
-    return pbm.ClientDetails(
-        sdk=pbm.Sdk(type=pbm.SDK_TYPE_PLAIN_JAVASCRIPT, major="0", minor="1", patch="0")
-    )
-
-
-def _json_object(text: str | bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(text)
-    except (ValueError, TypeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _stream_error_message(error: Any) -> str:
-    if isinstance(error, dict):
-        return str(error.get("message") or error.get("code") or "no message")
-    return "no message"
-
-
-def _sfu_error_text(error: Pb) -> str:
-    return f"{error.message} ({pbm.ErrorCode.Name(error.code)})"
-
-
-def _ice_servers(raw: Any) -> list[RTCIceServer]:
-    servers: list[RTCIceServer] = []
-    for item in raw if isinstance(raw, list) else []:
-        if isinstance(item, dict) and item.get("urls"):
-            servers.append(
-                RTCIceServer(
-                    urls=item["urls"],
-                    username=item.get("username") or None,
-                    credential=item.get("password") or item.get("credential") or None,
-                )
-            )
-    return servers
-
-
-def _is(codec: RTCRtpCodecCapability, mime: str) -> bool:
-    return codec.mimeType.lower() == mime
-
-
-def _fmtp_params(fmtp: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for part in fmtp.split(";"):
-        key, sep, value = part.strip().partition("=")
-        if sep:
-            out[key.strip().lower()] = value.strip()
-    return out
-
-
-def _video_capabilities(codec: str, h264_fmtp: str | None) -> list[RTCRtpCodecCapability]:
-    """Exactly one video codec and RTX, as aiortc can offer them."""
-    caps = RTCRtpSender.getCapabilities("video").codecs
-    rtx = [c for c in caps if is_rtx(c)][:1]
-    candidates = [c for c in caps if c.name.upper() == codec and not is_rtx(c)]
-    if codec == "H264":
-        candidates = [c for c in candidates if c.parameters.get("packetization-mode") == "1"]
-        wanted = _fmtp_params(h264_fmtp or "").get("profile-level-id", "42e01f").lower()
-        exact = [c for c in candidates if str(c.parameters.get("profile-level-id")) == wanted]
-        if not exact and candidates:
-            log.warning(
-                "aiortc cannot offer the avatar's H264 profile, offering its closest",
-                wanted=wanted,
-                offered=candidates[-1].parameters.get("profile-level-id"),
-            )
-        candidates = exact or candidates[-1:]
-    if not candidates:
-        raise ValueError(f"aiortc cannot send video codec {codec!r}")
-    return candidates[:1] + rtx
-
-
-def _fmtp_line(codec: RTCRtpCodecCapability) -> str:
-    return ";".join(f"{k}={v}" for k, v in codec.parameters.items())
-
-
-def _payload_type(sdp: str, mid: str | None, codec: str) -> int | None:
-    """The payload type the offer gives ``codec`` in the section of ``mid``."""
-    section_mid: str | None = None
-    rtpmaps: list[tuple[int, str]] = []
-    for line in [*sdp.splitlines(), "m="]:
-        if line.startswith("m="):
-            if section_mid == mid:
-                for pt, name in rtpmaps:
-                    if name == codec:
-                        return pt
-            section_mid, rtpmaps = None, []
-        elif line.startswith("a=mid:"):
-            section_mid = line[6:].strip()
-        elif line.startswith("a=rtpmap:"):
-            number, _, encoding = line[9:].partition(" ")
-            with contextlib.suppress(ValueError):
-                rtpmaps.append((int(number), encoding.split("/")[0].upper()))
-    return None
-
-
-def _local_candidates(sdp: str) -> list[str]:
-    """Our candidates as the SFU's IceTrickle JSON (all in the first, bundled section)."""
-    ufrag, mid, out = None, None, []
-    lines: list[str] = []
-    for line in sdp.splitlines():
-        if line.startswith("m=") and mid is not None:
-            break  # BUNDLE: the first section's candidates serve every section
-        if line.startswith("a=mid:"):
-            mid = line[6:].strip()
-        elif line.startswith("a=ice-ufrag:"):
-            ufrag = line[12:].strip()
-        elif line.startswith("a=candidate:"):
-            lines.append(line[2:].strip())
-    for candidate in lines:
-        out.append(
-            json.dumps(
-                {
-                    "candidate": candidate,
-                    "sdpMid": mid,
-                    "sdpMLineIndex": 0,
-                    "usernameFragment": ufrag,
-                }
-            )
-        )
-    return out
-
-
-async def _add_candidate(pc: RTCPeerConnection, candidate_json: str) -> None:
-    data = _json_object(candidate_json)
-    line = str(data.get("candidate") or "")
-    if not line:
-        return
-    try:
-        candidate = candidate_from_sdp(line.removeprefix("candidate:"))
-    except (ValueError, IndexError):
-        log.debug("unparsable sfu ice candidate", candidate=line)
-        return
-    candidate.sdpMid = data.get("sdpMid")
-    candidate.sdpMLineIndex = data.get("sdpMLineIndex")
-    await pc.addIceCandidate(candidate)

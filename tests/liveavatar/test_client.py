@@ -48,7 +48,7 @@ async def test_happy_path(standin: LiveAvatarStandIn, make_uplink: MakeUplink) -
     sid = room.session_id
     assert standin.live_sessions == [sid]
     assert room.ws_url and room.livekit_url and room.livekit_token
-    assert h.named("liveavatar_session") == []  # the session reports it, once (tests/pipeline)
+    assert h.named("liveavatar_session") == [{"session_id": sid}]
     # 2.5 s of audio in 100 ms pieces -> chunks of 600 ms, 1 s, then the 900 ms tail.
     for _ in range(25):
         await h.uplink.send_audio(tone(100))

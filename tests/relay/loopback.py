@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,10 +32,16 @@ class IdleTrack(MediaStreamTrack):
 
 
 class LoopbackStream:
-    def __init__(self, grant: str | None = None, drop_every: int = 0) -> None:
+    def __init__(
+        self, grant: str | None = None, drop_every: int = 0, drop_packets: Iterable[int] = ()
+    ) -> None:
         self.grant = grant
         self.drop_every = drop_every
+        # Or exactly these video packets (1-based arrival index): a fixed loss pattern.
+        self.drop_packets = frozenset(drop_packets)
+        self.video_seen = 0
         self.asked: str | None = None
+        self.granted_codec: str | None = None
         self.pub: RTCPeerConnection | None = None
         self.sub: RTCPeerConnection | None = None
         self.frames: list[int | None] = []
@@ -47,9 +54,10 @@ class LoopbackStream:
         self._tasks: set[asyncio.Task[None]] = set()
         self._video_receiver: RTCRtpReceiver | None = None
 
-    async def join(self, preferred_video_codec: str) -> str:
+    async def join(self, preferred_video_codec: str, fallbacks: Sequence[str] = ()) -> str:
         self.asked = preferred_video_codec
-        return self.grant or preferred_video_codec
+        self.granted_codec = self.grant or preferred_video_codec
+        return self.granted_codec
 
     async def publish(self, video_codec: str, h264_fmtp: str | None = None) -> None:
         pub = self.pub = RTCPeerConnection()
@@ -84,7 +92,7 @@ class LoopbackStream:
             while pub.connectionState != "connected" or sub.connectionState != "connected":  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
         self._video_receiver = next(t.receiver for t in sub.getTransceivers() if t.kind == "video")
-        if self.drop_every:
+        if self.drop_every or self.drop_packets:
             self._install_drop(tv.sender._ssrc, tv.sender._rtx_ssrc)
 
     def _install_drop(self, video_ssrc: int, rtx_ssrc: int) -> None:
@@ -98,7 +106,9 @@ class LoopbackStream:
             ssrc = int.from_bytes(data[8:12], "big")
             if ssrc == video_ssrc:
                 count += 1
-                if count % self.drop_every == 0:
+                self.video_seen = count
+                every = self.drop_every
+                if (every and count % every == 0) or count in self.drop_packets:
                     self.dropped += 1
                     self.dropped_seqs.add(int.from_bytes(data[2:4], "big"))
                     return

@@ -145,6 +145,37 @@ async def test_auto_transcodes_when_the_sfu_does_not_grant_the_avatars_codec(
     assert [p["user_id"] for p in stats["participants"]] == ["avatar-bridge"]
 
 
+async def test_a_declined_relay_keeps_its_one_join_for_the_transcode_path(
+    sim: StandIns, start_daemon: StartDaemon
+) -> None:
+    """The SFU grants H264 to a VP8 avatar: the transcode path publishes on the relay's SFU
+    session, so the call sees the bridge's participant join once and never leave."""
+    sim.stream.grantable_codecs = ("H264", "VP9")
+    daemon = await start_daemon()
+    async with await BridgeClient.connect(daemon.socket) as client:
+        events = await open_session(client, "kept")
+        path = events["media_path"]
+        assert path["path"] == "transcode" and "declined" in path["reason"], path
+        assert events["published"]["codec"] == "H264"
+        assert events["published"]["media_path"] == "transcode"
+        sim.stream.reset_measure("default", "kept")
+        await stream_pcm_realtime(client, tone(1.5), FMT)
+        await client.end_turn()
+        await until_event(client, "speak_ended")
+        stats = sim.stream.stats("default", "kept")
+        metrics = await asyncio.to_thread(daemon.metrics)
+    assert stats["video_codec"] == "H264"
+    assert stats["video"]["frames"] > 20 and stats["audio"]["seconds"] > 1.0
+    # One join of the bridge's participant: one coordinator join, one SFU session, no leave.
+    assert stats["joins"] == 1 and stats["sfu_connects"] == 1, stats
+    assert stats["leaves"] == []
+    assert [p["user_id"] for p in stats["participants"]] == ["avatar-bridge"]
+    assert any(
+        k.startswith("bridge_media_path_total") and 'reason="codec_not_granted"' in k
+        for k in metrics
+    )
+
+
 async def test_nack_rtx_recovers_two_percent_loss_on_both_hops(
     sim: StandIns, start_daemon: StartDaemon
 ) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import random
 
 import pytest
 
+from bridge.media_path import RelayDecline
 from bridge.relay.path import RelayOptions, RelayPath
 from bridge.sim.livekit_server import LiveKitStandIn
 from bridge.stages import AvatarRoom
@@ -49,6 +51,7 @@ async def test_relay_forwards_video_and_audio_undecoded(
         await wait_for(lambda: stream.audio_samples >= 48000, 5, "a second of audio")
         stats = relay.stats()
         assert stats["keyframes"] >= 1
+        assert stats["decoder_threads"] == 0  # taken-over receivers decode nothing
         assert "avatar_ready" in recorder.names()
         # The first decoded frame is a keyframe's: every frame after it decodes, in order.
         assert sum(f is not None for f in stream.frames) >= 0.9 * len(stream.frames)
@@ -69,9 +72,13 @@ async def test_relay_declines_a_codec_the_sfu_does_not_grant(
     stream = LoopbackStream(grant="VP9")
     relay = RelayPath(RelayOptions(avatar_codec="VP8"), stream, recorder, recorder.fail)
     reason = await relay.start(AvatarRoom("s1", url, token, ""))
-    assert reason is not None and "VP9" in reason
-    assert stream.closed
+    assert reason is RelayDecline.CODEC_NOT_GRANTED
     assert livekit.counters.joins == 0  # declined before subscribing on LiveKit
+    # The joined Stream session is handed over (the transcode path publishes on it), once.
+    assert not stream.closed
+    assert relay.take_stream() is stream and relay.take_stream() is None
+    await relay.aclose()
+    assert not stream.closed  # the relay no longer owns it
 
 
 async def test_pli_from_the_stream_side_reaches_the_avatar(
@@ -91,31 +98,46 @@ async def test_pli_from_the_stream_side_reaches_the_avatar(
         await relay.aclose()
 
 
+def loss_pattern(rng: random.Random, count: int) -> frozenset[int]:
+    """``count`` video packet indices, at least 5 apart (each loss is its own gap, so each gets
+    its own NACK), after the first 60 packets (the relay has taken the receiver over)."""
+    return frozenset(rng.sample(range(60, 300, 5), count))
+
+
 async def test_nack_rtx_recovers_loss_on_both_hops(
     livekit: LiveKitStandIn, recorder: Recorder
 ) -> None:
-    livekit.faults.drop_every_n = 50  # 2 % of the avatar's media packets, upstream hop
-    stream = LoopbackStream(drop_every=50)  # and 2 % of our video packets, downstream hop
+    rng = random.Random(19)
+    upstream, downstream = loss_pattern(rng, 4), loss_pattern(rng, 4)
+    livekit.faults.drop_video_packets = upstream  # the hop from LiveKit to the relay
+    stream = LoopbackStream(drop_packets=downstream)  # the hop from the relay to the receiver
     relay = await start_relay(livekit, recorder, stream)
     try:
+        # Wait (no deadline on the machine's speed) until both patterns were played out.
         await wait_for(
-            lambda: livekit.counters.video_packets_dropped >= 3 and stream.dropped >= 3,
-            20,
-            "losses on both hops",
+            lambda: (
+                livekit.counters.video_packets_sent > max(upstream) + 10
+                and stream.video_seen > max(downstream) + 10
+            ),
+            60,
+            "the loss patterns played out",
         )
-        # Upstream hop: every video packet the stand-in dropped was NACKed and came back as RTX.
+        assert livekit.counters.video_packets_dropped == len(upstream)
+        assert stream.dropped == len(downstream)
+        # Upstream hop: each lost packet is a gap of its own, NACKed and back as RTX.
         await wait_for(
-            lambda: relay.stats()["upstream_rtx"] >= livekit.counters.video_packets_dropped - 1,
-            5,
-            "upstream retransmissions",
+            lambda: (
+                relay.stats()["upstream_nacks"] >= len(upstream)
+                and relay.stats()["upstream_rtx"] >= len(upstream)
+            ),
+            30,
+            "upstream NACKs answered",
         )
-        assert relay.stats()["upstream_nacks"] >= 3
-        # Downstream hop: every packet dropped on the way to the receiver was retransmitted
-        # from the relay's history (the last drop may still be in flight).
-        await wait_for(
-            lambda: len(stream.dropped_seqs - stream.recovered_seqs) <= 1, 5, "downstream RTX"
-        )
-        assert relay.stats()["rtx_sent"] >= 2
+        # Downstream hop: every packet lost on the way to the receiver came back from the
+        # relay's history as RTX.
+        await wait_for(lambda: stream.dropped_seqs <= stream.recovered_seqs, 30, "downstream RTX")
+        assert len(stream.dropped_seqs) == len(downstream)
+        assert relay.stats()["rtx_sent"] >= len(downstream)
         # aiortc's receive jitter buffer emits one frame per arriving packet, so at ~1 packet a
         # frame it lags after each repaired gap; order is what it can show here.
         assert len(stream.frames) > 30 and in_order(stream.frames)

@@ -50,7 +50,7 @@ LEGAL = {
 def factory(
     hello: Hello, clock: MediaClock, events: EventSink, on_failure: FailureCallback
 ) -> Stages:
-    return Stages(uplink=DryRunUplink(events, queue_ms=200), media_path="none")
+    return Stages(uplink=DryRunUplink(events, queue_ms=200))
 
 
 class Link:

@@ -14,6 +14,7 @@ from getstream.video.rtc.pb.stream.video.sfu.signal_rpc import signal_pb2 as sig
 from bridge.errors import BridgeError, ErrorCode
 from bridge.sim.stream import StreamStandIn
 from bridge.stream.publisher import PublisherOptions, StreamPublisher
+from bridge.stream.relay_publisher import RelayPublisherOptions
 from tests.stream._support import Recorder, make_publisher
 
 TIMEOUT = aiohttp.ClientTimeout(total=5)
@@ -176,6 +177,12 @@ def test_ws_url_is_derived_from_a_non_production_base_url() -> None:
     assert PublisherOptions("k", "s", base_url="https://h.example").resolved_ws_url() == (
         "wss://h.example/api/v2/connect"
     )
-    assert PublisherOptions("k", "s").resolved_ws_url() is None
-    prod = PublisherOptions("k", "s", base_url="https://video.stream-io-api.com")
-    assert prod.resolved_ws_url() is None
+    # Stream's cloud: what the SDK dials by default, for both Stream clients alike.
+    for prod in (
+        PublisherOptions("k", "s"),
+        PublisherOptions("k", "s", base_url="https://video.stream-io-api.com"),
+        RelayPublisherOptions("k", "s", base_url="https://chat.stream-io-api.com/"),
+    ):
+        assert prod.resolved_ws_url() == "wss://video.stream-io-api.com/api/v2/connect"
+    relay = RelayPublisherOptions("k", "s", base_url="http://127.0.0.1:3030")
+    assert relay.resolved_ws_url() == opts.resolved_ws_url()

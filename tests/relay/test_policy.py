@@ -1,0 +1,133 @@
+"""The relay's per-packet policy without sockets: keyframe gate, hold, pause/resume, SSRC changes,
+keyframe requests, and the first sequence number. Packets and time are arguments."""
+
+from __future__ import annotations
+
+import random
+
+from aiortc.rtp import RtpPacket
+
+from bridge.relay.policy import VideoPolicy
+from bridge.relay.rtp import first_sequence_number
+
+from .test_rtp import vp8
+
+
+def packet(seq: int, *, key: bool = False, ssrc: int = 1111, ts: int | None = None) -> RtpPacket:
+    payload = vp8(key=key) if key else vp8(key=False, start=False)
+    return RtpPacket(
+        payload_type=96,
+        sequence_number=seq,
+        timestamp=ts if ts is not None else seq * 3000,
+        ssrc=ssrc,
+        payload=payload,
+    )
+
+
+def policy(hold_s: float = 0.0, capacity: int = 8) -> VideoPolicy[RtpPacket]:
+    return VideoPolicy("VP8", hold_s=hold_s, hold_capacity=capacity, pli_min_interval_s=0.3)
+
+
+def test_video_waits_for_a_keyframe_then_flows() -> None:
+    p = policy()
+    dropped = [p.admit(packet(n), 0.0) for n in range(3)]
+    assert all(v.dropped == "waiting_for_keyframe" and not v.send for v in dropped)
+    assert p.wants_keyframe()
+    key = p.admit(packet(3, key=True), 1.0)
+    assert key.first_keyframe and key.send and key.send[0].sequence_number == 3
+    assert p.first_keyframe_t == 1.0 and not p.wants_keyframe()
+    after = p.admit(packet(4), 1.01)
+    assert [x.sequence_number for x in after.send] == [4] and not after.first_keyframe
+    assert p.gate.dropped == 3 and p.gate.keyframes == 1
+
+
+def test_keyframe_requests_are_rate_limited_and_their_delay_measured() -> None:
+    p = policy()
+    assert p.ask_keyframe(0.0, have_upstream=True).outcome == "no_upstream"  # no packet yet
+    p.admit(packet(1), 0.0)
+    assert p.ask_keyframe(0.0, have_upstream=False).outcome == "no_upstream"
+    assert p.ask_keyframe(0.1, have_upstream=True).send
+    assert p.ask_keyframe(0.2, have_upstream=True).outcome == "rate_limited"
+    assert p.ask_keyframe(0.41, have_upstream=True).send
+    p.admit(packet(2, key=True), 0.35)
+    assert p.keyframe_delays_ms == [250.0]  # from the first request still pending
+    assert (p.pli.allowed, p.pli.suppressed) == (2, 1)
+
+
+def test_an_ssrc_change_closes_the_gate_and_asks_for_a_keyframe() -> None:
+    p = policy()
+    p.admit(packet(1, key=True), 0.0)
+    assert p.admit(packet(2), 0.0).send
+    verdict = p.admit(packet(500, ssrc=2222), 0.5)
+    assert verdict.keyframe_request == "ssrc_change"
+    assert verdict.dropped == "waiting_for_keyframe"
+    assert p.admit(packet(501, key=True, ssrc=2222), 0.6).send
+    assert p.gate.keyframes == 2
+
+
+def test_a_new_subscription_restarts_on_a_keyframe() -> None:
+    p = policy()
+    assert not p.new_subscription()  # before the first keyframe: the start loop asks already
+    p.admit(packet(1, key=True), 0.0)
+    assert p.new_subscription()  # ask now
+    assert p.admit(packet(2), 0.1).dropped == "waiting_for_keyframe"
+
+
+def test_hold_releases_video_when_due_in_order() -> None:
+    p = policy(hold_s=0.02)
+    first = p.admit(packet(1, key=True), 0.0)
+    assert first.held and not first.send
+    p.admit(packet(2), 0.005)
+    assert p.next_due() == 0.02
+    assert p.due(0.019) == []
+    assert [x.sequence_number for x in p.due(0.021)] == [1]
+    assert [x.sequence_number for x in p.due(0.03)] == [2]
+    assert p.next_due() is None
+
+
+def test_a_full_hold_releases_the_oldest_early() -> None:
+    p = policy(hold_s=1.0, capacity=3)
+    verdicts = [p.admit(packet(n, key=n == 0), n * 0.001) for n in range(5)]
+    early = [x.sequence_number for v in verdicts for x in v.send]
+    assert early == [0, 1]  # two over capacity, oldest first, none lost
+    assert sum(v.released_early for v in verdicts) == 2 == p.hold.released_early
+    assert [x.sequence_number for x in p.due(10.0)] == [2, 3, 4]
+
+
+def test_pause_drops_held_and_arriving_video_resume_waits_for_a_keyframe() -> None:
+    p = policy(hold_s=0.05)
+    p.admit(packet(1, key=True), 0.0)
+    p.admit(packet(2), 0.01)
+    change = p.set_blocked("grant_revoked", blocked=True)
+    assert change.paused and change.held_dropped == 2
+    assert p.due(1.0) == []  # held video was not sent
+    paused = p.admit(packet(3), 0.1)
+    assert paused.dropped == "paused_by_sfu" and paused.keyframe_request is None
+    assert not p.wants_keyframe()  # no PLIs while the SFU does not want video
+    # A second reason while paused changes nothing visible; both must clear to resume.
+    second = p.set_blocked("layer_paused", blocked=True)
+    assert second.changed and not second.paused
+    assert not p.set_blocked("grant_revoked", blocked=False).resumed
+    assert p.admit(packet(4, key=True), 0.2).dropped == "paused_by_sfu"
+    resumed = p.set_blocked("layer_paused", blocked=False)
+    assert resumed.resumed
+    assert p.admit(packet(5), 0.3).dropped == "waiting_for_keyframe"
+    assert p.wants_keyframe()
+    assert p.admit(packet(6, key=True), 0.4).held
+    assert p.paused_dropped == 4  # two held, two on arrival
+    assert not p.set_blocked("layer_paused", blocked=False).changed  # idempotent
+
+
+def test_an_ssrc_change_while_paused_asks_for_no_keyframe() -> None:
+    p = policy()
+    p.admit(packet(1, key=True), 0.0)
+    p.set_blocked("layer_paused", blocked=True)
+    verdict = p.admit(packet(9, ssrc=3333), 0.1)
+    assert verdict.keyframe_request is None and verdict.dropped == "paused_by_sfu"
+
+
+def test_first_sequence_number_is_in_the_lower_half() -> None:
+    rng = random.Random(19)
+    draws = [first_sequence_number(rng) for _ in range(2000)]
+    assert all(0 <= d < 1 << 15 for d in draws)
+    assert max(draws) > 30000 and min(draws) < 2000  # the whole lower half is used
