@@ -9,7 +9,6 @@ reports ready.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import aiohttp
@@ -24,9 +23,10 @@ from bridge.protocol import Hello
 from bridge.relay.path import RelayOptions, RelayPath
 from bridge.session import Stages
 from bridge.stages import EventSink, FailureCallback
+from bridge.stream.join import StreamJoinOptions
 from bridge.stream.kept_session import ENCODABLE, KeptSessionPublisher
 from bridge.stream.publisher import PublisherOptions, StreamPublisher
-from bridge.stream.relay_publisher import RelayPublisherOptions, StreamRelayPublisher
+from bridge.stream.relay_publisher import StreamRelayPublisher
 from bridge.sync import SyncStage
 from bridge.transcode import TranscodePath
 
@@ -108,32 +108,18 @@ class RemotePaths:
     on_failure: FailureCallback
     choice: PathChoice
 
-    def _stream_join(self) -> RelayPublisherOptions:
-        st = self.settings.stream
-        assert st.api_key is not None and st.api_secret is not None  # validated at start
-        return RelayPublisherOptions(
-            api_key=st.api_key.get_secret_value(),
-            api_secret=st.api_secret.get_secret_value(),
-            base_url=st.base_url,
-            ws_url=st.ws_url,
-            user_id=st.user_id,
-            user_name=st.user_name,
-            join_timeout_s=st.join_timeout_s,
-        )
-
     def relay(self) -> RelayCandidate:
-        la, out, call = self.settings.liveavatar, self.settings.output, self.hello.call
+        call = self.hello.call
         return RelayPath(
-            RelayOptions(
-                avatar_identity=la.avatar_identity,
-                avatar_codec=self.codec,
-                fallback_codecs=tuple(c for c in ENCODABLE if c != self.codec),
-                video_hold_ms=out.relay_video_hold_ms,
-                connect_timeout_s=la.connect_timeout_s,
-                avatar_join_timeout_s=la.connect_timeout_s,
+            RelayOptions.from_settings(
+                self.settings, self.codec, tuple(c for c in ENCODABLE if c != self.codec)
             ),
             StreamRelayPublisher(
-                self._stream_join(), call.type, call.id, self.events, self.on_failure
+                StreamJoinOptions.from_settings(self.settings),
+                call.type,
+                call.id,
+                self.events,
+                self.on_failure,
             ),
             self.events,
             self.on_failure,
@@ -143,7 +129,7 @@ class RemotePaths:
         return isinstance(stream, StreamRelayPublisher) and stream.granted_codec in ENCODABLE
 
     def transcode(self, stream: KeptStream | None) -> MediaPath:
-        la, out, call = self.settings.liveavatar, self.settings.output, self.hello.call
+        out, call = self.settings.output, self.hello.call
         publisher: StreamPublisher | KeptSessionPublisher
         if isinstance(stream, StreamRelayPublisher):
             publisher = KeptSessionPublisher(
@@ -151,14 +137,7 @@ class RemotePaths:
             )
         else:
             publisher = StreamPublisher(
-                PublisherOptions(
-                    **dataclasses.asdict(self._stream_join()),
-                    video_codec=out.video_codec,
-                    width=out.width,
-                    height=out.height,
-                    fps=out.fps,
-                    pcm_queue_s=out.audio_queue_ms / 1000.0,
-                ),
+                PublisherOptions.from_settings(self.settings),
                 call.type,
                 call.id,
                 self.events,

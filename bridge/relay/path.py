@@ -46,6 +46,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtcpSrPacket, RtpPacket
 from prometheus_client import Counter, Histogram
 
+from bridge.config import LiveAvatarConfig, OutputConfig, Settings, setting_default
 from bridge.errors import BridgeError, ErrorCode
 from bridge.livekit.subscriber import LiveKitSubscriber, SubscriberOptions
 from bridge.media_path import RELAY_CODECS, PathKind, RelayDecline
@@ -143,23 +144,38 @@ class StreamSide(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class RelayOptions:
-    avatar_identity: str = "heygen"
+    avatar_identity: str = setting_default(LiveAvatarConfig, "avatar_identity")
     # The codec LiveAvatar was asked for ("VP8" | "H264"): asked of the SFU before subscribing.
-    avatar_codec: str = "VP8"
+    avatar_codec: str = setting_default(LiveAvatarConfig, "video_encoding")
     # Asked of the SFU after the avatar's codec: what the transcode path can publish on this
     # same SFU session if the relay declines (so the bridge joins the call once).
     fallback_codecs: tuple[str, ...] = ()
     # Playout alignment (see the module doc); 0 disables the hold.
-    video_hold_ms: float = 20.0
+    video_hold_ms: float = setting_default(OutputConfig, "relay_video_hold_ms")
     hold_capacity: int = 512
     rtx_history: int = 1024
     pli_min_interval_s: float = 0.3
     keyframe_retry_s: float = 0.35
     keyframe_timeout_s: float = 10.0
-    connect_timeout_s: float = 15.0
-    # How long the avatar's tracks may take to appear in the room after we joined it.
-    avatar_join_timeout_s: float = 20.0
+    connect_timeout_s: float = setting_default(LiveAvatarConfig, "connect_timeout_s")
+    # How long the avatar's tracks may take to appear in the room after we joined it: the
+    # documented scope of connect_timeout_s includes it.
+    avatar_join_timeout_s: float = setting_default(LiveAvatarConfig, "connect_timeout_s")
     single_peer_connection: bool = True
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, avatar_codec: str, fallback_codecs: tuple[str, ...] = ()
+    ) -> RelayOptions:
+        la = settings.liveavatar
+        return cls(
+            avatar_identity=la.avatar_identity,
+            avatar_codec=avatar_codec,
+            fallback_codecs=fallback_codecs,
+            video_hold_ms=settings.output.relay_video_hold_ms,
+            connect_timeout_s=la.connect_timeout_s,
+            avatar_join_timeout_s=la.connect_timeout_s,
+        )
 
 
 class _Forwarder:

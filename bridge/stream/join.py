@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-# The Stream SDK's own defaults (getstream_rtc's Rust client).
-PRODUCTION_BASE_URL = "https://chat.stream-io-api.com"
+from bridge.config import Settings, StreamConfig, setting_default
+
+# The Stream SDK's own defaults (getstream_rtc's Rust client); the settings model holds the URL.
+PRODUCTION_BASE_URL: str = setting_default(StreamConfig, "base_url")
 PRODUCTION_WS_URL = "wss://video.stream-io-api.com/api/v2/connect"
 PRODUCTION_HOSTS = ("chat.stream-io-api.com", "video.stream-io-api.com")
 
@@ -21,12 +23,26 @@ PRODUCTION_HOSTS = ("chat.stream-io-api.com", "video.stream-io-api.com")
 class StreamJoinOptions:
     api_key: str
     api_secret: str
-    base_url: str | None = None
-    ws_url: str | None = None
-    user_id: str = "avatar-bridge"
-    user_name: str = "Avatar"
-    join_timeout_s: float = 15.0
-    leave_timeout_s: float = 5.0
+    base_url: str | None = PRODUCTION_BASE_URL
+    ws_url: str | None = setting_default(StreamConfig, "ws_url")
+    user_id: str = setting_default(StreamConfig, "user_id")
+    user_name: str = setting_default(StreamConfig, "user_name")
+    join_timeout_s: float = setting_default(StreamConfig, "join_timeout_s")
+    leave_timeout_s: float = 5.0  # not an option: leaving is best effort
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StreamJoinOptions:
+        st = settings.stream
+        assert st.api_key is not None and st.api_secret is not None  # validated at start
+        return cls(
+            api_key=st.api_key.get_secret_value(),
+            api_secret=st.api_secret.get_secret_value(),
+            base_url=st.base_url,
+            ws_url=st.ws_url,
+            user_id=st.user_id,
+            user_name=st.user_name,
+            join_timeout_s=st.join_timeout_s,
+        )
 
     def resolved_base_url(self) -> str:
         return (self.base_url or PRODUCTION_BASE_URL).rstrip("/")

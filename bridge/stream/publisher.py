@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import av
@@ -30,6 +30,7 @@ import numpy as np
 import structlog
 from prometheus_client import Counter, Histogram
 
+from bridge.config import OutputConfig, Settings, setting_default
 from bridge.errors import BridgeError, ErrorCode
 from bridge.media import I420, AudioChunk, VideoFrame
 from bridge.stages import EventSink, FailureCallback
@@ -78,11 +79,23 @@ class PublisherOptions(StreamJoinOptions):
     """How the bridge joins Stream (:class:`~bridge.stream.join.StreamJoinOptions`) and what it
     publishes. getstream_rtc 0.1.0 joins with the user id only; ``user_name`` is logged."""
 
-    video_codec: Literal["VP9", "VP8"] = "VP9"
-    width: int = 640
-    height: int = 360
-    fps: float = 30.0
-    pcm_queue_s: float = 0.2
+    video_codec: Literal["VP9", "VP8"] = setting_default(OutputConfig, "video_codec")
+    width: int = setting_default(OutputConfig, "width")
+    height: int = setting_default(OutputConfig, "height")
+    fps: float = setting_default(OutputConfig, "fps")
+    pcm_queue_s: float = setting_default(OutputConfig, "audio_queue_ms") / 1000.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PublisherOptions:
+        out = settings.output
+        return cls(
+            **asdict(StreamJoinOptions.from_settings(settings)),
+            video_codec=out.video_codec,
+            width=out.width,
+            height=out.height,
+            fps=out.fps,
+            pcm_queue_s=out.audio_queue_ms / 1000.0,
+        )
 
 
 def _scale_i420(data: I420, w: int, h: int, out_w: int, out_h: int) -> I420:

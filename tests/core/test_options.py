@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from bridge.config import Settings
 from bridge.dryrun import DryRunUplink
@@ -23,8 +24,8 @@ from bridge.liveavatar.uplink import LiveAvatarOptions
 from bridge.livekit.downlink import DownlinkOptions
 from bridge.livekit.subscriber import SubscriberOptions
 from bridge.relay.path import RelayOptions
+from bridge.stream.join import StreamJoinOptions
 from bridge.stream.publisher import PublisherOptions
-from bridge.stream.relay_publisher import RelayPublisherOptions
 from bridge.sync import SyncStage
 
 # Pure defaults: model_construct reads neither the environment nor a TOML file.
@@ -38,41 +39,18 @@ NOT_FROM_SETTINGS = {
 }
 
 
+def _with_secrets(s: Settings) -> Settings:
+    return s.model_copy(
+        update={
+            "stream": s.stream.model_copy(
+                update={"api_key": SecretStr("k"), "api_secret": SecretStr("s")}
+            )
+        }
+    )
+
+
 def _relay(s: Settings) -> RelayOptions:
-    # As bridge/remote.py builds it (i19b's files: update here if that wiring changes).
-    la = s.liveavatar
-    return RelayOptions(
-        avatar_identity=la.avatar_identity,
-        avatar_codec=la.video_encoding.upper(),
-        video_hold_ms=s.output.relay_video_hold_ms,
-        connect_timeout_s=la.connect_timeout_s,
-        avatar_join_timeout_s=la.connect_timeout_s,
-    )
-
-
-def _relay_publisher(s: Settings) -> RelayPublisherOptions:
-    st = s.stream
-    return RelayPublisherOptions(
-        api_key="k",
-        api_secret="s",
-        base_url=st.base_url,
-        ws_url=st.ws_url,
-        user_id=st.user_id,
-        user_name=st.user_name,
-        join_timeout_s=st.join_timeout_s,
-    )
-
-
-def _publisher(s: Settings) -> PublisherOptions:
-    out = s.output
-    return PublisherOptions(
-        **dataclasses.asdict(_relay_publisher(s)),
-        video_codec=out.video_codec,
-        width=out.width,
-        height=out.height,
-        fps=out.fps,
-        pcm_queue_s=out.audio_queue_ms / 1000.0,
-    )
+    return RelayOptions.from_settings(s, s.liveavatar.video_encoding)
 
 
 def _subscriber(s: Settings) -> SubscriberOptions:
@@ -95,20 +73,8 @@ BUILDERS: dict[type[Any], Callable[[Settings], Any]] = {
     IngestOptions: lambda s: IngestOptions.from_settings(s, []),
     SubscriberOptions: _subscriber,
     RelayOptions: _relay,
-    RelayPublisherOptions: _relay_publisher,
-    PublisherOptions: _publisher,
-}
-
-# Defaults known to disagree with the settings, in classes this branch does not own
-# (bridge/relay, bridge/stream). The test fails when this list is not exactly the drift found,
-# so fixing one of them means deleting its line here.
-KNOWN_DRIFT = {
-    (RelayOptions, "avatar_codec"),  # "VP8"; liveavatar.video_encoding is "H264"
-    (RelayOptions, "avatar_join_timeout_s"),  # 20 s; the daemon passes connect_timeout_s (15)
-    (RelayPublisherOptions, "base_url"),  # None (= the cloud); stream.base_url is the cloud URL
-    (PublisherOptions, "base_url"),  # the same
-    (PublisherOptions, "width"),  # 640; output.width is 1280
-    (PublisherOptions, "height"),  # 360; output.height is 720
+    StreamJoinOptions: lambda s: StreamJoinOptions.from_settings(_with_secrets(s)),
+    PublisherOptions: lambda s: PublisherOptions.from_settings(_with_secrets(s)),
 }
 
 
@@ -137,8 +103,7 @@ def drift(cls: type[Any], built: Any) -> dict[str, tuple[Any, Any]]:
 @pytest.mark.parametrize("cls", list(BUILDERS), ids=lambda c: c.__name__)
 def test_options_defaults_are_the_settings_defaults(cls: type[Any]) -> None:
     found = drift(cls, BUILDERS[cls](DEFAULTS))
-    known = {name for owner, name in KNOWN_DRIFT if owner is cls}
-    assert set(found) == known, {n: f"default {d!r}, settings {v!r}" for n, (d, v) in found.items()}
+    assert not found, {n: f"default {d!r}, settings {v!r}" for n, (d, v) in found.items()}
 
 
 def test_every_options_class_is_checked() -> None:

@@ -44,6 +44,8 @@ def make_publisher(
         "api_secret": standin.api_secret,
         "base_url": standin.base_url,
         "join_timeout_s": 10.0,
+        "width": 640,  # the stand-in avatar's size: no scaling in these tests
+        "height": 360,
     }
     opts.update(overrides)
     return StreamPublisher(PublisherOptions(**opts), "default", call_id, rec, rec.fail)
