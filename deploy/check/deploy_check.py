@@ -1,0 +1,929 @@
+"""``make deploy-check``: the deploy files proven for real, on a machine without systemd or a registry.
+
+Two parts, each a whole session through the project's stand-ins (bridge/sim):
+
+container  a Debian 12 base image made locally (mmdebstrap, ``podman import``), the project's image
+           built from the Dockerfile with ``PYTHON_IMAGE`` pointing at it, run as the README says
+           (socket directory bind-mounted, state volume, credentials by environment), HEALTHCHECK
+           healthy, ``avatar-bridge say`` from the host through the bind-mounted socket, the avatar
+           in sync at the Stream stand-in, ``podman stop -t 30`` drains and exits 0.
+systemd    a Debian 12 root filesystem booted with systemd in ``systemd-nspawn``, the project
+           installed by running docs/deployment.md's own commands, deploy/systemd/* in place, the
+           socket unit started; a client's connection starts the service (socket activation),
+           READY and the watchdog, a whole session under every hardening directive of the shipped
+           unit, ``systemctl stop`` drains; ``systemd-analyze security`` from inside.
+
+The script runs in two processes: ``prepare`` (image and root filesystem builds, which need the
+package registries) on the host's network, then ``run`` inside the project's private network
+namespace (bridge/sim/netns.py) with the stand-ins in-process; podman uses ``--network host`` and
+nspawn no ``--private-network`` there, so both share that namespace: signalling on 127.0.0.1, WebRTC
+over the namespace's veth pair. Everything it starts is stopped in ``finally`` blocks, every wait
+is bounded, and it ends with a table of what was verified, with timings.
+
+Caches (gitignored ``.deploy-cache/``): the base image and the root filesystem are keyed by the
+inputs that make them (suite, package list, Dockerfile-independent), podman's layers live in a
+storage of their own there, and pip's download cache is shared with the nspawn installs. A warm run
+rebuilds nothing whose inputs did not change but still installs and runs everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import wave
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+SUITE = "bookworm"
+# Debian 12's python3 is 3.11, as the Dockerfile's default base; python-is-python3 gives the
+# Dockerfile's `python`.
+IMAGE_PACKAGES = ("python3", "python3-venv", "python-is-python3", "ca-certificates")
+MACHINE_PACKAGES = (
+    "systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "iproute2", "ca-certificates",
+    "util-linux", "procps",
+)  # fmt: skip
+# Host tools, by command, and the Debian package that provides each.
+TOOLS = {
+    "mmdebstrap": "mmdebstrap",
+    "podman": "podman",
+    "runc": "runc",
+    "systemd-nspawn": "systemd-container",
+    "nsenter": "util-linux",
+    "setpriv": "util-linux",
+    "ip": "iproute2",
+}
+IMAGE = "localhost/avatar-bridge:deploy-check"
+CONTAINER = "avatar-bridge-deploy-check"
+STATE_VOLUME = "avatar-bridge-deploy-check-state"
+# The socket directory's group on the host (a number: no host account is created) and the client
+# that speaks through it as a member of that group, not as root.
+SOCKET_GID, CLIENT_UID = 10002, 20001
+LIVEAVATAR_KEY = "standin-liveavatar-key"
+# The stand-ins' cheap configuration (bridge.sim.stack.SMALL) as environment variables.
+SMALL_ENV = {
+    "AVATAR_BRIDGE_LIVEAVATAR__VIDEO_QUALITY": "low",
+    "AVATAR_BRIDGE_LIVEAVATAR__VIDEO_ENCODING": "VP8",
+    "AVATAR_BRIDGE_OUTPUT__WIDTH": "640",
+    "AVATAR_BRIDGE_OUTPUT__HEIGHT": "360",
+}
+# Containers.conf for this machine (docs/deployment.md, "Verified by make deploy-check"): podman's
+# default ulimits exceed the hard limits and root lacks CAP_SYS_RESOURCE; the pids cgroup limit
+# is refused on hybrid cgroups.
+CONTAINERS_CONF = "[containers]\ndefault_ulimits = []\npids_limit = 0\n"
+BEEPS = 10  # sync marks spoken per session; the stand-in pairs each beep with a video flash
+
+
+# ----- results ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    part: str
+    check: str
+    ok: bool
+    seconds: float
+    detail: str = ""
+
+
+@dataclass
+class Results:
+    path: Path
+    rows: list[Row] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> Results:
+        if not path.exists():
+            return cls(path)
+        data = json.loads(path.read_text())
+        return cls(path, [Row(**r) for r in data["rows"]], data.get("facts", {}))
+
+    def save(self) -> None:
+        body = {"rows": [asdict(r) for r in self.rows], "facts": self.facts}
+        self.path.write_text(json.dumps(body, indent=2) + "\n")
+
+    def add(self, part: str, check: str, ok: bool, seconds: float, detail: str = "") -> None:
+        self.rows.append(Row(part, check, ok, round(seconds, 1), detail))
+        self.save()
+        mark = "ok  " if ok else "FAIL"
+        print(f"[deploy-check] {mark} {part}: {check} ({seconds:.1f} s) {detail}", flush=True)
+
+
+class CheckFailed(Exception):
+    """A verification failed: the part stops there (its cleanup still runs)."""
+
+
+@contextlib.contextmanager
+def step(results: Results, part: str, check: str) -> Iterator[list[str]]:
+    """Time a check; the body appends its detail to the yielded list, raises CheckFailed to fail."""
+    detail: list[str] = []
+    t0 = time.monotonic()
+    try:
+        yield detail
+    except Exception as exc:
+        results.add(part, check, False, time.monotonic() - t0, f"{exc}"[:300])
+        raise
+    results.add(part, check, True, time.monotonic() - t0, "; ".join(detail))
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """The closing table: one line per verified fact, its time, and what it measured."""
+    head = ("part", "check", "result", "time (s)", "detail")
+    body = [(r.part, r.check, "ok" if r.ok else "FAIL", f"{r.seconds:.1f}", r.detail) for r in rows]
+    widths = [max(len(x[i]) for x in [head, *body]) for i in range(4)]
+    lines = []
+    for cells in [head, *body]:
+        lead = "  ".join(c.ljust(w) for c, w in zip(cells[:4], widths, strict=True))
+        lines.append(f"{lead}  {cells[4]}".rstrip())
+    lines.insert(1, "-" * min(120, max(len(line) for line in lines)))
+    return "\n".join(lines)
+
+
+def parse_table(text: str) -> list[Row]:
+    """Inverse of format_table (the test checks the round trip; CI greps the table)."""
+    rows = []
+    for line in text.splitlines()[2:]:
+        m = re.match(r"(\S+)\s{2,}(.+?)\s{2,}(ok|FAIL)\s{2,}(\d+\.\d)(?:\s{2}(.*))?$", line)
+        if m:
+            part, check, res, secs, detail = m.groups()
+            rows.append(Row(part, check.strip(), res == "ok", float(secs), detail or ""))
+    return rows
+
+
+# ----- subprocesses ----------------------------------------------------------------------------
+
+
+def run(
+    cmd: Sequence[str],
+    *,
+    timeout: float,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+    input_text: str | None = None,
+    cwd: Path | None = None,
+    quiet: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """A bounded command; its output is kept (and shown when it fails)."""
+    done = subprocess.run(
+        list(cmd),
+        input=input_text,
+        stdin=None if input_text is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=cwd,
+        check=False,
+    )
+    if not quiet:
+        sys.stdout.write(done.stdout)
+    if check and done.returncode != 0:
+        tail = (done.stdout + done.stderr).strip().splitlines()[-25:]
+        raise CheckFailed(f"{shlex.join(cmd[:4])}... exited {done.returncode}: " + "\n".join(tail))
+    return done
+
+
+def nice(cmd: Sequence[str]) -> list[str]:
+    # Heavy builds share the machine's cores with other work.
+    return ["nice", "-n", "10", *cmd]
+
+
+def ensure_tools() -> None:
+    missing = sorted({pkg for cmd, pkg in TOOLS.items() if shutil.which(cmd) is None})
+    if not missing:
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    run(["apt-get", "update", "-qq"], timeout=300, env=env)
+    run(["apt-get", "install", "-y", "-qq", *missing], timeout=900, env=env)
+
+
+def key_of(*parts: str) -> str:
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
+
+
+def apt_sources() -> list[str]:
+    """The host's apt sources for mmdebstrap (a file argument is pasted into the chroot's list)."""
+    for candidate in ("/etc/apt/sources.list.d/debian.sources", "/etc/apt/sources.list"):
+        if Path(candidate).is_file() and Path(candidate).read_text().strip():
+            return [candidate]
+    return []
+
+
+# ----- paths -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Paths:
+    cache: Path
+
+    @property
+    def rootfs(self) -> Path:
+        return self.cache / "rootfs"
+
+    @property
+    def pip(self) -> Path:
+        return self.cache / "pip"
+
+    @property
+    def storage(self) -> Path:
+        return self.cache / "podman"
+
+    @property
+    def work(self) -> Path:
+        return self.cache / "run"
+
+    @property
+    def machine(self) -> Path:
+        return self.work / "machine"
+
+    @property
+    def sockdir(self) -> Path:
+        return self.work / "socket"
+
+    @property
+    def results(self) -> Path:
+        return self.work / "results.json"
+
+    @property
+    def containers_conf(self) -> Path:
+        return self.work / "containers.conf"
+
+    def podman(self, *args: str) -> list[str]:
+        # A storage of our own: the cached layers are ours, and cleanup cannot touch anyone else's.
+        return [
+            "podman",
+            "--root", str(self.storage / "root"),
+            "--runroot", str(self.work / "podman-run"),
+            "--runtime", "runc",
+            "--cgroup-manager", "cgroupfs",
+            *args,
+        ]  # fmt: skip
+
+    def podman_env(self) -> dict[str, str]:
+        return {**os.environ, "CONTAINERS_CONF": str(self.containers_conf)}
+
+
+# ----- prepare (host network) ------------------------------------------------------------------
+
+
+def prepare_container(p: Paths, results: Results) -> None:
+    part = "container"
+    key = key_of(SUITE, "minbase", *IMAGE_PACKAGES)
+    base = f"localhost/debian-python:{SUITE}-{key}"
+    env = p.podman_env()
+    with step(results, part, "Debian 12 base image (mmdebstrap -> podman import)") as d:
+        exists = run(p.podman("image", "exists", base), timeout=60, check=False, env=env)
+        if exists.returncode == 0:
+            d.append(f"cached {base}")
+        else:
+            tar = p.rootfs / f"image-{key}.tar"
+            if not tar.exists():
+                tmp = tar.with_suffix(".tmp.tar")
+                run(
+                    nice([
+                        "mmdebstrap", "--variant=minbase", "--include=" + ",".join(IMAGE_PACKAGES),
+                        SUITE, str(tmp), *apt_sources(),
+                    ]),
+                    timeout=900,
+                )  # fmt: skip
+                tmp.rename(tar)
+            run(p.podman("import", str(tar), base), timeout=300, env=env)
+            d.append(f"built {base}")
+    with step(results, part, "podman build (Dockerfile, PYTHON_IMAGE=local base)") as d:
+        run(
+            nice(p.podman(
+                "build", "--isolation=chroot", "--build-arg", f"PYTHON_IMAGE={base}",
+                "-t", IMAGE, "-f", str(ROOT / "Dockerfile"), str(ROOT),
+            )),
+            timeout=1800,
+            env=env,
+        )  # fmt: skip
+        size = run(p.podman("image", "inspect", "--format", "{{.Size}}", IMAGE), timeout=60, env=env)
+        d.append(f"{IMAGE}, {int(size.stdout.strip()) / 1e6:.0f} MB")
+
+
+def doc_block(name: str) -> str:
+    """The shell block docs/deployment.md marks with ``<!-- deploy-check: NAME -->``."""
+    text = (ROOT / "docs" / "deployment.md").read_text()
+    m = re.search(rf"<!-- deploy-check: {re.escape(name)} -->\s*```sh\n(.*?)```", text, re.S)
+    if not m:
+        raise CheckFailed(f"docs/deployment.md has no block marked deploy-check: {name}")
+    return m.group(1)
+
+
+def source_files() -> list[str]:
+    """What a fresh clone holds: the tracked files plus new, not ignored ones."""
+    out = run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], timeout=60, cwd=ROOT
+    ).stdout
+    return [f for f in out.splitlines() if (ROOT / f).is_file()]
+
+
+def nspawn_env() -> dict[str, str]:
+    # Hybrid cgroups here: systemd in the container must be given the unified hierarchy.
+    return {**os.environ, "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"}
+
+
+def prepare_systemd(p: Paths, results: Results) -> None:
+    part = "systemd"
+    key = key_of(SUITE, "minbase", *MACHINE_PACKAGES)
+    cached = p.rootfs / f"machine-{key}"
+    with step(results, part, "Debian 12 root filesystem with systemd (mmdebstrap)") as d:
+        if cached.exists():
+            d.append(f"cached machine-{key}")
+        else:
+            tmp = cached.with_name(cached.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            run(
+                nice([
+                    "mmdebstrap", "--variant=minbase", "--include=" + ",".join(MACHINE_PACKAGES),
+                    SUITE, str(tmp), *apt_sources(),
+                ]),
+                timeout=900,
+            )  # fmt: skip
+            tmp.rename(cached)
+            d.append(f"built machine-{key}")
+        shutil.rmtree(p.machine, ignore_errors=True)
+        run(["cp", "-a", "--reflink=auto", str(cached), str(p.machine)], timeout=300)
+    with step(results, part, "install as docs/deployment.md says (venv, units, credentials)") as d:
+        src = p.machine / "root" / "avatar-bridge"
+        for rel in source_files():
+            dest = src / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest)
+        p.pip.mkdir(parents=True, exist_ok=True)
+        script = "set -eux\nsudo() { \"$@\"; }\nuseradd --create-home alice\n" + doc_block(
+            "systemd-install"
+        )
+        run(
+            nice([
+                "systemd-nspawn", "-q", "-D", str(p.machine), "--pipe", "--register=no",
+                "--keep-unit", f"--bind={p.pip}:/root/.cache/pip", "--chdir=/root/avatar-bridge",
+                f"--setenv=LIVEAVATAR_API_KEY={LIVEAVATAR_KEY}",
+                "--setenv=STREAM_API_KEY=placeholder", "--setenv=STREAM_API_SECRET=placeholder",
+                "bash", "-s",
+            ]),
+            timeout=1200,
+            env=nspawn_env(),
+            input_text=script,
+        )  # fmt: skip
+        version = run(
+            ["chroot", str(p.machine), "/usr/bin/avatar-bridge", "--version"], timeout=60
+        ).stdout.strip()
+        d.append(version)
+
+
+# ----- run (inside the network namespace) ------------------------------------------------------
+
+
+def write_wav(path: Path, pcm: bytes, rate: int = 24000) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm)
+
+
+def make_wavs(folder: Path) -> tuple[Path, Path]:
+    """A short turn of sync marks (after a lead-in while the avatar joins) and a long one."""
+    import numpy as np
+
+    from bridge.sim.marks import beep_train
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lead = np.zeros(3 * 24000, dtype=np.int16)
+    marks = np.concatenate([lead, beep_train(24000, BEEPS, 500, 100)])
+    long = np.concatenate([lead, beep_train(24000, 90, 500, 100)])  # 48 s: outlasts the drain
+    short_path, long_path = folder / "beeps.wav", folder / "long.wav"
+    write_wav(short_path, marks.tobytes())
+    write_wav(long_path, long.tobytes())
+    os.chmod(folder, 0o755)
+    for f in (short_path, long_path):
+        os.chmod(f, 0o644)
+    return short_path, long_path
+
+
+def say_events(stdout: str) -> dict[str, dict[str, Any]]:
+    """``avatar-bridge say`` prints ``KIND {json}`` lines; the events by name (and READY)."""
+    out: dict[str, dict[str, Any]] = {}
+    for line in stdout.splitlines():
+        kind, _, body = line.partition(" ")
+        with contextlib.suppress(ValueError):
+            fields = json.loads(body)
+            if kind == "EVENT":
+                out[str(fields.get("event"))] = fields
+            elif kind in ("READY", "ERROR"):
+                out[kind] = fields
+    return out
+
+
+class Standins:
+    """The stand-ins in this process, and what their measurement APIs say about a call."""
+
+    def __init__(self) -> None:
+        from bridge.sim.stack import StandIns
+
+        self.sim = StandIns(render_latency_s=0.2)
+
+    async def __aenter__(self) -> Standins:
+        await self.sim.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.sim.aclose()
+
+    def env(self) -> dict[str, str]:
+        s = self.sim
+        return {
+            "LIVEAVATAR_API_KEY": LIVEAVATAR_KEY,
+            "LIVEAVATAR_BASE_URL": s.liveavatar.base_url,
+            "STREAM_API_KEY": s.stream.api_key,
+            "STREAM_API_SECRET": s.stream.api_secret,
+            "STREAM_BASE_URL": s.stream.base_url,
+            "AVATAR_BRIDGE_STREAM__WS_URL": s.stream.ws_url,
+            **SMALL_ENV,
+        }
+
+    def check_sync(self, call_id: str, detail: list[str]) -> dict[str, Any]:
+        stats = self.sim.stream.stats("default", call_id)
+        skews = self.sim.stream.measure("default", call_id).skews_ms()
+        video = stats["video"]
+        if video["frames"] < 50 or len(skews) < 3:
+            raise CheckFailed(f"too little reached the call: {video['frames']} frames, {skews}")
+        median = statistics.median(skews)
+        # Loose, as the end-to-end tests: the benchmark holds the sync goal; this proves the path.
+        if abs(median) > 100:
+            raise CheckFailed(f"A/V skew median {median:.0f} ms: {skews}")
+        detail.append(
+            f"{video['resolution']} {video['frames']} frames @ {video['fps']} fps, "
+            f"skew median {median:+.0f} ms over {len(skews)} marks"
+        )
+        return {"skew_median_ms": round(median, 1), "frames": video["frames"]}
+
+    async def no_session_left(self, detail: list[str]) -> None:
+        for _ in range(50):
+            if not self.sim.liveavatar.live_sessions:
+                detail.append("0 LiveAvatar sessions left")
+                return
+            await asyncio.sleep(0.1)
+        raise CheckFailed(f"LiveAvatar sessions left: {self.sim.liveavatar.live_sessions}")
+
+
+async def arun(
+    cmd: Sequence[str], *, timeout: float, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(run, cmd, timeout=timeout, env=env, check=check)
+
+
+async def wait_for_line(proc: subprocess.Popen[str], pattern: str, timeout: float) -> list[str]:
+    """Read ``proc``'s stdout until a line contains ``pattern``; returns the lines read."""
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = await asyncio.wait_for(
+            asyncio.to_thread(proc.stdout.readline), deadline - time.monotonic()
+        )
+        if not line:
+            break
+        lines.append(line)
+        if pattern in line:
+            return lines
+    raise CheckFailed(f"no {pattern!r} from the client: {''.join(lines)[-500:]}")
+
+
+def stop_proc(proc: subprocess.Popen[str] | None, timeout: float = 10) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+async def container_part(p: Paths, results: Results, st: Standins, wavs: tuple[Path, Path]) -> None:
+    part = "container"
+    env = {**p.podman_env(), **st.env()}
+    client_env = {k: v for k, v in os.environ.items() if not k.startswith("AVATAR_BRIDGE_")}
+    sock = p.sockdir / "bridge.sock"
+    # The README's host side: a socket directory owned by the image's user, setgid to the
+    # clients' group.
+    shutil.rmtree(p.sockdir, ignore_errors=True)
+    p.sockdir.mkdir(parents=True)
+    os.chown(p.sockdir, 10001, SOCKET_GID)
+    os.chmod(p.sockdir, 0o2770)
+    as_client = ["setpriv", f"--reuid={CLIENT_UID}", f"--regid={CLIENT_UID}",
+                 f"--groups={SOCKET_GID}", "--"]  # fmt: skip
+    cli = str(Path(sys.executable).with_name("avatar-bridge"))
+    await arun(p.podman("rm", "-f", "--ignore", CONTAINER), timeout=60, env=env)
+    await arun(p.podman("volume", "rm", "-f", STATE_VOLUME), timeout=60, env=env, check=False)
+    drain_say: subprocess.Popen[str] | None = None
+    try:
+        with step(results, part, "podman run (README flags) -> HEALTHCHECK healthy") as d:
+            t0 = time.monotonic()
+            await arun(
+                p.podman(
+                    "run", "-d", "--name", CONTAINER, "--network", "host",
+                    "-v", f"{p.sockdir}:/run/avatar-bridge",
+                    "-v", f"{STATE_VOLUME}:/var/lib/avatar-bridge",
+                    *[a for k in st.env() for a in ("-e", k)],
+                    IMAGE,
+                ),
+                timeout=120,
+                env=env,
+            )  # fmt: skip
+            while True:
+                hc = await arun(
+                    p.podman("healthcheck", "run", CONTAINER), timeout=30, env=env, check=False
+                )
+                if hc.returncode == 0:
+                    break
+                state = await arun(
+                    p.podman("inspect", "--format", "{{.State.Status}}", CONTAINER),
+                    timeout=30,
+                    env=env,
+                )
+                if state.stdout.strip() != "running" or time.monotonic() - t0 > 60:
+                    logs = await arun(p.podman("logs", CONTAINER), timeout=30, env=env, check=False)
+                    raise CheckFailed(f"not healthy ({state.stdout.strip()}): {logs.stderr[-800:]}")
+                await asyncio.sleep(1)
+            status = await arun(
+                p.podman("inspect", "--format", "{{.State.Health.Status}}", CONTAINER),
+                timeout=30,
+                env=env,
+            )
+            if status.stdout.strip() != "healthy":
+                raise CheckFailed(f"health status {status.stdout.strip()!r}")
+            mode = oct(sock.stat().st_mode & 0o777) if sock.exists() else "missing"
+            d.append(f"healthy after {time.monotonic() - t0:.1f} s; socket {mode}")
+            results.facts["container_healthy_s"] = round(time.monotonic() - t0, 1)
+        with step(results, part, "avatar-bridge say through the bind-mounted socket") as d:
+            said = await arun(
+                [*as_client, cli, "say", "-q", "--socket", str(sock),
+                 "--call", "default:deploy-container", str(wavs[0])],
+                timeout=120,
+                env=client_env,
+            )  # fmt: skip
+            events = say_events(said.stdout)
+            if "speak_ended" not in events or "ERROR" in events:
+                raise CheckFailed(f"the turn did not end cleanly: {said.stdout[-800:]}")
+            path = events.get("media_path", {}).get("path")
+            d.append(f"as uid {CLIENT_UID} (group {SOCKET_GID}, not root); media path {path}")
+        with step(results, part, "Stream stand-in received the avatar in sync") as d:
+            results.facts["container_sync"] = st.check_sync("deploy-container", d)
+        with step(results, part, "podman stop -t 30 mid-session: drain, exit 0") as d:
+            drain_say = subprocess.Popen(
+                [*as_client, cli, "say", "-q", "--socket", str(sock),
+                 "--call", "default:deploy-container-drain", str(wavs[1])],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=client_env,
+            )  # fmt: skip
+            await wait_for_line(drain_say, '"event": "published"', 60)
+            t0 = time.monotonic()
+            await arun(p.podman("stop", "-t", "30", CONTAINER), timeout=60, env=env)
+            took = time.monotonic() - t0
+            code = await arun(
+                p.podman("inspect", "--format", "{{.State.ExitCode}}", CONTAINER),
+                timeout=30,
+                env=env,
+            )
+            logs = await arun(p.podman("logs", CONTAINER), timeout=30, env=env, check=False)
+            if code.stdout.strip() != "0":
+                raise CheckFailed(f"exit code {code.stdout.strip()}: {logs.stderr[-800:]}")
+            if '"event": "draining"' not in logs.stdout + logs.stderr:
+                raise CheckFailed("no draining event in the container's log")
+            d.append(f"stopped in {took:.1f} s (< 30), exit 0")
+            results.facts["container_drain_s"] = round(took, 1)
+            await st.no_session_left(d)
+    finally:
+        stop_proc(drain_say)
+        await arun(p.podman("rm", "-f", "--ignore", CONTAINER), timeout=60, env=env, check=False)
+        await arun(
+            p.podman("volume", "rm", "-f", STATE_VOLUME), timeout=60, env=env, check=False
+        )
+
+
+class Machine:
+    """The booted nspawn container: systemd is PID 1 inside; commands enter its namespaces."""
+
+    def __init__(self, root: Path, log: Path) -> None:
+        self.root = root
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.leader = 0
+
+    def boot(self) -> None:
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    "systemd-nspawn", "-q", "-D", str(self.root), "--boot", "--register=no",
+                    "--keep-unit", "--console=pipe", "--machine=avatar-bridge-check",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=nspawn_env(),
+            )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not self.leader:
+            if self.proc.poll() is not None:
+                raise CheckFailed(f"nspawn exited: {self.log.read_text()[-800:]}")
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+            with contextlib.suppress(OSError, ValueError):
+                self.leader = int(children.read_text().split()[0])
+            time.sleep(0.1)
+        if not self.leader:
+            raise CheckFailed("no container init process")
+
+    def cmd(self, *args: str, user: str | None = None) -> list[str]:
+        inner = ["runuser", "-u", user, "--", *args] if user else list(args)
+        return ["nsenter", "-t", str(self.leader), "-a", *inner]
+
+    def sh(self, command: str, timeout: float = 60, check: bool = True) -> str:
+        return run(self.cmd("sh", "-c", command), timeout=timeout, check=check).stdout.strip()
+
+    def show(self, unit: str, *props: str) -> dict[str, str]:
+        out = self.sh(f"systemctl show {unit} " + " ".join(f"-p {p}" for p in props))
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def shutdown(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        # nspawn turns SIGTERM into an orderly poweroff of the container.
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+# The kernel's view of the main process: what the hardening directives must have produced.
+HARDENING_PROBES = {
+    "NoNewPrivileges": ("NoNewPrivs:\t1", "status"),
+    "SystemCallFilter (seccomp)": ("Seccomp:\t2", "status"),
+    "CapabilityBoundingSet= (empty)": ("CapBnd:\t0000000000000000", "status"),
+}
+
+
+def check_hardening(m: Machine, pid: str, detail: list[str]) -> int:
+    status = m.sh(f"cat /proc/{pid}/status")
+    mounts = m.sh(f"cat /proc/{pid}/mountinfo")
+    failures = [name for name, (needle, _) in HARDENING_PROBES.items() if needle not in status]
+
+    def mount_opts(target: str) -> str:
+        for line in mounts.splitlines():
+            fields = line.split()
+            if fields[4] == target:
+                return fields[5] + "," + line.split(" - ")[1]
+        return ""
+
+    if "ro" not in mount_opts("/").split(","):
+        failures.append("ProtectSystem=strict (/ read-only)")
+    if "ro" in mount_opts("/var/lib/avatar-bridge").split(","):
+        failures.append("StateDirectory writable")
+    if "hidepid=invisible" not in mount_opts("/proc") and "hidepid=2" not in mount_opts("/proc"):
+        failures.append("ProtectProc=invisible")
+    if not mount_opts("/tmp"):
+        failures.append("PrivateTmp")
+    if "tmpfs" not in mount_opts("/dev"):
+        failures.append("PrivateDevices")
+    if failures:
+        raise CheckFailed("not in force: " + ", ".join(failures))
+    checked = len(HARDENING_PROBES) + 5
+    detail.append(f"{checked} directives seen by the kernel on the main process")
+    return checked
+
+
+async def systemd_part(p: Paths, results: Results, st: Standins, wavs: tuple[Path, Path]) -> None:
+    part = "systemd"
+    m = Machine(p.machine, p.work / "machine-console.log")
+    share = p.machine / "usr" / "local" / "share" / "deploy-check"
+    share.mkdir(parents=True, exist_ok=True)
+    for wav in wavs:
+        shutil.copy2(wav, share / wav.name)
+    # The operator's settings for this site: the stand-ins' URLs (their keys are in the
+    # credential files the install step wrote), as a drop-in; the shipped unit is untouched.
+    dropin = p.machine / "etc" / "systemd" / "system" / "avatar-bridge.service.d"
+    dropin.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in st.env().items() if not k.endswith(("_KEY", "_SECRET"))}
+    (dropin / "stand-ins.conf").write_text(
+        "[Service]\n" + "".join(f"Environment={k}={v}\n" for k, v in env.items())
+    )
+    creds = p.machine / "etc" / "avatar-bridge" / "credentials"
+    (creds / "stream_api_key").write_text(st.sim.stream.api_key)
+    (creds / "stream_api_secret").write_text(st.sim.stream.api_secret)
+    drain_say: subprocess.Popen[str] | None = None
+    say = ["avatar-bridge", "say", "-q"]
+    try:
+        with step(results, part, "boot systemd as PID 1 in systemd-nspawn") as d:
+            t0 = time.monotonic()
+            await asyncio.to_thread(m.boot)
+            state = await asyncio.to_thread(
+                m.sh, "systemctl is-system-running --wait || true", 120
+            )
+            if state not in ("running", "degraded"):
+                raise CheckFailed(f"system state {state!r}")
+            version = m.sh("systemctl --version | head -1")
+            d.append(f"{version}; {state} after {time.monotonic() - t0:.1f} s")
+        with step(results, part, "docs' start commands: socket listening, service idle") as d:
+            m.sh("set -e\nsudo() { \"$@\"; }\n" + doc_block("systemd-start"), timeout=60)
+            sock = m.show("avatar-bridge.socket", "ActiveState")["ActiveState"]
+            svc = m.show("avatar-bridge.service", "ActiveState")["ActiveState"]
+            if sock != "active" or svc != "inactive":
+                raise CheckFailed(f"socket {sock}, service {svc}")
+            mode = m.sh("stat -c '%A %U:%G' /run/avatar-bridge/bridge.sock")
+            d.append(f"socket active ({mode}), service inactive")
+        with step(results, part, "client connects as alice: socket activation, READY") as d:
+            t0 = time.monotonic()
+            said = await asyncio.to_thread(
+                run,
+                m.cmd(*say, "--call", "default:deploy-systemd",
+                      "/usr/local/share/deploy-check/beeps.wav", user="alice"),
+                timeout=180,
+            )  # fmt: skip
+            events = say_events(said.stdout)
+            if "speak_ended" not in events or "ERROR" in events:
+                raise CheckFailed(f"the turn did not end cleanly: {said.stdout[-800:]}")
+            props = m.show(
+                "avatar-bridge.service", "ActiveState", "SubState", "StatusText", "MainPID",
+                "NRestarts", "WatchdogUSec", "Type",
+            )  # fmt: skip
+            journal = m.sh("journalctl -u avatar-bridge.service -o cat --no-pager")
+            ready = [ln for ln in journal.splitlines() if '"event": "ready"' in ln]
+            if not ready or '"inherited_fds": 1' not in ready[-1]:
+                raise CheckFailed(f"no ready event with the inherited socket: {journal[-800:]}")
+            if props["SubState"] != "running" or not props["StatusText"]:
+                raise CheckFailed(f"service {props}")
+            d.append(
+                f"started by the connection, READY (Type={props['Type']}), "
+                f"STATUS={props['StatusText']!r}; media path "
+                f"{events.get('media_path', {}).get('path')}; turn took "
+                f"{time.monotonic() - t0:.1f} s"
+            )
+            pid = props["MainPID"]
+        with step(results, part, "Stream stand-in received the avatar in sync") as d:
+            results.facts["systemd_sync"] = st.check_sync("deploy-systemd", d)
+        with step(results, part, "every hardening directive in force on the main process") as d:
+            check_hardening(m, pid, d)
+            d.append("ICE, DTLS and both codec paths ran under them (the session above)")
+        with step(results, part, "watchdog pinged for longer than WatchdogSec") as d:
+            started = float(m.show("avatar-bridge.service", "ExecMainStartTimestampMonotonic")[
+                "ExecMainStartTimestampMonotonic"
+            ])
+            while True:
+                now = float(m.sh("cut -d' ' -f1 /proc/uptime")) * 1e6
+                if now - started > 25e6:
+                    break
+                await asyncio.sleep(1)
+            props = m.show("avatar-bridge.service", "NRestarts", "WatchdogTimestampMonotonic",
+                           "SubState", "WatchdogUSec")  # fmt: skip
+            last_ping = float(props["WatchdogTimestampMonotonic"])
+            if props["SubState"] != "running" or props["NRestarts"] != "0":
+                raise CheckFailed(f"service {props}")
+            if now - last_ping > 12e6:
+                raise CheckFailed(f"last watchdog ping {(now - last_ping) / 1e6:.1f} s ago")
+            d.append(
+                f"WatchdogSec={props['WatchdogUSec']}, up {(now - started) / 1e6:.0f} s, last ping "
+                f"{(now - last_ping) / 1e6:.1f} s ago, 0 restarts"
+            )
+        with step(results, part, "systemd-analyze security (inside the booted system)") as d:
+            out = m.sh("systemd-analyze security avatar-bridge.service --no-pager | tail -1")
+            score = re.search(r"exposure level .*?: ([\d.]+) (\S+)", out)
+            if not score:
+                raise CheckFailed(out)
+            d.append(f"exposure {score.group(1)} {score.group(2)}")
+            results.facts["systemd_exposure"] = float(score.group(1))
+        with step(results, part, "systemctl stop mid-session: drain, exit 0, no session") as d:
+            drain_say = subprocess.Popen(
+                m.cmd(*say, "--call", "default:deploy-systemd-drain",
+                      "/usr/local/share/deploy-check/long.wav", user="alice"),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )  # fmt: skip
+            await wait_for_line(drain_say, '"event": "published"', 60)
+            t0 = time.monotonic()
+            await asyncio.to_thread(m.sh, "systemctl stop avatar-bridge.service", 90)
+            took = time.monotonic() - t0
+            props = m.show("avatar-bridge.service", "Result", "ExecMainStatus", "ActiveState")
+            if props["Result"] != "success" or props["ExecMainStatus"] != "0":
+                raise CheckFailed(f"service {props}")
+            d.append(f"stopped in {took:.1f} s (TimeoutStopSec=45s), exit 0")
+            results.facts["systemd_drain_s"] = round(took, 1)
+            await st.no_session_left(d)
+    finally:
+        stop_proc(drain_say)
+        await asyncio.to_thread(m.shutdown)
+
+
+async def run_inside(p: Paths, parts: list[str]) -> int:
+    from bridge.sim import netns
+
+    results = Results.load(p.results)
+    if not netns.inside():
+        results.add("run", "private network namespace", False, 0, "not inside bridge.sim.netns")
+        return 1
+    p.containers_conf.write_text(CONTAINERS_CONF)
+    wavs = make_wavs(p.work / "wav")
+    failed = False
+    async with Standins() as st:
+        for name, fn in (("container", container_part), ("systemd", systemd_part)):
+            if name not in parts:
+                continue
+            try:
+                await fn(p, results, st, wavs)
+            except (CheckFailed, subprocess.SubprocessError, OSError, TimeoutError):
+                failed = True
+    return 1 if failed else 0
+
+
+# ----- main ------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("phase", nargs="?", default="all", choices=["all", "prepare", "run"])
+    ap.add_argument("--parts", default="container,systemd", help="comma-separated parts")
+    ap.add_argument("--cache", type=Path, default=ROOT / ".deploy-cache")
+    ap.add_argument("--timeout", type=float, default=3000, help="whole run, seconds")
+    args = ap.parse_args(argv)
+    p = Paths(args.cache.resolve())
+    parts = args.parts.split(",")
+    if os.geteuid() != 0:
+        print("deploy-check: needs root (podman, systemd-nspawn, apt-get)", file=sys.stderr)
+        return 2
+    if args.phase == "run":
+        return asyncio.run(run_inside(p, parts))
+
+    t_all = time.monotonic()
+    p.work.mkdir(parents=True, exist_ok=True)
+    p.rootfs.mkdir(parents=True, exist_ok=True)
+    p.containers_conf.write_text(CONTAINERS_CONF)
+    results = Results(p.results)
+    results.save()
+    rc = 0
+    try:
+        with step(results, "host", "tools installed (apt-get by package name)") as d:
+            ensure_tools()
+            d.append(run(["podman", "--version"], timeout=30).stdout.strip())
+        if "container" in parts:
+            prepare_container(p, results)
+        if "systemd" in parts:
+            prepare_systemd(p, results)
+    except (CheckFailed, subprocess.SubprocessError, OSError):
+        rc = 1
+    if rc == 0 and args.phase == "all":
+        remaining = max(60.0, args.timeout - (time.monotonic() - t_all))
+        inner = [sys.executable, "-m", "bridge.sim.netns", "--", sys.executable, __file__, "run",
+                 "--parts", args.parts, "--cache", str(p.cache)]  # fmt: skip
+        proc = subprocess.Popen(inner, cwd=ROOT, start_new_session=True)
+        try:
+            rc = proc.wait(remaining)
+        except subprocess.TimeoutExpired:
+            print("deploy-check: out of time", file=sys.stderr)
+            rc = 1
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(60)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        results = Results.load(p.results)
+    total = time.monotonic() - t_all
+    expected = {"container": 6, "systemd": 10}
+    for part in parts:
+        got = sum(1 for r in results.rows if r.part == part and r.ok)
+        if got < expected.get(part, 0):
+            rc = rc or 1
+    print()
+    print(format_table(results.rows))
+    print(f"\ndeploy-check: {'PASSED' if rc == 0 else 'FAILED'} in {total:.0f} s")
+    results.facts["total_s"] = round(total, 1)
+    results.save()
+    return rc
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    raise SystemExit(main())
