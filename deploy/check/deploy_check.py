@@ -85,6 +85,8 @@ SMALL_ENV = {
 # default ulimits exceed the hard limits and root lacks CAP_SYS_RESOURCE; the pids cgroup limit
 # is refused on hybrid cgroups.
 CONTAINERS_CONF = "[containers]\ndefault_ulimits = []\npids_limit = 0\n"
+HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+TRUSTED_CA_PATH = "/etc/ssl/host-ca-bundle.crt"
 BEEPS = 10  # sync marks spoken per session; the stand-in pairs each beep with a video flash
 
 
@@ -136,7 +138,9 @@ def step(results: Results, part: str, check: str) -> Iterator[list[str]]:
     try:
         yield detail
     except Exception as exc:
-        results.add(part, check, False, time.monotonic() - t0, f"{exc}"[:300])
+        print(f"[deploy-check] {part}: {check} failed:\n{exc}", file=sys.stderr, flush=True)
+        last = [ln for ln in str(exc).splitlines() if ln.strip()][-1:] or [type(exc).__name__]
+        results.add(part, check, False, time.monotonic() - t0, last[0][:200])
         raise
     results.add(part, check, True, time.monotonic() - t0, "; ".join(detail))
 
@@ -307,7 +311,11 @@ def prepare_container(p: Paths, results: Results) -> None:
     with step(results, part, "podman build (Dockerfile, PYTHON_IMAGE=local base)") as d:
         run(
             nice(p.podman(
-                "build", "--isolation=chroot", "--build-arg", f"PYTHON_IMAGE={base}",
+                # --format docker: the OCI image format (podman's default) has no HEALTHCHECK
+                # and podman would silently drop the Dockerfile's.
+                "build", "--format", "docker", "--isolation=chroot",
+                "--build-arg", f"PYTHON_IMAGE={base}",
+                *trust_args(p, "--volume"),
                 "-t", IMAGE, "-f", str(ROOT / "Dockerfile"), str(ROOT),
             )),
             timeout=1800,
@@ -332,6 +340,23 @@ def source_files() -> list[str]:
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"], timeout=60, cwd=ROOT
     ).stdout
     return [f for f in out.splitlines() if (ROOT / f).is_file()]
+
+
+def trust_args(p: Paths, flag: str) -> list[str]:
+    """Lend the host's CA bundle to pip in a build or install (RUN steps only, never the image).
+
+    Machines behind a TLS-inspecting proxy trust its CA in the system bundle; pip inside a fresh
+    image or root filesystem would not, and pip uses its own bundle unless told. Harmless elsewhere.
+    """
+    bundle = Path(HOST_CA_BUNDLE)
+    if not bundle.is_file():
+        return []
+    conf = p.work / "pip.conf"
+    conf.write_text(f"[global]\ncert = {TRUSTED_CA_PATH}\n")
+    mounts = [(bundle, TRUSTED_CA_PATH), (conf, "/etc/pip.conf")]
+    if flag == "--volume":  # podman build
+        return [f"--volume={src}:{dst}:ro" for src, dst in mounts]
+    return [f"--bind-ro={src}:{dst}" for src, dst in mounts]  # systemd-nspawn
 
 
 def nspawn_env() -> dict[str, str]:
@@ -374,6 +399,7 @@ def prepare_systemd(p: Paths, results: Results) -> None:
             nice([
                 "systemd-nspawn", "-q", "-D", str(p.machine), "--pipe", "--register=no",
                 "--keep-unit", f"--bind={p.pip}:/root/.cache/pip", "--chdir=/root/avatar-bridge",
+                *trust_args(p, "--bind-ro"),
                 f"--setenv=LIVEAVATAR_API_KEY={LIVEAVATAR_KEY}",
                 "--setenv=STREAM_API_KEY=placeholder", "--setenv=STREAM_API_SECRET=placeholder",
                 "bash", "-s",
