@@ -673,9 +673,12 @@ class Machine:
         while time.monotonic() < deadline and not self.leader:
             if self.proc.poll() is not None:
                 raise CheckFailed(f"nspawn exited: {self.log.read_text()[-800:]}")
+            # nspawn's child becomes the container's init once it has exec'd systemd.
             children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-            with contextlib.suppress(OSError, ValueError):
-                self.leader = int(children.read_text().split()[0])
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                child = int(children.read_text().split()[0])
+                if Path(f"/proc/{child}/comm").read_text().strip() == "systemd":
+                    self.leader = child
             time.sleep(0.1)
         if not self.leader:
             raise CheckFailed("no container init process")
