@@ -1,4 +1,4 @@
-"""``make deploy-check``: the deploy files proven for real, on a machine without systemd or a registry.
+"""``make deploy-check``: the deploy files proven for real, without a systemd host or a registry.
 
 Two parts, each a whole session through the project's stand-ins (bridge/sim):
 
@@ -41,6 +41,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import wave
 from collections.abc import Iterator, Sequence
@@ -321,7 +322,9 @@ def prepare_container(p: Paths, results: Results) -> None:
             timeout=1800,
             env=env,
         )  # fmt: skip
-        size = run(p.podman("image", "inspect", "--format", "{{.Size}}", IMAGE), timeout=60, env=env)
+        size = run(
+            p.podman("image", "inspect", "--format", "{{.Size}}", IMAGE), timeout=60, env=env
+        )
         d.append(f"{IMAGE}, {int(size.stdout.strip()) / 1e6:.0f} MB")
 
 
@@ -392,7 +395,7 @@ def prepare_systemd(p: Paths, results: Results) -> None:
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, dest)
         p.pip.mkdir(parents=True, exist_ok=True)
-        script = "set -eux\nsudo() { \"$@\"; }\nuseradd --create-home alice\n" + doc_block(
+        script = 'set -eux\nsudo() { "$@"; }\nuseradd --create-home alice\n' + doc_block(
             "systemd-install"
         )
         run(
@@ -511,16 +514,23 @@ class Standins:
 
 
 async def arun(
-    cmd: Sequence[str], *, timeout: float, env: dict[str, str] | None = None, check: bool = True
+    cmd: Sequence[str], *, limit_s: float, env: dict[str, str] | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(run, cmd, timeout=timeout, env=env, check=check)
+    return await asyncio.to_thread(run, cmd, timeout=limit_s, env=env, check=check)
 
 
-async def wait_for_line(proc: subprocess.Popen[str], pattern: str, timeout: float) -> list[str]:
+def spawn(cmd: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """A client left running (the drain checks stop the daemon under it)."""
+    return subprocess.Popen(
+        list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+
+
+async def wait_for_line(proc: subprocess.Popen[str], pattern: str, limit_s: float) -> list[str]:
     """Read ``proc``'s stdout until a line contains ``pattern``; returns the lines read."""
     assert proc.stdout is not None
     lines: list[str] = []
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         line = await asyncio.wait_for(
             asyncio.to_thread(proc.stdout.readline), deadline - time.monotonic()
@@ -558,8 +568,8 @@ async def container_part(p: Paths, results: Results, st: Standins, wavs: tuple[P
     as_client = ["setpriv", f"--reuid={CLIENT_UID}", f"--regid={CLIENT_UID}",
                  f"--groups={SOCKET_GID}", "--"]  # fmt: skip
     cli = str(Path(sys.executable).with_name("avatar-bridge"))
-    await arun(p.podman("rm", "-f", "--ignore", CONTAINER), timeout=60, env=env)
-    await arun(p.podman("volume", "rm", "-f", STATE_VOLUME), timeout=60, env=env, check=False)
+    await arun(p.podman("rm", "-f", "--ignore", CONTAINER), limit_s=60, env=env)
+    await arun(p.podman("volume", "rm", "-f", STATE_VOLUME), limit_s=60, env=env, check=False)
     drain_say: subprocess.Popen[str] | None = None
     try:
         with step(results, part, "podman run (README flags) -> HEALTHCHECK healthy") as d:
@@ -572,27 +582,27 @@ async def container_part(p: Paths, results: Results, st: Standins, wavs: tuple[P
                     *[a for k in st.env() for a in ("-e", k)],
                     IMAGE,
                 ),
-                timeout=120,
+                limit_s=120,
                 env=env,
             )  # fmt: skip
             while True:
                 hc = await arun(
-                    p.podman("healthcheck", "run", CONTAINER), timeout=30, env=env, check=False
+                    p.podman("healthcheck", "run", CONTAINER), limit_s=30, env=env, check=False
                 )
                 if hc.returncode == 0:
                     break
                 state = await arun(
                     p.podman("inspect", "--format", "{{.State.Status}}", CONTAINER),
-                    timeout=30,
+                    limit_s=30,
                     env=env,
                 )
                 if state.stdout.strip() != "running" or time.monotonic() - t0 > 60:
-                    logs = await arun(p.podman("logs", CONTAINER), timeout=30, env=env, check=False)
+                    logs = await arun(p.podman("logs", CONTAINER), limit_s=30, env=env, check=False)
                     raise CheckFailed(f"not healthy ({state.stdout.strip()}): {logs.stderr[-800:]}")
                 await asyncio.sleep(1)
             status = await arun(
                 p.podman("inspect", "--format", "{{.State.Health.Status}}", CONTAINER),
-                timeout=30,
+                limit_s=30,
                 env=env,
             )
             if status.stdout.strip() != "healthy":
@@ -604,7 +614,7 @@ async def container_part(p: Paths, results: Results, st: Standins, wavs: tuple[P
             said = await arun(
                 [*as_client, cli, "say", "-q", "--socket", str(sock),
                  "--call", "default:deploy-container", str(wavs[0])],
-                timeout=120,
+                limit_s=120,
                 env=client_env,
             )  # fmt: skip
             events = say_events(said.stdout)
@@ -615,24 +625,21 @@ async def container_part(p: Paths, results: Results, st: Standins, wavs: tuple[P
         with step(results, part, "Stream stand-in received the avatar in sync") as d:
             results.facts["container_sync"] = st.check_sync("deploy-container", d)
         with step(results, part, "podman stop -t 30 mid-session: drain, exit 0") as d:
-            drain_say = subprocess.Popen(
+            drain_say = spawn(
                 [*as_client, cli, "say", "-q", "--socket", str(sock),
                  "--call", "default:deploy-container-drain", str(wavs[1])],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                env=client_env,
+                client_env,
             )  # fmt: skip
             await wait_for_line(drain_say, '"event": "published"', 60)
             t0 = time.monotonic()
-            await arun(p.podman("stop", "-t", "30", CONTAINER), timeout=60, env=env)
+            await arun(p.podman("stop", "-t", "30", CONTAINER), limit_s=60, env=env)
             took = time.monotonic() - t0
             code = await arun(
                 p.podman("inspect", "--format", "{{.State.ExitCode}}", CONTAINER),
-                timeout=30,
+                limit_s=30,
                 env=env,
             )
-            logs = await arun(p.podman("logs", CONTAINER), timeout=30, env=env, check=False)
+            logs = await arun(p.podman("logs", CONTAINER), limit_s=30, env=env, check=False)
             if code.stdout.strip() != "0":
                 raise CheckFailed(f"exit code {code.stdout.strip()}: {logs.stderr[-800:]}")
             if '"event": "draining"' not in logs.stdout + logs.stderr:
@@ -641,11 +648,9 @@ async def container_part(p: Paths, results: Results, st: Standins, wavs: tuple[P
             results.facts["container_drain_s"] = round(took, 1)
             await st.no_session_left(d)
     finally:
-        stop_proc(drain_say)
-        await arun(p.podman("rm", "-f", "--ignore", CONTAINER), timeout=60, env=env, check=False)
-        await arun(
-            p.podman("volume", "rm", "-f", STATE_VOLUME), timeout=60, env=env, check=False
-        )
+        await asyncio.to_thread(stop_proc, drain_say)
+        await arun(p.podman("rm", "-f", "--ignore", CONTAINER), limit_s=60, env=env, check=False)
+        await arun(p.podman("volume", "rm", "-f", STATE_VOLUME), limit_s=60, env=env, check=False)
 
 
 class Machine:
@@ -706,41 +711,54 @@ class Machine:
             self.proc.wait(10)
 
 
-# The kernel's view of the main process: what the hardening directives must have produced.
-HARDENING_PROBES = {
-    "NoNewPrivileges": ("NoNewPrivs:\t1", "status"),
-    "SystemCallFilter (seccomp)": ("Seccomp:\t2", "status"),
-    "CapabilityBoundingSet= (empty)": ("CapBnd:\t0000000000000000", "status"),
+# The kernel's view of the main process: what the hardening directives must have produced there.
+STATUS_PROBES = {
+    "NoNewPrivileges": "NoNewPrivs:\t1",
+    "SystemCallFilter/RestrictAddressFamilies (seccomp)": "Seccomp:\t2",
+    "CapabilityBoundingSet= (empty)": "CapBnd:\t0000000000000000",
+    "AmbientCapabilities= (none effective)": "CapEff:\t0000000000000000",
 }
 
 
-def check_hardening(m: Machine, pid: str, detail: list[str]) -> int:
+def mount_options(mountinfo: str) -> dict[str, set[str]]:
+    """Mount point -> its options (per-mount and superblock), from /proc/PID/mountinfo."""
+    out: dict[str, set[str]] = {}
+    for line in mountinfo.splitlines():
+        left, _, right = line.partition(" - ")
+        fields, sb = left.split(), right.split()
+        if len(fields) >= 6 and len(sb) >= 3:
+            out[fields[4]] = {*fields[5].split(","), *sb[2].split(","), "fstype=" + sb[0]}
+    return out
+
+
+def hardening_failures(status: str, mountinfo: str) -> tuple[list[str], int]:
+    """The directives whose effect is missing from the process's status and mounts."""
+    failures = [name for name, needle in STATUS_PROBES.items() if needle not in status]
+    mounts = mount_options(mountinfo)
+    expect = {
+        "ProtectSystem=strict (/ read-only)": "ro" in mounts.get("/", set()),
+        "StateDirectory= writable": "rw" in mounts.get("/var/lib/avatar-bridge", set()),
+        # An inaccessible (mode 000, read-only) node is mounted over each home directory.
+        "ProtectHome=yes": "ro" in mounts.get("/home", set()),
+        "PrivateTmp=yes": "/tmp" in mounts,
+        "PrivateDevices=yes": "fstype=tmpfs" in mounts.get("/dev", set()),
+        "ProtectKernelTunables=yes (/proc/sys)": "ro" in mounts.get("/proc/sys", set()),
+        "ProtectControlGroups=yes": "ro" in mounts.get("/sys/fs/cgroup", set()),
+        "ProtectProc=invisible": bool(
+            {"hidepid=invisible", "hidepid=2"} & mounts.get("/proc", set())
+        ),
+    }
+    failures += [name for name, ok in expect.items() if not ok]
+    return failures, len(STATUS_PROBES) + len(expect)
+
+
+def check_hardening(m: Machine, pid: str, detail: list[str]) -> None:
     status = m.sh(f"cat /proc/{pid}/status")
     mounts = m.sh(f"cat /proc/{pid}/mountinfo")
-    failures = [name for name, (needle, _) in HARDENING_PROBES.items() if needle not in status]
-
-    def mount_opts(target: str) -> str:
-        for line in mounts.splitlines():
-            fields = line.split()
-            if fields[4] == target:
-                return fields[5] + "," + line.split(" - ")[1]
-        return ""
-
-    if "ro" not in mount_opts("/").split(","):
-        failures.append("ProtectSystem=strict (/ read-only)")
-    if "ro" in mount_opts("/var/lib/avatar-bridge").split(","):
-        failures.append("StateDirectory writable")
-    if "hidepid=invisible" not in mount_opts("/proc") and "hidepid=2" not in mount_opts("/proc"):
-        failures.append("ProtectProc=invisible")
-    if not mount_opts("/tmp"):
-        failures.append("PrivateTmp")
-    if "tmpfs" not in mount_opts("/dev"):
-        failures.append("PrivateDevices")
+    failures, checked = hardening_failures(status, mounts)
     if failures:
         raise CheckFailed("not in force: " + ", ".join(failures))
-    checked = len(HARDENING_PROBES) + 5
-    detail.append(f"{checked} directives seen by the kernel on the main process")
-    return checked
+    detail.append(f"{checked} effects seen by the kernel on the main process")
 
 
 async def systemd_part(p: Paths, results: Results, st: Standins, wavs: tuple[Path, Path]) -> None:
@@ -767,15 +785,19 @@ async def systemd_part(p: Paths, results: Results, st: Standins, wavs: tuple[Pat
         with step(results, part, "boot systemd as PID 1 in systemd-nspawn") as d:
             t0 = time.monotonic()
             await asyncio.to_thread(m.boot)
-            state = await asyncio.to_thread(
-                m.sh, "systemctl is-system-running --wait || true", 120
-            )
-            if state not in ("running", "degraded"):
-                raise CheckFailed(f"system state {state!r}")
+            state = ""
+            while state not in ("running", "degraded"):
+                # Early on the bus may not answer yet (empty output): ask again.
+                if time.monotonic() - t0 > 120:
+                    raise CheckFailed(f"system state {state!r}: {m.log.read_text()[-800:]}")
+                await asyncio.sleep(0.5)
+                state = await asyncio.to_thread(
+                    m.sh, "systemctl is-system-running --wait 2>/dev/null || true", 120
+                )
             version = m.sh("systemctl --version | head -1")
             d.append(f"{version}; {state} after {time.monotonic() - t0:.1f} s")
         with step(results, part, "docs' start commands: socket listening, service idle") as d:
-            m.sh("set -e\nsudo() { \"$@\"; }\n" + doc_block("systemd-start"), timeout=60)
+            m.sh('set -e\nsudo() { "$@"; }\n' + doc_block("systemd-start"), timeout=60)
             sock = m.show("avatar-bridge.socket", "ActiveState")["ActiveState"]
             svc = m.show("avatar-bridge.service", "ActiveState")["ActiveState"]
             if sock != "active" or svc != "inactive":
@@ -814,11 +836,13 @@ async def systemd_part(p: Paths, results: Results, st: Standins, wavs: tuple[Pat
             results.facts["systemd_sync"] = st.check_sync("deploy-systemd", d)
         with step(results, part, "every hardening directive in force on the main process") as d:
             check_hardening(m, pid, d)
-            d.append("ICE, DTLS and both codec paths ran under them (the session above)")
+            d.append("ICE, DTLS and SRTP ran under them (the relay session above)")
         with step(results, part, "watchdog pinged for longer than WatchdogSec") as d:
-            started = float(m.show("avatar-bridge.service", "ExecMainStartTimestampMonotonic")[
-                "ExecMainStartTimestampMonotonic"
-            ])
+            started = float(
+                m.show("avatar-bridge.service", "ExecMainStartTimestampMonotonic")[
+                    "ExecMainStartTimestampMonotonic"
+                ]
+            )
             while True:
                 now = float(m.sh("cut -d' ' -f1 /proc/uptime")) * 1e6
                 if now - started > 25e6:
@@ -843,12 +867,9 @@ async def systemd_part(p: Paths, results: Results, st: Standins, wavs: tuple[Pat
             d.append(f"exposure {score.group(1)} {score.group(2)}")
             results.facts["systemd_exposure"] = float(score.group(1))
         with step(results, part, "systemctl stop mid-session: drain, exit 0, no session") as d:
-            drain_say = subprocess.Popen(
+            drain_say = spawn(
                 m.cmd(*say, "--call", "default:deploy-systemd-drain",
                       "/usr/local/share/deploy-check/long.wav", user="alice"),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
             )  # fmt: skip
             await wait_for_line(drain_say, '"event": "published"', 60)
             t0 = time.monotonic()
@@ -860,14 +881,46 @@ async def systemd_part(p: Paths, results: Results, st: Standins, wavs: tuple[Pat
             d.append(f"stopped in {took:.1f} s (TimeoutStopSec=45s), exit 0")
             results.facts["systemd_drain_s"] = round(took, 1)
             await st.no_session_left(d)
+        with step(results, part, "re-activated, transcode path: codecs under the sandbox") as d:
+            # The relay above forwards encoded packets; this session decodes the avatar and
+            # encodes the call (libvpx, FFmpeg, the SDKs' codec threads) in the same sandbox.
+            (dropin / "transcode.conf").write_text(
+                "[Service]\nEnvironment=AVATAR_BRIDGE_OUTPUT__MEDIA_PATH=transcode\n"
+            )
+            m.sh("systemctl daemon-reload")
+            said = await asyncio.to_thread(
+                run,
+                m.cmd(*say, "--call", "default:deploy-systemd-transcode",
+                      "/usr/local/share/deploy-check/beeps.wav", user="alice"),
+                timeout=180,
+            )  # fmt: skip
+            events = say_events(said.stdout)
+            path = events.get("media_path", {}).get("path")
+            if "speak_ended" not in events or "ERROR" in events or path != "transcode":
+                raise CheckFailed(f"transcode turn: {said.stdout[-800:]}")
+            pid = m.show("avatar-bridge.service", "MainPID")["MainPID"]
+            check_hardening(m, pid, d)
+            results.facts["systemd_transcode_sync"] = st.check_sync("deploy-systemd-transcode", d)
+            t0 = time.monotonic()
+            m.sh("systemctl stop avatar-bridge.service", 60)
+            props = m.show("avatar-bridge.service", "Result", "ExecMainStatus", "NRestarts")
+            if props["Result"] != "success" or props["ExecMainStatus"] != "0":
+                raise CheckFailed(f"service {props}")
+            d.append(f"idle stop {time.monotonic() - t0:.1f} s, exit 0")
+            await st.no_session_left(d)
     finally:
-        stop_proc(drain_say)
+        await asyncio.to_thread(stop_proc, drain_say)
         await asyncio.to_thread(m.shutdown)
 
 
 async def run_inside(p: Paths, parts: list[str]) -> int:
     from bridge.sim import netns
 
+    # SIGTERM (the outer process running out of time) cancels the run, so every finally block
+    # (podman rm, the machine's poweroff) still runs.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     results = Results.load(p.results)
     if not netns.inside():
         results.add("run", "private network namespace", False, 0, "not inside bridge.sim.netns")
@@ -886,6 +939,59 @@ async def run_inside(p: Paths, parts: list[str]) -> int:
     return 1 if failed else 0
 
 
+def run_phase(p: Paths, parts: str, timeout: float) -> int:
+    """The run phase in the project's network namespace; its log in run.log, progress shown."""
+    inner = [sys.executable, "-m", "bridge.sim.netns", "--", sys.executable, __file__, "run",
+             "--parts", parts, "--cache", str(p.cache)]  # fmt: skip
+    log_path = p.work / "run.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            inner, cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+
+        def copy() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                if line.startswith("[deploy-check]") or line.startswith("Traceback"):
+                    print(line, end="", flush=True)
+
+        reader = threading.Thread(target=copy, daemon=True)
+        reader.start()
+        try:
+            rc = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            print("deploy-check: out of time", file=sys.stderr)
+            rc = 1
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(90)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+            reader.join(10)
+    # Whatever a killed run left behind in our own podman storage.
+    for args in (("rm", "-f", "--ignore", CONTAINER), ("volume", "rm", "-f", STATE_VOLUME)):
+        run(p.podman(*args), timeout=60, env=p.podman_env(), check=False)
+    if rc != 0:
+        print(f"deploy-check: the run's whole log is {log_path}", file=sys.stderr)
+    return rc
+
+
+# Checks each part must pass (the table's rows): fewer means a part stopped early.
+EXPECTED_ROWS = {"container": 6, "systemd": 11}
+
+
+def verdict(rows: Sequence[Row], parts: Sequence[str]) -> bool:
+    complete = all(
+        sum(1 for r in rows if r.part == part and r.ok) >= EXPECTED_ROWS[part] for part in parts
+    )
+    return complete and all(r.ok for r in rows)
+
+
 # ----- main ------------------------------------------------------------------------------------
 
 
@@ -894,10 +1000,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("phase", nargs="?", default="all", choices=["all", "prepare", "run"])
     ap.add_argument("--parts", default="container,systemd", help="comma-separated parts")
     ap.add_argument("--cache", type=Path, default=ROOT / ".deploy-cache")
-    ap.add_argument("--timeout", type=float, default=3000, help="whole run, seconds")
+    ap.add_argument("--timeout", type=float, default=2400, help="whole run, seconds")
     args = ap.parse_args(argv)
     p = Paths(args.cache.resolve())
-    parts = args.parts.split(",")
+    parts = [x for x in args.parts.split(",") if x]
+    if not set(parts) <= set(EXPECTED_ROWS):
+        ap.error(f"--parts: choose from {sorted(EXPECTED_ROWS)}")
     if os.geteuid() != 0:
         print("deploy-check: needs root (podman, systemd-nspawn, apt-get)", file=sys.stderr)
         return 2
@@ -923,28 +1031,10 @@ def main(argv: list[str] | None = None) -> int:
         rc = 1
     if rc == 0 and args.phase == "all":
         remaining = max(60.0, args.timeout - (time.monotonic() - t_all))
-        inner = [sys.executable, "-m", "bridge.sim.netns", "--", sys.executable, __file__, "run",
-                 "--parts", args.parts, "--cache", str(p.cache)]  # fmt: skip
-        proc = subprocess.Popen(inner, cwd=ROOT, start_new_session=True)
-        try:
-            rc = proc.wait(remaining)
-        except subprocess.TimeoutExpired:
-            print("deploy-check: out of time", file=sys.stderr)
-            rc = 1
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(60)
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+        rc = run_phase(p, ",".join(parts), remaining)
         results = Results.load(p.results)
+        rc = rc or (0 if verdict(results.rows, parts) else 1)
     total = time.monotonic() - t_all
-    expected = {"container": 6, "systemd": 10}
-    for part in parts:
-        got = sum(1 for r in results.rows if r.part == part and r.ok)
-        if got < expected.get(part, 0):
-            rc = rc or 1
     print()
     print(format_table(results.rows))
     print(f"\ndeploy-check: {'PASSED' if rc == 0 else 'FAILED'} in {total:.0f} s")
