@@ -75,6 +75,8 @@ STATE_VOLUME = "avatar-bridge-deploy-check-state"
 # that speaks through it as a member of that group, not as root.
 SOCKET_GID, CLIENT_UID = 10002, 20001
 LIVEAVATAR_KEY = "standin-liveavatar-key"
+# Set in the container as Kubernetes' Secret does: the drain endpoint then needs it.
+ADMIN_TOKEN = "deploy-check-admin-token"
 # The stand-ins' cheap configuration (bridge.sim.stack.SMALL) as environment variables.
 SMALL_ENV = {
     "AVATAR_BRIDGE_LIVEAVATAR__VIDEO_QUALITY": "low",
@@ -163,10 +165,10 @@ def parse_table(text: str) -> list[Row]:
     """Inverse of format_table (the test checks the round trip; CI greps the table)."""
     rows = []
     for line in text.splitlines()[2:]:
-        m = re.match(r"(\S+)\s{2,}(.+?)\s{2,}(ok|FAIL)\s{2,}(\d+\.\d)(?:\s{2}(.*))?$", line)
+        m = re.match(r"(\S+)\s{2,}(.+?)\s{2,}(ok|FAIL)\s{2,}(\d+\.\d)\s*(.*)$", line)
         if m:
             part, check, res, secs, detail = m.groups()
-            rows.append(Row(part, check.strip(), res == "ok", float(secs), detail or ""))
+            rows.append(Row(part, check.strip(), res == "ok", float(secs), detail.strip()))
     return rows
 
 
@@ -556,7 +558,7 @@ def stop_proc(proc: subprocess.Popen[str] | None, timeout: float = 10) -> None:
 
 async def container_part(p: Paths, results: Results, st: Standins, wavs: tuple[Path, Path]) -> None:
     part = "container"
-    env = {**p.podman_env(), **st.env()}
+    env = {**p.podman_env(), **st.env(), "AVATAR_BRIDGE_ADMIN__TOKEN": ADMIN_TOKEN}
     client_env = {k: v for k, v in os.environ.items() if not k.startswith("AVATAR_BRIDGE_")}
     sock = p.sockdir / "bridge.sock"
     # The README's host side: a socket directory owned by the image's user, setgid to the
@@ -580,6 +582,7 @@ async def container_part(p: Paths, results: Results, st: Standins, wavs: tuple[P
                     "-v", f"{p.sockdir}:/run/avatar-bridge",
                     "-v", f"{STATE_VOLUME}:/var/lib/avatar-bridge",
                     *[a for k in st.env() for a in ("-e", k)],
+                    "-e", "AVATAR_BRIDGE_ADMIN__TOKEN",
                     IMAGE,
                 ),
                 limit_s=120,
@@ -624,13 +627,31 @@ async def container_part(p: Paths, results: Results, st: Standins, wavs: tuple[P
             d.append(f"as uid {CLIENT_UID} (group {SOCKET_GID}, not root); media path {path}")
         with step(results, part, "Stream stand-in received the avatar in sync") as d:
             results.facts["container_sync"] = st.check_sync("deploy-container", d)
-        with step(results, part, "podman stop -t 30 mid-session: drain, exit 0") as d:
+        with step(results, part, "Kubernetes' sequence: preStop drain, then stop -t 30") as d:
             drain_say = spawn(
                 [*as_client, cli, "say", "-q", "--socket", str(sock),
                  "--call", "default:deploy-container-drain", str(wavs[1])],
                 client_env,
             )  # fmt: skip
             await wait_for_line(drain_say, '"event": "published"', 60)
+
+            async def probe(*args: str) -> int:
+                done = await arun(
+                    p.podman("exec", CONTAINER, "avatar-bridge", *args),
+                    limit_s=30, env=env, check=False,
+                )  # fmt: skip
+                return done.returncode
+
+            # deploy/kubernetes: preStop runs `avatar-bridge drain`; readiness (/readyz) must
+            # drop at once while liveness (/healthz) stays up, or the kubelet would restart the
+            # container in the middle of its drain.
+            t0 = time.monotonic()
+            if await probe("drain", "--token", ADMIN_TOKEN) != 0:
+                raise CheckFailed("avatar-bridge drain (the preStop hook) failed")
+            prestop = time.monotonic() - t0
+            ready_rc, live_rc = await probe("health", "--ready"), await probe("health")
+            if ready_rc == 0 or live_rc != 0:
+                raise CheckFailed(f"after drain: readiness rc {ready_rc}, liveness rc {live_rc}")
             t0 = time.monotonic()
             await arun(p.podman("stop", "-t", "30", CONTAINER), limit_s=60, env=env)
             took = time.monotonic() - t0
@@ -644,7 +665,11 @@ async def container_part(p: Paths, results: Results, st: Standins, wavs: tuple[P
                 raise CheckFailed(f"exit code {code.stdout.strip()}: {logs.stderr[-800:]}")
             if '"event": "draining"' not in logs.stdout + logs.stderr:
                 raise CheckFailed("no draining event in the container's log")
-            d.append(f"stopped in {took:.1f} s (< 30), exit 0")
+            d.append(
+                f"preStop drain {prestop:.1f} s (readiness 503, liveness 200); "
+                f"SIGTERM to exit {took:.1f} s (< 30), exit 0"
+            )
+            results.facts["container_prestop_s"] = round(prestop, 1)
             results.facts["container_drain_s"] = round(took, 1)
             await st.no_session_left(d)
     finally:
@@ -837,6 +862,9 @@ async def systemd_part(p: Paths, results: Results, st: Standins, wavs: tuple[Pat
         with step(results, part, "every hardening directive in force on the main process") as d:
             check_hardening(m, pid, d)
             d.append("ICE, DTLS and SRTP ran under them (the relay session above)")
+            nofile = m.sh(f"grep 'Max open files' /proc/{pid}/limits").split()
+            d.append(f"LimitNOFILE=65536 -> {nofile[3]}/{nofile[4]} (soft/hard)")
+            results.facts["systemd_nofile"] = nofile[3:5]
         with step(results, part, "watchdog pinged for longer than WatchdogSec") as d:
             started = float(
                 m.show("avatar-bridge.service", "ExecMainStartTimestampMonotonic")[
