@@ -786,7 +786,9 @@ def check_hardening(m: Machine, pid: str, detail: list[str]) -> None:
     detail.append(f"{checked} effects seen by the kernel on the main process")
 
 
-async def systemd_part(p: Paths, results: Results, st: Standins, wavs: tuple[Path, Path]) -> None:
+async def systemd_part(
+    p: Paths, results: Results, st: Standins, wavs: tuple[Path, Path], extra: Sequence[str] = ()
+) -> None:
     part = "systemd"
     m = Machine(p.machine, p.work / "machine-console.log")
     share = p.machine / "usr" / "local" / "share" / "deploy-check"
@@ -801,6 +803,13 @@ async def systemd_part(p: Paths, results: Results, st: Standins, wavs: tuple[Pat
     (dropin / "stand-ins.conf").write_text(
         "[Service]\n" + "".join(f"Environment={k}={v}\n" for k, v in env.items())
     )
+    (dropin / "transcode.conf").unlink(missing_ok=True)  # from an earlier run of this machine
+    tried = dropin / "90-try.conf"
+    tried.unlink(missing_ok=True)
+    if extra:
+        # --try: directives the shipped unit does not set, to see whether the media path
+        # survives them (docs/deployment.md, "Hardening").
+        tried.write_text("[Service]\n" + "".join(f"{x}\n" for x in extra))
     creds = p.machine / "etc" / "avatar-bridge" / "credentials"
     (creds / "stream_api_key").write_text(st.sim.stream.api_key)
     (creds / "stream_api_secret").write_text(st.sim.stream.api_secret)
@@ -862,6 +871,8 @@ async def systemd_part(p: Paths, results: Results, st: Standins, wavs: tuple[Pat
         with step(results, part, "every hardening directive in force on the main process") as d:
             check_hardening(m, pid, d)
             d.append("ICE, DTLS and SRTP ran under them (the relay session above)")
+            if extra:
+                d.append("with --try " + " ".join(extra))
             nofile = m.sh(f"grep 'Max open files' /proc/{pid}/limits").split()
             d.append(f"LimitNOFILE=65536 -> {nofile[3]}/{nofile[4]} (soft/hard)")
             results.facts["systemd_nofile"] = nofile[3:5]
@@ -941,7 +952,7 @@ async def systemd_part(p: Paths, results: Results, st: Standins, wavs: tuple[Pat
         await asyncio.to_thread(m.shutdown)
 
 
-async def run_inside(p: Paths, parts: list[str]) -> int:
+async def run_inside(p: Paths, parts: list[str], extra: Sequence[str]) -> int:
     from bridge.sim import netns
 
     # SIGTERM (the outer process running out of time) cancels the run, so every finally block
@@ -957,20 +968,24 @@ async def run_inside(p: Paths, parts: list[str]) -> int:
     wavs = make_wavs(p.work / "wav")
     failed = False
     async with Standins() as st:
-        for name, fn in (("container", container_part), ("systemd", systemd_part)):
-            if name not in parts:
-                continue
-            try:
-                await fn(p, results, st, wavs)
-            except (CheckFailed, subprocess.SubprocessError, OSError, TimeoutError):
-                failed = True
+        try:
+            if "container" in parts:
+                try:
+                    await container_part(p, results, st, wavs)
+                except (CheckFailed, subprocess.SubprocessError, OSError, TimeoutError):
+                    failed = True
+            if "systemd" in parts:
+                await systemd_part(p, results, st, wavs, extra)
+        except (CheckFailed, subprocess.SubprocessError, OSError, TimeoutError):
+            failed = True
     return 1 if failed else 0
 
 
-def run_phase(p: Paths, parts: str, timeout: float) -> int:
+def run_phase(p: Paths, parts: str, timeout: float, extra: Sequence[str]) -> int:
     """The run phase in the project's network namespace; its log in run.log, progress shown."""
     inner = [sys.executable, "-m", "bridge.sim.netns", "--", sys.executable, __file__, "run",
-             "--parts", parts, "--cache", str(p.cache)]  # fmt: skip
+             "--parts", parts, "--cache", str(p.cache),
+             *[f"--try={x}" for x in extra]]  # fmt: skip
     log_path = p.work / "run.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(
@@ -1029,6 +1044,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parts", default="container,systemd", help="comma-separated parts")
     ap.add_argument("--cache", type=Path, default=ROOT / ".deploy-cache")
     ap.add_argument("--timeout", type=float, default=2400, help="whole run, seconds")
+    ap.add_argument(
+        "--try",
+        dest="extra",
+        action="append",
+        default=[],
+        metavar="DIRECTIVE",
+        help="add a [Service] directive to the unit (a drop-in), e.g. MemoryDenyWriteExecute=yes",
+    )
     args = ap.parse_args(argv)
     p = Paths(args.cache.resolve())
     parts = [x for x in args.parts.split(",") if x]
@@ -1038,7 +1061,7 @@ def main(argv: list[str] | None = None) -> int:
         print("deploy-check: needs root (podman, systemd-nspawn, apt-get)", file=sys.stderr)
         return 2
     if args.phase == "run":
-        return asyncio.run(run_inside(p, parts))
+        return asyncio.run(run_inside(p, parts, args.extra))
 
     t_all = time.monotonic()
     p.work.mkdir(parents=True, exist_ok=True)
@@ -1059,7 +1082,7 @@ def main(argv: list[str] | None = None) -> int:
         rc = 1
     if rc == 0 and args.phase == "all":
         remaining = max(60.0, args.timeout - (time.monotonic() - t_all))
-        rc = run_phase(p, ",".join(parts), remaining)
+        rc = run_phase(p, ",".join(parts), remaining, args.extra)
         results = Results.load(p.results)
         rc = rc or (0 if verdict(results.rows, parts) else 1)
     total = time.monotonic() - t_all
