@@ -490,7 +490,7 @@ class Standins:
             **SMALL_ENV,
         }
 
-    def check_sync(self, call_id: str, detail: list[str]) -> dict[str, Any]:
+    def check_sync(self, call_id: str, detail: list[str], bound_ms: float = 100) -> dict[str, Any]:
         stats = self.sim.stream.stats("default", call_id)
         skews = self.sim.stream.measure("default", call_id).skews_ms()
         video = stats["video"]
@@ -498,7 +498,7 @@ class Standins:
             raise CheckFailed(f"too little reached the call: {video['frames']} frames, {skews}")
         median = statistics.median(skews)
         # Loose, as the end-to-end tests: the benchmark holds the sync goal; this proves the path.
-        if abs(median) > 100:
+        if abs(median) > bound_ms:
             raise CheckFailed(f"A/V skew median {median:.0f} ms: {skews}")
         detail.append(
             f"{video['resolution']} {video['frames']} frames @ {video['fps']} fps, "
@@ -939,7 +939,11 @@ async def systemd_part(
                 raise CheckFailed(f"transcode turn: {said.stdout[-800:]}")
             pid = m.show("avatar-bridge.service", "MainPID")["MainPID"]
             check_hardening(m, pid, d)
-            results.facts["systemd_transcode_sync"] = st.check_sync("deploy-systemd-transcode", d)
+            # Decoding and encoding in real time on two shared cores: under load (other jobs)
+            # this path was seen at -98 ms, the relay within +-20; the bound only proves sync.
+            results.facts["systemd_transcode_sync"] = st.check_sync(
+                "deploy-systemd-transcode", d, bound_ms=150
+            )
             t0 = time.monotonic()
             m.sh("systemctl stop avatar-bridge.service", 60)
             props = m.show("avatar-bridge.service", "Result", "ExecMainStatus", "NRestarts")
