@@ -26,9 +26,10 @@ test: $(STAMP)
 	$(BIN)/python -m bridge.sim.netns -- $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check bridge tests bench
-	$(BIN)/ruff format --check bridge tests bench
+	$(BIN)/ruff check bridge tests bench deploy/check
+	$(BIN)/ruff format --check bridge tests bench deploy/check
 	$(BIN)/mypy
+	$(BIN)/mypy deploy/check/deploy_check.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(if $(QUICK),--quick,)
