@@ -21,7 +21,7 @@ over the namespace's veth pair. Everything it starts is stopped in ``finally`` b
 is bounded, and it ends with a table of what was verified, with timings.
 
 Caches (gitignored ``.deploy-cache/``): the base image and the root filesystem are keyed by the
-inputs that make them (suite, package list, Dockerfile-independent), podman's layers live in a
+inputs that make them (suite, variant, package list), podman's layers live in a
 storage of their own there, and pip's download cache is shared with the nspawn installs. A warm run
 rebuilds nothing whose inputs did not change but still installs and runs everything.
 """
@@ -767,7 +767,9 @@ def hardening_failures(status: str, mountinfo: str) -> tuple[list[str], int]:
         "ProtectHome=yes": "ro" in mounts.get("/home", set()),
         "PrivateTmp=yes": "/tmp" in mounts,
         "PrivateDevices=yes": "fstype=tmpfs" in mounts.get("/dev", set()),
-        "ProtectKernelTunables=yes (/proc/sys)": "ro" in mounts.get("/proc/sys", set()),
+        # (With ProcSubset=pid, tried by --try, /proc/sys is not there at all.)
+        "ProtectKernelTunables=yes (/proc/sys)": "ro" in mounts.get("/proc/sys", set())
+        or "subset=pid" in mounts.get("/proc", set()),
         "ProtectControlGroups=yes": "ro" in mounts.get("/sys/fs/cgroup", set()),
         "ProtectProc=invisible": bool(
             {"hidepid=invisible", "hidepid=2"} & mounts.get("/proc", set())
@@ -953,6 +955,10 @@ async def systemd_part(
             await st.no_session_left(d)
     finally:
         await asyncio.to_thread(stop_proc, drain_say)
+        if m.leader:
+            with contextlib.suppress(CheckFailed, subprocess.SubprocessError, OSError):
+                journal = m.sh("journalctl -u avatar-bridge.service -o cat --no-pager", check=False)
+                (p.work / "avatar-bridge.journal").write_text(journal + "\n")
         await asyncio.to_thread(m.shutdown)
 
 
