@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint bench lock clean
+.PHONY: venv demo test lint bench lock clean deploy-check
 
 venv: $(STAMP)
 
@@ -26,12 +26,18 @@ test: $(STAMP)
 	$(BIN)/python -m bridge.sim.netns -- $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check bridge tests bench
-	$(BIN)/ruff format --check bridge tests bench
+	$(BIN)/ruff check bridge tests bench deploy/check
+	$(BIN)/ruff format --check bridge tests bench deploy/check
 	$(BIN)/mypy
+	$(BIN)/mypy deploy/check/deploy_check.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(if $(QUICK),--quick,)
+
+# The deploy files proven for real (root; docs/deployment.md): the image built and run with podman,
+# the systemd units booted under systemd in systemd-nspawn, a whole session through each.
+deploy-check: $(STAMP)
+	$(BIN)/python deploy/check/deploy_check.py $(DEPLOY_CHECK_ARGS)
 
 # Re-pin after changing dependencies in pyproject.toml (needs uv or pip-tools).
 lock:
