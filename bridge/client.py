@@ -293,7 +293,7 @@ class BridgeClient:
         elif isinstance(event, EventMsg):
             self._messages.put_nowait(event)
         else:  # a ProtocolViolation: the daemon sent something this client cannot read
-            log.warning("client.bad_frame_from_daemon", code=str(event.code), reason=event.message)
+            log.warning("client_bad_frame_from_daemon", code=str(event.code), reason=event.message)
 
 
 async def stream_pcm_realtime(

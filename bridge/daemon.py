@@ -175,7 +175,7 @@ class Daemon:
             try:
                 await task()
             except Exception:
-                log.exception("shutdown task failed")
+                log.exception("shutdown_task_failed")
         self._notifier.close()
 
 

@@ -220,7 +220,7 @@ class _Connection:
         try:
             frame = p.encode_event(event, fields)
         except (TypeError, ValueError) as exc:
-            log.error("ingest.event_not_sent", peer=self.peer, event_name=event, error=str(exc))
+            log.error("ingest_event_not_sent", peer=self.peer, event_name=event, error=str(exc))
             return
         if self._ready_sent:
             self._write(frame)
@@ -251,7 +251,7 @@ class _Connection:
         buffered = transport.get_write_buffer_size()
         if buffered > self._opts.max_out_buffer:
             log.warning(
-                "ingest.client_not_reading",
+                "ingest_client_not_reading",
                 peer=self.peer,
                 buffered=buffered,
                 limit=self._opts.max_out_buffer,
@@ -307,7 +307,7 @@ class _Connection:
         """
         if protocol:
             PROTOCOL_ERRORS.labels(str(err.code)).inc()
-        log.info("ingest.rejected", peer=self.peer, code=str(err.code), reason=err.message)
+        log.info("ingest_rejected", peer=self.peer, code=str(err.code), reason=err.message)
         self._write(p.encode_error(err.code, err.message, True))
         self._close(f"error:{err.code}")
 
@@ -330,7 +330,7 @@ class _Connection:
                 self._reject(BridgeError(err.code, err.message, fatal=True), protocol=False)
                 return
             except Exception:
-                log.exception("ingest.open_failed", peer=self.peer)
+                log.exception("ingest_open_failed", peer=self.peer)
                 self._reject(
                     BridgeError(ErrorCode.INTERNAL, "could not open the session"), protocol=False
                 )
@@ -342,7 +342,7 @@ class _Connection:
             for frame in self._early_events:
                 self._write(frame)
             self._early_events.clear()
-            log.info("ingest.ready", peer=self.peer, call=str(hello.call), client=hello.client)
+            log.info("ingest_ready", peer=self.peer, call=str(hello.call), client=hello.client)
             await self._serve(handle, backlog)
         except (ConnectionError, OSError) as exc:
             if not self._closing:
@@ -353,8 +353,8 @@ class _Connection:
                 try:
                     handle.on_disconnect()
                 except Exception:
-                    log.exception("ingest.on_disconnect_failed", peer=self.peer)
-            log.info("ingest.disconnected", peer=self.peer, reason=self._reason)
+                    log.exception("ingest_on_disconnect_failed", peer=self.peer)
+            log.info("ingest_disconnected", peer=self.peer, reason=self._reason)
 
     async def _read(self) -> bytes:
         data = await self._reader.read(READ_SIZE)
@@ -437,13 +437,13 @@ class _Connection:
                     self._reject(event.to_error())
                     return False
                 PROTOCOL_ERRORS.labels(str(event.code)).inc()
-                log.info("ingest.frame_rejected", peer=self.peer, code=str(event.code))
+                log.info("ingest_frame_rejected", peer=self.peer, code=str(event.code))
                 self._write(p.encode_error(event.code, event.message, False))
         except BridgeError as err:
             self.send_error(err)
             return not err.fatal
         except Exception:
-            log.exception("ingest.session_failed", peer=self.peer, frame=name)
+            log.exception("ingest_session_failed", peer=self.peer, frame=name)
             self._write(p.encode_error(ErrorCode.INTERNAL, "internal error in the session", True))
             self._close("internal")
             return False
@@ -494,7 +494,7 @@ class IngestServer:
                 st = os.stat(opts.unix_path)
                 self._unix_file = (opts.unix_path, st.st_dev, st.st_ino)
                 await self._serve_unix(sock)
-                log.info("ingest.listening", unix=str(opts.unix_path), mode=oct(opts.unix_mode))
+                log.info("ingest_listening", unix=str(opts.unix_path), mode=oct(opts.unix_mode))
             if opts.tcp_port is not None:
                 await self._check_tcp_host(opts.tcp_host)
                 server = await asyncio.start_server(
@@ -503,7 +503,7 @@ class IngestServer:
                 self._servers.append(server)
                 host, port = server.sockets[0].getsockname()[:2]
                 self._tcp_address = (host, port)
-                log.info("ingest.listening", tcp=f"{host}:{port}")
+                log.info("ingest_listening", tcp=f"{host}:{port}")
             for fd in opts.inherited_fds:
                 await self._serve_inherited(fd)
         except BaseException:
@@ -522,7 +522,7 @@ class IngestServer:
         sock.setblocking(False)
         if sock.family == socket.AF_UNIX:
             await self._serve_unix(sock)
-            log.info("ingest.listening", inherited_fd=fd, unix=str(sock.getsockname()))
+            log.info("ingest_listening", inherited_fd=fd, unix=str(sock.getsockname()))
         elif sock.family in (socket.AF_INET, socket.AF_INET6):
             if not self.options.tcp_token:
                 sock.detach()
@@ -531,7 +531,7 @@ class IngestServer:
                 )
             server = await asyncio.start_server(self._accept_tcp, sock=sock, limit=READER_LIMIT)
             self._servers.append(server)
-            log.info("ingest.listening", inherited_fd=fd, tcp=str(sock.getsockname()))
+            log.info("ingest_listening", inherited_fd=fd, tcp=str(sock.getsockname()))
         else:
             sock.detach()
             raise IngestSetupError(f"inherited fd {fd} has unsupported address family")
@@ -609,7 +609,7 @@ class IngestServer:
                 else:
                     await conn.run(self.host)
             except Exception:
-                log.exception("ingest.connection_failed", peer=conn.peer)
+                log.exception("ingest_connection_failed", peer=conn.peer)
             finally:
                 await conn.shutdown()
         except asyncio.CancelledError:

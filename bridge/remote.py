@@ -59,7 +59,7 @@ class RemoteStages:
         )
         stopped = await self.ledger.sweep(self._api)
         if stopped:
-            log.warning("stopped LiveAvatar sessions left by an earlier run", count=stopped)
+            log.warning("ledger_swept", count=stopped)
 
     async def aclose(self) -> None:
         if self._http is not None:

@@ -146,7 +146,7 @@ class Session:
         self._backlog.clear()
         for name, fields in backlog:
             link.send_event(name, fields)
-        self._log.info("client attached", peer=link.peer, resumed=resumed)
+        self._log.info("client_attached", peer=link.peer, resumed=resumed)
         return {
             "v": 1,
             "session_id": self.id,
@@ -174,16 +174,16 @@ class Session:
         if self.state in TERMINAL or self._closing.is_set():
             return
         if self._is_draining():
-            self._log.info("client detached while draining; closing")
+            self._log.info("client_detached_while_draining")
             self.close("USER_DISCONNECTED")
             return
-        self._log.info("client detached; lingering", linger_s=self.linger_s)
+        self._log.info("client_detached_lingering", linger_s=self.linger_s)
         self._linger_task = asyncio.get_running_loop().create_task(self._linger())
 
     async def _linger(self) -> None:
         await asyncio.sleep(self.linger_s)
         if self._link is None:
-            self._log.info("linger expired; closing session")
+            self._log.info("linger_expired")
             self.close("USER_DISCONNECTED")
 
     def send_event(self, event: str, fields: Mapping[str, Any]) -> None:
@@ -212,7 +212,7 @@ class Session:
             return
         self.error = err
         metrics.REMOTE_ERRORS.labels(code=str(err.code)).inc()
-        self._log.warning("session failed", code=str(err.code), error=err.message)
+        self._log.warning("session_failed", code=str(err.code), error=err.message)
         if self._link is not None:
             self._link.send_error(err)
         self.close("SERVER_ERROR")
@@ -260,7 +260,7 @@ class Session:
         except* BridgeError as group:
             self._fail(group.exceptions[0])  # type: ignore[arg-type]
         except* Exception as group:
-            self._log.error("session crashed", exc_info=group.exceptions[0])
+            self._log.error("session_crashed", exc_info=group.exceptions[0])
             self._fail(BridgeError(ErrorCode.INTERNAL, "internal error; see the daemon log"))
         finally:
             await self._release()
@@ -273,7 +273,7 @@ class Session:
             metrics.SESSIONS_ACTIVE.dec()
             metrics.SESSIONS_TOTAL.labels(outcome=outcome).inc()
             metrics.SESSION_SECONDS.inc(time.monotonic() - t0)
-            self._log.info("session ended", outcome=outcome, reason=self._close_reason)
+            self._log.info("session_ended", outcome=outcome, reason=self._close_reason)
             self._on_closed(self)
 
     async def _start_and_serve(self) -> None:
@@ -311,7 +311,7 @@ class Session:
             try:
                 await asyncio.shield(closer())
             except Exception:
-                self._log.exception("stage close failed")
+                self._log.exception("stage_close_failed")
 
     # ----- what the client sends -----------------------------------------------------------
 

@@ -137,7 +137,7 @@ class SessionManager:
         try:
             await asyncio.wait_for(self._all_closed.wait(), timeout_s)
         except TimeoutError:
-            log.info("drain timeout; closing remaining sessions", sessions=len(self._sessions))
+            log.info("drain_timeout", sessions=len(self._sessions))
         await self.aclose()
 
     async def aclose(self) -> None:

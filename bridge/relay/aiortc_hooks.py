@@ -152,7 +152,7 @@ def ensure_compatible() -> None:
         return
     if aiortc.__version__ != PINNED_AIORTC:
         log.warning(
-            "aiortc is not the pinned version", found=aiortc.__version__, pinned=PINNED_AIORTC
+            "aiortc_version_unpinned", found=aiortc.__version__, pinned=PINNED_AIORTC
         )
     missing = missing_hooks()
     if missing:

@@ -162,7 +162,7 @@ class StreamPublisher:
             raise BridgeError(ErrorCode.STREAM_AUTH, f"Stream client configuration: {exc}") from exc
         call = client.call(self._call_type, self._call_id)
         self._call = call
-        self._log.info("joining stream call", base_url=opts.base_url, user_name=opts.user_name)
+        self._log.info("stream_joining", base_url=opts.base_url, user_name=opts.user_name)
         t0 = time.monotonic()
         try:
             await asyncio.wait_for(call.join(opts.user_id, True), opts.join_timeout_s)
@@ -185,7 +185,7 @@ class StreamPublisher:
             await self._teardown()
             raise
         self._log.info(
-            "stream call joined and tracks published",
+            "stream_joined",
             join_s=round(time.monotonic() - t0, 3),
             codec=opts.video_codec,
             size=f"{opts.width}x{opts.height}",
@@ -231,14 +231,14 @@ class StreamPublisher:
                 if not isinstance(event, rtc.CallingStateChanged):
                     continue
                 state = event.state
-                self._log.info("stream calling state", state=_state_name(state))
+                self._log.info("stream_calling_state", state=_state_name(state))
                 if state == rtc.CallingState.LEFT:
                     break
         except rtc.RtcError as exc:
-            self._log.warning("stream event stream failed", error=str(exc))
+            self._log.warning("stream_events_failed", error=str(exc))
         if not self._closing and not self._failed:
             self._failed = True
-            self._log.warning("stream call ended without the bridge leaving")
+            self._log.warning("stream_call_ended")
             self._on_failure(
                 BridgeError(
                     ErrorCode.STREAM_FAILED,
@@ -256,7 +256,7 @@ class StreamPublisher:
                     grants = event.current_grants
                     SFU_NOTICES.labels("grants_updated").inc()
                     self._log.warning(
-                        "stream call grants updated",
+                        "stream_grants_updated",
                         audio=grants.can_publish_audio if grants else None,
                         video=grants.can_publish_video if grants else None,
                         message=event.message,
@@ -268,12 +268,12 @@ class StreamPublisher:
                         for sender in event.video_senders
                         for layer in sender.layers
                     ]
-                    self._log.info("stream sfu changed publish quality", video_layers=layers)
+                    self._log.info("stream_publish_quality_changed", video_layers=layers)
                 elif isinstance(event, rtc.Error):
                     SFU_NOTICES.labels("error").inc()
-                    self._log.warning("stream sfu error", message=event.error.message)
+                    self._log.warning("stream_sfu_error", message=event.error.message)
         except rtc.RtcError as exc:
-            self._log.warning("stream sfu event stream failed", error=str(exc))
+            self._log.warning("stream_sfu_events_failed", error=str(exc))
 
     async def aclose(self) -> None:
         """Leave the call and stop the watcher. Idempotent, never raises."""
@@ -290,7 +290,7 @@ class StreamPublisher:
                     pass
         await self._teardown()
         self._log.info(
-            "left stream call",
+            "stream_left",
             frames=self.frames_written,
             dropped=self.frames_dropped,
             audio_s=round(self.audio_seconds, 2),
@@ -304,7 +304,7 @@ class StreamPublisher:
             try:
                 await asyncio.wait_for(call.leave(), self._opts.leave_timeout_s)
             except (TimeoutError, rtc.RustError) as exc:
-                self._log.warning("leaving the stream call failed", error=str(exc))
+                self._log.warning("stream_leave_failed", error=str(exc))
         # The event streams end after LEFT; cancel only what does not end in time.
         await self._watchers.aclose(grace_s=self._opts.leave_timeout_s)
         self._video = None
@@ -338,7 +338,7 @@ class StreamPublisher:
                 # The call is gone or the frame is bad: drop it; the watcher reports a final LEFT.
                 DROPPED_FRAMES.labels("sdk_error").inc()
                 self.frames_dropped += 1
-                self._log.debug("video write failed", error=str(exc))
+                self._log.debug("video_write_failed", error=str(exc))
                 return
             self._last_pts_s = pts_s
             WRITE_LATENCY.observe(time.perf_counter() - t0)
@@ -371,19 +371,19 @@ class StreamPublisher:
                 self.pcm_overflows += 1
                 if self.pcm_overflows == 1 or self.pcm_overflows % 100 == 0:
                     self._log.warning(
-                        "stream pcm queue overflow",
+                        "stream_pcm_queue_overflow",
                         dropped_samples=exc.dropped_samples,
                         overflows=self.pcm_overflows,
                     )
             except rtc.PcmRateMismatchError as exc:
                 AUDIO_DROPPED.labels("rate_mismatch").inc()
                 self._log.warning(
-                    "pcm rate changed mid-call", expected=exc.expected, got=exc.actual
+                    "pcm_rate_changed", expected=exc.expected, got=exc.actual
                 )
                 return
             except (rtc.IllegalStateError, rtc.MediaError, ValueError) as exc:
                 AUDIO_DROPPED.labels("sdk_error").inc()
-                self._log.debug("audio write failed", error=str(exc))
+                self._log.debug("audio_write_failed", error=str(exc))
                 return
             AUDIO_SECONDS.inc(chunk.duration_s)
             self.audio_seconds += chunk.duration_s

@@ -197,7 +197,7 @@ class StreamRelayPublisher:
             raise RuntimeError("join() called twice or after aclose()")
         t0 = time.monotonic()
         self._log.info(
-            "relay joining stream call",
+            "relay_stream_joining",
             base_url=self._opts.resolved_base_url(),
             preferred=preferred_video_codec,
         )
@@ -216,7 +216,7 @@ class StreamRelayPublisher:
         self._joined = True
         self.granted_codec = granted
         self._log.info(
-            "relay joined stream call",
+            "relay_stream_joined",
             join_s=round(time.monotonic() - t0, 3),
             preferred=preferred_video_codec,
             granted=granted,
@@ -255,7 +255,7 @@ class StreamRelayPublisher:
             raise
         self.video_codec = video_codec.upper()
         self._log.info(
-            "relay publishing into stream call",
+            "relay_stream_publishing",
             codec=self.video_codec,
             connect_s=round(time.monotonic() - t0, 3),
         )
@@ -273,7 +273,7 @@ class StreamRelayPublisher:
             return
         self._closed = True
         await self._teardown()
-        self._log.info("relay left stream call", sfu_reconnects=self.sfu_reconnects)
+        self._log.info("relay_stream_left", sfu_reconnects=self.sfu_reconnects)
 
     # ---- join ----------------------------------------------------------------------------------
 
@@ -458,7 +458,7 @@ class StreamRelayPublisher:
         if pc is None:
             return
         state = pc.connectionState
-        self._log.info("relay publisher pc", state=state)
+        self._log.info("relay_publisher_pc_state", state=state)
         if state in ("connected", "failed", "closed"):
             self._pc_settled.set()
         if state == "failed" and self.video_codec is not None:
@@ -505,7 +505,7 @@ class StreamRelayPublisher:
             await asyncio.gather(reader, return_exceptions=True)
         if not self._closing:
             # Media does not depend on it; the SFU session lives on. Logged, not fatal.
-            self._log.warning("stream coordinator WebSocket closed")
+            self._log.warning("stream_coordinator_ws_closed")
 
     async def _sfu_loop(self) -> None:
         """Read SFU events; when the WebSocket drops, fast-reconnect or fail once."""
@@ -521,7 +521,7 @@ class StreamRelayPublisher:
                         return
             if self._closing or self._failed:
                 return
-            self._log.warning("stream sfu websocket lost, reconnecting")
+            self._log.warning("stream_sfu_ws_lost")
             if not await self._fast_reconnect():
                 return
 
@@ -559,7 +559,7 @@ class StreamRelayPublisher:
                 return False
             self.sfu_reconnects += 1
             SFU_RECONNECTS.labels("ok").inc()
-            self._log.info("stream sfu websocket resumed", attempt=attempt)
+            self._log.info("stream_sfu_ws_resumed", attempt=attempt)
             return True
         if self._closing:
             return False
@@ -577,7 +577,7 @@ class StreamRelayPublisher:
             if ws is None or ws.closed:
                 continue  # the SFU loop is reconnecting
             if time.monotonic() - self._last_health > _HEALTH_DEADLINE_S:
-                self._log.warning("stream sfu health checks unanswered, dropping the socket")
+                self._log.warning("stream_sfu_health_check_timeout")
                 await close_ws(ws)  # the SFU loop sees the close and reconnects
                 continue
             with contextlib.suppress(ConnectionError, RuntimeError, TimeoutError):
@@ -587,7 +587,7 @@ class StreamRelayPublisher:
         try:
             event = ev.SfuEvent.FromString(data)
         except DecodeError:
-            self._log.warning("undecodable sfu event")
+            self._log.warning("stream_sfu_event_undecodable")
             return
         kind = event.WhichOneof("event_payload")
         if kind == "health_check_response":
@@ -607,7 +607,7 @@ class StreamRelayPublisher:
             SFU_EVENTS.labels("error").inc()
             error, strategy = event.error.error, event.error.reconnect_strategy
             self._log.warning(
-                "stream sfu error",
+                "stream_sfu_error",
                 error=sfu_error_text(error),
                 strategy=pbm.WebsocketReconnectStrategy.Name(strategy),
             )
@@ -621,7 +621,7 @@ class StreamRelayPublisher:
             self._fail("the Stream call ended")
         elif kind == "go_away":
             SFU_EVENTS.labels("go_away").inc()
-            self._log.warning("stream sfu going away (migration is not supported by the relay)")
+            self._log.warning("stream_sfu_going_away")
         elif kind == "change_publish_quality":
             SFU_EVENTS.labels("publish_quality").inc()
             self._on_publish_quality_event(event.change_publish_quality)
@@ -629,7 +629,7 @@ class StreamRelayPublisher:
             SFU_EVENTS.labels("grants_updated").inc()
             grants = event.call_grants_updated.current_grants
             self._log.warning(
-                "stream call grants updated",
+                "stream_grants_updated",
                 audio=grants.can_publish_audio,
                 video=grants.can_publish_video,
                 message=event.call_grants_updated.message,
@@ -637,14 +637,14 @@ class StreamRelayPublisher:
             self._on_video_grant(bool(grants.can_publish_video))
         elif kind == "ice_restart":
             SFU_EVENTS.labels("ice_restart").inc()
-            self._log.warning("stream sfu asked for an ice restart (not supported by aiortc)")
+            self._log.warning("stream_sfu_ice_restart_requested")
 
     def _on_publish_quality_event(self, change: Pb) -> None:
         for sender in change.video_senders:
             layers = list(sender.layers)
             active = any(layer.active for layer in layers) if layers else True
             bitrate = max((layer.max_bitrate for layer in layers), default=0)
-            self._log.info("stream sfu changed publish quality", active=active, max_bitrate=bitrate)
+            self._log.info("stream_publish_quality_changed", active=active, max_bitrate=bitrate)
             callback = self.on_publish_quality
             if callback is not None:
                 callback(active, bitrate)
@@ -669,13 +669,13 @@ class StreamRelayPublisher:
             await self._twirp("UpdateMuteStates", request, sig.UpdateMuteStatesResponse)
         except (SfuRefused, ConnectionError, TimeoutError, aiohttp.ClientError) as exc:
             # Not fatal: the packets stop either way; the SFU just shows the track unmuted.
-            self._log.warning("stream video mute update failed", muted=muted, error=str(exc))
+            self._log.warning("stream_video_mute_update_failed", muted=muted, error=str(exc))
 
     def _fail(self, message: str) -> None:
         if self._closing or self._failed:
             return
         self._failed = True
-        self._log.warning("relay publisher failed", reason=message)
+        self._log.warning("relay_publisher_failed", reason=message)
         self._on_failure(
             BridgeError(
                 ErrorCode.STREAM_FAILED,

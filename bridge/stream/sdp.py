@@ -41,7 +41,7 @@ def video_capabilities(codec: str, h264_fmtp: str | None) -> list[RTCRtpCodecCap
         exact = [c for c in candidates if str(c.parameters.get("profile-level-id")) == wanted]
         if not exact and candidates:
             log.warning(
-                "aiortc cannot offer the avatar's H264 profile, offering its closest",
+                "h264_profile_substituted",
                 wanted=wanted,
                 offered=candidates[-1].parameters.get("profile-level-id"),
             )
@@ -110,7 +110,7 @@ async def add_candidate(pc: RTCPeerConnection, candidate_json: str) -> None:
     try:
         candidate = candidate_from_sdp(line.removeprefix("candidate:"))
     except (ValueError, IndexError):
-        log.debug("unparsable sfu ice candidate", candidate=line)
+        log.debug("sfu_ice_candidate_unparsable", candidate=line)
         return
     candidate.sdpMid = data.get("sdpMid")
     candidate.sdpMLineIndex = data.get("sdpMLineIndex")

@@ -317,7 +317,7 @@ def test_sigterm_with_a_stuck_client_closes_after_the_drain_timeout(tmp_path: Pa
 
     assert asyncio.run(hold()) == 0
     events = [line.get("event") for line in d.log_lines()]
-    assert "drain timeout; closing remaining sessions" in events
+    assert "drain_timeout" in events
 
 
 def test_sessions_cli_lists_and_stops(daemon: DaemonProc) -> None:

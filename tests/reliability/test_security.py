@@ -31,7 +31,7 @@ TCP_TOKEN = "tcp-token-0123456789"
 
 def tcp_address(log_lines: list[dict[str, object]]) -> tuple[str, int]:
     for line in log_lines:
-        if line.get("event") == "ingest.listening" and "tcp" in line:
+        if line.get("event") == "ingest_listening" and "tcp" in line:
             host, _, port = str(line["tcp"]).rpartition(":")
             return host, int(port)
     raise AssertionError("the daemon logged no TCP listener")
