@@ -151,9 +151,7 @@ def ensure_compatible() -> None:
     if _checked:
         return
     if aiortc.__version__ != PINNED_AIORTC:
-        log.warning(
-            "aiortc_version_unpinned", found=aiortc.__version__, pinned=PINNED_AIORTC
-        )
+        log.warning("aiortc_version_unpinned", found=aiortc.__version__, pinned=PINNED_AIORTC)
     missing = missing_hooks()
     if missing:
         raise AiortcHookError(

@@ -377,9 +377,7 @@ class StreamPublisher:
                     )
             except rtc.PcmRateMismatchError as exc:
                 AUDIO_DROPPED.labels("rate_mismatch").inc()
-                self._log.warning(
-                    "pcm_rate_changed", expected=exc.expected, got=exc.actual
-                )
+                self._log.warning("pcm_rate_changed", expected=exc.expected, got=exc.actual)
                 return
             except (rtc.IllegalStateError, rtc.MediaError, ValueError) as exc:
                 AUDIO_DROPPED.labels("sdk_error").inc()
