@@ -106,8 +106,15 @@ class StandInCounters:
     leaves: int = 0
     participants_closed: int = 0
     signal_requests: Counter[str] = field(default_factory=Counter)
-    # Video codec actually sent, per negotiated avatar video section ("VP8" / "H264").
+    # Subscribers per video codec seen on the wire: the payload type of each avatar video packet
+    # sent, mapped to a codec through that peer connection's negotiated SDP (a subscriber whose
+    # codec changed mid-call counts under both).
     video_codecs: Counter[str] = field(default_factory=Counter)
+    video_packets_by_codec: Counter[str] = field(default_factory=Counter)
+    # Video codecs named in the avatar's sections of every SDP the stand-in sent.
+    sdp_video_codecs: set[str] = field(default_factory=set)
+    # Negotiations completed after a participant's first (client re-offers, server re-offers).
+    renegotiations: int = 0
     # PLI/FIR received from subscribers for the avatar's video (each forces a keyframe).
     keyframe_requests: int = 0
     # Avatar media packets (not retransmissions) sent, and dropped by the loss knobs.
@@ -368,8 +375,11 @@ class _Participant:
         self.proxies: list[MediaStreamTrack] = []
         self.fanout: list[tuple[_Broadcaster, tuple[_PacketTrack, _PacketTrack]]] = []
         self.avatar_attached = False
-        self.codec_counted = False
+        # (kind, payload type) -> codec name, from the SDP we last set as local description.
+        self.pt_codecs: dict[tuple[str, int], str] = {}
+        self.wire_codecs: set[str] = set()  # video codecs seen on this subscriber's packets
         self.offer_id = 0
+        self.negotiations = 0  # offer/answer exchanges completed on the avatar's PC
         self._send_lock = asyncio.Lock()
         self.park_task: asyncio.Task[None] | None = None
         self.closed = False
@@ -457,6 +467,8 @@ class Faults:
         self.drop_rate = 0.0  # or drop at random with this probability, seeded below
         self.drop_seed = 1
         self.delay_ms = 0.0  # added to every media packet
+        # Renegotiate right after the first answer/offer, before media flows (browsers do).
+        self.renegotiate_on_join = False
 
     async def close_signalling(self, room: str | None = None) -> int:
         """Close subscribers' signalling WebSockets without ``leave``: the SDK resumes."""
@@ -482,6 +494,14 @@ class Faults:
             count += 1
             await p.close_media()
         await self.close_signalling(room)
+        return count
+
+    async def renegotiate(self, room: str | None = None) -> int:
+        """Make every subscriber renegotiate: v1 clients re-offer, legacy ones get a new offer."""
+        count = 0
+        for p in self._server._participants(room):
+            count += 1
+            await self._server._renegotiate(p)
         return count
 
     async def avatar_leave(self, room: str) -> None:
@@ -644,6 +664,14 @@ class LiveKitStandIn:
                 await self._attach_avatar(p, p.sub_pc, add_transceivers=True)
                 await self._send_subscriber_offer(p)
 
+    async def _renegotiate(self, p: _Participant) -> None:
+        if p.single_pc:
+            # Only the client may offer in single-PC mode: ask it to renegotiate.
+            req = lkr.MediaSectionsRequirement(num_audios=1, num_videos=1)
+            await p.send(media_sections_requirement=req)
+        elif p.sub_pc is not None:
+            await self._send_subscriber_offer(p)
+
     async def _avatar_leave(self, room: str) -> None:
         r = self._rooms.get(room)
         if r is None or r.avatar is None:
@@ -801,6 +829,8 @@ class LiveKitStandIn:
         if p.single_pc:
             if join.HasField("publisher_offer") and join.publisher_offer.sdp:
                 await self._answer(p, join.publisher_offer)
+            if self.faults.renegotiate_on_join:
+                await self._renegotiate(p)
         else:
             p.sub_pc = self._new_pc(p, "subscriber")
             p.sub_pc.createDataChannel("_reliable")
@@ -889,7 +919,11 @@ class LiveKitStandIn:
             if p.sub_pc is not None:
                 desc = RTCSessionDescription(req.answer.sdp, "answer")
                 await p.sub_pc.setRemoteDescription(desc)
-                self._count_video_codec(p, p.sub_pc)
+                p.negotiations += 1
+                if p.negotiations > 1:
+                    self.counters.renegotiations += 1
+                if p.negotiations == 1 and self.faults.renegotiate_on_join:
+                    await self._renegotiate(p)
         elif which == "ping_req":
             pong = lkr.Pong(
                 last_ping_timestamp=req.ping_req.timestamp, timestamp=int(time.time() * 1000)
@@ -962,6 +996,13 @@ class LiveKitStandIn:
                 if kind is not None:
                     seen += 1
                     counters.packets_sent += 1
+                    if kind == "video":
+                        codec = p.pt_codecs.get(("video", data[1] & 0x7F), "unknown")
+                        counters.video_packets_by_codec[codec] += 1
+                        if codec not in p.wire_codecs:
+                            p.wire_codecs.add(codec)
+                            counters.video_codecs[codec] += 1
+                            log.info("livekit_wire_codec", sid=p.sid, codec=codec)
                     n = faults.drop_every_n
                     if (n > 0 and seen % n == 0) or (
                         faults.drop_rate > 0 and rng.random() < faults.drop_rate
@@ -1013,8 +1054,11 @@ class LiveKitStandIn:
                 t.sender._track_id = sid
                 if t.kind == "video" and not add_transceivers:
                     # The transceiver came from the client's offer, so codec preferences
-                    # set now would be ignored: narrow the negotiated list instead.
+                    # set now are too late for this answer: narrow the negotiated list, and
+                    # set the preferences too so every later offer/answer is narrowed as well
+                    # (aiortc renegotiates ``_codecs`` from scratch on each remote description).
                     t._codecs = _only_codec(t._codecs, avatar.codec)
+                    t.setCodecPreferences(_codec_capabilities(avatar.codec))
                 mapping[t.mid or ""] = sid
         return mapping
 
@@ -1039,7 +1083,10 @@ class LiveKitStandIn:
                 type="answer", sdp=local.sdp, id=offer.id, mid_to_track_id=mid_map
             )
         )
-        self._count_video_codec(p, pc)
+        self._note_sdp(p, local.sdp, mid_map)
+        p.negotiations += 1
+        if p.negotiations > 1:
+            self.counters.renegotiations += 1
         log.info("livekit_answer", sid=p.sid, mid_to_track_id=mid_map, codecs=_codecs_in(local.sdp))
 
     async def _send_subscriber_offer(self, p: _Participant) -> None:
@@ -1048,6 +1095,7 @@ class LiveKitStandIn:
         await pc.setLocalDescription(await pc.createOffer())
         p.offer_id += 1
         desc = lkr.SessionDescription(type="offer", sdp=pc.localDescription.sdp, id=p.offer_id)
+        self._note_sdp(p, desc.sdp, _mid_map(p, pc))
         await p.send(offer=desc)
 
     async def _add_candidate(self, p: _Participant, trickle: lkr.TrickleRequest) -> None:
@@ -1080,15 +1128,15 @@ class LiveKitStandIn:
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def _count_video_codec(self, p: _Participant, pc: RTCPeerConnection) -> None:
-        if p.codec_counted:
+    def _note_sdp(self, p: _Participant, sdp: str, mid_map: dict[str, str]) -> None:
+        """Record the video codecs an SDP we send offers for the avatar's video sections."""
+        p.pt_codecs = _pt_codecs(sdp)
+        avatar = p.room.avatar
+        if avatar is None:
             return
-        for t in pc.getTransceivers():
-            if t.kind == "video" and t.sender in p.senders and t.currentDirection is not None:
-                codecs = [c for c in t._codecs if c.mimeType.lower() != "video/rtx"]
-                if codecs:
-                    self.counters.video_codecs[codecs[0].mimeType.split("/")[1]] += 1
-                    p.codec_counted = True
+        for mid, codecs in _codecs_by_mid(sdp).items():
+            if mid_map.get(mid) == avatar.video_sid:
+                self.counters.sdp_video_codecs.update(codecs)
 
     def _participants(self, room: str | None) -> list[_Participant]:
         rooms = [self._rooms[room]] if room in self._rooms else []
@@ -1129,6 +1177,34 @@ def _only_codec(codecs: list[Any], codec: str) -> list[Any]:
         c for c in codecs if c.mimeType.lower() == "video/rtx" and c.parameters.get("apt") in pts
     ]
     return keep + rtx
+
+
+def _codecs_by_mid(sdp: str) -> dict[str, set[str]]:
+    """{mid: codec names (rtx excluded)} of the active media sections of an SDP."""
+    out: dict[str, set[str]] = {}
+    for section in sdp.split("\r\nm=")[1:]:
+        lines = section.split("\r\n")
+        if lines[0].split()[1] == "0":  # port 0: rejected section
+            continue
+        mid = next((x[6:] for x in lines if x.startswith("a=mid:")), None)
+        if mid is None or "a=inactive" in lines:
+            continue
+        names = {x.split()[1].split("/")[0] for x in lines if x.startswith("a=rtpmap:")}
+        out[mid] = {n for n in names if n.lower() != "rtx"}
+    return out
+
+
+def _pt_codecs(sdp: str) -> dict[tuple[str, int], str]:
+    """{(kind, payload type): codec name} of every media section of an SDP."""
+    out: dict[tuple[str, int], str] = {}
+    for section in sdp.split("\r\nm=")[1:]:
+        lines = section.split("\r\n")
+        kind = lines[0].split()[0]
+        for x in lines:
+            if x.startswith("a=rtpmap:"):
+                pt, name = x[9:].split()[:2]
+                out[(kind, int(pt))] = name.split("/")[0]
+    return out
 
 
 def _codecs_in(sdp: str) -> list[str]:
