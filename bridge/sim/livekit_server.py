@@ -543,7 +543,8 @@ class LiveKitStandIn:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        app = web.Application()
+        app = web.Application(middlewares=[_preflight])
+        app.on_response_prepare.append(_add_cors_headers)
         for path in ("/rtc", "/rtc/v1"):
             app.router.add_get(path, self._handle_rtc)
         for path in ("/rtc/validate", "/rtc/v1/validate"):
@@ -1149,6 +1150,33 @@ class LiveKitStandIn:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+# -- CORS: LiveKit allows any origin and relies on the token, so a browser SDK can read every
+# answer, a 401 included (without these headers it reports "server unreachable").
+
+_CORS_METHODS = "GET, POST, OPTIONS"
+
+
+@web.middleware
+async def _preflight(request: web.Request, handler: Any) -> web.StreamResponse:
+    if request.method == "OPTIONS":  # any path: the headers come from _add_cors_headers
+        return web.Response(status=204)
+    return cast(web.StreamResponse, await handler(request))
+
+
+async def _add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    origin = request.headers.get("Origin")
+    headers = response.headers
+    headers["Access-Control-Allow-Origin"] = origin or "*"
+    if origin:
+        headers["Access-Control-Allow-Credentials"] = "true"
+        headers.add("Vary", "Origin")
+    if request.method == "OPTIONS":
+        asked = request.headers.get("Access-Control-Request-Headers")
+        headers["Access-Control-Allow-Headers"] = asked or "*"
+        headers["Access-Control-Allow-Methods"] = _CORS_METHODS
+        headers["Access-Control-Max-Age"] = "600"
 
 
 def _mid_map(p: _Participant, pc: RTCPeerConnection) -> dict[str, str]:
