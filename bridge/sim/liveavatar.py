@@ -78,6 +78,7 @@ class LiveKitRooms(Protocol):
         video: MediaStreamTrack,
         audio: MediaStreamTrack,
         video_codec: str,
+        video_size: tuple[int, int] | None = None,
     ) -> None: ...
 
     def mint_token(self, room: str, identity: str) -> str: ...
@@ -401,6 +402,7 @@ class LiveAvatarStandIn:
                 video=renderer.video_track(),
                 audio=renderer.audio_track(),
                 video_codec=session.encoding,
+                video_size=(width, height),
             )
         session.timer = asyncio.get_running_loop().create_task(self._expiry(session))
 

@@ -306,9 +306,17 @@ class _Avatar:
     """The avatar participant of one room: identity, sids and the relay its tracks fan out from."""
 
     def __init__(
-        self, identity: str, video: MediaStreamTrack, audio: MediaStreamTrack, codec: str
+        self,
+        identity: str,
+        video: MediaStreamTrack,
+        audio: MediaStreamTrack,
+        codec: str,
+        size: tuple[int, int] = (0, 0),
     ) -> None:
         self.identity = identity
+        # The published size, as a client states it in its AddTrackRequest: subscribers see it
+        # in TrackInfo before any frame has been produced.
+        self.size = size
         self.sid = _sid("PA")
         self.video_sid = _sid("TR")
         self.audio_sid = _sid("TR")
@@ -327,13 +335,19 @@ class _Avatar:
         await self.audio.wait_idle(1.0)
 
     def info(self, state: int) -> lkm.ParticipantInfo:
+        width, height = self.size
+        if not (width and height):
+            source = self.broadcaster or self.video
+            width, height = source.width, source.height
+        layer = lkm.VideoLayer(quality=lkm.VideoQuality.HIGH, width=width, height=height)
         tracks = [
             lkm.TrackInfo(
                 sid=self.video_sid,
                 type=lkm.VIDEO,
                 name="avatar-video",
-                width=self.broadcaster.width if self.broadcaster else self.video.width,
-                height=self.broadcaster.height if self.broadcaster else self.video.height,
+                width=width,
+                height=height,
+                layers=[layer] if width and height else [],
                 source=lkm.TrackSource.CAMERA,
                 mime_type=f"video/{self.codec}",
                 stream="camera",
@@ -594,7 +608,13 @@ class LiveKitStandIn:
         video: MediaStreamTrack,
         audio: MediaStreamTrack,
         video_codec: str,
+        video_size: tuple[int, int] | None = None,
     ) -> None:
+        """Open ``room`` with the avatar publishing ``video``/``audio``.
+
+        ``video_size`` is the size the avatar publishes (the AddTrackRequest's); by default the
+        track's own ``width``/``height`` attributes, if it has them.
+        """
         codec = video_codec.upper()
         if codec not in VIDEO_CODECS:
             raise ValueError(f"video_codec must be one of {VIDEO_CODECS}, got {video_codec!r}")
@@ -604,7 +624,9 @@ class LiveKitStandIn:
         self._rooms[room] = r
         self.counters.rooms_created += 1
         SIM_ROOMS.inc()
-        avatar = _Avatar(avatar_identity, video, audio, codec)
+        if video_size is None:
+            video_size = (int(getattr(video, "width", 0)), int(getattr(video, "height", 0)))
+        avatar = _Avatar(avatar_identity, video, audio, codec, video_size)
         if self.preencoded:
             avatar.broadcaster = self.broadcasters.setdefault(
                 codec, _Broadcaster(video, audio, codec, key_interval_s=0.3)

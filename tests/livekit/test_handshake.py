@@ -169,3 +169,35 @@ async def test_every_answer_carries_cors_headers() -> None:
                 assert resp.headers.get("Access-Control-Allow-Origin") == "*"
     finally:
         await server.aclose()
+
+
+@pytest.mark.netns
+async def test_track_info_has_the_published_size_when_a_subscriber_joins() -> None:
+    """The first subscriber sees the size in TrackInfo before any frame was produced."""
+    from bridge.sim.avatar import AvatarRenderer
+
+    server = LiveKitStandIn()
+    await server.start()
+    renderer = AvatarRenderer(854, 480, 30)  # its tracks carry no size attributes
+    room = rtc.Room()
+    try:
+        await server.create_room(
+            "size",
+            avatar_identity=AVATAR,
+            video=renderer.video_track(),
+            audio=renderer.audio_track(),
+            video_codec="VP8",
+            video_size=(854, 480),
+        )
+        await room.connect(server.url, server.mint_token("size", "daemon"))
+        avatar = next(p for p in room.remote_participants.values() if p.identity == AVATAR)
+        video = [
+            pub
+            for pub in avatar.track_publications.values()
+            if pub.kind == rtc.TrackKind.KIND_VIDEO
+        ]
+        assert [(pub.width, pub.height) for pub in video] == [(854, 480)]
+    finally:
+        await room.disconnect()
+        await server.aclose()
+        await renderer.aclose()
