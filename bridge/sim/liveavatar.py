@@ -8,7 +8,9 @@ before ``connected`` silently dropped, single-use session tokens and FastAPI-sty
 Each started session gets an :class:`~bridge.sim.avatar.AvatarRenderer`; when a LiveKit stand-in
 is given, its tracks are published into a room there.
 
-Run alone: ``python -m bridge.sim.liveavatar --port 8900 --api-key sk-test``.
+Run by hand: ``python -m bridge.sim.liveavatar --port 8900 --api-key sk-test`` starts it with its
+own LiveKit stand-in (``--no-livekit`` for REST and WebSocket only); ``python -m bridge.sim``
+starts every stand-in and prints the environment a daemon needs.
 """
 
 from __future__ import annotations
@@ -641,23 +643,34 @@ class LiveAvatarStandIn:
 
 
 async def _serve(args: argparse.Namespace) -> None:
+    # Imported here: the module stays usable without the LiveKit stand-in's media stack.
+    from bridge.sim.livekit_server import LiveKitStandIn
+
     options = StandInOptions(
         api_keys=frozenset(args.api_key),
         time_scale=args.time_scale,
         render_latency_s=args.render_latency,
         fps=args.fps,
     )
-    standin = LiveAvatarStandIn(options)
-    await standin.start(args.host, args.port)
-    print(f"LiveAvatar stand-in at {standin.base_url}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    livekit = None if args.no_livekit else LiveKitStandIn()
+    standin = LiveAvatarStandIn(options, livekit=livekit)
     try:
+        if livekit is not None:
+            await livekit.start(args.host, args.livekit_port)
+        await standin.start(args.host, args.port)
+        # KEY=VALUE lines: what a daemon (or a script) reads to point at this world.
+        print(f"LIVEAVATAR_BASE_URL={standin.base_url}", flush=True)
+        if livekit is not None:
+            print(f"LIVEKIT_URL={livekit.url}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
     finally:
         await standin.aclose()
+        if livekit is not None:
+            await livekit.aclose()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -668,6 +681,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--time-scale", type=float, default=1.0)
     parser.add_argument("--render-latency", type=float, default=0.2)
     parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument("--livekit-port", type=int, default=0, help="its LiveKit stand-in's port")
+    parser.add_argument(
+        "--no-livekit",
+        action="store_true",
+        help="no LiveKit stand-in: sessions get an unreachable livekit_url (REST/WS tests only)",
+    )
     args = parser.parse_args(argv)
     if not args.api_key:
         args.api_key = ["sk-test"]

@@ -64,6 +64,17 @@ class StandIns:
     ) -> None:
         await self.aclose()
 
+    def standin_env(self) -> dict[str, str]:
+        """Only the variables that point a daemon at these stand-ins."""
+        return {
+            "LIVEAVATAR_API_KEY": LIVEAVATAR_KEY,
+            "LIVEAVATAR_BASE_URL": self.liveavatar.base_url,
+            "STREAM_API_KEY": self.stream.api_key,
+            "STREAM_API_SECRET": self.stream.api_secret,
+            "STREAM_BASE_URL": self.stream.base_url,
+            "AVATAR_BRIDGE_STREAM__WS_URL": self.stream.ws_url,
+        }
+
     def daemon_env(self) -> dict[str, str]:
         """The environment that points a daemon at these stand-ins."""
         env = {
@@ -71,14 +82,7 @@ class StandIns:
             for k, v in os.environ.items()
             if not k.startswith(("AVATAR_BRIDGE_", "LIVEAVATAR_", "STREAM_", "NOTIFY_SOCKET"))
         }
-        env.update(
-            LIVEAVATAR_API_KEY=LIVEAVATAR_KEY,
-            LIVEAVATAR_BASE_URL=self.liveavatar.base_url,
-            STREAM_API_KEY=self.stream.api_key,
-            STREAM_API_SECRET=self.stream.api_secret,
-            STREAM_BASE_URL=self.stream.base_url,
-            AVATAR_BRIDGE_STREAM__WS_URL=self.stream.ws_url,
-        )
+        env.update(self.standin_env())
         return env
 
 
