@@ -68,6 +68,15 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge
 
 from bridge.sim import marks
+from bridge.sim.livekit_forward import (
+    ForwardSink,
+    PendingTrack,
+    PublishedTrack,
+    PublisherTap,
+    SilentTrack,
+    accept_simulcast,
+    sections_by_mid,
+)
 
 __all__ = ["Faults", "LiveKitStandIn", "StandInCounters", "SyntheticVideoTrack", "ToneAudioTrack"]
 
@@ -303,27 +312,36 @@ class _Broadcaster:
 
 
 class _Avatar:
-    """The avatar participant of one room: identity, sids and the relay its tracks fan out from."""
+    """The avatar participant of one room: identity, sids and where its media comes from.
+
+    Either tracks the stand-in encodes itself (aiortc, fanned out through a relay or the
+    pre-encoded broadcaster), or a client that published with a LiveKit SDK (``published``):
+    its RTP is then forwarded, SFU-style (:mod:`bridge.sim.livekit_forward`).
+    """
 
     def __init__(
         self,
         identity: str,
-        video: MediaStreamTrack,
-        audio: MediaStreamTrack,
+        video: MediaStreamTrack | None,
+        audio: MediaStreamTrack | None,
         codec: str,
         size: tuple[int, int] = (0, 0),
+        *,
+        published: dict[str, PublishedTrack] | None = None,
+        sid: str | None = None,
     ) -> None:
         self.identity = identity
         # The published size, as a client states it in its AddTrackRequest: subscribers see it
         # in TrackInfo before any frame has been produced.
         self.size = size
-        self.sid = _sid("PA")
-        self.video_sid = _sid("TR")
-        self.audio_sid = _sid("TR")
+        self.sid = sid or _sid("PA")
+        self.published = published
+        self.video_sid = published["video"].info.sid if published else _sid("TR")
+        self.audio_sid = published["audio"].info.sid if published else _sid("TR")
         self.codec = codec
         self.joined_at = int(time.time())
-        self.video = _Tap(video)
-        self.audio = _Tap(audio)
+        self.video = _Tap(video or SilentTrack("video"))
+        self.audio = _Tap(audio or SilentTrack("audio"))
         self.relay = MediaRelay()
         self.broadcaster: _Broadcaster | None = None
 
@@ -339,7 +357,9 @@ class _Avatar:
         if not (width and height):
             source = self.broadcaster or self.video
             width, height = source.width, source.height
-        layer = lkm.VideoLayer(quality=lkm.VideoQuality.HIGH, width=width, height=height)
+        layers = [lkm.VideoLayer(quality=lkm.VideoQuality.HIGH, width=width, height=height)]
+        if self.published:
+            layers = _layers(self.published["video"].info.layer_sizes) or layers
         tracks = [
             lkm.TrackInfo(
                 sid=self.video_sid,
@@ -347,7 +367,8 @@ class _Avatar:
                 name="avatar-video",
                 width=width,
                 height=height,
-                layers=[layer] if width and height else [],
+                layers=layers if width and height else [],
+                simulcast=len(layers) > 1,
                 source=lkm.TrackSource.CAMERA,
                 mime_type=f"video/{self.codec}",
                 stream="camera",
@@ -392,6 +413,11 @@ class _Participant:
         # (kind, payload type) -> codec name, from the SDP we last set as local description.
         self.pt_codecs: dict[tuple[str, int], str] = {}
         self.wire_codecs: set[str] = set()  # video codecs seen on this subscriber's packets
+        # Publishing (a LiveKit client's own tracks): announced, then bound to media sections.
+        self.pending_tracks: dict[str, PendingTrack] = {}  # by client track id (cid)
+        self.published: dict[str, PublishedTrack] = {}  # by kind
+        self.tap: PublisherTap | None = None
+        self.sinks: list[ForwardSink] = []  # what this subscriber receives, forwarded
         self.offer_id = 0
         self.negotiations = 0  # offer/answer exchanges completed on the avatar's PC
         self._send_lock = asyncio.Lock()
@@ -428,6 +454,12 @@ class _Participant:
         yield from (pc for pc in (self.pub_pc, self.sub_pc) if pc is not None)
 
     async def close_media(self) -> None:
+        for sink in self.sinks:
+            sink.detach()
+        self.sinks.clear()
+        if self.tap is not None:
+            self.tap.close()
+            self.tap = None
         for broadcaster, pair in self.fanout:
             broadcaster.unsubscribe(pair)
         self.fanout.clear()
@@ -639,6 +671,18 @@ class LiveKitStandIn:
             r.avatar = avatar
         log.info("livekit_room_created", room=room, avatar=avatar_identity, codec=codec)
 
+    async def open_room(self, room: str) -> None:
+        """Open a room without media: the avatar joins as a LiveKit client and publishes.
+
+        Its tracks (simulcast video, Opus) are then forwarded to subscribers SFU-style.
+        """
+        if room in self._rooms:
+            raise ValueError(f"room {room!r} already exists")
+        self._rooms[room] = _Room(room)
+        self.counters.rooms_created += 1
+        SIM_ROOMS.inc()
+        log.info("livekit_room_opened", room=room)
+
     def mint_token(self, room: str, identity: str) -> str:
         grants = api.VideoGrants(room_join=True, room=room, can_subscribe=True, can_publish=True)
         return (
@@ -676,8 +720,14 @@ class LiveKitStandIn:
             return
         r.avatar, r.pending_avatar = avatar, None
         log.info("livekit_avatar_joined", room=r.name, avatar=avatar.identity)
+        await self._announce_avatar(r, avatar)
+
+    async def _announce_avatar(self, r: _Room, avatar: _Avatar) -> None:
+        """Tell the room's subscribers the avatar is here and renegotiate its tracks in."""
         update = lkr.ParticipantUpdate(participants=[avatar.info(lkm.ParticipantInfo.ACTIVE)])
         for p in list(r.participants.values()):
+            if p.sid == avatar.sid:
+                continue
             await p.send(update=update)
             if p.single_pc:
                 # Only the client may offer in single-PC mode: ask it to renegotiate.
@@ -702,7 +752,12 @@ class LiveKitStandIn:
         avatar, r.avatar = r.avatar, None
         update = lkr.ParticipantUpdate(participants=[avatar.info(lkm.ParticipantInfo.DISCONNECTED)])
         for p in list(r.participants.values()):
+            if p.sid == avatar.sid:
+                continue
             await p.send(update=update)
+            for sink in p.sinks:
+                sink.detach()
+            p.sinks.clear()
             for sender in p.senders:
                 sender.replaceTrack(None)
             for broadcaster, pair in p.fanout:
@@ -936,6 +991,10 @@ class LiveKitStandIn:
         SIM_SIGNAL_REQUESTS.labels(which).inc()
         if which == "trickle":
             await self._add_candidate(p, req.trickle)
+        elif which == "add_track":
+            await self._add_track(p, req.add_track)
+        elif which == "track_setting":
+            self._track_setting(p, req.track_setting)
         elif which == "offer":
             await self._answer(p, req.offer)
         elif which == "answer":
@@ -1045,11 +1104,13 @@ class LiveKitStandIn:
     ) -> dict[str, str]:
         """Put the avatar's tracks on ``pc``; returns {transceiver mid or "": track sid}."""
         avatar = p.room.avatar
-        if avatar is None or p.avatar_attached:
+        if avatar is None or p.avatar_attached or avatar.sid == p.sid:
             return {}
         video: MediaStreamTrack
         audio: MediaStreamTrack
-        if avatar.broadcaster is not None:
+        if avatar.published is not None:
+            video, audio = SilentTrack("video"), SilentTrack("audio")
+        elif avatar.broadcaster is not None:
             pair = avatar.broadcaster.subscribe()
             p.fanout.append((avatar.broadcaster, pair))
             video, audio = pair
@@ -1066,6 +1127,10 @@ class LiveKitStandIn:
         else:
             p.senders += [pc.addTrack(video), pc.addTrack(audio)]
         p.avatar_attached = True
+        if avatar.published is not None:
+            for sender in p.senders:
+                assert sender.kind is not None
+                p.sinks.append(ForwardSink(avatar.published[sender.kind], sender, quality=None))
         if pc.connectionState == "connected":
             self._instrument(p)
         mapping: dict[str, str] = {}
@@ -1100,17 +1165,112 @@ class LiveKitStandIn:
             await self._attach_avatar(p, pc, add_transceivers=False)
         await pc.setLocalDescription(await pc.createAnswer())
         mid_map = _mid_map(p, pc)
-        local = pc.localDescription
+        # aiortc drops simulcast and the RID extensions from its answer; an SFU accepts them.
+        sdp = accept_simulcast(offer.sdp, pc.localDescription.sdp)
         await p.send(
             answer=lkr.SessionDescription(
-                type="answer", sdp=local.sdp, id=offer.id, mid_to_track_id=mid_map
+                type="answer", sdp=sdp, id=offer.id, mid_to_track_id=mid_map
             )
         )
-        self._note_sdp(p, local.sdp, mid_map)
+        self._note_sdp(p, sdp, mid_map)
+        await self._bind_published(p, pc, offer.sdp)
         p.negotiations += 1
         if p.negotiations > 1:
             self.counters.renegotiations += 1
-        log.info("livekit_answer", sid=p.sid, mid_to_track_id=mid_map, codecs=_codecs_in(local.sdp))
+        log.info("livekit_answer", sid=p.sid, mid_to_track_id=mid_map, codecs=_codecs_in(sdp))
+
+    # -- a LiveKit client publishing (the avatar through the real SDK) ----------------------------
+
+    async def _add_track(self, p: _Participant, req: lkr.AddTrackRequest) -> None:
+        kind = "video" if req.type == lkm.VIDEO else "audio"
+        codec = "opus"
+        if kind == "video":
+            named = [c.codec for c in req.simulcast_codecs if c.codec]
+            codec = (named[0] if named else "vp8").upper()
+        sizes = [(layer.width, layer.height) for layer in req.layers if layer.width]
+        track = PendingTrack(
+            sid=_sid("TR"),
+            cid=req.cid,
+            kind=kind,
+            codec=codec,
+            width=req.width,
+            height=req.height,
+            layer_sizes=sizes,
+            bitrate=sum(layer.bitrate for layer in req.layers),
+        )
+        p.pending_tracks[req.cid] = track
+        info = lkm.TrackInfo(
+            sid=track.sid,
+            type=req.type,
+            name=req.name,
+            width=req.width,
+            height=req.height,
+            simulcast=len(sizes) > 1,
+            disable_dtx=req.disable_dtx,
+            source=req.source,
+            layers=_layers(sizes),
+            mime_type=f"{kind}/{codec}",
+            stream=req.stream,
+        )
+        await p.send(track_published=lkr.TrackPublishedResponse(cid=req.cid, track=info))
+        log.info("livekit_track_published", sid=p.sid, track=track.sid, kind=kind, codec=codec)
+
+    async def _bind_published(self, p: _Participant, pc: RTCPeerConnection, offer_sdp: str) -> None:
+        """Match announced tracks to the offer's sections (by msid = cid); start forwarding."""
+        if not p.pending_tracks:
+            if p.tap is not None:
+                p.tap.configure(offer_sdp)
+            return
+        for mid, section in sections_by_mid(offer_sdp).items():
+            for msid in section.attr("msid"):
+                cid = msid.split()[-1]
+                pending = p.pending_tracks.pop(cid, None)
+                if pending is None:
+                    continue
+                transceiver = next((t for t in pc.getTransceivers() if t.mid == mid), None)
+                if transceiver is None:
+                    continue
+                if p.tap is None:
+                    p.tap = PublisherTap(transceiver.receiver.transport, offer_sdp)
+                else:
+                    p.tap.configure(offer_sdp)
+                track = PublishedTrack(pending, mid, p.tap.send_rtcp)
+                p.tap.add(track)
+                p.published[pending.kind] = track
+        r = p.room
+        if {"audio", "video"} <= set(p.published) and (r.avatar is None or r.avatar.sid != p.sid):
+            video = p.published["video"]
+            avatar = _Avatar(
+                p.identity,
+                None,
+                None,
+                video.info.codec,
+                (video.info.width, video.info.height),
+                published=dict(p.published),
+                sid=p.sid,
+            )
+            r.avatar, r.pending_avatar = avatar, None
+            log.info("livekit_avatar_published", room=r.name, avatar=p.identity, codec=avatar.codec)
+            self._spawn(self._announce_avatar(r, avatar))
+
+    def _track_setting(self, p: _Participant, req: lkr.UpdateTrackSettings) -> None:
+        for sink in p.sinks:
+            if sink.track.info.sid in req.track_sids:
+                sink.update_settings(
+                    disabled=req.disabled,
+                    quality=int(req.quality),
+                    width=req.width,
+                    height=req.height,
+                )
+                log.info(
+                    "livekit_track_setting",
+                    sid=p.sid,
+                    track=sink.track.info.sid,
+                    quality=int(req.quality),
+                    width=req.width,
+                    height=req.height,
+                    disabled=req.disabled,
+                )
 
     async def _send_subscriber_offer(self, p: _Participant) -> None:
         pc = p.sub_pc
@@ -1141,6 +1301,8 @@ class LiveKitStandIn:
         if p.park_task is not None and p.park_task is not asyncio.current_task():
             p.park_task.cancel()
         p.room.participants.pop(p.sid, None)
+        if p.room.avatar is not None and p.room.avatar.sid == p.sid:
+            await self._avatar_leave(p.room.name)
         self.counters.participants_closed += 1
         SIM_PARTICIPANTS.dec()
         await p.close_media()
@@ -1199,6 +1361,16 @@ async def _add_cors_headers(request: web.Request, response: web.StreamResponse) 
         headers["Access-Control-Allow-Headers"] = asked or "*"
         headers["Access-Control-Allow-Methods"] = _CORS_METHODS
         headers["Access-Control-Max-Age"] = "600"
+
+
+def _layers(sizes: list[tuple[int, int]]) -> list[lkm.VideoLayer]:
+    """VideoLayers for announced sizes: the largest HIGH, then MEDIUM, then LOW."""
+    ranked = sorted(sizes, key=lambda s: s[0] * s[1], reverse=True)
+    qualities = (lkm.VideoQuality.HIGH, lkm.VideoQuality.MEDIUM, lkm.VideoQuality.LOW)
+    return [
+        lkm.VideoLayer(quality=q, width=w, height=h)
+        for q, (w, h) in zip(qualities, ranked, strict=False)
+    ]
 
 
 def _mid_map(p: _Participant, pc: RTCPeerConnection) -> dict[str, str]:

@@ -242,6 +242,7 @@ class ForwarderStats:
     dropped_waiting_keyframe: int = 0
     switches: int = 0
     keyframe_requests: int = 0
+    padding_skipped: int = 0
 
 
 @dataclass
@@ -322,6 +323,16 @@ class LayerForwarder:
         self._last_out_ms = now_ms
         self.stats.forwarded += 1
         return out
+
+    def skip_padding(self, rid: str, sequence_number: int) -> None:
+        """A padding-only packet of ``rid`` (bandwidth probing): not forwarded, and the
+        outgoing numbering closes over it so the subscriber sees no loss (as LiveKit does)."""
+        if rid != self.current or self._last_in_seq is None:
+            return
+        if _seq_newer(sequence_number, self._last_in_seq):
+            self._seq_offset = (self._seq_offset - 1) % _SEQ
+            self._last_in_seq = sequence_number
+            self.stats.padding_skipped += 1
 
     def _switch_to(self, rid: str, seq: int, ts: int, payload: bytes, now_ms: int) -> None:
         if self._last_out_seq is None:
