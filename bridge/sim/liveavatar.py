@@ -83,6 +83,8 @@ class LiveKitRooms(Protocol):
         video_size: tuple[int, int] | None = None,
     ) -> None: ...
 
+    async def open_room(self, room: str) -> None: ...
+
     def mint_token(self, room: str, identity: str) -> str: ...
 
     async def close_room(self, room: str) -> None: ...
@@ -105,6 +107,11 @@ class StandInOptions:
     audio_counts_as_activity: bool = True
     allow_reconnect: bool = True
     ws_host: str | None = None  # host in ws_url; defaults to the bound host
+    # How the rendered avatar reaches its LiveKit room. "sdk": as LiveAvatar's does, a LiveKit
+    # client (the real SDK, libwebrtc, simulcast) publishing into the room, forwarded SFU-style
+    # to subscribers. "aiortc": the LiveKit stand-in encodes the tracks itself per subscriber
+    # (or once, pre-encoded): cheaper, for large-scale benches; not libwebrtc's RTP.
+    publisher: str = "aiortc"
 
 
 @dataclass(slots=True)
@@ -141,6 +148,8 @@ class SimSession:
     ended: bool = False
     end_reason: str | None = None
     renderer: AvatarRenderer | None = None
+    publisher: Any = None  # SdkAvatarPublisher when options.publisher == "sdk"
+    publish_task: asyncio.Task[None] | None = None
     room: str | None = None
     ws: web.WebSocketResponse | None = None
     ws_connections: int = 0
@@ -395,7 +404,15 @@ class LiveAvatarStandIn:
         session.started = True
         session.started_at = session.last_activity = time.monotonic()
         SIM_LA_LIVE.inc()
-        if self.livekit is not None:
+        if self.livekit is not None and self.options.publisher == "sdk":
+            room = f"la-{session.session_id}"
+            session.room = room
+            await self.livekit.open_room(room)
+            # The avatar joins after /start answers, as LiveAvatar's does.
+            session.publish_task = asyncio.get_running_loop().create_task(
+                self._publish(session, renderer, width, height)
+            )
+        elif self.livekit is not None:
             room = f"la-{session.session_id}"
             session.room = room
             await self.livekit.create_room(
@@ -407,6 +424,27 @@ class LiveAvatarStandIn:
                 video_size=(width, height),
             )
         session.timer = asyncio.get_running_loop().create_task(self._expiry(session))
+
+    async def _publish(
+        self, session: SimSession, renderer: AvatarRenderer, width: int, height: int
+    ) -> None:
+        from bridge.sim.avatar_publisher import SdkAvatarPublisher  # the SDK only when used
+
+        assert self.livekit is not None and session.room is not None
+        publisher = SdkAvatarPublisher(
+            renderer.video_track(),
+            renderer.audio_track(),
+            width=width,
+            height=height,
+            codec=session.encoding,
+        )
+        session.publisher = publisher
+        token = self.livekit.mint_token(session.room, self.options.avatar_identity)
+        try:
+            await publisher.start(self.livekit.url, token)
+        except Exception:
+            # The room stays without its avatar: the daemon's avatar-join timeout reports it.
+            log.exception("liveavatar_standin_publish_failed", session_id=session.session_id)
 
     async def _stop(self, request: web.Request) -> web.Response:
         await self._delay()
@@ -480,6 +518,11 @@ class LiveAvatarStandIn:
             await self._send(session, {"type": "session.state_updated", "state": "closing"})
             await self._send(session, {"type": "session.state_updated", "state": "closed"})
         # Renderer and room first: they must not wait on the client's close handshake.
+        if session.publish_task is not None:
+            session.publish_task.cancel()
+            await asyncio.gather(session.publish_task, return_exceptions=True)
+        if session.publisher is not None:
+            await session.publisher.aclose()
         if session.renderer is not None:
             await session.renderer.aclose()
         if self.livekit is not None and session.room is not None:
@@ -651,6 +694,7 @@ async def _serve(args: argparse.Namespace) -> None:
         time_scale=args.time_scale,
         render_latency_s=args.render_latency,
         fps=args.fps,
+        publisher=args.publisher,
     )
     livekit = None if args.no_livekit else LiveKitStandIn()
     standin = LiveAvatarStandIn(options, livekit=livekit)
@@ -682,6 +726,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--render-latency", type=float, default=0.2)
     parser.add_argument("--fps", type=int, default=30)
     parser.add_argument("--livekit-port", type=int, default=0, help="its LiveKit stand-in's port")
+    parser.add_argument(
+        "--publisher",
+        choices=("sdk", "aiortc"),
+        default="sdk",
+        help="sdk: the avatar publishes with the LiveKit SDK (libwebrtc, simulcast); "
+        "aiortc: the LiveKit stand-in encodes it itself",
+    )
     parser.add_argument(
         "--no-livekit",
         action="store_true",

@@ -71,6 +71,7 @@ RRID_URI = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
 REMB_HEADROOM = 1.25
 REMB_MIN_BPS = 500_000
 PLI_INTERVAL_MS = 300  # per layer, like LiveKit's PLI throttle
+NACK_REPEAT_MS = 1000  # per packet
 
 
 # -- SDP (pure text) -----------------------------------------------------------------------------
@@ -165,6 +166,7 @@ class _Layer:
     packets: int = 0
     sr: tuple[int, int] | None = None  # last (ntp, rtp) of the publisher's sender report
     pli_at_ms: int = -(10**9)
+    last_seq: int | None = None
 
 
 SendRtcp = Callable[[bytes], Awaitable[None]]
@@ -179,8 +181,16 @@ class PublishedTrack:
     send_rtcp: SendRtcp
     layers: dict[str, _Layer] = field(default_factory=dict)
     sinks: list[ForwardSink] = field(default_factory=list)
+    _nacked: dict[tuple[str, int], int] = field(default_factory=dict)  # (rid, seq) -> asked ms
     stats: dict[str, int] = field(
-        default_factory=lambda: {"packets": 0, "padding": 0, "rtx": 0, "plis_up": 0, "nacks_up": 0}
+        default_factory=lambda: {
+            "packets": 0,
+            "padding": 0,
+            "gaps": 0,
+            "rtx": 0,
+            "plis_up": 0,
+            "nacks_up": 0,
+        }
     )
 
     @property
@@ -211,10 +221,20 @@ class PublishedTrack:
         pli = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=layer.ssrc)
         await self.send_rtcp(bytes(pli))
 
-    async def nack(self, rid: str, seqs: list[int]) -> None:
+    async def nack(self, rid: str, seqs: list[int], now_ms: int) -> None:
         layer = self.layers.get(rid)
-        if layer is None or layer.ssrc is None or not seqs:
+        if layer is None or layer.ssrc is None:
             return
+        # A subscriber repeats its NACKs every RTT: ask the publisher once per NACK_REPEAT_MS
+        # (a packet the publisher cannot resend, a padding probe say, would else storm).
+        asked = self._nacked
+        seqs = [q for q in seqs if now_ms - asked.get((rid, q), -(10**9)) >= NACK_REPEAT_MS]
+        if not seqs:
+            return
+        for q in seqs:
+            asked[(rid, q)] = now_ms
+        while len(asked) > 4096:
+            del asked[next(iter(asked))]
         self.stats["nacks_up"] += 1
         packet = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=layer.ssrc)
         packet.lost = sorted(seqs)
@@ -232,6 +252,12 @@ class PublishedTrack:
             return
         layer.packets += 1
         self.stats["packets"] += 1
+        if layer.last_seq is not None:
+            ahead = (packet.sequence_number - layer.last_seq) % 65536
+            if 1 < ahead < 32768:
+                self.stats["gaps"] += ahead - 1  # lost on the way in (or reordered)
+        if layer.last_seq is None or 0 < (packet.sequence_number - layer.last_seq) % 65536 < 32768:
+            layer.last_seq = packet.sequence_number
         for sink in list(self.sinks):
             await sink.on_packet(self, rid, packet, now_ms)
 
@@ -540,7 +566,7 @@ class ForwardSink:
             return
         source = self.forwarder.source_of(seq) if self.forwarder is not None else None
         if source is not None:
-            await self.track.nack(source[0], [source[1]])
+            await self.track.nack(source[0], [source[1]], int(time.monotonic() * 1000))
 
 
 # Short feedback sends started from aiortc's synchronous callbacks; owned so none is lost.

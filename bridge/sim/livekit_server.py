@@ -729,6 +729,8 @@ class LiveKitStandIn:
             if p.sid == avatar.sid:
                 continue
             await p.send(update=update)
+            if p.avatar_attached:
+                continue  # its join, racing this announcement, already negotiated the tracks
             if p.single_pc:
                 # Only the client may offer in single-PC mode: ask it to renegotiate.
                 req = lkr.MediaSectionsRequirement(num_audios=1, num_videos=1)

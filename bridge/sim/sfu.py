@@ -400,8 +400,18 @@ class LayerForwarder:
         return rewrite_vp8_descriptor(payload, d, pid, tl0, key)
 
     def source_of(self, out_seq: int) -> tuple[str, int] | None:
-        """(rid, source sequence number) of a forwarded packet, for a NACK; None if unknown."""
-        return self._sent.get(out_seq)
+        """(rid, source sequence number) behind an outgoing number, for a NACK; None if unknown.
+
+        A number never sent (the packet was lost on the way in) maps through the current
+        layer's offset, so the publisher is asked for it.
+        """
+        known = self._sent.get(out_seq)
+        if known is not None or self.current is None or self._last_out_seq is None:
+            return known
+        behind = (self._last_out_seq - out_seq) % _SEQ
+        if behind >= _NACK_MEMORY:
+            return None
+        return self.current, (out_seq - self._seq_offset) % _SEQ
 
     def translate_sr(self, rid: str, ntp: int, rtp_ts: int) -> tuple[int, int] | None:
         """A sender report of layer ``rid`` as the forwarded stream's (ntp, rtp) mapping.

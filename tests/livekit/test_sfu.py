@@ -180,3 +180,14 @@ def test_late_packets_before_the_switch_point_are_dropped() -> None:
     assert fwd.forward(*late[1], now_ms=60) is not None
     out = fwd.forward(*late[0], now_ms=61)
     assert out is not None and fwd.source_of(out.sequence_number) == ("h", late[0][1])
+
+
+def test_a_nack_for_a_packet_lost_on_the_way_in_maps_to_the_publisher() -> None:
+    src = layers(11)
+    fwd = LayerForwarder("VP8")
+    fwd.set_target("q")
+    frame = src["q"].frame(True, packets=4)
+    outs = [fwd.forward(*frame[i], now_ms=0) for i in (0, 1, 3)]  # packet 2 never arrived
+    assert all(o is not None for o in outs)
+    missing = (outs[1].sequence_number + 1) % 65536  # type: ignore[union-attr]
+    assert fwd.source_of(missing) == ("q", frame[2][1])
