@@ -24,7 +24,9 @@ from bridge.sim.stack import StandIns
 
 async def _run(args: argparse.Namespace) -> None:
     async with StandIns(
-        render_latency_s=args.render_latency, stream_codec=args.stream_codec
+        render_latency_s=args.render_latency,
+        stream_codec=args.stream_codec,
+        avatar_publisher=args.publisher,
     ) as sim:
         env = sim.standin_env()
         env["LIVEKIT_URL"] = sim.livekit.url  # informational: sessions carry their own URL
@@ -42,6 +44,12 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Run every stand-in; print the daemon's environment")
     p.add_argument("--render-latency", type=float, default=0.2, help="avatar render latency, s")
     p.add_argument("--stream-codec", default="VP9", choices=("VP8", "VP9", "H264"))
+    p.add_argument(
+        "--publisher",
+        default="sdk",
+        choices=("sdk", "aiortc"),
+        help="sdk: the avatar publishes with the LiveKit SDK, forwarded SFU-style (as for real)",
+    )
     args = p.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
     with contextlib.suppress(KeyboardInterrupt):

@@ -612,8 +612,8 @@ class LiveKitStandIn:
         return len(self._rooms)
 
     def participants_in(self, room: str) -> int:
-        r = self._rooms.get(room)
-        return 0 if r is None else len(r.participants)
+        """Subscribers in ``room`` (an avatar publishing as a client is not counted)."""
+        return len(self._participants(room)) if room in self._rooms else 0
 
     async def aclose(self) -> None:
         for name in list(self._rooms):
@@ -1326,10 +1326,16 @@ class LiveKitStandIn:
                 self.counters.sdp_video_codecs.update(codecs)
 
     def _participants(self, room: str | None) -> list[_Participant]:
+        """The subscribers of one room (or of all): the avatar's own client is not one."""
         rooms = [self._rooms[room]] if room in self._rooms else []
         if room is None:
             rooms = list(self._rooms.values())
-        return [p for r in rooms for p in r.participants.values()]
+        return [
+            p
+            for r in rooms
+            for p in r.participants.values()
+            if not p.pending_tracks and not p.published
+        ]
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)

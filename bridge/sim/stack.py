@@ -26,6 +26,7 @@ from bridge.sim.livekit_server import LiveKitStandIn
 from bridge.sim.stream import StreamStandIn
 
 LIVEAVATAR_KEY = "standin-liveavatar-key"
+PUBLISHER_ENV = "BRIDGE_SIM_AVATAR_PUBLISHER"
 
 
 class StandIns:
@@ -37,11 +38,15 @@ class StandIns:
         render_latency_s: float = 0.2,
         stream_codec: str = "VP9",
         liveavatar: StandInOptions | None = None,
+        avatar_publisher: str | None = None,
     ) -> None:
         self.livekit = LiveKitStandIn()
         opts = liveavatar or StandInOptions()
         opts.api_keys = frozenset({LIVEAVATAR_KEY})
         opts.render_latency_s = render_latency_s
+        # "sdk": the avatar publishes with the LiveKit SDK (libwebrtc simulcast RTP, forwarded);
+        # "aiortc": the LiveKit stand-in encodes it. The environment can switch a whole run.
+        opts.publisher = avatar_publisher or os.environ.get(PUBLISHER_ENV, opts.publisher)
         self.liveavatar = LiveAvatarStandIn(opts, livekit=self.livekit)
         self.stream = StreamStandIn(video_codec=stream_codec)
 

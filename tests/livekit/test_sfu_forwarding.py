@@ -117,7 +117,7 @@ async def _inbound(room: rtc.Room) -> Any:
 
 def _diagnosis(server: LiveKitStandIn, room: str, sizes: object) -> str:
     out = [f"decoded sizes {sizes}"]
-    for p in server._participants(room):
+    for p in server._rooms[room].participants.values():
         for kind, track in p.published.items():
             layers = {r: (lay.packets, lay.ssrc) for r, lay in track.layers.items()}
             out.append(f"published {kind}: {track.stats} layers {layers}")
