@@ -133,7 +133,11 @@ def accept_simulcast(offer_sdp: str, answer_sdp: str) -> str:
                 if ext.split()[1] in (RID_URI, RRID_URI) and f"a=extmap:{ext}" not in have:
                     lines.append(f"a=extmap:{ext}")
             rids = [r.split()[0] for r in o.attr("rid") if r.split()[1:2] == ["send"]]
-            if rids and o.attr("simulcast"):
+            if (
+                rids
+                and o.attr("simulcast")
+                and not any(x.startswith("a=simulcast:") for x in lines)
+            ):
                 lines += [f"a=rid:{r} recv" for r in rids]
                 lines.append(f"a=simulcast:recv {';'.join(rids)}")
         out += lines

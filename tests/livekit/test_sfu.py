@@ -191,3 +191,59 @@ def test_a_nack_for_a_packet_lost_on_the_way_in_maps_to_the_publisher() -> None:
     assert all(o is not None for o in outs)
     missing = (outs[1].sequence_number + 1) % 65536  # type: ignore[union-attr]
     assert fwd.source_of(missing) == ("q", frame[2][1])
+
+
+OFFER = "\r\n".join(
+    [
+        "v=0",
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111",
+        "a=mid:0",
+        "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid",
+        "a=rtpmap:111 opus/48000/2",
+        "m=video 9 UDP/TLS/RTP/SAVPF 96 97",
+        "a=mid:1",
+        "a=sendonly",
+        "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid",
+        "a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+        "a=extmap:11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
+        "a=rtpmap:96 VP8/90000",
+        "a=rtpmap:97 rtx/90000",
+        "a=rid:q send",
+        "a=rid:h send",
+        "a=rid:f send",
+        "a=simulcast:send q;h;f",
+        "",
+    ]
+)
+ANSWER = "\r\n".join(
+    [
+        "v=0",
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111",
+        "a=mid:0",
+        "a=rtpmap:111 opus/48000/2",
+        "m=video 9 UDP/TLS/RTP/SAVPF 96 97",
+        "a=mid:1",
+        "a=recvonly",
+        "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid",
+        "a=rtpmap:96 VP8/90000",
+        "",
+    ]
+)
+
+
+def test_the_answer_accepts_the_offered_simulcast() -> None:
+    from bridge.sim.livekit_forward import accept_simulcast, sections_by_mid
+
+    answer = sections_by_mid(accept_simulcast(OFFER, ANSWER))
+    video = answer["1"]
+    assert video.attr("rid") == ["q recv", "h recv", "f recv"]
+    assert video.attr("simulcast") == ["recv q;h;f"]
+    exts = video.attr("extmap")
+    assert "10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id" in exts
+    assert "11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id" in exts
+    assert answer["0"].attr("rid") == [] and answer["0"].attr("extmap") == []  # audio untouched
+    # Idempotent on an answer that already has them.
+    twice = accept_simulcast(OFFER, accept_simulcast(OFFER, ANSWER))
+    again = sections_by_mid(twice)["1"]
+    assert again.attr("extmap").count(exts[-1]) == 1
+    assert again.attr("rid") == ["q recv", "h recv", "f recv"]
