@@ -8,7 +8,9 @@ before ``connected`` silently dropped, single-use session tokens and FastAPI-sty
 Each started session gets an :class:`~bridge.sim.avatar.AvatarRenderer`; when a LiveKit stand-in
 is given, its tracks are published into a room there.
 
-Run alone: ``python -m bridge.sim.liveavatar --port 8900 --api-key sk-test``.
+Run by hand: ``python -m bridge.sim.liveavatar --port 8900 --api-key sk-test`` starts it with its
+own LiveKit stand-in (``--no-livekit`` for REST and WebSocket only); ``python -m bridge.sim``
+starts every stand-in and prints the environment a daemon needs.
 """
 
 from __future__ import annotations
@@ -78,7 +80,10 @@ class LiveKitRooms(Protocol):
         video: MediaStreamTrack,
         audio: MediaStreamTrack,
         video_codec: str,
+        video_size: tuple[int, int] | None = None,
     ) -> None: ...
+
+    async def open_room(self, room: str) -> None: ...
 
     def mint_token(self, room: str, identity: str) -> str: ...
 
@@ -102,6 +107,11 @@ class StandInOptions:
     audio_counts_as_activity: bool = True
     allow_reconnect: bool = True
     ws_host: str | None = None  # host in ws_url; defaults to the bound host
+    # How the rendered avatar reaches its LiveKit room. "sdk": as LiveAvatar's does, a LiveKit
+    # client (the real SDK, libwebrtc, simulcast) publishing into the room, forwarded SFU-style
+    # to subscribers. "aiortc": the LiveKit stand-in encodes the tracks itself per subscriber
+    # (or once, pre-encoded): cheaper, for large-scale benches; not libwebrtc's RTP.
+    publisher: str = "aiortc"
 
 
 @dataclass(slots=True)
@@ -138,6 +148,8 @@ class SimSession:
     ended: bool = False
     end_reason: str | None = None
     renderer: AvatarRenderer | None = None
+    publisher: Any = None  # SdkAvatarPublisher when options.publisher == "sdk"
+    publish_task: asyncio.Task[None] | None = None
     room: str | None = None
     ws: web.WebSocketResponse | None = None
     ws_connections: int = 0
@@ -392,7 +404,15 @@ class LiveAvatarStandIn:
         session.started = True
         session.started_at = session.last_activity = time.monotonic()
         SIM_LA_LIVE.inc()
-        if self.livekit is not None:
+        if self.livekit is not None and self.options.publisher == "sdk":
+            room = f"la-{session.session_id}"
+            session.room = room
+            await self.livekit.open_room(room)
+            # The avatar joins after /start answers, as LiveAvatar's does.
+            session.publish_task = asyncio.get_running_loop().create_task(
+                self._publish(session, renderer, width, height)
+            )
+        elif self.livekit is not None:
             room = f"la-{session.session_id}"
             session.room = room
             await self.livekit.create_room(
@@ -401,8 +421,30 @@ class LiveAvatarStandIn:
                 video=renderer.video_track(),
                 audio=renderer.audio_track(),
                 video_codec=session.encoding,
+                video_size=(width, height),
             )
         session.timer = asyncio.get_running_loop().create_task(self._expiry(session))
+
+    async def _publish(
+        self, session: SimSession, renderer: AvatarRenderer, width: int, height: int
+    ) -> None:
+        from bridge.sim.avatar_publisher import SdkAvatarPublisher  # the SDK only when used
+
+        assert self.livekit is not None and session.room is not None
+        publisher = SdkAvatarPublisher(
+            renderer.video_track(),
+            renderer.audio_track(),
+            width=width,
+            height=height,
+            codec=session.encoding,
+        )
+        session.publisher = publisher
+        token = self.livekit.mint_token(session.room, self.options.avatar_identity)
+        try:
+            await publisher.start(self.livekit.url, token)
+        except Exception:
+            # The room stays without its avatar: the daemon's avatar-join timeout reports it.
+            log.exception("liveavatar_standin_publish_failed", session_id=session.session_id)
 
     async def _stop(self, request: web.Request) -> web.Response:
         await self._delay()
@@ -476,6 +518,11 @@ class LiveAvatarStandIn:
             await self._send(session, {"type": "session.state_updated", "state": "closing"})
             await self._send(session, {"type": "session.state_updated", "state": "closed"})
         # Renderer and room first: they must not wait on the client's close handshake.
+        if session.publish_task is not None:
+            session.publish_task.cancel()
+            await asyncio.gather(session.publish_task, return_exceptions=True)
+        if session.publisher is not None:
+            await session.publisher.aclose()
         if session.renderer is not None:
             await session.renderer.aclose()
         if self.livekit is not None and session.room is not None:
@@ -639,23 +686,35 @@ class LiveAvatarStandIn:
 
 
 async def _serve(args: argparse.Namespace) -> None:
+    # Imported here: the module stays usable without the LiveKit stand-in's media stack.
+    from bridge.sim.livekit_server import LiveKitStandIn
+
     options = StandInOptions(
         api_keys=frozenset(args.api_key),
         time_scale=args.time_scale,
         render_latency_s=args.render_latency,
         fps=args.fps,
+        publisher=args.publisher,
     )
-    standin = LiveAvatarStandIn(options)
-    await standin.start(args.host, args.port)
-    print(f"LiveAvatar stand-in at {standin.base_url}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    livekit = None if args.no_livekit else LiveKitStandIn()
+    standin = LiveAvatarStandIn(options, livekit=livekit)
     try:
+        if livekit is not None:
+            await livekit.start(args.host, args.livekit_port)
+        await standin.start(args.host, args.port)
+        # KEY=VALUE lines: what a daemon (or a script) reads to point at this world.
+        print(f"LIVEAVATAR_BASE_URL={standin.base_url}", flush=True)
+        if livekit is not None:
+            print(f"LIVEKIT_URL={livekit.url}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
     finally:
         await standin.aclose()
+        if livekit is not None:
+            await livekit.aclose()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -666,6 +725,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--time-scale", type=float, default=1.0)
     parser.add_argument("--render-latency", type=float, default=0.2)
     parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument("--livekit-port", type=int, default=0, help="its LiveKit stand-in's port")
+    parser.add_argument(
+        "--publisher",
+        choices=("sdk", "aiortc"),
+        default="sdk",
+        help="sdk: the avatar publishes with the LiveKit SDK (libwebrtc, simulcast); "
+        "aiortc: the LiveKit stand-in encodes it itself",
+    )
+    parser.add_argument(
+        "--no-livekit",
+        action="store_true",
+        help="no LiveKit stand-in: sessions get an unreachable livekit_url (REST/WS tests only)",
+    )
     args = parser.parse_args(argv)
     if not args.api_key:
         args.api_key = ["sk-test"]

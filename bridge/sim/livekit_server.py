@@ -68,6 +68,15 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge
 
 from bridge.sim import marks
+from bridge.sim.livekit_forward import (
+    ForwardSink,
+    PendingTrack,
+    PublishedTrack,
+    PublisherTap,
+    SilentTrack,
+    accept_simulcast,
+    sections_by_mid,
+)
 
 __all__ = ["Faults", "LiveKitStandIn", "StandInCounters", "SyntheticVideoTrack", "ToneAudioTrack"]
 
@@ -106,8 +115,15 @@ class StandInCounters:
     leaves: int = 0
     participants_closed: int = 0
     signal_requests: Counter[str] = field(default_factory=Counter)
-    # Video codec actually sent, per negotiated avatar video section ("VP8" / "H264").
+    # Subscribers per video codec seen on the wire: the payload type of each avatar video packet
+    # sent, mapped to a codec through that peer connection's negotiated SDP (a subscriber whose
+    # codec changed mid-call counts under both).
     video_codecs: Counter[str] = field(default_factory=Counter)
+    video_packets_by_codec: Counter[str] = field(default_factory=Counter)
+    # Video codecs named in the avatar's sections of every SDP the stand-in sent.
+    sdp_video_codecs: set[str] = field(default_factory=set)
+    # Negotiations completed after a participant's first (client re-offers, server re-offers).
+    renegotiations: int = 0
     # PLI/FIR received from subscribers for the avatar's video (each forces a keyframe).
     keyframe_requests: int = 0
     # Avatar media packets (not retransmissions) sent, and dropped by the loss knobs.
@@ -297,19 +313,36 @@ class _Broadcaster:
 
 
 class _Avatar:
-    """The avatar participant of one room: identity, sids and the relay its tracks fan out from."""
+    """The avatar participant of one room: identity, sids and where its media comes from.
+
+    Either tracks the stand-in encodes itself (aiortc, fanned out through a relay or the
+    pre-encoded broadcaster), or a client that published with a LiveKit SDK (``published``):
+    its RTP is then forwarded, SFU-style (:mod:`bridge.sim.livekit_forward`).
+    """
 
     def __init__(
-        self, identity: str, video: MediaStreamTrack, audio: MediaStreamTrack, codec: str
+        self,
+        identity: str,
+        video: MediaStreamTrack | None,
+        audio: MediaStreamTrack | None,
+        codec: str,
+        size: tuple[int, int] = (0, 0),
+        *,
+        published: dict[str, PublishedTrack] | None = None,
+        sid: str | None = None,
     ) -> None:
         self.identity = identity
-        self.sid = _sid("PA")
-        self.video_sid = _sid("TR")
-        self.audio_sid = _sid("TR")
+        # The published size, as a client states it in its AddTrackRequest: subscribers see it
+        # in TrackInfo before any frame has been produced.
+        self.size = size
+        self.sid = sid or _sid("PA")
+        self.published = published
+        self.video_sid = published["video"].info.sid if published else _sid("TR")
+        self.audio_sid = published["audio"].info.sid if published else _sid("TR")
         self.codec = codec
         self.joined_at = int(time.time())
-        self.video = _Tap(video)
-        self.audio = _Tap(audio)
+        self.video = _Tap(video or SilentTrack("video"))
+        self.audio = _Tap(audio or SilentTrack("audio"))
         self.relay = MediaRelay()
         self.broadcaster: _Broadcaster | None = None
 
@@ -321,13 +354,22 @@ class _Avatar:
         await self.audio.wait_idle(1.0)
 
     def info(self, state: int) -> lkm.ParticipantInfo:
+        width, height = self.size
+        if not (width and height):
+            source = self.broadcaster or self.video
+            width, height = source.width, source.height
+        layers = [lkm.VideoLayer(quality=lkm.VideoQuality.HIGH, width=width, height=height)]
+        if self.published:
+            layers = _layers(self.published["video"].info.layer_sizes) or layers
         tracks = [
             lkm.TrackInfo(
                 sid=self.video_sid,
                 type=lkm.VIDEO,
                 name="avatar-video",
-                width=self.broadcaster.width if self.broadcaster else self.video.width,
-                height=self.broadcaster.height if self.broadcaster else self.video.height,
+                width=width,
+                height=height,
+                layers=layers if width and height else [],
+                simulcast=len(layers) > 1,
                 source=lkm.TrackSource.CAMERA,
                 mime_type=f"video/{self.codec}",
                 stream="camera",
@@ -369,8 +411,16 @@ class _Participant:
         self.proxies: list[MediaStreamTrack] = []
         self.fanout: list[tuple[_Broadcaster, tuple[_PacketTrack, _PacketTrack]]] = []
         self.avatar_attached = False
-        self.codec_counted = False
+        # (kind, payload type) -> codec name, from the SDP we last set as local description.
+        self.pt_codecs: dict[tuple[str, int], str] = {}
+        self.wire_codecs: set[str] = set()  # video codecs seen on this subscriber's packets
+        # Publishing (a LiveKit client's own tracks): announced, then bound to media sections.
+        self.pending_tracks: dict[str, PendingTrack] = {}  # by client track id (cid)
+        self.published: dict[str, PublishedTrack] = {}  # by kind
+        self.tap: PublisherTap | None = None
+        self.sinks: list[ForwardSink] = []  # what this subscriber receives, forwarded
         self.offer_id = 0
+        self.negotiations = 0  # offer/answer exchanges completed on the avatar's PC
         self._send_lock = asyncio.Lock()
         self.park_task: asyncio.Task[None] | None = None
         self.closed = False
@@ -405,6 +455,12 @@ class _Participant:
         yield from (pc for pc in (self.pub_pc, self.sub_pc) if pc is not None)
 
     async def close_media(self) -> None:
+        for sink in self.sinks:
+            sink.detach()
+        self.sinks.clear()
+        if self.tap is not None:
+            self.tap.close()
+            self.tap = None
         for broadcaster, pair in self.fanout:
             broadcaster.unsubscribe(pair)
         self.fanout.clear()
@@ -461,6 +517,8 @@ class Faults:
         # each subscriber's transport): a fixed pattern whose NACKs and RTX tests can count.
         self.drop_video_packets: frozenset[int] = frozenset()
         self.delay_ms = 0.0  # added to every media packet
+        # Renegotiate right after the first answer/offer, before media flows (browsers do).
+        self.renegotiate_on_join = False
 
     async def close_signalling(self, room: str | None = None) -> int:
         """Close subscribers' signalling WebSockets without ``leave``: the SDK resumes."""
@@ -486,6 +544,14 @@ class Faults:
             count += 1
             await p.close_media()
         await self.close_signalling(room)
+        return count
+
+    async def renegotiate(self, room: str | None = None) -> int:
+        """Make every subscriber renegotiate: v1 clients re-offer, legacy ones get a new offer."""
+        count = 0
+        for p in self._server._participants(room):
+            count += 1
+            await self._server._renegotiate(p)
         return count
 
     async def avatar_leave(self, room: str) -> None:
@@ -527,7 +593,8 @@ class LiveKitStandIn:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        app = web.Application()
+        app = web.Application(middlewares=[_preflight])
+        app.on_response_prepare.append(_add_cors_headers)
         for path in ("/rtc", "/rtc/v1"):
             app.router.add_get(path, self._handle_rtc)
         for path in ("/rtc/validate", "/rtc/v1/validate"):
@@ -549,8 +616,8 @@ class LiveKitStandIn:
         return len(self._rooms)
 
     def participants_in(self, room: str) -> int:
-        r = self._rooms.get(room)
-        return 0 if r is None else len(r.participants)
+        """Subscribers in ``room`` (an avatar publishing as a client is not counted)."""
+        return len(self._participants(room)) if room in self._rooms else 0
 
     async def aclose(self) -> None:
         for name in list(self._rooms):
@@ -577,7 +644,13 @@ class LiveKitStandIn:
         video: MediaStreamTrack,
         audio: MediaStreamTrack,
         video_codec: str,
+        video_size: tuple[int, int] | None = None,
     ) -> None:
+        """Open ``room`` with the avatar publishing ``video``/``audio``.
+
+        ``video_size`` is the size the avatar publishes (the AddTrackRequest's); by default the
+        track's own ``width``/``height`` attributes, if it has them.
+        """
         codec = video_codec.upper()
         if codec not in VIDEO_CODECS:
             raise ValueError(f"video_codec must be one of {VIDEO_CODECS}, got {video_codec!r}")
@@ -587,7 +660,9 @@ class LiveKitStandIn:
         self._rooms[room] = r
         self.counters.rooms_created += 1
         SIM_ROOMS.inc()
-        avatar = _Avatar(avatar_identity, video, audio, codec)
+        if video_size is None:
+            video_size = (int(getattr(video, "width", 0)), int(getattr(video, "height", 0)))
+        avatar = _Avatar(avatar_identity, video, audio, codec, video_size)
         if self.preencoded:
             avatar.broadcaster = self.broadcasters.setdefault(
                 codec, _Broadcaster(video, audio, codec, key_interval_s=0.3)
@@ -599,6 +674,18 @@ class LiveKitStandIn:
         else:
             r.avatar = avatar
         log.info("livekit_room_created", room=room, avatar=avatar_identity, codec=codec)
+
+    async def open_room(self, room: str) -> None:
+        """Open a room without media: the avatar joins as a LiveKit client and publishes.
+
+        Its tracks (simulcast video, Opus) are then forwarded to subscribers SFU-style.
+        """
+        if room in self._rooms:
+            raise ValueError(f"room {room!r} already exists")
+        self._rooms[room] = _Room(room)
+        self.counters.rooms_created += 1
+        SIM_ROOMS.inc()
+        log.info("livekit_room_opened", room=room)
 
     def mint_token(self, room: str, identity: str) -> str:
         grants = api.VideoGrants(room_join=True, room=room, can_subscribe=True, can_publish=True)
@@ -637,9 +724,17 @@ class LiveKitStandIn:
             return
         r.avatar, r.pending_avatar = avatar, None
         log.info("livekit_avatar_joined", room=r.name, avatar=avatar.identity)
+        await self._announce_avatar(r, avatar)
+
+    async def _announce_avatar(self, r: _Room, avatar: _Avatar) -> None:
+        """Tell the room's subscribers the avatar is here and renegotiate its tracks in."""
         update = lkr.ParticipantUpdate(participants=[avatar.info(lkm.ParticipantInfo.ACTIVE)])
         for p in list(r.participants.values()):
+            if p.sid == avatar.sid:
+                continue
             await p.send(update=update)
+            if p.avatar_attached:
+                continue  # its join, racing this announcement, already negotiated the tracks
             if p.single_pc:
                 # Only the client may offer in single-PC mode: ask it to renegotiate.
                 req = lkr.MediaSectionsRequirement(num_audios=1, num_videos=1)
@@ -648,6 +743,14 @@ class LiveKitStandIn:
                 await self._attach_avatar(p, p.sub_pc, add_transceivers=True)
                 await self._send_subscriber_offer(p)
 
+    async def _renegotiate(self, p: _Participant) -> None:
+        if p.single_pc:
+            # Only the client may offer in single-PC mode: ask it to renegotiate.
+            req = lkr.MediaSectionsRequirement(num_audios=1, num_videos=1)
+            await p.send(media_sections_requirement=req)
+        elif p.sub_pc is not None:
+            await self._send_subscriber_offer(p)
+
     async def _avatar_leave(self, room: str) -> None:
         r = self._rooms.get(room)
         if r is None or r.avatar is None:
@@ -655,7 +758,12 @@ class LiveKitStandIn:
         avatar, r.avatar = r.avatar, None
         update = lkr.ParticipantUpdate(participants=[avatar.info(lkm.ParticipantInfo.DISCONNECTED)])
         for p in list(r.participants.values()):
+            if p.sid == avatar.sid:
+                continue
             await p.send(update=update)
+            for sink in p.sinks:
+                sink.detach()
+            p.sinks.clear()
             for sender in p.senders:
                 sender.replaceTrack(None)
             for broadcaster, pair in p.fanout:
@@ -805,6 +913,8 @@ class LiveKitStandIn:
         if p.single_pc:
             if join.HasField("publisher_offer") and join.publisher_offer.sdp:
                 await self._answer(p, join.publisher_offer)
+            if self.faults.renegotiate_on_join:
+                await self._renegotiate(p)
         else:
             p.sub_pc = self._new_pc(p, "subscriber")
             p.sub_pc.createDataChannel("_reliable")
@@ -887,13 +997,21 @@ class LiveKitStandIn:
         SIM_SIGNAL_REQUESTS.labels(which).inc()
         if which == "trickle":
             await self._add_candidate(p, req.trickle)
+        elif which == "add_track":
+            await self._add_track(p, req.add_track)
+        elif which == "track_setting":
+            self._track_setting(p, req.track_setting)
         elif which == "offer":
             await self._answer(p, req.offer)
         elif which == "answer":
             if p.sub_pc is not None:
                 desc = RTCSessionDescription(req.answer.sdp, "answer")
                 await p.sub_pc.setRemoteDescription(desc)
-                self._count_video_codec(p, p.sub_pc)
+                p.negotiations += 1
+                if p.negotiations > 1:
+                    self.counters.renegotiations += 1
+                if p.negotiations == 1 and self.faults.renegotiate_on_join:
+                    await self._renegotiate(p)
         elif which == "ping_req":
             pong = lkr.Pong(
                 last_ping_timestamp=req.ping_req.timestamp, timestamp=int(time.time() * 1000)
@@ -970,6 +1088,12 @@ class LiveKitStandIn:
                     if kind == "video":
                         video_seen += 1
                         counters.video_packets_sent = max(counters.video_packets_sent, video_seen)
+                        codec = p.pt_codecs.get(("video", data[1] & 0x7F), "unknown")
+                        counters.video_packets_by_codec[codec] += 1
+                        if codec not in p.wire_codecs:
+                            p.wire_codecs.add(codec)
+                            counters.video_codecs[codec] += 1
+                            log.info("livekit_wire_codec", sid=p.sid, codec=codec)
                     n = faults.drop_every_n
                     if (
                         (n > 0 and seen % n == 0)
@@ -991,11 +1115,13 @@ class LiveKitStandIn:
     ) -> dict[str, str]:
         """Put the avatar's tracks on ``pc``; returns {transceiver mid or "": track sid}."""
         avatar = p.room.avatar
-        if avatar is None or p.avatar_attached:
+        if avatar is None or p.avatar_attached or avatar.sid == p.sid:
             return {}
         video: MediaStreamTrack
         audio: MediaStreamTrack
-        if avatar.broadcaster is not None:
+        if avatar.published is not None:
+            video, audio = SilentTrack("video"), SilentTrack("audio")
+        elif avatar.broadcaster is not None:
             pair = avatar.broadcaster.subscribe()
             p.fanout.append((avatar.broadcaster, pair))
             video, audio = pair
@@ -1012,6 +1138,10 @@ class LiveKitStandIn:
         else:
             p.senders += [pc.addTrack(video), pc.addTrack(audio)]
         p.avatar_attached = True
+        if avatar.published is not None:
+            for sender in p.senders:
+                assert sender.kind is not None
+                p.sinks.append(ForwardSink(avatar.published[sender.kind], sender, quality=None))
         if pc.connectionState == "connected":
             self._instrument(p)
         mapping: dict[str, str] = {}
@@ -1023,8 +1153,11 @@ class LiveKitStandIn:
                 t.sender._track_id = sid
                 if t.kind == "video" and not add_transceivers:
                     # The transceiver came from the client's offer, so codec preferences
-                    # set now would be ignored: narrow the negotiated list instead.
+                    # set now are too late for this answer: narrow the negotiated list, and
+                    # set the preferences too so every later offer/answer is narrowed as well
+                    # (aiortc renegotiates ``_codecs`` from scratch on each remote description).
                     t._codecs = _only_codec(t._codecs, avatar.codec)
+                    t.setCodecPreferences(_codec_capabilities(avatar.codec))
                 mapping[t.mid or ""] = sid
         return mapping
 
@@ -1043,14 +1176,112 @@ class LiveKitStandIn:
             await self._attach_avatar(p, pc, add_transceivers=False)
         await pc.setLocalDescription(await pc.createAnswer())
         mid_map = _mid_map(p, pc)
-        local = pc.localDescription
+        # aiortc drops simulcast and the RID extensions from its answer; an SFU accepts them.
+        sdp = accept_simulcast(offer.sdp, pc.localDescription.sdp)
         await p.send(
             answer=lkr.SessionDescription(
-                type="answer", sdp=local.sdp, id=offer.id, mid_to_track_id=mid_map
+                type="answer", sdp=sdp, id=offer.id, mid_to_track_id=mid_map
             )
         )
-        self._count_video_codec(p, pc)
-        log.info("livekit_answer", sid=p.sid, mid_to_track_id=mid_map, codecs=_codecs_in(local.sdp))
+        self._note_sdp(p, sdp, mid_map)
+        await self._bind_published(p, pc, offer.sdp)
+        p.negotiations += 1
+        if p.negotiations > 1:
+            self.counters.renegotiations += 1
+        log.info("livekit_answer", sid=p.sid, mid_to_track_id=mid_map, codecs=_codecs_in(sdp))
+
+    # -- a LiveKit client publishing (the avatar through the real SDK) ----------------------------
+
+    async def _add_track(self, p: _Participant, req: lkr.AddTrackRequest) -> None:
+        kind = "video" if req.type == lkm.VIDEO else "audio"
+        codec = "opus"
+        if kind == "video":
+            named = [c.codec for c in req.simulcast_codecs if c.codec]
+            codec = (named[0] if named else "vp8").upper()
+        sizes = [(layer.width, layer.height) for layer in req.layers if layer.width]
+        track = PendingTrack(
+            sid=_sid("TR"),
+            cid=req.cid,
+            kind=kind,
+            codec=codec,
+            width=req.width,
+            height=req.height,
+            layer_sizes=sizes,
+            bitrate=sum(layer.bitrate for layer in req.layers),
+        )
+        p.pending_tracks[req.cid] = track
+        info = lkm.TrackInfo(
+            sid=track.sid,
+            type=req.type,
+            name=req.name,
+            width=req.width,
+            height=req.height,
+            simulcast=len(sizes) > 1,
+            disable_dtx=req.disable_dtx,
+            source=req.source,
+            layers=_layers(sizes),
+            mime_type=f"{kind}/{codec}",
+            stream=req.stream,
+        )
+        await p.send(track_published=lkr.TrackPublishedResponse(cid=req.cid, track=info))
+        log.info("livekit_track_published", sid=p.sid, track=track.sid, kind=kind, codec=codec)
+
+    async def _bind_published(self, p: _Participant, pc: RTCPeerConnection, offer_sdp: str) -> None:
+        """Match announced tracks to the offer's sections (by msid = cid); start forwarding."""
+        if not p.pending_tracks:
+            if p.tap is not None:
+                p.tap.configure(offer_sdp)
+            return
+        for mid, section in sections_by_mid(offer_sdp).items():
+            for msid in section.attr("msid"):
+                cid = msid.split()[-1]
+                pending = p.pending_tracks.pop(cid, None)
+                if pending is None:
+                    continue
+                transceiver = next((t for t in pc.getTransceivers() if t.mid == mid), None)
+                if transceiver is None:
+                    continue
+                if p.tap is None:
+                    p.tap = PublisherTap(transceiver.receiver.transport, offer_sdp)
+                else:
+                    p.tap.configure(offer_sdp)
+                track = PublishedTrack(pending, mid, p.tap.send_rtcp)
+                p.tap.add(track)
+                p.published[pending.kind] = track
+        r = p.room
+        if {"audio", "video"} <= set(p.published) and (r.avatar is None or r.avatar.sid != p.sid):
+            video = p.published["video"]
+            avatar = _Avatar(
+                p.identity,
+                None,
+                None,
+                video.info.codec,
+                (video.info.width, video.info.height),
+                published=dict(p.published),
+                sid=p.sid,
+            )
+            r.avatar, r.pending_avatar = avatar, None
+            log.info("livekit_avatar_published", room=r.name, avatar=p.identity, codec=avatar.codec)
+            self._spawn(self._announce_avatar(r, avatar))
+
+    def _track_setting(self, p: _Participant, req: lkr.UpdateTrackSettings) -> None:
+        for sink in p.sinks:
+            if sink.track.info.sid in req.track_sids:
+                sink.update_settings(
+                    disabled=req.disabled,
+                    quality=int(req.quality),
+                    width=req.width,
+                    height=req.height,
+                )
+                log.info(
+                    "livekit_track_setting",
+                    sid=p.sid,
+                    track=sink.track.info.sid,
+                    quality=int(req.quality),
+                    width=req.width,
+                    height=req.height,
+                    disabled=req.disabled,
+                )
 
     async def _send_subscriber_offer(self, p: _Participant) -> None:
         pc = p.sub_pc
@@ -1058,6 +1289,7 @@ class LiveKitStandIn:
         await pc.setLocalDescription(await pc.createOffer())
         p.offer_id += 1
         desc = lkr.SessionDescription(type="offer", sdp=pc.localDescription.sdp, id=p.offer_id)
+        self._note_sdp(p, desc.sdp, _mid_map(p, pc))
         await p.send(offer=desc)
 
     async def _add_candidate(self, p: _Participant, trickle: lkr.TrickleRequest) -> None:
@@ -1080,6 +1312,8 @@ class LiveKitStandIn:
         if p.park_task is not None and p.park_task is not asyncio.current_task():
             p.park_task.cancel()
         p.room.participants.pop(p.sid, None)
+        if p.room.avatar is not None and p.room.avatar.sid == p.sid:
+            await self._avatar_leave(p.room.name)
         self.counters.participants_closed += 1
         SIM_PARTICIPANTS.dec()
         await p.close_media()
@@ -1090,27 +1324,70 @@ class LiveKitStandIn:
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def _count_video_codec(self, p: _Participant, pc: RTCPeerConnection) -> None:
-        if p.codec_counted:
+    def _note_sdp(self, p: _Participant, sdp: str, mid_map: dict[str, str]) -> None:
+        """Record the video codecs an SDP we send offers for the avatar's video sections."""
+        p.pt_codecs = _pt_codecs(sdp)
+        avatar = p.room.avatar
+        if avatar is None:
             return
-        for t in pc.getTransceivers():
-            if t.kind == "video" and t.sender in p.senders and t.currentDirection is not None:
-                codecs = [c for c in t._codecs if c.mimeType.lower() != "video/rtx"]
-                if codecs:
-                    self.counters.video_codecs[codecs[0].mimeType.split("/")[1]] += 1
-                    p.codec_counted = True
+        for mid, codecs in _codecs_by_mid(sdp).items():
+            if mid_map.get(mid) == avatar.video_sid:
+                self.counters.sdp_video_codecs.update(codecs)
 
     def _participants(self, room: str | None) -> list[_Participant]:
+        """The subscribers of one room (or of all): the avatar's own client is not one."""
         rooms = [self._rooms[room]] if room in self._rooms else []
         if room is None:
             rooms = list(self._rooms.values())
-        return [p for r in rooms for p in r.participants.values()]
+        return [
+            p
+            for r in rooms
+            for p in r.participants.values()
+            if not p.pending_tracks and not p.published
+        ]
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+# -- CORS: LiveKit allows any origin and relies on the token, so a browser SDK can read every
+# answer, a 401 included (without these headers it reports "server unreachable").
+
+_CORS_METHODS = "GET, POST, OPTIONS"
+
+
+@web.middleware
+async def _preflight(request: web.Request, handler: Any) -> web.StreamResponse:
+    if request.method == "OPTIONS":  # any path: the headers come from _add_cors_headers
+        return web.Response(status=204)
+    return cast(web.StreamResponse, await handler(request))
+
+
+async def _add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    origin = request.headers.get("Origin")
+    headers = response.headers
+    headers["Access-Control-Allow-Origin"] = origin or "*"
+    if origin:
+        headers["Access-Control-Allow-Credentials"] = "true"
+        headers.add("Vary", "Origin")
+    if request.method == "OPTIONS":
+        asked = request.headers.get("Access-Control-Request-Headers")
+        headers["Access-Control-Allow-Headers"] = asked or "*"
+        headers["Access-Control-Allow-Methods"] = _CORS_METHODS
+        headers["Access-Control-Max-Age"] = "600"
+
+
+def _layers(sizes: list[tuple[int, int]]) -> list[lkm.VideoLayer]:
+    """VideoLayers for announced sizes: the largest HIGH, then MEDIUM, then LOW."""
+    ranked = sorted(sizes, key=lambda s: s[0] * s[1], reverse=True)
+    qualities = (lkm.VideoQuality.HIGH, lkm.VideoQuality.MEDIUM, lkm.VideoQuality.LOW)
+    return [
+        lkm.VideoLayer(quality=q, width=w, height=h)
+        for q, (w, h) in zip(qualities, ranked, strict=False)
+    ]
 
 
 def _mid_map(p: _Participant, pc: RTCPeerConnection) -> dict[str, str]:
@@ -1139,6 +1416,34 @@ def _only_codec(codecs: list[Any], codec: str) -> list[Any]:
         c for c in codecs if c.mimeType.lower() == "video/rtx" and c.parameters.get("apt") in pts
     ]
     return keep + rtx
+
+
+def _codecs_by_mid(sdp: str) -> dict[str, set[str]]:
+    """{mid: codec names (rtx excluded)} of the active media sections of an SDP."""
+    out: dict[str, set[str]] = {}
+    for section in sdp.split("\r\nm=")[1:]:
+        lines = section.split("\r\n")
+        if lines[0].split()[1] == "0":  # port 0: rejected section
+            continue
+        mid = next((x[6:] for x in lines if x.startswith("a=mid:")), None)
+        if mid is None or "a=inactive" in lines:
+            continue
+        names = {x.split()[1].split("/")[0] for x in lines if x.startswith("a=rtpmap:")}
+        out[mid] = {n for n in names if n.lower() != "rtx"}
+    return out
+
+
+def _pt_codecs(sdp: str) -> dict[tuple[str, int], str]:
+    """{(kind, payload type): codec name} of every media section of an SDP."""
+    out: dict[tuple[str, int], str] = {}
+    for section in sdp.split("\r\nm=")[1:]:
+        lines = section.split("\r\n")
+        kind = lines[0].split()[0]
+        for x in lines:
+            if x.startswith("a=rtpmap:"):
+                pt, name = x[9:].split()[:2]
+                out[(kind, int(pt))] = name.split("/")[0]
+    return out
 
 
 def _codecs_in(sdp: str) -> list[str]:

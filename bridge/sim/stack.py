@@ -26,6 +26,7 @@ from bridge.sim.livekit_server import LiveKitStandIn
 from bridge.sim.stream import StreamStandIn
 
 LIVEAVATAR_KEY = "standin-liveavatar-key"
+PUBLISHER_ENV = "BRIDGE_SIM_AVATAR_PUBLISHER"
 
 
 class StandIns:
@@ -37,11 +38,15 @@ class StandIns:
         render_latency_s: float = 0.2,
         stream_codec: str = "VP9",
         liveavatar: StandInOptions | None = None,
+        avatar_publisher: str | None = None,
     ) -> None:
         self.livekit = LiveKitStandIn()
         opts = liveavatar or StandInOptions()
         opts.api_keys = frozenset({LIVEAVATAR_KEY})
         opts.render_latency_s = render_latency_s
+        # "sdk": the avatar publishes with the LiveKit SDK (libwebrtc simulcast RTP, forwarded);
+        # "aiortc": the LiveKit stand-in encodes it. The environment can switch a whole run.
+        opts.publisher = avatar_publisher or os.environ.get(PUBLISHER_ENV, opts.publisher)
         self.liveavatar = LiveAvatarStandIn(opts, livekit=self.livekit)
         self.stream = StreamStandIn(video_codec=stream_codec)
 
@@ -64,6 +69,17 @@ class StandIns:
     ) -> None:
         await self.aclose()
 
+    def standin_env(self) -> dict[str, str]:
+        """Only the variables that point a daemon at these stand-ins."""
+        return {
+            "LIVEAVATAR_API_KEY": LIVEAVATAR_KEY,
+            "LIVEAVATAR_BASE_URL": self.liveavatar.base_url,
+            "STREAM_API_KEY": self.stream.api_key,
+            "STREAM_API_SECRET": self.stream.api_secret,
+            "STREAM_BASE_URL": self.stream.base_url,
+            "AVATAR_BRIDGE_STREAM__WS_URL": self.stream.ws_url,
+        }
+
     def daemon_env(self) -> dict[str, str]:
         """The environment that points a daemon at these stand-ins."""
         env = {
@@ -71,14 +87,7 @@ class StandIns:
             for k, v in os.environ.items()
             if not k.startswith(("AVATAR_BRIDGE_", "LIVEAVATAR_", "STREAM_", "NOTIFY_SOCKET"))
         }
-        env.update(
-            LIVEAVATAR_API_KEY=LIVEAVATAR_KEY,
-            LIVEAVATAR_BASE_URL=self.liveavatar.base_url,
-            STREAM_API_KEY=self.stream.api_key,
-            STREAM_API_SECRET=self.stream.api_secret,
-            STREAM_BASE_URL=self.stream.base_url,
-            AVATAR_BRIDGE_STREAM__WS_URL=self.stream.ws_url,
-        )
+        env.update(self.standin_env())
         return env
 
 

@@ -118,3 +118,86 @@ async def test_validate_endpoint_checks_token() -> None:
                         assert resp.status == status, (path, status, await resp.text())
     finally:
         await server.aclose()
+
+
+async def test_every_answer_carries_cors_headers() -> None:
+    """A browser can only read an answer with CORS headers: a 401 must say "not allowed"."""
+    server = LiveKitStandIn(api_secret="s" * 32)
+    await server.start()
+    origin = "http://app.example"
+    try:
+        await open_room(server, "cors")
+        forged = (
+            api.AccessToken("devkey", "x" * 32)
+            .with_identity("daemon")
+            .with_grants(api.VideoGrants(room_join=True, room="cors"))
+            .to_jwt()
+        )
+        base = server.url.replace("ws://", "http://")
+        bad = {"Origin": origin, "Authorization": f"Bearer {forged}"}
+        async with ClientSession() as http:
+            # The JS SDK dials the WebSocket with the token in the query, then validates.
+            for path, status in [
+                (f"/rtc/v1?access_token={forged}", 401),
+                ("/rtc", 401),
+                ("/rtc/validate", 401),
+                ("/rtc/v1/validate", 401),
+                ("/no/such/path", 404),
+            ]:
+                async with http.get(base + path, headers=bad) as resp:
+                    assert resp.status == status, (path, await resp.text())
+                    assert resp.headers.get("Access-Control-Allow-Origin") == origin, path
+            good = {"Origin": origin, "Authorization": f"Bearer {server.mint_token('cors', 'x')}"}
+            async with http.get(base + "/rtc/validate", headers=good) as resp:
+                assert resp.status == 200
+                assert resp.headers.get("Access-Control-Allow-Origin") == origin
+            preflight = {
+                "Origin": origin,
+                "Access-Control-Request-Method": "GET",
+                "Access-Control-Request-Headers": "authorization",
+            }
+            for path in ("/rtc/validate", "/rtc/v1/validate", "/rtc/v1"):
+                async with http.options(base + path, headers=preflight) as resp:
+                    assert resp.status == 204, path
+                    assert resp.headers.get("Access-Control-Allow-Origin") == origin
+                    allowed = resp.headers.get("Access-Control-Allow-Headers", "").lower()
+                    assert "authorization" in allowed or allowed == "*"
+                    assert "GET" in resp.headers.get("Access-Control-Allow-Methods", "")
+            # Without an Origin (a native client) any origin is allowed.
+            async with http.get(base + "/rtc/validate") as resp:
+                assert resp.status == 401
+                assert resp.headers.get("Access-Control-Allow-Origin") == "*"
+    finally:
+        await server.aclose()
+
+
+@pytest.mark.netns
+async def test_track_info_has_the_published_size_when_a_subscriber_joins() -> None:
+    """The first subscriber sees the size in TrackInfo before any frame was produced."""
+    from bridge.sim.avatar import AvatarRenderer
+
+    server = LiveKitStandIn()
+    await server.start()
+    renderer = AvatarRenderer(854, 480, 30)  # its tracks carry no size attributes
+    room = rtc.Room()
+    try:
+        await server.create_room(
+            "size",
+            avatar_identity=AVATAR,
+            video=renderer.video_track(),
+            audio=renderer.audio_track(),
+            video_codec="VP8",
+            video_size=(854, 480),
+        )
+        await room.connect(server.url, server.mint_token("size", "daemon"))
+        avatar = next(p for p in room.remote_participants.values() if p.identity == AVATAR)
+        video = [
+            pub
+            for pub in avatar.track_publications.values()
+            if pub.kind == rtc.TrackKind.KIND_VIDEO
+        ]
+        assert [(pub.width, pub.height) for pub in video] == [(854, 480)]
+    finally:
+        await room.disconnect()
+        await server.aclose()
+        await renderer.aclose()
