@@ -144,6 +144,13 @@ def receiver(measure: CallMeasure, window_s: float) -> dict[str, Any]:
     }
 
 
+def wire_codec(sim: StandIns, call_ids: list[str], claimed: str) -> dict[str, Any]:
+    """The video codec the Stream receiver saw on the wire (payload type named by the negotiated
+    SDP), per call, against what the variant claims: a variant's name is never evidence."""
+    seen = sorted({str(sim.stream.stats("default", c)["video_codec"]) for c in call_ids})
+    return {"claimed": claimed, "on_the_wire": seen, "matches": seen == [claimed]}
+
+
 def skew_stats(skews: list[float]) -> dict[str, Any]:
     """Signed median; p95/p99 of the magnitude, as the goals (±20 / ±40 ms) are stated."""
     out: dict[str, Any] = {"p50": summary(skews, {"p50": 0.5})["p50"]}
@@ -223,6 +230,8 @@ async def run_daemon(
             )
             result["first_frame_s"] = _first_frames(clients, sim)
             result["media_path"] = media_path
+            claimed = variant.codec if media_path == "transcode" else "VP8"  # relay: the avatar's
+            result["codec"] = wire_codec(sim, [c.call_id for c in clients], claimed)
         finally:
             for c in clients:
                 await _close(c)
@@ -392,6 +401,7 @@ async def run_floor(variant: Variant, window_s: float) -> dict[str, Any]:
             usage = cpu.stop()
             rss = procstat.rss_mb(proc.pid)
             recv = receiver(measure, usage["wall_s"])
+            result["codec"] = wire_codec(sim, [call_id], variant.codec)
             result.update(
                 {
                     "window_s": round(usage["wall_s"], 1),

@@ -142,6 +142,17 @@ def _goal_cell(checks: list[tuple[float | None, float, str]]) -> str:
     return "met" if any(v == "met" for v in verdicts) else "–"
 
 
+def _wire(runs: list[dict[str, Any]]) -> str:
+    """The codecs the Stream receiver saw on the wire in these runs (flagged when not the one
+    the variant's name claims); "?" for runs made before the figure was measured."""
+    seen = sorted({c for r in runs for c in (r.get("codec") or {}).get("on_the_wire", [])})
+    claimed = {str((r.get("codec") or {}).get("claimed")) for r in runs if r.get("codec")}
+    if not seen:
+        return "?"
+    text = ", ".join(seen)
+    return text if set(seen) <= claimed else f"{text} (claimed {', '.join(sorted(claimed))}!)"
+
+
 def markdown(results: dict[str, Any]) -> str:
     m, sc = results.get("machine", {}), results.get("scenarios", {})
     lines = [
@@ -164,10 +175,11 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [
             "## One session (median of runs)",
             "",
-            "| variant | daemon CPU % | floor CPU % | over floor | stand-ins CPU % | RSS MB | "
+            "| variant | codec on the wire | daemon CPU % | floor CPU % | over floor | "
+            "stand-ins CPU % | RSS MB | "
             "uplink p50/p99 ms | downlink p50/p95 ms | skew p50/p95/p99 ms | barge-in ms | "
             "first frame s | drops | Goals |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, v in single.items():
             runs = v.get("runs", [])
@@ -184,7 +196,7 @@ def markdown(results: dict[str, Any]) -> str:
                  (over, 10.0, "%")]
             )  # fmt: skip
             lines.append(
-                f"| {name} | {_f(med('cpu_pct'))} | {_f(fl.get('cpu_pct'))} | "
+                f"| {name} | {_wire(runs)} | {_f(med('cpu_pct'))} | {_f(fl.get('cpu_pct'))} | "
                 f"{_f(over)} % | {_f(med('standin_cpu_pct'))} | {_f(med('rss_mb'))} | "
                 f"{_f(med('uplink_added_ms', 'p50'), 2)} / {_f(up99, 2)} | "
                 f"{_f(med('downlink_added_ms', 'p50'))} / {_f(dn95)} | "

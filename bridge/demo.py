@@ -254,6 +254,12 @@ class Demo:
             "network": "namespace" if self.network == "namespace" else "host",
             "sessions": len(results),
             "media_path": next((r.media_path for r in results if r.media_path), None),
+            # The RTP payload type the Stream receiver saw, named by the negotiated SDP; the
+            # publish option the SFU granted is reported apart and never stands in for it.
+            "video_codec": next(iter(calls.values()))["video_codec"] if calls else None,
+            "video_codec_granted": next(iter(calls.values()))["video_codec_granted"]
+            if calls
+            else None,
             # Signed median (negative: picture early); p95/p99 of the magnitude, as the goals
             # (within +-20 ms at p95, +-40 ms at p99) are stated.
             "skew_ms": {
@@ -317,6 +323,10 @@ class Demo:
         rows = [
             ("network", r["network"]),
             ("media path", r["media_path"]),
+            (
+                "video codec on the wire (granted)",
+                f"{r['video_codec']} ({r['video_codec_granted']})",
+            ),
             ("sessions", r["sessions"]),
             ("A/V skew median (ms, <0 = picture early)", f"{s['p50']} ({s['samples']} marks)"),
             ("|A/V skew| p95 / p99 (ms)", f"{s['p95']} / {s['p99']}"),

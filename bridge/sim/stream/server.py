@@ -26,6 +26,7 @@ import numpy as np
 import structlog
 from aiohttp import WSMsgType, web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.codecs import is_rtx
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.sdp import candidate_from_sdp
@@ -33,18 +34,21 @@ from getstream.video.rtc.pb.stream.video.sfu.event import events_pb2 as ev
 from getstream.video.rtc.pb.stream.video.sfu.models import models_pb2 as pbm
 from getstream.video.rtc.pb.stream.video.sfu.signal_rpc import signal_pb2 as sig
 from google.protobuf.message import DecodeError
+from google.protobuf.message_factory import GetMessageClass
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge
 
-from bridge.sim.stream.coordinator_models import get_or_create_call_response
+from bridge.sim.stream.coordinator_models import BUILTIN_CALL_TYPES, get_or_create_call_response
 from bridge.sim.stream.measure import CallMeasure, MarkReader, OnsetDetectorFactory
 from bridge.sim.stream.recorder import Mp4Recorder
 from bridge.sim.stream.rtp_taps import (
     FaultCounts,
     LightCounter,
     ReceiveFaults,
+    WireCodecs,
     install_faults,
     install_light,
+    install_wire_tap,
 )
 from bridge.sim.stream.vp9 import enable_vp9_receive
 
@@ -68,6 +72,7 @@ _MORE_INFO = "https://getstream.io/video/docs/api/errors"
 # Stream API error codes (the ``code`` of the JSON error body).
 _CODE_ACCESS_KEY = 2
 _CODE_INPUT = 4
+_CODE_DOES_NOT_EXIST = 16
 _CODE_NOT_ALLOWED = 17
 _CODE_TOKEN_EXPIRED = 40
 _CODE_TOKEN_SIGNATURE = 43
@@ -80,6 +85,13 @@ _LEAVES_KEPT = 64
 GRANTABLE_CODECS = ("VP8", "H264", "VP9")
 # Offer payloads that are not the video codec itself.
 _AUXILIARY_CODECS = frozenset({"RTX", "RED", "ULPFEC", "FLEXFEC-03"})
+
+
+# Every method of Stream's SignalServer service, with its response type (from the SDK's protos).
+_SIGNAL_METHODS: dict[str, Any] = {
+    m.name: GetMessageClass(m.output_type)
+    for m in sig.DESCRIPTOR.services_by_name["SignalServer"].methods
+}
 
 
 class StandInAuthError(Exception):
@@ -114,7 +126,10 @@ class _Session:
     muted: set[int] = field(default_factory=set)
     left_reason: str | None = None
     # The video codec of this session's publish option (its preferred one when the SFU has it).
+    # What is granted, not what arrives: the codec figures come from ``wire``.
     video_codec: str = "VP9"
+    # Payload types received per track kind, named through the publisher PC's answer.
+    wire: dict[str, WireCodecs] = field(default_factory=dict)
     expiry: asyncio.TimerHandle | None = None
 
     async def send(self, event: ev.SfuEvent) -> None:
@@ -130,7 +145,7 @@ class _Call:
     call_id: str
     measure: CallMeasure
     created_by: str
-    video_codec: str
+    video_codec: str  # the last publish option granted (not a measurement)
     sessions: dict[str, _Session] = field(default_factory=dict)
     deny_join: str | None = None
     joins: int = 0
@@ -142,6 +157,8 @@ class _Call:
     # Light mode: decoded and measured anyway (the chosen call), else counted per session.
     full: bool = False
     light: dict[str, dict[str, LightCounter]] = field(default_factory=dict)
+    # The video receiver that received packets last: the call's codec figure, measured.
+    last_video_wire: WireCodecs | None = None
 
     @property
     def cid(self) -> str:
@@ -338,13 +355,18 @@ class StreamStandIn:
                 "muted": sorted(pbm.TrackType.Name(t) for t in s.muted),
                 "connected": s.ws is not None and not s.ws.closed,
                 "pc_state": s.pub_pc.connectionState if s.pub_pc else None,
+                "granted_video_codec": s.video_codec,
+                "wire": {kind: w.snapshot() for kind, w in s.wire.items()},
             }
             for s in call.sessions.values()
         ]
         out["joins"] = call.joins
         out["sfu_connects"] = call.sfu_connects
         out["leaves"] = list(call.leaves)
-        out["video_codec"] = call.video_codec
+        # Measured: the payload type on the wire, named by the negotiated SDP. None before the
+        # first video packet. The grant is reported apart and never stands in for it.
+        out["video_codec"] = call.last_video_wire.codec() if call.last_video_wire else None
+        out["video_codec_granted"] = call.video_codec
         out["recording"] = call.recorder.stats() if call.recorder else None
         out["mode"] = "light" if self.light and not call.full else "full"
         out["light"] = {
@@ -554,10 +576,23 @@ class StreamStandIn:
             request.query.get("user_id"),
         )
 
+    def _check_call_type(self, call_type: str, method: str) -> None:
+        """Refuse a call type the app does not have, as the coordinator does (404, code 16).
+
+        Assumed shape: Stream's JSON API error with ``DoesNotExist`` (16), the message in the
+        "<Method> failed with error: ..." form its other errors use."""
+        if call_type not in BUILTIN_CALL_TYPES:
+            raise StandInAuthError(
+                _CODE_DOES_NOT_EXIST,
+                404,
+                f'{method} failed with error: "call type {call_type} does not exist"',
+            )
+
     async def _join_call(self, request: web.Request) -> web.Response:
         call_type, call_id = request.match_info["type"], request.match_info["id"]
         try:
             user_id = self._rest_user(request)
+            self._check_call_type(call_type, "JoinCall")
         except StandInAuthError as exc:
             return web.json_response(exc.body(), status=exc.status)
         call = self._call(call_type, call_id, created_by=user_id)
@@ -596,6 +631,7 @@ class StreamStandIn:
         call_type, call_id = request.match_info["type"], request.match_info["id"]
         try:
             user_id = self._rest_user(request)
+            self._check_call_type(call_type, "GetOrCreateCall")
         except StandInAuthError as exc:
             return web.json_response(exc.body(), status=exc.status)
         try:
@@ -841,7 +877,15 @@ class StreamStandIn:
         body = await request.read()
         handler = self._rpc_handlers().get(method)
         if handler is None:
-            return _protobuf(sig.SendStatsResponse())  # empty message = the default response
+            response_type = _SIGNAL_METHODS.get(method)
+            if response_type is None:  # not in the service: Twirp's bad_route, as any Twirp server
+                return _twirp_error(
+                    "bad_route",
+                    f'no handler for path "{request.path}"',
+                    404,
+                    meta={"twirp_invalid_route": f"POST {request.path}"},
+                )
+            return _protobuf(response_type())  # in the service, not modelled: the default answer
         try:
             out = await handler(body)
         except KeyError as exc:
@@ -899,6 +943,7 @@ class StreamStandIn:
         elif pc.remoteDescription is not None:
             _follow_ice_restart(pc, req.sdp, session.session_id)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=req.sdp, type="offer"))
+        _answer_only_granted(pc, session.video_codec)
         for cand in session.pending_ice:
             await _add_candidate(pc, cand)
         session.pending_ice.clear()
@@ -923,20 +968,34 @@ class StreamStandIn:
     def _new_publisher_pc(self, session: _Session) -> RTCPeerConnection:
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
 
+        def sdp_of(which: str) -> Callable[[], str | None]:
+            def read() -> str | None:
+                desc = getattr(pc, which)
+                return None if desc is None else str(desc.sdp)
+
+            return read
+
         def on_track(track: MediaStreamTrack) -> None:
             receiver = next((r for r in pc.getReceivers() if r.track is track), None)
             call = session.call
             light = self.light and not call.full and receiver is not None
             if receiver is not None:
+                wire = WireCodecs(
+                    track.kind, sdp_of("localDescription"), sdp_of("remoteDescription")
+                )
+                session.wire[track.kind] = wire
+                if track.kind == "video":
+                    call.last_video_wire = wire
                 if light:
-                    codec = session.video_codec if track.kind == "video" else "opus"
-                    counter = LightCounter(track.kind, codec)
+                    counter = LightCounter(track.kind, codec_of=wire.name)
                     call.light.setdefault(session.session_id, {})[track.kind] = counter
                     install_light(receiver, counter)
                 # Faults wrap whatever handles the packets, so a decoded call NACKs the gaps.
                 install_faults(
                     receiver, track.kind, lambda: call.faults, call.fault_counts, self._spawn
                 )
+                # Outermost: the payload types as they arrive, before faults drop any.
+                install_wire_tap(receiver, wire)
             if not light:
                 self._spawn(self._consume(call, track, receiver), f"consume-{track.kind}")
 
@@ -1122,6 +1181,31 @@ def _check_offer(req: Pb, video_codec: str) -> str | None:
     return None
 
 
+def _answer_only_granted(pc: RTCPeerConnection, video_codec: str) -> None:
+    """Make the answer carry only the granted publish option's codec (and its RTX), as Stream's
+    SFU does: a publisher then cannot send another codec of the offer.
+
+    aiortc answers with every codec both sides share; a publisher (Stream's browser SDK among
+    them) may then send any of them, and the SFU would receive a codec it never granted.
+    Private aiortc state: ``transceiver._codecs`` is both what ``createAnswer`` writes and what
+    the receiver accepts. Audio keeps Opus only.
+    """
+    for transceiver in pc.getTransceivers():
+        codecs = getattr(transceiver, "_codecs", None)
+        if codecs is None:
+            raise RuntimeError("aiortc moved RTCRtpTransceiver._codecs: update the stand-in")
+        want = video_codec if transceiver.kind == "video" else "OPUS"
+        primary = next(
+            (c for c in codecs if c.mimeType.split("/")[-1].upper() == want and not is_rtx(c)),
+            None,
+        )
+        if primary is None:
+            continue  # a video offer without the grant was refused before (_check_offer)
+        transceiver._codecs = [primary] + [
+            c for c in codecs if is_rtx(c) and c.parameters.get("apt") == primary.payloadType
+        ]
+
+
 def _sdp_attr(sdp: str, name: str) -> str | None:
     prefix = f"a={name}:"
     for line in sdp.splitlines():
@@ -1152,8 +1236,13 @@ def _protobuf(message: Pb) -> web.Response:
     return web.Response(body=message.SerializeToString(), content_type="application/protobuf")
 
 
-def _twirp_error(code: str, msg: str, status: int) -> web.Response:
-    return web.json_response({"code": code, "msg": msg}, status=status)
+def _twirp_error(
+    code: str, msg: str, status: int, meta: dict[str, str] | None = None
+) -> web.Response:
+    body: dict[str, Any] = {"code": code, "msg": msg}
+    if meta:
+        body["meta"] = meta
+    return web.json_response(body, status=status)
 
 
 def _now() -> str:
