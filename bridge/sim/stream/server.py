@@ -33,6 +33,7 @@ from aiortc.sdp import candidate_from_sdp
 from getstream.video.rtc.pb.stream.video.sfu.event import events_pb2 as ev
 from getstream.video.rtc.pb.stream.video.sfu.models import models_pb2 as pbm
 from getstream.video.rtc.pb.stream.video.sfu.signal_rpc import signal_pb2 as sig
+from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
 from prometheus_client import Counter as PromCounter
@@ -90,6 +91,10 @@ _AUXILIARY_CODECS = frozenset({"RTX", "RED", "ULPFEC", "FLEXFEC-03"})
 # Every method of Stream's SignalServer service, with its response type (from the SDK's protos).
 _SIGNAL_METHODS: dict[str, Any] = {
     m.name: GetMessageClass(m.output_type)
+    for m in sig.DESCRIPTOR.services_by_name["SignalServer"].methods
+}
+_SIGNAL_INPUTS: dict[str, Any] = {
+    m.name: GetMessageClass(m.input_type)
     for m in sig.DESCRIPTOR.services_by_name["SignalServer"].methods
 }
 
@@ -225,10 +230,15 @@ class StreamStandIn:
     # ---- lifecycle ---------------------------------------------------------------------------
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        app = web.Application(middlewares=[self._count_requests])
-        app.router.add_get("/api/v2/connect", self._coordinator_ws_handler)
-        app.router.add_post("/api/v2/video/call/{type}/{id}/join", self._join_call)
-        app.router.add_post("/api/v2/video/call/{type}/{id}", self._get_or_create)
+        app = web.Application(middlewares=[self._count_requests, _cors])
+        # Two URL layouts of one API: the server SDKs' (base URL + /api/v2/...) and the browser
+        # SDK's (its baseURL ends in /video: REST at /video/call/..., WebSocket at /video/connect).
+        for prefix in ("/api/v2", "/video"):
+            app.router.add_get(f"{prefix}/connect", self._coordinator_ws_handler)
+        for prefix in ("/api/v2/video", "/video"):
+            app.router.add_post(f"{prefix}/call/{{type}}/{{id}}/join", self._join_call)
+            app.router.add_post(f"{prefix}/call/{{type}}/{{id}}", self._get_or_create)
+        app.router.add_route("HEAD", "/location_hint", self._location_hint)
         app.router.add_get("/ws", self._sfu_ws_handler)
         app.router.add_post(_TWIRP_PREFIX + "{method}", self._twirp)
         app.router.add_get("/_standin/calls", self._http_calls)
@@ -247,6 +257,16 @@ class StreamStandIn:
     @property
     def base_url(self) -> str:
         return f"http://{self._host}:{self._port}"
+
+    @property
+    def browser_base_url(self) -> str:
+        """The ``baseURL`` to give Stream's browser SDK (``StreamVideoClient`` options)."""
+        return f"{self.base_url}/video"
+
+    @property
+    def location_hint_url(self) -> str:
+        """Where the browser SDK may ask for its location hint (else it asks Stream's CDN)."""
+        return f"{self.base_url}/location_hint"
 
     @property
     def ws_url(self) -> str:
@@ -531,8 +551,13 @@ class StreamStandIn:
                 if msg.type != WSMsgType.TEXT:
                     continue
                 try:
-                    data = json.loads(msg.data)
+                    decoded = json.loads(msg.data)
                 except ValueError:
+                    continue
+                # The browser SDK sends its health checks as a JSON array of events.
+                batch = decoded if isinstance(decoded, list) else [decoded]
+                data = next((d for d in batch if isinstance(d, dict)), None)
+                if data is None:
                     continue
                 if not authed:
                     user = data.get("user_details") or {}
@@ -568,6 +593,10 @@ class StreamStandIn:
             self._coordinator_ws.discard(ws)
         await ws.close()
         return ws
+
+    async def _location_hint(self, request: web.Request) -> web.Response:
+        # Stream's hint service answers with the CDN POP that served it; the SDK keeps 3 letters.
+        return web.Response(headers={"x-amz-cf-pop": "LCL1-P1"})
 
     def _rest_user(self, request: web.Request) -> str:
         return self._check_user_token(
@@ -875,6 +904,16 @@ class StreamStandIn:
         except jwt.InvalidTokenError:
             return _twirp_error("unauthenticated", "invalid or missing SFU token", 401)
         body = await request.read()
+        # Twirp speaks protobuf or JSON (the browser SDK sends JSON); the answer is in kind.
+        as_json = request.content_type == "application/json"
+        if as_json and method in _SIGNAL_INPUTS:
+            try:
+                parsed = json_format.Parse(
+                    body or b"{}", _SIGNAL_INPUTS[method](), ignore_unknown_fields=True
+                )
+            except json_format.ParseError as exc:
+                return _twirp_error("malformed", str(exc), 400)
+            body = parsed.SerializeToString()
         handler = self._rpc_handlers().get(method)
         if handler is None:
             response_type = _SIGNAL_METHODS.get(method)
@@ -885,7 +924,7 @@ class StreamStandIn:
                     404,
                     meta={"twirp_invalid_route": f"POST {request.path}"},
                 )
-            return _protobuf(response_type())  # in the service, not modelled: the default answer
+            return _protobuf(response_type(), as_json)  # in the service, not modelled: default
         try:
             out = await handler(body)
         except KeyError as exc:
@@ -895,7 +934,7 @@ class StreamStandIn:
         except Exception as exc:
             log.exception("twirp handler failed", method=method)
             return _twirp_error("internal", str(exc), 500)
-        return _protobuf(out)
+        return _protobuf(out, as_json)
 
     def _rpc_handlers(self) -> dict[str, Callable[[bytes], Awaitable[Pb]]]:
         async def empty_stats(_: bytes) -> Pb:
@@ -1232,7 +1271,34 @@ def _follow_ice_restart(pc: RTCPeerConnection, offer_sdp: str, session_id: str) 
     log.info("sfu publisher ice restart", session=session_id)
 
 
-def _protobuf(message: Pb) -> web.Response:
+@web.middleware
+async def _cors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Cross-origin access as Stream's API allows it: a page on any origin may call the
+    coordinator and the SFU (preflights answered, the location hint header readable)."""
+    origin = request.headers.get("Origin")
+    if request.method == "OPTIONS" and origin:
+        response: web.StreamResponse = web.Response(status=204)
+    else:
+        response = await handler(request)
+    if origin and not response.prepared:  # a WebSocket upgrade has sent its headers already
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
+        response.headers["Access-Control-Allow-Headers"] = request.headers.get(
+            "Access-Control-Request-Headers", "*"
+        )
+        response.headers["Access-Control-Expose-Headers"] = "x-amz-cf-pop"
+        response.headers["Access-Control-Max-Age"] = "600"
+    return response
+
+
+def _protobuf(message: Pb, as_json: bool = False) -> web.Response:
+    if as_json:
+        return web.Response(
+            text=json_format.MessageToJson(message), content_type="application/json"
+        )
     return web.Response(body=message.SerializeToString(), content_type="application/protobuf")
 
 
