@@ -49,3 +49,37 @@ async def test_browser_publishes_its_camera_and_microphone(
     assert stats["audio"]["seconds"] > 0.5
     snap = await page.evaluate("window.streamPage.snapshot()")
     assert snap["coordinatorConnected"] and snap["joined"], snap
+
+
+async def test_browser_views_another_browsers_camera_and_microphone(
+    sfu: StreamStandIn, browser: Chromium, pages: PageServer
+) -> None:
+    publisher = await open_page(browser, pages)
+    viewer = await open_page(browser, pages)
+    for page, user in ((publisher, "alice"), (viewer, "bob")):
+        connected = await page.evaluate(
+            f"window.streamPage.connect({connect_args(sfu, user)})", timeout_s=30
+        )
+        assert connected == {"ok": True}, page.diagnostics()
+    assert (await join(publisher, "browser-view", publish=True))["ok"], publisher.diagnostics()
+    joined = await join(viewer, "browser-view", publish=False)
+    assert joined["ok"], viewer.diagnostics()
+    # The viewer sees alice's video: frames presented by its <video> element (forwarded RTP).
+    try:
+        await viewer.wait_for(
+            "Object.values(window.streamPage.snapshot().participants)"
+            ".some(p => p.userId === 'alice' && p.frames >= 30 && p.audioTracks === 1)",
+            within_s=30,
+        )
+    except Exception as exc:
+        snap = await viewer.evaluate("window.streamPage.snapshot()")
+        raise AssertionError(
+            f"{exc}\n{json.dumps(snap, indent=1)}\n{viewer.diagnostics()}\n"
+            f"{json.dumps(sfu.stats('default', 'browser-view')['participants'], indent=1)}"
+        ) from exc
+    stats = await viewer.evaluate("window.streamPage.receiverStats()")
+    assert stats["video"]["codec"] == "video/VP8", stats
+    assert stats["video"]["framesDecoded"] >= 30 and stats["audio"]["packetsReceived"] > 50
+    snap = await viewer.evaluate("window.streamPage.snapshot()")
+    (alice,) = [p for p in snap["participants"].values() if p["userId"] == "alice"]
+    assert alice["width"] > 0 and alice["height"] > 0

@@ -1,10 +1,18 @@
 """A Stream Video stand-in: coordinator (JSON REST + WebSocket) and SFU (protobuf WebSocket + Twirp)
 on one aiohttp app, whose media side is an aiortc peer connection per publishing session that
-decodes and measures what a viewer would get.
+decodes and measures what a viewer would get, and forwards it to the call's other participants.
 
-The real ``getstream_rtc`` SDK joins it unchanged when given ``base_url`` and ``ws_url``. Protocol
-details and pitfalls: ``specs/stream-standin.md``. Published tracks are measured, not forwarded to
-other participants. Test-only endpoints live under ``/_standin/``.
+Clients: the real ``getstream_rtc`` SDK joins it unchanged when given ``base_url`` and ``ws_url``;
+Stream's browser SDK (``@stream-io/video-client``) unchanged with ``baseURL`` =
+:attr:`StreamStandIn.browser_base_url` (its URL layout, CORS, Twirp JSON, health checks sent as
+JSON arrays are all served). Protocol details and pitfalls: ``specs/stream-standin.md``;
+forwarding: :mod:`bridge.sim.stream.forward`. Test-only endpoints live under ``/_standin/``.
+
+Assumptions where the real service could not be observed (from the SDKs' sources and Stream's
+protocol definitions): the answer to a publisher carries only the granted codec; call settings of
+the built-in call types (:mod:`bridge.sim.stream.coordinator_models`); an unknown call type is
+Stream's ``DoesNotExist`` (16, HTTP 404); a Twirp method outside ``SignalServer`` is Twirp's
+``bad_route``; the location hint is answered locally (:attr:`StreamStandIn.location_hint_url`).
 """
 
 from __future__ import annotations
@@ -40,6 +48,12 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge
 
 from bridge.sim.stream.coordinator_models import BUILTIN_CALL_TYPES, get_or_create_call_response
+from bridge.sim.stream.forward import (
+    PublishedTrack,
+    Subscriber,
+    TrackKey,
+    install_forward_tap,
+)
 from bridge.sim.stream.measure import CallMeasure, MarkReader, OnsetDetectorFactory
 from bridge.sim.stream.recorder import Mp4Recorder
 from bridge.sim.stream.rtp_taps import (
@@ -135,6 +149,11 @@ class _Session:
     video_codec: str = "VP9"
     # Payload types received per track kind, named through the publisher PC's answer.
     wire: dict[str, WireCodecs] = field(default_factory=dict)
+    # Forwarding (bridge.sim.stream.forward): what this session publishes, the publishers whose
+    # video it asked for (UpdateSubscriptions), and its subscriber PC.
+    published: dict[str, PublishedTrack] = field(default_factory=dict)
+    video_subs: set[str] = field(default_factory=set)
+    subscriber: Subscriber | None = None
     expiry: asyncio.TimerHandle | None = None
 
     async def send(self, event: ev.SfuEvent) -> None:
@@ -376,6 +395,7 @@ class StreamStandIn:
                 "connected": s.ws is not None and not s.ws.closed,
                 "pc_state": s.pub_pc.connectionState if s.pub_pc else None,
                 "granted_video_codec": s.video_codec,
+                "subscriber": s.subscriber.snapshot() if s.subscriber else None,
                 "wire": {kind: w.snapshot() for kind, w in s.wire.items()},
             }
             for s in call.sessions.values()
@@ -736,7 +756,7 @@ class StreamStandIn:
         p = pbm.Participant(
             user_id=s.user_id,
             session_id=s.session_id,
-            track_lookup_prefix=s.session_id[:8],
+            track_lookup_prefix=_lookup_prefix(s.session_id),
             name=s.user_id,
             roles=["user"],
             published_tracks=s.tracks,
@@ -882,6 +902,14 @@ class StreamStandIn:
         if session.pub_pc is not None:
             pc, session.pub_pc = session.pub_pc, None
             await pc.close()
+        for track in session.published.values():
+            for sink in list(track.sinks):
+                sink.close()
+        session.published.clear()
+        if session.subscriber is not None:
+            sub, session.subscriber = session.subscriber, None
+            await sub.close()
+        self._refresh_subscriptions(call)
         if session.ws is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(session.ws.close(), _NET_TIMEOUT_S)
@@ -940,20 +968,14 @@ class StreamStandIn:
         async def empty_stats(_: bytes) -> Pb:
             return sig.SendStatsResponse()
 
-        async def empty_subs(_: bytes) -> Pb:
-            return sig.UpdateSubscriptionsResponse()
-
-        async def empty_answer(_: bytes) -> Pb:
-            return sig.SendAnswerResponse()
-
         return {
             "SetPublisher": self._rpc_set_publisher,
             "IceTrickle": self._rpc_ice_trickle,
             "UpdateMuteStates": self._rpc_update_mute_states,
             "IceRestart": self._rpc_ice_restart,
             "SendStats": empty_stats,
-            "UpdateSubscriptions": empty_subs,
-            "SendAnswer": empty_answer,
+            "UpdateSubscriptions": self._rpc_update_subscriptions,
+            "SendAnswer": self._rpc_send_answer,
         }
 
     async def _rpc_set_publisher(self, body: bytes) -> Pb:
@@ -1029,6 +1051,18 @@ class StreamStandIn:
                     counter = LightCounter(track.kind, codec_of=wire.name)
                     call.light.setdefault(session.session_id, {})[track.kind] = counter
                     install_light(receiver, counter)
+                published = PublishedTrack(
+                    TrackKey(session.session_id, track.kind),
+                    _lookup_prefix(session.session_id),
+                    receiver,
+                    self._spawn,
+                )
+                old = session.published.get(track.kind)
+                if old is not None:
+                    for sink in list(old.sinks):
+                        sink.close()
+                session.published[track.kind] = published
+                install_forward_tap(receiver, published)
                 # Faults wrap whatever handles the packets, so a decoded call NACKs the gaps.
                 install_faults(
                     receiver, track.kind, lambda: call.faults, call.fault_counts, self._spawn
@@ -1037,6 +1071,7 @@ class StreamStandIn:
                 install_wire_tap(receiver, wire)
             if not light:
                 self._spawn(self._consume(call, track, receiver), f"consume-{track.kind}")
+            self._refresh_subscriptions(call)
 
         def on_state() -> None:
             log.info("publisher pc", session=session.session_id, state=pc.connectionState)
@@ -1045,10 +1080,60 @@ class StreamStandIn:
         pc.on("connectionstatechange", on_state)
         return pc
 
+    # ---- forwarding -----------------------------------------------------------------------
+
+    def _refresh_subscriptions(self, call: _Call) -> None:
+        """Give every session of the call the tracks it should receive: everyone else's audio,
+        and the video it asked for (see bridge.sim.stream.forward)."""
+        for session in list(call.sessions.values()):
+            wanted = {
+                track.key: track
+                for other in call.sessions.values()
+                if other is not session
+                for kind, track in other.published.items()
+                if kind == "audio" or other.session_id in session.video_subs
+            }
+            if not wanted and session.subscriber is None:
+                continue
+            if session.subscriber is None:
+                s = session
+
+                async def send_offer(sdp: str, s: _Session = s) -> None:
+                    await s.send(ev.SfuEvent(subscriber_offer=ev.SubscriberOffer(sdp=sdp)))
+
+                session.subscriber = Subscriber(
+                    session.session_id, send_offer, _add_candidate, self._spawn
+                )
+            session.subscriber.want(wanted)
+
+    async def _rpc_update_subscriptions(self, body: bytes) -> Pb:
+        req = sig.UpdateSubscriptionsRequest.FromString(body)
+        session = self._sessions[req.session_id]
+        session.video_subs = {
+            t.session_id for t in req.tracks if t.track_type == pbm.TRACK_TYPE_VIDEO
+        }
+        log.info(
+            "sfu update subscriptions",
+            session=req.session_id,
+            video_from=sorted(v[:8] for v in session.video_subs),
+        )
+        self._refresh_subscriptions(session.call)
+        return sig.UpdateSubscriptionsResponse()
+
+    async def _rpc_send_answer(self, body: bytes) -> Pb:
+        req = sig.SendAnswerRequest.FromString(body)
+        session = self._sessions[req.session_id]
+        if req.peer_type == pbm.PEER_TYPE_SUBSCRIBER and session.subscriber is not None:
+            session.subscriber.on_answer(req.sdp)
+        return sig.SendAnswerResponse()
+
     async def _rpc_ice_trickle(self, body: bytes) -> Pb:
         req = pbm.ICETrickle.FromString(body)
         session = self._sessions[req.session_id]
-        if req.peer_type == pbm.PEER_TYPE_PUBLISHER_UNSPECIFIED:
+        if req.peer_type == pbm.PEER_TYPE_SUBSCRIBER:
+            if session.subscriber is not None:
+                await session.subscriber.add_candidate(req.ice_candidate)
+        elif req.peer_type == pbm.PEER_TYPE_PUBLISHER_UNSPECIFIED:
             pc = session.pub_pc
             if pc is not None and pc.remoteDescription is not None:
                 await _add_candidate(pc, req.ice_candidate)
@@ -1218,6 +1303,11 @@ def _check_offer(req: Pb, video_codec: str) -> str | None:
         if name and name != video_codec:
             return f"track {track.track_id} announces codec {name}, publish option is {video_codec}"
     return None
+
+
+def _lookup_prefix(session_id: str) -> str:
+    """The participant's ``track_lookup_prefix``: the stream-id prefix of its forwarded tracks."""
+    return session_id[:8]
 
 
 def _answer_only_granted(pc: RTCPeerConnection, video_codec: str) -> None:
