@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import jwt
 import pytest
 
 from bridge.sim.browser import Chromium, Page
@@ -83,3 +84,20 @@ async def test_browser_views_another_browsers_camera_and_microphone(
     snap = await viewer.evaluate("window.streamPage.snapshot()")
     (alice,) = [p for p in snap["participants"].values() if p["userId"] == "alice"]
     assert alice["width"] > 0 and alice["height"] > 0
+
+
+async def test_bad_token_is_refused_with_streams_auth_error(
+    sfu: StreamStandIn, browser: Chromium, pages: PageServer
+) -> None:
+    page = await open_page(browser, pages)
+    forged = jwt.encode({"user_id": "mallory"}, "not-the-secret-" * 3, algorithm="HS256")
+    result = await page.evaluate(
+        f"window.streamPage.connect({connect_args(sfu, 'mallory', token=forged)})", timeout_s=30
+    )
+    assert result["ok"] is False, result
+    error = json.loads(result["error"]) if result["error"].startswith("{") else result["error"]
+    # Stream's JWT signature error (code 43), as the coordinator sends it in connection.error.
+    assert "43" in json.dumps(error) and "signature" in json.dumps(error).lower(), error
+    snap = await page.evaluate("window.streamPage.snapshot()")
+    assert not snap["coordinatorConnected"]
+    assert sfu.calls() == []
