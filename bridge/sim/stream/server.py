@@ -264,7 +264,10 @@ class StreamStandIn:
         app.router.add_get("/_standin/calls/{type}/{id}", self._http_stats)
         app.router.add_post("/_standin/calls/{type}/{id}/reset", self._http_reset)
         app.router.add_post("/_standin/calls/{type}/{id}/fault/{fault}", self._http_fault)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # Short shutdown: clients (a browser SDK reconnecting) may hold connections open.
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=_NET_TIMEOUT_S
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
@@ -558,6 +561,8 @@ class StreamStandIn:
     ) -> web.StreamResponse:
         route = request.match_info.route.resource
         SIM_REQUESTS.labels(route.canonical if route else "unmatched").inc()
+        if self._closed:  # shutting down: no new sessions (an SDK reconnects at once)
+            return web.json_response({"error": "stand-in closing"}, status=503)
         return await handler(request)
 
     async def _coordinator_ws_handler(self, request: web.Request) -> web.WebSocketResponse:
