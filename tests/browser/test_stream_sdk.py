@@ -3,6 +3,7 @@ Stream stand-in: connect, join, publish, view another participant, refusals."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -167,3 +168,55 @@ async def test_sfu_signal_drop_is_fast_reconnected_and_media_resumes(
         lambda: sfu.stats("default", "fast-reconnect")["video"]["frames"] >= published + 30,
         within_s=20,
     )
+
+
+async def test_rejoin_after_the_sfu_asks_for_it_resumes_media_for_the_viewer(
+    sfu: StreamStandIn, browser: Chromium, pages: PageServer
+) -> None:
+    publisher, viewer = await two_browsers(sfu, browser, pages, "rejoin")
+    (alice_before,) = [
+        p["session_id"]
+        for p in sfu.stats("default", "rejoin")["participants"]
+        if p["user_id"] == "alice"
+    ]
+    joins = sfu.stats("default", "rejoin")["joins"]
+    # The SFU loses alice's media transport and tells her to rejoin (SfuEvent.error, REJOIN).
+    assert await sfu.kill_peer_connection("default", "rejoin") == 1
+
+    def alice_sessions() -> list[str]:
+        stats = sfu.stats("default", "rejoin")
+        return [p["session_id"] for p in stats["participants"] if p["user_id"] == "alice"]
+
+    # A full reconnect: a new coordinator join and a new SFU session replacing the old one.
+    assert await wait_for(
+        lambda: alice_sessions() not in ([], [alice_before]) and len(alice_sessions()) == 1,
+        within_s=30,
+    ), (sfu.stats("default", "rejoin")["participants"], publisher.diagnostics())
+    stats = sfu.stats("default", "rejoin")
+    assert stats["joins"] > joins
+    assert any(x["session_id"] == alice_before for x in stats["leaves"])
+    await publisher.wait_for("window.streamPage.snapshot().joined", within_s=20)
+    # bob sees alice's new session and its media.
+    (alice_after,) = alice_sessions()
+    await viewer.wait_for(
+        f"(window.streamPage.snapshot().participants['{alice_after}'] || {{frames: 0}})"
+        ".frames >= 30",
+        within_s=30,
+    )
+
+
+async def test_coordinator_connection_stays_up_through_the_sdks_health_checks(
+    sfu: StreamStandIn, browser: Chromium, pages: PageServer
+) -> None:
+    """Bounded: 65 s, more than two of the SDK's 25 s health-check periods and its 35 s check."""
+    page = await open_page(browser, pages)
+    connected = await page.evaluate(
+        f"window.streamPage.connect({connect_args(sfu, 'carol')})", timeout_s=30
+    )
+    assert connected == {"ok": True}, page.diagnostics()
+    assert sfu.coordinator_connects == 1
+    await asyncio.sleep(65)
+    snap = await page.evaluate("window.streamPage.snapshot()")
+    assert snap["coordinatorConnected"], (snap, page.diagnostics())
+    assert sfu.health_checks >= 2
+    assert sfu.coordinator_connects == 1  # never dropped and reconnected

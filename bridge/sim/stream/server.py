@@ -244,6 +244,9 @@ class StreamStandIn:
         self._host = "127.0.0.1"
         self._port = 0
         self.rpcs: Counter[str] = Counter()
+        # Coordinator WebSockets: authenticated connections and health checks answered.
+        self.coordinator_connects = 0
+        self.health_checks = 0
         self._closed = False
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -597,6 +600,7 @@ class StreamStandIn:
                         )
                         break
                     authed = True
+                    self.coordinator_connects += 1
                     me = {"id": user_id, "role": "user", "name": user.get("name", user_id)}
                     await ws.send_json(
                         {
@@ -607,6 +611,7 @@ class StreamStandIn:
                         }
                     )
                 elif data.get("type") == "health.check":
+                    self.health_checks += 1
                     await ws.send_json(
                         {
                             "type": "health.check",
