@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from bridge.client import BridgeClient
+from bridge.client import BridgeClient, stream_pcm_realtime
 from bridge.media import AudioFormat
 from bridge.protocol import EventMsg
 from bridge.sim.browser import Chromium
+from bridge.sim.marks import beep_train
 from bridge.sim.stack import SMALL, DaemonProcess, StandIns
 from bridge.sim.web import PageServer
 from tests.browser.conftest import connect_args
@@ -65,6 +67,13 @@ async def test_browser_views_the_avatar_the_daemon_relays(
             except Exception as exc:
                 snap = await page.evaluate("window.streamPage.snapshot()")
                 raise AssertionError(f"{exc}\n{snap}\n{page.diagnostics()}") from exc
+            # Lip sync at the browser's playout: flashes shown vs beep onsets heard.
+            await page.evaluate("window.streamPage.resetViewer()")
+            beeps = beep_train(FMT.sample_rate, 8, 500, 100).tobytes()
+            await stream_pcm_realtime(client, beeps, FMT)
+            await client.end_turn()
+            await asyncio.sleep(1.5)
+            viewer = await page.evaluate("window.streamPage.viewerReport()")
             stats = await page.evaluate("window.streamPage.receiverStats()")
             snap = await page.evaluate("window.streamPage.snapshot()")
     finally:
@@ -75,3 +84,9 @@ async def test_browser_views_the_avatar_the_daemon_relays(
     (avatar,) = [p for p in snap["participants"].values() if p["userId"] == "avatar-bridge"]
     assert (avatar["width"], avatar["height"]) == (640, 360)
     assert avatar["audioTracks"] == 1
+    assert viewer["flashes"] >= 6 and viewer["onsets"] >= 6, viewer
+    skews = [s["skewMs"] for s in viewer["skews"]]
+    assert len(skews) >= 4, viewer
+    # Loose: a functional bound (the figure and its goals are the demo's and the bench's).
+    assert abs(statistics.median(skews)) < 250, skews
+    assert viewer["fps"] > 20, viewer

@@ -11,6 +11,134 @@ const state = {
   participants: {}, // sessionId -> { video, audio, frames, firstFrameAt, width, height }
 };
 
+// ---- lip sync at playout -------------------------------------------------------------------
+// Flash frames (the avatar's sync mark: a bright patch in the bottom-right corner, see
+// bridge/sim/marks.py) are timed by requestVideoFrameCallback's expectedDisplayTime; beep onsets
+// by an AudioWorklet on the played stream, mapped from the AudioContext clock onto the same
+// performance clock with getOutputTimestamp(). Both on performance.now()'s clock.
+const measure = {
+  t0: performance.now(),
+  sessionId: null,
+  flashes: [],
+  onsets: [],
+  frames: 0,
+  firstFrameAt: null,
+  lastFrameAt: null,
+  gaps: [],
+  freezes: 0,
+  prevFlash: false,
+  audioContext: null,
+  outputLatencyMs: null,
+};
+const PAIR_WINDOW_MS = 250;
+const FREEZE_MIN_MS = 200;
+const KEPT = 4096;
+
+const ONSET_WORKLET = `
+class Onsets extends AudioWorkletProcessor {
+  constructor() { super(); this.quiet = 0; this.loud = false; }
+  process(inputs) {
+    const ch = inputs[0] && inputs[0][0];
+    if (!ch) return true;
+    let peak = -1;
+    for (let i = 0; i < ch.length; i++) {
+      const v = Math.abs(ch[i]);
+      if (!this.loud && v > 0.08) { peak = i; break; }
+    }
+    let sum = 0;
+    for (let i = 0; i < ch.length; i++) sum += ch[i] * ch[i];
+    const rms = Math.sqrt(sum / ch.length);
+    if (peak >= 0 && this.quiet >= 0.15 * sampleRate) {
+      this.port.postMessage({ frame: currentFrame + peak, rate: sampleRate });
+      this.loud = true;
+    }
+    if (rms < 0.01) { this.quiet += ch.length; this.loud = false; } else { this.quiet = 0; }
+    return true;
+  }
+}
+registerProcessor('onsets', Onsets);
+`;
+
+function flashLevel(video, canvas) {
+  const w = video.videoWidth;
+  const h = video.videoHeight;
+  if (!w || !h) return null;
+  const b = w / 40; // the marks' block size
+  const cx = w - 2.5 * b;
+  const cy = h - 2.5 * b;
+  const ctx = canvas.getContext('2d', { willReadFrequently: true });
+  ctx.drawImage(video, cx - 2, cy - 2, 4, 4, 0, 0, 4, 4);
+  const px = ctx.getImageData(0, 0, 4, 4).data;
+  let sum = 0;
+  for (let i = 0; i < px.length; i += 4) sum += 0.299 * px[i] + 0.587 * px[i + 1] + 0.114 * px[i + 2];
+  return sum / (px.length / 4);
+}
+
+function onMeasuredFrame(video, canvas, meta) {
+  const t = meta.expectedDisplayTime;
+  measure.frames += 1;
+  if (measure.firstFrameAt === null) measure.firstFrameAt = t;
+  if (measure.lastFrameAt !== null) {
+    const gap = t - measure.lastFrameAt;
+    measure.gaps.push(gap);
+    if (measure.gaps.length > 120) measure.gaps.shift();
+    const sorted = [...measure.gaps].sort((a, b) => a - b);
+    const median = sorted[Math.floor(sorted.length / 2)];
+    if (measure.gaps.length >= 5 && gap > Math.max(FREEZE_MIN_MS, 3 * median)) measure.freezes += 1;
+  }
+  measure.lastFrameAt = t;
+  const level = flashLevel(video, canvas);
+  const flash = level !== null && level > 125;
+  if (flash && !measure.prevFlash && measure.flashes.length < KEPT) measure.flashes.push(t);
+  measure.prevFlash = flash;
+}
+
+async function measureAudio(stream) {
+  if (measure.audioContext) return;
+  const ctx = new AudioContext();
+  measure.audioContext = ctx;
+  const url = URL.createObjectURL(new Blob([ONSET_WORKLET], { type: 'application/javascript' }));
+  await ctx.audioWorklet.addModule(url);
+  const node = new AudioWorkletNode(ctx, 'onsets');
+  node.port.onmessage = (e) => {
+    const ts = ctx.getOutputTimestamp();
+    const at = ts.performanceTime + (e.data.frame / e.data.rate - ts.contextTime) * 1000;
+    if (measure.onsets.length < KEPT) measure.onsets.push(at);
+  };
+  ctx.createMediaStreamSource(stream).connect(node);
+  measure.outputLatencyMs = (ctx.outputLatency || 0) * 1000;
+  if (ctx.state !== 'running') await ctx.resume();
+}
+
+function skews() {
+  const out = [];
+  for (const f of measure.flashes) {
+    let best = null;
+    for (const a of measure.onsets) {
+      if (best === null || Math.abs(a - f) < Math.abs(best - f)) best = a;
+    }
+    if (best !== null && Math.abs(best - f) <= PAIR_WINDOW_MS) {
+      out.push({ at: f, skewMs: f - best });
+    }
+  }
+  return out;
+}
+
+function viewerReport() {
+  const span = (measure.lastFrameAt ?? 0) - (measure.firstFrameAt ?? 0);
+  return {
+    sessionId: measure.sessionId,
+    frames: measure.frames,
+    fps: measure.frames > 1 && span > 0 ? ((measure.frames - 1) * 1000) / span : null,
+    freezes: measure.freezes,
+    firstFrameAt: measure.firstFrameAt,
+    flashes: measure.flashes.length,
+    onsets: measure.onsets.length,
+    outputLatencyMs: measure.outputLatencyMs,
+    skews: skews(),
+  };
+}
+
 function note(text) {
   state.log.push(`${(performance.now() / 1000).toFixed(3)} ${text}`);
   if (state.log.length > 500) state.log.shift();
@@ -57,7 +185,13 @@ function bindParticipant(call, p) {
   entry = { userId: p.userId, video, audio, frames: 0, firstFrameAt: null, width: 0, height: 0,
             unbind: [] };
   state.participants[p.sessionId] = entry;
+  const canvas = document.createElement('canvas');
+  canvas.width = 4;
+  canvas.height = 4;
+  const measured = measure.sessionId === null;  // the first remote participant is measured
+  if (measured) measure.sessionId = p.sessionId;
   const onFrame = (now, meta) => {
+    if (measured) onMeasuredFrame(video, canvas, meta);
     entry.frames += 1;
     entry.width = meta.width;
     entry.height = meta.height;
@@ -69,6 +203,14 @@ function bindParticipant(call, p) {
   const unbindAudio = call.bindAudioElement(audio, p.sessionId, 'audioTrack');
   if (unbindVideo) entry.unbind.push(unbindVideo);
   if (unbindAudio) entry.unbind.push(unbindAudio);
+  if (measured) {
+    const started = setInterval(() => {
+      if (audio.srcObject) {
+        clearInterval(started);
+        measureAudio(audio.srcObject).catch((err) => state.errors.push(errorText(err)));
+      }
+    }, 50);
+  }
   note(`bound ${p.userId} ${p.sessionId}`);
 }
 
@@ -154,5 +296,46 @@ async function receiverStats() {
   return out;
 }
 
-window.streamPage = { connect, join, leave, snapshot, receiverStats, state };
-document.getElementById('status').textContent = 'ready';
+function resetViewer() {
+  Object.assign(measure, { flashes: [], onsets: [], frames: 0, firstFrameAt: null,
+                           lastFrameAt: null, gaps: [], freezes: 0, t0: performance.now() });
+}
+
+window.streamPage = { connect, join, leave, snapshot, receiverStats, viewerReport, resetViewer,
+                      state };
+
+// A page opened by a person (avatar-bridge demo --watch): everything it needs is in the hash.
+function showLive() {
+  const r = viewerReport();
+  const recent = r.skews.slice(-10).map((s) => s.skewMs);
+  const median = recent.length ? [...recent].sort((a, b) => a - b)[Math.floor(recent.length / 2)] : null;
+  document.getElementById('status').textContent =
+    `fps ${r.fps ? r.fps.toFixed(1) : '-'} | freezes ${r.freezes} | A/V skew (last 10 marks, ` +
+    `median, <0 = picture early) ${median === null ? '-' : median.toFixed(0) + ' ms'}`;
+}
+
+async function autojoin() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  if (!params.get('apiKey')) {
+    document.getElementById('status').textContent = 'ready';
+    return;
+  }
+  document.getElementById('status').textContent = 'joining';
+  const connected = await connect({
+    apiKey: params.get('apiKey'), token: params.get('token'), userId: params.get('userId'),
+    baseURL: params.get('baseURL'), locationHintUrl: params.get('locationHintUrl'),
+  });
+  if (!connected.ok) {
+    document.getElementById('status').textContent = `connect failed: ${connected.error}`;
+    return;
+  }
+  const joined = await join({ callType: params.get('callType') || 'default',
+                              callId: params.get('callId'), publish: false });
+  if (!joined.ok) {
+    document.getElementById('status').textContent = `join failed: ${joined.error}`;
+    return;
+  }
+  setInterval(showLive, 500);
+}
+
+autojoin().catch((err) => { document.getElementById('status').textContent = errorText(err); });

@@ -1,0 +1,167 @@
+"""A person watching a Stream call, stood in for by headless Chromium running Stream's own
+browser SDK (``web/stream.html``) against the Stream stand-in: what the demo and the bench report
+as ``viewer.*`` (lip sync at the browser's playout, first frame, freezes, fps, the codec).
+
+The page times flash frames with ``requestVideoFrameCallback`` (expected display time) and beep
+onsets with an AudioWorklet on the played stream, mapped onto the same ``performance.now()``
+clock with ``AudioContext.getOutputTimestamp()`` (see ``web/src/stream-page.js``). Calibration
+status: the WebAudio path is not yet calibrated against the receiver's playout reference
+(``getSynchronizationSources``); media-chain-measured.md measured it reading 12-34 ms late, by a
+different amount each session, so treat the figure as accurate to about that (picture later than
+shown by up to ~34 ms is the direction of the error). Headless Chromium has a fake audio output
+(~30 ms); a real device adds 10-40 ms.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+from typing import Any
+
+import jwt
+
+from bridge.sim.browser import Chromium, Page, find_chromium
+from bridge.sim.stream import StreamStandIn
+from bridge.sim.web import PageServer, bundle_missing
+
+METHOD = (
+    "flash: requestVideoFrameCallback expectedDisplayTime; beep onset: AudioWorklet on the "
+    "played stream, AudioContext clock mapped with getOutputTimestamp(); not yet calibrated "
+    "against getSynchronizationSources (known WebAudio lateness 12-34 ms)"
+)
+FIRST_WINDOW_MS = 10_000.0
+
+
+def unavailable() -> str | None:
+    """Why no browser viewer can run here (a reason to print), or None."""
+    if find_chromium() is None:
+        return "chromium is not installed (apt-get install chromium)"
+    return bundle_missing()
+
+
+def viewer_token(standin: StreamStandIn, user_id: str) -> str:
+    return jwt.encode({"user_id": user_id}, standin.api_secret, algorithm="HS256")
+
+
+def watch_url(pages: PageServer, standin: StreamStandIn, call_type: str, call_id: str) -> str:
+    """A URL a person opens in their own browser to watch the call (everything in the hash)."""
+    params = {
+        "apiKey": standin.api_key,
+        "token": viewer_token(standin, "watcher"),
+        "userId": "watcher",
+        "baseURL": standin.browser_base_url,
+        "locationHintUrl": standin.location_hint_url,
+        "callType": call_type,
+        "callId": call_id,
+    }
+    from urllib.parse import urlencode
+
+    return pages.url("stream.html") + "#" + urlencode(params)
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))], 1)
+
+
+def skew_summary(skews: list[float]) -> dict[str, Any]:
+    """Signed median; p95/p99 of the magnitude (the goals: |skew| p95 <= 20, p99 <= 40 ms)."""
+    mags = [abs(s) for s in skews]
+    return {
+        "p50": _pct(skews, 0.5),
+        "p95": _pct(mags, 0.95),
+        "p99": _pct(mags, 0.99),
+        "mean": round(statistics.fmean(skews), 1) if skews else None,
+        "min": round(min(skews), 1) if skews else None,
+        "max": round(max(skews), 1) if skews else None,
+        "samples": len(skews),
+        "values": [round(s, 1) for s in skews],
+    }
+
+
+class BrowserViewer:
+    """Headless Chromium joined to one call as a viewer. ``async with`` it, then :meth:`join`."""
+
+    def __init__(self, standin: StreamStandIn, call_type: str, call_id: str) -> None:
+        self.standin = standin
+        self.call_type, self.call_id = call_type, call_id
+        self._stack = contextlib.AsyncExitStack()
+        self.page: Page | None = None
+        self.joined_at_ms: float | None = None
+        self.reset_at_ms: float | None = None
+
+    async def __aenter__(self) -> BrowserViewer:
+        pages = await self._stack.enter_async_context(PageServer())
+        browser = await self._stack.enter_async_context(Chromium.launch())
+        self.page = await browser.open(pages.url("stream.html"))
+        await self.page.wait_for("window.streamPage !== undefined")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    def _page(self) -> Page:
+        if self.page is None:
+            raise RuntimeError("the viewer is not started")
+        return self.page
+
+    async def join(self, user_id: str = "viewer") -> None:
+        page = self._page()
+        args = {
+            "apiKey": self.standin.api_key,
+            "token": viewer_token(self.standin, user_id),
+            "userId": user_id,
+            "baseURL": self.standin.browser_base_url,
+            "locationHintUrl": self.standin.location_hint_url,
+        }
+        connected = await page.evaluate(f"window.streamPage.connect({json.dumps(args)})", 30)
+        if not connected or not connected.get("ok"):
+            raise RuntimeError(f"viewer connect failed: {connected} {page.diagnostics()}")
+        self.joined_at_ms = float(await page.evaluate("performance.now()"))
+        join = {"callType": self.call_type, "callId": self.call_id, "publish": False}
+        joined = await page.evaluate(f"window.streamPage.join({json.dumps(join)})", 30)
+        if not joined or not joined.get("ok"):
+            raise RuntimeError(f"viewer join failed: {joined} {page.diagnostics()}")
+
+    async def first_frame_s(self, within_s: float = 30.0) -> float:
+        """Seconds from the viewer's join to its first frame shown."""
+        page = self._page()
+        at = await page.wait_for("window.streamPage.viewerReport().firstFrameAt", within_s)
+        assert self.joined_at_ms is not None
+        return round((float(at) - self.joined_at_ms) / 1000, 3)
+
+    async def reset(self) -> None:
+        page = self._page()
+        await page.evaluate("window.streamPage.resetViewer()")
+        self.reset_at_ms = float(await page.evaluate("performance.now()"))
+
+    async def report(self) -> dict[str, Any]:
+        page = self._page()
+        raw = await page.evaluate("window.streamPage.viewerReport()")
+        stats = await page.evaluate("window.streamPage.receiverStats()") or {}
+        skews = [float(s["skewMs"]) for s in raw["skews"]]
+        start = self.reset_at_ms or 0.0
+        first = [float(s["skewMs"]) for s in raw["skews"] if s["at"] - start < FIRST_WINDOW_MS]
+        video = stats.get("video") or {}
+        codec = video.get("codec")
+        return {
+            "skew_ms": skew_summary(skews),
+            "skew_first10s_ms": skew_summary(first),
+            "fps": round(raw["fps"], 2) if raw.get("fps") else None,
+            "freezes": raw["freezes"],
+            "frames": raw["frames"],
+            "flashes": raw["flashes"],
+            "onsets": raw["onsets"],
+            "codec": codec.split("/")[-1].upper() if codec else None,
+            "decoder": {
+                "frames_decoded": video.get("framesDecoded"),
+                "freeze_count": video.get("freezeCount"),
+                "packets_lost": video.get("packetsLost"),
+                "nacks_sent": video.get("nackCount"),
+            },
+            "audio_output_latency_ms": raw.get("outputLatencyMs"),
+            "method": METHOD,
+        }
