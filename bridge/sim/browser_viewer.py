@@ -3,13 +3,15 @@ browser SDK (``web/stream.html``) against the Stream stand-in: what the demo and
 as ``viewer.*`` (lip sync at the browser's playout, first frame, freezes, fps, the codec).
 
 The page times flash frames with ``requestVideoFrameCallback`` (expected display time) and beep
-onsets with an AudioWorklet on the played stream, mapped onto the same ``performance.now()``
-clock with ``AudioContext.getOutputTimestamp()`` (see ``web/src/stream-page.js``). Calibration
-status: the WebAudio path is not yet calibrated against the receiver's playout reference
-(``getSynchronizationSources``); media-chain-measured.md measured it reading 12-34 ms late, by a
-different amount each session, so treat the figure as accurate to about that (picture later than
-shown by up to ~34 ms is the direction of the error). Headless Chromium has a fake audio output
-(~30 ms); a real device adds 10-40 ms.
+onsets from the audio receiver's synchronization source (``getSynchronizationSources``, polled
+every 4 ms: the time each packet's audio was delivered for playout, and its RFC 6464 level), on
+one clock (``performance.now()``; see ``web/src/stream-page.js``). That is the playout reference
+media-chain-measured.md calibrated WebAudio against; its error: one packet (20 ms) of onset
+granularity, the 4 ms poll, and the audio device's output latency after delivery, not included
+(headless Chromium's fake output ~30 ms, a real device 10-40 ms: sound later, so the true skew is
+more negative by that). The WebAudio timing (an AudioWorklet on the played stream, mapped with
+``getOutputTimestamp()``) is kept as a diagnostic, ``skew_webaudio_ms``; without audio levels in
+the packets the report falls back to it and says so in ``method``.
 """
 
 from __future__ import annotations
@@ -25,10 +27,15 @@ from bridge.sim.browser import Chromium, Page, find_chromium
 from bridge.sim.stream import StreamStandIn
 from bridge.sim.web import PageServer, bundle_missing
 
-METHOD = (
-    "flash: requestVideoFrameCallback expectedDisplayTime; beep onset: AudioWorklet on the "
-    "played stream, AudioContext clock mapped with getOutputTimestamp(); not yet calibrated "
-    "against getSynchronizationSources (known WebAudio lateness 12-34 ms)"
+METHOD_SSRC = (
+    "flash: requestVideoFrameCallback expectedDisplayTime; beep onset: audio delivered for "
+    "playout (getSynchronizationSources timestamp + RFC 6464 level, 20 ms packets, 4 ms poll); "
+    "device output latency not included"
+)
+METHOD_WEBAUDIO = (
+    "flash: requestVideoFrameCallback expectedDisplayTime; beep onset: AudioWorklet on the played "
+    "stream mapped with getOutputTimestamp() (no audio levels in the packets; WebAudio reads "
+    "late by tens of ms)"
 )
 FIRST_WINDOW_MS = 10_000.0
 
@@ -142,14 +149,18 @@ class BrowserViewer:
         page = self._page()
         raw = await page.evaluate("window.streamPage.viewerReport()")
         stats = await page.evaluate("window.streamPage.receiverStats()") or {}
-        skews = [float(s["skewMs"]) for s in raw["skews"]]
+        ssrc = raw.get("ssrc") or {}
+        use_ssrc = int(ssrc.get("onsets", 0)) >= 3
+        pairs = ssrc["skews"] if use_ssrc else raw["skews"]
+        skews = [float(s["skewMs"]) for s in pairs]
         start = self.reset_at_ms or 0.0
-        first = [float(s["skewMs"]) for s in raw["skews"] if s["at"] - start < FIRST_WINDOW_MS]
+        first = [float(s["skewMs"]) for s in pairs if s["at"] - start < FIRST_WINDOW_MS]
         video = stats.get("video") or {}
         codec = video.get("codec")
         return {
             "skew_ms": skew_summary(skews),
             "skew_first10s_ms": skew_summary(first),
+            "skew_webaudio_ms": skew_summary([float(s["skewMs"]) for s in raw["skews"]]),
             "fps": round(raw["fps"], 2) if raw.get("fps") else None,
             "freezes": raw["freezes"],
             "frames": raw["frames"],
@@ -163,5 +174,5 @@ class BrowserViewer:
                 "nacks_sent": video.get("nackCount"),
             },
             "audio_output_latency_ms": raw.get("outputLatencyMs"),
-            "method": METHOD,
+            "method": METHOD_SSRC if use_ssrc else METHOD_WEBAUDIO,
         }

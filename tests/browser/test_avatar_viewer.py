@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import statistics
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -84,9 +83,9 @@ async def test_browser_views_the_avatar_the_daemon_relays(
     (avatar,) = [p for p in snap["participants"].values() if p["userId"] == "avatar-bridge"]
     assert (avatar["width"], avatar["height"]) == (640, 360)
     assert avatar["audioTracks"] == 1
-    assert viewer["flashes"] >= 6 and viewer["onsets"] >= 6, viewer
-    skews = [s["skewMs"] for s in viewer["skews"]]
-    assert len(skews) >= 4, viewer
-    # Loose: a functional bound (the figure and its goals are the demo's and the bench's).
-    assert abs(statistics.median(skews)) < 250, skews
-    assert viewer["fps"] > 20, viewer
+    # Functional only: flashes shown and beeps heard are found and paired, by both onset timings
+    # (the figure and its goals are the demo's and the bench's; this machine may be loaded).
+    assert viewer["flashes"] >= 6, viewer
+    assert viewer["ssrc"]["withLevel"] > 0 and viewer["ssrc"]["onsets"] >= 6, viewer
+    assert len(viewer["ssrc"]["skews"]) >= 4 and len(viewer["skews"]) >= 3, viewer
+    assert all(abs(s["skewMs"]) < 250 for s in viewer["ssrc"]["skews"]), viewer

@@ -29,6 +29,11 @@ const measure = {
   prevFlash: false,
   audioContext: null,
   outputLatencyMs: null,
+  ssrcOnsets: [],
+  ssrcPolls: 0,
+  ssrcLevels: 0,
+  ssrcQuietSince: null,
+  lastSsrcTs: null,
 };
 const PAIR_WINDOW_MS = 250;
 const FREEZE_MIN_MS = 200;
@@ -110,11 +115,40 @@ async function measureAudio(stream) {
   if (ctx.state !== 'running') await ctx.resume();
 }
 
-function skews() {
+// The playout reference: the audio receiver's synchronization source says when the audio of each
+// packet was delivered for playout (its timestamp, epoch ms) and that audio's level (RFC 6464).
+// Polled every 4 ms; an onset is the first delivery with a level after >= 150 ms of silence.
+function pollSsrc() {
+  const pc = state.call?.subscriber?.pc;
+  if (!pc) return;
+  for (const r of pc.getReceivers()) {
+    if (!r.track || r.track.kind !== 'audio') continue;
+    for (const src of r.getSynchronizationSources()) {
+      if (src.timestamp === measure.lastSsrcTs) continue;
+      measure.lastSsrcTs = src.timestamp;
+      measure.ssrcPolls += 1;
+      const at = src.timestamp - performance.timeOrigin;
+      const level = src.audioLevel ?? 0;
+      if (level > 0) measure.ssrcLevels += 1;
+      if (level < 0.01) {
+        if (measure.ssrcQuietSince === null) measure.ssrcQuietSince = at;
+      } else {
+        if (measure.ssrcQuietSince !== null && at - measure.ssrcQuietSince >= 150 &&
+            measure.ssrcOnsets.length < KEPT) {
+          measure.ssrcOnsets.push(at);
+        }
+        measure.ssrcQuietSince = null;
+      }
+    }
+  }
+}
+setInterval(pollSsrc, 4);
+
+function pairs(onsets) {
   const out = [];
   for (const f of measure.flashes) {
     let best = null;
-    for (const a of measure.onsets) {
+    for (const a of onsets) {
       if (best === null || Math.abs(a - f) < Math.abs(best - f)) best = a;
     }
     if (best !== null && Math.abs(best - f) <= PAIR_WINDOW_MS) {
@@ -122,6 +156,10 @@ function skews() {
     }
   }
   return out;
+}
+
+function skews() {
+  return pairs(measure.onsets);
 }
 
 function viewerReport() {
@@ -136,6 +174,8 @@ function viewerReport() {
     onsets: measure.onsets.length,
     outputLatencyMs: measure.outputLatencyMs,
     skews: skews(),
+    ssrc: { polls: measure.ssrcPolls, withLevel: measure.ssrcLevels,
+            onsets: measure.ssrcOnsets.length, skews: pairs(measure.ssrcOnsets) },
   };
 }
 
@@ -297,7 +337,7 @@ async function receiverStats() {
 }
 
 function resetViewer() {
-  Object.assign(measure, { flashes: [], onsets: [], frames: 0, firstFrameAt: null,
+  Object.assign(measure, { flashes: [], onsets: [], ssrcOnsets: [], frames: 0, firstFrameAt: null,
                            lastFrameAt: null, gaps: [], freezes: 0, t0: performance.now() });
 }
 
