@@ -220,3 +220,25 @@ async def test_coordinator_connection_stays_up_through_the_sdks_health_checks(
     assert snap["coordinatorConnected"], (snap, page.diagnostics())
     assert sfu.health_checks >= 2
     assert sfu.coordinator_connects == 1  # never dropped and reconnected
+
+
+async def test_update_subscriptions_is_honoured(
+    sfu: StreamStandIn, browser: Chromium, pages: PageServer
+) -> None:
+    """The viewer turns incoming video off and on again: the SFU stops forwarding alice's video
+    to it (audio stays, as the SDK never asks for audio) and resumes it."""
+    _, viewer = await two_browsers(sfu, browser, pages, "subscriptions")
+
+    def bob_tracks() -> set[str]:
+        stats = sfu.stats("default", "subscriptions")
+        (bob,) = [p for p in stats["participants"] if p["user_id"] == "bob"]
+        sub = bob["subscriber"] or {"tracks": {}}
+        return {key.rsplit(":", 1)[1] for key in sub["tracks"]}
+
+    assert bob_tracks() == {"audio", "video"}
+    await viewer.evaluate("window.streamPage.state.call.setIncomingVideoEnabled(false)")
+    assert await wait_for(lambda: bob_tracks() == {"audio"}, within_s=15), bob_tracks()
+    await viewer.evaluate("window.streamPage.state.call.setIncomingVideoEnabled(true)")
+    assert await wait_for(lambda: bob_tracks() == {"audio", "video"}, within_s=15)
+    before = await viewer.evaluate(ALICE_FRAMES)
+    await viewer.wait_for(f"{ALICE_FRAMES} >= {before + 30}", within_s=20)
