@@ -11,7 +11,7 @@ import jwt
 import pytest
 
 from bridge.sim.browser import Chromium, Page
-from bridge.sim.stream import StreamStandIn
+from bridge.sim.stream import ForwardFaults, StreamStandIn
 from bridge.sim.web import PageServer
 from tests.browser.conftest import connect_args
 from tests.stream._support import wait_for
@@ -242,3 +242,26 @@ async def test_update_subscriptions_is_honoured(
     assert await wait_for(lambda: bob_tracks() == {"audio", "video"}, within_s=15)
     before = await viewer.evaluate(ALICE_FRAMES)
     await viewer.wait_for(f"{ALICE_FRAMES} >= {before + 30}", within_s=20)
+
+
+async def test_loss_towards_the_viewer_is_recovered_by_its_nacks(
+    sfu: StreamStandIn, browser: Chromium, pages: PageServer
+) -> None:
+    """2 % of the packets the SFU forwards to the viewer are lost (seeded): Chromium NACKs them,
+    the SFU answers from its history, and the picture goes on."""
+    _, viewer = await two_browsers(sfu, browser, pages, "lossy-downlink")
+    sfu.set_forward_faults("default", "lossy-downlink", ForwardFaults(drop_rate=0.02, seed=7))
+    before = await viewer.evaluate(ALICE_FRAMES)
+    await viewer.wait_for(f"{ALICE_FRAMES} >= {before + 90}", within_s=30)
+
+    def bob_video() -> dict[str, Any]:
+        stats = sfu.stats("default", "lossy-downlink")
+        (bob,) = [p for p in stats["participants"] if p["user_id"] == "bob"]
+        (video,) = [t for k, t in bob["subscriber"]["tracks"].items() if k.endswith(":video")]
+        return dict(video)
+
+    assert await wait_for(lambda: bob_video()["nacks_answered"] >= 1, within_s=10), bob_video()
+    video = bob_video()
+    assert video["dropped"] >= 1 and video["sent"] > 100, video
+    received = await viewer.evaluate("window.streamPage.receiverStats()")
+    assert received["video"]["nackCount"] >= 1, received

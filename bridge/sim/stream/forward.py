@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +71,24 @@ class _IdleTrack(MediaStreamTrack):
 
     async def recv(self) -> Any:
         await asyncio.Future()
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardFaults:
+    """What the hop from the SFU to its subscribers does (read per packet, so it can change).
+
+    ``drop_rate``: each forwarded packet is lost with this probability (a ``seed``-ed generator,
+    reproducible); lost packets stay in the NACK history, so a viewer's NACK recovers them.
+    ``video_delay_ms``: forwarded video is held back this long (a known A/V offset: the negative
+    control of a skew measurement)."""
+
+    drop_rate: float = 0.0
+    seed: int = 0
+    video_delay_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.drop_rate < 1.0 or self.video_delay_ms < 0:
+            raise ValueError(f"invalid forward faults {self}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,8 +151,17 @@ class PublishedTrack:
 class ForwardSink:
     """One subscriber m-line carrying one published track."""
 
-    def __init__(self, track: PublishedTrack, transceiver: RTCRtpTransceiver) -> None:
+    def __init__(
+        self,
+        track: PublishedTrack,
+        transceiver: RTCRtpTransceiver,
+        faults: Callable[[], ForwardFaults | None] = lambda: None,
+    ) -> None:
         self.track = track
+        self._faults = faults
+        self._rng: random.Random | None = None
+        self._seed: int | None = None
+        self.dropped = 0
         self.transceiver = transceiver
         self.sender: RTCRtpSender = transceiver.sender
         codecs = [c for c in transceiver._codecs if not is_rtx(c)]
@@ -167,6 +195,24 @@ class ForwardSink:
         out.extensions.abs_send_time = packet.extensions.abs_send_time
         data = out.serialize(self._ext)
         self._history[packet.sequence_number % _HISTORY] = data
+        faults = self._faults()
+        if faults is not None:
+            if faults.drop_rate:
+                if self._rng is None or self._seed != faults.seed:
+                    self._rng, self._seed = random.Random(faults.seed), faults.seed
+                if self._rng.random() < faults.drop_rate:
+                    self.dropped += 1
+                    return
+            if faults.video_delay_ms and self.track.key.kind == "video":
+                # Held without holding up the publisher's receive path (audio goes on).
+                delayed = self._send_now(data, len(packet.payload))
+                asyncio.get_running_loop().call_later(
+                    faults.video_delay_ms / 1000, self.track.spawn, delayed, "forward-delay"
+                )
+                return
+        await self._send_now(data, len(packet.payload))
+
+    async def _send_now(self, data: bytes, payload_bytes: int) -> None:
         try:
             await self.sender.transport._send_rtp(data)
         except ConnectionError:
@@ -175,7 +221,7 @@ class ForwardSink:
         self.sent += 1
         s: Any = self.sender
         s._RTCRtpSender__packet_count += 1
-        s._RTCRtpSender__octet_count += len(packet.payload)
+        s._RTCRtpSender__octet_count += payload_bytes
 
     def set_sr(self, ntp: int, rtp: int) -> None:
         # The publisher's mapping: valid as is because the RTP timestamps are forwarded unchanged.
@@ -208,8 +254,10 @@ class Subscriber:
         send_offer: Callable[[str], Awaitable[None]],
         add_candidate: Callable[[RTCPeerConnection, str], Awaitable[None]],
         spawn: Spawn,
+        faults: Callable[[], ForwardFaults | None] = lambda: None,
     ) -> None:
         self.session_id = session_id
+        self._faults = faults
         self._send_offer = send_offer
         self._add_candidate = add_candidate
         self._spawn = spawn
@@ -266,7 +314,7 @@ class Subscriber:
             return
         for key in new:
             track = wanted[key]
-            sink = ForwardSink(track, self._transceivers[key])
+            sink = ForwardSink(track, self._transceivers[key], self._faults)
             self.sinks[key] = sink
             track.sinks.add(sink)
             track.request_keyframe()  # a new viewer decodes from the next keyframe
@@ -333,7 +381,11 @@ class Subscriber:
             "pc_state": self.pc.connectionState,
             "negotiations": self.negotiations,
             "tracks": {
-                f"{k.session_id}:{k.kind}": {"sent": s.sent, "nacks_answered": s.nacks}
+                f"{k.session_id}:{k.kind}": {
+                    "sent": s.sent,
+                    "dropped": s.dropped,
+                    "nacks_answered": s.nacks,
+                }
                 for k, s in self.sinks.items()
             },
         }

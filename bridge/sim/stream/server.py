@@ -49,6 +49,7 @@ from prometheus_client import Gauge
 
 from bridge.sim.stream.coordinator_models import BUILTIN_CALL_TYPES, get_or_create_call_response
 from bridge.sim.stream.forward import (
+    ForwardFaults,
     PublishedTrack,
     Subscriber,
     TrackKey,
@@ -183,6 +184,8 @@ class _Call:
     light: dict[str, dict[str, LightCounter]] = field(default_factory=dict)
     # The video receiver that received packets last: the call's codec figure, measured.
     last_video_wire: WireCodecs | None = None
+    # The hop from the SFU to the call's subscribers (loss, a video delay).
+    forward_faults: ForwardFaults | None = None
 
     @property
     def cid(self) -> str:
@@ -432,6 +435,12 @@ class StreamStandIn:
     ) -> None:
         """Drop / delay this call's packets on the receive hop from now on (None: stop)."""
         self._call(call_type, call_id).faults = faults
+
+    def set_forward_faults(
+        self, call_type: str, call_id: str, faults: ForwardFaults | None
+    ) -> None:
+        """Loss / a video delay on the hop from the SFU to this call's subscribers (None: off)."""
+        self._call(call_type, call_id).forward_faults = faults
 
     def measure_fully(self, call_type: str, call_id: str) -> None:
         """In light mode, decode and measure this call (its sessions that publish from now on)."""
@@ -1111,8 +1120,13 @@ class StreamStandIn:
                 async def send_offer(sdp: str, s: _Session = s) -> None:
                     await s.send(ev.SfuEvent(subscriber_offer=ev.SubscriberOffer(sdp=sdp)))
 
+                c = call
                 session.subscriber = Subscriber(
-                    session.session_id, send_offer, _add_candidate, self._spawn
+                    session.session_id,
+                    send_offer,
+                    _add_candidate,
+                    self._spawn,
+                    lambda c=c: c.forward_faults,  # type: ignore[misc]
                 )
             session.subscriber.want(wanted)
 
