@@ -6,12 +6,14 @@ The page times flash frames with ``requestVideoFrameCallback`` (expected display
 onsets from the audio receiver's synchronization source (``getSynchronizationSources``, polled
 every 4 ms: the time each packet's audio was delivered for playout, and its RFC 6464 level), on
 one clock (``performance.now()``; see ``web/src/stream-page.js``). That is the playout reference
-media-chain-measured.md calibrated WebAudio against; its error: one packet (20 ms) of onset
-granularity, the 4 ms poll, and the audio device's output latency after delivery, not included
-(headless Chromium's fake output ~30 ms, a real device 10-40 ms: sound later, so the true skew is
-more negative by that). The WebAudio timing (an AudioWorklet on the played stream, mapped with
-``getOutputTimestamp()``) is kept as a diagnostic, ``skew_webaudio_ms``; without audio levels in
-the packets the report falls back to it and says so in ``method``.
+media-chain-measured.md calibrated WebAudio against. Its error: one packet (20 ms) of onset
+granularity (an onset whose packet a stalled poll may have missed is discarded, counted as
+``onsets_uncertain``), the 4 ms poll, and the audio device's output latency after delivery, which
+is not included (headless Chromium's fake output ~30 ms, a real device 10-40 ms: the sound comes
+later, so the true skew is more negative by that). The WebAudio timing (an AudioWorklet on the
+played stream, mapped with ``getOutputTimestamp()``) is kept as a diagnostic,
+``skew_webaudio_ms``; without audio levels in the packets the report falls back to it and says
+so in ``method``.
 """
 
 from __future__ import annotations
@@ -165,7 +167,8 @@ class BrowserViewer:
             "freezes": raw["freezes"],
             "frames": raw["frames"],
             "flashes": raw["flashes"],
-            "onsets": raw["onsets"],
+            "onsets": (ssrc.get("onsets") if use_ssrc else raw["onsets"]),
+            "onsets_uncertain": ssrc.get("uncertain"),
             "codec": codec.split("/")[-1].upper() if codec else None,
             "decoder": {
                 "frames_decoded": video.get("framesDecoded"),

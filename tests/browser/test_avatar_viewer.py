@@ -85,7 +85,9 @@ async def test_browser_views_the_avatar_the_daemon_relays(
     assert avatar["audioTracks"] == 1
     # Functional only: flashes shown and beeps heard are found and paired, by both onset timings
     # (the figure and its goals are the demo's and the bench's; this machine may be loaded).
-    assert viewer["flashes"] >= 6, viewer
-    assert viewer["ssrc"]["withLevel"] > 0 and viewer["ssrc"]["onsets"] >= 6, viewer
-    assert len(viewer["ssrc"]["skews"]) >= 4 and len(viewer["skews"]) >= 3, viewer
+    # 8 beeps: on a loaded machine a few marks may go unpaired (a stalled poll's onset is
+    # discarded rather than timed late), never all of them.
+    assert viewer["flashes"] >= 4, viewer
+    assert viewer["ssrc"]["withLevel"] > 0 and viewer["ssrc"]["onsets"] >= 3, viewer
+    assert len(viewer["ssrc"]["skews"]) >= 3 and len(viewer["skews"]) >= 3, viewer
     assert all(abs(s["skewMs"]) < 250 for s in viewer["ssrc"]["skews"]), viewer

@@ -34,6 +34,8 @@ const measure = {
   ssrcLevels: 0,
   ssrcQuietSince: null,
   lastSsrcTs: null,
+  lastSsrcRtp: null,
+  ssrcUncertain: 0,
 };
 const PAIR_WINDOW_MS = 250;
 const FREEZE_MIN_MS = 200;
@@ -125,7 +127,12 @@ function pollSsrc() {
     if (!r.track || r.track.kind !== 'audio') continue;
     for (const src of r.getSynchronizationSources()) {
       if (src.timestamp === measure.lastSsrcTs) continue;
+      // Packets seen back to back (20 ms = 960 at 48 kHz) or not: a poll that stalled may have
+      // missed the packet the onset is in, and would time it late. Such onsets are discarded.
+      const contiguous = measure.lastSsrcRtp !== null &&
+        ((src.rtpTimestamp - measure.lastSsrcRtp) >>> 0) <= 960;
       measure.lastSsrcTs = src.timestamp;
+      measure.lastSsrcRtp = src.rtpTimestamp;
       measure.ssrcPolls += 1;
       const at = src.timestamp - performance.timeOrigin;
       const level = src.audioLevel ?? 0;
@@ -135,7 +142,8 @@ function pollSsrc() {
       } else {
         if (measure.ssrcQuietSince !== null && at - measure.ssrcQuietSince >= 150 &&
             measure.ssrcOnsets.length < KEPT) {
-          measure.ssrcOnsets.push(at);
+          if (contiguous) measure.ssrcOnsets.push(at);
+          else measure.ssrcUncertain += 1;
         }
         measure.ssrcQuietSince = null;
       }
@@ -175,6 +183,7 @@ function viewerReport() {
     outputLatencyMs: measure.outputLatencyMs,
     skews: skews(),
     ssrc: { polls: measure.ssrcPolls, withLevel: measure.ssrcLevels,
+            uncertain: measure.ssrcUncertain,
             onsets: measure.ssrcOnsets.length, skews: pairs(measure.ssrcOnsets) },
   };
 }
@@ -337,7 +346,7 @@ async function receiverStats() {
 }
 
 function resetViewer() {
-  Object.assign(measure, { flashes: [], onsets: [], ssrcOnsets: [], frames: 0, firstFrameAt: null,
+  Object.assign(measure, { flashes: [], onsets: [], ssrcOnsets: [], ssrcUncertain: 0, frames: 0, firstFrameAt: null,
                            lastFrameAt: null, gaps: [], freezes: 0, t0: performance.now() });
 }
 

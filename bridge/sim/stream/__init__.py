@@ -3,7 +3,6 @@ measures what a viewer of each call would get and forwards it to the call's othe
 (Stream's browser SDK among them). See :class:`StreamStandIn`."""
 
 from bridge.sim.stream.forward import ForwardFaults
-
 from bridge.sim.stream.measure import CallMeasure, MarkReader, OnsetDetectorFactory
 from bridge.sim.stream.rtp_taps import ReceiveFaults
 from bridge.sim.stream.server import (
