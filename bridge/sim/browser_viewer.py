@@ -165,6 +165,8 @@ class BrowserViewer:
             "skew_webaudio_ms": skew_summary([float(s["skewMs"]) for s in raw["skews"]]),
             "fps": round(raw["fps"], 2) if raw.get("fps") else None,
             "freezes": raw["freezes"],
+            # Frames the browser never presented: a one-frame flash mark in one is lost.
+            "frames_not_presented": raw.get("notPresented"),
             "frames": raw["frames"],
             "flashes": raw["flashes"],
             "onsets": (ssrc.get("onsets") if use_ssrc else raw["onsets"]),

@@ -27,6 +27,8 @@ const measure = {
   gaps: [],
   freezes: 0,
   prevFlash: false,
+  lastPresented: null,
+  notPresented: 0, // frames the browser decoded but never showed (their marks are lost)
   audioContext: null,
   outputLatencyMs: null,
   ssrcOnsets: [],
@@ -84,6 +86,10 @@ function flashLevel(video, canvas) {
 function onMeasuredFrame(video, canvas, meta) {
   const t = meta.expectedDisplayTime;
   measure.frames += 1;
+  if (measure.lastPresented !== null && meta.presentedFrames > measure.lastPresented + 1) {
+    measure.notPresented += meta.presentedFrames - measure.lastPresented - 1;
+  }
+  measure.lastPresented = meta.presentedFrames;
   if (measure.firstFrameAt === null) measure.firstFrameAt = t;
   if (measure.lastFrameAt !== null) {
     const gap = t - measure.lastFrameAt;
@@ -177,6 +183,7 @@ function viewerReport() {
     frames: measure.frames,
     fps: measure.frames > 1 && span > 0 ? ((measure.frames - 1) * 1000) / span : null,
     freezes: measure.freezes,
+    notPresented: measure.notPresented,
     firstFrameAt: measure.firstFrameAt,
     flashes: measure.flashes.length,
     onsets: measure.onsets.length,
@@ -346,7 +353,8 @@ async function receiverStats() {
 }
 
 function resetViewer() {
-  Object.assign(measure, { flashes: [], onsets: [], ssrcOnsets: [], ssrcUncertain: 0, frames: 0, firstFrameAt: null,
+  Object.assign(measure, { flashes: [], onsets: [], ssrcOnsets: [], ssrcUncertain: 0, frames: 0,
+                           notPresented: 0, firstFrameAt: null,
                            lastFrameAt: null, gaps: [], freezes: 0, t0: performance.now() });
 }
 
