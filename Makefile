@@ -6,7 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint bench lock clean deploy-check
+WEB_BUNDLE := web/dist/stream-page.js
+
+.PHONY: venv web demo test lint bench lock clean deploy-check
 
 venv: $(STAMP)
 
@@ -17,12 +19,23 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-demo: $(STAMP)
+# The browser pages (web/): bundled here from the pinned npm lock, never committed built.
+# Without node/npm the browser tests skip (and say why); nothing else needs the bundle.
+web: $(WEB_BUNDLE)
+
+$(WEB_BUNDLE): web/package.json web/package-lock.json web/build.mjs $(wildcard web/src/*.js)
+	@if command -v npm >/dev/null 2>&1; then \
+		cd web && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build; \
+	else \
+		echo "make web: npm not found: the browser pages are not built, browser tests will skip"; \
+	fi
+
+demo: $(STAMP) web
 	$(BIN)/avatar-bridge demo $(DEMO_ARGS)
 
 # Tests run inside a private network namespace (bridge/sim/netns.py): WebRTC needs a
 # non-loopback interface, and the namespace keeps every packet on this machine.
-test: $(STAMP)
+test: $(STAMP) web
 	$(BIN)/python -m bridge.sim.netns -- $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -44,4 +57,4 @@ lock:
 	uv pip compile pyproject.toml --extra dev --python-version 3.11 --no-header -o requirements.lock
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) build dist *.egg-info web/node_modules web/dist

@@ -87,7 +87,7 @@ class Runner:
 
     async def _one(self, v: Variant, barge_in: bool) -> dict[str, Any]:
         return await driver.run_daemon(
-            v, 1, self.plan.window_s, barge_in=barge_in, workroot=self.workroot
+            v, 1, self.plan.window_s, barge_in=barge_in, workroot=self.workroot, viewer=True
         )
 
     async def _guarded(self, coro: Awaitable[dict[str, Any]]) -> dict[str, Any]:

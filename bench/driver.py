@@ -29,6 +29,7 @@ from bench.stats import Samples, histogram_ms, metric_total, parse_metrics, summ
 from bridge.client import BridgeClient, stream_pcm_realtime
 from bridge.media import AudioFormat
 from bridge.protocol import Error, EventMsg
+from bridge.sim import browser_viewer
 from bridge.sim.avatar import AvatarRenderer
 from bridge.sim.marks import beep_train
 from bridge.sim.stack import DaemonProcess, StandIns
@@ -144,6 +145,13 @@ def receiver(measure: CallMeasure, window_s: float) -> dict[str, Any]:
     }
 
 
+def wire_codec(sim: StandIns, call_ids: list[str], claimed: str) -> dict[str, Any]:
+    """The video codec the Stream receiver saw on the wire (payload type named by the negotiated
+    SDP), per call, against what the variant claims: a variant's name is never evidence."""
+    seen = sorted({str(sim.stream.stats("default", c)["video_codec"]) for c in call_ids})
+    return {"claimed": claimed, "on_the_wire": seen, "matches": seen == [claimed]}
+
+
 def skew_stats(skews: list[float]) -> dict[str, Any]:
     """Signed median; p95/p99 of the magnitude, as the goals (±20 / ±40 ms) are stated."""
     out: dict[str, Any] = {"p50": summary(skews, {"p50": 0.5})["p50"]}
@@ -186,10 +194,19 @@ async def run_daemon(
     barge_in: bool,
     workroot: Path,
     media_path: str = "transcode",
+    viewer: bool = False,
 ) -> dict[str, Any]:
-    """One measurement of the daemon with ``sessions`` concurrent sessions of ``variant``."""
+    """One measurement of the daemon with ``sessions`` concurrent sessions of ``variant``.
+
+    With ``viewer``, headless Chromium watches the first call with Stream's browser SDK and the
+    result carries ``viewer`` (lip sync at the browser's playout, see
+    :mod:`bridge.sim.browser_viewer`), or why it could not run."""
     workdir = Path(tempfile.mkdtemp(prefix=f"daemon-{variant.name}-", dir=workroot))
-    async with StandIns(render_latency_s=RENDER_LATENCY_S, stream_codec=variant.codec) as sim:
+    why_not = browser_viewer.unavailable() if viewer else "not asked"
+    async with (
+        StandIns(render_latency_s=RENDER_LATENCY_S, stream_codec=variant.codec) as sim,
+        contextlib.AsyncExitStack() as stack,
+    ):
         daemon = DaemonProcess(
             workdir, sim.daemon_env(), "--max-sessions", str(sessions), *variant.daemon_flags()
         )
@@ -200,11 +217,25 @@ async def run_daemon(
             assert daemon.proc is not None
             pid = daemon.proc.pid
             await asyncio.gather(*(_open(c, daemon, sim, media_path) for c in clients))
+            watcher: browser_viewer.BrowserViewer | None = None
+            result["viewer"] = {"error": why_not}
+            if why_not is None:
+                try:
+                    watcher = await stack.enter_async_context(
+                        browser_viewer.BrowserViewer(sim.stream, "default", clients[0].call_id)
+                    )
+                    await watcher.join()
+                    result["viewer"] = {"first_frame_s": await watcher.first_frame_s()}
+                except Exception as exc:  # the run's other figures stand without a viewer
+                    result["viewer"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+                    watcher = None
             await asyncio.sleep(1.0)  # warm-up: encoders settled, first keyframes out
             for c in clients:
                 sim.stream.reset_measure(
                     "default", c.call_id, media_origin(sim, c.liveavatar_session)
                 )
+            if watcher is not None:
+                await watcher.reset()
             before, _ = await scrape(daemon)
             skipped0 = standin_skipped()
             cpu = procstat.CpuWindow({"daemon": pid, "standins": "self"})
@@ -212,6 +243,9 @@ async def run_daemon(
             await asyncio.gather(*(_speak(c, beeps(window_s)) for c in clients))
             usage = cpu.stop()
             after, _ = await scrape(daemon)
+            if watcher is not None:
+                await asyncio.sleep(0.5)  # the last marks play out
+                result["viewer"].update(await watcher.report())
             rss, fds = procstat.rss_mb(pid), procstat.open_fds(pid)
             recv = [
                 receiver(sim.stream.measure("default", c.call_id), usage["wall_s"]) for c in clients
@@ -223,6 +257,8 @@ async def run_daemon(
             )
             result["first_frame_s"] = _first_frames(clients, sim)
             result["media_path"] = media_path
+            claimed = variant.codec if media_path == "transcode" else "VP8"  # relay: the avatar's
+            result["codec"] = wire_codec(sim, [c.call_id for c in clients], claimed)
         finally:
             for c in clients:
                 await _close(c)
@@ -392,6 +428,7 @@ async def run_floor(variant: Variant, window_s: float) -> dict[str, Any]:
             usage = cpu.stop()
             rss = procstat.rss_mb(proc.pid)
             recv = receiver(measure, usage["wall_s"])
+            result["codec"] = wire_codec(sim, [call_id], variant.codec)
             result.update(
                 {
                     "window_s": round(usage["wall_s"], 1),

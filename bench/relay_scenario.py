@@ -135,6 +135,7 @@ async def run_relay(sessions: int, window_s: float, workroot: Path) -> dict[str,
                 skew_ms=driver.skew_stats(recv["skews"]),
                 frames_full_call=recv["frames"],
                 churned_sessions=churned,
+                codec=driver.wire_codec(sim, [c.call_id for c in clients], "VP8"),
             )
         finally:
             for c in clients:

@@ -14,6 +14,8 @@ GOALS: dict[str, tuple[str, float, str]] = {
     "downlink_added_p95": ("downlink added latency p95", 33.0, "ms"),
     "skew_p95": ("A/V skew magnitude p95", 20.0, "ms"),
     "skew_p99": ("A/V skew magnitude p99", 40.0, "ms"),
+    "viewer_skew_p95": ("A/V skew magnitude p95 at the browser's playout", 20.0, "ms"),
+    "viewer_skew_p99": ("A/V skew magnitude p99 at the browser's playout", 40.0, "ms"),
     "cpu_over_floor": ("CPU beyond the codec floor", 10.0, "%"),
     "cpu_ratio_va": ("CPU per session, ours / Vision Agents", 0.5, "x"),
     "soak_rss_growth": ("soak RSS growth (last vs first quarter)", 5.0, "%"),
@@ -95,6 +97,11 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
     add("skew_p95", v, w)
     v, w = worst("", "skew_ms", "p99")
     add("skew_p99", v, w)
+    note = "Stream's browser SDK in headless Chromium (bridge/sim/browser_viewer.py)"
+    v, w = worst("", "viewer", "skew_ms", "p95")
+    add("viewer_skew_p95", v, w, note)
+    v, w = worst("", "viewer", "skew_ms", "p99")
+    add("viewer_skew_p99", v, w, note)
     floor = sc.get("floor", {}).get("variants", {})
     over = [
         (x.get("overhead_pct"), n) for n, x in floor.items() if x.get("overhead_pct") is not None
@@ -142,6 +149,17 @@ def _goal_cell(checks: list[tuple[float | None, float, str]]) -> str:
     return "met" if any(v == "met" for v in verdicts) else "–"
 
 
+def _wire(runs: list[dict[str, Any]]) -> str:
+    """The codecs the Stream receiver saw on the wire in these runs (flagged when not the one
+    the variant's name claims); "?" for runs made before the figure was measured."""
+    seen = sorted({c for r in runs for c in (r.get("codec") or {}).get("on_the_wire", [])})
+    claimed = {str((r.get("codec") or {}).get("claimed")) for r in runs if r.get("codec")}
+    if not seen:
+        return "?"
+    text = ", ".join(seen)
+    return text if set(seen) <= claimed else f"{text} (claimed {', '.join(sorted(claimed))}!)"
+
+
 def markdown(results: dict[str, Any]) -> str:
     m, sc = results.get("machine", {}), results.get("scenarios", {})
     lines = [
@@ -164,10 +182,11 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [
             "## One session (median of runs)",
             "",
-            "| variant | daemon CPU % | floor CPU % | over floor | stand-ins CPU % | RSS MB | "
+            "| variant | codec on the wire | daemon CPU % | floor CPU % | over floor | "
+            "stand-ins CPU % | RSS MB | "
             "uplink p50/p99 ms | downlink p50/p95 ms | skew p50/p95/p99 ms | barge-in ms | "
-            "first frame s | drops | Goals |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "first frame s | drops | browser viewer skew p50/p95/p99 ms | Goals |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, v in single.items():
             runs = v.get("runs", [])
@@ -184,13 +203,15 @@ def markdown(results: dict[str, Any]) -> str:
                  (over, 10.0, "%")]
             )  # fmt: skip
             lines.append(
-                f"| {name} | {_f(med('cpu_pct'))} | {_f(fl.get('cpu_pct'))} | "
+                f"| {name} | {_wire(runs)} | {_f(med('cpu_pct'))} | {_f(fl.get('cpu_pct'))} | "
                 f"{_f(over)} % | {_f(med('standin_cpu_pct'))} | {_f(med('rss_mb'))} | "
                 f"{_f(med('uplink_added_ms', 'p50'), 2)} / {_f(up99, 2)} | "
                 f"{_f(med('downlink_added_ms', 'p50'))} / {_f(dn95)} | "
                 f"{_f(med('skew_ms', 'p50'))} / {_f(s95)} / {_f(s99)} | "
                 f"{_f(med('barge_in_ms'))} | {_f(med('first_frame_s'), 2)} | "
-                f"{_f(med('drops'), 0)} | {goals} |"
+                f"{_f(med('drops'), 0)} | {_f(med('viewer', 'skew_ms', 'p50'))} / "
+                f"{_f(med('viewer', 'skew_ms', 'p95'))} / {_f(med('viewer', 'skew_ms', 'p99'))} | "
+                f"{goals} |"
             )
         lines += [
             "",

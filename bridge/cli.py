@@ -325,6 +325,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--sessions", type=int, default=1, help="concurrent sessions")
     demo.add_argument("--short", action="store_true", help="a quick run (CI)")
     demo.add_argument("--audio", type=Path, help="WAV to speak (default: bundled sample)")
+    demo.add_argument(
+        "--watch",
+        action="store_true",
+        help="serve a page on 127.0.0.1 that watches the call with Stream's browser SDK; "
+        "print its URL and keep the call up until Ctrl-C (host network)",
+    )
+    demo.add_argument(
+        "--no-viewer",
+        action="store_true",
+        help="skip the headless Chromium viewer (report.json viewer.*)",
+    )
     demo.set_defaults(func=cmd_demo)
     return p
 

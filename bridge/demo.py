@@ -30,10 +30,11 @@ import numpy as np
 from bridge.client import BridgeClient, stream_pcm_realtime
 from bridge.media import AudioFormat
 from bridge.protocol import Error, EventMsg
-from bridge.sim import netns
+from bridge.sim import browser_viewer, netns
 from bridge.sim.marks import beep_train
 from bridge.sim.stack import SMALL, DaemonProcess, StandIns
 from bridge.sim.stream import StreamStandIn
+from bridge.sim.web import PageServer
 
 ASSET = Path(__file__).parent / "assets" / "speech.wav"
 RENDER_LATENCY_S = 0.2
@@ -73,6 +74,10 @@ class Demo:
         self.short: bool = args.short
         self.audio_path: Path = args.audio or ASSET
         self.network = network
+        self.watch: bool = bool(getattr(args, "watch", False))
+        self.use_viewer: bool = not getattr(args, "no_viewer", False) and not self.watch
+        self.viewer: browser_viewer.BrowserViewer | None = None
+        self.viewer_report: dict[str, Any] = {}
         self.socket = Path()
         self.daemon_rc: int | None = None
         self._quiet = not sys.stderr.isatty()
@@ -88,7 +93,23 @@ class Demo:
             (self.out / stale).unlink(missing_ok=True)
         results: list[SessionResult] = []
         report: dict[str, Any] = {}
-        async with StandIns(render_latency_s=RENDER_LATENCY_S) as sim:
+        why_not = browser_viewer.unavailable() if self.use_viewer else "disabled"
+        if self.use_viewer and why_not is not None:
+            self.say(f"browser viewer: skipped ({why_not})")
+            self.use_viewer = False
+        self.viewer_report = {"error": why_not} if why_not else {}
+        async with (
+            StandIns(render_latency_s=RENDER_LATENCY_S) as sim,
+            contextlib.AsyncExitStack() as stack,
+        ):
+            if self.use_viewer:
+                self.viewer = await stack.enter_async_context(
+                    browser_viewer.BrowserViewer(sim.stream, "default", "demo-0")
+                )
+            if self.watch:
+                pages = await stack.enter_async_context(PageServer())
+                url = browser_viewer.watch_url(pages, sim.stream, "default", "demo-0")
+                self.say(f"watch the call: open {url}")
             self.say(
                 f"stand-ins: LiveAvatar {sim.liveavatar.base_url}  LiveKit {sim.livekit.url}  "
                 f"Stream {sim.stream.base_url}"
@@ -113,6 +134,7 @@ class Demo:
                 await sim.stream.stop_recording("default", "demo-0")
             await asyncio.sleep(0.5)  # the stand-in notices the avatar's room end
             report = self._report(results, sim.stream, metrics)
+            report["viewer"] = self.viewer_report
             report["live_liveavatar_sessions_after"] = len(sim.liveavatar.live_sessions)
         (self.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         self._plot(report)
@@ -140,7 +162,11 @@ class Demo:
             printer = asyncio.create_task(self._print_events(client, res, tag))
             try:
                 await asyncio.wait_for(self._until(res, "avatar_ready", "published"), 60)
+                if index == 0 and self.viewer is not None:
+                    await self._viewer_joins()
                 sfu.reset_measure("default", res.call_id)
+                if index == 0 and self.viewer is not None:
+                    await self.viewer.reset()
                 turns: list[tuple[str, bytes]] = [("beeps (sync marks)", beeps)]
                 if not self.short:
                     turns.insert(0, ("speech", pcm))
@@ -165,12 +191,40 @@ class Demo:
                 res.interrupt_t = time.monotonic()
                 await client.interrupt()
                 await asyncio.sleep(1.5)
+                if index == 0 and self.viewer is not None:
+                    self.viewer_report.update(await self.viewer.report())
+                if index == 0 and self.watch:
+                    await self._keep_watching(client, beeps, fmt, tag)
                 await client.close()
             finally:
                 printer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await printer
         return res
+
+    async def _viewer_joins(self) -> None:
+        """The browser viewer joins the call the avatar is already publishing into."""
+        assert self.viewer is not None
+        try:
+            await self.viewer.join()
+            first = await self.viewer.first_frame_s(within_s=30)
+        except Exception as exc:  # a demo without its viewer still reports the rest
+            self.say(f"browser viewer: failed ({exc})")
+            self.viewer_report = {"error": str(exc)[:500]}
+            self.viewer = None
+            return
+        self.viewer_report["first_frame_s"] = first
+        self.say(f"browser viewer: joined, first frame after {first} s")
+
+    async def _keep_watching(
+        self, client: BridgeClient, beeps: bytes, fmt: AudioFormat, tag: str
+    ) -> None:
+        """--watch: keep the call up, a beep turn every few seconds, until Ctrl-C."""
+        self.say(f"{tag} the call stays up until Ctrl-C (a beep turn every 5 s)")
+        while True:
+            await stream_pcm_realtime(client, beeps, fmt, 20)
+            await client.end_turn()
+            await asyncio.sleep(5)
 
     async def _until(self, res: SessionResult, *names: str) -> None:
         while not all(n in res.events for n in names):
@@ -254,6 +308,12 @@ class Demo:
             "network": "namespace" if self.network == "namespace" else "host",
             "sessions": len(results),
             "media_path": next((r.media_path for r in results if r.media_path), None),
+            # The RTP payload type the Stream receiver saw, named by the negotiated SDP; the
+            # publish option the SFU granted is reported apart and never stands in for it.
+            "video_codec": next(iter(calls.values()))["video_codec"] if calls else None,
+            "video_codec_granted": next(iter(calls.values()))["video_codec_granted"]
+            if calls
+            else None,
             # Signed median (negative: picture early); p95/p99 of the magnitude, as the goals
             # (within +-20 ms at p95, +-40 ms at p99) are stated.
             "skew_ms": {
@@ -301,12 +361,15 @@ class Demo:
             return
         values = report["skew_ms"]["values"]
         fig, ax = plt.subplots(figsize=(8, 3.5))
-        ax.plot(range(len(values)), values, "o-", label="skew (video − audio)")
+        ax.plot(range(len(values)), values, "o-", label="skew at the SFU's receiver (arrival)")
+        viewer = (report.get("viewer") or {}).get("skew_ms", {}).get("values") or []
+        if viewer:
+            ax.plot(range(len(viewer)), viewer, "s-", label="skew at the browser's playout")
         for bound in (-40, -20, 20, 40):
             ax.axhline(bound, color="grey", lw=0.6, ls=":" if abs(bound) == 40 else "--")
         ax.set_xlabel("sync mark (beep onset) at the Stream receiver")
         ax.set_ylabel("ms")
-        ax.set_title("A/V skew where the viewer is")
+        ax.set_title("A/V skew (video − audio; <0 = picture early)")
         ax.legend(loc="upper right")
         fig.tight_layout()
         fig.savefig(self.out / "sync.png", dpi=100)
@@ -317,6 +380,10 @@ class Demo:
         rows = [
             ("network", r["network"]),
             ("media path", r["media_path"]),
+            (
+                "video codec on the wire (granted)",
+                f"{r['video_codec']} ({r['video_codec_granted']})",
+            ),
             ("sessions", r["sessions"]),
             ("A/V skew median (ms, <0 = picture early)", f"{s['p50']} ({s['samples']} marks)"),
             ("|A/V skew| p95 / p99 (ms)", f"{s['p95']} / {s['p99']}"),
@@ -342,6 +409,23 @@ class Demo:
             ("LiveAvatar sessions left running", r["live_liveavatar_sessions_after"]),
             ("errors", len(r["errors"])),
         ]
+        v = r.get("viewer") or {}
+        if "skew_ms" in v:
+            vs, v10 = v["skew_ms"], v["skew_first10s_ms"]
+            rows += [
+                (
+                    "BROWSER VIEWER |A/V skew| p95 / p99 at playout (ms)",
+                    f"{vs['p95']} / {vs['p99']} (median {vs['p50']}, {vs['samples']} marks)",
+                ),
+                ("  first 10 s |skew| p95 / p99 (ms)", f"{v10['p95']} / {v10['p99']}"),
+                (
+                    "  viewer video",
+                    f"{v.get('codec')} @ {v.get('fps')} fps, {v.get('freezes')} freezes, "
+                    f"first frame {v.get('first_frame_s')} s after joining",
+                ),
+            ]
+        elif v.get("error"):
+            rows.append(("browser viewer", f"not run: {v['error']}"))
         width = max(len(k) for k, _ in rows)
         self.say("")
         self.say("avatar-bridge demo: what the Stream call received")
@@ -351,7 +435,10 @@ class Demo:
 
 
 def main(args: argparse.Namespace) -> int:
-    if not netns.inside():
+    if getattr(args, "watch", False) and not netns.inside():
+        # A person's own browser must reach the page and the media: the host's network.
+        network = "host"
+    elif not netns.inside():
         if netns.available():
             argv = [sys.executable, "-m", "bridge.cli", *sys.argv[1:]]
             cmd = netns.unshare_argv(argv)

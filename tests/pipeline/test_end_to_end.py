@@ -262,3 +262,10 @@ def test_demo_short_run_reports_its_invariants(tmp_path: Path) -> None:
     assert (out / "call.mp4").stat().st_size > 10_000
     assert (out / "sync.png").read_bytes()[:4] == b"\x89PNG"
     assert "avatar-bridge demo: what the Stream call received" in done.stdout
+    assert report["video_codec"] == "VP8"  # the relay's avatar codec, seen on the wire
+    viewer = report["viewer"]
+    if "error" in viewer and "skew_ms" not in viewer:
+        assert "chromium" in viewer["error"] or "make web" in viewer["error"], viewer
+    else:  # the browser viewer ran: its playout figures are there
+        assert viewer["skew_ms"]["samples"] >= 3 and viewer["codec"] == "VP8", viewer
+        assert viewer["fps"] > 15 and 0 < viewer["first_frame_s"] < 10, viewer

@@ -102,7 +102,7 @@ async def test_vp8_with_scaling_to_the_output_size() -> None:
         await pub.aclose()
     assert other_tasks() == []  # the stand-in closed every socket, peer connection and task
     assert stats["video"]["resolution"] == "640x360"
-    assert stats["video_codec"] == "VP8"
+    assert stats["video_codec"] == "VP8"  # the payload type on the wire, not the grant
     # The marks survive the downscale: read back in order from the scaled pictures.
     assert stats["marks"]["in_order"] and stats["marks"]["read"] >= sent - 15
     assert stats["audio"]["seconds"] > 1.0

@@ -104,7 +104,8 @@ async def test_granted_codec_published_and_decoded(multi_codec: StreamStandIn, c
 
     assert await wait_for(lambda: frames(standin, call_id) >= 45, within_s=8)
     stats = standin.stats("default", call_id)
-    assert stats["video_codec"] == codec
+    # Measured from the payload types on the wire, named by the negotiated answer.
+    assert stats["video_codec"] == codec and stats["video_codec_granted"] == codec
     assert stats["video"]["resolution"] == f"{W}x{H}"
     # Every frame after the first decodable one arrives, in order.
     assert stats["marks"]["in_order"] and stats["marks"]["read"] >= 40
@@ -114,6 +115,9 @@ async def test_granted_codec_published_and_decoded(multi_codec: StreamStandIn, c
     assert participant["user_id"] == "avatar-bridge"
     assert participant["tracks"] == ["TRACK_TYPE_AUDIO", "TRACK_TYPE_VIDEO"]
     assert participant["muted"] == [] and participant["pc_state"] == "connected"
+    wire = participant["wire"]
+    assert wire["video"]["codec"] == codec and wire["audio"]["codec"] == "opus"
+    assert {name for name, _ in wire["video"]["payload_types"].values()} <= {codec, "RTX"}
 
     await pub.aclose()
     await pub.aclose()  # idempotent

@@ -133,6 +133,62 @@ async def test_sdk_rest_client_get_or_create(standin: StreamStandIn) -> None:
     assert resp.data.call.created_by.id == "bob"
     assert "send-video" in {getattr(c, "value", c) for c in resp.data.own_capabilities}
     assert standin.stats("default", "rest-call")["joins"] == 0
+    # The default call type's settings, not zeros: what a browser SDK publishes and starts with.
+    video, audio = resp.data.call.settings.video, resp.data.call.settings.audio
+    assert video.enabled and video.camera_default_on and video.camera_facing == "front"
+    res = video.target_resolution
+    assert (res.width, res.height) == (1280, 720) and res.bitrate and res.bitrate > 0
+    assert audio.mic_default_on and audio.speaker_default_on
+    assert audio.default_device == "speaker"
+
+
+async def test_join_returns_the_call_types_settings(standin: StreamStandIn) -> None:
+    status, body = await post_join(standin, standin.api_key, user_token(standin.api_secret))
+    assert status == 200
+    settings = body["call"]["settings"]  # type: ignore[index]
+    assert settings["video"]["target_resolution"]["height"] == 720
+    assert settings["video"]["camera_default_on"] is True
+    assert settings["audio"]["mic_default_on"] is True
+
+
+@pytest.mark.parametrize("path", ["join", ""])
+async def test_unknown_call_type_is_refused_as_does_not_exist(
+    standin: StreamStandIn, path: str
+) -> None:
+    url = f"{standin.base_url}/api/v2/video/call/no_such_type/c1" + (f"/{path}" if path else "")
+    params = {"api_key": standin.api_key, "user_id": "alice"}
+    headers = {"Authorization": user_token(standin.api_secret), "stream-auth-type": "jwt"}
+    async with (
+        aiohttp.ClientSession(timeout=TIMEOUT) as http,
+        http.post(url, params=params, headers=headers, json={"create": True}) as resp,
+    ):
+        status, body = resp.status, await resp.json()
+    assert status == 404
+    assert body["code"] == 16 and body["StatusCode"] == 404
+    assert "no_such_type" in body["message"]
+    assert standin.calls() == []
+
+
+async def test_twirp_unknown_method_is_bad_route_and_known_ones_answer(
+    standin: StreamStandIn,
+) -> None:
+    _, join = await post_join(standin, standin.api_key, user_token(standin.api_secret))
+    token = join["credentials"]["token"]  # type: ignore[index]
+    headers = {"Content-Type": "application/protobuf", "Authorization": f"Bearer {token}"}
+    base = f"{standin.base_url}/twirp/stream.video.sfu.signal.SignalServer/"
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
+        async with http.post(base + "NoSuchMethod", data=b"", headers=headers) as resp:
+            assert resp.status == 404
+            body = await resp.json()
+        assert body["code"] == "bad_route" and "NoSuchMethod" in body["msg"]
+        # In Stream's service but not modelled by the stand-in: its default (empty) response.
+        request = sig.StartNoiseCancellationRequest(session_id="s").SerializeToString()
+        async with http.post(
+            base + "StartNoiseCancellation", data=request, headers=headers
+        ) as resp:
+            assert resp.status == 200
+            reply = sig.StartNoiseCancellationResponse.FromString(await resp.read())
+    assert not reply.HasField("error")
 
 
 @pytest.mark.parametrize("case", ["bad_secret", "bad_key", "denied"])

@@ -7,6 +7,7 @@ instead of hand-writing a partial stub, then applies the call's real values on t
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime as dt
 import enum
@@ -17,6 +18,73 @@ from typing import Any
 from getstream import models
 
 _ISO_SUFFIX = "+00:00"
+
+# Call settings of the built-in call types as a fresh Stream app returns them to clients (the
+# settings the SDKs read on join: camera/mic defaults, the target resolution the browser SDK
+# publishes at). Assumed from Stream's call-type documentation ("default": 1:1 or group video
+# with sensible defaults; camera and microphone on, front camera, speaker; 720p target) and the
+# OpenAPI models' field set; the exact numbers of a real app may differ and are dashboard-editable.
+_DEFAULT_SETTINGS: dict[str, Any] = {
+    "audio": {
+        "access_request_enabled": False,
+        "default_device": "speaker",
+        "mic_default_on": True,
+        "speaker_default_on": True,
+        "opus_dtx_enabled": True,
+        "redundant_coding_enabled": True,
+        "hifi_audio_enabled": False,
+        "noise_cancellation": {"mode": "available"},
+    },
+    "backstage": {"enabled": False, "join_ahead_time_seconds": 0},
+    "broadcasting": {"enabled": False},
+    "geofencing": {"names": []},
+    "limits": {"max_participants": None, "max_duration_seconds": None},
+    "recording": {"audio_only": False, "mode": "available", "quality": "720p"},
+    "ring": {
+        "auto_cancel_timeout_ms": 30000,
+        "incoming_call_timeout_ms": 15000,
+        "missed_call_timeout_ms": 15000,
+    },
+    "screensharing": {
+        "access_request_enabled": False,
+        "enabled": True,
+        "target_resolution": {"width": 1920, "height": 1080, "bitrate": 3000000},
+    },
+    "session": {"inactivity_timeout_seconds": 30},
+    "thumbnails": {"enabled": True},
+    "transcription": {"mode": "available", "closed_caption_mode": "available", "language": "auto"},
+    "video": {
+        "access_request_enabled": False,
+        "camera_default_on": True,
+        "camera_facing": "front",
+        "enabled": True,
+        "target_resolution": {"width": 1280, "height": 720, "bitrate": 1500000},
+    },
+}
+_OVERRIDES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "development": {},
+    # Audio only, speaking by request.
+    "audio_room": {
+        "audio": {"access_request_enabled": True, "mic_default_on": False},
+        "backstage": {"enabled": True},
+        "video": {"enabled": False, "camera_default_on": False, "access_request_enabled": False},
+        "screensharing": {"enabled": False},
+    },
+    # One to many: hosts go live from the backstage.
+    "livestream": {
+        "backstage": {"enabled": True},
+        "broadcasting": {"enabled": True},
+        "video": {"target_resolution": {"width": 1920, "height": 1080, "bitrate": 3000000}},
+    },
+}
+BUILTIN_CALL_TYPES = frozenset(_OVERRIDES)
+
+
+def call_settings(call_type: str) -> dict[str, Any]:
+    """The settings a built-in call type returns (KeyError for a type the app does not have)."""
+    extra = _OVERRIDES[call_type]
+    return _deep_update(copy.deepcopy(_DEFAULT_SETTINGS), copy.deepcopy(extra))
 
 
 def _neutral(tp: Any) -> Any:
@@ -85,7 +153,8 @@ def get_or_create_call_response(
     own_capabilities: list[str],
     session_id: str,
 ) -> dict[str, Any]:
-    """A ``GetOrCreateCallResponse`` the SDK's REST client accepts, as JSON-ready data."""
+    """A ``GetOrCreateCallResponse`` the SDK's REST client accepts, as JSON-ready data, with the
+    call type's settings (``call_type`` must be one of :data:`BUILTIN_CALL_TYPES`)."""
     skeleton = _neutral(models.GetOrCreateCallResponse)
     data: dict[str, Any] = _to_wire(skeleton.to_dict(encode_json=True))
     user = {"id": created_by, "role": "user", "name": created_by}
@@ -101,6 +170,7 @@ def get_or_create_call_response(
                 "type": call_type,
                 "current_session_id": session_id,
                 "created_by": user,
+                "settings": call_settings(call_type),
             },
         },
     )

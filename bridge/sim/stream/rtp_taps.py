@@ -207,6 +207,8 @@ class LightCounter:
     """Per track: packets, loss and order by extended sequence number, frames, keyframes."""
 
     kind: str
+    # Names a payload type through the PC's negotiated SDP (see WireCodecs.name).
+    codec_of: Callable[[int], str] | None = None
     codec: str = ""
     packets: int = 0
     bytes: int = 0
@@ -221,6 +223,7 @@ class LightCounter:
     _highest: int | None = None
     _lowest: int | None = None
     _seen: set[int] = field(default_factory=set)
+    _names: dict[int, str] = field(default_factory=dict)
 
     def add(self, packet: RtpPacket, rtx: bool) -> None:
         now = time.monotonic()
@@ -248,6 +251,11 @@ class LightCounter:
         self._lowest = ext if self._lowest is None else min(self._lowest, ext)
         self.first_t = self.first_t or now
         self.last_t = now
+        if self.codec_of is not None:
+            name = self._names.get(packet.payload_type)
+            if name is None:  # resolved once per payload type: the SDP is re-serialised per call
+                name = self._names[packet.payload_type] = self.codec_of(packet.payload_type)
+            self.codec = name
         if self.kind == "video":
             self.frames += packet.marker
             detector = _KEYFRAME_DETECTORS.get(self.codec)
@@ -284,5 +292,81 @@ def install_light(receiver: RTCRtpReceiver, counter: LightCounter) -> None:
     async def handle(packet: RtpPacket, arrival_time_ms: int) -> None:
         with contextlib.suppress(IndexError, ValueError):  # a malformed packet is not fatal
             counter.add(packet, _is_rtx_packet(receiver, packet))
+
+    setattr(receiver, _HOOK, handle)
+
+
+# ---- the codec on the wire ---------------------------------------------------------------------
+
+
+def sdp_payload_types(sdp: str) -> dict[str, dict[int, str]]:
+    """``{kind: {payload type: codec name}}`` from the rtpmap lines of an SDP (upper-case names,
+    "opus" stays as Stream spells it). A BUNDLEd PC shares one PT space per kind in practice."""
+    out: dict[str, dict[int, str]] = {}
+    kind: str | None = None
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            kind = line[2:].split(" ", 1)[0]
+            out.setdefault(kind, {})
+        elif kind is not None and line.startswith("a=rtpmap:"):
+            pt_text, _, encoding = line[len("a=rtpmap:") :].partition(" ")
+            name = encoding.split("/")[0]
+            try:
+                out[kind][int(pt_text)] = "opus" if name.lower() == "opus" else name.upper()
+            except ValueError:
+                continue
+    return out
+
+
+# Payload types that carry no media of their own: retransmissions and redundancy wrappers.
+_NOT_MEDIA = frozenset({"RTX", "RED", "ULPFEC", "FLEXFEC-03"})
+
+
+@dataclass
+class WireCodecs:
+    """Packets per RTP payload type as they arrive on one receiver, before any fault or decoder.
+
+    The codec figure is the payload type seen most often (retransmissions aside), named through the
+    PC's negotiated SDP (its answer); a payload type the answer does not carry is reported as
+    ``"<name from the offer> (not negotiated)"`` or ``"PT <n> (unknown)"``: never the grant.
+    """
+
+    kind: str
+    negotiated: Callable[[], str | None]  # the PC's answer SDP (local description)
+    offered: Callable[[], str | None]  # the PC's offer SDP (remote description)
+    by_pt: dict[int, int] = field(default_factory=dict)
+
+    def add(self, payload_type: int) -> None:
+        self.by_pt[payload_type] = self.by_pt.get(payload_type, 0) + 1
+
+    def name(self, payload_type: int) -> str:
+        answer = sdp_payload_types(self.negotiated() or "").get(self.kind, {})
+        if payload_type in answer:
+            return answer[payload_type]
+        offer = sdp_payload_types(self.offered() or "").get(self.kind, {})
+        if payload_type in offer:
+            return f"{offer[payload_type]} (not negotiated)"
+        return f"PT {payload_type} (unknown)"
+
+    def codec(self) -> str | None:
+        """The media codec on the wire (most packets), or None before the first packet."""
+        media = [(n, pt) for pt, n in self.by_pt.items() if self.name(pt) not in _NOT_MEDIA]
+        return self.name(max(media)[1]) if media else None
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "codec": self.codec(),
+            "payload_types": {str(pt): [self.name(pt), n] for pt, n in sorted(self.by_pt.items())},
+        }
+
+
+def install_wire_tap(receiver: RTCRtpReceiver, counter: WireCodecs) -> None:
+    """Count payload types in front of whatever handles the packets (install it last)."""
+    _check_hook(receiver)
+    inner: PacketHandler = getattr(receiver, _HOOK)
+
+    async def handle(packet: RtpPacket, arrival_time_ms: int) -> None:
+        counter.add(packet.payload_type)
+        await inner(packet, arrival_time_ms)
 
     setattr(receiver, _HOOK, handle)

@@ -1,10 +1,18 @@
 """A Stream Video stand-in: coordinator (JSON REST + WebSocket) and SFU (protobuf WebSocket + Twirp)
 on one aiohttp app, whose media side is an aiortc peer connection per publishing session that
-decodes and measures what a viewer would get.
+decodes and measures what a viewer would get, and forwards it to the call's other participants.
 
-The real ``getstream_rtc`` SDK joins it unchanged when given ``base_url`` and ``ws_url``. Protocol
-details and pitfalls: ``specs/stream-standin.md``. Published tracks are measured, not forwarded to
-other participants. Test-only endpoints live under ``/_standin/``.
+Clients: the real ``getstream_rtc`` SDK joins it unchanged when given ``base_url`` and ``ws_url``;
+Stream's browser SDK (``@stream-io/video-client``) unchanged with ``baseURL`` =
+:attr:`StreamStandIn.browser_base_url` (its URL layout, CORS, Twirp JSON, health checks sent as
+JSON arrays are all served). Protocol details and pitfalls: ``specs/stream-standin.md``;
+forwarding: :mod:`bridge.sim.stream.forward`. Test-only endpoints live under ``/_standin/``.
+
+Assumptions where the real service could not be observed (from the SDKs' sources and Stream's
+protocol definitions): the answer to a publisher carries only the granted codec; call settings of
+the built-in call types (:mod:`bridge.sim.stream.coordinator_models`); an unknown call type is
+Stream's ``DoesNotExist`` (16, HTTP 404); a Twirp method outside ``SignalServer`` is Twirp's
+``bad_route``; the location hint is answered locally (:attr:`StreamStandIn.location_hint_url`).
 """
 
 from __future__ import annotations
@@ -26,25 +34,37 @@ import numpy as np
 import structlog
 from aiohttp import WSMsgType, web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.codecs import is_rtx
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.sdp import candidate_from_sdp
 from getstream.video.rtc.pb.stream.video.sfu.event import events_pb2 as ev
 from getstream.video.rtc.pb.stream.video.sfu.models import models_pb2 as pbm
 from getstream.video.rtc.pb.stream.video.sfu.signal_rpc import signal_pb2 as sig
+from google.protobuf import json_format
 from google.protobuf.message import DecodeError
+from google.protobuf.message_factory import GetMessageClass
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge
 
-from bridge.sim.stream.coordinator_models import get_or_create_call_response
+from bridge.sim.stream.coordinator_models import BUILTIN_CALL_TYPES, get_or_create_call_response
+from bridge.sim.stream.forward import (
+    ForwardFaults,
+    PublishedTrack,
+    Subscriber,
+    TrackKey,
+    install_forward_tap,
+)
 from bridge.sim.stream.measure import CallMeasure, MarkReader, OnsetDetectorFactory
 from bridge.sim.stream.recorder import Mp4Recorder
 from bridge.sim.stream.rtp_taps import (
     FaultCounts,
     LightCounter,
     ReceiveFaults,
+    WireCodecs,
     install_faults,
     install_light,
+    install_wire_tap,
 )
 from bridge.sim.stream.vp9 import enable_vp9_receive
 
@@ -68,6 +88,7 @@ _MORE_INFO = "https://getstream.io/video/docs/api/errors"
 # Stream API error codes (the ``code`` of the JSON error body).
 _CODE_ACCESS_KEY = 2
 _CODE_INPUT = 4
+_CODE_DOES_NOT_EXIST = 16
 _CODE_NOT_ALLOWED = 17
 _CODE_TOKEN_EXPIRED = 40
 _CODE_TOKEN_SIGNATURE = 43
@@ -80,6 +101,17 @@ _LEAVES_KEPT = 64
 GRANTABLE_CODECS = ("VP8", "H264", "VP9")
 # Offer payloads that are not the video codec itself.
 _AUXILIARY_CODECS = frozenset({"RTX", "RED", "ULPFEC", "FLEXFEC-03"})
+
+
+# Every method of Stream's SignalServer service, with its response type (from the SDK's protos).
+_SIGNAL_METHODS: dict[str, Any] = {
+    m.name: GetMessageClass(m.output_type)
+    for m in sig.DESCRIPTOR.services_by_name["SignalServer"].methods
+}
+_SIGNAL_INPUTS: dict[str, Any] = {
+    m.name: GetMessageClass(m.input_type)
+    for m in sig.DESCRIPTOR.services_by_name["SignalServer"].methods
+}
 
 
 class StandInAuthError(Exception):
@@ -114,7 +146,15 @@ class _Session:
     muted: set[int] = field(default_factory=set)
     left_reason: str | None = None
     # The video codec of this session's publish option (its preferred one when the SFU has it).
+    # What is granted, not what arrives: the codec figures come from ``wire``.
     video_codec: str = "VP9"
+    # Payload types received per track kind, named through the publisher PC's answer.
+    wire: dict[str, WireCodecs] = field(default_factory=dict)
+    # Forwarding (bridge.sim.stream.forward): what this session publishes, the publishers whose
+    # video it asked for (UpdateSubscriptions), and its subscriber PC.
+    published: dict[str, PublishedTrack] = field(default_factory=dict)
+    video_subs: set[str] = field(default_factory=set)
+    subscriber: Subscriber | None = None
     expiry: asyncio.TimerHandle | None = None
 
     async def send(self, event: ev.SfuEvent) -> None:
@@ -130,7 +170,7 @@ class _Call:
     call_id: str
     measure: CallMeasure
     created_by: str
-    video_codec: str
+    video_codec: str  # the last publish option granted (not a measurement)
     sessions: dict[str, _Session] = field(default_factory=dict)
     deny_join: str | None = None
     joins: int = 0
@@ -142,6 +182,10 @@ class _Call:
     # Light mode: decoded and measured anyway (the chosen call), else counted per session.
     full: bool = False
     light: dict[str, dict[str, LightCounter]] = field(default_factory=dict)
+    # The video receiver that received packets last: the call's codec figure, measured.
+    last_video_wire: WireCodecs | None = None
+    # The hop from the SFU to the call's subscribers (loss, a video delay).
+    forward_faults: ForwardFaults | None = None
 
     @property
     def cid(self) -> str:
@@ -203,22 +247,33 @@ class StreamStandIn:
         self._host = "127.0.0.1"
         self._port = 0
         self.rpcs: Counter[str] = Counter()
+        # Coordinator WebSockets: authenticated connections and health checks answered.
+        self.coordinator_connects = 0
+        self.health_checks = 0
         self._closed = False
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        app = web.Application(middlewares=[self._count_requests])
-        app.router.add_get("/api/v2/connect", self._coordinator_ws_handler)
-        app.router.add_post("/api/v2/video/call/{type}/{id}/join", self._join_call)
-        app.router.add_post("/api/v2/video/call/{type}/{id}", self._get_or_create)
+        app = web.Application(middlewares=[self._count_requests, _cors])
+        # Two URL layouts of one API: the server SDKs' (base URL + /api/v2/...) and the browser
+        # SDK's (its baseURL ends in /video: REST at /video/call/..., WebSocket at /video/connect).
+        for prefix in ("/api/v2", "/video"):
+            app.router.add_get(f"{prefix}/connect", self._coordinator_ws_handler)
+        for prefix in ("/api/v2/video", "/video"):
+            app.router.add_post(f"{prefix}/call/{{type}}/{{id}}/join", self._join_call)
+            app.router.add_post(f"{prefix}/call/{{type}}/{{id}}", self._get_or_create)
+        app.router.add_route("HEAD", "/location_hint", self._location_hint)
         app.router.add_get("/ws", self._sfu_ws_handler)
         app.router.add_post(_TWIRP_PREFIX + "{method}", self._twirp)
         app.router.add_get("/_standin/calls", self._http_calls)
         app.router.add_get("/_standin/calls/{type}/{id}", self._http_stats)
         app.router.add_post("/_standin/calls/{type}/{id}/reset", self._http_reset)
         app.router.add_post("/_standin/calls/{type}/{id}/fault/{fault}", self._http_fault)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # Short shutdown: clients (a browser SDK reconnecting) may hold connections open.
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=_NET_TIMEOUT_S
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
@@ -230,6 +285,16 @@ class StreamStandIn:
     @property
     def base_url(self) -> str:
         return f"http://{self._host}:{self._port}"
+
+    @property
+    def browser_base_url(self) -> str:
+        """The ``baseURL`` to give Stream's browser SDK (``StreamVideoClient`` options)."""
+        return f"{self.base_url}/video"
+
+    @property
+    def location_hint_url(self) -> str:
+        """Where the browser SDK may ask for its location hint (else it asks Stream's CDN)."""
+        return f"{self.base_url}/location_hint"
 
     @property
     def ws_url(self) -> str:
@@ -338,13 +403,19 @@ class StreamStandIn:
                 "muted": sorted(pbm.TrackType.Name(t) for t in s.muted),
                 "connected": s.ws is not None and not s.ws.closed,
                 "pc_state": s.pub_pc.connectionState if s.pub_pc else None,
+                "granted_video_codec": s.video_codec,
+                "subscriber": s.subscriber.snapshot() if s.subscriber else None,
+                "wire": {kind: w.snapshot() for kind, w in s.wire.items()},
             }
             for s in call.sessions.values()
         ]
         out["joins"] = call.joins
         out["sfu_connects"] = call.sfu_connects
         out["leaves"] = list(call.leaves)
-        out["video_codec"] = call.video_codec
+        # Measured: the payload type on the wire, named by the negotiated SDP. None before the
+        # first video packet. The grant is reported apart and never stands in for it.
+        out["video_codec"] = call.last_video_wire.codec() if call.last_video_wire else None
+        out["video_codec_granted"] = call.video_codec
         out["recording"] = call.recorder.stats() if call.recorder else None
         out["mode"] = "light" if self.light and not call.full else "full"
         out["light"] = {
@@ -364,6 +435,12 @@ class StreamStandIn:
     ) -> None:
         """Drop / delay this call's packets on the receive hop from now on (None: stop)."""
         self._call(call_type, call_id).faults = faults
+
+    def set_forward_faults(
+        self, call_type: str, call_id: str, faults: ForwardFaults | None
+    ) -> None:
+        """Loss / a video delay on the hop from the SFU to this call's subscribers (None: off)."""
+        self._call(call_type, call_id).forward_faults = faults
 
     def measure_fully(self, call_type: str, call_id: str) -> None:
         """In light mode, decode and measure this call (its sessions that publish from now on)."""
@@ -496,6 +573,8 @@ class StreamStandIn:
     ) -> web.StreamResponse:
         route = request.match_info.route.resource
         SIM_REQUESTS.labels(route.canonical if route else "unmatched").inc()
+        if self._closed:  # shutting down: no new sessions (an SDK reconnects at once)
+            return web.json_response({"error": "stand-in closing"}, status=503)
         return await handler(request)
 
     async def _coordinator_ws_handler(self, request: web.Request) -> web.WebSocketResponse:
@@ -509,8 +588,13 @@ class StreamStandIn:
                 if msg.type != WSMsgType.TEXT:
                     continue
                 try:
-                    data = json.loads(msg.data)
+                    decoded = json.loads(msg.data)
                 except ValueError:
+                    continue
+                # The browser SDK sends its health checks as a JSON array of events.
+                batch = decoded if isinstance(decoded, list) else [decoded]
+                data = next((d for d in batch if isinstance(d, dict)), None)
+                if data is None:
                     continue
                 if not authed:
                     user = data.get("user_details") or {}
@@ -525,6 +609,7 @@ class StreamStandIn:
                         )
                         break
                     authed = True
+                    self.coordinator_connects += 1
                     me = {"id": user_id, "role": "user", "name": user.get("name", user_id)}
                     await ws.send_json(
                         {
@@ -535,6 +620,7 @@ class StreamStandIn:
                         }
                     )
                 elif data.get("type") == "health.check":
+                    self.health_checks += 1
                     await ws.send_json(
                         {
                             "type": "health.check",
@@ -547,6 +633,10 @@ class StreamStandIn:
         await ws.close()
         return ws
 
+    async def _location_hint(self, request: web.Request) -> web.Response:
+        # Stream's hint service answers with the CDN POP that served it; the SDK keeps 3 letters.
+        return web.Response(headers={"x-amz-cf-pop": "LCL1-P1"})
+
     def _rest_user(self, request: web.Request) -> str:
         return self._check_user_token(
             request.query.get("api_key"),
@@ -554,10 +644,23 @@ class StreamStandIn:
             request.query.get("user_id"),
         )
 
+    def _check_call_type(self, call_type: str, method: str) -> None:
+        """Refuse a call type the app does not have, as the coordinator does (404, code 16).
+
+        Assumed shape: Stream's JSON API error with ``DoesNotExist`` (16), the message in the
+        "<Method> failed with error: ..." form its other errors use."""
+        if call_type not in BUILTIN_CALL_TYPES:
+            raise StandInAuthError(
+                _CODE_DOES_NOT_EXIST,
+                404,
+                f'{method} failed with error: "call type {call_type} does not exist"',
+            )
+
     async def _join_call(self, request: web.Request) -> web.Response:
         call_type, call_id = request.match_info["type"], request.match_info["id"]
         try:
             user_id = self._rest_user(request)
+            self._check_call_type(call_type, "JoinCall")
         except StandInAuthError as exc:
             return web.json_response(exc.body(), status=exc.status)
         call = self._call(call_type, call_id, created_by=user_id)
@@ -596,6 +699,7 @@ class StreamStandIn:
         call_type, call_id = request.match_info["type"], request.match_info["id"]
         try:
             user_id = self._rest_user(request)
+            self._check_call_type(call_type, "GetOrCreateCall")
         except StandInAuthError as exc:
             return web.json_response(exc.body(), status=exc.status)
         try:
@@ -671,7 +775,7 @@ class StreamStandIn:
         p = pbm.Participant(
             user_id=s.user_id,
             session_id=s.session_id,
-            track_lookup_prefix=s.session_id[:8],
+            track_lookup_prefix=_lookup_prefix(s.session_id),
             name=s.user_id,
             roles=["user"],
             published_tracks=s.tracks,
@@ -817,6 +921,14 @@ class StreamStandIn:
         if session.pub_pc is not None:
             pc, session.pub_pc = session.pub_pc, None
             await pc.close()
+        for track in session.published.values():
+            for sink in list(track.sinks):
+                sink.close()
+        session.published.clear()
+        if session.subscriber is not None:
+            sub, session.subscriber = session.subscriber, None
+            await sub.close()
+        self._refresh_subscriptions(call)
         if session.ws is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(session.ws.close(), _NET_TIMEOUT_S)
@@ -839,9 +951,27 @@ class StreamStandIn:
         except jwt.InvalidTokenError:
             return _twirp_error("unauthenticated", "invalid or missing SFU token", 401)
         body = await request.read()
+        # Twirp speaks protobuf or JSON (the browser SDK sends JSON); the answer is in kind.
+        as_json = request.content_type == "application/json"
+        if as_json and method in _SIGNAL_INPUTS:
+            try:
+                parsed = json_format.Parse(
+                    body or b"{}", _SIGNAL_INPUTS[method](), ignore_unknown_fields=True
+                )
+            except json_format.ParseError as exc:
+                return _twirp_error("malformed", str(exc), 400)
+            body = parsed.SerializeToString()
         handler = self._rpc_handlers().get(method)
         if handler is None:
-            return _protobuf(sig.SendStatsResponse())  # empty message = the default response
+            response_type = _SIGNAL_METHODS.get(method)
+            if response_type is None:  # not in the service: Twirp's bad_route, as any Twirp server
+                return _twirp_error(
+                    "bad_route",
+                    f'no handler for path "{request.path}"',
+                    404,
+                    meta={"twirp_invalid_route": f"POST {request.path}"},
+                )
+            return _protobuf(response_type(), as_json)  # in the service, not modelled: default
         try:
             out = await handler(body)
         except KeyError as exc:
@@ -851,17 +981,11 @@ class StreamStandIn:
         except Exception as exc:
             log.exception("twirp handler failed", method=method)
             return _twirp_error("internal", str(exc), 500)
-        return _protobuf(out)
+        return _protobuf(out, as_json)
 
     def _rpc_handlers(self) -> dict[str, Callable[[bytes], Awaitable[Pb]]]:
         async def empty_stats(_: bytes) -> Pb:
             return sig.SendStatsResponse()
-
-        async def empty_subs(_: bytes) -> Pb:
-            return sig.UpdateSubscriptionsResponse()
-
-        async def empty_answer(_: bytes) -> Pb:
-            return sig.SendAnswerResponse()
 
         return {
             "SetPublisher": self._rpc_set_publisher,
@@ -869,8 +993,8 @@ class StreamStandIn:
             "UpdateMuteStates": self._rpc_update_mute_states,
             "IceRestart": self._rpc_ice_restart,
             "SendStats": empty_stats,
-            "UpdateSubscriptions": empty_subs,
-            "SendAnswer": empty_answer,
+            "UpdateSubscriptions": self._rpc_update_subscriptions,
+            "SendAnswer": self._rpc_send_answer,
         }
 
     async def _rpc_set_publisher(self, body: bytes) -> Pb:
@@ -899,6 +1023,7 @@ class StreamStandIn:
         elif pc.remoteDescription is not None:
             _follow_ice_restart(pc, req.sdp, session.session_id)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=req.sdp, type="offer"))
+        _answer_only_granted(pc, session.video_codec)
         for cand in session.pending_ice:
             await _add_candidate(pc, cand)
         session.pending_ice.clear()
@@ -923,22 +1048,49 @@ class StreamStandIn:
     def _new_publisher_pc(self, session: _Session) -> RTCPeerConnection:
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
 
+        def sdp_of(which: str) -> Callable[[], str | None]:
+            def read() -> str | None:
+                desc = getattr(pc, which)
+                return None if desc is None else str(desc.sdp)
+
+            return read
+
         def on_track(track: MediaStreamTrack) -> None:
             receiver = next((r for r in pc.getReceivers() if r.track is track), None)
             call = session.call
             light = self.light and not call.full and receiver is not None
             if receiver is not None:
+                wire = WireCodecs(
+                    track.kind, sdp_of("localDescription"), sdp_of("remoteDescription")
+                )
+                session.wire[track.kind] = wire
+                if track.kind == "video":
+                    call.last_video_wire = wire
                 if light:
-                    codec = session.video_codec if track.kind == "video" else "opus"
-                    counter = LightCounter(track.kind, codec)
+                    counter = LightCounter(track.kind, codec_of=wire.name)
                     call.light.setdefault(session.session_id, {})[track.kind] = counter
                     install_light(receiver, counter)
+                published = PublishedTrack(
+                    TrackKey(session.session_id, track.kind),
+                    _lookup_prefix(session.session_id),
+                    receiver,
+                    self._spawn,
+                )
+                old = session.published.get(track.kind)
+                if old is not None:
+                    for sink in list(old.sinks):
+                        sink.close()
+                session.published[track.kind] = published
+                install_forward_tap(receiver, published)
                 # Faults wrap whatever handles the packets, so a decoded call NACKs the gaps.
                 install_faults(
                     receiver, track.kind, lambda: call.faults, call.fault_counts, self._spawn
                 )
+                # Outermost: the payload types as they arrive, before faults drop any.
+                install_wire_tap(receiver, wire)
             if not light:
                 self._spawn(self._consume(call, track, receiver), f"consume-{track.kind}")
+            self._refresh_subscriptions(call)
 
         def on_state() -> None:
             log.info("publisher pc", session=session.session_id, state=pc.connectionState)
@@ -947,10 +1099,65 @@ class StreamStandIn:
         pc.on("connectionstatechange", on_state)
         return pc
 
+    # ---- forwarding -----------------------------------------------------------------------
+
+    def _refresh_subscriptions(self, call: _Call) -> None:
+        """Give every session of the call the tracks it should receive: everyone else's audio,
+        and the video it asked for (see bridge.sim.stream.forward)."""
+        for session in list(call.sessions.values()):
+            wanted = {
+                track.key: track
+                for other in call.sessions.values()
+                if other is not session
+                for kind, track in other.published.items()
+                if kind == "audio" or other.session_id in session.video_subs
+            }
+            if not wanted and session.subscriber is None:
+                continue
+            if session.subscriber is None:
+                s = session
+
+                async def send_offer(sdp: str, s: _Session = s) -> None:
+                    await s.send(ev.SfuEvent(subscriber_offer=ev.SubscriberOffer(sdp=sdp)))
+
+                c = call
+                session.subscriber = Subscriber(
+                    session.session_id,
+                    send_offer,
+                    _add_candidate,
+                    self._spawn,
+                    lambda c=c: c.forward_faults,  # type: ignore[misc]
+                )
+            session.subscriber.want(wanted)
+
+    async def _rpc_update_subscriptions(self, body: bytes) -> Pb:
+        req = sig.UpdateSubscriptionsRequest.FromString(body)
+        session = self._sessions[req.session_id]
+        session.video_subs = {
+            t.session_id for t in req.tracks if t.track_type == pbm.TRACK_TYPE_VIDEO
+        }
+        log.info(
+            "sfu update subscriptions",
+            session=req.session_id,
+            video_from=sorted(v[:8] for v in session.video_subs),
+        )
+        self._refresh_subscriptions(session.call)
+        return sig.UpdateSubscriptionsResponse()
+
+    async def _rpc_send_answer(self, body: bytes) -> Pb:
+        req = sig.SendAnswerRequest.FromString(body)
+        session = self._sessions[req.session_id]
+        if req.peer_type == pbm.PEER_TYPE_SUBSCRIBER and session.subscriber is not None:
+            session.subscriber.on_answer(req.sdp)
+        return sig.SendAnswerResponse()
+
     async def _rpc_ice_trickle(self, body: bytes) -> Pb:
         req = pbm.ICETrickle.FromString(body)
         session = self._sessions[req.session_id]
-        if req.peer_type == pbm.PEER_TYPE_PUBLISHER_UNSPECIFIED:
+        if req.peer_type == pbm.PEER_TYPE_SUBSCRIBER:
+            if session.subscriber is not None:
+                await session.subscriber.add_candidate(req.ice_candidate)
+        elif req.peer_type == pbm.PEER_TYPE_PUBLISHER_UNSPECIFIED:
             pc = session.pub_pc
             if pc is not None and pc.remoteDescription is not None:
                 await _add_candidate(pc, req.ice_candidate)
@@ -1122,6 +1329,36 @@ def _check_offer(req: Pb, video_codec: str) -> str | None:
     return None
 
 
+def _lookup_prefix(session_id: str) -> str:
+    """The participant's ``track_lookup_prefix``: the stream-id prefix of its forwarded tracks."""
+    return session_id[:8]
+
+
+def _answer_only_granted(pc: RTCPeerConnection, video_codec: str) -> None:
+    """Make the answer carry only the granted publish option's codec (and its RTX), as Stream's
+    SFU does: a publisher then cannot send another codec of the offer.
+
+    aiortc answers with every codec both sides share; a publisher (Stream's browser SDK among
+    them) may then send any of them, and the SFU would receive a codec it never granted.
+    Private aiortc state: ``transceiver._codecs`` is both what ``createAnswer`` writes and what
+    the receiver accepts. Audio keeps Opus only.
+    """
+    for transceiver in pc.getTransceivers():
+        codecs = getattr(transceiver, "_codecs", None)
+        if codecs is None:
+            raise RuntimeError("aiortc moved RTCRtpTransceiver._codecs: update the stand-in")
+        want = video_codec if transceiver.kind == "video" else "OPUS"
+        primary = next(
+            (c for c in codecs if c.mimeType.split("/")[-1].upper() == want and not is_rtx(c)),
+            None,
+        )
+        if primary is None:
+            continue  # a video offer without the grant was refused before (_check_offer)
+        transceiver._codecs = [primary] + [
+            c for c in codecs if is_rtx(c) and c.parameters.get("apt") == primary.payloadType
+        ]
+
+
 def _sdp_attr(sdp: str, name: str) -> str | None:
     prefix = f"a={name}:"
     for line in sdp.splitlines():
@@ -1148,12 +1385,44 @@ def _follow_ice_restart(pc: RTCPeerConnection, offer_sdp: str, session_id: str) 
     log.info("sfu publisher ice restart", session=session_id)
 
 
-def _protobuf(message: Pb) -> web.Response:
+@web.middleware
+async def _cors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Cross-origin access as Stream's API allows it: a page on any origin may call the
+    coordinator and the SFU (preflights answered, the location hint header readable)."""
+    origin = request.headers.get("Origin")
+    if request.method == "OPTIONS" and origin:
+        response: web.StreamResponse = web.Response(status=204)
+    else:
+        response = await handler(request)
+    if origin and not response.prepared:  # a WebSocket upgrade has sent its headers already
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
+        response.headers["Access-Control-Allow-Headers"] = request.headers.get(
+            "Access-Control-Request-Headers", "*"
+        )
+        response.headers["Access-Control-Expose-Headers"] = "x-amz-cf-pop"
+        response.headers["Access-Control-Max-Age"] = "600"
+    return response
+
+
+def _protobuf(message: Pb, as_json: bool = False) -> web.Response:
+    if as_json:
+        return web.Response(
+            text=json_format.MessageToJson(message), content_type="application/json"
+        )
     return web.Response(body=message.SerializeToString(), content_type="application/protobuf")
 
 
-def _twirp_error(code: str, msg: str, status: int) -> web.Response:
-    return web.json_response({"code": code, "msg": msg}, status=status)
+def _twirp_error(
+    code: str, msg: str, status: int, meta: dict[str, str] | None = None
+) -> web.Response:
+    body: dict[str, Any] = {"code": code, "msg": msg}
+    if meta:
+        body["meta"] = meta
+    return web.json_response(body, status=status)
 
 
 def _now() -> str:

@@ -1,0 +1,183 @@
+"""A person watching a Stream call, stood in for by headless Chromium running Stream's own
+browser SDK (``web/stream.html``) against the Stream stand-in: what the demo and the bench report
+as ``viewer.*`` (lip sync at the browser's playout, first frame, freezes, fps, the codec).
+
+The page times flash frames with ``requestVideoFrameCallback`` (expected display time) and beep
+onsets from the audio receiver's synchronization source (``getSynchronizationSources``, polled
+every 4 ms: the time each packet's audio was delivered for playout, and its RFC 6464 level), on
+one clock (``performance.now()``; see ``web/src/stream-page.js``). That is the playout reference
+media-chain-measured.md calibrated WebAudio against. Its error: one packet (20 ms) of onset
+granularity (an onset whose packet a stalled poll may have missed is discarded, counted as
+``onsets_uncertain``), the 4 ms poll, and the audio device's output latency after delivery, which
+is not included (headless Chromium's fake output ~30 ms, a real device 10-40 ms: the sound comes
+later, so the true skew is more negative by that). The WebAudio timing (an AudioWorklet on the
+played stream, mapped with ``getOutputTimestamp()``) is kept as a diagnostic,
+``skew_webaudio_ms``; without audio levels in the packets the report falls back to it and says
+so in ``method``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+from typing import Any
+
+import jwt
+
+from bridge.sim.browser import Chromium, Page, find_chromium
+from bridge.sim.stream import StreamStandIn
+from bridge.sim.web import PageServer, bundle_missing
+
+METHOD_SSRC = (
+    "flash: requestVideoFrameCallback expectedDisplayTime; beep onset: audio delivered for "
+    "playout (getSynchronizationSources timestamp + RFC 6464 level, 20 ms packets, 4 ms poll); "
+    "device output latency not included"
+)
+METHOD_WEBAUDIO = (
+    "flash: requestVideoFrameCallback expectedDisplayTime; beep onset: AudioWorklet on the played "
+    "stream mapped with getOutputTimestamp() (no audio levels in the packets; WebAudio reads "
+    "late by tens of ms)"
+)
+FIRST_WINDOW_MS = 10_000.0
+
+
+def unavailable() -> str | None:
+    """Why no browser viewer can run here (a reason to print), or None."""
+    if find_chromium() is None:
+        return "chromium is not installed (apt-get install chromium)"
+    return bundle_missing()
+
+
+def viewer_token(standin: StreamStandIn, user_id: str) -> str:
+    return jwt.encode({"user_id": user_id}, standin.api_secret, algorithm="HS256")
+
+
+def watch_url(pages: PageServer, standin: StreamStandIn, call_type: str, call_id: str) -> str:
+    """A URL a person opens in their own browser to watch the call (everything in the hash)."""
+    params = {
+        "apiKey": standin.api_key,
+        "token": viewer_token(standin, "watcher"),
+        "userId": "watcher",
+        "baseURL": standin.browser_base_url,
+        "locationHintUrl": standin.location_hint_url,
+        "callType": call_type,
+        "callId": call_id,
+    }
+    from urllib.parse import urlencode
+
+    return pages.url("stream.html") + "#" + urlencode(params)
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))], 1)
+
+
+def skew_summary(skews: list[float]) -> dict[str, Any]:
+    """Signed median; p95/p99 of the magnitude (the goals: |skew| p95 <= 20, p99 <= 40 ms)."""
+    mags = [abs(s) for s in skews]
+    return {
+        "p50": _pct(skews, 0.5),
+        "p95": _pct(mags, 0.95),
+        "p99": _pct(mags, 0.99),
+        "mean": round(statistics.fmean(skews), 1) if skews else None,
+        "min": round(min(skews), 1) if skews else None,
+        "max": round(max(skews), 1) if skews else None,
+        "samples": len(skews),
+        "values": [round(s, 1) for s in skews],
+    }
+
+
+class BrowserViewer:
+    """Headless Chromium joined to one call as a viewer. ``async with`` it, then :meth:`join`."""
+
+    def __init__(self, standin: StreamStandIn, call_type: str, call_id: str) -> None:
+        self.standin = standin
+        self.call_type, self.call_id = call_type, call_id
+        self._stack = contextlib.AsyncExitStack()
+        self.page: Page | None = None
+        self.joined_at_ms: float | None = None
+        self.reset_at_ms: float | None = None
+
+    async def __aenter__(self) -> BrowserViewer:
+        pages = await self._stack.enter_async_context(PageServer())
+        browser = await self._stack.enter_async_context(Chromium.launch())
+        self.page = await browser.open(pages.url("stream.html"))
+        await self.page.wait_for("window.streamPage !== undefined")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    def _page(self) -> Page:
+        if self.page is None:
+            raise RuntimeError("the viewer is not started")
+        return self.page
+
+    async def join(self, user_id: str = "viewer") -> None:
+        page = self._page()
+        args = {
+            "apiKey": self.standin.api_key,
+            "token": viewer_token(self.standin, user_id),
+            "userId": user_id,
+            "baseURL": self.standin.browser_base_url,
+            "locationHintUrl": self.standin.location_hint_url,
+        }
+        connected = await page.evaluate(f"window.streamPage.connect({json.dumps(args)})", 30)
+        if not connected or not connected.get("ok"):
+            raise RuntimeError(f"viewer connect failed: {connected} {page.diagnostics()}")
+        self.joined_at_ms = float(await page.evaluate("performance.now()"))
+        join = {"callType": self.call_type, "callId": self.call_id, "publish": False}
+        joined = await page.evaluate(f"window.streamPage.join({json.dumps(join)})", 30)
+        if not joined or not joined.get("ok"):
+            raise RuntimeError(f"viewer join failed: {joined} {page.diagnostics()}")
+
+    async def first_frame_s(self, within_s: float = 30.0) -> float:
+        """Seconds from the viewer's join to its first frame shown."""
+        page = self._page()
+        at = await page.wait_for("window.streamPage.viewerReport().firstFrameAt", within_s)
+        assert self.joined_at_ms is not None
+        return round((float(at) - self.joined_at_ms) / 1000, 3)
+
+    async def reset(self) -> None:
+        page = self._page()
+        await page.evaluate("window.streamPage.resetViewer()")
+        self.reset_at_ms = float(await page.evaluate("performance.now()"))
+
+    async def report(self) -> dict[str, Any]:
+        page = self._page()
+        raw = await page.evaluate("window.streamPage.viewerReport()")
+        stats = await page.evaluate("window.streamPage.receiverStats()") or {}
+        ssrc = raw.get("ssrc") or {}
+        use_ssrc = int(ssrc.get("onsets", 0)) >= 3
+        pairs = ssrc["skews"] if use_ssrc else raw["skews"]
+        skews = [float(s["skewMs"]) for s in pairs]
+        start = self.reset_at_ms or 0.0
+        first = [float(s["skewMs"]) for s in pairs if s["at"] - start < FIRST_WINDOW_MS]
+        video = stats.get("video") or {}
+        codec = video.get("codec")
+        return {
+            "skew_ms": skew_summary(skews),
+            "skew_first10s_ms": skew_summary(first),
+            "skew_webaudio_ms": skew_summary([float(s["skewMs"]) for s in raw["skews"]]),
+            "fps": round(raw["fps"], 2) if raw.get("fps") else None,
+            "freezes": raw["freezes"],
+            # Frames the browser never presented: a one-frame flash mark in one is lost.
+            "frames_not_presented": raw.get("notPresented"),
+            "frames": raw["frames"],
+            "flashes": raw["flashes"],
+            "onsets": (ssrc.get("onsets") if use_ssrc else raw["onsets"]),
+            "onsets_uncertain": ssrc.get("uncertain"),
+            "codec": codec.split("/")[-1].upper() if codec else None,
+            "decoder": {
+                "frames_decoded": video.get("framesDecoded"),
+                "freeze_count": video.get("freezeCount"),
+                "packets_lost": video.get("packetsLost"),
+                "nacks_sent": video.get("nackCount"),
+            },
+            "audio_output_latency_ms": raw.get("outputLatencyMs"),
+            "method": METHOD_SSRC if use_ssrc else METHOD_WEBAUDIO,
+        }

@@ -1,0 +1,420 @@
+"""The stand-in SFU's forwarding: every publisher's RTP to the call's other participants.
+
+What Stream's SFU does, as far as a subscriber can see it (from the browser SDK's
+``Subscriber``/``TrackSubscriptionManager`` and Stream's protocol, GetStream/protocol):
+
+* each participant has one **subscriber peer connection**, offered by the SFU
+  (``SfuEvent.subscriber_offer``), answered by the client (Twirp ``SendAnswer`` with
+  ``peer_type=SUBSCRIBER``), the client's candidates trickled (``IceTrickle``);
+* every published **audio** track is sent to everyone else without asking; **video** only to
+  those whose latest ``UpdateSubscriptions`` lists it (the SDK asks once a video element is bound);
+* each m-line's ``msid`` stream id is ``<track_lookup_prefix>:TRACK_TYPE_<KIND>``, which is how the
+  SDK maps a remote track to its participant (so a browser does not lip-sync audio with video:
+  they are in different streams);
+* media is **forwarded, not re-encoded**: payload, sequence numbers and RTP timestamps are the
+  publisher's; only SSRC, payload type and the MID extension are the subscriber m-line's. The
+  publisher's RTCP sender reports are translated onto the forwarded stream (same NTP<->RTP
+  pair, since the timestamps are unchanged), so a viewer's timing is the publisher's. A
+  viewer's PLI is passed upstream as a PLI to the publisher; its NACKs are answered from a
+  short history of what was forwarded.
+
+Assumed where the real service cannot be observed here: simulcast layer selection (the stand-in
+receives single-layer only), the exact moment the SFU renegotiates (here: as soon as the wanted
+set of tracks changes, one negotiation at a time per subscriber), and unsubscribed video (its
+m-line stays, set ``inactive``).
+
+Private aiortc state (1.14, pinned) used here, as in :mod:`bridge.sim.stream.rtp_taps`: a
+receiver's ``_RTCRtpReceiver__codecs`` / ``__rtx_ssrc`` (RTX unwrapping), a sender's
+``_ssrc``, ``transport._send_rtp``, ``_send_keyframe``, ``_retransmit`` and its SR fields
+``_RTCRtpSender__ntp_timestamp`` / ``__rtp_timestamp`` / ``__packet_count`` / ``__octet_count``,
+a transceiver's ``_codecs`` / ``_headerExtensions`` and a sender's ``_stream_id`` (the msid).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from aiortc import (
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
+from aiortc.codecs import is_rtx
+from aiortc.mediastreams import MediaStreamTrack
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpParameters
+from aiortc.rtcrtpreceiver import RTCRtpReceiver
+from aiortc.rtp import HeaderExtensionsMap, RtcpSrPacket, RtpPacket, unwrap_rtx
+
+log = structlog.get_logger(__name__)
+
+_HISTORY = 512  # forwarded packets kept per subscriber track, to answer NACKs
+_ANSWER_TIMEOUT_S = 10.0
+TRACK_TYPE_NAME = {"audio": "TRACK_TYPE_AUDIO", "video": "TRACK_TYPE_VIDEO"}
+
+Spawn = Callable[[Awaitable[None], str], None]
+
+
+class _IdleTrack(MediaStreamTrack):
+    """A sender's placeholder: ``recv()`` never returns, so aiortc never encodes anything."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    async def recv(self) -> Any:
+        await asyncio.Future()
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardFaults:
+    """What the hop from the SFU to its subscribers does (read per packet, so it can change).
+
+    ``drop_rate``: each forwarded packet is lost with this probability (a ``seed``-ed generator,
+    reproducible); lost packets stay in the NACK history, so a viewer's NACK recovers them.
+    ``video_delay_ms``: forwarded video is held back this long (a known A/V offset: the negative
+    control of a skew measurement)."""
+
+    drop_rate: float = 0.0
+    seed: int = 0
+    video_delay_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.drop_rate < 1.0 or self.video_delay_ms < 0:
+            raise ValueError(f"invalid forward faults {self}")
+
+
+@dataclass(frozen=True, slots=True)
+class TrackKey:
+    session_id: str  # the publisher's
+    kind: str  # "audio" | "video"
+
+
+@dataclass(eq=False)
+class PublishedTrack:
+    """One publisher's received track, fanned out to the subscribers' senders."""
+
+    key: TrackKey
+    lookup_prefix: str
+    receiver: RTCRtpReceiver
+    spawn: Spawn
+    sinks: set[ForwardSink] = field(default_factory=set)
+    media_ssrc: int | None = None
+    last_sr: tuple[int, int] | None = None  # (ntp, rtp) of the publisher's latest SR
+    packets: int = 0
+
+    def codec(self) -> RTCRtpCodecParameters | None:
+        codecs: dict[int, RTCRtpCodecParameters] = getattr(
+            self.receiver, "_RTCRtpReceiver__codecs", {}
+        )
+        return next((c for c in codecs.values() if not is_rtx(c)), None)
+
+    async def on_packet(self, packet: RtpPacket) -> None:
+        """A packet as received from the publisher (RTX unwrapped here, never forwarded as RTX)."""
+        r: Any = self.receiver
+        codec = r._RTCRtpReceiver__codecs.get(packet.payload_type)
+        if codec is None:
+            return
+        if is_rtx(codec):
+            original = r._RTCRtpReceiver__rtx_ssrc.get(packet.ssrc)
+            apt = codec.parameters.get("apt")
+            if original is None or not isinstance(apt, int) or len(packet.payload) < 2:
+                return
+            packet = unwrap_rtx(packet, payload_type=apt, ssrc=original)
+        self.media_ssrc = packet.ssrc
+        self.packets += 1
+        for sink in list(self.sinks):
+            await sink.send(packet)
+
+    def on_sr(self, sr: RtcpSrPacket) -> None:
+        if sr.ssrc != self.media_ssrc and self.media_ssrc is not None:
+            return
+        info = sr.sender_info
+        self.last_sr = (info.ntp_timestamp, info.rtp_timestamp)
+        for sink in self.sinks:
+            sink.set_sr(*self.last_sr)
+
+    def request_keyframe(self) -> None:
+        if self.key.kind != "video" or self.media_ssrc is None:
+            return
+        ssrc = self.media_ssrc
+        self.spawn(self.receiver._send_rtcp_pli(ssrc), "forward-pli")
+
+
+class ForwardSink:
+    """One subscriber m-line carrying one published track."""
+
+    def __init__(
+        self,
+        track: PublishedTrack,
+        transceiver: RTCRtpTransceiver,
+        faults: Callable[[], ForwardFaults | None] = lambda: None,
+    ) -> None:
+        self.track = track
+        self._faults = faults
+        self._rng: random.Random | None = None
+        self._seed: int | None = None
+        self.dropped = 0
+        self.transceiver = transceiver
+        self.sender: RTCRtpSender = transceiver.sender
+        codecs = [c for c in transceiver._codecs if not is_rtx(c)]
+        self.payload_type = codecs[0].payloadType if codecs else None
+        self.mid = transceiver.mid
+        self._ext = HeaderExtensionsMap()
+        self._ext.configure(RTCRtpParameters(headerExtensions=transceiver._headerExtensions))
+        self._history: dict[int, bytes] = {}
+        self.sent = 0
+        self.send_errors = 0
+        self.nacks = 0
+        s: Any = self.sender
+        s._send_keyframe = track.request_keyframe  # the viewer's PLI/FIR goes upstream
+        s._retransmit = self._retransmit
+        if track.last_sr is not None:
+            self.set_sr(*track.last_sr)
+
+    async def send(self, packet: RtpPacket) -> None:
+        if self.payload_type is None:
+            return
+        out = RtpPacket(
+            payload_type=self.payload_type,
+            marker=packet.marker,
+            sequence_number=packet.sequence_number,
+            timestamp=packet.timestamp,
+            ssrc=self.sender._ssrc,
+            payload=packet.payload,
+        )
+        out.extensions.mid = self.mid
+        out.extensions.audio_level = packet.extensions.audio_level
+        out.extensions.abs_send_time = packet.extensions.abs_send_time
+        data = out.serialize(self._ext)
+        self._history[packet.sequence_number % _HISTORY] = data
+        faults = self._faults()
+        if faults is not None:
+            if faults.drop_rate:
+                if self._rng is None or self._seed != faults.seed:
+                    self._rng, self._seed = random.Random(faults.seed), faults.seed
+                if self._rng.random() < faults.drop_rate:
+                    self.dropped += 1
+                    return
+            if faults.video_delay_ms and self.track.key.kind == "video":
+                # Held without holding up the publisher's receive path (audio goes on).
+                delayed = self._send_now(data, len(packet.payload))
+                asyncio.get_running_loop().call_later(
+                    faults.video_delay_ms / 1000, self.track.spawn, delayed, "forward-delay"
+                )
+                return
+        await self._send_now(data, len(packet.payload))
+
+    async def _send_now(self, data: bytes, payload_bytes: int) -> None:
+        try:
+            await self.sender.transport._send_rtp(data)
+        except ConnectionError:
+            self.send_errors += 1
+            return
+        self.sent += 1
+        s: Any = self.sender
+        s._RTCRtpSender__packet_count += 1
+        s._RTCRtpSender__octet_count += payload_bytes
+
+    def set_sr(self, ntp: int, rtp: int) -> None:
+        # The publisher's mapping: valid as is because the RTP timestamps are forwarded unchanged.
+        s: Any = self.sender
+        s._RTCRtpSender__ntp_timestamp = ntp
+        s._RTCRtpSender__rtp_timestamp = rtp
+
+    async def _retransmit(self, sequence_number: int) -> None:
+        data = self._history.get(sequence_number % _HISTORY)
+        if data is None or int.from_bytes(data[2:4], "big") != sequence_number:
+            return
+        self.nacks += 1
+        with contextlib.suppress(ConnectionError):
+            await self.sender.transport._send_rtp(data)
+
+    def close(self) -> None:
+        self.track.sinks.discard(self)
+
+
+class Subscriber:
+    """One participant's subscriber PC, renegotiated whenever the wanted tracks change.
+
+    ``send_offer(sdp)`` delivers an offer to the participant (an ``SfuEvent``); the answer comes
+    back through :meth:`on_answer`, the participant's candidates through :meth:`add_candidate`.
+    """
+
+    def __init__(
+        self,
+        session_id: str,
+        send_offer: Callable[[str], Awaitable[None]],
+        add_candidate: Callable[[RTCPeerConnection, str], Awaitable[None]],
+        spawn: Spawn,
+        faults: Callable[[], ForwardFaults | None] = lambda: None,
+    ) -> None:
+        self.session_id = session_id
+        self._faults = faults
+        self._send_offer = send_offer
+        self._add_candidate = add_candidate
+        self._spawn = spawn
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.sinks: dict[TrackKey, ForwardSink] = {}
+        self._transceivers: dict[TrackKey, RTCRtpTransceiver] = {}
+        self._answer: asyncio.Future[str] | None = None
+        self._pending_ice: list[str] = []
+        self._wanted: dict[TrackKey, PublishedTrack] = {}
+        self._dirty = asyncio.Event()
+        self._running = False
+        self.negotiations = 0
+        self.closed = False
+
+    def want(self, tracks: dict[TrackKey, PublishedTrack]) -> None:
+        """Set the tracks this participant should receive; renegotiates in the background."""
+        self._wanted = dict(tracks)
+        self._dirty.set()
+        if not self._running:
+            self._running = True
+            self._spawn(self._run(), f"subscriber-{self.session_id[:8]}")
+
+    async def _run(self) -> None:
+        try:
+            while self._dirty.is_set() and not self.closed:
+                self._dirty.clear()
+                await self._sync(dict(self._wanted))
+        finally:
+            self._running = False
+
+    async def _sync(self, wanted: dict[TrackKey, PublishedTrack]) -> None:
+        current = {k for k, s in self.sinks.items() if s.track is wanted.get(k)}
+        added = [k for k in wanted if k not in current]
+        removed = [k for k in self.sinks if k not in wanted or k in added]
+        if not added and not removed:
+            return
+        for key in removed:
+            self.sinks.pop(key).close()
+            transceiver = self._transceivers.get(key)
+            if transceiver is not None and key not in wanted:
+                transceiver.direction = "inactive"
+        new: list[TrackKey] = []
+        for key in added:
+            track = wanted[key]
+            transceiver = self._transceivers.get(key)
+            if transceiver is None:
+                transceiver = self._add_transceiver(track)
+                if transceiver is None:
+                    continue
+                self._transceivers[key] = transceiver
+            transceiver.direction = "sendonly"
+            new.append(key)
+        if not await self._negotiate():
+            return
+        for key in new:
+            track = wanted[key]
+            sink = ForwardSink(track, self._transceivers[key], self._faults)
+            self.sinks[key] = sink
+            track.sinks.add(sink)
+            track.request_keyframe()  # a new viewer decodes from the next keyframe
+        log.info(
+            "sfu subscriber updated",
+            session=self.session_id,
+            tracks=sorted(f"{k.session_id[:8]}:{k.kind}" for k in self.sinks),
+        )
+
+    def _add_transceiver(self, track: PublishedTrack) -> RTCRtpTransceiver | None:
+        codec = track.codec()
+        if codec is None:
+            return None
+        transceiver = self.pc.addTransceiver(_IdleTrack(track.key.kind), direction="sendonly")
+        caps = RTCRtpSender.getCapabilities(track.key.kind).codecs
+        name = codec.mimeType.lower()
+        prefs = [c for c in caps if c.mimeType.lower() == name]
+        if name == "video/h264":  # the publisher's packetization and profile
+            wanted = codec.parameters.get("profile-level-id", "")
+            exact = [c for c in prefs if c.parameters.get("profile-level-id") == wanted]
+            prefs = (exact or prefs)[:1]
+        prefs = prefs[:1] + [c for c in caps if c.mimeType.lower().endswith("/rtx")]
+        if track.key.kind == "audio":
+            prefs = prefs[:1]
+        transceiver.setCodecPreferences(prefs)
+        sender: Any = transceiver.sender
+        sender._stream_id = f"{track.lookup_prefix}:{TRACK_TYPE_NAME[track.key.kind]}"
+        return transceiver
+
+    async def _negotiate(self) -> bool:
+        loop = asyncio.get_running_loop()
+        self._answer = loop.create_future()
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        self.negotiations += 1
+        await self._send_offer(self.pc.localDescription.sdp)
+        try:
+            answer = await asyncio.wait_for(self._answer, _ANSWER_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("sfu subscriber answer timeout", session=self.session_id)
+            return False
+        finally:
+            self._answer = None
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        for cand in self._pending_ice:
+            await self._add_candidate(self.pc, cand)
+        self._pending_ice.clear()
+        return True
+
+    def on_answer(self, sdp: str) -> bool:
+        if self._answer is None or self._answer.done():
+            return False
+        self._answer.set_result(sdp)
+        return True
+
+    async def add_candidate(self, candidate_json: str) -> None:
+        remote: RTCSessionDescription | None = self.pc.remoteDescription
+        if remote is not None:
+            await self._add_candidate(self.pc, candidate_json)
+        elif len(self._pending_ice) < 64:  # bounded: a flood before the answer is dropped
+            self._pending_ice.append(candidate_json)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "pc_state": self.pc.connectionState,
+            "negotiations": self.negotiations,
+            "tracks": {
+                f"{k.session_id}:{k.kind}": {
+                    "sent": s.sent,
+                    "dropped": s.dropped,
+                    "nacks_answered": s.nacks,
+                }
+                for k, s in self.sinks.items()
+            },
+        }
+
+    async def close(self) -> None:
+        self.closed = True
+        for sink in self.sinks.values():
+            sink.close()
+        self.sinks.clear()
+        if self._answer is not None and not self._answer.done():
+            self._answer.cancel()
+        await self.pc.close()
+
+
+def install_forward_tap(receiver: RTCRtpReceiver, track: PublishedTrack) -> None:
+    """Tee the receiver's packets to ``track`` (in front of the SFU's own handling) and its
+    sender reports."""
+    inner = receiver._handle_rtp_packet
+    inner_rtcp = receiver._handle_rtcp_packet
+
+    async def handle(packet: RtpPacket, arrival_time_ms: int) -> None:
+        await track.on_packet(packet)
+        await inner(packet, arrival_time_ms)
+
+    async def handle_rtcp(packet: Any) -> None:
+        if isinstance(packet, RtcpSrPacket):
+            track.on_sr(packet)
+        await inner_rtcp(packet)
+
+    r: Any = receiver
+    r._handle_rtp_packet = handle
+    r._handle_rtcp_packet = handle_rtcp

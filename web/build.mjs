@@ -1,0 +1,13 @@
+// Bundles the browser pages from the pinned npm packages (package-lock.json) into dist/.
+import { build } from 'esbuild';
+
+await build({
+  entryPoints: { 'stream-page': 'src/stream-page.js' },
+  outdir: 'dist',
+  bundle: true,
+  format: 'iife',
+  platform: 'browser',
+  target: ['chrome110'],
+  sourcemap: true,
+  logLevel: 'warning',
+});
