@@ -319,7 +319,7 @@ class Subscriber:
             track.sinks.add(sink)
             track.request_keyframe()  # a new viewer decodes from the next keyframe
         log.info(
-            "sfu subscriber updated",
+            "sfu_subscriber_updated",
             session=self.session_id,
             tracks=sorted(f"{k.session_id[:8]}:{k.kind}" for k in self.sinks),
         )
@@ -353,7 +353,7 @@ class Subscriber:
         try:
             answer = await asyncio.wait_for(self._answer, _ANSWER_TIMEOUT_S)
         except TimeoutError:
-            log.warning("sfu subscriber answer timeout", session=self.session_id)
+            log.warning("sfu_subscriber_answer_timeout", session=self.session_id)
             return False
         finally:
             self._answer = None

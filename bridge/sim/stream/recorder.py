@@ -89,11 +89,11 @@ class Mp4Recorder:
                     if stream is not None:
                         container.mux(stream.encode(None))
         except Exception:
-            log.exception("mp4 recording failed", path=self.path)
+            log.exception("mp4_recording_failed", path=self.path)
         finally:
             with contextlib.suppress(Exception):
                 container.close()
-            log.info("mp4 recording closed", **self.stats())
+            log.info("mp4_recording_closed", **self.stats())
 
     def _encode(self, container: Any, streams: _Streams, at: float, frame: Any) -> None:
         if isinstance(frame, av.VideoFrame) and streams.video is not None:

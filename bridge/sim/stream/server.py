@@ -280,7 +280,7 @@ class StreamStandIn:
         server = site._server
         assert server is not None and server.sockets  # type: ignore[attr-defined]
         self._host, self._port = host, server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
-        log.info("stream stand-in listening", base_url=self.base_url, codec=self.video_codec)
+        log.info("stream_standin_listening", base_url=self.base_url, codec=self.video_codec)
 
     @property
     def base_url(self) -> str:
@@ -323,7 +323,7 @@ class StreamStandIn:
                 await call.recorder.aclose()
         if self._runner is not None:
             await self._runner.cleanup()
-        log.info("stream stand-in closed")
+        log.info("stream_standin_closed")
 
     async def __aenter__(self) -> StreamStandIn:
         await self.start()
@@ -339,7 +339,7 @@ class StreamStandIn:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("stand-in task failed", task=name)
+                log.exception("standin_task_failed", task=name)
 
         task = asyncio.get_running_loop().create_task(run(), name=name)
         self._tasks.add(task)
@@ -603,7 +603,7 @@ class StreamStandIn:
                             request.query.get("api_key"), data.get("token"), user.get("id")
                         )
                     except StandInAuthError as exc:
-                        log.info("coordinator ws auth refused", code=exc.code)
+                        log.info("coordinator_ws_auth_refused", code=exc.code)
                         await ws.send_json(
                             {"type": "connection.error", "created_at": _now(), "error": exc.body()}
                         )
@@ -692,7 +692,7 @@ class StreamStandIn:
             "ice_servers": [],
         }
         body["stats_options"] = {"reporting_interval_ms": 0, "enable_rtc_stats": False}
-        log.info("coordinator join", cid=call.cid, user_id=user_id)
+        log.info("coordinator_join", cid=call.cid, user_id=user_id)
         return web.json_response(body)
 
     async def _get_or_create(self, request: web.Request) -> web.Response:
@@ -795,7 +795,7 @@ class StreamStandIn:
                 try:
                     req = ev.SfuRequest.FromString(msg.data)
                 except DecodeError:
-                    log.warning("sfu ws: undecodable request")
+                    log.warning("sfu_ws_undecodable_request")
                     continue
                 kind = req.WhichOneof("request_payload")
                 if kind == "join_request":
@@ -813,7 +813,7 @@ class StreamStandIn:
                     )
                 elif kind == "leave_call_request":
                     session.left_reason = req.leave_call_request.reason or "left"
-                    log.info("sfu leave", session=session.session_id, reason=session.left_reason)
+                    log.info("sfu_leave", session=session.session_id, reason=session.left_reason)
         finally:
             if session is not None and session.ws is ws:
                 session.ws = None
@@ -883,7 +883,7 @@ class StreamStandIn:
             for other in others:
                 await other.send(joined)
         log.info(
-            "sfu join",
+            "sfu_join",
             cid=cid,
             session=session.session_id,
             user_id=session.user_id,
@@ -917,7 +917,7 @@ class StreamStandIn:
         call.leaves.append(
             {"session_id": session.session_id, "user_id": session.user_id, "reason": reason}
         )
-        log.info("sfu session ended", cid=call.cid, session=session.session_id, reason=reason)
+        log.info("sfu_session_ended", cid=call.cid, session=session.session_id, reason=reason)
         if session.pub_pc is not None:
             pc, session.pub_pc = session.pub_pc, None
             await pc.close()
@@ -979,7 +979,7 @@ class StreamStandIn:
         except DecodeError as exc:
             return _twirp_error("malformed", str(exc), 400)
         except Exception as exc:
-            log.exception("twirp handler failed", method=method)
+            log.exception("twirp_handler_failed", method=method)
             return _twirp_error("internal", str(exc), 500)
         return _protobuf(out, as_json)
 
@@ -1002,7 +1002,7 @@ class StreamStandIn:
         session = self._sessions[req.session_id]
         new_tracks = [t.track_type for t in req.tracks]
         log.info(
-            "sfu set publisher",
+            "sfu_set_publisher",
             session=session.session_id,
             tracks=[(pbm.TrackType.Name(t.track_type), t.codec.name) for t in req.tracks],
             ssrcs=sorted(
@@ -1012,7 +1012,7 @@ class StreamStandIn:
         )
         refusal = _check_offer(req, session.video_codec)
         if refusal is not None:
-            log.info("sfu set publisher refused", session=session.session_id, reason=refusal)
+            log.info("sfu_set_publisher_refused", session=session.session_id, reason=refusal)
             err = pbm.Error(
                 code=pbm.ERROR_CODE_PUBLISH_TRACKS_MISMATCH, message=refusal, should_retry=False
             )
@@ -1093,7 +1093,7 @@ class StreamStandIn:
             self._refresh_subscriptions(call)
 
         def on_state() -> None:
-            log.info("publisher pc", session=session.session_id, state=pc.connectionState)
+            log.info("publisher_pc_state", session=session.session_id, state=pc.connectionState)
 
         pc.on("track", on_track)
         pc.on("connectionstatechange", on_state)
@@ -1137,7 +1137,7 @@ class StreamStandIn:
             t.session_id for t in req.tracks if t.track_type == pbm.TRACK_TYPE_VIDEO
         }
         log.info(
-            "sfu update subscriptions",
+            "sfu_update_subscriptions",
             session=req.session_id,
             video_from=sorted(v[:8] for v in session.video_subs),
         )
@@ -1174,7 +1174,7 @@ class StreamStandIn:
             else:
                 session.muted.discard(state.track_type)
         log.info(
-            "sfu mute states",
+            "sfu_mute_states",
             session=req.session_id,
             states=[(pbm.TrackType.Name(m.track_type), m.muted) for m in req.mute_states],
         )
@@ -1182,7 +1182,7 @@ class StreamStandIn:
 
     async def _rpc_ice_restart(self, body: bytes) -> Pb:
         req = sig.ICERestartRequest.FromString(body)
-        log.info("sfu ice restart requested", session=req.session_id, peer=req.peer_type)
+        log.info("sfu_ice_restart_requested", session=req.session_id, peer=req.peer_type)
         return sig.ICERestartResponse()
 
     # ---- media -------------------------------------------------------------------------------
@@ -1190,7 +1190,7 @@ class StreamStandIn:
     async def _consume(
         self, call: _Call, track: MediaStreamTrack, receiver: RTCRtpReceiver | None
     ) -> None:
-        log.info("track received", cid=call.cid, kind=track.kind)
+        log.info("track_received", cid=call.cid, kind=track.kind)
         if track.kind == "video" and receiver is not None:
             self._spawn(_request_keyframe(receiver), "pli")
         while True:
@@ -1212,7 +1212,7 @@ class StreamStandIn:
                 call.measure.on_audio(pcm, frame.sample_rate, channels, now)
             if call.recorder is not None:
                 call.recorder.put(frame)
-        log.info("track ended", cid=call.cid, kind=track.kind)
+        log.info("track_ended", cid=call.cid, kind=track.kind)
 
     # ---- test-only HTTP ----------------------------------------------------------------------
 
@@ -1382,7 +1382,7 @@ def _follow_ice_restart(pc: RTCPeerConnection, offer_sdp: str, session_id: str) 
     for transceiver in pc.getTransceivers():
         connection = transceiver.receiver.transport.transport._connection
         connection.remote_username, connection.remote_password = ufrag, pwd
-    log.info("sfu publisher ice restart", session=session_id)
+    log.info("sfu_publisher_ice_restart", session=session_id)
 
 
 @web.middleware

@@ -81,7 +81,7 @@ class Vp9Decoder(Decoder):
             return list(self._codec.decode(packet))
         except av.FFmpegError as exc:
             # Expected until the first keyframe after a join or a loss; the PLI recovers it.
-            log.debug("vp9 decode failed", error=str(exc))
+            log.debug("vp9_decode_failed", error=str(exc))
             return []
 
 
