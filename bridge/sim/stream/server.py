@@ -184,6 +184,9 @@ class _Call:
     light: dict[str, dict[str, LightCounter]] = field(default_factory=dict)
     # The video receiver that received packets last: the call's codec figure, measured.
     last_video_wire: WireCodecs | None = None
+    # What the SFU granted the session that owns that receiver (per participant, from its
+    # JoinRequest's preferred publish options; the call's default only when nobody publishes).
+    last_video_grant: str | None = None
     # The hop from the SFU to the call's subscribers (loss, a video delay).
     forward_faults: ForwardFaults | None = None
 
@@ -415,7 +418,7 @@ class StreamStandIn:
         # Measured: the payload type on the wire, named by the negotiated SDP. None before the
         # first video packet. The grant is reported apart and never stands in for it.
         out["video_codec"] = call.last_video_wire.codec() if call.last_video_wire else None
-        out["video_codec_granted"] = call.video_codec
+        out["video_codec_granted"] = call.last_video_grant or call.video_codec
         out["recording"] = call.recorder.stats() if call.recorder else None
         out["mode"] = "light" if self.light and not call.full else "full"
         out["light"] = {
@@ -1066,6 +1069,7 @@ class StreamStandIn:
                 session.wire[track.kind] = wire
                 if track.kind == "video":
                     call.last_video_wire = wire
+                    call.last_video_grant = session.video_codec
                 if light:
                     counter = LightCounter(track.kind, codec_of=wire.name)
                     call.light.setdefault(session.session_id, {})[track.kind] = counter
