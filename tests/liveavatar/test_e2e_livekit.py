@@ -128,16 +128,23 @@ async def test_rendered_avatar_reaches_livekit_subscriber(
             await uplink.aclose()
     assert len(frame_nos) > 60 and frame_nos == sorted(frame_nos)
     assert len(onsets) == 6, onsets
-    assert len(flashes) >= 5, flashes
-    # Pair each onset with the nearest flash; the skew is what the pipeline adds (loose bound).
-    skews = [min(flashes, key=lambda f: abs(f - o)) - o for o in onsets]
+    if la.options.publisher == "sdk":
+        # libwebrtc's encoder drops frames on a busy machine (about one in five here, measured
+        # by frame number), and a flash mark is a single frame: at least half must survive.
+        # Each flash that arrives is then paired with its own beep below.
+        assert len(flashes) >= 3, flashes
+        skews = [f - min(onsets, key=lambda o: abs(f - o)) for f in flashes]
+        assert all(abs(s) < 0.25 for s in skews), skews  # beeps are 500 ms apart
+    else:
+        assert len(flashes) >= 5, flashes
+        # Pair each onset with the nearest flash; the skew is what the pipeline adds.
+        skews = [min(flashes, key=lambda f: abs(f - o)) - o for o in onsets]
+        # One flash frame may be dropped by this test's own reader on a loaded machine (the
+        # SDK's bounded frame queue, which logs it); the nearest flash is then the next beep's.
+        assert sum(abs(s) < 0.3 for s in skews) >= len(skews) - 1, skews
     print(
-        f"avatar A/V skew at the LiveKit subscriber (flash - onset), ms: "
-        f"{[round(s * 1000) for s in skews]}"
+        f"A/V skew at the LiveKit subscriber (flash - onset), ms: {[round(s * 1e3) for s in skews]}"
     )
-    # One flash frame may be dropped by this test's own reader on a loaded machine (the SDK's
-    # bounded frame queue, which logs it); the nearest flash is then the next beep's.
-    assert sum(abs(s) < 0.3 for s in skews) >= len(skews) - 1, skews
     assert abs(sorted(skews)[len(skews) // 2]) < 0.3, skews
     assert la.live_sessions == []
     assert lk.rooms_open == 0
