@@ -111,7 +111,9 @@ async def test_relay_is_the_default_and_carries_a_lip_synced_turn(
     assert stats["video_codec"] == codec
     video, audio = stats["video"], stats["audio"]
     assert video["resolution"] == "640x360"
-    assert video["frames"] > 80 and video["fps"] > 20
+    # Frames, not a frame rate: how fast the stand-in renders and encodes on a busy machine is
+    # the bench's business (bench/), what the relay carries is this test's.
+    assert video["frames"] > 80
     assert stats["marks"]["in_order"] and stats["marks"]["read"] > 50
     assert audio["seconds"] > 3.0 and audio["onsets"] >= 6
     assert len(skews) >= 5
