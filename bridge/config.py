@@ -212,6 +212,35 @@ class LimitsConfig(_Section):
     )
 
 
+class PoolConfig(_Section):
+    """Warm LiveAvatar sessions started ahead of demand, handed to a HELLO whose avatar settings
+    match (avatar id, quality, encoding; sandbox and cap as configured). Off while size is 0."""
+
+    size: int = Field(
+        0, ge=0, le=100, description="Warm sessions kept per avatar settings key (0: no pool)."
+    )
+    avatars: list[str] = Field(
+        default_factory=list,
+        description="Keys kept warm, 'avatar_id:quality:encoding' ('-' = the configured "
+        "value); empty: the configured avatar only.",
+    )
+    cost_cap_s_per_hour: float = Field(
+        3600.0,
+        ge=0,
+        description="Idle pooled session-seconds allowed per rolling hour (what the pool costs); "
+        "at the cap warm sessions are stopped and not refilled.",
+    )
+    min_remaining_s: float = Field(
+        120.0,
+        ge=0,
+        description="A warm session with less than this left before its cap is stopped, not "
+        "handed out.",
+    )
+    retry_backoff_s: float = Field(
+        2.0, gt=0, le=600, description="First wait after a failed warm start (doubles, to 60 s)."
+    )
+
+
 class LogConfig(_Section):
     """Logging: structured, per-session context, secrets redacted."""
 
@@ -252,6 +281,7 @@ class Settings(BaseSettings):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    pool: PoolConfig = Field(default_factory=PoolConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
     @classmethod
