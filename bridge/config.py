@@ -212,6 +212,9 @@ class LimitsConfig(_Section):
     )
 
 
+SANDBOX_CAP_S = 60
+
+
 class PoolConfig(_Section):
     """Warm LiveAvatar sessions started ahead of demand, handed to a HELLO whose avatar settings
     match (avatar id, quality, encoding; sandbox and cap as configured). Off while size is 0."""
@@ -231,7 +234,7 @@ class PoolConfig(_Section):
         "at the cap warm sessions are stopped and not refilled.",
     )
     min_remaining_s: float = Field(
-        120.0,
+        30.0,
         ge=0,
         description="A warm session with less than this left before its cap is stopped, not "
         "handed out.",
@@ -467,6 +470,13 @@ def _cross_checks(s: Settings) -> list[str]:
         problems.append(
             "liveavatar.avatar_id: required outside sandbox mode "
             "(export LIVEAVATAR_AVATAR_ID=<uuid>)"
+        )
+    # Sandbox sessions end after about a minute whatever is asked (spec 1.5).
+    cap = min(la.max_session_duration, SANDBOX_CAP_S) if la.is_sandbox else la.max_session_duration
+    if s.pool.size > 0 and s.pool.min_remaining_s >= cap:
+        problems.append(
+            f"pool.min_remaining_s: {s.pool.min_remaining_s:g} s is not less than the session "
+            f"cap ({cap} s), so no warm session could ever be handed out; lower it"
         )
     if s.stream.api_key is None or s.stream.api_secret is None:
         problems.append(

@@ -9,6 +9,7 @@ reports ready.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -19,6 +20,7 @@ from bridge.liveavatar import LiveAvatarAPI, LiveAvatarOptions, LiveAvatarUplink
 from bridge.livekit.downlink import DownlinkOptions, LiveKitDownlink
 from bridge.media import MediaClock
 from bridge.media_path import KeptStream, MediaPath, PathChoice, RelayCandidate, choose_path
+from bridge.pool import WarmPool
 from bridge.protocol import Hello
 from bridge.relay.path import RelayOptions, RelayPath
 from bridge.session import Stages
@@ -49,6 +51,9 @@ class RemoteStages:
         self.ledger = SessionLedger(settings.state_dir)
         self._http: aiohttp.ClientSession | None = None
         self._api: LiveAvatarAPI | None = None
+        self.pool: WarmPool | None = None
+        # How many sessions the daemon runs now (the pool's bound); set by the wiring.
+        self.active_sessions: Callable[[], int] = lambda: 0
 
     async def start(self) -> None:
         la = self.settings.liveavatar
@@ -60,8 +65,17 @@ class RemoteStages:
         stopped = await self.ledger.sweep(self._api)
         if stopped:
             log.warning("stopped LiveAvatar sessions left by an earlier run", count=stopped)
+        if self.settings.pool.size > 0:
+            self.pool = WarmPool(self.settings, self._api, self.ledger, self.active_sessions)
+            self.pool.start()
+
+    async def drain(self) -> None:
+        """The daemon drains: stop the warm sessions now (sessions in use finish on their own)."""
+        if self.pool is not None:
+            await self.pool.aclose()
 
     async def aclose(self) -> None:
+        await self.drain()
         if self._http is not None:
             await self._http.close()
             self._http = None
@@ -75,14 +89,14 @@ class RemoteStages:
         ov = hello.avatar
         quality = ov.video_quality or la.video_quality
         codec = (ov.video_encoding or la.video_encoding).upper()
-        uplink = LiveAvatarUplink(
-            self._api,
-            self.ledger,
-            LiveAvatarOptions.from_settings(s, ov.as_dict()),
-            hello.audio,
-            events,
-            on_failure,
-        )
+        options = LiveAvatarOptions.from_settings(s, ov.as_dict())
+        uplink: LiveAvatarUplink | None = None
+        if self.pool is not None:
+            uplink = self.pool.take(options, hello.audio, events, on_failure)
+        if uplink is None:
+            uplink = LiveAvatarUplink(
+                self._api, self.ledger, options, hello.audio, events, on_failure
+            )
         choice = choose_path(
             hello.media_path or s.output.media_path,
             codec,
