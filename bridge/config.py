@@ -102,6 +102,13 @@ class LiveAvatarConfig(_Section):
     connect_timeout_s: float = Field(
         15.0, gt=0, description="WebSocket connect + 'connected' state, and LiveKit join, timeout."
     )
+    handover_margin_s: float = Field(
+        0.0,
+        ge=0,
+        le=3600,
+        description="Bring up the next LiveAvatar session this long before the cap and switch "
+        "to it at a turn boundary (transcode path only for now; 0: off).",
+    )
 
     @field_validator("avatar_id")
     @classmethod

@@ -23,8 +23,8 @@ from bridge.media_path import KeptStream, MediaPath, PathChoice, RelayCandidate,
 from bridge.pool import WarmPool
 from bridge.protocol import Hello
 from bridge.relay.path import RelayOptions, RelayPath
-from bridge.session import Stages
-from bridge.stages import EventSink, FailureCallback
+from bridge.session import Handover, Stages
+from bridge.stages import AvatarUplink, EventSink, FailureCallback
 from bridge.stream.join import StreamJoinOptions
 from bridge.stream.kept_session import ENCODABLE, KeptSessionPublisher
 from bridge.stream.publisher import PublisherOptions, StreamPublisher
@@ -90,12 +90,24 @@ class RemoteStages:
         quality = ov.video_quality or la.video_quality
         codec = (ov.video_encoding or la.video_encoding).upper()
         options = LiveAvatarOptions.from_settings(s, ov.as_dict())
-        uplink: LiveAvatarUplink | None = None
-        if self.pool is not None:
-            uplink = self.pool.take(options, hello.audio, events, on_failure)
-        if uplink is None:
-            uplink = LiveAvatarUplink(
-                self._api, self.ledger, options, hello.audio, events, on_failure
+        api = self._api
+
+        def new_uplink() -> LiveAvatarUplink:
+            """A warm session from the pool when one matches, else a cold one."""
+            if self.pool is not None:
+                warm = self.pool.take(options, hello.audio, events, on_failure)
+                if warm is not None:
+                    return warm
+            return LiveAvatarUplink(api, self.ledger, options, hello.audio, events, on_failure)
+
+        uplink = new_uplink()
+        handover = None
+        if la.handover_margin_s > 0:
+            handover = Handover(
+                next_uplink=new_uplink,
+                expires_at=_expires_at,
+                margin_s=la.handover_margin_s,
+                prepare_timeout_s=la.connect_timeout_s,
             )
         choice = choose_path(
             hello.media_path or s.output.media_path,
@@ -107,7 +119,13 @@ class RemoteStages:
         return Stages(
             uplink=uplink,
             paths=RemotePaths(s, hello, codec, clock, events, on_failure, choice),
+            handover=handover,
         )
+
+
+def _expires_at(uplink: AvatarUplink) -> float:
+    assert isinstance(uplink, LiveAvatarUplink)
+    return uplink.expires_at
 
 
 @dataclass(slots=True)
@@ -164,10 +182,13 @@ class RemotePaths:
             audio_queue_ms=out.audio_queue_ms,
             video_delay_ms=out.video_delay_ms,
         )
-        downlink = LiveKitDownlink(
-            DownlinkOptions.from_settings(self.settings),
-            self.clock,
-            self.events,
-            self.on_failure,
-        )
-        return TranscodePath(downlink, sync, publisher)
+
+        def new_downlink() -> LiveKitDownlink:
+            return LiveKitDownlink(
+                DownlinkOptions.from_settings(self.settings),
+                self.clock,
+                self.events,
+                self.on_failure,
+            )
+
+        return TranscodePath(new_downlink(), sync, publisher, new_downlink)

@@ -28,7 +28,15 @@ from bridge import metrics
 from bridge.errors import BridgeError, ErrorCode
 from bridge.ingest import ClientLink
 from bridge.media import PCM, AudioChunk, AudioFormat, MediaClock
-from bridge.media_path import DRY_RUN, MediaPath, PathBuilder, PathChoice, PathKind, open_path
+from bridge.media_path import (
+    DRY_RUN,
+    AvatarSwitch,
+    MediaPath,
+    PathBuilder,
+    PathChoice,
+    PathKind,
+    open_path,
+)
 from bridge.protocol import MAX_JSON, MAX_PAYLOAD, Hello
 from bridge.stages import AvatarUplink, EventSink, FailureCallback
 
@@ -53,12 +61,24 @@ TERMINAL = frozenset({State.CLOSED, State.FAILED})
 
 
 @dataclass(slots=True)
+class Handover:
+    """How a session replaces its avatar before the provider's cap ends it."""
+
+    next_uplink: Callable[[], AvatarUplink]  # a new (or warm) LiveAvatar session, same options
+    expires_at: Callable[[AvatarUplink], float]  # monotonic time the cap ends this one
+    margin_s: float
+    prepare_timeout_s: float = 15.0
+    retry_s: float = 2.0
+
+
+@dataclass(slots=True)
 class Stages:
     """What a session drives: the avatar's uplink and, unless a dry run, the builder of its media
-    path (:mod:`bridge.media_path` decides which one is built)."""
+    path (:mod:`bridge.media_path` decides which one is built), and how to replace the avatar."""
 
     uplink: AvatarUplink
     paths: PathBuilder | None = None
+    handover: Handover | None = None
 
 
 class StageFactory(Protocol):
@@ -288,7 +308,71 @@ class Session:
         finally:
             self._started.set()
         self._serving()
-        await self.path.run()
+        path, plan = self.path, self.stages.handover
+        if plan is None or not isinstance(path, AvatarSwitch) or not path.can_switch:
+            await path.run()
+            return
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(path.run())
+            tg.create_task(self._handover_loop(path, plan))
+
+    # ----- avatar handover -----------------------------------------------------------------
+
+    async def _handover_loop(self, path: AvatarSwitch, plan: Handover) -> None:
+        """Before the cap (minus the margin), bring up the next avatar and switch to it."""
+        while True:
+            due = plan.expires_at(self.uplink) - plan.margin_s
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            if not await self._handover(path, plan, "cap"):
+                await asyncio.sleep(plan.retry_s)
+
+    def _at_turn_boundary(self) -> bool:
+        return (
+            self.state != State.SPEAKING
+            and not self._turn_open
+            and self.uplink.buffered_ms() == 0.0
+        )
+
+    async def _handover(self, path: AvatarSwitch, plan: Handover, reason: str) -> bool:
+        t0 = time.monotonic()
+        new = plan.next_uplink()
+        try:
+            room = await new.start()
+            prepared = await path.prepare_avatar(room, plan.prepare_timeout_s)
+        except BridgeError as exc:
+            self._log.warning("avatar_handover_failed", reason=reason, error=exc.message)
+            metrics.HANDOVERS.labels(reason=reason, outcome="failed").inc()
+            await new.aclose("SERVER_ERROR")
+            return False
+        except BaseException:
+            await asyncio.shield(new.aclose("USER_CLOSED"))
+            raise
+        prepared_s = time.monotonic() - t0
+        # At a turn boundary: after speak_ended, in silence; never past the old one's cap.
+        deadline = plan.expires_at(self.uplink) - 1.0
+        while not self._at_turn_boundary() and time.monotonic() < deadline:  # noqa: ASYNC110 - no event for an empty uplink queue
+            await asyncio.sleep(0.02)
+        old, self.uplink = self.uplink, new
+        gap = path.commit_avatar(prepared)
+        # The old avatar's room first, so that its leaving is not taken for a failure.
+        await path.release_retired()
+        await old.aclose("USER_CLOSED")
+        gap_ms = gap()
+        for _ in range(100):  # its first frame through the gate: a frame interval or so
+            if gap_ms is not None:
+                break
+            await asyncio.sleep(0.02)
+            gap_ms = gap()
+        metrics.HANDOVERS.labels(reason=reason, outcome="switched").inc()
+        fields = {
+            "reason": reason,
+            "gap_ms": round(gap_ms, 1) if gap_ms is not None else None,
+            "prepare_s": round(prepared_s, 3),
+            "liveavatar_session": room.session_id,
+        }
+        self._log.info("avatar_handover", **fields)
+        self.send_event("avatar_handover", fields)
+        return True
 
     def _serving(self) -> None:
         choice = self.choice
