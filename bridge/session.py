@@ -46,6 +46,8 @@ log = structlog.get_logger(__name__)
 CREDIT_INTERVAL_S = 0.25
 # Events kept for a detached client and replayed when it re-attaches.
 BACKLOG = 64
+# Provider-side avatar losses a session recovers from before it fails like any other error.
+MAX_RECOVERIES = 5
 
 
 class State(StrEnum):
@@ -143,6 +145,11 @@ class Session:
         self.choice: PathChoice = paths.choice if paths is not None else DRY_RUN
         self.path: MediaPath | None = None
         self._paths: list[MediaPath] = []  # every path built, for _release
+        # Avatar handover: one switch at a time; a loss is recovered by its own task.
+        self._switching = asyncio.Lock()
+        self._avatar_lost = False
+        self._recovery: asyncio.Task[None] | None = None
+        self._recoveries = 0
 
     # ----- client link -------------------------------------------------------------------
 
@@ -228,6 +235,13 @@ class Session:
         self.send_event(event, fields)
 
     def _fail(self, err: BridgeError) -> None:
+        if self.state in TERMINAL or self._closing.is_set():
+            return
+        if self._replace_lost_avatar(err):
+            return  # the avatar is replaced under the call; the client sees avatar_handover
+        self._fail_now(err)
+
+    def _fail_now(self, err: BridgeError) -> None:
         if self.state in TERMINAL or self._closing.is_set():
             return
         self.error = err
@@ -321,10 +335,48 @@ class Session:
     async def _handover_loop(self, path: AvatarSwitch, plan: Handover) -> None:
         """Before the cap (minus the margin), bring up the next avatar and switch to it."""
         while True:
-            due = plan.expires_at(self.uplink) - plan.margin_s
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
-            if not await self._handover(path, plan, "cap"):
+            # Re-read each second: an unplanned switch may have replaced the avatar meanwhile.
+            wait = plan.expires_at(self.uplink) - plan.margin_s - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(min(wait, 1.0))
+                continue
+            async with self._switching:
+                ok = await self._handover(path, plan, "cap")
+            if not ok:
                 await asyncio.sleep(plan.retry_s)
+
+    def _replace_lost_avatar(self, err: BridgeError) -> bool:
+        """The provider ended the avatar (session stopped, WebSocket closed for good, avatar or
+        room gone): replace it instead of failing, when this session can switch avatars."""
+        plan, path = self.stages.handover, _switchable(self.path)
+        if plan is None or path is None:
+            return False
+        if err.code not in (ErrorCode.LIVEAVATAR_UNAVAILABLE, ErrorCode.LIVEKIT_FAILED):
+            return False
+        self._avatar_lost = True  # a planned switch in progress commits at once
+        if self._recovery is not None and not self._recovery.done():
+            return True  # one loss reports from both the uplink and the downlink
+        if self._recoveries >= MAX_RECOVERIES:
+            return False
+        self._recoveries += 1
+        self._log.warning("avatar_lost", code=str(err.code), error=err.message)
+        self._recovery = asyncio.get_running_loop().create_task(self._recover(path, plan, err))
+        return True
+
+    async def _recover(self, path: AvatarSwitch, plan: Handover, err: BridgeError) -> None:
+        try:
+            async with self._switching:
+                if not self._avatar_lost:
+                    return  # a planned switch that was under way has replaced it already
+                ok = await self._handover(path, plan, "lost")
+        except Exception:
+            self._log.exception("avatar_recovery_crashed")
+            ok = False
+        if not ok:
+            self._fail_now(err)
+
+    def _may_switch(self, deadline: float) -> bool:
+        return self._avatar_lost or self._at_turn_boundary() or time.monotonic() >= deadline
 
     def _at_turn_boundary(self) -> bool:
         return (
@@ -350,10 +402,11 @@ class Session:
         prepared_s = time.monotonic() - t0
         # At a turn boundary: after speak_ended, in silence; never past the old one's cap.
         deadline = plan.expires_at(self.uplink) - 1.0
-        while not self._at_turn_boundary() and time.monotonic() < deadline:  # noqa: ASYNC110 - no event for an empty uplink queue
+        while not self._may_switch(deadline):  # noqa: ASYNC110 - no event for an empty queue
             await asyncio.sleep(0.02)
         old, self.uplink = self.uplink, new
         gap = path.commit_avatar(prepared)
+        self._avatar_lost = False
         # The old avatar's room first, so that its leaving is not taken for a failure.
         await path.release_retired()
         await old.aclose("USER_CLOSED")
@@ -388,6 +441,9 @@ class Session:
             task.cancel()
         if self._linger_task is not None:
             self._linger_task.cancel()
+        if self._recovery is not None and not self._recovery.done():
+            self._recovery.cancel()
+            await asyncio.gather(self._recovery, return_exceptions=True)
         reason = self._close_reason
         closers: list[Callable[[], Awaitable[None]]] = [lambda: self.uplink.aclose(reason)]
         closers += [path.aclose for path in self._paths]
@@ -522,6 +578,10 @@ class Session:
             "stats": dict(self.stats),
             "error": self.error.to_json() if self.error else None,
         }
+
+
+def _switchable(path: object) -> AvatarSwitch | None:
+    return path if isinstance(path, AvatarSwitch) and path.can_switch else None
 
 
 class _Closing(Exception):

@@ -71,3 +71,41 @@ async def test_planned_handover_keeps_the_call_and_its_participant(
         assert sim.liveavatar.live_sessions == []
     finally:
         await daemon.stop()
+
+
+async def test_a_dropped_avatar_is_replaced_without_an_error(
+    capped: StandIns, tmp_path: Path
+) -> None:
+    sim = capped
+    sim.liveavatar.options.sandbox_max_duration_s = 3600  # no planned switch in this test
+    daemon = DaemonProcess(
+        tmp_path,
+        sim.daemon_env(),
+        *SMALL,
+        "--set", "output.media_path=transcode",
+        "--set", "liveavatar.handover_margin_s=1",
+    )  # fmt: skip
+    await daemon.start()
+    try:
+        async with await BridgeClient.connect(daemon.socket) as client:
+            events = await open_session(client, "lost")
+            (first,) = [e.fields["session_id"] for e in events if e.event == "liveavatar_session"]
+            await sim.liveavatar.drop(first)  # the provider ends it mid-call
+            seen = await until_event(client, "avatar_handover", limit_s=30)
+            (handover,) = [e.fields for e in seen if e.event == "avatar_handover"]
+            assert handover["reason"] == "lost"
+            second = handover["liveavatar_session"]
+            assert sim.liveavatar.live_sessions == [second]
+            sim.stream.reset_measure("default", "lost")
+            beeps = beep_train(FMT.sample_rate, 6, 500, 100).tobytes()
+            await stream_pcm_realtime(client, beeps, FMT)
+            await client.end_turn()
+            await until_event(client, "speak_ended")  # raises on any fatal error
+            await asyncio.sleep(0.5)
+            stats = sim.stream.stats("default", "lost")
+        assert stats["joins"] == 1
+        assert stats["audio"]["onsets"] >= 4
+        assert daemon.metric_sum("bridge_avatar_handovers_total", 'outcome="switched"') == 1
+    finally:
+        await daemon.stop()
+    assert sim.liveavatar.live_sessions == []
