@@ -28,7 +28,7 @@ from typing import Any
 
 import structlog
 
-from bench import driver, relay_scenario, report
+from bench import continuity, driver, relay_scenario, report
 from bench.driver import VARIANTS, Variant
 from bridge.sim import netns
 
@@ -170,6 +170,7 @@ SCENARIOS: dict[str, Scenario] = {
     "side_by_side": scenario_side_by_side,
     "soak": scenario_soak,
     "relay": relay_scenario.scenario,
+    "continuity": continuity.scenario,
 }
 
 

@@ -102,6 +102,13 @@ class LiveAvatarConfig(_Section):
     connect_timeout_s: float = Field(
         15.0, gt=0, description="WebSocket connect + 'connected' state, and LiveKit join, timeout."
     )
+    handover_margin_s: float = Field(
+        0.0,
+        ge=0,
+        le=3600,
+        description="Bring up the next LiveAvatar session this long before the cap and switch "
+        "to it at a turn boundary (transcode path only for now; 0: off).",
+    )
 
     @field_validator("avatar_id")
     @classmethod
@@ -212,6 +219,38 @@ class LimitsConfig(_Section):
     )
 
 
+SANDBOX_CAP_S = 60
+
+
+class PoolConfig(_Section):
+    """Warm LiveAvatar sessions started ahead of demand, handed to a HELLO whose avatar settings
+    match (avatar id, quality, encoding; sandbox and cap as configured). Off while size is 0."""
+
+    size: int = Field(
+        0, ge=0, le=100, description="Warm sessions kept per avatar settings key (0: no pool)."
+    )
+    avatars: list[str] = Field(
+        default_factory=list,
+        description="Keys kept warm, 'avatar_id:quality:encoding' ('-' = the configured "
+        "value); empty: the configured avatar only.",
+    )
+    cost_cap_s_per_hour: float = Field(
+        3600.0,
+        ge=0,
+        description="Idle pooled session-seconds allowed per rolling hour (what the pool costs); "
+        "at the cap warm sessions are stopped and not refilled.",
+    )
+    min_remaining_s: float = Field(
+        30.0,
+        ge=0,
+        description="A warm session with less than this left before its cap is stopped, not "
+        "handed out.",
+    )
+    retry_backoff_s: float = Field(
+        2.0, gt=0, le=600, description="First wait after a failed warm start (doubles, to 60 s)."
+    )
+
+
 class LogConfig(_Section):
     """Logging: structured, per-session context, secrets redacted."""
 
@@ -252,6 +291,7 @@ class Settings(BaseSettings):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    pool: PoolConfig = Field(default_factory=PoolConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
     @classmethod
@@ -437,6 +477,13 @@ def _cross_checks(s: Settings) -> list[str]:
         problems.append(
             "liveavatar.avatar_id: required outside sandbox mode "
             "(export LIVEAVATAR_AVATAR_ID=<uuid>)"
+        )
+    # Sandbox sessions end after about a minute whatever is asked (spec 1.5).
+    cap = min(la.max_session_duration, SANDBOX_CAP_S) if la.is_sandbox else la.max_session_duration
+    if s.pool.size > 0 and s.pool.min_remaining_s >= cap:
+        problems.append(
+            f"pool.min_remaining_s: {s.pool.min_remaining_s:g} s is not less than the session "
+            f"cap ({cap} s), so no warm session could ever be handed out; lower it"
         )
     if s.stream.api_key is None or s.stream.api_secret is None:
         problems.append(

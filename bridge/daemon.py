@@ -2,8 +2,9 @@
 
 Start order: sweep leftover paid sessions -> bind the socket -> admin -> READY=1.
 Stop order (SIGTERM/SIGINT or ``POST /drain``): not ready + STOPPING=1 at once -> stop accepting
--> sessions finish for up to ``limits.drain_timeout_s`` -> close the rest (each stops its
-LiveAvatar session) -> close listeners -> exit 0.
+-> drain tasks (the warm pool stops its sessions) -> sessions finish for up to
+``limits.drain_timeout_s`` -> close the rest (each stops its LiveAvatar session) -> close
+listeners -> exit 0.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class Daemon:
         factory: StageFactory,
         *,
         startup: list[StartupTask] | None = None,
+        drain: list[StartupTask] | None = None,
         shutdown: list[StartupTask] | None = None,
     ) -> None:
         self.settings = settings
@@ -48,6 +50,7 @@ class Daemon:
             on_change=self._report_status,
         )
         self._startup = startup or []
+        self._drain_tasks = drain or []
         self._shutdown = shutdown or []
         self._notifier = Notifier()
         self._stop = asyncio.Event()
@@ -162,6 +165,11 @@ class Daemon:
         self.start_drain()
         if self.ingest is not None:
             await self.ingest.stop_accepting()
+        for task in self._drain_tasks:  # e.g. stop the warm pool: no new session will need it
+            try:
+                await task()
+            except Exception:
+                log.exception("drain task failed")
         await self.sessions.drain(self.settings.limits.drain_timeout_s)
 
     async def _close(self) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from prometheus_client import Counter
 
@@ -126,6 +126,21 @@ class MediaPath(Protocol):
         ...
 
 
+@runtime_checkable
+class AvatarSwitch(Protocol):
+    """A path that can change avatars under a running call (the same tracks keep being
+    written): prepare the next avatar's room, then commit the switch at a turn boundary."""
+
+    @property
+    def can_switch(self) -> bool: ...
+
+    async def prepare_avatar(self, room: AvatarRoom, timeout_s: float) -> Any: ...
+
+    def commit_avatar(self, prepared: Any) -> Callable[[], float | None]: ...
+
+    async def release_retired(self) -> None: ...
+
+
 class KeptStream(Protocol):
     """The Stream SFU session a declined relay joined, handed to the transcode path."""
 
@@ -191,6 +206,7 @@ __all__ = [
     "DRY_RUN",
     "MEDIA_PATH",
     "RELAY_CODECS",
+    "AvatarSwitch",
     "KeptStream",
     "MediaPath",
     "PathBuilder",

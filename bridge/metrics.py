@@ -36,3 +36,8 @@ REMOTE_ERRORS = Counter(
     "bridge_remote_errors_total", "Errors reported by a remote, by remote and code.", ["code"]
 )
 DRAINING = Gauge("bridge_draining", "1 while the daemon drains for shutdown.")
+HANDOVERS = Counter(
+    "bridge_avatar_handovers_total",
+    "Avatar handovers (a new LiveAvatar session under a running call), by reason and outcome.",
+    ["reason", "outcome"],
+)

@@ -32,4 +32,12 @@ def build_daemon(settings: Settings) -> Daemon:
     from bridge.remote import RemoteStages  # the real services; imported only when used
 
     remote = RemoteStages(settings)
-    return Daemon(settings, remote.factory, startup=[remote.start], shutdown=[remote.aclose])
+    daemon = Daemon(
+        settings,
+        remote.factory,
+        startup=[remote.start],
+        drain=[remote.drain],
+        shutdown=[remote.aclose],
+    )
+    remote.active_sessions = lambda: len(daemon.sessions)
+    return daemon

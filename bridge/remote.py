@@ -9,6 +9,7 @@ reports ready.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -19,10 +20,11 @@ from bridge.liveavatar import LiveAvatarAPI, LiveAvatarOptions, LiveAvatarUplink
 from bridge.livekit.downlink import DownlinkOptions, LiveKitDownlink
 from bridge.media import MediaClock
 from bridge.media_path import KeptStream, MediaPath, PathChoice, RelayCandidate, choose_path
+from bridge.pool import WarmPool
 from bridge.protocol import Hello
 from bridge.relay.path import RelayOptions, RelayPath
-from bridge.session import Stages
-from bridge.stages import EventSink, FailureCallback
+from bridge.session import Handover, Stages
+from bridge.stages import AvatarUplink, EventSink, FailureCallback
 from bridge.stream.join import StreamJoinOptions
 from bridge.stream.kept_session import ENCODABLE, KeptSessionPublisher
 from bridge.stream.publisher import PublisherOptions, StreamPublisher
@@ -49,6 +51,9 @@ class RemoteStages:
         self.ledger = SessionLedger(settings.state_dir)
         self._http: aiohttp.ClientSession | None = None
         self._api: LiveAvatarAPI | None = None
+        self.pool: WarmPool | None = None
+        # How many sessions the daemon runs now (the pool's bound); set by the wiring.
+        self.active_sessions: Callable[[], int] = lambda: 0
 
     async def start(self) -> None:
         la = self.settings.liveavatar
@@ -60,8 +65,17 @@ class RemoteStages:
         stopped = await self.ledger.sweep(self._api)
         if stopped:
             log.warning("ledger_swept", count=stopped)
+        if self.settings.pool.size > 0:
+            self.pool = WarmPool(self.settings, self._api, self.ledger, self.active_sessions)
+            self.pool.start()
+
+    async def drain(self) -> None:
+        """The daemon drains: stop the warm sessions now (sessions in use finish on their own)."""
+        if self.pool is not None:
+            await self.pool.aclose()
 
     async def aclose(self) -> None:
+        await self.drain()
         if self._http is not None:
             await self._http.close()
             self._http = None
@@ -75,14 +89,26 @@ class RemoteStages:
         ov = hello.avatar
         quality = ov.video_quality or la.video_quality
         codec = (ov.video_encoding or la.video_encoding).upper()
-        uplink = LiveAvatarUplink(
-            self._api,
-            self.ledger,
-            LiveAvatarOptions.from_settings(s, ov.as_dict()),
-            hello.audio,
-            events,
-            on_failure,
-        )
+        options = LiveAvatarOptions.from_settings(s, ov.as_dict())
+        api = self._api
+
+        def new_uplink() -> LiveAvatarUplink:
+            """A warm session from the pool when one matches, else a cold one."""
+            if self.pool is not None:
+                warm = self.pool.take(options, hello.audio, events, on_failure)
+                if warm is not None:
+                    return warm
+            return LiveAvatarUplink(api, self.ledger, options, hello.audio, events, on_failure)
+
+        uplink = new_uplink()
+        handover = None
+        if la.handover_margin_s > 0:
+            handover = Handover(
+                next_uplink=new_uplink,
+                expires_at=_expires_at,
+                margin_s=la.handover_margin_s,
+                prepare_timeout_s=la.connect_timeout_s,
+            )
         choice = choose_path(
             hello.media_path or s.output.media_path,
             codec,
@@ -93,7 +119,13 @@ class RemoteStages:
         return Stages(
             uplink=uplink,
             paths=RemotePaths(s, hello, codec, clock, events, on_failure, choice),
+            handover=handover,
         )
+
+
+def _expires_at(uplink: AvatarUplink) -> float:
+    assert isinstance(uplink, LiveAvatarUplink)
+    return uplink.expires_at
 
 
 @dataclass(slots=True)
@@ -150,10 +182,13 @@ class RemotePaths:
             audio_queue_ms=out.audio_queue_ms,
             video_delay_ms=out.video_delay_ms,
         )
-        downlink = LiveKitDownlink(
-            DownlinkOptions.from_settings(self.settings),
-            self.clock,
-            self.events,
-            self.on_failure,
-        )
-        return TranscodePath(downlink, sync, publisher)
+
+        def new_downlink() -> LiveKitDownlink:
+            return LiveKitDownlink(
+                DownlinkOptions.from_settings(self.settings),
+                self.clock,
+                self.events,
+                self.on_failure,
+            )
+
+        return TranscodePath(new_downlink(), sync, publisher, new_downlink)

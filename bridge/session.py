@@ -28,7 +28,15 @@ from bridge import metrics
 from bridge.errors import BridgeError, ErrorCode
 from bridge.ingest import ClientLink
 from bridge.media import PCM, AudioChunk, AudioFormat, MediaClock
-from bridge.media_path import DRY_RUN, MediaPath, PathBuilder, PathChoice, PathKind, open_path
+from bridge.media_path import (
+    DRY_RUN,
+    AvatarSwitch,
+    MediaPath,
+    PathBuilder,
+    PathChoice,
+    PathKind,
+    open_path,
+)
 from bridge.protocol import MAX_JSON, MAX_PAYLOAD, Hello
 from bridge.stages import AvatarUplink, EventSink, FailureCallback
 
@@ -38,6 +46,8 @@ log = structlog.get_logger(__name__)
 CREDIT_INTERVAL_S = 0.25
 # Events kept for a detached client and replayed when it re-attaches.
 BACKLOG = 64
+# Provider-side avatar losses a session recovers from before it fails like any other error.
+MAX_RECOVERIES = 5
 
 
 class State(StrEnum):
@@ -53,12 +63,24 @@ TERMINAL = frozenset({State.CLOSED, State.FAILED})
 
 
 @dataclass(slots=True)
+class Handover:
+    """How a session replaces its avatar before the provider's cap ends it."""
+
+    next_uplink: Callable[[], AvatarUplink]  # a new (or warm) LiveAvatar session, same options
+    expires_at: Callable[[AvatarUplink], float]  # monotonic time the cap ends this one
+    margin_s: float
+    prepare_timeout_s: float = 15.0
+    retry_s: float = 2.0
+
+
+@dataclass(slots=True)
 class Stages:
     """What a session drives: the avatar's uplink and, unless a dry run, the builder of its media
-    path (:mod:`bridge.media_path` decides which one is built)."""
+    path (:mod:`bridge.media_path` decides which one is built), and how to replace the avatar."""
 
     uplink: AvatarUplink
     paths: PathBuilder | None = None
+    handover: Handover | None = None
 
 
 class StageFactory(Protocol):
@@ -123,6 +145,11 @@ class Session:
         self.choice: PathChoice = paths.choice if paths is not None else DRY_RUN
         self.path: MediaPath | None = None
         self._paths: list[MediaPath] = []  # every path built, for _release
+        # Avatar handover: one switch at a time; a loss is recovered by its own task.
+        self._switching = asyncio.Lock()
+        self._avatar_lost = False
+        self._recovery: asyncio.Task[None] | None = None
+        self._recoveries = 0
 
     # ----- client link -------------------------------------------------------------------
 
@@ -210,6 +237,13 @@ class Session:
     def _fail(self, err: BridgeError) -> None:
         if self.state in TERMINAL or self._closing.is_set():
             return
+        if self._replace_lost_avatar(err):
+            return  # the avatar is replaced under the call; the client sees avatar_handover
+        self._fail_now(err)
+
+    def _fail_now(self, err: BridgeError) -> None:
+        if self.state in TERMINAL or self._closing.is_set():
+            return
         self.error = err
         metrics.REMOTE_ERRORS.labels(code=str(err.code)).inc()
         self._log.warning("session_failed", code=str(err.code), error=err.message)
@@ -288,7 +322,110 @@ class Session:
         finally:
             self._started.set()
         self._serving()
-        await self.path.run()
+        path, plan = self.path, self.stages.handover
+        if plan is None or not isinstance(path, AvatarSwitch) or not path.can_switch:
+            await path.run()
+            return
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(path.run())
+            tg.create_task(self._handover_loop(path, plan))
+
+    # ----- avatar handover -----------------------------------------------------------------
+
+    async def _handover_loop(self, path: AvatarSwitch, plan: Handover) -> None:
+        """Before the cap (minus the margin), bring up the next avatar and switch to it."""
+        while True:
+            # Re-read each second: an unplanned switch may have replaced the avatar meanwhile.
+            wait = plan.expires_at(self.uplink) - plan.margin_s - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(min(wait, 1.0))
+                continue
+            async with self._switching:
+                ok = await self._handover(path, plan, "cap")
+            if not ok:
+                await asyncio.sleep(plan.retry_s)
+
+    def _replace_lost_avatar(self, err: BridgeError) -> bool:
+        """The provider ended the avatar (session stopped, WebSocket closed for good, avatar or
+        room gone): replace it instead of failing, when this session can switch avatars."""
+        plan, path = self.stages.handover, _switchable(self.path)
+        if plan is None or path is None:
+            return False
+        if err.code not in (ErrorCode.LIVEAVATAR_UNAVAILABLE, ErrorCode.LIVEKIT_FAILED):
+            return False
+        self._avatar_lost = True  # a planned switch in progress commits at once
+        if self._recovery is not None and not self._recovery.done():
+            return True  # one loss reports from both the uplink and the downlink
+        if self._recoveries >= MAX_RECOVERIES:
+            return False
+        self._recoveries += 1
+        self._log.warning("avatar_lost", code=str(err.code), error=err.message)
+        self._recovery = asyncio.get_running_loop().create_task(self._recover(path, plan, err))
+        return True
+
+    async def _recover(self, path: AvatarSwitch, plan: Handover, err: BridgeError) -> None:
+        try:
+            async with self._switching:
+                if not self._avatar_lost:
+                    return  # a planned switch that was under way has replaced it already
+                ok = await self._handover(path, plan, "lost")
+        except Exception:
+            self._log.exception("avatar_recovery_crashed")
+            ok = False
+        if not ok:
+            self._fail_now(err)
+
+    def _may_switch(self, deadline: float) -> bool:
+        return self._avatar_lost or self._at_turn_boundary() or time.monotonic() >= deadline
+
+    def _at_turn_boundary(self) -> bool:
+        return (
+            self.state != State.SPEAKING
+            and not self._turn_open
+            and self.uplink.buffered_ms() == 0.0
+        )
+
+    async def _handover(self, path: AvatarSwitch, plan: Handover, reason: str) -> bool:
+        t0 = time.monotonic()
+        new = plan.next_uplink()
+        try:
+            room = await new.start()
+            prepared = await path.prepare_avatar(room, plan.prepare_timeout_s)
+        except BridgeError as exc:
+            self._log.warning("avatar_handover_failed", reason=reason, error=exc.message)
+            metrics.HANDOVERS.labels(reason=reason, outcome="failed").inc()
+            await new.aclose("SERVER_ERROR")
+            return False
+        except BaseException:
+            await asyncio.shield(new.aclose("USER_CLOSED"))
+            raise
+        prepared_s = time.monotonic() - t0
+        # At a turn boundary: after speak_ended, in silence; never past the old one's cap.
+        deadline = plan.expires_at(self.uplink) - 1.0
+        while not self._may_switch(deadline):  # noqa: ASYNC110 - no event for an empty queue
+            await asyncio.sleep(0.02)
+        old, self.uplink = self.uplink, new
+        gap = path.commit_avatar(prepared)
+        self._avatar_lost = False
+        # The old avatar's room first, so that its leaving is not taken for a failure.
+        await path.release_retired()
+        await old.aclose("USER_CLOSED")
+        gap_ms = gap()
+        for _ in range(100):  # its first frame through the gate: a frame interval or so
+            if gap_ms is not None:
+                break
+            await asyncio.sleep(0.02)
+            gap_ms = gap()
+        metrics.HANDOVERS.labels(reason=reason, outcome="switched").inc()
+        fields = {
+            "reason": reason,
+            "gap_ms": round(gap_ms, 1) if gap_ms is not None else None,
+            "prepare_s": round(prepared_s, 3),
+            "liveavatar_session": room.session_id,
+        }
+        self._log.info("avatar_handover", **fields)
+        self.send_event("avatar_handover", fields)
+        return True
 
     def _serving(self) -> None:
         choice = self.choice
@@ -304,6 +441,9 @@ class Session:
             task.cancel()
         if self._linger_task is not None:
             self._linger_task.cancel()
+        if self._recovery is not None and not self._recovery.done():
+            self._recovery.cancel()
+            await asyncio.gather(self._recovery, return_exceptions=True)
         reason = self._close_reason
         closers: list[Callable[[], Awaitable[None]]] = [lambda: self.uplink.aclose(reason)]
         closers += [path.aclose for path in self._paths]
@@ -438,6 +578,10 @@ class Session:
             "stats": dict(self.stats),
             "error": self.error.to_json() if self.error else None,
         }
+
+
+def _switchable(path: object) -> AvatarSwitch | None:
+    return path if isinstance(path, AvatarSwitch) and path.can_switch else None
 
 
 class _Closing(Exception):

@@ -4,10 +4,15 @@ again by a call publisher (the Stream SDK, or aiortc on a declined relay's SFU s
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
 
+from bridge.errors import BridgeError, ErrorCode
+from bridge.media import AudioChunk, VideoFrame
 from bridge.media_path import PathKind, RelayDecline
 from bridge.stages import AvatarDownlink, AvatarRoom, CallPublisher, MediaSink
 
@@ -30,23 +35,117 @@ class Publisher(CallPublisher, Protocol):
     def stats(self) -> dict[str, Any]: ...
 
 
+class _Gate:
+    """A downlink's way into the sync stage. Closed, it drops what the downlink delivers (a new
+    avatar being brought up) but notes its first video frame; open, it passes media on;
+    shut, it drops for good (the old avatar after a switch). It notes when it last passed video,
+    for the switch's measured picture gap."""
+
+    def __init__(self, sink: MediaSink, *, open_: bool) -> None:
+        self._sink = sink
+        self.open = open_
+        self.shut = False
+        self.first_video = asyncio.Event()
+        self.first_put_ns = 0
+        self.last_put_ns = 0
+
+    def put_video(self, frame: VideoFrame) -> None:
+        self.first_video.set()
+        if self.open and not self.shut:
+            now = time.monotonic_ns()
+            self.first_put_ns = self.first_put_ns or now
+            self.last_put_ns = now
+            self._sink.put_video(frame)
+
+    def put_audio(self, chunk: AudioChunk) -> None:
+        if self.open and not self.shut:
+            self._sink.put_audio(chunk)
+
+
+@dataclass(slots=True)
+class PreparedAvatar:
+    """A new avatar's downlink, joined and receiving, not yet feeding the call."""
+
+    downlink: AvatarDownlink
+    gate: _Gate
+
+
 class TranscodePath:
     """Implements :class:`bridge.media_path.MediaPath` with a downlink, a sync stage and a
     publisher. The call and the avatar's room are joined at the same time; both must succeed."""
 
     kind = PathKind.TRANSCODE
 
-    def __init__(self, downlink: AvatarDownlink, sync: SyncStage, publisher: Publisher) -> None:
+    def __init__(
+        self,
+        downlink: AvatarDownlink,
+        sync: SyncStage,
+        publisher: Publisher,
+        new_downlink: Callable[[], AvatarDownlink] | None = None,
+    ) -> None:
         self.downlink = downlink
         self.sync = sync
         self.publisher = publisher
+        self._new_downlink = new_downlink
+        self._gate = _Gate(sync, open_=True)
+        self._retired: list[AvatarDownlink] = []
         self._closed = False
+
+    # ----- avatar handover: the call's tracks and the sync stage stay, the avatar changes ---------
+
+    @property
+    def can_switch(self) -> bool:
+        return self._new_downlink is not None and not self._closed
+
+    async def prepare_avatar(self, room: AvatarRoom, timeout_s: float) -> PreparedAvatar:
+        """Join the new avatar's room and wait for its first video frame, feeding nothing yet."""
+        assert self._new_downlink is not None
+        downlink = self._new_downlink()
+        gate = _Gate(self.sync, open_=False)
+        prepared = PreparedAvatar(downlink, gate)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await downlink.start(room, gate)
+                await gate.first_video.wait()
+        except BaseException as exc:
+            await downlink.aclose()
+            if isinstance(exc, TimeoutError):
+                raise BridgeError(
+                    ErrorCode.LIVEKIT_FAILED, "the next avatar sent no picture in time"
+                ) from None
+            raise
+        return prepared
+
+    def commit_avatar(self, prepared: PreparedAvatar) -> Callable[[], float | None]:
+        """Switch the call to the prepared avatar now (synchronously: nothing of the old one is
+        written after this returns). Returns a function giving the measured picture gap in ms
+        once the new avatar's first frame went through (None until then)."""
+        old_gate, old = self._gate, self.downlink
+        old_gate.shut = True
+        prepared.gate.open = True
+        self._gate, self.downlink = prepared.gate, prepared.downlink
+        self._retired.append(old)
+
+        def gap_ms() -> float | None:
+            first = prepared.gate.first_put_ns
+            if not first or not old_gate.last_put_ns:
+                return None
+            return (first - old_gate.last_put_ns) / 1e6
+
+        return gap_ms
+
+    async def release_retired(self) -> None:
+        """Leave the old avatars' rooms (before their LiveAvatar sessions are stopped, so that
+        their leaving is not taken for a failure)."""
+        retired, self._retired = self._retired, []
+        for downlink in retired:
+            await downlink.aclose()
 
     async def start(self, room: AvatarRoom) -> RelayDecline | None:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.publisher.start())
-                tg.create_task(self.downlink.start(room, self.sync))
+                tg.create_task(self.downlink.start(room, self._gate))
         except BaseExceptionGroup as group:
             await self.aclose()
             first = group.exceptions[0]
@@ -71,7 +170,8 @@ class TranscodePath:
         if self._closed:
             return
         self._closed = True
-        for closer in (self.downlink.aclose, self.publisher.aclose):
+        closers = [d.aclose for d in self._retired] + [self.downlink.aclose, self.publisher.aclose]
+        for closer in closers:
             try:
                 await asyncio.shield(closer())
             except Exception:

@@ -195,6 +195,9 @@ class LiveAvatarUplink:
         self._cond = asyncio.Condition()
         self._ws: ClientConnection | None = None
         self._info: StartInfo | None = None
+        self._room: AvatarRoom | None = None
+        self._adopted = False
+        self._started_at = 0.0
         self._session_id: str | None = None
         self._stopped = False
         self._started = False
@@ -217,9 +220,41 @@ class LiveAvatarUplink:
     def buffered_ms(self) -> float:
         return self._core.buffered_ms()
 
+    @property
+    def options(self) -> LiveAvatarOptions:
+        return self._opt
+
+    @property
+    def healthy(self) -> bool:
+        """Started, WebSocket up, not failed or closing: fit to hand to a session."""
+        return self._room is not None and not (self._failed or self._closing)
+
+    @property
+    def expires_at(self) -> float:
+        """Monotonic time at which the provider's cap ends the session (after start)."""
+        cap = self._info.max_session_duration if self._info is not None else None
+        return self._started_at + float(cap or self._opt.max_session_duration)
+
+    def adopt(
+        self, input_format: AudioFormat, events: EventSink, on_failure: FailureCallback
+    ) -> None:
+        """A warm (pre-started) uplink joins a session: its client's audio format, events and
+        failure callback from now on; :meth:`start` then returns the room at once."""
+        if self._room is None or self._adopted:
+            raise RuntimeError("only a started, unadopted uplink can be adopted")
+        self._adopted = True
+        self._resampler = UplinkResampler(input_format)
+        self._events = events
+        self._on_failure = on_failure
+        self._emit("liveavatar_session", session_id=self._session_id, warm=True)
+        if self._core.connected:
+            self._emit("liveavatar_connected", session_id=self._session_id)
+
     # --- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> AvatarRoom:
+        if self._adopted and self._room is not None:
+            return self._room  # a warm uplink: started ahead by the pool
         if self._started:
             raise RuntimeError("LiveAvatarUplink.start() called twice")
         self._started = True
@@ -241,6 +276,7 @@ class LiveAvatarUplink:
         # Sent once, as soon as the id exists: a client can quote it even if /start fails.
         self._emit("liveavatar_session", session_id=token.session_id)
         try:
+            self._started_at = time.monotonic()
             self._info = await self._api.start(token.session_token)
             self._ws = await self._connect()
         except (LiveAvatarError, BridgeError) as exc:
@@ -253,12 +289,13 @@ class LiveAvatarUplink:
             self._run(), name=f"liveavatar-{token.session_id}"
         )
         log.info("liveavatar_started", session_id=token.session_id)
-        return AvatarRoom(
+        self._room = AvatarRoom(
             session_id=self._info.session_id,
             livekit_url=self._info.livekit_url,
             livekit_token=self._info.livekit_agent_token,
             ws_url=self._info.ws_url,
         )
+        return self._room
 
     async def _connect(self) -> ClientConnection:
         assert self._info is not None

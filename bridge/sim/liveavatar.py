@@ -8,6 +8,15 @@ before ``connected`` silently dropped, single-use session tokens and FastAPI-sty
 Each started session gets an :class:`~bridge.sim.avatar.AvatarRenderer`; when a LiveKit stand-in
 is given, its tracks are published into a room there.
 
+The start path takes time, as the real one does (:class:`StartDelays`, chosen by a named
+profile): minting the token, starting the session, the WebSocket reporting ``connected``, the
+avatar joining its room and its first keyframe. The test stack uses ``instant`` (all zero, so
+the suite stays fast); the demo and the bench choose ``realistic`` explicitly. The session ends
+as the real one does: at ``max_session_duration`` (``MAX_DURATION_REACHED``), after the idle
+timeout (``IDLE_TIMEOUT``), or when a test injects a provider-side drop (:meth:`drop`,
+``Faults.drop_session_after_s``): the LiveAvatar sessions that vanish mid-call in
+livekit/agents#4204 and pipecat#3029.
+
 Run by hand: ``python -m bridge.sim.liveavatar --port 8900 --api-key sk-test`` starts it with its
 own LiveKit stand-in (``--no-livekit`` for REST and WebSocket only); ``python -m bridge.sim``
 starts every stand-in and prints the environment a daemon needs.
@@ -66,6 +75,60 @@ SIM_LA_DROPPED = Counter(
 )
 
 
+@dataclass(frozen=True, slots=True)
+class StartDelays:
+    """Seconds each step of the start path takes.
+
+    No public source publishes LiveAvatar's start-path timings, so the ``realistic`` figures are
+    assumptions, chosen from what is public: livekit/agents#5581 measures exactly this
+    ("avatar_join_latency": session start -> avatar participant joined with a video track) but
+    publishes no figure; HeyGen's forum reports 2.5-3.6 s from a speak request to the avatar
+    talking on the older Streaming Avatar API (movio-api.readme.io discuss thread "Streaming
+    Avatar latency"), a different measure that bounds how slow the service can be; a LiveKit room
+    connect of ~2.2 s is reported for ElevenLabs' hosted rooms (elevenlabs-swift-sdk#91). So:
+    a fast REST token (0.3 s), a start that provisions the room and a media worker (1.5 s), the
+    WebSocket's ``connected`` soon after (0.3 s), the avatar in its room ~1.5 s after the start
+    and its first keyframe 0.3 s later: ~3.6 s cold, the order of magnitude users complain about.
+    Replace them with measured values once a sandbox run is possible.
+    """
+
+    token_s: float = 0.0  # POST /v1/sessions/token
+    start_s: float = 0.0  # POST /v1/sessions/start
+    connected_s: float = 0.0  # WebSocket open -> session.state_updated 'connected'
+    avatar_join_s: float = 0.0  # /start answered -> the avatar's media flows in its room
+    first_keyframe_s: float = 0.0  # the avatar's media flows -> its first video frame
+
+
+START_PROFILES: dict[str, StartDelays] = {
+    "instant": StartDelays(),
+    "realistic": StartDelays(
+        token_s=0.3, start_s=1.5, connected_s=0.3, avatar_join_s=1.5, first_keyframe_s=0.3
+    ),
+}
+
+
+class _HeldTrack(MediaStreamTrack):
+    """A renderer track that yields nothing until ``release_at`` (monotonic), then relays it:
+    the avatar joining late, or its first keyframe coming late. The participant is listed by the
+    LiveKit stand-in at once; only its media starts later, which is what a receiver measures."""
+
+    def __init__(self, inner: MediaStreamTrack, release_at: float) -> None:
+        super().__init__()
+        self.kind = inner.kind
+        self._inner = inner
+        self._release_at = release_at
+
+    async def recv(self) -> Any:
+        wait = self._release_at - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        return await self._inner.recv()
+
+    def stop(self) -> None:
+        super().stop()
+        self._inner.stop()
+
+
 class LiveKitRooms(Protocol):
     """What the LiveKit stand-in offers (typed here so this module does not depend on it)."""
 
@@ -112,6 +175,7 @@ class StandInOptions:
     # to subscribers. "aiortc": the LiveKit stand-in encodes the tracks itself per subscriber
     # (or once, pre-encoded): cheaper, for large-scale benches; not libwebrtc's RTP.
     publisher: str = "aiortc"
+    delays: StartDelays = field(default_factory=StartDelays)
 
 
 @dataclass(slots=True)
@@ -127,6 +191,9 @@ class Faults:
     never_connected: bool = False
     connect_delay_s: float = 0.0  # delay between connecting and connected
     no_credits: bool = False
+    # End every session this many real seconds after its start, as a provider-side drop.
+    drop_session_after_s: float | None = None
+    drop_reason: str = "SERVER_ERROR"
     # Session ids whose WebSocket stalls: while listed, the server reads and answers nothing on
     # it (messages wait unprocessed, back-pressure builds), but the connection stays open.
     stall_ws: set[str] = field(default_factory=set)
@@ -186,6 +253,7 @@ class LiveAvatarStandIn:
         self._by_token: dict[str, str] = {}
         self.stop_calls: list[tuple[str, str]] = []  # (session_id, reason), for tests
         self.requests: dict[str, int] = {"token": 0, "start": 0, "stop": 0}
+        self.drops: list[str] = []  # sessions ended by an injected drop, for tests
         self._runner: web.AppRunner | None = None
         self._bg: set[asyncio.Task[None]] = set()  # event sends, owned so none is lost or leaked
         self._host = "127.0.0.1"
@@ -228,9 +296,10 @@ class LiveAvatarStandIn:
 
     # --- REST ----------------------------------------------------------------------------------
 
-    async def _delay(self) -> None:
-        if self.faults.delay_s > 0:
-            await asyncio.sleep(self.faults.delay_s)
+    async def _delay(self, modelled_s: float = 0.0) -> None:
+        wait = self.faults.delay_s + modelled_s
+        if wait > 0:
+            await asyncio.sleep(wait)
 
     @staticmethod
     async def _json_body(request: web.Request) -> tuple[dict[str, Any] | None, web.Response | None]:
@@ -253,7 +322,7 @@ class LiveAvatarStandIn:
         return None
 
     async def _token(self, request: web.Request) -> web.Response:
-        await self._delay()
+        await self._delay(self.options.delays.token_s)
         self.requests["token"] += 1
         response = await self._token_inner(request)
         SIM_LA_REQUESTS.labels("token", str(response.status)).inc()
@@ -339,7 +408,7 @@ class LiveAvatarStandIn:
         return web.json_response(_envelope(100, data, "Session token created"))
 
     async def _start(self, request: web.Request) -> web.Response:
-        await self._delay()
+        await self._delay(self.options.delays.start_s)
         self.requests["start"] += 1
         response = await self._start_inner(request)
         SIM_LA_REQUESTS.labels("start", str(response.status)).inc()
@@ -415,11 +484,17 @@ class LiveAvatarStandIn:
         elif self.livekit is not None:
             room = f"la-{session.session_id}"
             session.room = room
+            delays = self.options.delays
+            video, audio = renderer.video_track(), renderer.audio_track()
+            if delays.avatar_join_s > 0 or delays.first_keyframe_s > 0:
+                joined = session.started_at + delays.avatar_join_s
+                audio = _HeldTrack(audio, joined)
+                video = _HeldTrack(video, joined + delays.first_keyframe_s)
             await self.livekit.create_room(
                 room,
                 avatar_identity=self.options.avatar_identity,
-                video=renderer.video_track(),
-                audio=renderer.audio_track(),
+                video=video,
+                audio=audio,
                 video_codec=session.encoding,
                 video_size=(width, height),
             )
@@ -485,6 +560,13 @@ class LiveAvatarStandIn:
 
     # --- session end ---------------------------------------------------------------------------
 
+    async def drop(self, session_id: str, reason: str = "SERVER_ERROR") -> None:
+        """Injected provider-side loss: the session ends now as if the service ended it (the
+        WebSocket says ``closing``/``closed`` and closes, the avatar leaves, the room closes)."""
+        session = self.sessions[session_id]
+        self.drops.append(session_id)
+        await self._end(session, reason)
+
     async def _expiry(self, session: SimSession) -> None:
         scale = self.options.time_scale
         idle = self.options.idle_timeout_s * scale
@@ -494,6 +576,11 @@ class LiveAvatarStandIn:
             if now >= hard_stop:
                 await self._end(session, "MAX_DURATION_REACHED", from_timer=True)
                 return
+            drop_after = self.faults.drop_session_after_s
+            if drop_after is not None and now >= session.started_at + drop_after:
+                self.drops.append(session.session_id)
+                await self._end(session, self.faults.drop_reason, from_timer=True)
+                return
             talking = session.renderer is not None and session.renderer.state == "talking"
             if talking:
                 session.last_activity = now
@@ -501,6 +588,8 @@ class LiveAvatarStandIn:
                 await self._end(session, "IDLE_TIMEOUT", from_timer=True)
                 return
             wake = min(hard_stop, session.last_activity + idle) - now
+            if drop_after is not None:
+                wake = min(wake, session.started_at + drop_after - now)
             await asyncio.sleep(max(0.005, min(wake, 0.25)))
 
     async def _end(self, session: SimSession, reason: str, *, from_timer: bool = False) -> None:
@@ -588,8 +677,9 @@ class LiveAvatarStandIn:
             nonlocal connected
             if self.faults.never_connected:
                 return
-            if self.faults.connect_delay_s > 0:
-                await asyncio.sleep(self.faults.connect_delay_s)
+            wait = self.faults.connect_delay_s + self.options.delays.connected_s
+            if wait > 0:
+                await asyncio.sleep(wait)
             connected = True
             await self._send(session, {"type": "session.state_updated", "state": "connected"})
 
@@ -695,6 +785,7 @@ async def _serve(args: argparse.Namespace) -> None:
         render_latency_s=args.render_latency,
         fps=args.fps,
         publisher=args.publisher,
+        delays=START_PROFILES[args.profile],
     )
     livekit = None if args.no_livekit else LiveKitStandIn()
     standin = LiveAvatarStandIn(options, livekit=livekit)
@@ -737,6 +828,9 @@ def main(argv: list[str] | None = None) -> None:
         "--no-livekit",
         action="store_true",
         help="no LiveKit stand-in: sessions get an unreachable livekit_url (REST/WS tests only)",
+    )
+    parser.add_argument(
+        "--profile", choices=sorted(START_PROFILES), default="instant", help="start-path delays"
     )
     args = parser.parse_args(argv)
     if not args.api_key:

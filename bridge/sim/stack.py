@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from bridge.sim.liveavatar import LiveAvatarStandIn, StandInOptions
+from bridge.sim.liveavatar import START_PROFILES, LiveAvatarStandIn, StandInOptions
 from bridge.sim.livekit_server import LiveKitStandIn
 from bridge.sim.stream import StreamStandIn
 
@@ -39,9 +39,14 @@ class StandIns:
         stream_codec: str = "VP9",
         liveavatar: StandInOptions | None = None,
         avatar_publisher: str | None = None,
+        start_profile: str | None = None,
     ) -> None:
+        """``start_profile`` ("instant", "realistic") sets the LiveAvatar start-path delays;
+        tests keep the default (instant), the demo and the bench ask for "realistic"."""
         self.livekit = LiveKitStandIn()
         opts = liveavatar or StandInOptions()
+        if start_profile is not None:
+            opts.delays = START_PROFILES[start_profile]
         opts.api_keys = frozenset({LIVEAVATAR_KEY})
         opts.render_latency_s = render_latency_s
         # "sdk": the avatar publishes with the LiveKit SDK (libwebrtc simulcast RTP, forwarded);

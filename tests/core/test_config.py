@@ -156,3 +156,15 @@ def test_example_toml_loads_and_docs_are_current() -> None:
         [sys.executable, "-m", "bridge.configdoc", "--check"], cwd=ROOT, capture_output=True
     )
     assert done.returncode == 0, done.stderr.decode()
+
+
+def test_a_pool_that_could_never_hand_out_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIVEAVATAR_API_KEY", "k")
+    monkeypatch.setenv("STREAM_API_KEY", "k")
+    monkeypatch.setenv("STREAM_API_SECRET", "s")
+    # Sandbox sessions last 60 s: keeping 60 s in reserve leaves no usable warm session.
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, parse_overrides(["pool.size=1", "pool.min_remaining_s=60"]))
+    assert any(p.startswith("pool.min_remaining_s") for p in info.value.problems)
+    s = load_settings(None, parse_overrides(["pool.size=1", "pool.min_remaining_s=10"]))
+    assert s.pool.size == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
 from typing import Any
@@ -11,7 +12,14 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from bridge.sim.liveavatar import SANDBOX_AVATAR_ID, LiveAvatarStandIn
+from bridge.sim.avatar import AvatarRenderer
+from bridge.sim.liveavatar import (
+    SANDBOX_AVATAR_ID,
+    START_PROFILES,
+    LiveAvatarStandIn,
+    StartDelays,
+    _HeldTrack,
+)
 
 from .conftest import API_KEY, AVATAR
 
@@ -223,3 +231,92 @@ async def test_fault_knobs(http: aiohttp.ClientSession, standin: LiveAvatarStand
     unknown = {"session_id": "nope", "reason": "USER_CLOSED"}
     assert (await post(http, f"{base}/v1/sessions/stop", unknown, X_API_KEY=API_KEY))[0] == 404
     await asyncio.sleep(0)
+
+
+async def test_start_path_delays_are_modelled(
+    http: aiohttp.ClientSession, standin: LiveAvatarStandIn
+) -> None:
+    standin.options.delays = StartDelays(token_s=0.2, start_s=0.3, connected_s=0.2)
+    t0 = time.monotonic()
+    _, tok = await token(http, standin)
+    t_token = time.monotonic()
+    status, data = await post(
+        http, f"{standin.base_url}/v1/sessions/start", {}, Authorization=f"Bearer {tok}"
+    )
+    t_start = time.monotonic()
+    assert status == 201
+    # Lower bounds only: each step takes at least its modelled time.
+    assert t_token - t0 >= 0.2
+    assert t_start - t_token >= 0.3
+    async with http.ws_connect(data["data"]["ws_url"]) as ws:
+        t_ws = time.monotonic()
+        assert (await next_of(ws, "session.state_updated"))["state"] == "connecting"
+        assert (await next_of(ws, "session.state_updated"))["state"] == "connected"
+        assert time.monotonic() - t_ws >= 0.2
+
+
+async def test_avatar_media_is_held_until_it_joins_and_keys() -> None:
+    renderer = AvatarRenderer(320, 240, 30, 0.05)
+    renderer.start()
+    release = time.monotonic() + 0.3
+    video = _HeldTrack(renderer.video_track(), release)
+    try:
+        frame = await asyncio.wait_for(video.recv(), 5)
+        assert time.monotonic() >= release
+        assert (frame.width, frame.height) == (320, 240)
+        assert START_PROFILES["instant"] == StartDelays()
+        realistic = START_PROFILES["realistic"]
+        assert realistic.avatar_join_s > 0 and realistic.first_keyframe_s > 0
+    finally:
+        video.stop()
+        await renderer.aclose()
+
+
+async def test_injected_drop_ends_the_session_like_the_provider(
+    http: aiohttp.ClientSession, standin: LiveAvatarStandIn
+) -> None:
+    data = await started(http, standin)
+    sid = data["session_id"]
+    async with http.ws_connect(data["ws_url"]) as ws:
+        assert (await next_of(ws, "session.state_updated"))["state"] == "connecting"
+        assert (await next_of(ws, "session.state_updated"))["state"] == "connected"
+        await standin.drop(sid)
+        assert (await next_of(ws, "session.state_updated"))["state"] == "closing"
+        assert (await next_of(ws, "session.state_updated"))["state"] == "closed"
+    assert standin.sessions[sid].end_reason == "SERVER_ERROR"
+    assert standin.drops == [sid]
+    assert standin.live_sessions == []
+    # The timed fault drops every session that long after its start.
+    standin.faults.drop_session_after_s = 0.3
+    later = await started(http, standin)
+    async with asyncio.timeout(10):
+        while standin.sessions[later["session_id"]].end_reason is None:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    assert standin.sessions[later["session_id"]].end_reason == "SERVER_ERROR"
+    assert standin.drops == [sid, later["session_id"]]
+
+
+async def test_session_cap_ends_the_session(
+    http: aiohttp.ClientSession, standin: LiveAvatarStandIn
+) -> None:
+    # 200 nominal seconds at time_scale 0.005 = 1 s; keep-alives do not extend the cap.
+    data = await started(http, standin, {**LITE, "max_session_duration": 200})
+    async with http.ws_connect(data["ws_url"]) as ws:
+
+        async def keep_alive() -> None:
+            for _ in range(200):  # bounded: 20 s at most
+                await ws.send_str(json.dumps({"type": "session.keep_alive"}))
+                await asyncio.sleep(0.1)
+
+        sender = asyncio.create_task(keep_alive())
+        try:
+            states = []
+            while "closed" not in states:
+                ev = await next_of(ws, "session.state_updated", wait_s=10)
+                assert ev is not None
+                states.append(ev["state"])
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError, RuntimeError):
+                await sender
+    assert standin.sessions[data["session_id"]].end_reason == "MAX_DURATION_REACHED"

@@ -1,0 +1,111 @@
+"""Planned avatar handover on the transcode path: before the LiveAvatar session's cap the bridge
+brings up the next session and switches at a turn boundary; the call keeps one participant and
+its tracks, speech after the switch reaches it, the client hears ``avatar_handover``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bridge.client import BridgeClient, stream_pcm_realtime
+from bridge.sim.liveavatar import StandInOptions
+from bridge.sim.marks import beep_train
+from bridge.sim.stack import SMALL, DaemonProcess, StandIns
+from tests.pipeline.test_end_to_end import FMT, open_session, until_event
+
+pytestmark = pytest.mark.netns
+
+CAP_S = 8  # the stand-in's sandbox cap, real seconds
+MARGIN_S = 4  # so the switch is due 4 s after the session started
+
+
+@pytest.fixture
+async def capped() -> AsyncIterator[StandIns]:
+    async with StandIns(liveavatar=StandInOptions(sandbox_max_duration_s=CAP_S)) as stack:
+        yield stack
+
+
+async def test_planned_handover_keeps_the_call_and_its_participant(
+    capped: StandIns, tmp_path: Path
+) -> None:
+    sim = capped
+    daemon = DaemonProcess(
+        tmp_path,
+        sim.daemon_env(),
+        *SMALL,
+        "--set", "output.media_path=transcode",
+        "--set", f"liveavatar.handover_margin_s={MARGIN_S}",
+    )  # fmt: skip
+    await daemon.start()
+    try:
+        async with await BridgeClient.connect(daemon.socket) as client:
+            events = await open_session(client, "handover")
+            (first,) = [e.fields["session_id"] for e in events if e.event == "liveavatar_session"]
+            seen = await until_event(client, "avatar_handover", limit_s=30)
+            (handover,) = [e.fields for e in seen if e.event == "avatar_handover"]
+            assert handover["reason"] == "cap"
+            assert handover["gap_ms"] is not None and handover["gap_ms"] >= 0
+            second = handover["liveavatar_session"]
+            assert second != first
+            # The old session was stopped by us before its cap ended it; the new one is live.
+            assert sim.liveavatar.sessions[first].end_reason == "USER_CLOSED"
+            assert sim.liveavatar.live_sessions == [second]
+            # Speech after the switch is rendered by the new avatar and reaches the same call.
+            sim.stream.reset_measure("default", "handover")
+            await stream_pcm_realtime(
+                client, beep_train(FMT.sample_rate, 6, 500, 100).tobytes(), FMT
+            )
+            await client.end_turn()
+            await until_event(client, "speak_ended")
+            await asyncio.sleep(0.5)
+            renderer = sim.liveavatar.sessions[second].renderer
+            assert renderer is not None and sum(renderer.received_bytes.values()) > 0
+            stats = sim.stream.stats("default", "handover")
+        assert stats["joins"] == 1  # one participant, never rejoined
+        assert stats["audio"]["onsets"] >= 4
+        assert stats["video"]["frames"] > 30
+        assert await daemon.stop() == 0
+        assert sim.liveavatar.live_sessions == []
+    finally:
+        await daemon.stop()
+
+
+async def test_a_dropped_avatar_is_replaced_without_an_error(
+    capped: StandIns, tmp_path: Path
+) -> None:
+    sim = capped
+    sim.liveavatar.options.sandbox_max_duration_s = 3600  # no planned switch in this test
+    daemon = DaemonProcess(
+        tmp_path,
+        sim.daemon_env(),
+        *SMALL,
+        "--set", "output.media_path=transcode",
+        "--set", "liveavatar.handover_margin_s=1",
+    )  # fmt: skip
+    await daemon.start()
+    try:
+        async with await BridgeClient.connect(daemon.socket) as client:
+            events = await open_session(client, "lost")
+            (first,) = [e.fields["session_id"] for e in events if e.event == "liveavatar_session"]
+            await sim.liveavatar.drop(first)  # the provider ends it mid-call
+            seen = await until_event(client, "avatar_handover", limit_s=30)
+            (handover,) = [e.fields for e in seen if e.event == "avatar_handover"]
+            assert handover["reason"] == "lost"
+            second = handover["liveavatar_session"]
+            assert sim.liveavatar.live_sessions == [second]
+            sim.stream.reset_measure("default", "lost")
+            beeps = beep_train(FMT.sample_rate, 6, 500, 100).tobytes()
+            await stream_pcm_realtime(client, beeps, FMT)
+            await client.end_turn()
+            await until_event(client, "speak_ended")  # raises on any fatal error
+            await asyncio.sleep(0.5)
+            stats = sim.stream.stats("default", "lost")
+        assert stats["joins"] == 1
+        assert stats["audio"]["onsets"] >= 4
+        assert daemon.metric_sum("bridge_avatar_handovers_total", 'outcome="switched"') == 1
+    finally:
+        await daemon.stop()
+    assert sim.liveavatar.live_sessions == []
