@@ -70,7 +70,9 @@ async def test_stalled_websocket_is_detected_and_the_turn_still_fully_rendered(
         await asyncio.sleep(0.3)  # a doubled beep would follow the last one
         # Nothing lost and nothing doubled across the reconnect.
         assert rendered_bytes(la, s.la_session_id) == len(beeps)
-        assert sim.stream.stats("default", s.call_id)["audio"]["onsets"] == 4
+        # Every beep reached the call. The stall may pause the avatar's playout once inside a
+        # beep (it renders what it has), which a receiver hears as two onsets: at most one extra.
+        assert 4 <= sim.stream.stats("default", s.call_id)["audio"]["onsets"] <= 5
         assert s.errors == []
     assert la.sessions[bystander.la_session_id].ws_connections == 1
     assert await heard(sim, bystander) > 0.7
