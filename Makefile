@@ -54,7 +54,7 @@ deploy-check: $(STAMP)
 
 # Re-pin after changing dependencies in pyproject.toml (needs uv or pip-tools).
 lock:
-	uv pip compile pyproject.toml --extra dev --python-version 3.11 --no-header -o requirements.lock
+	uv pip compile pyproject.toml --extra dev --extra demo --python-version 3.11 --no-header -o requirements.lock
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info web/node_modules web/dist

@@ -115,6 +115,10 @@ log = structlog.get_logger("bridge.ingest")
 
 READ_SIZE: Final = 64 * 1024  # one read from the socket
 READER_LIMIT: Final = 64 * 1024  # the StreamReader pauses the transport past twice this
+# Connections the kernel queues before we accept them (asyncio's default is 100): a burst of
+# clients beyond it gets EAGAIN on a non-blocking AF_UNIX connect. The kernel caps it at
+# net.core.somaxconn, as systemd's Backlog= default does for an inherited socket.
+LISTEN_BACKLOG: Final = socket.SOMAXCONN
 CLOSE_TIMEOUT_S: Final = 2.0
 # Closing after an ERROR: the daemon half-closes, then reads and discards what the client still
 # sends for up to this long (and this many bytes) before closing. Closing a socket with unread
@@ -498,7 +502,11 @@ class IngestServer:
             if opts.tcp_port is not None:
                 await self._check_tcp_host(opts.tcp_host)
                 server = await asyncio.start_server(
-                    self._accept_tcp, opts.tcp_host, opts.tcp_port, limit=READER_LIMIT
+                    self._accept_tcp,
+                    opts.tcp_host,
+                    opts.tcp_port,
+                    limit=READER_LIMIT,
+                    backlog=LISTEN_BACKLOG,
                 )
                 self._servers.append(server)
                 host, port = server.sockets[0].getsockname()[:2]
@@ -511,7 +519,9 @@ class IngestServer:
             raise
 
     async def _serve_unix(self, sock: socket.socket) -> None:
-        server = await asyncio.start_unix_server(self._accept_unix, sock=sock, limit=READER_LIMIT)
+        server = await asyncio.start_unix_server(
+            self._accept_unix, sock=sock, limit=READER_LIMIT, backlog=LISTEN_BACKLOG
+        )
         self._servers.append(server)
 
     async def _serve_inherited(self, fd: int) -> None:
@@ -529,7 +539,9 @@ class IngestServer:
                 raise IngestSetupError(
                     f"inherited fd {fd} is a TCP socket: set ingest.tcp_token for its clients"
                 )
-            server = await asyncio.start_server(self._accept_tcp, sock=sock, limit=READER_LIMIT)
+            server = await asyncio.start_server(
+                self._accept_tcp, sock=sock, limit=READER_LIMIT, backlog=LISTEN_BACKLOG
+            )
             self._servers.append(server)
             log.info("ingest_listening", inherited_fd=fd, tcp=str(sock.getsockname()))
         else:

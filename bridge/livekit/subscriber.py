@@ -52,6 +52,7 @@ from livekit.protocol import models as lkm
 from livekit.protocol import rtc as lkr
 from prometheus_client import Counter
 
+from bridge import dtls_guard
 from bridge.config import LiveAvatarConfig, setting_default
 from bridge.errors import BridgeError, ErrorCode
 from bridge.stages import EventSink, FailureCallback
@@ -273,6 +274,7 @@ class LiveKitSubscriber:
         return lkr.SessionDescription(type="offer", sdp=pc.localDescription.sdp, id=self._offer_id)
 
     def _new_pc(self) -> RTCPeerConnection:
+        dtls_guard.install()
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self._handed.clear()
         self._tracks_ready.clear()
@@ -283,7 +285,14 @@ class LiveKitSubscriber:
 
         @pc.on("connectionstatechange")
         def _on_state() -> None:
-            log.info("subscriber_pc_state", state=pc.connectionState)
+            state = pc.connectionState
+            log.info("subscriber_pc_state", state=state)
+            if state in ("failed", "closed") and pc is self._pc and not self._closing:
+                # Media lost (ICE/DTLS failed, or the server closed it) with signalling still
+                # up: drop the signalling, so the supervisor rejoins with a new peer connection
+                # (bounded by full_reconnects, then the session fails with LIVEKIT_FAILED).
+                log.warning("subscriber_media_lost", state=state)
+                self._tasks.spawn(self._close_ws(), "livekit_subscriber_media_lost")
 
         return pc
 

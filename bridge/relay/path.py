@@ -429,6 +429,11 @@ class RelayPath:
             return
 
         async def on_rtp(packet: RtpPacket, codec: RTCRtpCodecParameters, arrival: int) -> None:
+            if self._receiver_taps.get(kind) is not tap:
+                # A receiver a LiveKit rejoin replaced: its last packets, still queued on a busy
+                # loop, would rebase the stream back onto the old SSRC, out of order.
+                DROPPED.labels(kind, "replaced_receiver").inc()
+                return
             await self._on_rtp(fwd, packet)
 
         tap = ReceiverTap(receiver, on_rtp, fwd.on_sr)

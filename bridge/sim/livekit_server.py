@@ -531,6 +531,14 @@ class Faults:
                         await p.ws.close()
         return count
 
+    async def close_media(self, room: str | None = None) -> int:
+        """Close subscribers' peer connections and keep their signalling (DTLS close_notify:
+        the media is gone, nothing on the signalling says so)."""
+        participants = list(self._server._participants(room))
+        for p in participants:
+            await p.close_media()
+        return len(participants)
+
     async def kill_peer_connection(self, room: str | None = None) -> int:
         """Lose subscribers' media sessions as a failed-over server would.
 

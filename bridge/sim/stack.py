@@ -118,7 +118,9 @@ class DaemonProcess:
         self.admin_port = 0
         self.returncode: int | None = None
 
-    async def start(self, timeout_s: float = 30.0) -> None:
+    async def start(self, timeout_s: float = 90.0) -> None:
+        """Until the daemon logs ``ready``; an exit fails at once. The bound is generous: on a
+        loaded 2-core machine importing the media stacks alone can take tens of seconds."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         args = [
             sys.executable, "-m", "bridge.cli", "run",

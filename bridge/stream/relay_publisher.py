@@ -48,6 +48,7 @@ from getstream.video.rtc.pb.stream.video.sfu.signal_rpc import signal_pb2 as sig
 from google.protobuf.message import DecodeError
 from prometheus_client import Counter
 
+from bridge import dtls_guard
 from bridge.errors import BridgeError, ErrorCode
 from bridge.stages import EventSink, FailureCallback
 from bridge.stream.join import StreamJoinOptions
@@ -371,6 +372,7 @@ class StreamRelayPublisher:
         audio_caps = [c for c in RTCRtpSender.getCapabilities("audio").codecs if is_codec(c, _OPUS)]
 
         self._pc_settled.clear()
+        dtls_guard.install()
         pc = self._pc = RTCPeerConnection(RTCConfiguration(iceServers=self._ice_servers))
         pc.on("connectionstatechange", self._on_pc_state)
         audio_track = audio_source or _IdleTrack("audio")
@@ -461,8 +463,13 @@ class StreamRelayPublisher:
         self._log.info("relay_publisher_pc_state", state=state)
         if state in ("connected", "failed", "closed"):
             self._pc_settled.set()
-        if state == "failed" and self.video_codec is not None:
+        if self.video_codec is None:
+            return  # still publishing: publish() raises
+        if state == "failed":
             self._fail("the media transport to the Stream SFU failed")
+        elif state == "closed":
+            # Not by us (aclose() drops self._pc first): the SFU ended DTLS; no media flows.
+            self._fail("the Stream SFU closed the media transport")
 
     def _publish_error(self, exc: BaseException) -> BridgeError:
         cid = f"{self._call_type}:{self._call_id}"

@@ -249,6 +249,7 @@ def test_image_install_steps_work_from_the_lock(dockerfile: Dockerfile, tmp_path
         if name == "avatar-bridge":
             continue
         assert locked.get(name) == ver, f"{name}=={ver} is not what the lock pins"
+    # Dev tools and the demo's plotting (the `demo` extra) stay out of the daemon's image.
     for dev_tool in ("pytest", "mypy", "ruff", "hypothesis", "matplotlib"):
         assert dev_tool not in installed, f"{dev_tool} leaked into the runtime image"
     for runtime in ("livekit", "getstream", "aiortc", "av", "pydantic-settings", "uvloop"):

@@ -8,6 +8,7 @@ agent token; the sync marks and the beep onsets are read back from what was deco
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -119,7 +120,12 @@ async def test_rendered_avatar_reaches_livekit_subscriber(
             for start in range(0, len(beeps), 2400):
                 await uplink.send_audio(AudioChunk(beeps[start : start + 2400], fmt))
             await uplink.end_turn()
-            await asyncio.sleep(4.5)
+            # Until the six onsets arrived (bounded: a loaded machine delivers them late), then
+            # the last flash's frame.
+            deadline = time.monotonic() + 20
+            while len(onsets) < 6 and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)
         finally:
             for task in readers:
                 task.cancel()
@@ -128,23 +134,24 @@ async def test_rendered_avatar_reaches_livekit_subscriber(
             await uplink.aclose()
     assert len(frame_nos) > 60 and frame_nos == sorted(frame_nos)
     assert len(onsets) == 6, onsets
-    if la.options.publisher == "sdk":
-        # libwebrtc's encoder drops frames on a busy machine (about one in five here, measured
-        # by frame number), and a flash mark is a single frame: at least half must survive.
-        # Each flash that arrives is then paired with its own beep below.
-        assert len(flashes) >= 3, flashes
-        skews = [f - min(onsets, key=lambda o: abs(f - o)) for f in flashes]
-        assert all(abs(s) < 0.25 for s in skews), skews  # beeps are 500 ms apart
-    else:
-        assert len(flashes) >= 5, flashes
-        # Pair each onset with the nearest flash; the skew is what the pipeline adds.
-        skews = [min(flashes, key=lambda f: abs(f - o)) - o for o in onsets]
-        # One flash frame may be dropped by this test's own reader on a loaded machine (the
-        # SDK's bounded frame queue, which logs it); the nearest flash is then the next beep's.
-        assert sum(abs(s) < 0.3 for s in skews) >= len(skews) - 1, skews
+    # libwebrtc's encoder drops frames on a busy machine (about one in five here, measured by
+    # frame number) and a flash mark is a single frame, so with the SDK publisher at least half
+    # must survive; the stand-in's own encoder sends them all.
+    assert len(flashes) >= (3 if la.options.publisher == "sdk" else 5), flashes
+
+    # The skew is what the pipeline adds. Times are when this process read each flash and onset,
+    # so on a loaded machine a single reading can be late by a scheduling delay: the median of
+    # the pairs is the pipeline's skew (loose bound; the benchmark holds the goal). Pairing from
+    # the flash side: the SDK's video queue may drop a flash's frame under load, and an onset
+    # whose flash was dropped must not be paired with the neighbouring beep's flash (500 ms
+    # away), which is no skew of the pipeline.
+    def nearest_onset(f: float) -> float:
+        return min(onsets, key=lambda o: abs(f - o))
+
+    skews = [f - nearest_onset(f) for f in flashes]
     print(
         f"A/V skew at the LiveKit subscriber (flash - onset), ms: {[round(s * 1e3) for s in skews]}"
     )
-    assert abs(sorted(skews)[len(skews) // 2]) < 0.3, skews
+    assert abs(statistics.median(skews)) < 0.15, skews
     assert la.live_sessions == []
     assert lk.rooms_open == 0

@@ -14,7 +14,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -64,6 +66,18 @@ async def until_event(client: BridgeClient, name: str, limit_s: float = 30) -> l
                 raise RemoteError(message)
 
 
+async def received(
+    sim: StandIns, call: str, done: Callable[[dict[str, Any]], bool], limit_s: float = 15
+) -> None:
+    """Poll the Stream stand-in's measure of ``call`` until ``done`` (then settle 0.5 s for
+    the last frames); after ``limit_s`` return anyway and let the test's asserts say what is
+    missing."""
+    deadline = time.monotonic() + limit_s
+    while not done(sim.stream.stats("default", call)) and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)
+
+
 @pytest.mark.parametrize("media_path", ["relay", "transcode"])
 async def test_a_turn_reaches_the_call_lip_synced(
     sim: StandIns, start_daemon: StartDaemon, media_path: str
@@ -80,6 +94,9 @@ async def test_a_turn_reaches_the_call_lip_synced(
         await client.mark("after-beeps")
         await client.end_turn()
         seen = await until_event(client, "speak_ended")
+        await received(
+            sim, "e2e", lambda st: st["audio"]["onsets"] >= 8 and st["audio"]["seconds"] > 3.0
+        )
         names = [e.event for e in seen]
         assert names.index("speak_started") < names.index("speak_ended")
         marks = [e.fields["name"] for e in seen if e.event == "mark"]
@@ -117,6 +134,9 @@ async def test_two_sessions_into_two_calls_do_not_interfere(
         await asyncio.gather(a.end_turn(), b.end_turn())
         await asyncio.gather(until_event(a, "speak_ended"), until_event(b, "speak_ended"))
         for call in ("call-a", "call-b"):
+            # speak_ended is LiveAvatar's; the call's copy is still on its way (the relay's
+            # hold, the stand-in's decoding): wait for it, bounded, rather than for a fixed time.
+            await received(sim, call, lambda st: st["audio"]["seconds"] > 1.5)
             st = sim.stream.stats("default", call)
             assert st["video"]["frames"] > 30, call
             assert st["audio"]["seconds"] > 1.5, call

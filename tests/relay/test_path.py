@@ -6,6 +6,7 @@ import itertools
 import random
 
 import pytest
+from prometheus_client import REGISTRY
 
 from bridge.media_path import RelayDecline
 from bridge.relay.path import RelayOptions, RelayPath
@@ -16,6 +17,11 @@ from .conftest import AVATAR, Recorder, make_room, wait_for
 from .loopback import LoopbackStream
 
 pytestmark = pytest.mark.netns
+
+
+def _source_skipped_frames() -> float:
+    """Video frame numbers the avatar stand-in's tracks skipped (this process, all rooms)."""
+    return REGISTRY.get_sample_value("sim_avatar_skipped_frames_total", {"kind": "video"}) or 0.0
 
 
 def in_order(frames: list[int | None]) -> bool:
@@ -44,6 +50,7 @@ async def test_relay_forwards_video_and_audio_undecoded(
     livekit: LiveKitStandIn, recorder: Recorder, codec: str
 ) -> None:
     stream = LoopbackStream()
+    skipped_before = _source_skipped_frames()
     relay = await start_relay(livekit, recorder, stream, codec)
     try:
         assert stream.asked == codec
@@ -57,7 +64,12 @@ async def test_relay_forwards_video_and_audio_undecoded(
         assert sum(f is not None for f in stream.frames) >= 0.9 * len(stream.frames)
         assert in_order(stream.frames)
         nums = [f for f in stream.frames if f is not None]
-        assert nums[-1] - nums[0] + 1 - len(nums) <= 2  # counters (almost) contiguous
+        # Counters (almost) contiguous: the relay loses no frame. The avatar's track skips
+        # frame numbers when its consumer (the stand-in's encoder) falls behind on a loaded
+        # machine; those were never sent, so they are not the relay's gaps.
+        never_sent = _source_skipped_frames() - skipped_before
+        gaps = nums[-1] - nums[0] + 1 - len(nums)
+        assert gaps <= 2 + never_sent, (gaps, never_sent)
         assert max(stream.audio_rms) > 3000  # the tone arrived, not silence
     finally:
         await relay.aclose()

@@ -63,18 +63,27 @@ class Raw:
 
     @classmethod
     async def connect(cls, path: Path) -> Raw:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        # A blocking connect in a thread: on a full listen backlog it waits for the daemon to
-        # accept, where a non-blocking AF_UNIX connect fails with EAGAIN (which asyncio's
-        # sock_connect mistakes for "in progress", leaving an unconnected socket).
-        sock.settimeout(10)
-        try:
-            await asyncio.to_thread(sock.connect, str(path))
-        except BaseException:
-            sock.close()
-            raise
-        sock.setblocking(False)
-        return cls(sock)
+        # A connect in a thread (asyncio's sock_connect mistakes an AF_UNIX EAGAIN for "in
+        # progress", leaving an unconnected socket). A socket with a timeout connects
+        # non-blocking, so a full listen backlog (a loaded machine: the daemon accepts late)
+        # is EAGAIN: retried, bounded, as a real client would.
+        deadline = time.monotonic() + 10
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(10)
+            try:
+                await asyncio.to_thread(sock.connect, str(path))
+            except BlockingIOError:
+                sock.close()
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            sock.setblocking(False)
+            return cls(sock)
 
     async def send(self, data: bytes) -> None:
         await asyncio.wait_for(asyncio.get_running_loop().sock_sendall(self.sock, data), 10)

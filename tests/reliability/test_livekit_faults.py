@@ -83,3 +83,24 @@ async def test_avatar_never_joining_times_out_cleanly(
     await no_live_sessions(sim.liveavatar)
     (la_session,) = sim.liveavatar.sessions.values()
     assert la_session.end_reason == "SERVER_ERROR"
+
+
+async def test_relay_media_lost_with_signalling_up_is_noticed_and_rejoined(
+    sim: StandIns, start_daemon: StartDaemon
+) -> None:
+    """The relay's aiortc peer connection to the avatar's room ends (DTLS closed) while its
+    signalling stays up, so only the peer connection's state says the media is gone: the
+    subscriber notices, rejoins with a new peer connection, and the avatar reaches the call again.
+    (The transcode path's downlink is the LiveKit SDK's, which detects this itself.)"""
+    lk = sim.livekit
+    daemon = await start_daemon("--set", "output.media_path=relay")
+    s = await Session.open(daemon, "lk-media-lost")
+    assert s.named("media_path")[0].fields["path"] == "relay"
+    await fresh_frames(sim, s.call_id)
+    joins = lk.counters.joins
+    assert await lk.faults.close_media(s.room) >= 1
+    await wait_until(lambda: lk.counters.joins > joins, 15, "the subscriber's rejoin")
+    await fresh_frames(sim, s.call_id)
+    assert s.errors == []
+    await s.close()
+    await no_live_sessions(sim.liveavatar)

@@ -8,7 +8,7 @@ import av
 import pytest
 
 from bridge.sim.stream import StreamStandIn
-from tests.stream._support import Recorder, drive, make_publisher
+from tests.stream._support import Recorder, drive, make_publisher, wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -16,6 +16,18 @@ pytestmark = pytest.mark.netns
 def frames(standin: StreamStandIn, call_id: str) -> int:
     n: int = standin.stats("default", call_id)["video"]["frames"]
     return n
+
+
+def audio_s(standin: StreamStandIn, call_id: str) -> float:
+    return float(standin.stats("default", call_id)["audio"]["seconds"])
+
+
+async def all_audio_arrives(standin: StreamStandIn, call_id: str, written_s: float) -> float:
+    """Wait (bounded) until the call received what was written, less 0.3 s (the SDK's Opus
+    framing and the stand-in's decoder delay): on a loaded machine the tail is still on its way
+    when the writes return. Returns the seconds received."""
+    await wait_for(lambda: audio_s(standin, call_id) > written_s - 0.3, 15.0)
+    return audio_s(standin, call_id)
 
 
 async def test_paused_video_layer_stops_video_until_resumed(standin: StreamStandIn) -> None:
@@ -39,7 +51,10 @@ async def test_paused_video_layer_stops_video_until_resumed(standin: StreamStand
     assert frames(standin, "pause-call") >= paused_at + 20
     stats = standin.stats("default", "pause-call")
     assert stats["video"]["freezes"] >= 1  # the pause is visible as a freeze to a viewer
-    assert stats["audio"]["seconds"] > 3.0  # audio was never paused
+    # Audio was never paused: all of it arrives.
+    assert (
+        await all_audio_arrives(standin, "pause-call", pub.audio_seconds) > pub.audio_seconds - 0.3
+    )
     assert rec.failures == []
     await pub.aclose()
 
@@ -56,7 +71,11 @@ async def test_revoked_send_video_mutes_video_keeps_audio(standin: StreamStandIn
     stats = standin.stats("default", "grant-call")
     assert stats["video"]["frames"] <= revoked_at + 3
     assert stats["participants"][0]["muted"] == ["TRACK_TYPE_VIDEO"]
-    assert stats["audio"]["seconds"] > 2.0
+    assert pub.audio_seconds > 2.0
+    # Audio is not revoked: all of it arrives.
+    assert (
+        await all_audio_arrives(standin, "grant-call", pub.audio_seconds) > pub.audio_seconds - 0.3
+    )
     assert rec.failures == []  # not fatal: the session keeps its audio
     await pub.aclose()
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import secrets
 import time
 import uuid
@@ -179,6 +180,8 @@ class _Call:
     recorder: Mp4Recorder | None = None
     faults: ReceiveFaults | None = None
     fault_counts: FaultCounts = field(default_factory=FaultCounts)
+    # How the publisher answer breaks DTLS (see StreamStandIn.break_dtls); None: it does not.
+    break_dtls: str | None = None
     # Light mode: decoded and measured anyway (the chosen call), else counted per session.
     full: bool = False
     light: dict[str, dict[str, LightCounter]] = field(default_factory=dict)
@@ -489,6 +492,18 @@ class StreamStandIn:
                         ev.SfuEvent(error=ev.Error(error=err, reconnect_strategy=strategy))
                     )
         return n
+
+    def break_dtls(self, call_type: str, call_id: str, how: str | None = "mismatch") -> None:
+        """Break the DTLS of this call's next publishers (ICE still connects; no media flows).
+
+        ``mismatch``: the answer's fingerprint is not the SFU certificate's, so the handshake
+        fails. ``missing``: the answer has no fingerprint, so the client's DTLS transport cannot
+        even start (in aiortc: an exception in ``RTCDtlsTransport.start``, the same failure as
+        pyOpenSSL's callback under ``MemoryDenyWriteExecute``). ``None`` repairs it.
+        """
+        if how not in (None, "mismatch", "missing"):
+            raise ValueError(f"unknown DTLS fault {how!r}")
+        self._call(call_type, call_id).break_dtls = how
 
     async def revoke_send_video(self, call_type: str, call_id: str) -> None:
         """Send ``call_grants_updated`` without the video grant to every session."""
@@ -1046,7 +1061,14 @@ class StreamStandIn:
                 for other in list(session.call.sessions.values()):
                     if other is not session:
                         await other.send(published)
-        return sig.SetPublisherResponse(sdp=pc.localDescription.sdp, session_id=req.session_id)
+        answer = pc.localDescription.sdp
+        if session.call.break_dtls == "mismatch":
+            answer = re.sub(
+                r"(a=fingerprint:sha-256 )\S+", r"\g<1>" + ":".join(["00"] * 32), answer
+            )
+        elif session.call.break_dtls == "missing":
+            answer = re.sub(r"a=fingerprint:.*\r\n", "", answer)
+        return sig.SetPublisherResponse(sdp=answer, session_id=req.session_id)
 
     def _new_publisher_pc(self, session: _Session) -> RTCPeerConnection:
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -1256,6 +1278,11 @@ class StreamStandIn:
             await self.revoke_send_video(ct, cid)
         elif fault == "end_call":
             await self.end_call(ct, cid)
+        elif fault == "break_dtls":  # ?how=mismatch|missing
+            try:
+                self.break_dtls(ct, cid, request.query.get("how", "mismatch"))
+            except ValueError as exc:
+                return web.json_response({"error": str(exc)}, status=400)
         elif fault == "receive_faults":  # ?drop_every=&drop_rate=&seed=&delay_ms=
             q = request.query
             try:
