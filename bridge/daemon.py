@@ -169,7 +169,7 @@ class Daemon:
             try:
                 await task()
             except Exception:
-                log.exception("drain task failed")
+                log.exception("drain_task_failed")
         await self.sessions.drain(self.settings.limits.drain_timeout_s)
 
     async def _close(self) -> None:
