@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-WEB_BUNDLE := web/dist/stream-page.js
+# Every page bundle build.mjs writes (one esbuild run makes them all: a grouped target).
+WEB_BUNDLE := web/dist/stream-page.js web/dist/livekit-page.js
 
 .PHONY: venv web demo test lint bench lock clean deploy-check
 
@@ -23,7 +24,7 @@ $(STAMP): requirements.lock pyproject.toml
 # Without node/npm the browser tests skip (and say why); nothing else needs the bundle.
 web: $(WEB_BUNDLE)
 
-$(WEB_BUNDLE): web/package.json web/package-lock.json web/build.mjs $(wildcard web/src/*.js)
+$(WEB_BUNDLE) &: web/package.json web/package-lock.json web/build.mjs $(wildcard web/src/*.js)
 	@if command -v npm >/dev/null 2>&1; then \
 		cd web && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build; \
 	else \

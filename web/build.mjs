@@ -2,7 +2,10 @@
 import { build } from 'esbuild';
 
 await build({
-  entryPoints: { 'stream-page': 'src/stream-page.js' },
+  entryPoints: {
+    'stream-page': 'src/stream-page.js',
+    'livekit-page': 'src/livekit-page.js',
+  },
   outdir: 'dist',
   bundle: true,
   format: 'iife',

@@ -110,6 +110,9 @@ class StandInCounters:
     rooms_created: int = 0
     rooms_closed: int = 0
     joins: int = 0
+    # Joins and resumes by signalling path ("/rtc/v1" single PC, "/rtc" legacy): which mode a
+    # client chose, as the server saw it.
+    signal_paths: Counter[str] = field(default_factory=Counter)
     resumes: int = 0
     rejected: int = 0
     leaves: int = 0
@@ -705,6 +708,14 @@ class LiveKitStandIn:
             .to_jwt()
         )
 
+    def published_tracks(self, room: str) -> dict[str, dict[str, PublishedTrack]]:
+        """{identity: {kind: track}} of the clients publishing in ``room``: their layers and the
+        packets counted on the wire (``PublishedTrack.layers``/``stats``), for tests."""
+        r = self._rooms.get(room)
+        if r is None:
+            return {}
+        return {p.identity: dict(p.published) for p in r.participants.values() if p.published}
+
     async def close_room(self, room: str) -> None:
         r = self._rooms.pop(room, None)
         if r is None:
@@ -831,6 +842,7 @@ class LiveKitStandIn:
             SIM_JOINS.labels("no_room").inc()
             # Not 404: on /rtc/v1 that would make the SDK retry on the legacy path.
             return web.Response(status=403, text="requested room does not exist")
+        self.counters.signal_paths["/rtc/v1" if single_pc else "/rtc"] += 1
         ws = web.WebSocketResponse(max_msg_size=1 << 20)
         await ws.prepare(request)
         p: _Participant | None = None

@@ -11,7 +11,7 @@ from pathlib import Path
 from aiohttp import web
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
-BUNDLES = ("dist/stream-page.js",)
+BUNDLES = ("dist/stream-page.js", "dist/livekit-page.js")
 
 
 def bundle_missing(web_dir: Path = WEB_DIR) -> str | None:
