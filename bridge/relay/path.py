@@ -46,6 +46,8 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtcpSrPacket, RtpPacket
 from prometheus_client import Counter, Histogram
 
+from bridge import metrics
+from bridge.barge_in import SpeechGate
 from bridge.config import LiveAvatarConfig, OutputConfig, Settings, setting_default
 from bridge.errors import BridgeError, ErrorCode
 from bridge.livekit.subscriber import LiveKitSubscriber, SubscriberOptions
@@ -270,6 +272,7 @@ class RelayPath:
         self._declined = False
         self._stream_taken = False
         self._rng = random.Random()
+        self._speech = SpeechGate()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -356,8 +359,35 @@ class RelayPath:
         """Until the relay is closed (the media flows from the receive path)."""
         await self._closed.wait()
 
+    # -- barge-in (bridge/barge_in.py): the avatar's old speech in flight is not forwarded -------
+
     def interrupt(self) -> None:
-        """Nothing to drop: packets leave as they arrive (the hold is a few ms)."""
+        """INTERRUPT: drop the avatar's audio packets until its next turn starts. Video goes on
+        (the avatar's mouth closes within the same in-flight time)."""
+        self._speech.interrupt(time.monotonic())
+        log.info("relay_speech_muted")
+
+    def speak_started(self) -> None:
+        """The avatar started a turn: forward its audio again."""
+        if self._speech.speak_started(time.monotonic()):
+            self._resume_audio("speak_started")
+
+    def _admit_audio(self, fwd: _Forwarder) -> bool:
+        was_muted = self._speech.muted
+        if self._speech.admit(time.monotonic()):
+            if was_muted:
+                self._resume_audio("timeout")
+            return True
+        metrics.BARGE_IN_DROPPED.labels(path="relay").inc()
+        return False
+
+    def _resume_audio(self, why: str) -> None:
+        fwd = self._fwd.get("audio")
+        if fwd is not None:
+            # Rebase on the next packet, as after a video pause: sequence numbers go on without
+            # a gap (nothing for the receiver to NACK or conceal), timestamps by the time muted.
+            fwd.rewriter.upstream_ssrc = None
+        log.info("relay_speech_resumed", why=why, dropped=self._speech.dropped)
 
     def take_stream(self) -> StreamSide | None:
         """After a decline: the joined Stream session, now the caller's to use or close."""
@@ -415,6 +445,7 @@ class RelayPath:
             "hold_released_early": policy.hold.released_early,
             "video_paused_dropped": policy.paused_dropped,
             "rebases": video.rewriter.rebases if video else 0,
+            "barge_in": self._speech.stats(),
             "decoder_threads": sum(t.decoder_running for t in self._receiver_taps.values()),
             "first_keyframe_s": (
                 None if first_key_t is None else round(first_key_t - self._started_t, 3)
@@ -447,7 +478,8 @@ class RelayPath:
 
     async def _on_rtp(self, fwd: _Forwarder, packet: RtpPacket) -> None:
         if fwd.kind != "video":
-            await fwd.send(packet)
+            if self._admit_audio(fwd):
+                await fwd.send(packet)
             return
         now = time.monotonic()
         verdict = self._video.admit(packet, now)
