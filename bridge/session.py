@@ -491,9 +491,11 @@ class Session:
         self._log.info("interrupt")
         # Marks first: the client learns which labels will never play before speech stops.
         self._clear_marks()
-        await self.uplink.interrupt()
+        # The path first: its barge-in gate is shut before LiveAvatar hears agent.interrupt, so
+        # whatever the avatar plays from then on is never forwarded (bridge/barge_in.py).
         if self.path is not None:
             self.path.interrupt()
+        await self.uplink.interrupt()
         self._next_turn()
         self._played_turn = self._turn - 1
         self.stats["interrupts"] += 1
