@@ -14,6 +14,7 @@ import structlog
 from bridge import metrics
 from bridge.barge_in import SpeechGate
 from bridge.errors import BridgeError, ErrorCode
+from bridge.first_sound import PCM_LOUD_PEAK, OnsetPoint
 from bridge.media import AudioChunk, VideoFrame
 from bridge.media_path import PathKind, RelayDecline
 from bridge.stages import AvatarDownlink, AvatarRoom, CallPublisher, MediaSink
@@ -71,11 +72,15 @@ class _SpeechSink:
     def __init__(self, sink: MediaSink, gate: SpeechGate) -> None:
         self._sink = sink
         self._gate = gate
+        self._onset_in = OnsetPoint("transcode", "in")  # first-sound figures
 
     def put_video(self, frame: VideoFrame) -> None:
         self._sink.put_video(frame)
 
     def put_audio(self, chunk: AudioChunk) -> None:
+        samples = chunk.samples
+        if len(samples):
+            self._onset_in.feed(max(int(samples.max()), -int(samples.min())) >= PCM_LOUD_PEAK)
         if self._gate.admit(time.monotonic(), chunk.duration_s):
             self._sink.put_audio(chunk)
         else:

@@ -50,6 +50,7 @@ from bridge import metrics
 from bridge.barge_in import SpeechGate
 from bridge.config import LiveAvatarConfig, OutputConfig, Settings, setting_default
 from bridge.errors import BridgeError, ErrorCode
+from bridge.first_sound import OPUS_LOUD_BYTES, OnsetPoint
 from bridge.livekit.subscriber import LiveKitSubscriber, SubscriberOptions
 from bridge.media_path import RELAY_CODECS, PathKind, RelayDecline
 from bridge.relay.aiortc_hooks import ReceiverTap, SenderTap, ensure_compatible
@@ -273,6 +274,8 @@ class RelayPath:
         self._stream_taken = False
         self._rng = random.Random()
         self._speech = SpeechGate()
+        self._onset_in = OnsetPoint("relay", "in")  # first-sound figures
+        self._onset_out = OnsetPoint("relay", "out")
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -478,8 +481,11 @@ class RelayPath:
 
     async def _on_rtp(self, fwd: _Forwarder, packet: RtpPacket) -> None:
         if fwd.kind != "video":
+            loud = len(packet.payload) >= OPUS_LOUD_BYTES
+            self._onset_in.feed(loud)
             if self._admit_audio(fwd):
                 await fwd.send(packet)
+                self._onset_out.feed(loud)
             return
         now = time.monotonic()
         verdict = self._video.admit(packet, now)

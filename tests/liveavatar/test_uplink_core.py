@@ -442,3 +442,18 @@ def test_every_byte_is_delivered_once_in_order_and_resent_until_acked(
         assert len(ends) == 1  # and after the turn's last speak:
         speaks = [i for i, x in enumerate(m.acked) if x.kind == "speak" and x.event_id == event_id]
         assert not speaks or m.acked.index(ends[0]) > max(speaks)
+
+
+def test_the_turns_first_chunk_carries_when_the_turn_began() -> None:
+    """First-sound figures: the first chunk knows its turn's first audio (its buffering is
+    t_in - t_turn_in); later chunks, and a resend, do not."""
+    core = make(first_chunk_ms=200, chunk_ms=400)
+    for i in range(20):  # 20 ms frames from t=1.0
+        core.audio(pcm(20, i * 960), 1.0 + 0.02 * i)
+    first, second = core.pop(), core.pop()
+    assert first is not None and second is not None
+    assert first.t_turn_in == 1.0
+    assert first.t_in == pytest.approx(1.0 + 0.02 * 9)  # the 10th frame completed 200 ms
+    assert second.t_turn_in == 0.0
+    core.sent(first, 1.2)
+    assert first.t_turn_in == 0.0

@@ -63,26 +63,27 @@ async def test_no_old_speech_reaches_the_call_after_an_interrupt(
         await _send_all(client, new)
         await client.end_turn()
         await until_event(client, "speak_ended")
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # noqa: ASYNC110 - bounded: the new turn's tail
-            await asyncio.sleep(0.2)
-            if len(sim.stream.measure("default", "barge").onset_times) >= NEW_BEEPS:
-                break
-        await asyncio.sleep(1.0)
-
         (session,) = sim.liveavatar.sessions.values()
         renderer = session.renderer
         assert renderer is not None
-        origin = time.monotonic() - renderer.media_s()
-        played = [origin + m for m in renderer.onset_media_s]
         (interrupt_rx,) = session.interrupts_rx_t
         new_turn = [t for t in renderer.turns.values() if t.first_audio_rx_t > interrupt_rx]
         assert len(new_turn) == 1 and new_turn[0].first_play_t is not None
         new_start = new_turn[0].first_play_t
+        measure = sim.stream.measure("default", "barge")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # bounded: the new turn's tail on its way
+            if len([t for t in measure.onset_times if t >= new_start]) >= NEW_BEEPS:
+                break
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(0.5)
+
+        origin = time.monotonic() - renderer.media_s()
+        played = [origin + m for m in renderer.onset_media_s]
         played_before = [t for t in played if t < interrupt_rx]
         played_after = [t for t in played if interrupt_rx <= t < new_start]
         played_new = [t for t in played if t >= new_start]
-        heard = list(sim.stream.measure("default", "barge").onset_times)
+        heard = list(measure.onset_times)
         heard_old = [t for t in heard if t < new_start]
         heard_new = [t for t in heard if t >= new_start]
 

@@ -1,0 +1,32 @@
+"""Onsets of the avatar's speech at the bridge (bridge/first_sound.py), fed times, no sockets."""
+
+from __future__ import annotations
+
+from bridge.first_sound import OnsetClock
+
+
+def test_an_onset_is_sound_after_enough_quiet() -> None:
+    clock = OnsetClock(quiet_s=0.2)
+    verdicts = [clock.feed(False, 0.02 * i) for i in range(15)]  # 300 ms of quiet
+    assert not any(verdicts)
+    assert clock.feed(True, 0.30) is True
+    assert clock.last_onset == 0.30
+    assert clock.feed(True, 0.32) is False  # speech goes on: no new onset
+
+
+def test_a_short_pause_inside_speech_is_not_an_onset() -> None:
+    clock = OnsetClock(quiet_s=0.2)
+    clock.feed(False, 0.0)
+    assert clock.feed(True, 0.5)
+    clock.feed(False, 0.52)
+    assert clock.feed(True, 0.62) is False  # 100 ms pause < quiet_s
+    clock.feed(False, 0.64)
+    assert clock.feed(True, 0.90) is True
+    assert clock.last_onset == 0.90
+
+
+def test_sound_from_the_start_is_no_onset() -> None:
+    """Nothing measured before the first quiet: no onset to place against the stand-ins."""
+    clock = OnsetClock()
+    assert clock.feed(True, 0.0) is False
+    assert clock.last_onset is None
