@@ -153,16 +153,12 @@ async def first_chunk_tradeoff(turns: int, workroot: Path) -> dict[str, Any]:
     v = driver.VARIANTS[VARIANT]
     rows = []
     for chunk_ms in FIRST_CHUNKS:
-        async with StandIns(
-            render_latency_s=driver.RENDER_LATENCY_S, stream_codec=v.codec
-        ) as sim:
+        async with StandIns(render_latency_s=driver.RENDER_LATENCY_S, stream_codec=v.codec) as sim:
             flags = ("--set", f"liveavatar.first_chunk_ms={chunk_ms}")
             daemon, c = await _session(sim, workroot, "relay", *flags)
             rng = random.Random(SEED)  # the same delivery for every size
             try:
-                measured = [
-                    await _turn(daemon, sim, c, "relay", jitter=rng) for _ in range(turns)
-                ]
+                measured = [await _turn(daemon, sim, c, "relay", jitter=rng) for _ in range(turns)]
             finally:
                 await driver._close(c)
                 await daemon.stop()

@@ -109,6 +109,7 @@ class TurnTiming:
 
     first_audio_rx_t: float  # the turn's first agent.speak audio reached the renderer
     first_play_t: float | None = None  # the playout instant of its first sample
+    first_frame_t: float | None = None  # the audio frame carrying that sample leaves the renderer
     underruns: int = 0  # times its playback buffer ran dry mid-turn
     underrun_s: float = 0.0  # silence those gaps inserted
 
@@ -335,6 +336,7 @@ class AvatarRenderer:
             return
         if first:
             timing.first_play_t = self._t0 + start / OUT_RATE
+            timing.first_frame_t = self._t0 + (start // TICK_SAMPLES) * TICK_S
             return
         gap = start - turn.last_end
         if gap > 0:

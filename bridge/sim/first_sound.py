@@ -6,7 +6,8 @@ clock of the process that reads them):
 
 * ``t0``: the client wrote the turn's first AUDIO frame (the caller's own stamp);
 * the daemon's ``bridge_liveavatar_first_chunk_seconds`` (buffer, send) for the turn;
-* the LiveAvatar stand-in: the turn's first ``agent.speak`` in, its first sample's playout;
+* the LiveAvatar stand-in: the turn's first ``agent.speak`` in, the release of the audio frame
+  carrying its first sample (the renderer's real-time playout);
 * the daemon's ``bridge_avatar_audio_onset_timestamp_seconds{path,point}``: the avatar's speech
   into the media path from LiveKit (``in``) and out to the call (``out``);
 * the Stream stand-in's receiver: the first onset heard at or after ``t0`` (its receipt time
@@ -82,7 +83,9 @@ def parts(
     """The parts in ms (see the module doc) and their ``total`` (t0 -> heard)."""
     heard_t = min((t for t in heard if t >= t0), default=None)
     rx = turn.get("first_audio_rx_t") if turn else None
-    play = turn.get("first_play_t") if turn else None
+    # The frame that carries the first sample leaves the renderer at its tick (the sample may
+    # sit up to 20 ms into it; the receiver's onset includes that offset, in stream_hop).
+    play = turn.get("first_frame_t") if turn else None
     into, out = bridge.get("in"), bridge.get("out")
     buffer, send = chunk.get("buffer"), chunk.get("send")
 

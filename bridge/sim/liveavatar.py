@@ -317,6 +317,7 @@ class LiveAvatarStandIn:
                 eid: {
                     "first_audio_rx_t": t.first_audio_rx_t,
                     "first_play_t": t.first_play_t,
+                    "first_frame_t": t.first_frame_t,
                     "underruns": t.underruns,
                     "underrun_ms": round(1000 * t.underrun_s, 1),
                 }
