@@ -4,7 +4,7 @@ The client's first AUDIO byte -> first sound at the viewer is split into parts m
 they happen (docs/performance.md): the uplink's first chunk (bridge/liveavatar/uplink.py,
 ``bridge_liveavatar_first_chunk_seconds``), the LiveAvatar stand-in's render start, and here the
 instants the avatar's speech enters the bridge's media path and leaves it for the call. Each is
-the latest *onset*: the first sound after at least ``quiet_s`` of quiet, exported as a unix
+the latest *onset*: the first sound after at least ``quiet_s`` of quiet (a turn's start), exported as a unix
 timestamp (``bridge_avatar_audio_onset_timestamp_seconds{path,point}``) so that a bench on the
 same host can place it between the stand-ins' own stamps.
 
@@ -38,7 +38,9 @@ PCM_LOUD_PEAK = 1000  # about -30 dBFS: well above the renderer's silence and co
 class OnsetClock:
     """Finds onsets in a stream of loud/quiet verdicts."""
 
-    quiet_s: float = 0.2
+    # A turn's start, not each word's: longer than the pauses inside speech (and the bench's
+    # beeps, 400 ms apart), shorter than the quiet between turns.
+    quiet_s: float = 0.8
     quiet_since: float | None = None
     last_onset: float | None = None
 

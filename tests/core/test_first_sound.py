@@ -25,6 +25,16 @@ def test_a_short_pause_inside_speech_is_not_an_onset() -> None:
     assert clock.last_onset == 0.90
 
 
+def test_the_default_quiet_is_a_turns_start_not_a_pause() -> None:
+    clock = OnsetClock()
+    clock.feed(False, 0.0)
+    assert clock.feed(True, 1.0)
+    clock.feed(False, 1.1)
+    assert clock.feed(True, 1.5) is False  # 400 ms between beeps of one turn
+    clock.feed(False, 1.6)
+    assert clock.feed(True, 2.6) is True  # a second of quiet: the next turn
+
+
 def test_sound_from_the_start_is_no_onset() -> None:
     """Nothing measured before the first quiet: no onset to place against the stand-ins."""
     clock = OnsetClock()
