@@ -29,7 +29,7 @@ from bridge.sim import first_sound
 from bridge.sim.stack import DaemonProcess, StandIns
 
 VARIANT = "360p30-VP8"
-FIRST_CHUNKS = (600, 400, 200, 100)
+FIRST_CHUNKS = (600, 400, 300, 200, 100)
 TURN_S = 4.0
 QUIET_S = 1.0  # between turns: the onsets need quiet before the speech
 # The client's delivery: each 20 ms frame late by U(0, JITTER_MS), and with STALL_P a stall of
