@@ -151,7 +151,7 @@ async def send_jittered(client: BridgeClient, pcm: bytes, rng: random.Random) ->
 
 async def first_chunk_tradeoff(turns: int, workroot: Path) -> dict[str, Any]:
     v = driver.VARIANTS[VARIANT]
-    rows = []
+    rows: list[dict[str, Any]] = []
     for chunk_ms in FIRST_CHUNKS:
         async with StandIns(render_latency_s=driver.RENDER_LATENCY_S, stream_codec=v.codec) as sim:
             flags = ("--set", f"liveavatar.first_chunk_ms={chunk_ms}")
@@ -174,7 +174,7 @@ async def first_chunk_tradeoff(turns: int, workroot: Path) -> dict[str, Any]:
                 "underruns_per_turn": underruns,
             }
         )
-    clean = [r["first_chunk_ms"] for r in rows if r["turns"] and r["underruns"] == 0]
+    clean: list[int] = [r["first_chunk_ms"] for r in rows if r["turns"] and r["underruns"] == 0]
     return {
         "client": {
             "seed": SEED,
@@ -187,3 +187,73 @@ async def first_chunk_tradeoff(turns: int, workroot: Path) -> dict[str, Any]:
         "rows": rows,
         "smallest_without_underruns_ms": min(clean) if clean else None,
     }
+
+
+def markdown_lines(continuity: dict[str, Any]) -> list[str]:
+    """The part-3 section of docs/performance.md, from the continuity scenario's keys."""
+    sound = continuity.get("first_sound_ms")
+    if not isinstance(sound, dict):
+        return []
+
+    def f(v: Any) -> str:
+        return "–" if v is None else f"{v:.1f}" if isinstance(v, float) else str(v)
+
+    paths = [p for p in ("relay", "transcode") if isinstance(sound.get(p), dict)]
+    lines = [
+        "## Conversation latency (issue 17, part 3)",
+        "",
+        "The client's first AUDIO byte -> first sound at the Stream receiver, p50 of the turns of "
+        "one session (a real-time client, default `liveavatar.first_chunk_ms`, the stand-in's "
+        f"{driver.RENDER_LATENCY_S * 1000:g} ms render latency), each part from stamps taken "
+        "where it happens (`bridge/sim/first_sound.py`):",
+        "",
+        "| part (ms) | " + " | ".join(paths) + " |",
+        "|---|" + "---|" * len(paths),
+    ]
+    for key in (*first_sound.PARTS, "total"):
+        cells = [f(sound[p].get("p50", {}).get(key)) for p in paths]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    barge = continuity.get("barge_in_ms") or {}
+    lines += [
+        "",
+        "Barge-in, INTERRUPT -> last old audio at the receiver (goal < 50 ms; the bridge stops "
+        "forwarding the avatar's old speech itself, `bridge/barge_in.py`):",
+        "",
+        "| path | p50 ms | max ms | samples | Goals |",
+        "|---|---|---|---|---|",
+    ]
+    for p in ("relay", "transcode"):
+        b = barge.get(p) or {}
+        worst = b.get("max")
+        verdict = "–" if worst is None else "met" if worst < 50 else f"missed by {worst - 50:.1f}"
+        lines.append(
+            f"| {p} | {f(b.get('p50'))} | {f(worst)} | {b.get('samples', b.get('error', ''))} "
+            f"| {verdict} |"
+        )
+    trade = continuity.get("first_chunk_tradeoff") or {}
+    rows = trade.get("rows") or []
+    if rows:
+        client = trade.get("client", {})
+        lines += [
+            "",
+            "First chunk against underruns of the avatar's playback buffer (the LiveAvatar "
+            "stand-in's model), relay path, a real-time client whose audio is produced at 1x and "
+            f"delivered with seeded jitter (seed {client.get('seed')}: each 20 ms frame late by "
+            f"U(0, {client.get('jitter_ms')}) ms, a {client.get('stall_ms')} ms stall with "
+            f"p={client.get('stall_p_per_frame')} per frame; the same sequence for every size):",
+            "",
+            "| first_chunk_ms | first sound p50 ms | underruns | turns with underruns |",
+            "|---|---|---|---|",
+        ]
+        for row in rows:
+            lines.append(
+                f"| {row['first_chunk_ms']} | {f(row['first_sound_p50_ms'])} | "
+                f"{row['underruns']} | {row['turns_with_underruns']}/{row['turns']} |"
+            )
+        lines += [
+            "",
+            "Smallest first chunk without underruns: "
+            f"**{f(trade.get('smallest_without_underruns_ms'))} ms** (the default of "
+            "`liveavatar.first_chunk_ms` is chosen from this table).",
+        ]
+    return [*lines, ""]

@@ -4,9 +4,9 @@ The client's first AUDIO byte -> first sound at the viewer is split into parts m
 they happen (docs/performance.md): the uplink's first chunk (bridge/liveavatar/uplink.py,
 ``bridge_liveavatar_first_chunk_seconds``), the LiveAvatar stand-in's render start, and here the
 instants the avatar's speech enters the bridge's media path and leaves it for the call. Each is
-the latest *onset*: the first sound after at least ``quiet_s`` of quiet (a turn's start), exported as a unix
-timestamp (``bridge_avatar_audio_onset_timestamp_seconds{path,point}``) so that a bench on the
-same host can place it between the stand-ins' own stamps.
+the latest *onset*: the first sound after at least ``quiet_s`` of quiet (a turn's start),
+exported as a unix timestamp (``bridge_avatar_audio_onset_timestamp_seconds{path,point}``) so
+that a bench on the same host can place it between the stand-ins' own stamps.
 
 What counts as sound: decoded PCM (transcode) by its peak; relayed Opus (undecoded) by its
 payload size, since a quiet Opus frame is a few bytes and speech is tens to hundreds (a
