@@ -20,6 +20,7 @@ import random
 import statistics
 import tempfile
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,9 @@ QUIET_S = 1.0  # between turns: the onsets need quiet before the speech
 # The client's delivery: each 20 ms frame late by U(0, JITTER_MS), and with STALL_P a stall of
 # STALL_MS (what follows it then arrives in a burst). Assumptions for a TTS stream over a
 # network, not measured figures.
+# A barge-in sample this far before the interrupt means the avatar had not started the tone yet
+# (a loaded machine): the last loud audio is the previous run's.
+NOT_HEARD_MS = -500.0
 SEED = 17
 JITTER_MS = 50.0
 STALL_P = 0.01
@@ -81,15 +85,23 @@ async def _turn(
     before = await asyncio.to_thread(daemon.metrics)
     pcm = driver.beeps(TURN_S)
     t0 = time.monotonic()
-    if jitter is None:
-        await stream_pcm_realtime(c.client, pcm, driver.CLIENT_FMT, 20)
-    else:
-        await send_jittered(c.client, pcm, jitter)
+    sending: Coroutine[Any, Any, object] = (
+        stream_pcm_realtime(c.client, pcm, driver.CLIENT_FMT, 20)
+        if jitter is None
+        else send_jittered(c.client, pcm, jitter)
+    )
+    sender = asyncio.create_task(sending)
+    try:
+        measure = sim.stream.measure("default", c.call_id)
+        await driver.poll(lambda: any(t >= t0 for t in measure.onset_times), 15)
+        # Scraped at the first sound, not after the turn: the daemon's onset stamps are the
+        # latest, and a loaded machine can stretch a pause inside the turn into a new one.
+        await asyncio.sleep(0.3)
+        after = await asyncio.to_thread(daemon.metrics)
+    finally:
+        await sender
     await c.client.end_turn()
-    measure = sim.stream.measure("default", c.call_id)
-    await driver.poll(lambda: any(t >= t0 for t in measure.onset_times), 15)
     await asyncio.sleep(1.0)  # the turn's tail plays out
-    after = await asyncio.to_thread(daemon.metrics)
     stats = sim.liveavatar.playback_stats(c.liveavatar_session or "")
     return first_sound.parts(
         t0,
@@ -115,10 +127,13 @@ async def first_sound_and_barge_in(path: str, turns: int, workroot: Path) -> dic
         daemon, c = await _session(sim, workroot, path)
         try:
             measured = [await _turn(daemon, sim, c, path) for _ in range(turns)]
-            barge = []
+            barge: list[float] = []
+            not_heard = 0
             for _ in range(turns):
                 ms = await driver._barge_in(c, sim)
-                if ms is not None:
+                if ms is not None and ms < NOT_HEARD_MS:
+                    not_heard += 1  # the tone had not started when interrupted: no figure
+                elif ms is not None:
                     barge.append(ms)
         finally:
             await driver._close(c)
@@ -129,6 +144,7 @@ async def first_sound_and_barge_in(path: str, turns: int, workroot: Path) -> dic
             "p50": round(statistics.median(barge), 1) if barge else None,
             "max": round(max(barge), 1) if barge else None,
             "samples": barge,
+            "tone_not_heard": not_heard,
             "goal_ms": 50,
         },
     }
