@@ -7,7 +7,7 @@ barge-in gate (bridge/barge_in.py) before it sends ``agent.interrupt``; so every
 plays after the stand-in received that message was played after the gate shut and must never
 reach the Stream receiver. That is asserted by count (which beeps arrived), not by timing: the
 receiver hears at most the beeps the avatar played before the interrupt arrived, while the
-avatar demonstrably played more after it. The next turn is heard whole (the gate reopens at its
+avatar demonstrably played more after it. The next turn is heard (the gate reopens at its
 ``speak_started``).
 """
 
@@ -86,14 +86,20 @@ async def test_no_old_speech_reaches_the_call_after_an_interrupt(
         heard = list(measure.onset_times)
         heard_old = [t for t in heard if t < new_start]
         heard_new = [t for t in heard if t >= new_start]
+        _, body = await asyncio.to_thread(daemon.admin, "GET", "/sessions")
+        (described,) = body["sessions"]
+        gate = described["path_stats"]["barge_in"]
 
     # The stand-in did play old speech after the gate shut: without it, it would be heard.
     assert len(played_after) >= 3, (played_before, played_after)
     assert len(played_new) == NEW_BEEPS
     # Which audio arrived: none of the beeps played after the gate shut.
     assert 1 <= len(heard_old) <= len(played_before), (heard_old, played_before, played_after)
-    # The next turn, heard whole: the gate reopened at its speak_started.
-    assert len(heard_new) == NEW_BEEPS, heard_new
+    # The next turn is heard: the gate reopened at its speak_started (not by its timeout).
+    # (Not asserted whole: a receiver starved of CPU can miss an onset of its own.)
+    assert gate["interrupts"] == 1 and gate["reopened"] == {"speak_started": 1, "timeout": 0}
+    assert not gate["muted"]
+    assert len(heard_new) >= 1, heard_new
     _, body = await asyncio.to_thread(daemon.admin, "GET", "/metrics")
     assert f'bridge_barge_in_audio_dropped_total{{path="{media_path}"}}' in str(body)
 
