@@ -43,6 +43,7 @@ class OnsetClock:
     quiet_s: float = 0.8
     quiet_since: float | None = None
     last_onset: float | None = None
+    heard: bool = False  # any sound yet
 
     def feed(self, loud: bool, now: float) -> bool:
         """One unit of audio; True when it is an onset."""
@@ -50,8 +51,13 @@ class OnsetClock:
             if self.quiet_since is None:
                 self.quiet_since = now
             return False
-        onset = self.quiet_since is not None and now - self.quiet_since >= self.quiet_s
+        # The stream's first sound is a turn's start however short the quiet before it was
+        # (a session's first turn may follow its start closely).
+        onset = self.heard is False or (
+            self.quiet_since is not None and now - self.quiet_since >= self.quiet_s
+        )
         self.quiet_since = None
+        self.heard = True
         if onset:
             self.last_onset = now
         return onset

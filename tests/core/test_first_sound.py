@@ -35,8 +35,11 @@ def test_the_default_quiet_is_a_turns_start_not_a_pause() -> None:
     assert clock.feed(True, 2.6) is True  # a second of quiet: the next turn
 
 
-def test_sound_from_the_start_is_no_onset() -> None:
-    """Nothing measured before the first quiet: no onset to place against the stand-ins."""
+def test_the_streams_first_sound_is_an_onset_however_short_the_quiet() -> None:
+    """A session's first turn may follow its start closely: its first sound still counts."""
     clock = OnsetClock()
-    assert clock.feed(True, 0.0) is False
-    assert clock.last_onset is None
+    clock.feed(False, 0.0)
+    assert clock.feed(True, 0.1) is True
+    assert clock.last_onset == 0.1
+    clock.feed(False, 0.2)
+    assert clock.feed(True, 0.4) is False  # afterwards the quiet must be long enough
