@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import driver
+from bench import driver, latency
 from bridge.client import BridgeClient, stream_pcm_realtime
 from bridge.protocol import EventMsg
 from bridge.sim.liveavatar import StandInOptions
@@ -54,6 +54,7 @@ async def scenario(r: Any) -> dict[str, Any]:
     relay_warm, relay_cold = out["warm_relay"], out["cold_relay"]
     out["first_frame_warm_s"] = relay_warm.get("p50_s")
     out["first_frame_cold_s"] = relay_cold.get("p50_s")
+    out.update(await latency.figures(r))  # part 3: first_sound_ms, barge_in_ms (bench/latency.py)
     return out
 
 

@@ -372,6 +372,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{_f((st.get('loop_lag_ms') or {}).get('p99'))} | {_f(st.get('rss_mb'))} |"
             )
         lines.append("")
+    lines += _latency_lines(sc.get("continuity", {}))
     goals = results.get("goals", [])
     if goals:
         lines += ["## Goals", "", "| goal | target | measured | where | Goals | note |"]
@@ -391,3 +392,9 @@ def markdown(results: dict[str, Any]) -> str:
 def write_markdown(results: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(markdown(results))
+
+
+def _latency_lines(continuity: dict[str, Any]) -> list[str]:
+    from bench import latency  # the scenario's own rendering (issue 17, part 3)
+
+    return latency.markdown_lines(continuity)

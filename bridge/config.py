@@ -89,7 +89,12 @@ class LiveAvatarConfig(_Section):
         60.0, gt=0, description="Send session.keep_alive after this silence."
     )
     first_chunk_ms: int = Field(
-        600, ge=20, le=5000, description="First agent.speak chunk of a turn."
+        400,
+        ge=20,
+        le=5000,
+        description="First agent.speak chunk of a turn: the avatar's playback buffer at its "
+        "start (smaller answers sooner but underruns with a jittery client; see "
+        "docs/performance.md).",
     )
     chunk_ms: int = Field(1000, ge=20, le=10000, description="Later agent.speak chunks.")
     request_timeout_s: float = Field(10.0, gt=0, description="Timeout of each REST call.")

@@ -30,7 +30,7 @@ import numpy as np
 from bridge.client import BridgeClient, stream_pcm_realtime
 from bridge.media import AudioFormat
 from bridge.protocol import Error, EventMsg
-from bridge.sim import browser_viewer, netns
+from bridge.sim import browser_viewer, first_sound, netns
 from bridge.sim.marks import beep_train
 from bridge.sim.stack import SMALL, DaemonProcess, StandIns
 from bridge.sim.stream import StreamStandIn
@@ -50,6 +50,8 @@ class SessionResult:
     events: list[str] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
     media_path: str | None = None
+    liveavatar_session: str | None = None
+    first_sound: dict[str, Any] | None = None  # the first turn's parts (bridge/sim/first_sound.py)
 
 
 def _read_wav(path: Path) -> tuple[bytes, AudioFormat]:
@@ -80,6 +82,8 @@ class Demo:
         self.viewer_report: dict[str, Any] = {}
         self.socket = Path()
         self.daemon_rc: int | None = None
+        self._sim: StandIns | None = None
+        self._daemon: DaemonProcess | None = None
         self._quiet = not sys.stderr.isatty()
 
     def say(self, text: str) -> None:
@@ -121,6 +125,7 @@ class Demo:
             try:
                 sim.stream.record("default", "demo-0", str(self.out / "call.mp4"))
                 await daemon.start()
+                self._sim, self._daemon = sim, daemon
                 self.socket = daemon.socket
                 self.say(f"daemon: ready, socket {daemon.socket}, admin port {daemon.admin_port}")
                 results = list(
@@ -172,9 +177,14 @@ class Demo:
                     turns.insert(0, ("speech", pcm))
                 for label, audio in turns:
                     self.say(f"{tag} speaking: {label} ({fmt.duration_s(len(audio)):.1f} s)")
+                    parts: asyncio.Task[None] | None = None
                     if res.first_audio_sent_t is None:
+                        before = await self._scrape()
                         res.first_audio_sent_t = time.monotonic()
+                        parts = asyncio.create_task(self._first_sound(res, before))
                     await stream_pcm_realtime(client, audio, fmt, 20, self._progress(tag))
+                    if parts is not None:
+                        await parts
                     await client.end_turn()
                     await asyncio.wait_for(self._until(res, "speak_ended"), 30)
                     res.events.clear()
@@ -201,6 +211,33 @@ class Demo:
                 with contextlib.suppress(asyncio.CancelledError):
                     await printer
         return res
+
+    async def _scrape(self) -> dict[str, float]:
+        if self._daemon is None or self.sessions != 1:
+            return {}  # the daemon's stamps are per process: one session only
+        return await asyncio.to_thread(self._daemon.metrics)
+
+    async def _first_sound(self, res: SessionResult, before: dict[str, float]) -> None:
+        """Once the first turn is heard: its first-sound parts (bridge/sim/first_sound.py)."""
+        sim, t0 = self._sim, res.first_audio_sent_t
+        if sim is None or t0 is None or not before:
+            return
+        measure = sim.stream.measure("default", res.call_id)
+        deadline = time.monotonic() + 15
+        while not any(t >= t0 for t in measure.onset_times):  # bounded: 15 s
+            if time.monotonic() > deadline:
+                return
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # the stamps after the onset (the daemon's gauges) are set
+        after = await self._scrape()
+        stats = sim.liveavatar.playback_stats(res.liveavatar_session or "")
+        res.first_sound = first_sound.parts(
+            t0,
+            first_sound.first_chunk(before, after),
+            first_sound.turn_after(stats, t0),
+            first_sound.onsets(after, before, res.media_path or ""),
+            measure.onset_times,
+        )
 
     async def _viewer_joins(self) -> None:
         """The browser viewer joins the call the avatar is already publishing into."""
@@ -243,6 +280,8 @@ class Demo:
                 res.events.append(message.event)
                 if message.event == "media_path":
                     res.media_path = str(message.fields.get("path"))
+                if message.event == "liveavatar_session":
+                    res.liveavatar_session = str(message.fields.get("session_id"))
                 if message.event != "credit":
                     fields = json.dumps(dict(message.fields), sort_keys=True)
                     self.say(f"{tag} EVENT {message.event} {fields}")
@@ -339,6 +378,9 @@ class Demo:
                 if first_sound
                 else None,
             },
+            # The first turn's first AUDIO byte -> first sound at the receiver, in parts measured
+            # where they happen (one-session demos only: the daemon's stamps are per process).
+            "first_sound_ms": next((r.first_sound for r in results if r.first_sound), None),
             "frames": {"published": published, "received": received, "dropped": dropped},
             "audio_dropped_ms": round(audio_dropped_ms, 1),
             "audio_received_s": round(sum(c["audio"]["seconds"] for c in calls.values()), 2),
@@ -393,6 +435,10 @@ class Demo:
                 "socket AUDIO to first sound at receiver (ms)",
                 "{socket_to_receiver} = render {stand_in_render} + bridge and networks "
                 "{added_after_render}".format(**r["audio_latency_ms"]),
+            ),
+            (
+                "first sound, in parts (ms)",
+                ", ".join(f"{k} {v}" for k, v in (r.get("first_sound_ms") or {}).items()) or "-",
             ),
             (
                 "frames published / received / dropped",

@@ -116,7 +116,12 @@ class MediaPath(Protocol):
         ...
 
     def interrupt(self) -> None:
-        """Barge-in: drop media queued on the way to the call."""
+        """Barge-in: drop media queued on the way to the call and stop forwarding the avatar's
+        speech still in flight (:mod:`bridge.barge_in`)."""
+        ...
+
+    def speak_started(self) -> None:
+        """The avatar started a turn: its speech is forwarded again after a barge-in."""
         ...
 
     def stats(self) -> dict[str, Any]: ...

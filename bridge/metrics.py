@@ -25,6 +25,11 @@ QUEUE_DEPTH = Gauge("bridge_queue_depth", "Items (or ms of audio) queued per sta
 AUDIO_DROPPED_SECONDS = Counter(
     "bridge_audio_dropped_seconds_total", "Audio dropped, in seconds, by stage.", ["stage"]
 )
+BARGE_IN_DROPPED = Counter(
+    "bridge_barge_in_audio_dropped_total",
+    "The avatar's audio not forwarded after an INTERRUPT (relay packets, decoded chunks), by path",
+    ["path"],
+)
 DROPS = Counter("bridge_dropped_total", "Items dropped, by stage and reason.", ["stage", "reason"])
 STAGE_LATENCY = Histogram(
     "bridge_stage_latency_seconds",

@@ -223,6 +223,7 @@ class Session:
 
     def _event(self, event: str, /, **fields: Any) -> None:
         if event == "speak_started":
+            self._speech_resumes()
             self._set_state(State.SPEAKING)
             self._played_turn += 1
             self._play_start = time.monotonic()
@@ -233,6 +234,11 @@ class Session:
             if self.state == State.SPEAKING:
                 self._set_state(State.READY)
         self.send_event(event, fields)
+
+    def _speech_resumes(self) -> None:
+        """The avatar started a turn: a path muted by a barge-in forwards its speech again."""
+        if self.path is not None:
+            self.path.speak_started()
 
     def _fail(self, err: BridgeError) -> None:
         if self.state in TERMINAL or self._closing.is_set():
@@ -485,9 +491,11 @@ class Session:
         self._log.info("interrupt")
         # Marks first: the client learns which labels will never play before speech stops.
         self._clear_marks()
-        await self.uplink.interrupt()
+        # The path first: its barge-in gate is shut before LiveAvatar hears agent.interrupt, so
+        # whatever the avatar plays from then on is never forwarded (bridge/barge_in.py).
         if self.path is not None:
             self.path.interrupt()
+        await self.uplink.interrupt()
         self._next_turn()
         self._played_turn = self._turn - 1
         self.stats["interrupts"] += 1

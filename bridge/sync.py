@@ -34,6 +34,7 @@ import structlog
 from prometheus_client import Histogram
 
 from bridge import metrics
+from bridge.first_sound import PCM_LOUD_PEAK, OnsetPoint
 from bridge.media import AudioChunk, VideoFrame
 from bridge.stages import CallPublisher
 
@@ -82,6 +83,7 @@ class SyncStage:
         self.audio_dropped_s = 0.0
         self.video_written = 0
         self.audio_written_s = 0.0
+        self._onset_out = OnsetPoint("transcode", "out")  # first-sound figures
 
     # ----- MediaSink (called by the downlink; never blocks) ------------------------------
 
@@ -138,6 +140,7 @@ class SyncStage:
             self._track_silence(chunk)
             await self._publisher.write_audio(chunk)
             self.audio_written_s += chunk.duration_s
+            self._onset_out.feed(_peak(chunk) >= PCM_LOUD_PEAK)
 
     def _track_silence(self, chunk: AudioChunk) -> None:
         samples = chunk.samples
@@ -175,3 +178,11 @@ class SyncStage:
                 (done_ns - frame.received_ns) / 1e9
             )
             VIDEO_LATE.observe(max(0, done_ns - due) / 1e9)
+
+
+def _peak(chunk: AudioChunk) -> int:
+    samples = chunk.samples
+    if not len(samples):
+        return 0
+    # max/min rather than abs(): no temporary array, and no int16 overflow at -32768.
+    return max(int(samples.max()), -int(samples.min()))

@@ -11,7 +11,10 @@ from typing import Any, Protocol
 
 import structlog
 
+from bridge import metrics
+from bridge.barge_in import SpeechGate
 from bridge.errors import BridgeError, ErrorCode
+from bridge.first_sound import PCM_LOUD_PEAK, OnsetPoint
 from bridge.media import AudioChunk, VideoFrame
 from bridge.media_path import PathKind, RelayDecline
 from bridge.stages import AvatarDownlink, AvatarRoom, CallPublisher, MediaSink
@@ -62,6 +65,28 @@ class _Gate:
             self._sink.put_audio(chunk)
 
 
+class _SpeechSink:
+    """Between the avatars' gates and the sync stage: the avatar's audio is dropped while the
+    barge-in gate is muted (:mod:`bridge.barge_in`); video always passes (the picture goes on)."""
+
+    def __init__(self, sink: MediaSink, gate: SpeechGate) -> None:
+        self._sink = sink
+        self._gate = gate
+        self._onset_in = OnsetPoint("transcode", "in")  # first-sound figures
+
+    def put_video(self, frame: VideoFrame) -> None:
+        self._sink.put_video(frame)
+
+    def put_audio(self, chunk: AudioChunk) -> None:
+        samples = chunk.samples
+        if len(samples):
+            self._onset_in.feed(max(int(samples.max()), -int(samples.min())) >= PCM_LOUD_PEAK)
+        if self._gate.admit(time.monotonic(), chunk.duration_s):
+            self._sink.put_audio(chunk)
+        else:
+            metrics.BARGE_IN_DROPPED.labels(path="transcode").inc()
+
+
 @dataclass(slots=True)
 class PreparedAvatar:
     """A new avatar's downlink, joined and receiving, not yet feeding the call."""
@@ -87,7 +112,9 @@ class TranscodePath:
         self.sync = sync
         self.publisher = publisher
         self._new_downlink = new_downlink
-        self._gate = _Gate(sync, open_=True)
+        self._speech = SpeechGate()
+        self._into_sync = _SpeechSink(sync, self._speech)
+        self._gate = _Gate(self._into_sync, open_=True)
         self._retired: list[AvatarDownlink] = []
         self._closed = False
 
@@ -101,7 +128,7 @@ class TranscodePath:
         """Join the new avatar's room and wait for its first video frame, feeding nothing yet."""
         assert self._new_downlink is not None
         downlink = self._new_downlink()
-        gate = _Gate(self.sync, open_=False)
+        gate = _Gate(self._into_sync, open_=False)
         prepared = PreparedAvatar(downlink, gate)
         try:
             async with asyncio.timeout(timeout_s):
@@ -159,11 +186,22 @@ class TranscodePath:
         await self.sync.run()
 
     def interrupt(self) -> None:
+        """Barge-in: flush what is queued and drop the avatar's speech still in flight until its
+        next turn starts (:mod:`bridge.barge_in`)."""
+        self._speech.interrupt(time.monotonic())
         self.sync.flush()
         self.publisher.flush_audio()
 
+    def speak_started(self) -> None:
+        if self._speech.speak_started(time.monotonic()):
+            log.info("transcode_speech_resumed", dropped_ms=round(1000 * self._speech.dropped_s))
+
     def stats(self) -> dict[str, Any]:
-        return {"publisher": self.publisher.stats(), "sync": self.sync.depth()}
+        return {
+            "publisher": self.publisher.stats(),
+            "sync": self.sync.depth(),
+            "barge_in": self._speech.stats(),
+        }
 
     async def aclose(self) -> None:
         """Leave the avatar's room, then the call (its billing stops with the uplink first)."""

@@ -46,7 +46,7 @@ from bridge.errors import BridgeError, ErrorCode
 from bridge.liveavatar.api import LiveAvatarAPI, LiveAvatarError, StartInfo
 from bridge.liveavatar.ledger import SessionLedger
 from bridge.liveavatar.resample import UplinkResampler
-from bridge.liveavatar.uplink_core import UplinkCore, Verdict
+from bridge.liveavatar.uplink_core import Message, UplinkCore, Verdict
 from bridge.media import AudioChunk, AudioFormat
 from bridge.stages import AvatarRoom, EventSink, FailureCallback
 
@@ -84,6 +84,16 @@ ADDED_LATENCY = Histogram(
     buckets=(0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25,
              0.5, 1.0, 2.5),
 )  # fmt: skip
+
+# A turn's first agent.speak, in the parts of the client's first sound the bridge adds: "buffer"
+# from the turn's first audio in to its first chunk complete (liveavatar.first_chunk_ms of
+# audio, deliberately), "send" from then to that chunk's WebSocket send returning.
+FIRST_CHUNK = Histogram(
+    "bridge_liveavatar_first_chunk_seconds",
+    "A turn's first agent.speak: its buffering (first audio in -> chunk complete) and its send",
+    ["part"],
+    buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 2.0),
+)
 
 _KNOWN_QUIET = frozenset({"agent.audio_buffer_cleared", "agent.speak_interrupted"})
 # Server events counted under their own label; any other name counts as "other", so a server
@@ -166,6 +176,11 @@ class LiveAvatarOptions:
             ws_connect_gate_timeout_s=la.connect_timeout_s,
             ack_timeout_s=la.ack_timeout_s,
         )
+
+
+def _observe_first_chunk(item: Message, sent_t: float) -> None:
+    FIRST_CHUNK.labels("buffer").observe(max(0.0, item.t_in - item.t_turn_in))
+    FIRST_CHUNK.labels("send").observe(max(0.0, sent_t - item.t_in))
 
 
 class LiveAvatarUplink:
@@ -531,6 +546,8 @@ class LiveAvatarUplink:
             now = time.monotonic()
             if item.t_in:
                 ADDED_LATENCY.observe(now - item.t_in)
+                if item.t_turn_in:
+                    _observe_first_chunk(item, now)
             async with self._cond:
                 self._core.sent(item, now)
                 self._cond.notify_all()

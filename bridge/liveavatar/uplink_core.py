@@ -56,6 +56,7 @@ class Message:
     stale: bool = False  # in flight at an interrupt: its ack counts, it is never resent
     t_in: float = 0.0  # when the input that completed it arrived (0: not measured)
     t_sent: float = 0.0  # when its last send completed on this connection (0: not sent)
+    t_turn_in: float = 0.0  # the turn's first chunk only: when the turn's first audio arrived
 
 
 class Verdict(StrEnum):
@@ -82,6 +83,7 @@ class UplinkCore:
         self._buf = bytearray()
         self._turn_sent_ms = 0.0  # audio of this turn cut into messages
         self._turn_t0 = 0.0  # when the turn's first chunk was cut
+        self._turn_in_t = 0.0  # when the turn's first audio arrived (first-sound figures)
         # The current connection.
         self._connected = False
         self._connect_t0 = 0.0
@@ -125,6 +127,7 @@ class UplinkCore:
         if self._turn_id is None:
             self._turn_id = self._new_id()
             self._first = True
+            self._turn_in_t = now
         if pcm:
             self._buf += pcm
             self._cut(now, final=False)
@@ -169,10 +172,12 @@ class UplinkCore:
                 break
             data = bytes(self._buf[:size])
             del self._buf[:size]
+            turn_in = 0.0
             if self._first:
                 self._turn_t0 = now
                 self._turn_sent_ms = 0.0
                 self._first = False
+                turn_in = self._turn_in_t or now
             ms = len(data) / BYTES_PER_MS
             self._turn_sent_ms += ms
             payload = json.dumps(
@@ -182,7 +187,9 @@ class UplinkCore:
                     "audio": base64.b64encode(data).decode(),
                 }
             )
-            self._backlog.append(Message("speak", payload, ms, self._turn_id, t_in=now))
+            self._backlog.append(
+                Message("speak", payload, ms, self._turn_id, t_in=now, t_turn_in=turn_in)
+            )
         self._admit()
 
     def _running_dry(self, now: float) -> bool:
@@ -236,7 +243,7 @@ class UplinkCore:
 
     def sent(self, msg: Message, now: float) -> None:
         msg.t_sent = self._last_sent = now
-        msg.t_in = 0.0  # a resend is not measured again
+        msg.t_in = msg.t_turn_in = 0.0  # a resend is not measured again
 
     def unsent(self, msg: Message) -> None:
         """Its send failed (the connection is going): acked kinds are resent with the unacked

@@ -46,8 +46,11 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtcpSrPacket, RtpPacket
 from prometheus_client import Counter, Histogram
 
+from bridge import metrics
+from bridge.barge_in import SpeechGate, opus_silence_like
 from bridge.config import LiveAvatarConfig, OutputConfig, Settings, setting_default
 from bridge.errors import BridgeError, ErrorCode
+from bridge.first_sound import OPUS_LOUD_BYTES, OnsetPoint
 from bridge.livekit.subscriber import LiveKitSubscriber, SubscriberOptions
 from bridge.media_path import RELAY_CODECS, PathKind, RelayDecline
 from bridge.relay.aiortc_hooks import ReceiverTap, SenderTap, ensure_compatible
@@ -270,6 +273,10 @@ class RelayPath:
         self._declined = False
         self._stream_taken = False
         self._rng = random.Random()
+        self._speech = SpeechGate()
+        self._audio_gap = False  # audio packets were dropped while muted (not Opus)
+        self._onset_in = OnsetPoint("relay", "in")  # first-sound figures
+        self._onset_out = OnsetPoint("relay", "out")
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -356,8 +363,45 @@ class RelayPath:
         """Until the relay is closed (the media flows from the receive path)."""
         await self._closed.wait()
 
+    # -- barge-in (bridge/barge_in.py): the avatar's old speech in flight is not forwarded -------
+
     def interrupt(self) -> None:
-        """Nothing to drop: packets leave as they arrive (the hold is a few ms)."""
+        """INTERRUPT: the avatar's audio is sent as silence until its next turn starts. Video
+        goes on (the avatar's mouth closes within the same in-flight time)."""
+        self._speech.interrupt(time.monotonic())
+        log.info("relay_speech_muted")
+
+    def speak_started(self) -> None:
+        """The avatar started a turn: forward its audio again."""
+        if self._speech.speak_started(time.monotonic()):
+            self._speech_resumed("speak_started")
+
+    def _admit_audio(self, fwd: _Forwarder, packet: RtpPacket) -> bool:
+        """Whether to send ``packet``; muted, its payload is replaced by silence of the same
+        duration (sequence numbers and timestamps untouched), or, not being Opus, dropped."""
+        was_muted = self._speech.muted
+        if self._speech.admit(time.monotonic()):
+            if was_muted:
+                self._speech_resumed("timeout")
+            return True
+        metrics.BARGE_IN_DROPPED.labels(path="relay").inc()
+        silence = opus_silence_like(packet.payload)
+        if silence is None:
+            self._audio_gap = True
+            return False
+        packet.payload = silence
+        if packet.extensions.audio_level is not None:
+            packet.extensions.audio_level = (False, 127)  # -127 dBov: silence
+        return True
+
+    def _speech_resumed(self, why: str) -> None:
+        fwd = self._fwd.get("audio")
+        if self._audio_gap and fwd is not None:
+            # Packets were dropped: rebase on the next one, as after a video pause (sequence
+            # numbers go on without a gap, timestamps advance by the time muted).
+            fwd.rewriter.upstream_ssrc = None
+        self._audio_gap = False
+        log.info("relay_speech_resumed", why=why, silenced=self._speech.dropped)
 
     def take_stream(self) -> StreamSide | None:
         """After a decline: the joined Stream session, now the caller's to use or close."""
@@ -415,6 +459,7 @@ class RelayPath:
             "hold_released_early": policy.hold.released_early,
             "video_paused_dropped": policy.paused_dropped,
             "rebases": video.rewriter.rebases if video else 0,
+            "barge_in": self._speech.stats(),
             "decoder_threads": sum(t.decoder_running for t in self._receiver_taps.values()),
             "first_keyframe_s": (
                 None if first_key_t is None else round(first_key_t - self._started_t, 3)
@@ -447,7 +492,11 @@ class RelayPath:
 
     async def _on_rtp(self, fwd: _Forwarder, packet: RtpPacket) -> None:
         if fwd.kind != "video":
-            await fwd.send(packet)
+            loud = len(packet.payload) >= OPUS_LOUD_BYTES
+            self._onset_in.feed(loud)
+            if self._admit_audio(fwd, packet):
+                await fwd.send(packet)  # silenced, if muted
+                self._onset_out.feed(len(packet.payload) >= OPUS_LOUD_BYTES)
             return
         now = time.monotonic()
         verdict = self._video.admit(packet, now)

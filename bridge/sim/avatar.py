@@ -58,6 +58,12 @@ SIM_AVATAR_SKIPPED = Counter(
     ["kind"],
 )
 
+SIM_AVATAR_UNDERRUNS = Counter(
+    "sim_avatar_playback_underruns_total",
+    "Times a stand-in avatar's playback buffer ran dry mid-turn (audio arrived too late)",
+)
+_TURNS_KEPT = 256
+
 
 @dataclass(frozen=True, slots=True)
 class RendererEvent:
@@ -95,6 +101,17 @@ class _Turn:
     started: bool = False
     ended: bool = False
     last_end: int = 0  # output sample index after the turn's last queued sample
+
+
+@dataclass(slots=True)
+class TurnTiming:
+    """What the stand-in saw of one turn, in monotonic seconds (first-sound parts)."""
+
+    first_audio_rx_t: float  # the turn's first agent.speak audio reached the renderer
+    first_play_t: float | None = None  # the playout instant of its first sample
+    first_frame_t: float | None = None  # the audio frame carrying that sample leaves the renderer
+    underruns: int = 0  # times its playback buffer ran dry mid-turn
+    underrun_s: float = 0.0  # silence those gaps inserted
 
 
 @dataclass(slots=True)
@@ -187,6 +204,10 @@ class AvatarRenderer:
         self.received_bytes: dict[str, int] = {}
         self.played_samples: dict[str, int] = {}
         self.onset_media_s: list[float] = []
+        # The playback-buffer model (see _note_playback): per turn, bounded to the recent ones.
+        self.turns: dict[str, TurnTiming] = {}
+        self.underruns = 0
+        self.underrun_s = 0.0
         self._video = _AvatarVideoTrack(self)
         self._audio_track = _AvatarAudioTrack(self)
 
@@ -231,6 +252,10 @@ class AvatarRenderer:
         if self._closed:
             return
         self.received_bytes[event_id] = self.received_bytes.get(event_id, 0) + len(pcm24k_mono)
+        if event_id not in self.turns:
+            self.turns[event_id] = TurnTiming(first_audio_rx_t=time.monotonic())
+            while len(self.turns) > _TURNS_KEPT:
+                del self.turns[next(iter(self.turns))]
         turn = self._turn
         if turn is None or turn.event_id != event_id or turn.ended:
             turn = self._turn = _Turn(
@@ -297,8 +322,30 @@ class AvatarRenderer:
         first = not turn.started
         turn.started = True
         start = self._schedule_start()
+        self._note_playback(turn, start, first=first)
         turn.last_end = start + len(samples)
         self._queue.append(_Segment(turn.event_id, samples, start, first=first))
+
+    def _note_playback(self, turn: _Turn, start: int, *, first: bool) -> None:
+        """The playback-buffer model. The avatar plays a turn in real time from a buffer fed by
+        agent.speak; audio that arrives after the buffer ran dry (mid-turn: the turn's audio so
+        far has all played, plus the render latency) starts later than the turn's end so far,
+        and the gap is an underrun: silence inside the turn, the avatar's mouth closing."""
+        timing = self.turns.get(turn.event_id)
+        if timing is None:
+            return
+        if first:
+            timing.first_play_t = self._t0 + start / OUT_RATE
+            timing.first_frame_t = self._t0 + (start // TICK_SAMPLES) * TICK_S
+            return
+        gap = start - turn.last_end
+        if gap > 0:
+            gap_s = gap / OUT_RATE
+            timing.underruns += 1
+            timing.underrun_s += gap_s
+            self.underruns += 1
+            self.underrun_s += gap_s
+            SIM_AVATAR_UNDERRUNS.inc()
 
     def _fire(self, event: RendererEvent) -> None:
         if self._listener is not None:

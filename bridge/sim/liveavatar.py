@@ -197,6 +197,9 @@ class Faults:
     # Session ids whose WebSocket stalls: while listed, the server reads and answers nothing on
     # it (messages wait unprocessed, back-pressure builds), but the connection stays open.
     stall_ws: set[str] = field(default_factory=set)
+    # agent.interrupt takes effect this long after it arrived (a provider slow to stop: the old
+    # speech goes on meanwhile, as audio already in flight does); the WebSocket waits with it.
+    interrupt_delay_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -225,6 +228,7 @@ class SimSession:
     timer: asyncio.Task[None] | None = None
     messages: list[dict[str, Any]] = field(default_factory=list)  # client messages, for tests
     dropped_before_connected: int = 0
+    interrupts_rx_t: list[float] = field(default_factory=list)  # agent.interrupt arrivals
 
 
 def _envelope(code: int, data: Any, message: str) -> dict[str, Any]:
@@ -263,6 +267,8 @@ class LiveAvatarStandIn:
         self.app.router.add_post("/v1/sessions/start", self._start)
         self.app.router.add_post("/v1/sessions/stop", self._stop)
         self.app.router.add_get("/v1/ws/{session_id}", self._ws)
+        # Not LiveAvatar's API: what the stand-in measured, for benches and demos.
+        self.app.router.add_get("/_sim/stats", self._stats)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -293,6 +299,37 @@ class LiveAvatarStandIn:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    # --- what the stand-in measured ------------------------------------------------------------
+
+    def playback_stats(self, session_id: str) -> dict[str, Any]:
+        """The session's playback-buffer model (underruns) and per-turn first-sound stamps
+        (monotonic seconds: the turn's first audio in, its first sample's playout)."""
+        session = self.sessions.get(session_id)
+        renderer = session.renderer if session is not None else None
+        if session is None or renderer is None:
+            return {}
+        return {
+            "underruns": renderer.underruns,
+            "underrun_ms": round(1000 * renderer.underrun_s, 1),
+            "render_latency_ms": round(1000 * renderer.render_latency_s, 1),
+            "turns": {
+                eid: {
+                    "first_audio_rx_t": t.first_audio_rx_t,
+                    "first_play_t": t.first_play_t,
+                    "first_frame_t": t.first_frame_t,
+                    "underruns": t.underruns,
+                    "underrun_ms": round(1000 * t.underrun_s, 1),
+                }
+                for eid, t in renderer.turns.items()
+            },
+            "interrupts_rx_t": list(session.interrupts_rx_t),
+        }
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {sid: self.playback_stats(sid) for sid in self.sessions if self.sessions[sid].started}
+        )
 
     # --- REST ----------------------------------------------------------------------------------
 
@@ -760,6 +797,9 @@ class LiveAvatarStandIn:
             )
         elif kind == "agent.interrupt":
             session.last_activity = now
+            session.interrupts_rx_t.append(now)
+            if self.faults.interrupt_delay_s > 0:
+                await asyncio.sleep(self.faults.interrupt_delay_s)
             renderer.interrupt()
             await self._send(session, {"type": "agent.audio_buffer_cleared"})
         elif kind == "session.keep_alive":

@@ -90,6 +90,9 @@ class _Path:
     def interrupt(self) -> None:
         pass
 
+    def speak_started(self) -> None:
+        pass
+
     def stats(self) -> dict[str, Any]:
         return {}
 

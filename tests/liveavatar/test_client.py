@@ -43,7 +43,7 @@ def speak_messages(standin: LiveAvatarStandIn, sid: str) -> list[dict[str, objec
 
 
 async def test_happy_path(standin: LiveAvatarStandIn, make_uplink: MakeUplink) -> None:
-    h = make_uplink()
+    h = make_uplink(first_chunk_ms=600)
     room = await h.uplink.start()
     sid = room.session_id
     assert standin.live_sessions == [sid]

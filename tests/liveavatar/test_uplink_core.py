@@ -62,19 +62,22 @@ def test_a_turn_is_cut_first_chunk_then_chunks_then_the_tail() -> None:
         core.audio(pcm(100, i * 100 * BYTES_PER_MS), now=0.0)
     core.end_turn(b"", now=0.0)
     msgs = drain(core)
-    assert speak_ms(msgs) == [600, 1000, 900]
-    assert [m.kind for m in msgs] == ["speak", "speak", "speak", "end"]
+    first, rest = OPTS.first_chunk_ms, 2500 - OPTS.first_chunk_ms  # the settings' defaults
+    expected = [first] + [OPTS.chunk_ms] * (rest // OPTS.chunk_ms) + [rest % OPTS.chunk_ms]
+    assert speak_ms(msgs) == [ms for ms in expected if ms]
+    assert [m.kind for m in msgs] == ["speak"] * len(speak_ms(msgs)) + ["end"]
     assert {m.event_id for m in msgs} == {"id1"}
     assert b"".join(audio_of(m) for m in msgs if m.kind == "speak") == pcm(2500)
     assert json.loads(msgs[-1].payload) == {"type": "agent.speak_end", "event_id": "id1"}
 
 
 def test_nothing_is_cut_before_the_first_chunk_is_full() -> None:
+    first = OPTS.first_chunk_ms
     core = make()
-    core.audio(pcm(599), now=0.0)
-    assert core.pop() is None and core.buffered_ms() == pytest.approx(599)
+    core.audio(pcm(first - 1), now=0.0)
+    assert core.pop() is None and core.buffered_ms() == pytest.approx(first - 1)
     core.audio(pcm(1), now=0.0)
-    assert speak_ms(drain(core)) == [600]
+    assert speak_ms(drain(core)) == [first]
 
 
 def test_each_turn_gets_its_own_event_id_and_a_first_chunk() -> None:
@@ -109,7 +112,7 @@ def test_audio_held_back_by_the_resampler_still_opens_the_turn() -> None:
 def test_a_real_time_client_gets_a_chunk_before_the_avatar_runs_dry() -> None:
     # first chunk 600 ms at t=0, then audio arrives at real time: 100 ms every 100 ms. The
     # lead over playback falls below 300 ms once 300 ms has played: what is buffered goes.
-    core = make()
+    core = make(first_chunk_ms=600)
     core.audio(pcm(600), now=0.0)
     assert speak_ms(drain(core)) == [600]
     cut_at = []
@@ -127,7 +130,7 @@ def test_a_real_time_client_gets_a_chunk_before_the_avatar_runs_dry() -> None:
 
 
 def test_the_low_water_cut_waits_for_min_chunk_ms() -> None:
-    core = make()
+    core = make(first_chunk_ms=600)
     core.audio(pcm(600), now=0.0)
     drain(core)
     core.audio(pcm(59), now=10.0)  # long after the avatar ran dry, but under 60 ms
@@ -442,3 +445,18 @@ def test_every_byte_is_delivered_once_in_order_and_resent_until_acked(
         assert len(ends) == 1  # and after the turn's last speak:
         speaks = [i for i, x in enumerate(m.acked) if x.kind == "speak" and x.event_id == event_id]
         assert not speaks or m.acked.index(ends[0]) > max(speaks)
+
+
+def test_the_turns_first_chunk_carries_when_the_turn_began() -> None:
+    """First-sound figures: the first chunk knows its turn's first audio (its buffering is
+    t_in - t_turn_in); later chunks, and a resend, do not."""
+    core = make(first_chunk_ms=200, chunk_ms=400)
+    for i in range(20):  # 20 ms frames from t=1.0
+        core.audio(pcm(20, i * 960), 1.0 + 0.02 * i)
+    first, second = core.pop(), core.pop()
+    assert first is not None and second is not None
+    assert first.t_turn_in == 1.0
+    assert first.t_in == pytest.approx(1.0 + 0.02 * 9)  # the 10th frame completed 200 ms
+    assert second.t_turn_in == 0.0
+    core.sent(first, 1.2)
+    assert first.t_turn_in == 0.0
