@@ -38,6 +38,9 @@ from bridge.sim.web import PageServer
 
 ASSET = Path(__file__).parent / "assets" / "speech.wav"
 RENDER_LATENCY_S = 0.2
+# Sync marks of the beep turn: the goals are judged over >= 40 marks at the viewer; 48 beeps
+# (24 s) leave room for a few a loaded machine loses.
+BEEPS = 48
 
 
 @dataclass
@@ -152,7 +155,7 @@ class Demo:
     async def _session(self, index: int, sfu: StreamStandIn) -> SessionResult:
         res = SessionResult(call_id=f"demo-{index}")
         pcm, fmt = _read_wav(self.audio_path)
-        beeps = beep_train(fmt.sample_rate, 6 if self.short else 12, 500, 100).tobytes()
+        beeps = beep_train(fmt.sample_rate, 6 if self.short else BEEPS, 500, 100).tobytes()
         tag = f"[{res.call_id}]"
         async with await BridgeClient.connect(self.socket) as client:
             res.hello_t = time.monotonic()
