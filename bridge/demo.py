@@ -170,9 +170,11 @@ class Demo:
                 sfu.reset_measure("default", res.call_id)
                 if index == 0 and self.viewer is not None:
                     await self.viewer.reset()
+                # The marks first: the viewer's first 10 s (viewer.skew_first10s_ms) are the start
+                # of its call, where receivers are still adapting.
                 turns: list[tuple[str, bytes]] = [("beeps (sync marks)", beeps)]
                 if not self.short:
-                    turns.insert(0, ("speech", pcm))
+                    turns.append(("speech", pcm))
                 for label, audio in turns:
                     self.say(f"{tag} speaking: {label} ({fmt.duration_s(len(audio)):.1f} s)")
                     if res.first_audio_sent_t is None:

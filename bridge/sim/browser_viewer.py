@@ -108,6 +108,15 @@ def receiver_delays(stats: dict[str, Any]) -> dict[str, dict[str, float | None]]
             out[kind]["decode_mean"] = (
                 round(1000 * decode / frames, 1) if decode is not None and frames else None
             )
+    audio, video = out["audio"]["jitter_buffer_mean"], out["video"]["jitter_buffer_mean"]
+    decode = out["video"].get("decode_mean") or 0.0
+    # What the two receivers alone make of a stream that arrives aligned: a cross-check of the
+    # marks' figure that cannot wrap around the marks' period as a pairing can.
+    out["difference"] = {
+        "video_minus_audio": round(video + decode - audio, 1)
+        if audio is not None and video is not None
+        else None
+    }
     return out
 
 

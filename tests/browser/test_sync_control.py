@@ -91,7 +91,9 @@ async def test_injected_offset_moves_the_browser_figure_by_that_much(
                 report = await page.evaluate("window.streamPage.viewerReport({pairWindowMs: 450})")
                 # Found, whatever the receivers do: every mark's flash and its sound.
                 assert report["flashes"] >= BEEPS // 2, report
-                assert report["ssrc"]["onsets"] >= BEEPS // 2, report
+                # (an onset a stalled poll may have timed late is found but not used)
+                ssrc = report["ssrc"]
+                assert ssrc["onsets"] + ssrc["uncertain"] >= BEEPS // 2, report
                 runs[offset] = report["ssrc"]["skews"]
             renderer.set_mark_offset(0)
     finally:
