@@ -120,6 +120,23 @@ def receiver_delays(stats: dict[str, Any]) -> dict[str, dict[str, float | None]]
     return out
 
 
+ALIAS_MS = 125.0  # a quarter of the marks' 500 ms period
+
+
+def skew_check(skews: list[float], delays: dict[str, dict[str, float | None]]) -> dict[str, Any]:
+    """Whether the marks' median agrees with what the receivers' delays alone predict for a
+    stream arriving aligned. Marks 500 ms apart, paired within 250 ms, alias a skew beyond
+    that (-540 ms reads as -40): ``consistent`` false says the figure cannot be trusted."""
+    difference = delays.get("difference", {}).get("video_minus_audio")
+    if not skews or difference is None:
+        return {"receivers_difference_ms": difference, "consistent": None}
+    median = statistics.median(skews)
+    return {
+        "receivers_difference_ms": difference,
+        "consistent": abs(median - difference) <= ALIAS_MS,
+    }
+
+
 def _pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -231,6 +248,7 @@ class BrowserViewer:
                 "nacks_sent": video.get("nackCount"),
             },
             "audio_output_latency_ms": raw.get("outputLatencyMs"),
-            "receiver_delays_ms": receiver_delays(stats),
+            "receiver_delays_ms": (delays := receiver_delays(stats)),
+            "skew_check": skew_check(skews, delays),
             "method": METHOD_SSRC if use_ssrc else METHOD_WEBAUDIO,
         }
