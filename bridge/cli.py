@@ -336,6 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the headless Chromium viewer (report.json viewer.*)",
     )
+    demo.add_argument(
+        "--media-path",
+        choices=("auto", "relay", "transcode"),
+        default="auto",
+        help="output.media_path of the demo's daemon (auto relays: the demo's sizes match)",
+    )
     demo.set_defaults(func=cmd_demo)
     return p
 

@@ -43,6 +43,8 @@ TICK_SAMPLES = int(OUT_RATE * TICK_S)
 _RING_TICKS = 100  # 2 s of computed audio kept for late consumers and the video's lookups
 _MOUTH_LEVELS = 8
 VIDEO_CLOCK = 90_000
+FLASH_S = 0.09  # a sync mark lights this much video (3 frames at 30 fps, 3 at 25)
+CONTROL_SPAN_S = 0.2  # a delayed control beep's audio: the beep (100 ms) and a margin
 
 RESOLUTIONS: dict[str, tuple[int, int]] = {
     "low": (640, 360),
@@ -139,6 +141,9 @@ def _build_face(width: int, height: int) -> _Face:
     head_c = head[::2, ::2]
     u[head_c] = 110
     v[head_c] = 150
+    for x0, y0, x1, y1 in marks.mark_boxes(width, height):  # neutral: exact luma in RGB
+        u[y0 // 2 : (y1 + 1) // 2, x0 // 2 : (x1 + 1) // 2] = 128
+        v[y0 // 2 : (y1 + 1) // 2, x0 // 2 : (x1 + 1) // 2] = 128
     for ex in (cx - rx * 0.38, cx + rx * 0.38):
         y[_ellipse(height, width, ex, cy - ry * 0.25, rx * 0.12, ry * 0.08)] = 30
     # Mouth box: the patch rewritten per frame, aligned to even coordinates.
@@ -193,7 +198,10 @@ class AvatarRenderer:
         self._next_tick = 0  # first tick not computed yet
         self._audio: dict[int, npt.NDArray[np.int16]] = {}
         self._rms: dict[int, float] = {}
-        self._flash_frames: set[int] = set()
+        self._flash_frames: dict[int, tuple[float, bool]] = {}  # frame -> (lead ms, control)
+        self._control_ms = 0.0
+        self._control_marks = 0  # onsets seen since the control was set
+        self._audio_delay: dict[int, int] = {}  # output tick -> ticks its audio is delayed
         self._onsets = marks.OnsetDetector(OUT_RATE, threshold=onset_threshold)
         self._due: list[tuple[int, RendererEvent]] = []  # (output sample, event) by playout time
         self._state = "idle"
@@ -391,14 +399,57 @@ class AvatarRenderer:
         self._rms[k] = float(np.sqrt(np.mean(out.astype(np.float64) ** 2)))
         for onset in self._onsets.feed(out):
             self.onset_media_s.append(onset / OUT_RATE)
-            self._flash_frames.add(onset * self.fps // OUT_RATE)
+            self._mark(onset)
         old = k - _RING_TICKS
         self._audio.pop(old, None)
         self._rms.pop(old, None)
         if len(self._flash_frames) > 64:
             floor = old * TICK_SAMPLES * self.fps // OUT_RATE
-            self._flash_frames = {f for f in self._flash_frames if f >= floor}
+            self._flash_frames = {f: v for f, v in self._flash_frames.items() if f >= floor}
+            self._audio_delay = {t: d for t, d in self._audio_delay.items() if t >= old}
         del self.onset_media_s[:-256]
+
+    def _mark(self, onset: int) -> None:
+        """A sync mark for the onset at output sample ``onset``; every second one after
+        :meth:`set_mark_offset` is a control mark, shifted by the control offset."""
+        self._control_marks += 1
+        if not self._control_ms or self._control_marks % 2:
+            self._flash(onset, False)
+        elif self._control_ms > 0:  # the picture later than the sound
+            self._flash(onset + round(self._control_ms * OUT_RATE / 1000), True)
+        else:  # the sound later than the picture: this beep's audio is played out late
+            self._flash(onset, True)
+            delay = round(-self._control_ms / 1000 / TICK_S)
+            # From the tick before the onset's (the detector may place the onset a few samples
+            # into it), output ticks read `delay` ticks back until the delayed beep has played
+            # (CONTROL_SPAN_S); the source ticks skipped when it ends are silence.
+            first = onset // TICK_SAMPLES - 1
+            for k in range(first, first + delay + round(CONTROL_SPAN_S / TICK_S)):
+                self._audio_delay[k] = delay
+
+    def _flash(self, sample: int, control: bool) -> None:
+        """Flash the frame whose interval holds ``sample`` and the next ones (FLASH_S in all),
+        each lead patch saying where the onset is from that frame's media time."""
+        j0 = sample * self.fps // OUT_RATE
+        for j in range(j0, j0 + max(1, math.ceil(FLASH_S * self.fps))):
+            lead = (sample - j * OUT_RATE / self.fps) * 1000 / OUT_RATE
+            if lead >= marks.MIN_LEAD_MS:
+                self._flash_frames[j] = (lead, control)
+
+    def set_mark_offset(self, offset_ms: float) -> None:
+        """The negative control of a skew measurement (stand-in only): from now on every second
+        sync mark is a control mark (its flash drawn at ``marks.CONTROL_FLASH``) whose picture
+        is shifted by ``offset_ms`` against its sound, in media time, so transport and
+        receivers see nothing different. Positive: the flash is drawn that much later than the
+        onset. Negative: that beep's audio is played out that much later (a whole number of
+        20 ms ticks, beeps at least CONTROL_SPAN_S + |offset| apart), its flash on the onset.
+        0 ends the control."""
+        if offset_ms < 0 and (-offset_ms / 1000 / TICK_S) % 1:
+            raise ValueError("a negative mark offset must be a multiple of 20 ms")
+        if not -200 <= offset_ms <= 200:
+            raise ValueError("mark offset out of range")
+        self._control_ms = offset_ms
+        self._control_marks = 0
 
     def _fire_due(self) -> None:
         now = self._now_sample()
@@ -447,7 +498,8 @@ class AvatarRenderer:
         y_plane = buf[: self.height]
         y_plane[y0:y1, x0:x1] = self._face.mouths[level]
         media_ms = j * 1000 // self.fps
-        marks.stamp_frame(y_plane, j, media_ms, j in self._flash_frames)
+        lead, control = self._flash_frames.get(j, (None, False))
+        marks.stamp_frame(y_plane, j, media_ms, lead is not None, lead or 0.0, control)
         frame = av.VideoFrame.from_ndarray(buf, format="yuv420p")
         frame.pts = j * VIDEO_CLOCK // self.fps
         frame.time_base = Fraction(1, VIDEO_CLOCK)
@@ -463,7 +515,7 @@ class AvatarRenderer:
         return mouth_level(self._rms.get(int(j / self.fps / TICK_S), 0.0))
 
     def audio_frame(self, k: int) -> av.AudioFrame:
-        pcm = self._audio.get(k)
+        pcm = self._audio.get(k - self._audio_delay.get(k, 0))
         if pcm is None:
             pcm = np.zeros(TICK_SAMPLES, dtype=np.int16)
         frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")

@@ -2,18 +2,18 @@
 browser SDK (``web/stream.html``) against the Stream stand-in: what the demo and the bench report
 as ``viewer.*`` (lip sync at the browser's playout, first frame, freezes, fps, the codec).
 
-The page times flash frames with ``requestVideoFrameCallback`` (expected display time) and beep
-onsets from the audio receiver's synchronization source (``getSynchronizationSources``, polled
-every 4 ms: the time each packet's audio was delivered for playout, and its RFC 6464 level), on
-one clock (``performance.now()``; see ``web/src/stream-page.js``). That is the playout reference
-media-chain-measured.md calibrated WebAudio against. Its error: one packet (20 ms) of onset
-granularity (an onset whose packet a stalled poll may have missed is discarded, counted as
-``onsets_uncertain``), the 4 ms poll, and the audio device's output latency after delivery, which
-is not included (headless Chromium's fake output ~30 ms, a real device 10-40 ms: the sound comes
-later, so the true skew is more negative by that). The WebAudio timing (an AudioWorklet on the
-played stream, mapped with ``getOutputTimestamp()``) is kept as a diagnostic,
-``skew_webaudio_ms``; without audio levels in the packets the report falls back to it and says
-so in ``method``.
+The page times flash frames with ``requestVideoFrameCallback`` (expected display time) plus the
+mark's lead patch (where the sound starts from that frame's media time; a mark lights three
+frames so a frame never presented does not lose it), and beep onsets from the audio receiver's
+synchronization source (``getSynchronizationSources``, polled every 4 ms: when each packet's
+audio left NetEq for playout, and its RFC 6464 level), refined over the following packets (the
+packet's first pull; the onset's place inside its packet from the level ratio), on one clock
+(``performance.now()``; see ``web/src/stream-page.js``). Calibration and error bound (about
++-3 ms a mark; the audio device's output latency after NetEq not included) are in
+docs/sync.md, proven by a negative control (``tests/browser/test_sync_control.py``). The
+WebAudio timing (an AudioWorklet on the played stream, mapped with ``getOutputTimestamp()``)
+is kept as a diagnostic, ``skew_webaudio_ms``; without audio levels in the packets the report
+falls back to it and says so in ``method``.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from bridge.sim.stream import StreamStandIn
 from bridge.sim.web import PageServer, bundle_missing
 
 METHOD_SSRC = (
-    "flash: requestVideoFrameCallback expectedDisplayTime; beep onset: audio delivered for "
-    "playout (getSynchronizationSources timestamp + RFC 6464 level, 20 ms packets, 4 ms poll); "
-    "device output latency not included"
+    "flash: requestVideoFrameCallback expectedDisplayTime + the mark's lead patch; beep onset: "
+    "audio delivered for playout (getSynchronizationSources timestamp, first pull over 3 packets, "
+    "in-packet position from the RFC 6464 level ratio); device output latency not included"
 )
 METHOD_WEBAUDIO = (
     "flash: requestVideoFrameCallback expectedDisplayTime; beep onset: AudioWorklet on the played "
@@ -40,6 +40,8 @@ METHOD_WEBAUDIO = (
     "late by tens of ms)"
 )
 FIRST_WINDOW_MS = 10_000.0
+# How far the figure may move from an injected offset (tests/browser/test_sync_control.py).
+CONTROL_BOUND_MS = 15.0
 
 
 def unavailable() -> str | None:
@@ -67,6 +69,72 @@ def watch_url(pages: PageServer, standin: StreamStandIn, call_type: str, call_id
     from urllib.parse import urlencode
 
     return pages.url("stream.html") + "#" + urlencode(params)
+
+
+def control_moves(pairs: list[dict[str, Any]], within_ms: float = 600.0) -> list[float]:
+    """Per control mark (``control`` set by the page), its skew minus the mean skew of the plain
+    marks within ``within_ms`` of it: how far the injected offset moved the figure."""
+    plain = [p for p in pairs if not p.get("control")]
+    moved = []
+    for c in pairs:
+        if not c.get("control"):
+            continue
+        near = [p["skewMs"] for p in plain if abs(p["at"] - c["at"]) <= within_ms]
+        if near:
+            moved.append(float(c["skewMs"]) - statistics.fmean(near))
+    return moved
+
+
+def receiver_delays(stats: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """Per kind, the receiver's mean jitter-buffer delay over the call so far, its target and
+    minimum now (getStats, ms; video adds its mean decode time): a skew is their difference."""
+    out: dict[str, dict[str, float | None]] = {}
+    for kind in ("audio", "video"):
+        s = stats.get(kind) or {}
+        emitted = s.get("jitterBufferEmittedCount") or 0
+
+        def per(key: str, s: dict[str, Any] = s, emitted: float = emitted) -> float | None:
+            value = s.get(key)
+            return round(1000 * value / emitted, 1) if value is not None and emitted else None
+
+        out[kind] = {
+            "jitter_buffer_mean": per("jitterBufferDelay"),
+            "jitter_buffer_target_mean": per("jitterBufferTargetDelay"),
+            "jitter_buffer_minimum_mean": per("jitterBufferMinimumDelay"),
+        }
+        if kind == "video":
+            frames = s.get("framesDecoded") or 0
+            decode = s.get("totalDecodeTime")
+            out[kind]["decode_mean"] = (
+                round(1000 * decode / frames, 1) if decode is not None and frames else None
+            )
+    audio, video = out["audio"]["jitter_buffer_mean"], out["video"]["jitter_buffer_mean"]
+    decode = out["video"].get("decode_mean") or 0.0
+    # What the two receivers alone make of a stream that arrives aligned: a cross-check of the
+    # marks' figure that cannot wrap around the marks' period as a pairing can.
+    out["difference"] = {
+        "video_minus_audio": round(video + decode - audio, 1)
+        if audio is not None and video is not None
+        else None
+    }
+    return out
+
+
+ALIAS_MS = 125.0  # a quarter of the marks' 500 ms period
+
+
+def skew_check(skews: list[float], delays: dict[str, dict[str, float | None]]) -> dict[str, Any]:
+    """Whether the marks' median agrees with what the receivers' delays alone predict for a
+    stream arriving aligned. Marks 500 ms apart, paired within 250 ms, alias a skew beyond
+    that (-540 ms reads as -40): ``consistent`` false says the figure cannot be trusted."""
+    difference = delays.get("difference", {}).get("video_minus_audio")
+    if not skews or difference is None:
+        return {"receivers_difference_ms": difference, "consistent": None}
+    median = statistics.median(skews)
+    return {
+        "receivers_difference_ms": difference,
+        "consistent": abs(median - difference) <= ALIAS_MS,
+    }
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -153,7 +221,8 @@ class BrowserViewer:
         stats = await page.evaluate("window.streamPage.receiverStats()") or {}
         ssrc = raw.get("ssrc") or {}
         use_ssrc = int(ssrc.get("onsets", 0)) >= 3
-        pairs = ssrc["skews"] if use_ssrc else raw["skews"]
+        # Negative-control marks (bridge.sim.avatar set_mark_offset) are never part of the figure.
+        pairs = [p for p in (ssrc["skews"] if use_ssrc else raw["skews"]) if not p.get("control")]
         skews = [float(s["skewMs"]) for s in pairs]
         start = self.reset_at_ms or 0.0
         first = [float(s["skewMs"]) for s in pairs if s["at"] - start < FIRST_WINDOW_MS]
@@ -179,5 +248,7 @@ class BrowserViewer:
                 "nacks_sent": video.get("nackCount"),
             },
             "audio_output_latency_ms": raw.get("outputLatencyMs"),
+            "receiver_delays_ms": (delays := receiver_delays(stats)),
+            "skew_check": skew_check(skews, delays),
             "method": METHOD_SSRC if use_ssrc else METHOD_WEBAUDIO,
         }

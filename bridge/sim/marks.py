@@ -9,6 +9,15 @@ picture, each ``1 0 <32 data bits, MSB first> <even parity> 0 1`` followed by th
 Row 0 carries the frame number, row 1 the media time in ms (both modulo 2**32). The flash patch
 is 3x3 blocks (48x48 px at 640 wide), one block in from the bottom-right corner; it is bright on
 flash frames and dark otherwise. Blocks are 235 (bit 1) or 16 (bit 0), BT.601 video range.
+
+The **lead patch** (3x3 blocks, one block left of the flash patch) says how far the mark's sound
+starts after this frame's own media time, signed: luma ``LEAD_ZERO + LEAD_PER_MS * lead_ms``.
+A frame covers 1/fps of media time (33 ms at 30 fps): without the lead a flash would lead its
+sound by 0..1/fps depending on where the onset fell. A renderer lights a few consecutive frames
+per mark (a receiver that skips presenting a frame still sees the mark) and each says its own
+lead (negative after the onset), so a reader times the mark as ``shown + lead`` on the first
+flash frame it sees. Renderers should give the patches neutral chroma (an RGB reader's luma is
+then exact).
 """
 
 from __future__ import annotations
@@ -20,12 +29,17 @@ import numpy.typing as npt
 
 __all__ = [
     "BARCODE_BLOCKS",
+    "CONTROL_FLASH",
+    "LEAD_PER_MS",
+    "LEAD_ZERO",
     "FrameMarks",
     "OnsetDetector",
     "barcode_height",
     "beep_train",
+    "mark_boxes",
     "onsets",
     "read_frame",
+    "read_lead_ms",
     "stamp_frame",
 ]
 
@@ -38,6 +52,11 @@ BARCODE_BLOCKS = 40  # blocks across the frame width
 _ROW_BLOCKS = 37  # 2 guard + 32 data + parity + 2 guard
 _MIN_WIDTH = 160  # below this a block is 4 px: too small to survive a codec
 _FLASH_BLOCKS = 3
+CONTROL_FLASH = 160  # a negative-control mark's flash: bright, told apart from HIGH by a reader
+LEAD_ZERO = 140  # luma of lead 0 ms
+LEAD_PER_MS = 1.25  # luma steps per ms of lead: 0.8 ms resolution
+MIN_LEAD_MS = (LOW - LEAD_ZERO) / LEAD_PER_MS  # -99.2
+MAX_LEAD_MS = (HIGH - LEAD_ZERO) / LEAD_PER_MS  # +76
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +84,18 @@ def _edges(count: int, size: float) -> list[int]:
     return [round(i * size) for i in range(count + 1)]
 
 
-def stamp_frame(y_plane: npt.NDArray[np.uint8], frame_no: int, media_ms: int, flash: bool) -> None:
-    """Draw the barcode and the flash patch into ``y_plane`` (an (h, w) uint8 view) in place."""
+def stamp_frame(
+    y_plane: npt.NDArray[np.uint8],
+    frame_no: int,
+    media_ms: int,
+    flash: bool,
+    lead_ms: float = 0.0,
+    control: bool = False,
+) -> None:
+    """Draw the barcode, the flash patch and the lead patch into ``y_plane`` (an (h, w) uint8
+    view) in place. ``lead_ms``: how long after this frame's media time the flash's sound starts
+    (negative: before). ``control``: the flash is a negative-control mark (drawn at
+    ``CONTROL_FLASH``, still read as a flash)."""
     h, w = y_plane.shape
     b = _block(w)
     if w < _MIN_WIDTH or h < 6 * b:
@@ -80,7 +109,33 @@ def stamp_frame(y_plane: npt.NDArray[np.uint8], frame_no: int, media_ms: int, fl
             line[xs[i] : xs[i + 1]] = HIGH if bit else LOW
         y_plane[ys[row] : ys[row + 1], :] = line
     x0, y0, x1, y1 = _flash_box(w, h)
-    y_plane[y0:y1, x0:x1] = HIGH if flash else LOW
+    y_plane[y0:y1, x0:x1] = (CONTROL_FLASH if control else HIGH) if flash else LOW
+    if not MIN_LEAD_MS <= lead_ms <= MAX_LEAD_MS:
+        raise ValueError(f"lead {lead_ms} ms outside {MIN_LEAD_MS}..{MAX_LEAD_MS}")
+    x0, y0, x1, y1 = _lead_box(w, h)
+    y_plane[y0:y1, x0:x1] = round(LEAD_ZERO + LEAD_PER_MS * lead_ms)
+
+
+def mark_boxes(w: int, h: int) -> list[tuple[int, int, int, int]]:
+    """x0, y0, x1, y1 of the flash and lead patches (a renderer keeps their chroma neutral)."""
+    return [_flash_box(w, h), _lead_box(w, h)]
+
+
+def _lead_box(w: int, h: int) -> tuple[int, int, int, int]:
+    x0, y0, x1, y1 = _flash_box(w, h)
+    shift = round((_FLASH_BLOCKS + 1) * _block(w))
+    return x0 - shift, y0, x1 - shift, y1
+
+
+def read_lead_ms(y_plane: npt.NDArray[np.uint8]) -> float | None:
+    """The lead patch's value in ms (see the module doc), or None on a frame too small."""
+    h, w = y_plane.shape
+    b = _block(w)
+    if w < _MIN_WIDTH or h < 6 * b:
+        return None
+    x0, y0, x1, y1 = _lead_box(w, h)
+    level = _sample(y_plane, (x0 + x1) / 2, (y0 + y1) / 2, max(1, int(b / 2)))
+    return (level - LEAD_ZERO) / LEAD_PER_MS
 
 
 def _flash_box(w: int, h: int) -> tuple[int, int, int, int]:

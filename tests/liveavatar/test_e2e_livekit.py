@@ -67,6 +67,7 @@ async def test_rendered_avatar_reaches_livekit_subscriber(
         flashes: list[float] = []
         onsets: list[float] = []
         frame_nos: list[int] = []
+        flash_nos: set[int] = set()
         got_tracks: dict[str, rtc.Track] = {}
         both = asyncio.Event()
 
@@ -83,9 +84,12 @@ async def test_rendered_avatar_reaches_livekit_subscriber(
                 y = np.frombuffer(frame.data, dtype=np.uint8)[: frame.width * frame.height]
                 m = marks.read_frame(y.reshape(frame.height, frame.width))
                 if m is not None:
-                    frame_nos.append(m.frame_no)
-                    if m.flash:
+                    # A mark lights a few frames: its first one times it.
+                    if m.flash and not (frame_nos and frame_nos[-1] in flash_nos):
                         flashes.append(time.monotonic())
+                    if m.flash:
+                        flash_nos.add(m.frame_no)
+                    frame_nos.append(m.frame_no)
 
         async def read_audio(track: rtc.Track) -> None:
             det = marks.OnsetDetector(48_000)
@@ -135,7 +139,7 @@ async def test_rendered_avatar_reaches_livekit_subscriber(
     assert len(frame_nos) > 60 and frame_nos == sorted(frame_nos)
     assert len(onsets) == 6, onsets
     # libwebrtc's encoder drops frames on a busy machine (about one in five here, measured by
-    # frame number) and a flash mark is a single frame, so with the SDK publisher at least half
+    # frame number) and a flash mark is three frames, so with the SDK publisher at least half
     # must survive; the stand-in's own encoder sends them all.
     assert len(flashes) >= (3 if la.options.publisher == "sdk" else 5), flashes
 

@@ -20,6 +20,7 @@ const measure = {
   t0: performance.now(),
   sessionId: null,
   flashes: [],
+  leads: [],
   onsets: [],
   frames: 0,
   firstFrameAt: null,
@@ -68,19 +69,33 @@ class Onsets extends AudioWorkletProcessor {
 registerProcessor('onsets', Onsets);
 `;
 
-function flashLevel(video, canvas) {
-  const w = video.videoWidth;
-  const h = video.videoHeight;
-  if (!w || !h) return null;
-  const b = w / 40; // the marks' block size
-  const cx = w - 2.5 * b;
-  const cy = h - 2.5 * b;
+// Mean full-range luma of a 4x4 px sample at (cx, cy) of the current frame.
+function lumaAt(video, canvas, cx, cy) {
   const ctx = canvas.getContext('2d', { willReadFrequently: true });
   ctx.drawImage(video, cx - 2, cy - 2, 4, 4, 0, 0, 4, 4);
   const px = ctx.getImageData(0, 0, 4, 4).data;
   let sum = 0;
   for (let i = 0; i < px.length; i += 4) sum += 0.299 * px[i] + 0.587 * px[i + 1] + 0.114 * px[i + 2];
   return sum / (px.length / 4);
+}
+
+function flashLevel(video, canvas) {
+  const w = video.videoWidth;
+  const h = video.videoHeight;
+  if (!w || !h) return null;
+  const b = w / 40; // the marks' block size
+  return lumaAt(video, canvas, w - 2.5 * b, h - 2.5 * b);
+}
+
+// The lead patch (bridge/sim/marks.py): how long after this frame's media time the mark's sound
+// starts (negative: before), luma 140 + 1.25 per ms in video range (the canvas gives full range:
+// undo that first). A mark lights a few frames; the first one shown times it.
+function leadMs(video, canvas) {
+  const w = video.videoWidth;
+  const h = video.videoHeight;
+  const b = w / 40;
+  const full = lumaAt(video, canvas, w - 6.5 * b, h - 2.5 * b);
+  return (16 + (full * 219) / 255 - 140) / 1.25;
 }
 
 function onMeasuredFrame(video, canvas, meta) {
@@ -102,7 +117,15 @@ function onMeasuredFrame(video, canvas, meta) {
   measure.lastFrameAt = t;
   const level = flashLevel(video, canvas);
   const flash = level !== null && level > 125;
-  if (flash && !measure.prevFlash && measure.flashes.length < KEPT) measure.flashes.push(t);
+  if (flash && !measure.prevFlash && measure.flashes.length < KEPT) {
+    // The sound of the mark starts `lead` after this frame's media time: so should its picture.
+    // A negative-control mark's flash is dimmer (marks.CONTROL_FLASH, 160: 168 in full range;
+    // a plain one 235: 255).
+    const lead = leadMs(video, canvas);
+    measure.leads.push(lead);
+    if (measure.leads.length > 64) measure.leads.shift();
+    measure.flashes.push({ at: t + lead, control: level < 212 });
+  }
   measure.prevFlash = flash;
 }
 
@@ -125,7 +148,23 @@ async function measureAudio(stream) {
 
 // The playout reference: the audio receiver's synchronization source says when the audio of each
 // packet was delivered for playout (its timestamp, epoch ms) and that audio's level (RFC 6464).
-// Polled every 4 ms; an onset is the first delivery with a level after >= 150 ms of silence.
+// Polled every 4 ms. An onset is the first packet with a level after >= 150 ms of silence; it is
+// refined over the packets that follow it (see bridge/sim/browser_viewer.py, "calibration"):
+// * libwebrtc delivers a 20 ms packet in two 10 ms pulls and the entry keeps the latest, so a
+//   poll may see a packet's second pull: the packet's start is the earliest of its own time and
+//   each following packet's time minus their RTP distance (3 packets followed);
+// * the onset may fall inside its packet: a packet's level is its RMS, so the fraction of the
+//   packet the beep fills is (level / level of the next, full packet)^2, and the onset is that
+//   far from the packet's end.
+const REFINE_PACKETS = 3;
+let pendingOnset = null; // { rtp, start, level, full, seen }
+
+function settleOnset(p) {
+  const duration = p.duration || 20;
+  const fill = p.full > 0 ? Math.min(1, (p.level / p.full) ** 2) : 1;
+  if (measure.ssrcOnsets.length < KEPT) measure.ssrcOnsets.push(p.start + (1 - fill) * duration);
+}
+
 function pollSsrc() {
   const pc = state.call?.subscriber?.pc;
   if (!pc) return;
@@ -133,23 +172,42 @@ function pollSsrc() {
     if (!r.track || r.track.kind !== 'audio') continue;
     for (const src of r.getSynchronizationSources()) {
       if (src.timestamp === measure.lastSsrcTs) continue;
+      const samePacket = src.rtpTimestamp === measure.lastSsrcRtp;
       // Packets seen back to back (20 ms = 960 at 48 kHz) or not: a poll that stalled may have
       // missed the packet the onset is in, and would time it late. Such onsets are discarded.
-      const contiguous = measure.lastSsrcRtp !== null &&
-        ((src.rtpTimestamp - measure.lastSsrcRtp) >>> 0) <= 960;
+      const step = measure.lastSsrcRtp === null ? null : (src.rtpTimestamp - measure.lastSsrcRtp) >>> 0;
+      const contiguous = step !== null && step <= 960;
       measure.lastSsrcTs = src.timestamp;
       measure.lastSsrcRtp = src.rtpTimestamp;
       measure.ssrcPolls += 1;
       const at = src.timestamp - performance.timeOrigin;
       const level = src.audioLevel ?? 0;
       if (level > 0) measure.ssrcLevels += 1;
+      if (pendingOnset !== null && !samePacket) {
+        const p = pendingOnset;
+        const ahead = ((src.rtpTimestamp - p.rtp) >>> 0) / 48; // ms of media after the onset packet
+        if (!contiguous || ahead > REFINE_PACKETS * 20 + 1) {
+          settleOnset(p);
+          pendingOnset = null;
+        } else {
+          p.start = Math.min(p.start, at - ahead);
+          if (p.seen === 0) { p.full = level; p.duration = ahead; }
+          p.seen += 1;
+          if (p.seen >= REFINE_PACKETS) { settleOnset(p); pendingOnset = null; }
+        }
+      }
+      if (samePacket) continue;
       if (level < 0.01) {
         if (measure.ssrcQuietSince === null) measure.ssrcQuietSince = at;
       } else {
-        if (measure.ssrcQuietSince !== null && at - measure.ssrcQuietSince >= 150 &&
-            measure.ssrcOnsets.length < KEPT) {
-          if (contiguous) measure.ssrcOnsets.push(at);
-          else measure.ssrcUncertain += 1;
+        if (measure.ssrcQuietSince !== null && at - measure.ssrcQuietSince >= 150) {
+          if (contiguous) {
+            if (pendingOnset !== null) settleOnset(pendingOnset);
+            pendingOnset = { rtp: src.rtpTimestamp, start: at, level, full: 0, seen: 0,
+                             duration: 20 };
+          } else {
+            measure.ssrcUncertain += 1;
+          }
         }
         measure.ssrcQuietSince = null;
       }
@@ -158,15 +216,17 @@ function pollSsrc() {
 }
 setInterval(pollSsrc, 4);
 
-function pairs(onsets) {
+function pairs(onsets, windowMs = PAIR_WINDOW_MS) {
   const out = [];
-  for (const f of measure.flashes) {
+  for (const { at: f, control } of measure.flashes) {
     let best = null;
     for (const a of onsets) {
       if (best === null || Math.abs(a - f) < Math.abs(best - f)) best = a;
     }
-    if (best !== null && Math.abs(best - f) <= PAIR_WINDOW_MS) {
-      out.push({ at: f, skewMs: f - best });
+    if (best !== null && Math.abs(best - f) <= windowMs) {
+      const pair = { at: f, skewMs: f - best };
+      if (control) pair.control = true;
+      out.push(pair);
     }
   }
   return out;
@@ -176,7 +236,9 @@ function skews() {
   return pairs(measure.onsets);
 }
 
-function viewerReport() {
+// pairWindowMs: a flash and an onset further apart are not one mark (at most half the marks'
+// period: 250 ms for the demo's 500 ms beeps).
+function viewerReport({ pairWindowMs } = {}) {
   const span = (measure.lastFrameAt ?? 0) - (measure.firstFrameAt ?? 0);
   return {
     sessionId: measure.sessionId,
@@ -188,10 +250,12 @@ function viewerReport() {
     flashes: measure.flashes.length,
     onsets: measure.onsets.length,
     outputLatencyMs: measure.outputLatencyMs,
+    leadsMs: measure.leads.slice(-16).map((v) => Math.round(v * 10) / 10),
     skews: skews(),
     ssrc: { polls: measure.ssrcPolls, withLevel: measure.ssrcLevels,
             uncertain: measure.ssrcUncertain,
-            onsets: measure.ssrcOnsets.length, skews: pairs(measure.ssrcOnsets) },
+            onsets: measure.ssrcOnsets.length,
+            skews: pairs(measure.ssrcOnsets, pairWindowMs ?? PAIR_WINDOW_MS) },
   };
 }
 
@@ -347,13 +411,24 @@ async function receiverStats() {
       framesDecoded: s.framesDecoded,
       freezeCount: s.freezeCount,
       nackCount: s.nackCount,
+      // The receiver's own delays (libwebrtc's jitter buffers: NetEq for audio, the frame buffer
+      // for video): the evidence for where a viewer's A/V skew comes from.
+      jitterBufferDelay: s.jitterBufferDelay,
+      jitterBufferTargetDelay: s.jitterBufferTargetDelay,
+      jitterBufferMinimumDelay: s.jitterBufferMinimumDelay,
+      jitterBufferEmittedCount: s.jitterBufferEmittedCount,
+      totalDecodeTime: s.totalDecodeTime,
+      totalProcessingDelay: s.totalProcessingDelay,
+      totalSamplesReceived: s.totalSamplesReceived,
     };
   });
   return out;
 }
 
 function resetViewer() {
-  Object.assign(measure, { flashes: [], onsets: [], ssrcOnsets: [], ssrcUncertain: 0, frames: 0,
+  pendingOnset = null;
+  Object.assign(measure, { flashes: [], leads: [], onsets: [], ssrcOnsets: [], ssrcUncertain: 0,
+                           frames: 0,
                            notPresented: 0, firstFrameAt: null,
                            lastFrameAt: null, gaps: [], freezes: 0, t0: performance.now() });
 }
