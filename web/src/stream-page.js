@@ -346,7 +346,14 @@ async function receiverStats() {
       packetsLost: s.packetsLost,
       framesDecoded: s.framesDecoded,
       freezeCount: s.freezeCount,
+      totalFreezesDuration: s.totalFreezesDuration,
       nackCount: s.nackCount,
+      pliCount: s.pliCount,
+      // Packets that came as RTX (the answers to this viewer's NACKs), per libwebrtc's count.
+      retransmittedPacketsReceived: s.retransmittedPacketsReceived,
+      framesReceived: s.framesReceived,
+      framesDropped: s.framesDropped,
+      keyFramesDecoded: s.keyFramesDecoded,
     };
   });
   return out;
