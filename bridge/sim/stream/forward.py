@@ -372,6 +372,15 @@ class Subscriber:
         self._running = False
         self.negotiations = 0
         self.closed = False
+        self.pc.on("connectionstatechange", self._on_connection_state)
+
+    def _on_connection_state(self) -> None:
+        # A new viewer can decode from the next keyframe only once its transport is up: ask
+        # then (a keyframe asked for at negotiation would reach a viewer not yet connected,
+        # and its own PLI would then meet the publisher's keyframe-request throttle).
+        if self.pc.connectionState == "connected":
+            for sink in self.sinks.values():
+                sink.track.request_keyframe()
 
     def want(self, tracks: dict[TrackKey, PublishedTrack]) -> None:
         """Set the tracks this participant should receive; renegotiates in the background."""
@@ -418,7 +427,8 @@ class Subscriber:
             sink = ForwardSink(track, self._transceivers[key], self._faults)
             self.sinks[key] = sink
             track.sinks.add(sink)
-            track.request_keyframe()  # a new viewer decodes from the next keyframe
+            if self.pc.connectionState == "connected":  # else once it is (see above)
+                track.request_keyframe()  # a new viewer decodes from the next keyframe
         log.info(
             "sfu_subscriber_updated",
             session=self.session_id,
