@@ -83,6 +83,8 @@ class Demo:
         self.use_viewer: bool = not getattr(args, "no_viewer", False) and not self.watch
         self.media_path: str = getattr(args, "media_path", "auto") or "auto"
         self.viewer: browser_viewer.BrowserViewer | None = None
+        # A second viewer who joins mid-call (after the sync marks): its time to first frame.
+        self.late_viewer: browser_viewer.BrowserViewer | None = None
         self.viewer_report: dict[str, Any] = {}
         self.socket = Path()
         self.daemon_rc: int | None = None
@@ -112,6 +114,10 @@ class Demo:
         ):
             if self.use_viewer:
                 self.viewer = await stack.enter_async_context(
+                    browser_viewer.BrowserViewer(sim.stream, "default", "demo-0")
+                )
+                # Its browser starts now, so its launch does not load the measured call.
+                self.late_viewer = await stack.enter_async_context(
                     browser_viewer.BrowserViewer(sim.stream, "default", "demo-0")
                 )
             if self.watch:
@@ -200,6 +206,8 @@ class Demo:
                     await client.end_turn()
                     await asyncio.wait_for(self._until(res, "speak_ended"), 30)
                     res.events.clear()
+                if index == 0 and self.viewer is not None and self.late_viewer is not None:
+                    await self._late_viewer_joins()
                 # Barge-in: a steady tone (no pauses to confuse the measurement), interrupted after
                 # a second; the receiver says when the old audio really stopped.
                 self.say(f"{tag} barge-in: a 4 s tone, INTERRUPT after 1 s")
@@ -264,6 +272,20 @@ class Demo:
             return
         self.viewer_report["first_frame_s"] = first
         self.say(f"browser viewer: joined, first frame after {first} s")
+
+    async def _late_viewer_joins(self) -> None:
+        """A second browser viewer joins the call a minute in: join to its first frame shown
+        (a new subscriber: its PLI goes through the SFU and the relay to the avatar)."""
+        assert self.late_viewer is not None
+        try:
+            await self.late_viewer.join("late-viewer")
+            first = await self.late_viewer.first_frame_s(within_s=30)
+        except Exception as exc:  # the rest of the report stands without it
+            self.say(f"late browser viewer: failed ({exc})")
+            self.viewer_report["join_first_frame_error"] = str(exc)[:500]
+            return
+        self.viewer_report["join_first_frame_s"] = first
+        self.say(f"late browser viewer: joined mid-call, first frame after {first} s")
 
     async def _keep_watching(
         self, client: BridgeClient, beeps: bytes, fmt: AudioFormat, tag: str
@@ -489,6 +511,10 @@ class Demo:
                     "  viewer video",
                     f"{v.get('codec')} @ {v.get('fps')} fps, {v.get('freezes')} freezes, "
                     f"first frame {v.get('first_frame_s')} s after joining",
+                ),
+                (
+                    "  a viewer joining mid-call",
+                    f"first frame {v.get('join_first_frame_s')} s after joining",
                 ),
             ]
         elif v.get("error"):

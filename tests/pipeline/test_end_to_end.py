@@ -289,3 +289,5 @@ def test_demo_short_run_reports_its_invariants(tmp_path: Path) -> None:
     else:  # the browser viewer ran: its playout figures are there
         assert viewer["skew_ms"]["samples"] >= 3 and viewer["codec"] == "VP8", viewer
         assert viewer["fps"] > 15 and 0 < viewer["first_frame_s"] < 10, viewer
+        # A second viewer joined later in the call and saw a frame (the figure, not a deadline).
+        assert viewer["join_first_frame_s"] > 0, viewer

@@ -410,6 +410,7 @@ async function receiverStats() {
       packetsLost: s.packetsLost,
       framesDecoded: s.framesDecoded,
       freezeCount: s.freezeCount,
+      totalFreezesDuration: s.totalFreezesDuration,
       nackCount: s.nackCount,
       // The receiver's own delays (libwebrtc's jitter buffers: NetEq for audio, the frame buffer
       // for video): the evidence for where a viewer's A/V skew comes from.
@@ -420,6 +421,12 @@ async function receiverStats() {
       totalDecodeTime: s.totalDecodeTime,
       totalProcessingDelay: s.totalProcessingDelay,
       totalSamplesReceived: s.totalSamplesReceived,
+      pliCount: s.pliCount,
+      // Packets that came as RTX (the answers to this viewer's NACKs), per libwebrtc's count.
+      retransmittedPacketsReceived: s.retransmittedPacketsReceived,
+      framesReceived: s.framesReceived,
+      framesDropped: s.framesDropped,
+      keyFramesDecoded: s.keyFramesDecoded,
     };
   });
   return out;

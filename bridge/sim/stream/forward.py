@@ -15,8 +15,23 @@ What Stream's SFU does, as far as a subscriber can see it (from the browser SDK'
   publisher's; only SSRC, payload type and the MID extension are the subscriber m-line's. The
   publisher's RTCP sender reports are translated onto the forwarded stream (same NTP<->RTP
   pair, since the timestamps are unchanged), so a viewer's timing is the publisher's. A
-  viewer's PLI is passed upstream as a PLI to the publisher; its NACKs are answered from a
-  short history of what was forwarded.
+  viewer's PLI is passed upstream as a PLI to the publisher.
+
+**Who answers a viewer's NACK (assumed; Stream's SFU is closed source).** Stream's SFU is built on
+Pion, and the public Pion SFUs (ion-sfu, and LiveKit's ``pkg/sfu`` which grew out of it) split
+loss recovery per hop: the SFU answers a subscriber's NACK itself, from the packets it buffered
+on receive, as RTX (RFC 4588) on the subscriber m-line's RTX SSRC; it does not pass the NACK to
+the publisher. Loss on the publisher's hop is the SFU's own receiver's business: it NACKs the
+gaps it sees and the publisher (for us: the bridge's relay) answers with RTX, which the SFU
+unwraps and forwards like any packet. The stand-in does the same: a viewer's NACK is answered
+from a per-subscriber history of what was forwarded (``_HISTORY`` packets), as RTX when the
+subscriber negotiated it; a NACK for a packet the SFU never received (lost upstream) is a miss,
+counted and not forwarded, since the SFU's own NACK towards the publisher is already asking for
+it and the packet is forwarded when its RTX arrives. So "RTX from the bridge" happens on the
+publisher's hop: loss between the SFU and a viewer is repaired by the SFU. Counted from the
+wire: per subscriber track the sequence numbers the viewer NACKed (its RTCP, as parsed),
+answered (RTX sent) and missed; per published track the sequence numbers the SFU NACKed
+towards the publisher (the RTCP it sends) and the RTX packets received (by payload type).
 
 Assumed where the real service cannot be observed here: simulcast layer selection (the stand-in
 receives single-layer only), the exact moment the SFU renegotiates (here: as soon as the wanted
@@ -24,8 +39,10 @@ set of tracks changes, one negotiation at a time per subscriber), and unsubscrib
 m-line stays, set ``inactive``).
 
 Private aiortc state (1.14, pinned) used here, as in :mod:`bridge.sim.stream.rtp_taps`: a
-receiver's ``_RTCRtpReceiver__codecs`` / ``__rtx_ssrc`` (RTX unwrapping), a sender's
-``_ssrc``, ``transport._send_rtp``, ``_send_keyframe``, ``_retransmit`` and its SR fields
+receiver's ``_RTCRtpReceiver__codecs`` / ``__rtx_ssrc`` (RTX unwrapping) and
+``_send_rtcp_nack`` (counted), a sender's ``_ssrc``, ``_rtx_ssrc``,
+``_RTCRtpSender__rtx_payload_type``, ``transport._send_rtp``, ``_send_keyframe``,
+``_retransmit`` and its SR fields
 ``_RTCRtpSender__ntp_timestamp`` / ``__rtp_timestamp`` / ``__packet_count`` / ``__octet_count``,
 a transceiver's ``_codecs`` / ``_headerExtensions`` and a sender's ``_stream_id`` (the msid).
 """
@@ -35,6 +52,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,7 +70,7 @@ from aiortc.codecs import is_rtx
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpParameters
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
-from aiortc.rtp import HeaderExtensionsMap, RtcpSrPacket, RtpPacket, unwrap_rtx
+from aiortc.rtp import HeaderExtensionsMap, RtcpSrPacket, RtpPacket, unwrap_rtx, wrap_rtx
 
 log = structlog.get_logger(__name__)
 
@@ -91,6 +110,53 @@ class ForwardFaults:
             raise ValueError(f"invalid forward faults {self}")
 
 
+class ArrivalStalls:
+    """Stalls in a video track's arrival at the SFU (sans-I/O: feed it frame arrival times).
+
+    The rule is libwebrtc's freeze rule (``freezeCount`` in a receiver's inbound-rtp stats): an
+    interval longer than ``max(3 * mean, mean + 150 ms)`` of the recent intervals. Applied to
+    what reaches the SFU, it tells a viewer's freeze that was already in the stream (the source
+    or the publisher's hop stalled, e.g. an overloaded machine) from one the forwarding hop
+    added. A frame is timed by the first packet of a new RTP timestamp."""
+
+    WINDOW = 30
+    KEPT = 256
+
+    def __init__(self) -> None:
+        self._last_ts: int | None = None
+        self._last_t: float | None = None
+        self._intervals: deque[float] = deque(maxlen=self.WINDOW)
+        self.frames = 0
+        self.stalls = 0
+        self.longest_s = 0.0
+        self.stall_times: deque[float] = deque(maxlen=self.KEPT)  # when each stall ended
+
+    def add(self, rtp_timestamp: int, t: float) -> bool:
+        """One packet's RTP timestamp and arrival time; True when it ends a stall."""
+        if rtp_timestamp == self._last_ts:
+            return False
+        if self._last_ts is not None and ((rtp_timestamp - self._last_ts) & 0xFFFFFFFF) > 1 << 31:
+            return False  # an older frame's packet (reordered, or a retransmission)
+        self._last_ts = rtp_timestamp
+        self.frames += 1
+        stalled = False
+        if self._last_t is not None:
+            gap = t - self._last_t
+            self.longest_s = max(self.longest_s, gap)
+            if len(self._intervals) >= 5:
+                mean = sum(self._intervals) / len(self._intervals)
+                if gap > max(3 * mean, mean + 0.150):
+                    self.stalls += 1
+                    self.stall_times.append(t)
+                    stalled = True
+            self._intervals.append(gap)
+        self._last_t = t
+        return stalled
+
+    def stalls_between(self, start: float, end: float) -> int:
+        return sum(1 for t in self.stall_times if start <= t <= end)
+
+
 @dataclass(frozen=True, slots=True)
 class TrackKey:
     session_id: str  # the publisher's
@@ -109,6 +175,9 @@ class PublishedTrack:
     media_ssrc: int | None = None
     last_sr: tuple[int, int] | None = None  # (ntp, rtp) of the publisher's latest SR
     packets: int = 0
+    rtx_received: int = 0  # RTX packets from the publisher (answers to the SFU's NACKs)
+    nacks_sent: int = 0  # sequence numbers the SFU NACKed towards the publisher
+    arrival: ArrivalStalls = field(default_factory=ArrivalStalls)  # video only
 
     def codec(self) -> RTCRtpCodecParameters | None:
         codecs: dict[int, RTCRtpCodecParameters] = getattr(
@@ -128,8 +197,11 @@ class PublishedTrack:
             if original is None or not isinstance(apt, int) or len(packet.payload) < 2:
                 return
             packet = unwrap_rtx(packet, payload_type=apt, ssrc=original)
+            self.rtx_received += 1
         self.media_ssrc = packet.ssrc
         self.packets += 1
+        if self.key.kind == "video":
+            self.arrival.add(packet.timestamp, time.monotonic())
         for sink in list(self.sinks):
             await sink.send(packet)
 
@@ -146,6 +218,17 @@ class PublishedTrack:
             return
         ssrc = self.media_ssrc
         self.spawn(self.receiver._send_rtcp_pli(ssrc), "forward-pli")
+
+    def snapshot(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "packets": self.packets,
+            "rtx_received": self.rtx_received,
+            "nacks_sent": self.nacks_sent,
+        }
+        if self.key.kind == "video":
+            out["arrival_stalls"] = self.arrival.stalls
+            out["arrival_longest_gap_ms"] = round(1000 * self.arrival.longest_s, 1)
+        return out
 
 
 class ForwardSink:
@@ -169,10 +252,15 @@ class ForwardSink:
         self.mid = transceiver.mid
         self._ext = HeaderExtensionsMap()
         self._ext.configure(RTCRtpParameters(headerExtensions=transceiver._headerExtensions))
-        self._history: dict[int, bytes] = {}
+        self._history: dict[int, RtpPacket] = {}
+        self._rtx_seq = random.Random(self.sender._ssrc).randrange(1 << 16)
         self.sent = 0
+        self.frames = 0  # video frames forwarded (marker bits), lost or not: NACKs recover them
         self.send_errors = 0
-        self.nacks = 0
+        self.nacked = 0  # sequence numbers the viewer NACKed (its RTCP as received)
+        self.nacks = 0  # answered from the history
+        self.nack_misses = 0  # not in the history (never received, or too old)
+        self.rtx_sent = 0  # answers sent as RTX (the rest, without negotiated RTX, as is)
         s: Any = self.sender
         s._send_keyframe = track.request_keyframe  # the viewer's PLI/FIR goes upstream
         s._retransmit = self._retransmit
@@ -194,7 +282,9 @@ class ForwardSink:
         out.extensions.audio_level = packet.extensions.audio_level
         out.extensions.abs_send_time = packet.extensions.abs_send_time
         data = out.serialize(self._ext)
-        self._history[packet.sequence_number % _HISTORY] = data
+        self._history[packet.sequence_number % _HISTORY] = out
+        if packet.marker and self.track.key.kind == "video":
+            self.frames += 1
         faults = self._faults()
         if faults is not None:
             if faults.drop_rate:
@@ -230,12 +320,23 @@ class ForwardSink:
         s._RTCRtpSender__rtp_timestamp = rtp
 
     async def _retransmit(self, sequence_number: int) -> None:
-        data = self._history.get(sequence_number % _HISTORY)
-        if data is None or int.from_bytes(data[2:4], "big") != sequence_number:
+        """One sequence number of a viewer's NACK (aiortc calls this per lost packet it parsed)."""
+        self.nacked += 1
+        original = self._history.get(sequence_number % _HISTORY)
+        if original is None or original.sequence_number != sequence_number:
+            self.nack_misses += 1
             return
         self.nacks += 1
+        s: Any = self.sender
+        rtx_pt: int | None = s._RTCRtpSender__rtx_payload_type
+        packet = original
+        if rtx_pt is not None:
+            packet = wrap_rtx(original, rtx_pt, self._rtx_seq, s._rtx_ssrc)
+            self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
         with contextlib.suppress(ConnectionError):
-            await self.sender.transport._send_rtp(data)
+            await self.sender.transport._send_rtp(packet.serialize(self._ext))
+            if rtx_pt is not None:
+                self.rtx_sent += 1
 
     def close(self) -> None:
         self.track.sinks.discard(self)
@@ -271,6 +372,15 @@ class Subscriber:
         self._running = False
         self.negotiations = 0
         self.closed = False
+        self.pc.on("connectionstatechange", self._on_connection_state)
+
+    def _on_connection_state(self) -> None:
+        # A new viewer can decode from the next keyframe only once its transport is up: ask
+        # then (a keyframe asked for at negotiation would reach a viewer not yet connected,
+        # and its own PLI would then meet the publisher's keyframe-request throttle).
+        if self.pc.connectionState == "connected":
+            for sink in self.sinks.values():
+                sink.track.request_keyframe()
 
     def want(self, tracks: dict[TrackKey, PublishedTrack]) -> None:
         """Set the tracks this participant should receive; renegotiates in the background."""
@@ -317,7 +427,8 @@ class Subscriber:
             sink = ForwardSink(track, self._transceivers[key], self._faults)
             self.sinks[key] = sink
             track.sinks.add(sink)
-            track.request_keyframe()  # a new viewer decodes from the next keyframe
+            if self.pc.connectionState == "connected":  # else once it is (see above)
+                track.request_keyframe()  # a new viewer decodes from the next keyframe
         log.info(
             "sfu_subscriber_updated",
             session=self.session_id,
@@ -383,8 +494,12 @@ class Subscriber:
             "tracks": {
                 f"{k.session_id}:{k.kind}": {
                     "sent": s.sent,
+                    "frames": s.frames,
                     "dropped": s.dropped,
+                    "nacked": s.nacked,
                     "nacks_answered": s.nacks,
+                    "nack_misses": s.nack_misses,
+                    "rtx_sent": s.rtx_sent,
                 }
                 for k, s in self.sinks.items()
             },
@@ -402,7 +517,7 @@ class Subscriber:
 
 def install_forward_tap(receiver: RTCRtpReceiver, track: PublishedTrack) -> None:
     """Tee the receiver's packets to ``track`` (in front of the SFU's own handling) and its
-    sender reports."""
+    sender reports, and count the NACKs the SFU sends the publisher."""
     inner = receiver._handle_rtp_packet
     inner_rtcp = receiver._handle_rtcp_packet
 
@@ -416,5 +531,13 @@ def install_forward_tap(receiver: RTCRtpReceiver, track: PublishedTrack) -> None
         await inner_rtcp(packet)
 
     r: Any = receiver
+    inner_nack = receiver._send_rtcp_nack
+
+    async def send_nack(media_ssrc: int, lost: list[int]) -> None:
+        # The SFU's own NACKs to the publisher (aiortc's generator, full mode only).
+        track.nacks_sent += len(lost)
+        await inner_nack(media_ssrc, lost)
+
     r._handle_rtp_packet = handle
     r._handle_rtcp_packet = handle_rtcp
+    r._send_rtcp_nack = send_nack

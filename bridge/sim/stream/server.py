@@ -411,6 +411,8 @@ class StreamStandIn:
                 "pc_state": s.pub_pc.connectionState if s.pub_pc else None,
                 "granted_video_codec": s.video_codec,
                 "subscriber": s.subscriber.snapshot() if s.subscriber else None,
+                # The publisher's hop: RTX received and the SFU's NACKs, from the wire.
+                "published": {kind: t.snapshot() for kind, t in s.published.items()},
                 "wire": {kind: w.snapshot() for kind, w in s.wire.items()},
             }
             for s in call.sessions.values()
