@@ -111,7 +111,7 @@ def test_stream_continuity_measures_ssrcs_sequence_timestamp_steps_and_sr_jumps(
     snap = c.snapshot()
     assert snap["ssrcs"] == [7, 9]
     assert snap["packets"] == 53 and snap["reordered"] == 1
-    assert snap["max_seq_step"] == 3
+    assert snap["max_seq_step"] == 3 and snap["lost"] == 2
     assert snap["max_ts_step_s"] == 2.02 and snap["min_ts_step_s"] == 0.0
     assert snap["srs"] == 3 and snap["srs_before_media"] == 1
     assert snap["max_sr_jump_s"] == 1.0

@@ -376,6 +376,7 @@ class StreamContinuity:
     ssrcs: list[int] = field(default_factory=list)
     packets: int = 0
     reordered: int = 0
+    lost: int = 0
     max_seq_step: int = 0
     max_ts_step_s: float = 0.0
     min_ts_step_s: float = 0.0  # negative: the timestamp went back with the sequence going on
@@ -406,6 +407,7 @@ class StreamContinuity:
         ts_step = ts_ticks / self.clock_rate
         self._ext_ts += ts_ticks
         self.max_seq_step = max(self.max_seq_step, step)
+        self.lost += step - 1  # missing from the sequence (a late one counts as reordered)
         self.max_ts_step_s = max(self.max_ts_step_s, ts_step)
         self.min_ts_step_s = min(self.min_ts_step_s, ts_step)
         self._last_seq, self._last_ts = seq, ts
@@ -429,6 +431,7 @@ class StreamContinuity:
             "ssrcs": list(self.ssrcs),
             "packets": self.packets,
             "reordered": self.reordered,
+            "lost": self.lost,
             "max_seq_step": self.max_seq_step,
             "max_ts_step_s": round(self.max_ts_step_s, 4),
             "min_ts_step_s": round(self.min_ts_step_s, 4),
