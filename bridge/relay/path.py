@@ -92,6 +92,8 @@ LOOP_LAG = Histogram(
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
 )
 _LAG_INTERVAL_S = 0.05
+# An avatar handover waits this long for the new avatar's keyframe while still relaying the old.
+_SWITCH_WAIT_S = 1.0
 
 
 class _LoopLag:
@@ -262,7 +264,8 @@ class PreparedRelay:
     taps: dict[str, ReceiverTap] = field(default_factory=dict)
     video_ssrc: int | None = None
     keyframe: asyncio.Event = field(default_factory=asyncio.Event)
-    committed: bool = False
+    switch_asked: bool = False  # switch at its next keyframe
+    committed: bool = False  # its receivers are the relay's upstream
 
 
 class RelayPath:
@@ -289,6 +292,7 @@ class RelayPath:
         self._subscriber: LiveKitSubscriber | None = None
         # Avatar handover: the next avatar's subscription, and replaced ones not yet left.
         self._prepared: PreparedRelay | None = None
+        self._switching: PreparedRelay | None = None  # committed, waiting for its keyframe
         self._retired: list[LiveKitSubscriber] = []
         self._fwd: dict[str, _Forwarder] = {}
         self._receiver_taps: dict[str, ReceiverTap] = {}
@@ -467,10 +471,12 @@ class RelayPath:
 
     # -- avatar handover (bridge.media_path.AvatarSwitch) -----------------------------------------
     # The next avatar's room is joined while the current one is relayed; its packets are dropped
-    # (noting its first keyframe) until the switch. At the switch its receivers become the relay's
-    # upstream: the rewriters rebase (RtpRewriter: same SSRC, sequence numbers on without a gap,
-    # timestamps on by the time that passed, SRs translated from the new avatar's), and video
-    # waits for a keyframe asked for at once. The call sees one sender and one track per kind.
+    # (noting its first keyframe) until the switch. The switch is made before the old avatar is
+    # cut: a keyframe is asked of the new one and the old one goes on being relayed until it
+    # arrives (at most _SWITCH_WAIT_S); at that keyframe the new receivers become the relay's
+    # upstream and the rewriters rebase (RtpRewriter: same SSRC, sequence numbers on without a
+    # gap, timestamps on by the time that passed). The call sees one sender and one track per
+    # kind, and no picture gap beyond a frame interval or so.
 
     @property
     def can_switch(self) -> bool:
@@ -522,6 +528,10 @@ class RelayPath:
                 prepared.video_ssrc = packet.ssrc
                 if self._video.gate.is_key(packet.payload):
                     prepared.keyframe.set()
+                    if prepared.switch_asked:
+                        self._swap(prepared, at_keyframe=True)  # the switch, at its keyframe
+                        await self._on_rtp(fwd, packet)
+                        return
             DROPPED.labels(kind, "next_avatar_gated").inc()
 
         tap = ReceiverTap(receiver, on_rtp, lambda sr: self._on_next_sr(fwd, prepared, sr))
@@ -532,9 +542,31 @@ class RelayPath:
             fwd.on_sr(sr)  # translated once the rewriter has rebased onto this stream
 
     def commit_avatar(self, prepared: PreparedRelay) -> Callable[[], float | None]:
-        """Forward the prepared avatar from now on (synchronously: no packet of the old one is
-        admitted after this returns). Returns a function giving the measured picture gap in ms
-        (the old avatar's last video packet sent to the new one's first) once known."""
+        """Switch to the prepared avatar at its next keyframe, asked for now (the old one is
+        relayed until then; :meth:`release_retired` waits for the switch). Returns a function
+        giving the measured picture gap in ms (the old avatar's last video packet sent to the new
+        one's first) once known."""
+        prepared.switch_asked = True
+        self._switching = prepared
+        tap, ssrc = prepared.taps.get("video"), prepared.video_ssrc
+        if tap is not None and ssrc is not None:
+            KEYFRAME_REQUESTS.labels("handover", "sent").inc()
+            self._tasks.spawn(tap.send_pli(ssrc), "relay_pli")
+        video = self._fwd["video"]
+
+        def gap_ms() -> float | None:
+            first = video.switch_first_new_t
+            if not prepared.committed or first is None or not video.switch_last_old_t:
+                return None
+            return 1000.0 * (first - video.switch_last_old_t)
+
+        return gap_ms
+
+    def _swap(self, prepared: PreparedRelay, *, at_keyframe: bool) -> None:
+        """The prepared avatar's receivers become the upstream (no packet of the old one is
+        forwarded after this)."""
+        if prepared.committed:
+            return
         if self._subscriber is not None:
             self._retired.append(self._subscriber)
         for old in self._receiver_taps.values():
@@ -546,22 +578,22 @@ class RelayPath:
         self._prepared = None
         for fwd in self._fwd.values():
             fwd.mark_switch()
-        if self._video.switch_upstream(prepared.video_ssrc):
+        if self._video.switch_upstream(prepared.video_ssrc) and not at_keyframe:
             self._request_keyframe("handover")
-        self._tasks.spawn(self._ask_for_keyframe(), "relay_keyframe_request")
-        video = self._fwd["video"]
-
-        def gap_ms() -> float | None:
-            first = video.switch_first_new_t
-            if first is None or not video.switch_last_old_t:
-                return None
-            return 1000.0 * (first - video.switch_last_old_t)
-
-        return gap_ms
+            self._tasks.spawn(self._ask_for_keyframe(), "relay_keyframe_request")
 
     async def release_retired(self) -> None:
-        """Leave the old avatars' rooms (before their LiveAvatar sessions are stopped, so that
-        their leaving is not taken for a failure)."""
+        """Once the switch is made (its keyframe came, or after _SWITCH_WAIT_S: then video waits
+        for it), leave the old avatars' rooms (before their LiveAvatar sessions are stopped, so
+        that their leaving is not taken for a failure)."""
+        prepared, self._switching = self._switching, None
+        if prepared is not None and not prepared.committed:
+            deadline = time.monotonic() + _SWITCH_WAIT_S
+            while not prepared.committed and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)  # bounded: a keyframe is a PLI round trip away
+            if not prepared.committed:
+                log.info("relay_handover_no_keyframe_yet", waited_s=_SWITCH_WAIT_S)
+                self._swap(prepared, at_keyframe=False)
         retired, self._retired = self._retired, []
         for sub in retired:
             with contextlib.suppress(Exception):
