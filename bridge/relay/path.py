@@ -194,7 +194,7 @@ class _Forwarder:
         self.sent = 0
         self.frames = 0
         self.send_errors = 0
-        self.last_sent_t = 0.0
+        self.last_sent_t = 0.0  # of the last packet ending a frame (marker)
         # Avatar handover: the old avatar's SSRC, its last packet's send time, the new one's first.
         self._switch_from: int | None = None
         self.switch_last_old_t = 0.0
@@ -216,12 +216,15 @@ class _Forwarder:
     async def send(self, packet: RtpPacket) -> None:
         ntp = clock.current_ntp_time()
         now = time.monotonic()
-        if self._switch_from is not None:
+        # Picture gap at a switch: the old avatar's last complete frame (marker) sent to the new
+        # one's first.
+        if self._switch_from is not None and packet.marker:
             if packet.ssrc == self._switch_from:
                 self.switch_last_old_t = now  # held packets of the old avatar, still going out
             elif self.switch_first_new_t is None:
                 self.switch_first_new_t = now
-        self.last_sent_t = now
+        if packet.marker:
+            self.last_sent_t = now
         out = self.rewriter.rewrite(packet, now, (ntp >> 14) & 0x00FFFFFF)
         self.history.store(out)
         if not await self.tap.send(out):
