@@ -52,7 +52,9 @@ async def _speak_and_measure(sim: StandIns, client: BridgeClient, call_id: str) 
 
 def _assert_one_continuous_participant(stats: dict[str, Any], *, sr: bool = True) -> None:
     assert stats["joins"] == 1  # never rejoined
-    (part,) = stats["participants"]
+    parts = stats["participants"]
+    assert len(parts) == 1, (stats["sfu_connects"], stats["leaves"], parts)
+    (part,) = parts
     assert sorted(part["tracks"]) == ["TRACK_TYPE_AUDIO", "TRACK_TYPE_VIDEO"]
     for kind in ("audio", "video"):
         cont = part["continuity"][kind]
