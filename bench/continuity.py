@@ -8,11 +8,15 @@ Per media path: one daemon without a pool (every HELLO starts cold) and one with
 each, one after the other; a warm session is taken once it has been in the pool for
 ``SETTLED_S``.
 
-Handover (transcode path only so far): one call of ``CALL_S`` across a ``CAP_S`` cap (planned
-switches ``MARGIN_S`` before it) and one injected provider drop, the client speaking in turns:
-``switch_gap_ms`` (planned, p50/max, as the daemon measured it), ``recovery_gap_ms`` (the
-unplanned switch's picture gap) and ``recovery_s`` (drop -> the client's ``avatar_handover``),
-``participants_seen`` (joins of the call) and ``errors``. Not yet: audio lost at the receiver.
+Handover, per media path: one call of ``CALL_S`` (3 minutes; ``QUICK_CALL_S`` in quick mode)
+across a ``CAP_S`` cap (planned switches ``MARGIN_S`` before it) and one injected provider drop,
+the client speaking in turns of beeps: ``switch_gap_ms`` (planned, p50/max, as the daemon
+measured it), ``recovery_gap_ms`` (the unplanned switch's picture gap) and ``recovery_s`` (drop
+-> the client's ``avatar_handover``), ``participants_seen`` (joins of the call), ``errors``, and
+at the Stream stand-in's receiver: ``audio_lost_ms`` (audio packets missing from the sequence on
+the wire, 20 ms each), ``beeps_sent``/``beeps_heard`` (onsets: speech lost to a drop mid-turn
+shows here; the unspoken rest of a turn is not re-spoken yet) and the wire ``continuity`` per
+track (SSRCs, largest sequence step, SR jumps).
 """
 
 from __future__ import annotations
@@ -49,11 +53,17 @@ async def scenario(r: Any) -> dict[str, Any]:
             label = f"{'warm' if warm else 'cold'}_{path}"
             r.say(f"continuity: first frame, {label}")
             out[label] = await r._guarded(first_frames(path, warm, runs, r.workroot))
-    r.say("continuity: handover, transcode")
-    out["handover_transcode"] = await r._guarded(handover_call(r.workroot, quick=r.plan.quick))
+    for path in ("relay", "transcode"):
+        r.say(f"continuity: handover, {path}")
+        out[f"handover_{path}"] = await r._guarded(
+            handover_call(r.workroot, path=path, quick=r.plan.quick)
+        )
     relay_warm, relay_cold = out["warm_relay"], out["cold_relay"]
     out["first_frame_warm_s"] = relay_warm.get("p50_s")
     out["first_frame_cold_s"] = relay_cold.get("p50_s")
+    # Per path, from the handover calls (helper figures such as first_sound_ms sit beside these).
+    for key in ("switch_gap_ms", "recovery_s", "audio_lost_ms", "participants_seen"):
+        out[key] = {p: out[f"handover_{p}"].get(key) for p in ("relay", "transcode")}
     out.update(await latency.figures(r))  # part 3: first_sound_ms, barge_in_ms (bench/latency.py)
     return out
 
@@ -96,24 +106,26 @@ async def first_frames(path: str, warm: bool, runs: int, workroot: Path) -> dict
     }
 
 
-CAP_S = 30  # liveavatar.max_session_duration's minimum
+CAP_S = 60  # the sandbox cap
+QUICK_CAP_S = 30  # liveavatar.max_session_duration's minimum
 MARGIN_S = 10
-CALL_S = 75.0
+CALL_S = 180.0
 QUICK_CALL_S = 45.0
 DROP_AT = 0.7  # of the call
 
 
-async def handover_call(workroot: Path, *, quick: bool) -> dict[str, Any]:
+async def handover_call(workroot: Path, *, path: str, quick: bool) -> dict[str, Any]:
     v = driver.VARIANTS[VARIANT]
     call_s = QUICK_CALL_S if quick else CALL_S
+    cap_s = QUICK_CAP_S if quick else CAP_S
     workdir = Path(tempfile.mkdtemp(prefix="continuity-handover-", dir=workroot))
     flags = [
         *v.daemon_flags(),
-        "--set", "output.media_path=transcode",
+        "--set", f"output.media_path={path}",
         "--set", f"liveavatar.handover_margin_s={MARGIN_S}",
-        "--set", f"liveavatar.max_session_duration={CAP_S}",
+        "--set", f"liveavatar.max_session_duration={cap_s}",
     ]  # fmt: skip
-    options = StandInOptions(sandbox_max_duration_s=CAP_S)
+    options = StandInOptions(sandbox_max_duration_s=cap_s)
     async with StandIns(
         render_latency_s=driver.RENDER_LATENCY_S, stream_codec=v.codec, liveavatar=options
     ) as sim:
@@ -143,7 +155,11 @@ async def handover_call(workroot: Path, *, quick: bool) -> dict[str, Any]:
             t0 = time.monotonic()
             dropped = False
             turn = driver.beeps(3.0)
+            per_turn = max(1, int(3.0 * 1000 / driver.BEEP_PERIOD_MS))
+            beeps_sent = 0
+            sim.stream.reset_measure("default", call)
             while time.monotonic() - t0 < call_s:  # bounded: the call's length
+                beeps_sent += per_turn
                 await stream_pcm_realtime(client, turn, driver.CLIENT_FMT, 20)
                 await client.end_turn()
                 await asyncio.sleep(1.0)
@@ -160,9 +176,13 @@ async def handover_call(workroot: Path, *, quick: bool) -> dict[str, Any]:
             await daemon.stop()
     planned = [h["gap_ms"] for h in handovers if h["reason"] == "cap" and h["gap_ms"] is not None]
     lost = [h for h in handovers if h["reason"] == "lost"]
+    parts = stats.get("participants") or [{}]
+    continuity = parts[0].get("continuity", {})
+    audio = continuity.get("audio", {})
     return {
+        "path": path,
         "call_s": call_s,
-        "cap_s": CAP_S,
+        "cap_s": cap_s,
         "margin_s": MARGIN_S,
         "handovers": len(handovers),
         "switch_gap_ms": {
@@ -173,5 +193,12 @@ async def handover_call(workroot: Path, *, quick: bool) -> dict[str, Any]:
         "recovery_gap_ms": lost[0]["gap_ms"] if lost else None,
         "recovery_s": round(lost[0]["t"] - drop_t, 3) if lost and drop_t else None,
         "participants_seen": stats.get("joins"),
+        "audio_lost_ms": 20 * audio["lost"] if "lost" in audio else None,
+        "beeps_sent": beeps_sent,
+        "beeps_heard": stats.get("audio", {}).get("onsets"),
+        "continuity": {
+            kind: {k: c.get(k) for k in ("ssrcs", "max_seq_step", "lost", "max_sr_jump_s")}
+            for kind, c in continuity.items()
+        },
         "errors": errors,
     }

@@ -112,7 +112,7 @@ class LiveAvatarConfig(_Section):
         ge=0,
         le=3600,
         description="Bring up the next LiveAvatar session this long before the cap and switch "
-        "to it at a turn boundary (transcode path only for now; 0: off).",
+        "to it at a turn boundary, on both media paths (0: off).",
     )
 
     @field_validator("avatar_id")

@@ -36,8 +36,8 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 import structlog
@@ -95,6 +95,8 @@ LOOP_LAG = Histogram(
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
 )
 _LAG_INTERVAL_S = 0.05
+# An avatar handover waits this long for the new avatar's keyframe while still relaying the old.
+_SWITCH_WAIT_S = 1.0
 
 
 class _LoopLag:
@@ -190,16 +192,43 @@ class _Forwarder:
         self.rewriter = RtpRewriter(tap.binding)
         self.history = RtxHistory(history_size)
         self.sr_from_upstream = False
+        # After an avatar handover the downstream NTP<->RTP mapping is kept (see mark_switch).
+        self.sr_kept = False
         self.sent = 0
         self.frames = 0
         self.send_errors = 0
+        self.last_sent_t = 0.0  # of the last packet ending a frame (marker)
+        # Avatar handover: the old avatar's SSRC, its last packet's send time, the new one's first.
+        self._switch_from: int | None = None
+        self.switch_last_old_t = 0.0
+        self.switch_first_new_t: float | None = None
         # Per-packet metrics: the labelled children once, not a labels() lookup per packet.
         self._packets = PACKETS.labels(kind)
         self._not_connected = DROPPED.labels(kind, "not_connected")
 
+    def mark_switch(self) -> None:
+        """The upstream changes avatars: measure the gap between their packets on our side."""
+        self._switch_from = self.rewriter.upstream_ssrc
+        # The rebase advances timestamps by the wall time that passed, so the mapping our SRs
+        # carry stays true; the new avatar's SRs would move it by the difference between the
+        # two avatars' NTP<->RTP offsets (1.3 s measured after a drop): not translated in.
+        self.sr_kept = True
+        self.switch_last_old_t = self.last_sent_t
+        self.switch_first_new_t = None
+
     async def send(self, packet: RtpPacket) -> None:
         ntp = clock.current_ntp_time()
-        out = self.rewriter.rewrite(packet, time.monotonic(), (ntp >> 14) & 0x00FFFFFF)
+        now = time.monotonic()
+        # Picture gap at a switch: the old avatar's last complete frame (marker) sent to the new
+        # one's first.
+        if self._switch_from is not None and packet.marker:
+            if packet.ssrc == self._switch_from:
+                self.switch_last_old_t = now  # held packets of the old avatar, still going out
+            elif self.switch_first_new_t is None:
+                self.switch_first_new_t = now
+        if packet.marker:
+            self.last_sent_t = now
+        out = self.rewriter.rewrite(packet, now, (ntp >> 14) & 0x00FFFFFF)
         self.history.store(out)
         if not await self.tap.send(out):
             self.send_errors += 1
@@ -215,6 +244,8 @@ class _Forwarder:
             VIDEO_FRAMES.inc()
 
     def on_sr(self, sr: RtcpSrPacket) -> None:
+        if self.sr_kept:
+            return
         ts = self.rewriter.translate_sr(sr.ssrc, sr.sender_info.rtp_timestamp)
         if ts is None:
             return
@@ -229,6 +260,18 @@ class _Forwarder:
             return
         RTX.labels("sent").inc()
         await self.tap.send(rtx)
+
+
+@dataclass(slots=True)
+class PreparedRelay:
+    """The next avatar's subscription (an avatar handover), receiving but not forwarded."""
+
+    subscriber: LiveKitSubscriber
+    taps: dict[str, ReceiverTap] = field(default_factory=dict)
+    video_ssrc: int | None = None
+    keyframe: asyncio.Event = field(default_factory=asyncio.Event)
+    switch_asked: bool = False  # switch at its next keyframe
+    committed: bool = False  # its receivers are the relay's upstream
 
 
 class RelayPath:
@@ -253,6 +296,10 @@ class RelayPath:
         self._events = events
         self._on_failure = on_failure
         self._subscriber: LiveKitSubscriber | None = None
+        # Avatar handover: the next avatar's subscription, and replaced ones not yet left.
+        self._prepared: PreparedRelay | None = None
+        self._switching: PreparedRelay | None = None  # committed, waiting for its keyframe
+        self._retired: list[LiveKitSubscriber] = []
         self._fwd: dict[str, _Forwarder] = {}
         self._receiver_taps: dict[str, ReceiverTap] = {}
         self._video: VideoPolicy[RtpPacket] = VideoPolicy(
@@ -418,9 +465,13 @@ class RelayPath:
 
     async def _close(self) -> None:
         await self._tasks.aclose()
-        if self._subscriber is not None:
-            with contextlib.suppress(Exception):
-                await self._subscriber.aclose()
+        subscribers = [*self._retired, self._subscriber]
+        if self._prepared is not None and not self._prepared.committed:
+            subscribers.append(self._prepared.subscriber)
+        for sub in subscribers:
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.aclose()
         if not self._declined:
             with contextlib.suppress(Exception):
                 await self._stream.aclose()
@@ -466,11 +517,146 @@ class RelayPath:
             ),
         }
 
+    # -- avatar handover (bridge.media_path.AvatarSwitch) -----------------------------------------
+    # The next avatar's room is joined while the current one is relayed; its packets are dropped
+    # (noting its first keyframe) until the switch. The switch is made before the old avatar is
+    # cut: a keyframe is asked of the new one and the old one goes on being relayed until it
+    # arrives (at most _SWITCH_WAIT_S); at that keyframe the new receivers become the relay's
+    # upstream and the rewriters rebase (RtpRewriter: same SSRC, sequence numbers on without a
+    # gap, timestamps on by the time that passed). The call sees one sender and one track per
+    # kind, and no picture gap beyond a frame interval or so.
+
+    @property
+    def can_switch(self) -> bool:
+        return self._subscriber is not None and not self._closed.is_set()
+
+    async def prepare_avatar(self, room: AvatarRoom, timeout_s: float) -> PreparedRelay:
+        """Join the next avatar's room and wait for its first keyframe, forwarding nothing."""
+        opts = self._opts
+        prepared = PreparedRelay(
+            LiveKitSubscriber(
+                SubscriberOptions(
+                    avatar_identity=opts.avatar_identity,
+                    connect_timeout_s=opts.connect_timeout_s,
+                    avatar_join_timeout_s=opts.avatar_join_timeout_s,
+                    single_peer_connection=opts.single_peer_connection,
+                ),
+                lambda kind, receiver, sid: self._on_receiver(kind, receiver, sid, prepared),
+                self._events,
+                self._on_failure,
+            )
+        )
+        self._prepared = prepared
+        try:
+            async with asyncio.timeout(timeout_s):
+                await prepared.subscriber.start(room.livekit_url, room.livekit_token)
+                await prepared.keyframe.wait()
+        except BaseException as exc:
+            self._prepared = None
+            with contextlib.suppress(Exception):
+                await prepared.subscriber.aclose()
+            if isinstance(exc, TimeoutError):
+                raise BridgeError(
+                    ErrorCode.LIVEKIT_FAILED, "the next avatar sent no keyframe in time"
+                ) from None
+            raise
+        return prepared
+
+    def _on_next_receiver(
+        self, kind: str, receiver: RTCRtpReceiver, fwd: _Forwarder, prepared: PreparedRelay
+    ) -> None:
+        async def on_rtp(packet: RtpPacket, codec: RTCRtpCodecParameters, arrival: int) -> None:
+            if prepared.committed and self._receiver_taps.get(kind) is tap:
+                await self._on_rtp(fwd, packet)
+                return
+            if prepared.committed or prepared.taps.get(kind) is not tap:
+                DROPPED.labels(kind, "replaced_receiver").inc()
+                return
+            if kind == "video":
+                prepared.video_ssrc = packet.ssrc
+                if self._video.gate.is_key(packet.payload):
+                    prepared.keyframe.set()
+                    if prepared.switch_asked:
+                        self._swap(prepared, at_keyframe=True)  # the switch, at its keyframe
+                        await self._on_rtp(fwd, packet)
+                        return
+            DROPPED.labels(kind, "next_avatar_gated").inc()
+
+        tap = ReceiverTap(receiver, on_rtp, lambda sr: self._on_next_sr(fwd, prepared, sr))
+        prepared.taps[kind] = tap
+
+    def _on_next_sr(self, fwd: _Forwarder, prepared: PreparedRelay, sr: RtcpSrPacket) -> None:
+        if prepared.committed:
+            fwd.on_sr(sr)  # translated once the rewriter has rebased onto this stream
+
+    def commit_avatar(self, prepared: PreparedRelay) -> Callable[[], float | None]:
+        """Switch to the prepared avatar at its next keyframe, asked for now (the old one is
+        relayed until then; :meth:`release_retired` waits for the switch). Returns a function
+        giving the measured picture gap in ms (the old avatar's last video packet sent to the new
+        one's first) once known."""
+        prepared.switch_asked = True
+        self._switching = prepared
+        tap, ssrc = prepared.taps.get("video"), prepared.video_ssrc
+        if tap is not None and ssrc is not None:
+            KEYFRAME_REQUESTS.labels("handover", "sent").inc()
+            self._tasks.spawn(tap.send_pli(ssrc), "relay_pli")
+        video = self._fwd["video"]
+
+        def gap_ms() -> float | None:
+            first = video.switch_first_new_t
+            if not prepared.committed or first is None or not video.switch_last_old_t:
+                return None
+            return 1000.0 * (first - video.switch_last_old_t)
+
+        return gap_ms
+
+    def _swap(self, prepared: PreparedRelay, *, at_keyframe: bool) -> None:
+        """The prepared avatar's receivers become the upstream (no packet of the old one is
+        forwarded after this)."""
+        if prepared.committed:
+            return
+        if self._subscriber is not None:
+            self._retired.append(self._subscriber)
+        for old in self._receiver_taps.values():
+            self._nacks_before += old.nacks_sent
+            self._rtx_before += old.rtx_received
+        self._subscriber = prepared.subscriber
+        self._receiver_taps = dict(prepared.taps)
+        prepared.committed = True
+        self._prepared = None
+        for fwd in self._fwd.values():
+            fwd.mark_switch()
+        if self._video.switch_upstream(prepared.video_ssrc) and not at_keyframe:
+            self._request_keyframe("handover")
+            self._tasks.spawn(self._ask_for_keyframe(), "relay_keyframe_request")
+
+    async def release_retired(self) -> None:
+        """Once the switch is made (its keyframe came, or after _SWITCH_WAIT_S: then video waits
+        for it), leave the old avatars' rooms (before their LiveAvatar sessions are stopped, so
+        that their leaving is not taken for a failure)."""
+        prepared, self._switching = self._switching, None
+        if prepared is not None and not prepared.committed:
+            deadline = time.monotonic() + _SWITCH_WAIT_S
+            while not prepared.committed and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)  # bounded: a keyframe is a PLI round trip away
+            if not prepared.committed:
+                log.info("relay_handover_no_keyframe_yet", waited_s=_SWITCH_WAIT_S)
+                self._swap(prepared, at_keyframe=False)
+        retired, self._retired = self._retired, []
+        for sub in retired:
+            with contextlib.suppress(Exception):
+                await sub.aclose()
+
     # -- upstream --------------------------------------------------------------------------------
 
-    def _on_receiver(self, kind: str, receiver: RTCRtpReceiver, sid: str) -> None:
+    def _on_receiver(
+        self, kind: str, receiver: RTCRtpReceiver, sid: str, prepared: PreparedRelay | None = None
+    ) -> None:
         fwd = self._fwd.get(kind)
         if fwd is None:
+            return
+        if prepared is not None and not prepared.committed:
+            self._on_next_receiver(kind, receiver, fwd, prepared)
             return
 
         async def on_rtp(packet: RtpPacket, codec: RTCRtpCodecParameters, arrival: int) -> None:

@@ -157,6 +157,17 @@ class VideoPolicy(Generic[P]):
         self.gate.close()
         return self.first_keyframe_t is not None
 
+    # -- avatar handover -------------------------------------------------------------------------
+
+    def switch_upstream(self, ssrc: int | None) -> bool:
+        """The relay now forwards another avatar's stream (``ssrc``, when already seen): the
+        gate waits for its keyframe, which is asked for at once. True: send the request now
+        (the SFU wants video)."""
+        self.gate.close()
+        if ssrc is not None:
+            self.upstream_ssrc = ssrc
+        return not self.blocked
+
     # -- the Stream SFU's interest ---------------------------------------------------------------
 
     def set_blocked(self, reason: str, *, blocked: bool) -> BlockChange:

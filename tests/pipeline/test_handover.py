@@ -15,6 +15,7 @@ from bridge.sim.liveavatar import StandInOptions
 from bridge.sim.marks import beep_train
 from bridge.sim.stack import SMALL, DaemonProcess, StandIns
 from tests.pipeline.test_end_to_end import FMT, open_session, until_event
+from tests.pipeline.test_handover_relay import _assert_one_continuous_participant
 
 pytestmark = pytest.mark.netns
 
@@ -65,6 +66,9 @@ async def test_planned_handover_keeps_the_call_and_its_participant(
             assert renderer is not None and sum(renderer.received_bytes.values()) > 0
             stats = sim.stream.stats("default", "handover")
         assert stats["joins"] == 1  # one participant, never rejoined
+        # SRs not checked: the transcode publisher's own NTP<->RTP mapping moves by seconds over
+        # a call (4.9 s measured on video in the bench), switch or not: a separate finding.
+        _assert_one_continuous_participant(stats, sr=False)
         assert stats["audio"]["onsets"] >= 4
         assert stats["video"]["frames"] > 30
         assert await daemon.stop() == 0
@@ -104,6 +108,9 @@ async def test_a_dropped_avatar_is_replaced_without_an_error(
             await asyncio.sleep(0.5)
             stats = sim.stream.stats("default", "lost")
         assert stats["joins"] == 1
+        # SRs not checked: the transcode publisher's own NTP<->RTP mapping moves by seconds over
+        # a call (4.9 s measured on video in the bench), switch or not: a separate finding.
+        _assert_one_continuous_participant(stats, sr=False)
         assert stats["audio"]["onsets"] >= 4
         assert daemon.metric_sum("bridge_avatar_handovers_total", 'outcome="switched"') == 1
     finally:

@@ -131,3 +131,23 @@ def test_first_sequence_number_is_in_the_lower_half() -> None:
     draws = [first_sequence_number(rng) for _ in range(2000)]
     assert all(0 <= d < 1 << 15 for d in draws)
     assert max(draws) > 30000 and min(draws) < 2000  # the whole lower half is used
+
+
+def test_an_avatar_switch_waits_for_the_new_avatars_keyframe_and_asks_for_it_at_once() -> None:
+    p = policy()
+    p.admit(packet(1, key=True), 0.0)
+    assert p.switch_upstream(3333)  # ask the new avatar for a keyframe now
+    assert p.upstream_ssrc == 3333  # the request goes to the new avatar
+    assert p.ask_keyframe(0.5, have_upstream=True).send
+    # Its packets are the same stream for the policy now: no second request, gate closed.
+    verdict = p.admit(packet(700, ssrc=3333), 0.55)
+    assert verdict.dropped == "waiting_for_keyframe" and verdict.keyframe_request is None
+    assert p.admit(packet(701, key=True, ssrc=3333), 0.6).send
+
+
+def test_an_avatar_switch_while_paused_asks_for_no_keyframe() -> None:
+    p = policy()
+    p.admit(packet(1, key=True), 0.0)
+    p.set_blocked("layer_paused", blocked=True)
+    assert not p.switch_upstream(None)
+    assert p.upstream_ssrc == 1111  # unknown yet: learnt from its first packet

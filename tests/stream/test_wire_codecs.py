@@ -92,3 +92,26 @@ async def test_answer_carries_only_the_granted_codec_and_its_rtx(granted: str) -
     finally:
         await publisher.close()
         await sfu.close()
+
+
+def test_stream_continuity_measures_ssrcs_sequence_timestamp_steps_and_sr_jumps() -> None:
+    from bridge.sim.stream.rtp_taps import StreamContinuity
+
+    c = StreamContinuity("audio")
+    ntp0 = 3_900_000_000 << 32
+    c.add_sr(0, 0, 0)  # before media (aiortc's NTP 0): maps nothing
+    for i in range(50):
+        c.add(7, 65530 + i, 2**32 - 960 * 10 + 960 * i)  # both wrap
+    c.add_sr(ntp0, 960 * 40, 50)
+    c.add(7, (65530 + 49) % 65536, 960 * 40)  # a duplicate/reordered packet
+    c.add(7, (65530 + 52) % 65536, 960 * 43)  # two lost
+    c.add_sr(ntp0 + (1 << 32), 960 * 40 + 48000, 52)  # one second later, consistent
+    c.add(9, (65530 + 53) % 65536, 960 * 44 + 48000 * 2)  # another SSRC, 2 s ahead
+    c.add_sr(ntp0 + (2 << 32), 960 * 40 + 48000 * 3, 53)  # RTP 1 s further than NTP
+    snap = c.snapshot()
+    assert snap["ssrcs"] == [7, 9]
+    assert snap["packets"] == 53 and snap["reordered"] == 1
+    assert snap["max_seq_step"] == 3 and snap["lost"] == 2
+    assert snap["max_ts_step_s"] == 2.02 and snap["min_ts_step_s"] == 0.0
+    assert snap["srs"] == 3 and snap["srs_before_media"] == 1
+    assert snap["max_sr_jump_s"] == 1.0

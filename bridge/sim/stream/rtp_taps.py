@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 from aiortc.codecs import is_rtx
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
-from aiortc.rtp import RtpPacket
+from aiortc.rtp import RtcpSrPacket, RtpPacket
 
 log = structlog.get_logger(__name__)
 
@@ -360,13 +360,108 @@ class WireCodecs:
         }
 
 
-def install_wire_tap(receiver: RTCRtpReceiver, counter: WireCodecs) -> None:
-    """Count payload types in front of whatever handles the packets (install it last)."""
+_CLOCK_RATES = {"audio": 48000, "video": 90000}
+
+
+@dataclass
+class StreamContinuity:
+    """One track's RTP stream space as it arrives, for "one continuous track" checks (an avatar
+    handover on the relay must not show): the media SSRCs seen, the largest forward sequence
+    step, timestamp steps between consecutive packets, and how far each sender report's
+    NTP<->RTP mapping moved from the previous one (0 for a consistent sender).
+
+    Retransmissions (RTX) are left out by the caller; reordered packets only count as such."""
+
+    kind: str
+    ssrcs: list[int] = field(default_factory=list)
+    packets: int = 0
+    reordered: int = 0
+    lost: int = 0
+    max_seq_step: int = 0
+    max_ts_step_s: float = 0.0
+    min_ts_step_s: float = 0.0  # negative: the timestamp went back with the sequence going on
+    srs: int = 0
+    srs_before_media: int = 0
+    max_sr_jump_s: float = 0.0
+    _last_seq: int | None = None
+    _last_ts: int = 0
+    _ext_ts: int = 0  # _last_ts unwrapped
+    _sr_offset: float | None = None
+
+    @property
+    def clock_rate(self) -> int:
+        return _CLOCK_RATES.get(self.kind, 90000)
+
+    def add(self, ssrc: int, seq: int, ts: int) -> None:
+        if ssrc not in self.ssrcs:
+            self.ssrcs.append(ssrc)
+        self.packets += 1
+        if self._last_seq is None:
+            self._last_seq, self._last_ts, self._ext_ts = seq, ts, ts
+            return
+        step = (seq - self._last_seq + 0x8000) % 0x10000 - 0x8000
+        if step <= 0:
+            self.reordered += 1
+            return
+        ts_ticks = (ts - self._last_ts + 2**31) % 2**32 - 2**31
+        ts_step = ts_ticks / self.clock_rate
+        self._ext_ts += ts_ticks
+        self.max_seq_step = max(self.max_seq_step, step)
+        self.lost += step - 1  # missing from the sequence (a late one counts as reordered)
+        self.max_ts_step_s = max(self.max_ts_step_s, ts_step)
+        self.min_ts_step_s = min(self.min_ts_step_s, ts_step)
+        self._last_seq, self._last_ts = seq, ts
+
+    def add_sr(self, ntp: int, rtp_ts: int, packet_count: int) -> None:
+        """A sender report: its offset between NTP time and RTP time (RTP unwrapped around
+        the last packet's timestamp) against the previous report's. A report sent before any
+        media (aiortc sends NTP 0 then) maps nothing: counted apart."""
+        if packet_count == 0:
+            self.srs_before_media += 1
+            return
+        self.srs += 1
+        rel = (rtp_ts - self._last_ts + 2**31) % 2**32 - 2**31
+        offset = ntp / 2**32 - (self._ext_ts + rel) / self.clock_rate
+        if self._sr_offset is not None:
+            self.max_sr_jump_s = max(self.max_sr_jump_s, abs(offset - self._sr_offset))
+        self._sr_offset = offset
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "ssrcs": list(self.ssrcs),
+            "packets": self.packets,
+            "reordered": self.reordered,
+            "lost": self.lost,
+            "max_seq_step": self.max_seq_step,
+            "max_ts_step_s": round(self.max_ts_step_s, 4),
+            "min_ts_step_s": round(self.min_ts_step_s, 4),
+            "srs": self.srs,
+            "srs_before_media": self.srs_before_media,
+            "max_sr_jump_s": round(self.max_sr_jump_s, 4),
+        }
+
+
+def install_wire_tap(
+    receiver: RTCRtpReceiver, counter: WireCodecs, continuity: StreamContinuity | None = None
+) -> None:
+    """Count payload types (and the stream's continuity) in front of whatever handles the
+    packets (install it last)."""
     _check_hook(receiver)
     inner: PacketHandler = getattr(receiver, _HOOK)
+    inner_rtcp = receiver._handle_rtcp_packet
 
     async def handle(packet: RtpPacket, arrival_time_ms: int) -> None:
         counter.add(packet.payload_type)
+        if continuity is not None and not _is_rtx_packet(receiver, packet):
+            continuity.add(packet.ssrc, packet.sequence_number, packet.timestamp)
         await inner(packet, arrival_time_ms)
 
+    async def handle_rtcp(packet: Any) -> None:
+        if continuity is not None and isinstance(packet, RtcpSrPacket):
+            info = packet.sender_info
+            continuity.add_sr(info.ntp_timestamp, info.rtp_timestamp, info.packet_count)
+        await inner_rtcp(packet)
+
     setattr(receiver, _HOOK, handle)
+    r: Any = receiver
+    r._handle_rtcp_packet = handle_rtcp

@@ -62,6 +62,7 @@ from bridge.sim.stream.rtp_taps import (
     FaultCounts,
     LightCounter,
     ReceiveFaults,
+    StreamContinuity,
     WireCodecs,
     install_faults,
     install_light,
@@ -151,6 +152,8 @@ class _Session:
     video_codec: str = "VP9"
     # Payload types received per track kind, named through the publisher PC's answer.
     wire: dict[str, WireCodecs] = field(default_factory=dict)
+    # Measured on the wire: one continuous RTP stream per kind (SSRC, sequence, timestamps, SRs).
+    continuity: dict[str, StreamContinuity] = field(default_factory=dict)
     # Forwarding (bridge.sim.stream.forward): what this session publishes, the publishers whose
     # video it asked for (UpdateSubscriptions), and its subscriber PC.
     published: dict[str, PublishedTrack] = field(default_factory=dict)
@@ -414,6 +417,7 @@ class StreamStandIn:
                 # The publisher's hop: RTX received and the SFU's NACKs, from the wire.
                 "published": {kind: t.snapshot() for kind, t in s.published.items()},
                 "wire": {kind: w.snapshot() for kind, w in s.wire.items()},
+                "continuity": {kind: c.snapshot() for kind, c in s.continuity.items()},
             }
             for s in call.sessions.values()
         ]
@@ -1115,7 +1119,9 @@ class StreamStandIn:
                     receiver, track.kind, lambda: call.faults, call.fault_counts, self._spawn
                 )
                 # Outermost: the payload types as they arrive, before faults drop any.
-                install_wire_tap(receiver, wire)
+                continuity = StreamContinuity(track.kind)
+                session.continuity[track.kind] = continuity
+                install_wire_tap(receiver, wire, continuity)
             if not light:
                 self._spawn(self._consume(call, track, receiver), f"consume-{track.kind}")
             self._refresh_subscriptions(call)

@@ -1,0 +1,139 @@
+"""Avatar handover on the relay path, measured on the wire at the Stream stand-in: the call keeps
+one participant with one audio and one video track, and each track one continuous RTP stream
+across the switch (one SSRC, sequence numbers on without a jump, timestamps moving forward,
+sender reports consistent with the packets); speech after the switch reaches the call."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.client import BridgeClient, stream_pcm_realtime
+from bridge.sim.liveavatar import StandInOptions
+from bridge.sim.marks import beep_train
+from bridge.sim.stack import SMALL, DaemonProcess, StandIns
+from tests.pipeline.test_end_to_end import FMT, open_session, until_event
+
+pytestmark = pytest.mark.netns
+
+CAP_S = 8  # the stand-in's sandbox cap, real seconds
+MARGIN_S = 4  # so the switch is due 4 s after the session started
+BEEPS = 6
+
+
+@pytest.fixture
+async def capped() -> AsyncIterator[StandIns]:
+    async with StandIns(liveavatar=StandInOptions(sandbox_max_duration_s=CAP_S)) as stack:
+        yield stack
+
+
+def _daemon(tmp_path: Path, sim: StandIns, margin_s: float) -> DaemonProcess:
+    return DaemonProcess(
+        tmp_path,
+        sim.daemon_env(),
+        *SMALL,
+        "--set", "output.media_path=relay",
+        "--set", f"liveavatar.handover_margin_s={margin_s}",
+    )  # fmt: skip
+
+
+async def _speak_and_measure(sim: StandIns, client: BridgeClient, call_id: str) -> dict[str, Any]:
+    sim.stream.reset_measure("default", call_id)
+    await stream_pcm_realtime(client, beep_train(FMT.sample_rate, BEEPS, 500, 100).tobytes(), FMT)
+    await client.end_turn()
+    await until_event(client, "speak_ended")  # raises on any fatal error
+    await asyncio.sleep(0.5)
+    return sim.stream.stats("default", call_id)
+
+
+def _assert_one_continuous_participant(stats: dict[str, Any], *, sr: bool = True) -> None:
+    assert stats["joins"] == 1  # never rejoined
+    parts = stats["participants"]
+    assert len(parts) == 1, (stats["sfu_connects"], stats["leaves"], parts)
+    (part,) = parts
+    assert sorted(part["tracks"]) == ["TRACK_TYPE_AUDIO", "TRACK_TYPE_VIDEO"]
+    for kind in ("audio", "video"):
+        cont = part["continuity"][kind]
+        assert len(cont["ssrcs"]) == 1, (kind, cont)  # the same sender SSRC throughout
+        # No jump in the sequence space (an un-rebased switch jumps by a random offset), and
+        # timestamps only move forward, by about the time that passed (the video pauses for the
+        # new avatar's keyframe; generous bound for a loaded machine, a random offset is hours).
+        assert 0 < cont["max_seq_step"] < 64, (kind, cont)
+        assert cont["min_ts_step_s"] >= 0, (kind, cont)
+        assert cont["max_ts_step_s"] < 5, (kind, cont)
+        # Sender reports consistent with the packets: the NTP<->RTP mapping stays put.
+        assert cont["srs"] >= 2, (kind, cont)
+        if sr:
+            assert cont["max_sr_jump_s"] < 1.0, (kind, cont)
+
+
+def _assert_speech_heard(stats: dict[str, Any]) -> None:
+    (part,) = stats["participants"]
+    # Not one audio packet missing from the relay's sequence space, the switch included.
+    assert part["continuity"]["audio"]["max_seq_step"] == 1, part["continuity"]["audio"]
+    # The beeps sent after the switch reach the call. The stand-in's onset detector has missed
+    # one of six under load (5 of 6 seen once in ~6 runs, on a contiguous packet sequence):
+    # one short is allowed here; the count at the viewer is the bench's figure.
+    assert stats["audio"]["onsets"] >= BEEPS - 1, stats["audio"]
+
+
+async def test_planned_relay_handover_keeps_one_continuous_stream(
+    capped: StandIns, tmp_path: Path
+) -> None:
+    sim = capped
+    daemon = _daemon(tmp_path, sim, MARGIN_S)
+    await daemon.start()
+    try:
+        async with await BridgeClient.connect(daemon.socket) as client:
+            events = await open_session(client, "relay-handover")
+            paths = [e.fields["path"] for e in events if e.event == "media_path"]
+            assert paths == ["relay"]
+            (first,) = [e.fields["session_id"] for e in events if e.event == "liveavatar_session"]
+            sim.liveavatar.options.sandbox_max_duration_s = 3600  # the next session: no cap
+            seen = await until_event(client, "avatar_handover", limit_s=30)
+            (handover,) = [e.fields for e in seen if e.event == "avatar_handover"]
+            assert handover["reason"] == "cap"
+            assert handover["gap_ms"] is not None and handover["gap_ms"] >= 0
+            second = handover["liveavatar_session"]
+            assert second != first
+            assert sim.liveavatar.sessions[first].end_reason == "USER_CLOSED"
+            assert sim.liveavatar.live_sessions == [second]
+            stats = await _speak_and_measure(sim, client, "relay-handover")
+            renderer = sim.liveavatar.sessions[second].renderer
+            assert renderer is not None and sum(renderer.received_bytes.values()) > 0
+        _assert_one_continuous_participant(stats)
+        _assert_speech_heard(stats)
+        assert stats["video"]["frames"] > 30
+        assert daemon.metric_sum("bridge_avatar_handovers_total", 'outcome="switched"') == 1
+        assert await daemon.stop() == 0
+        assert sim.liveavatar.live_sessions == []
+    finally:
+        await daemon.stop()
+
+
+async def test_unplanned_relay_handover_after_a_drop(capped: StandIns, tmp_path: Path) -> None:
+    sim = capped
+    sim.liveavatar.options.sandbox_max_duration_s = 3600  # no planned switch in this test
+    daemon = _daemon(tmp_path, sim, 1)
+    await daemon.start()
+    try:
+        async with await BridgeClient.connect(daemon.socket) as client:
+            events = await open_session(client, "relay-lost")
+            (first,) = [e.fields["session_id"] for e in events if e.event == "liveavatar_session"]
+            await sim.liveavatar.drop(first)  # the provider ends it mid-call
+            seen = await until_event(client, "avatar_handover", limit_s=30)
+            (handover,) = [e.fields for e in seen if e.event == "avatar_handover"]
+            assert handover["reason"] == "lost"
+            second = handover["liveavatar_session"]
+            assert sim.liveavatar.live_sessions == [second]
+            stats = await _speak_and_measure(sim, client, "relay-lost")
+        _assert_one_continuous_participant(stats)
+        _assert_speech_heard(stats)
+        assert daemon.metric_sum("bridge_avatar_handovers_total", 'outcome="switched"') == 1
+    finally:
+        await daemon.stop()
+    assert sim.liveavatar.live_sessions == []
