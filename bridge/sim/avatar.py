@@ -344,7 +344,8 @@ class AvatarRenderer:
         self._rms[k] = float(np.sqrt(np.mean(out.astype(np.float64) ** 2)))
         for onset in self._onsets.feed(out):
             self.onset_media_s.append(onset / OUT_RATE)
-            self._flash_frames.add(onset * self.fps // OUT_RATE)
+            first = onset * self.fps // OUT_RATE
+            self._flash_frames.update(range(first, first + marks.FLASH_FRAMES))
         old = k - _RING_TICKS
         self._audio.pop(old, None)
         self._rms.pop(old, None)

@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 __all__ = [
     "BARCODE_BLOCKS",
+    "FLASH_FRAMES",
     "FrameMarks",
     "OnsetDetector",
     "barcode_height",
@@ -38,6 +39,10 @@ BARCODE_BLOCKS = 40  # blocks across the frame width
 _ROW_BLOCKS = 37  # 2 guard + 32 data + parity + 2 guard
 _MIN_WIDTH = 160  # below this a block is 4 px: too small to survive a codec
 _FLASH_BLOCKS = 3
+# A renderer lights the flash patch on this many consecutive frames from the onset's frame: an
+# encoder that drops frames (libwebrtc's frame dropper under load) may drop the first, and a
+# reader then finds the onset's frame from the flash's end (see bridge.sim.stream.measure).
+FLASH_FRAMES = 3
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,6 +67,7 @@ async def test_rendered_avatar_reaches_livekit_subscriber(
         flashes: list[float] = []
         onsets: list[float] = []
         frame_nos: list[int] = []
+        flashed: set[int] = set()
         got_tracks: dict[str, rtc.Track] = {}
         both = asyncio.Event()
 
@@ -83,9 +84,12 @@ async def test_rendered_avatar_reaches_livekit_subscriber(
                 y = np.frombuffer(frame.data, dtype=np.uint8)[: frame.width * frame.height]
                 m = marks.read_frame(y.reshape(frame.height, frame.width))
                 if m is not None:
-                    frame_nos.append(m.frame_no)
-                    if m.flash:
+                    # The flash's first frame seen (it spans marks.FLASH_FRAMES frames).
+                    if m.flash and not (frame_nos and frame_nos[-1] in flashed):
                         flashes.append(time.monotonic())
+                    if m.flash:
+                        flashed.add(m.frame_no)
+                    frame_nos.append(m.frame_no)
 
         async def read_audio(track: rtc.Track) -> None:
             det = marks.OnsetDetector(48_000)
@@ -135,9 +139,9 @@ async def test_rendered_avatar_reaches_livekit_subscriber(
     assert len(frame_nos) > 60 and frame_nos == sorted(frame_nos)
     assert len(onsets) == 6, onsets
     # libwebrtc's encoder drops frames on a busy machine (about one in five here, measured by
-    # frame number) and a flash mark is a single frame, so with the SDK publisher at least half
-    # must survive; the stand-in's own encoder sends them all.
-    assert len(flashes) >= (3 if la.options.publisher == "sdk" else 5), flashes
+    # frame number); a flash spans marks.FLASH_FRAMES frames, so all three being dropped is rare
+    # (a late first frame reads up to two frames late, within the loose bound below).
+    assert len(flashes) >= 5, flashes
 
     # The skew is what the pipeline adds. Times are when this process read each flash and onset,
     # so on a loaded machine a single reading can be late by a scheduling delay: the median of

@@ -4,6 +4,7 @@ relay (no decoding) -> Stream stand-in (decodes and measures). Loose functional 
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ from bridge.client import BridgeClient, RemoteError, stream_pcm_realtime
 from bridge.media import AudioFormat
 from bridge.protocol import EventMsg
 from bridge.sim.marks import beep_train
-from bridge.sim.stack import SMALL, DaemonProcess, StandIns
+from bridge.sim.stack import PUBLISHER_ENV, SMALL, DaemonProcess, StandIns
 from bridge.sim.stream.rtp_taps import ReceiveFaults
 
 pytestmark = pytest.mark.netns
@@ -32,7 +33,10 @@ def tone(seconds: float, freq: float = 330.0) -> bytes:
 
 @pytest.fixture
 async def sim() -> AsyncIterator[StandIns]:
-    async with StandIns(render_latency_s=0.2) as stack:
+    # The avatar publishes as LiveAvatar's does: libwebrtc through the LiveKit SDK, simulcast,
+    # forwarded by the LiveKit stand-in's SFU (BRIDGE_SIM_AVATAR_PUBLISHER=aiortc for the old).
+    publisher = os.environ.get(PUBLISHER_ENV) or "sdk"
+    async with StandIns(render_latency_s=0.2, avatar_publisher=publisher) as stack:
         yield stack
 
 

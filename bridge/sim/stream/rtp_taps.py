@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -367,6 +367,44 @@ def install_wire_tap(receiver: RTCRtpReceiver, counter: WireCodecs) -> None:
 
     async def handle(packet: RtpPacket, arrival_time_ms: int) -> None:
         counter.add(packet.payload_type)
+        await inner(packet, arrival_time_ms)
+
+    setattr(receiver, _HOOK, handle)
+
+
+class ArrivalTimes:
+    """When each RTP timestamp's first packet reached the receiver (monotonic seconds), for
+    timing decoded audio by the wire rather than by when aiortc's jitter buffer released it.
+
+    aiortc's audio jitter buffer releases one frame per packet added once it holds 4, so a burst
+    (a stall anywhere upstream) leaves it holding more for the rest of the call: a delay no real
+    receiver keeps (NetEq shrinks it) and not the sender's doing. Bounded (``capacity`` entries).
+    """
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self.capacity = capacity
+        self._at: OrderedDict[int, float] = OrderedDict()
+
+    def add(self, timestamp: int, t: float) -> None:
+        if timestamp in self._at:
+            return
+        self._at[timestamp] = t
+        while len(self._at) > self.capacity:
+            self._at.popitem(last=False)
+
+    def get(self, timestamp: int | None) -> float | None:
+        return None if timestamp is None else self._at.get(timestamp % (1 << 32))
+
+
+def install_arrival_tap(receiver: RTCRtpReceiver, arrivals: ArrivalTimes) -> None:
+    """Record arrival times in front of whatever handles the packets. Install it inside the
+    fault injector, so a dropped packet's time is that of its retransmission (RTX keeps the
+    original's RTP timestamp)."""
+    _check_hook(receiver)
+    inner: PacketHandler = getattr(receiver, _HOOK)
+
+    async def handle(packet: RtpPacket, arrival_time_ms: int) -> None:
+        arrivals.add(packet.timestamp, time.monotonic())
         await inner(packet, arrival_time_ms)
 
     setattr(receiver, _HOOK, handle)
