@@ -385,6 +385,12 @@ class LiveKitSubscriber:
         elif which == "answer":  # v1: the server answers our offer
             self._mid_to_track.update(dict(resp.answer.mid_to_track_id))
             assert self._pc is not None
+            stale = resp.answer.id and resp.answer.id != self._offer_id
+            if stale or self._pc.signalingState != "have-local-offer":
+                # We offered again (the avatar's media sections) before this answer came: only
+                # the answer to our latest offer applies.
+                log.info("subscriber_stale_answer", answer_id=resp.answer.id, offer=self._offer_id)
+                return
             await self._pc.setRemoteDescription(RTCSessionDescription(resp.answer.sdp, "answer"))
             self._maybe_hand_out(self._pc)
         elif which == "trickle":

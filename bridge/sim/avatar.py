@@ -461,6 +461,10 @@ class _AvatarAudioTrack(MediaStreamTrack):
         self._r = renderer
         self._next: int | None = None
 
+    def media_s(self) -> float:
+        """The renderer's media clock (how late a consumer is, for diagnostics)."""
+        return self._r.media_s()
+
     async def recv(self) -> av.AudioFrame:
         r = self._r
         if r.closed or self.readyState != "live":

@@ -424,8 +424,15 @@ def _ntp_now() -> int:
 class ForwardSink:
     """One subscriber's sender for one published track: forwarded packets go out on it."""
 
-    def __init__(self, track: PublishedTrack, sender: RTCRtpSender, quality: int | None) -> None:
+    def __init__(
+        self,
+        track: PublishedTrack,
+        sender: RTCRtpSender,
+        quality: int | None,
+        forced_rid: Callable[[], str | None] | None = None,
+    ) -> None:
         self.track = track
+        self._forced_rid = forced_rid
         self.sender = sender
         self.forwarder = LayerForwarder(track.info.codec) if track.kind == "video" else None
         self.quality = quality
@@ -482,6 +489,9 @@ class ForwardSink:
         f = self.forwarder
         sizes = track.sizes()
         target = select_rid(sizes, quality=self.quality, width=self.width, height=self.height)
+        forced = self._forced_rid() if self._forced_rid is not None else None
+        if forced is not None and forced in sizes:
+            target = forced  # the SFU's own choice (congestion control) over the subscriber's
         f.set_target(target)
         want = f.wants_keyframe(now_ms)
         if want is not None:

@@ -519,6 +519,10 @@ class Faults:
         self.delay_ms = 0.0  # added to every media packet
         # Renegotiate right after the first answer/offer, before media flows (browsers do).
         self.renegotiate_on_join = False
+        # Forward this simulcast layer (rid "q"/"h"/"f") to every subscriber of a forwarded
+        # avatar whatever it asked for, as LiveKit's congestion control moves a subscriber
+        # between layers; None: each subscriber's UpdateTrackSettings decides.
+        self.video_layer: str | None = None
 
     async def close_signalling(self, room: str | None = None) -> int:
         """Close subscribers' signalling WebSockets without ``leave``: the SDK resumes."""
@@ -1149,7 +1153,13 @@ class LiveKitStandIn:
         if avatar.published is not None:
             for sender in p.senders:
                 assert sender.kind is not None
-                p.sinks.append(ForwardSink(avatar.published[sender.kind], sender, quality=None))
+                sink = ForwardSink(
+                    avatar.published[sender.kind],
+                    sender,
+                    quality=None,
+                    forced_rid=lambda: self.faults.video_layer,
+                )
+                p.sinks.append(sink)
         if pc.connectionState == "connected":
             self._instrument(p)
         mapping: dict[str, str] = {}

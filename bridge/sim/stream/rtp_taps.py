@@ -384,16 +384,36 @@ class ArrivalTimes:
     def __init__(self, capacity: int = 1024) -> None:
         self.capacity = capacity
         self._at: OrderedDict[int, float] = OrderedDict()
+        # aiortc's receiver hands its decoder timestamps relative to the first packet it got
+        # (``TimestampMapper``): the tap sits right in front of it, so it sees the same first.
+        self.origin: int | None = None
 
     def add(self, timestamp: int, t: float) -> None:
+        if self.origin is None:
+            self.origin = timestamp
         if timestamp in self._at:
             return
         self._at[timestamp] = t
         while len(self._at) > self.capacity:
             self._at.popitem(last=False)
 
-    def get(self, timestamp: int | None) -> float | None:
-        return None if timestamp is None else self._at.get(timestamp % (1 << 32))
+    def get(self, pts: int | None, tolerance: int = 960) -> float | None:
+        """The arrival of the packet of a decoded frame's ``pts`` (aiortc's: RTP timestamp
+        minus the first packet's), or the nearest within ``tolerance`` ticks."""
+        if pts is None or self.origin is None:
+            return None
+        ts = (self.origin + pts) % (1 << 32)
+        exact = self._at.get(ts)
+        if exact is not None:
+            return exact
+        best: tuple[int, float] | None = None
+        for i, (key, t) in enumerate(reversed(self._at.items())):
+            if i >= 64:
+                break
+            d = min((key - ts) % (1 << 32), (ts - key) % (1 << 32))
+            if d <= tolerance and (best is None or d < best[0]):
+                best = (d, t)
+        return None if best is None else best[1]
 
 
 def install_arrival_tap(receiver: RTCRtpReceiver, arrivals: ArrivalTimes) -> None:
