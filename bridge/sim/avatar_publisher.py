@@ -30,12 +30,12 @@ CONNECT_TIMEOUT_S = 15.0
 PUBLISH_TIMEOUT_S = 10.0
 SAMPLE_RATE = 48_000
 AUDIO_QUEUE_MS = 100
-# Audio that would play further behind the renderer's clock than this is skipped, not captured. The source plays
-# what it is given in real time, so a pump that fell behind (a busy event loop: the stand-ins,
-# libwebrtc's callbacks and this pump share one) would otherwise keep its backlog as extra audio
-# delay for the rest of the session: measured 190-310 ms median (up to 820 ms) on the loaded
-# 2-core machine, the cause of the -140...-205 ms A/V skews at Stream. A real-time renderer
-# never sends late audio; the video track already skips to live the same way.
+# Audio that would play further behind the renderer's clock than this is skipped, not captured.
+# The source plays what it is given in real time, so a pump that fell behind (a busy event loop:
+# the stand-ins, libwebrtc's callbacks and this pump share one) would otherwise keep its backlog
+# as extra audio delay for the rest of the session: measured 190-310 ms median (up to 820 ms)
+# on the loaded 2-core machine, the cause of the -140...-205 ms A/V skews at Stream. A real-time
+# renderer never sends late audio; the video track already skips to live the same way.
 AUDIO_MAX_LAG_MS = 60
 
 
