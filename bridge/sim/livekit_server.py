@@ -1340,6 +1340,28 @@ class LiveKitStandIn:
                 async with asyncio.timeout(SEND_TIMEOUT_S):
                     await p.ws.close()
 
+    def forwarded_video(self) -> list[dict[str, Any]]:
+        """What each subscriber of a forwarded (SDK-published) avatar gets: the layer sent now,
+        the layers the publisher sends (rid -> announced size), switches and drops."""
+        out = []
+        for p in self._participants(None):
+            for sink in p.sinks:
+                f = sink.forwarder
+                if f is None:
+                    continue
+                out.append(
+                    {
+                        "identity": p.identity,
+                        "rid": f.current,
+                        "layers": sink.track.sizes(),
+                        "switches": f.stats.switches,
+                        "forwarded": f.stats.forwarded,
+                        "dropped_waiting_keyframe": f.stats.dropped_waiting_keyframe,
+                        "asked": (sink.quality, sink.width, sink.height),
+                    }
+                )
+        return out
+
     # -- helpers ---------------------------------------------------------------------------------
 
     def _note_sdp(self, p: _Participant, sdp: str, mid_map: dict[str, str]) -> None:
