@@ -1340,6 +1340,11 @@ class LiveKitStandIn:
                 async with asyncio.timeout(SEND_TIMEOUT_S):
                     await p.ws.close()
 
+    def reset_forwarded_freezes(self) -> None:
+        for p in self._participants(None):
+            for sink in p.sinks:
+                sink.reset_freezes()
+
     def forwarded_video(self) -> list[dict[str, Any]]:
         """What each subscriber of a forwarded (SDK-published) avatar gets: the layer sent now,
         the layers the publisher sends (rid -> announced size), switches and drops."""
@@ -1358,6 +1363,9 @@ class LiveKitStandIn:
                         "forwarded": f.stats.forwarded,
                         "dropped_waiting_keyframe": f.stats.dropped_waiting_keyframe,
                         "asked": (sink.quality, sink.width, sink.height),
+                        # Gaps > 200 ms between frames sent (since reset_forwarded_freezes).
+                        "freezes": sink.freezes,
+                        "longest_gap_ms": sink.longest_gap_ms,
                     }
                 )
         return out

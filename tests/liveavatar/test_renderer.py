@@ -73,8 +73,10 @@ async def test_mouth_flash_and_events_follow_playout() -> None:
     assert np.allclose(np.diff(onset_s), 0.3, atol=0.002)
     # Exactly the frames whose interval holds an onset flash, and the FLASH_FRAMES - 1 after
     # it (so a dropped frame cannot lose the mark): skew within one frame.
+    # (Of the frames rendered: a loaded machine makes the track skip to live.)
     flashed = [m.frame_no for m in read if m and m.flash]
-    assert flashed == [int(t * FPS) + i for t in onset_s for i in range(marks.FLASH_FRAMES)]
+    spans = [int(t * FPS) + i for t in onset_s for i in range(marks.FLASH_FRAMES)]
+    assert flashed == [n for n in spans if n in numbers]
     # The mouth is open while a beep plays and closed in the silences between.
     by_no = {m.frame_no: f for f, m in zip(video, read, strict=True) if m}
     for t in onset_s:
