@@ -108,6 +108,7 @@ async def test_relay_is_the_default_and_carries_a_lip_synced_turn(
         assert events["media_path"]["path"] == "relay", events["media_path"]
         assert events["published"]["codec"] == codec
         sim.stream.reset_measure("default", "relay")
+        sent_before = (await session_info(daemon))["relay"]["video_frames"]
         await speak_beeps(client)
         stats = sim.stream.stats("default", "relay")
         skews = sim.stream.measure("default", "relay").skews_ms()
@@ -116,16 +117,18 @@ async def test_relay_is_the_default_and_carries_a_lip_synced_turn(
     assert stats["video_codec"] == codec
     video, audio = stats["video"], stats["audio"]
     assert video["resolution"] == "640x360"
-    # Frames, not a frame rate: how fast the stand-in renders and encodes on a busy machine is
-    # the bench's business (bench/), what the relay carries is this test's.
-    assert video["frames"] > 80
+    # Frames, not a frame rate: how fast the avatar renders and encodes on a busy machine is the
+    # bench's business (bench/; libwebrtc's frame dropper sheds a third of a 5 s turn's 150 here),
+    # what the relay carries is this test's: every frame it sent was decoded.
+    relay = info["relay"]
+    sent = relay["video_frames"] - sent_before  # (a frame or two in flight at either end)
+    assert video["frames"] > 50 and video["frames"] >= sent - 3, (video, sent)
     assert stats["marks"]["in_order"] and stats["marks"]["read"] > 50
     assert audio["seconds"] > 3.0 and audio["onsets"] >= 6
     assert len(skews) >= 5
     assert abs(statistics.median(skews)) < 100, skews  # loose: the benchmark holds the goal
     assert info["media_path"] == "relay"
-    relay = info["relay"]
-    assert relay["keyframes"] >= 1 and relay["video_sent"] > 80 and relay["audio_sent"] > 100
+    assert relay["keyframes"] >= 1 and relay["video_sent"] > 50 and relay["audio_sent"] > 100
     metrics = await asyncio.to_thread(daemon.metrics)
     assert any(k.startswith("bridge_media_path_total") and 'path="relay"' in k for k in metrics)
     assert await daemon.stop() == 0
@@ -187,6 +190,9 @@ async def test_nack_rtx_recovers_two_percent_loss_on_both_hops(
     sim: StandIns, start_daemon: StartDaemon
 ) -> None:
     sim.livekit.faults.drop_every_n = 50
+    # The libwebrtc avatar sends few video packets at 360p (about 1.1-1.8 a frame, a third of its
+    # frames dropped under load): every 50th of them goes too, so the video hop loses some.
+    sim.livekit.faults.drop_video_packets = frozenset(range(25, 20_000, 50))
     sim.stream.set_receive_faults(
         "default", "lossy", ReceiveFaults(drop_every=50, kinds=("video",))
     )
@@ -195,6 +201,7 @@ async def test_nack_rtx_recovers_two_percent_loss_on_both_hops(
         events = await open_session(client, "lossy")
         assert events["media_path"]["path"] == "relay"
         sim.stream.reset_measure("default", "lossy")
+        sent_before = (await session_info(daemon))["relay"]["video_frames"]
         await speak_beeps(client)
         stats = sim.stream.stats("default", "lossy")
         relay = (await session_info(daemon))["relay"]
@@ -203,7 +210,9 @@ async def test_nack_rtx_recovers_two_percent_loss_on_both_hops(
     assert relay["upstream_nacks"] > 0 and relay["upstream_rtx"] > 0
     assert faults["dropped"] >= 3 and faults["rtx_received"] > 0
     assert relay["rtx_sent"] > 0
-    assert stats["marks"]["in_order"] and stats["video"]["frames"] > 80
+    assert stats["marks"]["in_order"] and stats["video"]["frames"] > 50
+    sent = relay["video_frames"] - sent_before
+    assert stats["video"]["frames"] >= sent - 3, (stats["video"], sent)
     assert stats["audio"]["seconds"] > 3.0
 
 

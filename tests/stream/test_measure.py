@@ -97,11 +97,22 @@ def test_a_flash_whose_first_frame_was_dropped_is_timed_from_its_end() -> None:
     assert m.snapshot()["marks"]["flashes_late_first"] == 3
 
 
-def test_a_flash_that_lost_its_start_and_its_end_is_not_a_measurement() -> None:
+def test_a_flash_seen_by_one_frame_only_is_not_a_measurement() -> None:
     m = CallMeasure("t:6")
-    truth = feed_flashes(m, lost={35, 38})  # flash 3 (frames 35-37): first and the frame after
+    # Flash 3 is frames 35-37. Seen: 32 dark, 36 flashed, 39 dark: it began at 34, 35 or 36.
+    truth = feed_flashes(m, lost={33, 34, 35, 37, 38})
     assert len(m.flash_times) == len(truth) - 1
     assert m.snapshot()["marks"]["flashes_unresolved"] == 1
+
+
+def test_a_flash_that_lost_its_start_and_its_end_is_timed_within_half_a_frame() -> None:
+    m = CallMeasure("t:9")
+    # Flash 3 (frames 35-37) seen as 34 dark, 36 and 37 flashed, 39 dark: it began at 35 or 36.
+    truth = feed_flashes(m, lost={35, 38})
+    assert len(m.flash_times) == len(truth)
+    assert abs(m.flash_times[2] - truth[2]) <= 0.5 / FPS + 1e-3
+    snap = m.snapshot()["marks"]
+    assert snap["flashes_unresolved"] == 0 and snap["flashes_half_frame"] == 1
 
 
 def test_audio_is_timed_by_its_arrival_when_the_receiver_keeps_a_backlog() -> None:

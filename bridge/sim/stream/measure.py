@@ -125,10 +125,12 @@ class CallMeasure:
         self.flash_times: deque[float] = deque(maxlen=_HISTORY)
         self._last_media_ms: float | None = None
         self._flash_last: int | None = None  # frame number of the last flashed frame seen
-        # (first flashed frame seen, when it was shown, media ms per frame) awaiting the end.
-        self._flash_pending: tuple[int, float, float | None] | None = None
+        # (first flashed frame seen, when it was shown, media ms per frame, the dark frame seen
+        # before it) awaiting the flash's end.
+        self._flash_pending: tuple[int, float, float, int] | None = None
         self.flashes_late_first = 0  # flashes whose first frame was lost, timed from the end
         self.flashes_unresolved = 0  # flashes whose first and end frames were lost: not timed
+        self.flashes_half_frame = 0  # of flashes_late_first, timed within half a frame
         # audio
         self.audio_frames = 0
         self.audio_samples = 0
@@ -204,7 +206,8 @@ class CallMeasure:
                     frame_ms = (marks.media_ms - prev_media_ms) / (n - prev)
                 else:
                     frame_ms = marks.media_ms / n
-                self._flash_pending = (n, shown, frame_ms)
+                dark_before = prev if prev is not None and prev < n else -1
+                self._flash_pending = (n, shown, frame_ms, dark_before)
         elif not marks.flash and self._prev_flash and self._flash_pending is not None:
             self._resolve_flash(n)
         if marks.flash:
@@ -212,17 +215,23 @@ class CallMeasure:
         self._prev_flash = marks.flash
 
     def _resolve_flash(self, first_dark: int) -> None:
-        seen_no, seen_t, frame_ms = self._flash_pending or (0, 0.0, None)
+        """The flash's first frame from what was seen around it: it started after the dark
+        frame before it and no later than its first frame seen, and its FLASH_FRAMES ended at
+        or after the last flashed frame seen and before the dark frame after. One frame left:
+        timed from it; two: from between them (half a frame at most off, less than the flash's
+        own one-frame quantization); more: not a measurement."""
+        seen_no, seen_t, frame_ms, dark_before = self._flash_pending or (0, 0.0, 0.0, 0)
         self._flash_pending = None
-        if self._flash_last is None or first_dark != self._flash_last + 1 or frame_ms is None:
-            self.flashes_unresolved += 1  # the flash's end was lost too: not a measurement
+        last = self._flash_last if self._flash_last is not None else seen_no
+        lo = max(dark_before + 1, last - (FLASH_FRAMES - 1))
+        hi = min(seen_no, first_dark - FLASH_FRAMES)
+        if hi < lo or hi - lo > 1:
+            self.flashes_unresolved += 1  # ambiguous (or not a FLASH_FRAMES flash): no guess
             return
-        start = self._flash_last - (FLASH_FRAMES - 1)
-        if start > seen_no:
-            self.flashes_unresolved += 1  # a shorter flash than FLASH_FRAMES: not ours
-            return
+        start = (lo + hi) / 2
         self.flash_times.append(seen_t - (seen_no - start) * frame_ms / 1000)
         self.flashes_late_first += 1
+        self.flashes_half_frame += hi - lo
 
     # ---- audio ----
 
@@ -323,6 +332,7 @@ class CallMeasure:
             "flashes": len(self.flash_times),
             "flashes_late_first": self.flashes_late_first,
             "flashes_unresolved": self.flashes_unresolved,
+            "flashes_half_frame": self.flashes_half_frame,
         }
         lat = list(self.latency_ms)
         rate = self.audio_rate
