@@ -202,7 +202,8 @@ async def test_nack_rtx_recovers_two_percent_loss_on_both_hops(
         assert events["media_path"]["path"] == "relay"
         sim.stream.reset_measure("default", "lossy")
         sent_before = (await session_info(daemon))["relay"]["video_frames"]
-        await speak_beeps(client)
+        # A longer turn: the libwebrtc avatar's ~40 video packets a second must lose >= 3 at 2 %.
+        await speak_beeps(client, count=14)
         stats = sim.stream.stats("default", "lossy")
         relay = (await session_info(daemon))["relay"]
     faults = stats["receive_faults"]
