@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from bridge.media import AudioFormat
 from bridge.protocol import Error, EventMsg
 from bridge.sim import browser_viewer, first_sound, netns
 from bridge.sim.marks import beep_train
-from bridge.sim.stack import SMALL, DaemonProcess, StandIns
+from bridge.sim.stack import PUBLISHER_ENV, SMALL, DaemonProcess, StandIns
 from bridge.sim.stream import StreamStandIn
 from bridge.sim.web import PageServer
 
@@ -109,7 +110,12 @@ class Demo:
             self.use_viewer = False
         self.viewer_report = {"error": why_not} if why_not else {}
         async with (
-            StandIns(render_latency_s=RENDER_LATENCY_S) as sim,
+            # The avatar publishes as LiveAvatar's does (libwebrtc, simulcast) unless the
+            # environment asks for the stand-in's own encoder (BRIDGE_SIM_AVATAR_PUBLISHER).
+            StandIns(
+                render_latency_s=RENDER_LATENCY_S,
+                avatar_publisher=os.environ.get(PUBLISHER_ENV) or "sdk",
+            ) as sim,
             contextlib.AsyncExitStack() as stack,
         ):
             if self.use_viewer:

@@ -57,6 +57,8 @@ class RelayDecline(StrEnum):
     """Why a relay declined at start (the session then transcodes)."""
 
     CODEC_NOT_GRANTED = "codec_not_granted"
+    # ``auto`` only: the avatar's TrackInfo announces another size than the output size.
+    SIZE_ANNOUNCED = "size_announced"
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,11 +192,12 @@ async def open_path(
             return relay, choice
         stream = relay.take_stream()
         granted = stream.granted_codec if stream is not None else None
-        choice = PathChoice(
-            PathKind.TRANSCODE,
-            decline,
-            f"relay declined: the Stream SFU grants {granted}, not the avatar's codec",
+        why = (
+            "the avatar's announced size is not the output size"
+            if decline is RelayDecline.SIZE_ANNOUNCED
+            else f"the Stream SFU grants {granted}, not the avatar's codec"
         )
+        choice = PathChoice(PathKind.TRANSCODE, decline, f"relay declined: {why}")
         if stream is not None and not builder.can_keep(stream):
             # The Stream SDK publishes this codec only on its own session: leave, it joins.
             await stream.aclose()

@@ -19,7 +19,14 @@ from bridge.config import Settings
 from bridge.liveavatar import LiveAvatarAPI, LiveAvatarOptions, LiveAvatarUplink, SessionLedger
 from bridge.livekit.downlink import DownlinkOptions, LiveKitDownlink
 from bridge.media import MediaClock
-from bridge.media_path import KeptStream, MediaPath, PathChoice, RelayCandidate, choose_path
+from bridge.media_path import (
+    KeptStream,
+    MediaPath,
+    PathChoice,
+    PathReason,
+    RelayCandidate,
+    choose_path,
+)
 from bridge.pool import WarmPool
 from bridge.protocol import Hello
 from bridge.relay.path import RelayOptions, RelayPath
@@ -118,7 +125,9 @@ class RemoteStages:
         log.info("media_path_chosen", path=choice.kind, reason=choice.reason, codec=codec)
         return Stages(
             uplink=uplink,
-            paths=RemotePaths(s, hello, codec, clock, events, on_failure, choice),
+            paths=RemotePaths(
+                s, hello, codec, clock, events, on_failure, choice, QUALITY_SIZE.get(quality)
+            ),
             handover=handover,
         )
 
@@ -139,12 +148,17 @@ class RemotePaths:
     events: EventSink
     on_failure: FailureCallback
     choice: PathChoice
+    avatar_size: tuple[int, int] | None = None  # what LiveAvatar renders (video_quality)
 
     def relay(self) -> RelayCandidate:
         call = self.hello.call
         return RelayPath(
             RelayOptions.from_settings(
-                self.settings, self.codec, tuple(c for c in ENCODABLE if c != self.codec)
+                self.settings,
+                self.codec,
+                tuple(c for c in ENCODABLE if c != self.codec),
+                video_size=self.avatar_size,
+                require_size=self.choice.reason is PathReason.MATCH,
             ),
             StreamRelayPublisher(
                 StreamJoinOptions.from_settings(self.settings),

@@ -34,7 +34,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 import aiohttp
@@ -55,6 +55,7 @@ from prometheus_client import Counter
 from bridge import dtls_guard
 from bridge.config import LiveAvatarConfig, setting_default
 from bridge.errors import BridgeError, ErrorCode
+from bridge.relay.policy import LayerAsk
 from bridge.stages import EventSink, FailureCallback
 from bridge.tasks import TaskSet
 
@@ -89,6 +90,9 @@ class SubscriberOptions:
     single_peer_connection: bool = True
     resume_attempts: int = 3
     full_reconnects: int = 1
+    # The avatar's video layer to ask for (UpdateTrackSettings, as LiveKit's SDKs do); None asks
+    # for nothing (the server's default).
+    video_layer: LayerAsk | None = None
 
 
 class _Lost(Exception):
@@ -134,6 +138,8 @@ class LiveKitSubscriber:
         self._failed = False
         self._send_lock = asyncio.Lock()
         self.video_mime: str | None = None
+        # The avatar's video size as the server announces it (TrackInfo width/height).
+        self.video_size: tuple[int, int] | None = None
         self.stats: dict[str, int] = {"resumes": 0, "rejoins": 0, "pings": 0}
 
     # -- public ----------------------------------------------------------------------------------
@@ -379,6 +385,12 @@ class LiveKitSubscriber:
         elif which == "answer":  # v1: the server answers our offer
             self._mid_to_track.update(dict(resp.answer.mid_to_track_id))
             assert self._pc is not None
+            stale = resp.answer.id and resp.answer.id != self._offer_id
+            if stale or self._pc.signalingState != "have-local-offer":
+                # We offered again (the avatar's media sections) before this answer came: only
+                # the answer to our latest offer applies.
+                log.info("subscriber_stale_answer", answer_id=resp.answer.id, offer=self._offer_id)
+                return
             await self._pc.setRemoteDescription(RTCSessionDescription(resp.answer.sdp, "answer"))
             self._maybe_hand_out(self._pc)
         elif which == "trickle":
@@ -429,6 +441,8 @@ class LiveKitSubscriber:
             self._track_owner[t.sid] = p.identity
             if t.type == lkm.VIDEO and p.identity == self._opts.avatar_identity:
                 self.video_mime = t.mime_type or self.video_mime
+                if t.width and t.height:
+                    self.video_size = (t.width, t.height)
         gone = p.state == lkm.ParticipantInfo.DISCONNECTED
         if p.identity == self._opts.avatar_identity and gone and not self._closing:
             self._fail("avatar_left", "the avatar left the LiveKit room")
@@ -452,8 +466,29 @@ class LiveKitSubscriber:
             self._handed[t.kind] = t.receiver
             log.info("subscriber_track", kind=t.kind, sid=sid, mid=t.mid)
             self._on_receiver(t.kind, t.receiver, sid)
+            if t.kind == "video" and self._opts.video_layer is not None:
+                self._tasks.spawn(
+                    self._ask_layer(sid, self._opts.video_layer), "livekit_subscriber_layer"
+                )
         if "audio" in self._handed and "video" in self._handed:
             self._tracks_ready.set()
+
+    async def _ask_layer(self, sid: str, ask: LayerAsk) -> None:
+        """UpdateTrackSettings for the avatar's video (a lost connection is the supervisor's
+        business: a rejoin hands the receiver out again, and asks again)."""
+        try:
+            await self._send(
+                track_setting=lkr.UpdateTrackSettings(
+                    track_sids=[sid],
+                    quality=cast(Any, ask.quality),  # a VideoQuality number (HIGH = 2)
+                    width=ask.width,
+                    height=ask.height,
+                )
+            )
+        except _Lost as exc:
+            log.warning("subscriber_layer_request_failed", error=str(exc))
+            return
+        log.info("subscriber_layer_requested", sid=sid, width=ask.width, height=ask.height)
 
     def _track_sid(self, t: RTCRtpTransceiver, track: MediaStreamTrack) -> str:
         if t.mid is not None and t.mid in self._mid_to_track:

@@ -54,7 +54,7 @@ from bridge.first_sound import OPUS_LOUD_BYTES, OnsetPoint
 from bridge.livekit.subscriber import LiveKitSubscriber, SubscriberOptions
 from bridge.media_path import RELAY_CODECS, PathKind, RelayDecline
 from bridge.relay.aiortc_hooks import ReceiverTap, SenderTap, ensure_compatible
-from bridge.relay.policy import VideoPolicy
+from bridge.relay.policy import VideoPolicy, declines_announced_size, layer_request
 from bridge.relay.rtp import RtpRewriter, RtxHistory, first_sequence_number
 from bridge.stages import AvatarRoom, EventSink, FailureCallback
 from bridge.tasks import TaskSet
@@ -84,6 +84,10 @@ VIDEO_PAUSES = Counter(
     "bridge_relay_video_paused_total",
     "Times the Stream SFU stopped the relay's video (send-video revoked, video layer paused)",
     ["reason"],
+)
+SIZE_CHANGES = Counter(
+    "bridge_relay_video_size_changes_total",
+    "Keyframes of another size than the stream's before (the LiveKit SFU switched layers)",
 )
 DECLINED = Counter(
     "bridge_relay_declined_total", "Relays that fell back to transcoding", ["reason"]
@@ -167,16 +171,31 @@ class RelayOptions:
     # documented scope of connect_timeout_s includes it.
     avatar_join_timeout_s: float = setting_default(LiveAvatarConfig, "connect_timeout_s")
     single_peer_connection: bool = True
+    # The avatar's full size: the simulcast layer asked of LiveKit, and the size the keyframe
+    # gate waits for (up to ``size_wait_s``, then any layer). None: no layer is asked for.
+    video_size: tuple[int, int] | None = None
+    size_wait_s: float = 2.0
+    # ``auto`` chose the relay because the sizes match: decline when the avatar's TrackInfo
+    # announces another size than ``video_size``.
+    require_size: bool = False
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, avatar_codec: str, fallback_codecs: tuple[str, ...] = ()
+        cls,
+        settings: Settings,
+        avatar_codec: str,
+        fallback_codecs: tuple[str, ...] = (),
+        *,
+        video_size: tuple[int, int] | None = None,
+        require_size: bool = False,
     ) -> RelayOptions:
         la = settings.liveavatar
         return cls(
             avatar_identity=la.avatar_identity,
             avatar_codec=avatar_codec,
             fallback_codecs=fallback_codecs,
+            video_size=video_size,
+            require_size=require_size,
             video_hold_ms=settings.output.relay_video_hold_ms,
             connect_timeout_s=la.connect_timeout_s,
             avatar_join_timeout_s=la.connect_timeout_s,
@@ -307,6 +326,8 @@ class RelayPath:
             hold_s=options.video_hold_ms / 1000.0,
             hold_capacity=options.hold_capacity,
             pli_min_interval_s=options.pli_min_interval_s,
+            want_size=options.video_size,
+            size_wait_s=options.size_wait_s,
         )
         self._hold_wake = asyncio.Event()
         self._tasks = TaskSet(on_failure, ErrorCode.INTERNAL)
@@ -382,6 +403,7 @@ class RelayPath:
                     connect_timeout_s=opts.connect_timeout_s,
                     avatar_join_timeout_s=opts.avatar_join_timeout_s,
                     single_peer_connection=opts.single_peer_connection,
+                    video_layer=layer_request(opts.video_size),
                 ),
                 self._on_receiver,
                 self._events,
@@ -394,6 +416,15 @@ class RelayPath:
                     ErrorCode.LIVEKIT_FAILED,
                     f"the avatar sends {upstream}, the relay was set up for {self._codec}",
                 )
+            announced = self._subscriber.video_size
+            if declines_announced_size(
+                require_match=opts.require_size, announced=announced, wanted=opts.video_size
+            ):
+                DECLINED.labels(RelayDecline.SIZE_ANNOUNCED).inc()
+                log.info("relay_declined", announced=announced, wanted=opts.video_size)
+                self._declined = True
+                await self.aclose()
+                return RelayDecline.SIZE_ANNOUNCED
             self._tasks.spawn(self._ask_for_keyframe(), "relay_keyframe_request")
         except BaseException:
             await self.aclose()
@@ -501,6 +532,9 @@ class RelayPath:
             "audio_sent": audio.sent if audio else 0,
             "keyframes": policy.gate.keyframes,
             "waiting_for_keyframe_dropped": policy.gate.dropped,
+            "waiting_for_size_dropped": policy.size_dropped,
+            "video_size": None if policy.size is None else f"{policy.size[0]}x{policy.size[1]}",
+            "video_size_changes": policy.size_changes,
             "rtx_sent": video.history.hits if video else 0,
             "rtx_missed": video.history.misses if video else 0,
             "upstream_nacks": self._nacks_before + (vt.nacks_sent if vt else 0),
@@ -697,6 +731,13 @@ class RelayPath:
                 since_start_ms=round(1000 * (now - self._started_t)),
                 media_path="relay",
                 codec=self._codec,
+            )
+        if verdict.size_changed is not None:
+            SIZE_CHANGES.inc()
+            log.info(
+                "relay_video_size_changed",
+                size=f"{verdict.size_changed[0]}x{verdict.size_changed[1]}",
+                changes=self._video.size_changes,
             )
         if verdict.released_early:
             HOLD_EARLY.inc(verdict.released_early)

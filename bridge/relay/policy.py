@@ -11,7 +11,10 @@
 * **keyframe gate**: video is forwarded from a keyframe on; keyframe requests upstream are rate
   limited, and the delay from a request to the keyframe is measured;
 * **hold**: forwarded video waits ``hold_s`` (playout alignment with audio), bounded, the oldest
-  released early on overflow.
+  released early on overflow;
+* **layer size** (a simulcast SFU forwards one layer and may switch at any keyframe): the gate
+  waits up to ``size_wait_s`` for a keyframe of the size asked for, then takes what comes; every
+  later keyframe of another size is reported as a size change (the SFU switched layers).
 
 Every method takes ``now`` (monotonic seconds) and returns what the caller must do; nothing here
 sends, sleeps or reads a clock, so all of it is tested without sockets.
@@ -23,8 +26,20 @@ from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from bridge.relay.rtp import HoldQueue, KeyframeGate, RateLimiter
+from bridge.relay.video_size import keyframe_size
 
-__all__ = ["Admit", "BlockChange", "KeyframeAsk", "Packet", "VideoPolicy"]
+__all__ = [
+    "Admit",
+    "BlockChange",
+    "KeyframeAsk",
+    "LayerAsk",
+    "Packet",
+    "VideoPolicy",
+    "declines_announced_size",
+    "layer_request",
+]
+
+Size = tuple[int, int]
 
 
 class Packet(Protocol):
@@ -48,6 +63,7 @@ class Admit(Generic[P]):
     released_early: int = 0  # of ``send``, held packets pushed out by the hold's bound
     keyframe_request: str | None = None  # ask upstream for a keyframe (origin), if allowed
     first_keyframe: bool = False  # the first keyframe of the relay opened the gate
+    size_changed: Size | None = None  # a keyframe of another size than before (a layer switch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +90,16 @@ class VideoPolicy(Generic[P]):
     reads only its ``ssrc``, ``payload`` and ``timestamp``."""
 
     def __init__(
-        self, codec: str, *, hold_s: float, hold_capacity: int, pli_min_interval_s: float
+        self,
+        codec: str,
+        *,
+        hold_s: float,
+        hold_capacity: int,
+        pli_min_interval_s: float,
+        want_size: Size | None = None,
+        size_wait_s: float = 2.0,
     ) -> None:
+        self.codec = codec.upper()
         self.gate = KeyframeGate(codec)
         self.hold: HoldQueue[P] = HoldQueue(hold_s, hold_capacity)
         self.holding = hold_s > 0
@@ -86,6 +110,14 @@ class VideoPolicy(Generic[P]):
         self.keyframe_delays_ms: list[float] = []
         self.first_keyframe_t: float | None = None
         self._pli_pending_t: float | None = None
+        # Layer size: what we asked the SFU for, what the stream carries now, how it changed.
+        self.want_size = want_size
+        self.size_wait_s = size_wait_s
+        self.size: Size | None = None
+        self.size_changes = 0
+        self.size_dropped = 0  # packets of keyframes (and what follows) of a size not asked for
+        self._wait_from: float | None = None  # the gate closed (waiting for a keyframe) since
+        self._rejected_ts: int | None = None  # RTP timestamp of the keyframe turned away
 
     # -- packets ---------------------------------------------------------------------------------
 
@@ -104,11 +136,22 @@ class VideoPolicy(Generic[P]):
             return verdict
         was_open = self.gate.open
         key = self.gate.is_key(packet.payload)
+        size = keyframe_size(self.codec, packet.payload) if key else None
+        if not was_open and self._turn_away(packet.timestamp, size, now):
+            self.size_dropped += 1
+            verdict.dropped = "waiting_for_size"
+            return verdict
         if not self.gate.admit(packet.payload, packet.timestamp):
             verdict.dropped = "waiting_for_keyframe"
             return verdict
         if key:
             verdict.first_keyframe = self._on_keyframe(now, first=not was_open)
+            self._wait_from = self._rejected_ts = None
+            if size is not None and size != self.size:
+                if self.size is not None:
+                    self.size_changes += 1
+                    verdict.size_changed = size
+                self.size = size
         if not self.holding:
             verdict.send.append(packet)
             return verdict
@@ -117,6 +160,23 @@ class VideoPolicy(Generic[P]):
         verdict.send.extend(early)
         verdict.held = True
         return verdict
+
+    def _turn_away(self, timestamp: int, size: Size | None, now: float) -> bool:
+        """While the gate is closed: whether this packet belongs to a keyframe of a size other
+        than the one asked for, within ``size_wait_s`` of the gate closing (then any size goes:
+        a smaller layer beats no picture)."""
+        if self.want_size is None:
+            return False
+        if self._wait_from is None:
+            self._wait_from = now
+        if now - self._wait_from >= self.size_wait_s:
+            return False
+        if timestamp == self._rejected_ts:
+            return True  # the rest of a keyframe already turned away (H264: PPS, IDR)
+        if size is not None and size != self.want_size:
+            self._rejected_ts = timestamp
+            return True
+        return False
 
     def next_due(self) -> float | None:
         """When the oldest held packet is due (None: nothing held)."""
@@ -191,3 +251,40 @@ class VideoPolicy(Generic[P]):
     def close(self) -> list[P]:
         """The relay ends: what was still held (not sent)."""
         return self.hold.drain()
+
+
+# -- the layer the relay asks LiveKit for -------------------------------------------------------
+
+# livekit.protocol.models.VideoQuality.HIGH (the top simulcast layer); kept as a number so this
+# module needs no protobuf import.
+VIDEO_QUALITY_HIGH = 2
+
+
+@dataclass(frozen=True, slots=True)
+class LayerAsk:
+    """An ``UpdateTrackSettings`` for the avatar's video: the layer the relay forwards."""
+
+    quality: int
+    width: int
+    height: int
+
+
+def layer_request(size: Size | None) -> LayerAsk:
+    """What the relay asks the SFU for: the avatar's full size (what it publishes untouched),
+    else the top layer. LiveKit's client SDKs send the same (dimensions with adaptive stream,
+    else a quality); the server picks the smallest layer at least that large."""
+    if size is None:
+        return LayerAsk(VIDEO_QUALITY_HIGH, 0, 0)
+    return LayerAsk(VIDEO_QUALITY_HIGH, size[0], size[1])
+
+
+def declines_announced_size(
+    *, require_match: bool, announced: Size | None, wanted: Size | None
+) -> bool:
+    """Whether a relay chosen by ``auto`` declines once the avatar's TrackInfo is known: the size
+    LiveKit announces (the publisher's own, from its AddTrackRequest) is not the output size.
+    A forced relay (``require_match`` False) sends whatever comes; an unknown size (0x0, an old
+    server) is not a reason to decline."""
+    if not require_match or wanted is None or announced is None or not all(announced):
+        return False
+    return announced != wanted

@@ -43,7 +43,6 @@ TICK_SAMPLES = int(OUT_RATE * TICK_S)
 _RING_TICKS = 100  # 2 s of computed audio kept for late consumers and the video's lookups
 _MOUTH_LEVELS = 8
 VIDEO_CLOCK = 90_000
-FLASH_S = 0.09  # a sync mark lights this much video (3 frames at 30 fps, 3 at 25)
 CONTROL_SPAN_S = 0.2  # a delayed control beep's audio: the beep (100 ms) and a margin
 
 RESOLUTIONS: dict[str, tuple[int, int]] = {
@@ -428,10 +427,10 @@ class AvatarRenderer:
                 self._audio_delay[k] = delay
 
     def _flash(self, sample: int, control: bool) -> None:
-        """Flash the frame whose interval holds ``sample`` and the next ones (FLASH_S in all),
+        """Flash the frame whose interval holds ``sample`` and the next ones (marks.FLASH_FRAMES),
         each lead patch saying where the onset is from that frame's media time."""
         j0 = sample * self.fps // OUT_RATE
-        for j in range(j0, j0 + max(1, math.ceil(FLASH_S * self.fps))):
+        for j in range(j0, j0 + marks.FLASH_FRAMES):
             lead = (sample - j * OUT_RATE / self.fps) * 1000 / OUT_RATE
             if lead >= marks.MIN_LEAD_MS:
                 self._flash_frames[j] = (lead, control)
@@ -558,6 +557,10 @@ class _AvatarAudioTrack(MediaStreamTrack):
         super().__init__()
         self._r = renderer
         self._next: int | None = None
+
+    def media_s(self) -> float:
+        """The renderer's media clock (how late a consumer is, for diagnostics)."""
+        return self._r.media_s()
 
     async def recv(self) -> av.AudioFrame:
         r = self._r

@@ -30,6 +30,13 @@ CONNECT_TIMEOUT_S = 15.0
 PUBLISH_TIMEOUT_S = 10.0
 SAMPLE_RATE = 48_000
 AUDIO_QUEUE_MS = 100
+# Audio that would play further behind the renderer's clock than this is skipped, not captured.
+# The source plays what it is given in real time, so a pump that fell behind (a busy event loop:
+# the stand-ins, libwebrtc's callbacks and this pump share one) would otherwise keep its backlog
+# as extra audio delay for the rest of the session: measured 190-310 ms median (up to 820 ms)
+# on the loaded 2-core machine, the cause of the -140...-205 ms A/V skews at Stream. A real-time
+# renderer never sends late audio; the video track already skips to live the same way.
+AUDIO_MAX_LAG_MS = 60
 
 
 class SdkAvatarPublisher:
@@ -56,6 +63,10 @@ class SdkAvatarPublisher:
         self._tasks: list[asyncio.Task[None]] = []
         self.frames = 0
         self.audio_frames = 0
+        # How far behind the renderer's clock each captured audio frame was (ms): a pump that
+        # fell behind keeps its backlog, since the source plays what it gets in real time.
+        self.audio_lag_ms: list[float] = []
+        self.audio_skipped = 0
 
     async def start(self, url: str, token: str) -> None:
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
@@ -107,6 +118,16 @@ class SdkAvatarPublisher:
                 pcm: Any = frame.to_ndarray()
                 data = np.ascontiguousarray(pcm, dtype=np.int16).tobytes()
                 samples = frame.samples
+                clock = getattr(self._audio, "media_s", None)
+                if clock is not None and frame.pts is not None and frame.time_base is not None:
+                    # Lag past the end of the frame's 20 ms (0 when captured in time), plus what
+                    # the source still has queued to play before it.
+                    end = float((frame.pts + samples) * frame.time_base)
+                    lag = 1000 * (clock() - end + self._asource.queued_duration)
+                    if lag > AUDIO_MAX_LAG_MS:
+                        self.audio_skipped += 1
+                        continue
+                    self.audio_lag_ms = [*self.audio_lag_ms[-255:], lag]
                 await self._asource.capture_frame(
                     rtc.AudioFrame(data, frame.sample_rate or SAMPLE_RATE, 1, samples)
                 )

@@ -71,6 +71,10 @@ RRID_URI = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
 REMB_HEADROOM = 1.25
 REMB_MIN_BPS = 500_000
 PLI_INTERVAL_MS = 300  # per layer, like LiveKit's PLI throttle
+# A gap between forwarded frames above this is a freeze in what the subscriber is sent (the same
+# floor as the Stream stand-in's receiver measure): a test compares the two to tell a freeze the
+# bridge added from one the avatar's encoder made (libwebrtc drops frames under load).
+FREEZE_GAP_MS = 200
 NACK_REPEAT_MS = 1000  # per packet
 
 
@@ -424,8 +428,15 @@ def _ntp_now() -> int:
 class ForwardSink:
     """One subscriber's sender for one published track: forwarded packets go out on it."""
 
-    def __init__(self, track: PublishedTrack, sender: RTCRtpSender, quality: int | None) -> None:
+    def __init__(
+        self,
+        track: PublishedTrack,
+        sender: RTCRtpSender,
+        quality: int | None,
+        forced_rid: Callable[[], str | None] | None = None,
+    ) -> None:
         self.track = track
+        self._forced_rid = forced_rid
         self.sender = sender
         self.forwarder = LayerForwarder(track.info.codec) if track.kind == "video" else None
         self.quality = quality
@@ -433,6 +444,9 @@ class ForwardSink:
         self.height = 0
         self.disabled = False
         self.sent = 0
+        self.freezes = 0
+        self.longest_gap_ms = 0
+        self._last_frame_ms: int | None = None
         self._pt: int | None = None
         self._have_sr = False
         s = cast(Any, sender)
@@ -482,6 +496,9 @@ class ForwardSink:
         f = self.forwarder
         sizes = track.sizes()
         target = select_rid(sizes, quality=self.quality, width=self.width, height=self.height)
+        forced = self._forced_rid() if self._forced_rid is not None else None
+        if forced is not None and forced in sizes:
+            target = forced  # the SFU's own choice (congestion control) over the subscriber's
         f.set_target(target)
         want = f.wants_keyframe(now_ms)
         if want is not None:
@@ -508,6 +525,16 @@ class ForwardSink:
             if layer.sr is not None:
                 self.on_sr(rid, *layer.sr)
         await self._send(pt, out.sequence_number, out.timestamp, out.marker, out.payload, None)
+        if out.marker:
+            if self._last_frame_ms is not None:
+                gap = now_ms - self._last_frame_ms
+                self.longest_gap_ms = max(self.longest_gap_ms, gap)
+                if gap > FREEZE_GAP_MS:
+                    self.freezes += 1
+            self._last_frame_ms = now_ms
+
+    def reset_freezes(self) -> None:
+        self.freezes, self.longest_gap_ms, self._last_frame_ms = 0, 0, None
 
     def on_sr(self, rid: str, ntp: int, rtp_ts: int) -> None:
         """A publisher SR of ``rid``, regenerated for this subscriber's stream."""

@@ -522,6 +522,10 @@ class Faults:
         self.delay_ms = 0.0  # added to every media packet
         # Renegotiate right after the first answer/offer, before media flows (browsers do).
         self.renegotiate_on_join = False
+        # Forward this simulcast layer (rid "q"/"h"/"f") to every subscriber of a forwarded
+        # avatar whatever it asked for, as LiveKit's congestion control moves a subscriber
+        # between layers; None: each subscriber's UpdateTrackSettings decides.
+        self.video_layer: str | None = None
 
     async def close_signalling(self, room: str | None = None) -> int:
         """Close subscribers' signalling WebSockets without ``leave``: the SDK resumes."""
@@ -1161,7 +1165,13 @@ class LiveKitStandIn:
         if avatar.published is not None:
             for sender in p.senders:
                 assert sender.kind is not None
-                p.sinks.append(ForwardSink(avatar.published[sender.kind], sender, quality=None))
+                sink = ForwardSink(
+                    avatar.published[sender.kind],
+                    sender,
+                    quality=None,
+                    forced_rid=lambda: self.faults.video_layer,
+                )
+                p.sinks.append(sink)
         if pc.connectionState == "connected":
             self._instrument(p)
         mapping: dict[str, str] = {}
@@ -1341,6 +1351,36 @@ class LiveKitStandIn:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(SEND_TIMEOUT_S):
                     await p.ws.close()
+
+    def reset_forwarded_freezes(self) -> None:
+        for p in self._participants(None):
+            for sink in p.sinks:
+                sink.reset_freezes()
+
+    def forwarded_video(self) -> list[dict[str, Any]]:
+        """What each subscriber of a forwarded (SDK-published) avatar gets: the layer sent now,
+        the layers the publisher sends (rid -> announced size), switches and drops."""
+        out = []
+        for p in self._participants(None):
+            for sink in p.sinks:
+                f = sink.forwarder
+                if f is None:
+                    continue
+                out.append(
+                    {
+                        "identity": p.identity,
+                        "rid": f.current,
+                        "layers": sink.track.sizes(),
+                        "switches": f.stats.switches,
+                        "forwarded": f.stats.forwarded,
+                        "dropped_waiting_keyframe": f.stats.dropped_waiting_keyframe,
+                        "asked": (sink.quality, sink.width, sink.height),
+                        # Gaps > 200 ms between frames sent (since reset_forwarded_freezes).
+                        "freezes": sink.freezes,
+                        "longest_gap_ms": sink.longest_gap_ms,
+                    }
+                )
+        return out
 
     # -- helpers ---------------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ __all__ = [
     "CONTROL_FLASH",
     "LEAD_PER_MS",
     "LEAD_ZERO",
+    "FLASH_FRAMES",
     "FrameMarks",
     "OnsetDetector",
     "barcode_height",
@@ -57,6 +58,10 @@ LEAD_ZERO = 140  # luma of lead 0 ms
 LEAD_PER_MS = 1.25  # luma steps per ms of lead: 0.8 ms resolution
 MIN_LEAD_MS = (LOW - LEAD_ZERO) / LEAD_PER_MS  # -99.2
 MAX_LEAD_MS = (HIGH - LEAD_ZERO) / LEAD_PER_MS  # +76
+# A renderer lights the flash patch on this many consecutive frames from the onset's frame: an
+# encoder that drops frames (libwebrtc's frame dropper under load) may drop the first, and a
+# reader then finds the onset's frame from the flash's end (see bridge.sim.stream.measure).
+FLASH_FRAMES = 3
 
 
 @dataclass(frozen=True, slots=True)

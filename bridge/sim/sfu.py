@@ -17,7 +17,8 @@ This module shares no code with the bridge's relay (the stand-in judges it).
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import bisect
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -271,6 +272,9 @@ class LayerForwarder:
     _pli_at_ms: int | None = None
     # out seq -> (rid, source seq), for mapping the subscriber's NACKs to the publisher.
     _sent: OrderedDict[int, tuple[str, int]] = field(default_factory=OrderedDict)
+    # Input numbers of the padding probes skipped on the current layer (recent ones: a packet
+    # later than these is not forwarded late anyway).
+    _skipped: deque[int] = field(default_factory=lambda: deque(maxlen=512))
 
     def set_target(self, rid: str | None) -> None:
         if rid != self.target:
@@ -312,9 +316,13 @@ class LayerForwarder:
                 # From before the switch point: its number belongs to the previous layer's range.
                 self.stats.dropped_other_layer += 1
                 return None
-            # A late or repeated packet of the current layer: forward with the same mapping
-            # (the subscriber's jitter buffer reorders), but it must not move our state.
-            return self._rewrite(rid, sequence_number, timestamp, marker, payload, False, False)
+            # A late or repeated packet of the current layer: forward with the mapping it had
+            # when it was due (before any padding skipped since), so the subscriber's jitter
+            # buffer reorders it; it must not move our state.
+            offset = (self._seq_offset + self._skips_after(sequence_number)) % _SEQ
+            return self._rewrite(
+                rid, sequence_number, timestamp, marker, payload, False, False, offset
+            )
         keyframe = is_keyframe(self.codec, payload)
         out = self._rewrite(rid, sequence_number, timestamp, marker, payload, keyframe, switched)
         self._last_in_seq = sequence_number
@@ -332,7 +340,12 @@ class LayerForwarder:
         if _seq_newer(sequence_number, self._last_in_seq):
             self._seq_offset = (self._seq_offset - 1) % _SEQ
             self._last_in_seq = sequence_number
+            self._skipped.append(sequence_number)
             self.stats.padding_skipped += 1
+
+    def _skips_after(self, sequence_number: int) -> int:
+        """Padding probes skipped after ``sequence_number`` (each moved the offset down one)."""
+        return _SkipIndex(self._skipped).after(sequence_number)
 
     def _switch_to(self, rid: str, seq: int, ts: int, payload: bytes, now_ms: int) -> None:
         if self._last_out_seq is None:
@@ -360,6 +373,7 @@ class LayerForwarder:
             self.stats.switches += 1
         self.current = rid
         self._last_in_seq = None
+        self._skipped.clear()
         self._switch_in_seq = seq
 
     def _rewrite(
@@ -371,8 +385,9 @@ class LayerForwarder:
         payload: bytes,
         keyframe: bool,
         switched: bool,
+        seq_offset: int | None = None,
     ) -> Forwarded:
-        out_seq = (seq + self._seq_offset) % _SEQ
+        out_seq = (seq + (self._seq_offset if seq_offset is None else seq_offset)) % _SEQ
         out_ts = (ts + self._ts_offset) % _TS
         if self.codec.upper() == "VP8":
             payload = self._rewrite_vp8(payload)
@@ -411,7 +426,16 @@ class LayerForwarder:
         behind = (self._last_out_seq - out_seq) % _SEQ
         if behind >= _NACK_MEMORY:
             return None
-        return self.current, (out_seq - self._seq_offset) % _SEQ
+        # The media packet it stood for: k padding probes were skipped after it (each moved
+        # the offset down one), and it is not itself one of them.
+        index = _SkipIndex(self._skipped)
+        src = (out_seq - self._seq_offset) % _SEQ
+        for k in range(len(self._skipped) + 1):
+            cand = (out_seq - self._seq_offset - k) % _SEQ
+            if not index.contains(cand) and index.after(cand) == k:
+                src = cand
+                break
+        return self.current, src
 
     def translate_sr(self, rid: str, ntp: int, rtp_ts: int) -> tuple[int, int] | None:
         """A sender report of layer ``rid`` as the forwarded stream's (ntp, rtp) mapping.
@@ -421,6 +445,30 @@ class LayerForwarder:
         if rid != self.current:
             return None
         return ntp, (rtp_ts + self._ts_offset) % _TS
+
+
+class _SkipIndex:
+    """Skipped padding numbers (appended in order) as ages behind the newest, for counting
+    the ones newer than a number in O(log n)."""
+
+    def __init__(self, skipped: deque[int]) -> None:
+        self._newest = skipped[-1] if skipped else 0
+        self._ages = sorted((self._newest - p) % _SEQ for p in skipped)
+        self._set = set(self._ages)
+
+    def _age(self, seq: int) -> int:
+        return (self._newest - seq) % _SEQ
+
+    def after(self, seq: int) -> int:
+        if not self._ages:
+            return 0
+        age = self._age(seq)
+        if age >= _SEQ // 2:
+            return 0  # newer than every skip
+        return bisect.bisect_left(self._ages, age)
+
+    def contains(self, seq: int) -> bool:
+        return bool(self._ages) and self._age(seq) in self._set
 
 
 def _seq_newer(a: int, b: int) -> bool:

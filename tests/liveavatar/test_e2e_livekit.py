@@ -67,7 +67,7 @@ async def test_rendered_avatar_reaches_livekit_subscriber(
         flashes: list[float] = []
         onsets: list[float] = []
         frame_nos: list[int] = []
-        flash_nos: set[int] = set()
+        flashed: set[int] = set()
         got_tracks: dict[str, rtc.Track] = {}
         both = asyncio.Event()
 
@@ -84,11 +84,11 @@ async def test_rendered_avatar_reaches_livekit_subscriber(
                 y = np.frombuffer(frame.data, dtype=np.uint8)[: frame.width * frame.height]
                 m = marks.read_frame(y.reshape(frame.height, frame.width))
                 if m is not None:
-                    # A mark lights a few frames: its first one times it.
-                    if m.flash and not (frame_nos and frame_nos[-1] in flash_nos):
+                    # The flash's first frame seen (it spans marks.FLASH_FRAMES frames).
+                    if m.flash and not (frame_nos and frame_nos[-1] in flashed):
                         flashes.append(time.monotonic())
                     if m.flash:
-                        flash_nos.add(m.frame_no)
+                        flashed.add(m.frame_no)
                     frame_nos.append(m.frame_no)
 
         async def read_audio(track: rtc.Track) -> None:

@@ -72,18 +72,22 @@ async def test_mouth_flash_and_events_follow_playout() -> None:
     # Played out after the render latency, one beep every 300 ms.
     assert abs(onset_s[0] - pushed_at - 0.15) < 0.03
     assert np.allclose(np.diff(onset_s), 0.3, atol=0.002)
-    # The frame whose interval holds an onset flashes, and the two after it; each frame's lead
-    # patch says where the onset is from its own media time (exact to the patch's resolution).
+    # The frame whose interval holds an onset flashes, and the FLASH_FRAMES - 1 after it (so a
+    # dropped frame cannot lose the mark), of the frames rendered (a loaded machine makes the
+    # track skip to live); each frame's lead patch says where the onset is from its own media
+    # time (exact to the patch's resolution).
     flashed = [m.frame_no for m in read if m and m.flash]
-    assert flashed == [j for t in onset_s for j in range(int(t * FPS), int(t * FPS) + 3)]
+    spans = [int(t * FPS) + i for t in onset_s for i in range(marks.FLASH_FRAMES)]
+    assert flashed == [n for n in spans if n in numbers]
     leads = {
         m.frame_no: marks.read_lead_ms(f.to_ndarray()[:360])
         for f, m in zip(video, read, strict=True)
         if m and m.flash
     }
     for t in onset_s:
-        for j in range(int(t * FPS), int(t * FPS) + 3):
-            assert leads[j] == pytest.approx((t - j / FPS) * 1000, abs=1 / marks.LEAD_PER_MS)
+        for j in range(int(t * FPS), int(t * FPS) + marks.FLASH_FRAMES):
+            if j in leads:
+                assert leads[j] == pytest.approx((t - j / FPS) * 1000, abs=1 / marks.LEAD_PER_MS)
     # The mouth is open while a beep plays and closed in the silences between.
     by_no = {m.frame_no: f for f, m in zip(video, read, strict=True) if m}
     for t in onset_s:

@@ -193,6 +193,42 @@ def test_a_nack_for_a_packet_lost_on_the_way_in_maps_to_the_publisher() -> None:
     assert fwd.source_of(missing) == ("q", frame[2][1])
 
 
+def test_a_late_packet_after_a_skipped_padding_probe_keeps_its_own_number() -> None:
+    """libwebrtc pads the layer it probes on; a media packet that arrives after a later padding
+    probe was skipped (reordered, or an RTX repair) maps to the number it had before the skip,
+    and a NACK for a packet that never arrived maps back through that skip too."""
+    src = layers(12)
+    fwd = LayerForwarder("VP8")
+    fwd.set_target("q")
+    frame = src["q"].frame(True, packets=5)  # source numbers s .. s+4
+    first = fwd.forward(*frame[0], now_ms=0)
+    assert first is not None
+    fwd.skip_padding("q", frame[0][1] + 2)  # s+2 is a padding probe: not forwarded
+    # s+1 is delayed: s+3 and s+4 arrive first.
+    later = [fwd.forward(*frame[i], now_ms=1) for i in (3, 4)]
+    late = fwd.forward(*frame[1], now_ms=2)
+    assert late is not None and later[0] is not None and later[1] is not None
+    base = first.sequence_number
+    out = [late.sequence_number, later[0].sequence_number, later[1].sequence_number]
+    assert out == [(base + i) % 65536 for i in (1, 2, 3)]  # no collision, no hole
+    assert fwd.source_of((base + 1) % 65536) == ("q", frame[1][1])
+
+
+def test_a_nack_for_a_packet_lost_before_a_padding_probe_maps_to_the_publisher() -> None:
+    src = layers(13)
+    fwd = LayerForwarder("VP8")
+    fwd.set_target("q")
+    frame = src["q"].frame(True, packets=5)
+    first = fwd.forward(*frame[0], now_ms=0)
+    # s+1 is lost on the way in; s+2 is padding; s+3, s+4 arrive.
+    fwd.skip_padding("q", frame[0][1] + 2)
+    outs = [fwd.forward(*frame[i], now_ms=1) for i in (3, 4)]
+    assert first is not None and all(o is not None for o in outs)
+    missing = (first.sequence_number + 1) % 65536
+    assert outs[0].sequence_number == (first.sequence_number + 2) % 65536  # type: ignore[union-attr]
+    assert fwd.source_of(missing) == ("q", frame[1][1])
+
+
 OFFER = "\r\n".join(
     [
         "v=0",

@@ -4,6 +4,7 @@ relay (no decoding) -> Stream stand-in (decodes and measures). Loose functional 
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ from bridge.client import BridgeClient, RemoteError, stream_pcm_realtime
 from bridge.media import AudioFormat
 from bridge.protocol import EventMsg
 from bridge.sim.marks import beep_train
-from bridge.sim.stack import SMALL, DaemonProcess, StandIns
+from bridge.sim.stack import PUBLISHER_ENV, SMALL, DaemonProcess, StandIns
 from bridge.sim.stream.rtp_taps import ReceiveFaults
 
 pytestmark = pytest.mark.netns
@@ -32,7 +33,10 @@ def tone(seconds: float, freq: float = 330.0) -> bytes:
 
 @pytest.fixture
 async def sim() -> AsyncIterator[StandIns]:
-    async with StandIns(render_latency_s=0.2) as stack:
+    # The avatar publishes as LiveAvatar's does: libwebrtc through the LiveKit SDK, simulcast,
+    # forwarded by the LiveKit stand-in's SFU (BRIDGE_SIM_AVATAR_PUBLISHER=aiortc for the old).
+    publisher = os.environ.get(PUBLISHER_ENV) or "sdk"
+    async with StandIns(render_latency_s=0.2, avatar_publisher=publisher) as stack:
         yield stack
 
 
@@ -104,23 +108,27 @@ async def test_relay_is_the_default_and_carries_a_lip_synced_turn(
         assert events["media_path"]["path"] == "relay", events["media_path"]
         assert events["published"]["codec"] == codec
         sim.stream.reset_measure("default", "relay")
+        sent_before = (await session_info(daemon))["relay"]["video_frames"]
         await speak_beeps(client)
         stats = sim.stream.stats("default", "relay")
         skews = sim.stream.measure("default", "relay").skews_ms()
         info = await session_info(daemon)
+    print(f"{codec}: skews {[round(x) for x in skews]}, marks {stats['marks']}")
     assert stats["video_codec"] == codec
     video, audio = stats["video"], stats["audio"]
     assert video["resolution"] == "640x360"
-    # Frames, not a frame rate: how fast the stand-in renders and encodes on a busy machine is
-    # the bench's business (bench/), what the relay carries is this test's.
-    assert video["frames"] > 80
+    # Frames, not a frame rate: how fast the avatar renders and encodes on a busy machine is the
+    # bench's business (bench/; libwebrtc's frame dropper sheds a third of a 5 s turn's 150 here),
+    # what the relay carries is this test's: every frame it sent was decoded.
+    relay = info["relay"]
+    sent = relay["video_frames"] - sent_before  # (a frame or two in flight at either end)
+    assert video["frames"] > 50 and video["frames"] >= sent - 3, (video, sent)
     assert stats["marks"]["in_order"] and stats["marks"]["read"] > 50
     assert audio["seconds"] > 3.0 and audio["onsets"] >= 6
     assert len(skews) >= 5
     assert abs(statistics.median(skews)) < 100, skews  # loose: the benchmark holds the goal
     assert info["media_path"] == "relay"
-    relay = info["relay"]
-    assert relay["keyframes"] >= 1 and relay["video_sent"] > 80 and relay["audio_sent"] > 100
+    assert relay["keyframes"] >= 1 and relay["video_sent"] > 50 and relay["audio_sent"] > 100
     metrics = await asyncio.to_thread(daemon.metrics)
     assert any(k.startswith("bridge_media_path_total") and 'path="relay"' in k for k in metrics)
     assert await daemon.stop() == 0
@@ -182,6 +190,9 @@ async def test_nack_rtx_recovers_two_percent_loss_on_both_hops(
     sim: StandIns, start_daemon: StartDaemon
 ) -> None:
     sim.livekit.faults.drop_every_n = 50
+    # The libwebrtc avatar sends few video packets at 360p (about 1.1-1.8 a frame, a third of its
+    # frames dropped under load): every 50th of them goes too, so the video hop loses some.
+    sim.livekit.faults.drop_video_packets = frozenset(range(25, 20_000, 50))
     sim.stream.set_receive_faults(
         "default", "lossy", ReceiveFaults(drop_every=50, kinds=("video",))
     )
@@ -190,7 +201,9 @@ async def test_nack_rtx_recovers_two_percent_loss_on_both_hops(
         events = await open_session(client, "lossy")
         assert events["media_path"]["path"] == "relay"
         sim.stream.reset_measure("default", "lossy")
-        await speak_beeps(client)
+        sent_before = (await session_info(daemon))["relay"]["video_frames"]
+        # A longer turn: the libwebrtc avatar's ~40 video packets a second must lose >= 3 at 2 %.
+        await speak_beeps(client, count=14)
         stats = sim.stream.stats("default", "lossy")
         relay = (await session_info(daemon))["relay"]
     faults = stats["receive_faults"]
@@ -198,7 +211,9 @@ async def test_nack_rtx_recovers_two_percent_loss_on_both_hops(
     assert relay["upstream_nacks"] > 0 and relay["upstream_rtx"] > 0
     assert faults["dropped"] >= 3 and faults["rtx_received"] > 0
     assert relay["rtx_sent"] > 0
-    assert stats["marks"]["in_order"] and stats["video"]["frames"] > 80
+    assert stats["marks"]["in_order"] and stats["video"]["frames"] > 50
+    sent = relay["video_frames"] - sent_before
+    assert stats["video"]["frames"] >= sent - 3, (stats["video"], sent)
     assert stats["audio"]["seconds"] > 3.0
 
 

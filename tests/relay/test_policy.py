@@ -4,10 +4,18 @@ keyframe requests, and the first sequence number. Packets and time are arguments
 from __future__ import annotations
 
 import random
+import struct
 
 from aiortc.rtp import RtpPacket
+from livekit.protocol import models as lkm
 
-from bridge.relay.policy import VideoPolicy
+from bridge.relay.policy import (
+    VIDEO_QUALITY_HIGH,
+    LayerAsk,
+    VideoPolicy,
+    declines_announced_size,
+    layer_request,
+)
 from bridge.relay.rtp import first_sequence_number
 
 from .test_rtp import vp8
@@ -151,3 +159,76 @@ def test_an_avatar_switch_while_paused_asks_for_no_keyframe() -> None:
     p.set_blocked("layer_paused", blocked=True)
     assert not p.switch_upstream(None)
     assert p.upstream_ssrc == 1111  # unknown yet: learnt from its first packet
+# -- the layer size (a simulcast SFU switching layers) ---------------------------------------------
+
+
+def sized(seq: int, size: tuple[int, int] | None, ts: int | None = None) -> RtpPacket:
+    """A VP8 packet: a keyframe start of ``size``, or (None) an interframe continuation."""
+    if size is None:
+        payload = bytes([0x00, 0x01, 0x02, 0x03])
+    else:
+        frame = b"\x00\x00\x00\x9d\x01\x2a" + struct.pack("<HH", *size)
+        payload = bytes([0x10]) + frame + b"\x00" * 8
+    return RtpPacket(
+        payload_type=96,
+        sequence_number=seq,
+        timestamp=ts if ts is not None else seq * 3000,
+        ssrc=1111,
+        payload=payload,
+    )
+
+
+def sized_policy(want: tuple[int, int] | None = (1280, 720)) -> VideoPolicy[RtpPacket]:
+    return VideoPolicy(
+        "VP8", hold_s=0.0, hold_capacity=8, pli_min_interval_s=0.3, want_size=want, size_wait_s=2
+    )
+
+
+def test_the_gate_waits_for_a_keyframe_of_the_size_asked_for() -> None:
+    p = sized_policy()
+    small = p.admit(sized(1, (640, 360)), 0.0)  # the SFU starts on a lower layer
+    assert small.dropped == "waiting_for_size" and not small.send
+    assert p.admit(sized(2, None, ts=3000), 0.03).dropped == "waiting_for_size"  # same frame
+    assert p.admit(sized(3, None), 0.06).dropped == "waiting_for_keyframe"
+    assert p.wants_keyframe()
+    full = p.admit(sized(4, (1280, 720)), 0.5)
+    assert full.first_keyframe and full.send and full.size_changed is None
+    assert p.size == (1280, 720) and p.size_dropped == 2 and p.size_changes == 0
+
+
+def test_after_the_wait_any_layer_is_better_than_no_picture() -> None:
+    p = sized_policy()
+    assert p.admit(sized(1, (640, 360)), 10.0).dropped == "waiting_for_size"
+    assert p.admit(sized(2, (640, 360)), 11.9).dropped == "waiting_for_size"
+    late = p.admit(sized(3, (640, 360)), 12.0)  # size_wait_s after the gate started waiting
+    assert late.first_keyframe and late.send and p.size == (640, 360)
+
+
+def test_a_layer_switch_mid_call_is_a_size_change_not_a_gate() -> None:
+    p = sized_policy()
+    p.admit(sized(1, (1280, 720)), 0.0)
+    assert p.admit(sized(2, None), 0.03).send
+    down = p.admit(sized(3, (640, 360)), 0.06)  # the SFU switched at the lower layer's keyframe
+    assert down.send and down.size_changed == (640, 360) and not down.first_keyframe
+    assert p.admit(sized(4, (640, 360)), 1.0).size_changed is None  # same size: no change
+    up = p.admit(sized(5, (1280, 720)), 2.0)
+    assert up.size_changed == (1280, 720) and p.size_changes == 2
+    assert p.size_dropped == 0
+
+
+def test_without_a_size_asked_for_the_first_keyframe_opens_the_gate() -> None:
+    p = sized_policy(want=None)
+    assert p.admit(sized(1, (320, 180)), 0.0).first_keyframe and p.size == (320, 180)
+
+
+def test_the_layer_asked_of_livekit_and_the_announced_size_decision() -> None:
+    assert VIDEO_QUALITY_HIGH == lkm.VideoQuality.HIGH
+    assert layer_request((1280, 720)) == LayerAsk(VIDEO_QUALITY_HIGH, 1280, 720)
+    assert layer_request(None) == LayerAsk(VIDEO_QUALITY_HIGH, 0, 0)
+    want = (640, 360)
+    assert declines_announced_size(require_match=True, announced=(1280, 720), wanted=want)
+    assert not declines_announced_size(require_match=True, announced=want, wanted=want)
+    # A forced relay sends what comes; an unknown announced size is no reason to decline.
+    assert not declines_announced_size(require_match=False, announced=(1280, 720), wanted=want)
+    assert not declines_announced_size(require_match=True, announced=(0, 0), wanted=want)
+    assert not declines_announced_size(require_match=True, announced=None, wanted=want)

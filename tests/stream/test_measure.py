@@ -68,3 +68,71 @@ def test_reset_forgets_and_sets_latency_origin() -> None:
     s = m.snapshot()
     assert s["video"]["frames"] == 1 and s["audio"]["seconds"] == 0.0
     assert s["latency"]["samples"] == 1 and abs(s["latency"]["p50_ms"] - 50.0) < 0.5
+
+
+def feed_flashes(m: CallMeasure, lost: set[int], span: int = marks.FLASH_FRAMES) -> list[float]:
+    """Video only, 30 fps, a ``span``-frame flash every 15 frames from frame 5; frames in
+    ``lost`` never arrive. Returns the true flash (onset frame) receipt times."""
+    t0, truth = 500.0, []
+    for i in range(120):
+        flash = (i - 5) % 15 < span and i >= 5
+        if (i - 5) % 15 == 0 and i >= 5:
+            truth.append(t0 + i / FPS)
+        if i not in lost:
+            m.on_video(W, H, y_plane(i, flash), t0 + i / FPS + 1 / FPS)  # released a frame late
+    return truth
+
+
+def test_a_flash_whose_first_frame_was_dropped_is_timed_from_its_end() -> None:
+    exact = CallMeasure("t:4")
+    truth = feed_flashes(exact, lost=set())
+    # An encoder dropping frames: the first frame of flashes 2 and 4 (frames 20 and 50), and
+    # the first two of flash 6 (frames 80, 81).
+    m = CallMeasure("t:5")
+    assert feed_flashes(m, lost={20, 50, 80, 81}) == truth
+    for measure in (exact, m):
+        assert len(measure.flash_times) == len(truth)
+        # Within a millisecond: media ms per frame comes from the marks' whole milliseconds.
+        assert max(abs(a - b) for a, b in zip(measure.flash_times, truth, strict=True)) < 1e-3
+    assert m.snapshot()["marks"]["flashes_late_first"] == 3
+
+
+def test_a_flash_seen_by_one_frame_only_is_not_a_measurement() -> None:
+    m = CallMeasure("t:6")
+    # Flash 3 is frames 35-37. Seen: 32 dark, 36 flashed, 39 dark: it began at 34, 35 or 36.
+    truth = feed_flashes(m, lost={33, 34, 35, 37, 38})
+    assert len(m.flash_times) == len(truth) - 1
+    assert m.snapshot()["marks"]["flashes_unresolved"] == 1
+
+
+def test_a_flash_that_lost_its_start_and_its_end_is_timed_within_half_a_frame() -> None:
+    m = CallMeasure("t:9")
+    # Flash 3 (frames 35-37) seen as 34 dark, 36 and 37 flashed, 39 dark: it began at 35 or 36.
+    truth = feed_flashes(m, lost={35, 38})
+    assert len(m.flash_times) == len(truth)
+    assert abs(m.flash_times[2] - truth[2]) <= 0.5 / FPS + 1e-3
+    snap = m.snapshot()["marks"]
+    assert snap["flashes_unresolved"] == 0 and snap["flashes_half_frame"] == 1
+
+
+def test_audio_is_timed_by_its_arrival_when_the_receiver_keeps_a_backlog() -> None:
+    """A jitter buffer that kept a 180 ms backlog after a burst releases audio late; timed by
+    wire arrival the skew is the sender's (the video lag), not the receiver's state."""
+    beeps = marks.beep_train(RATE, 7, 500, 100)
+    wire, released = CallMeasure("t:7"), CallMeasure("t:8")
+    t0, lag = 1000.0, 0.050
+    for i in range(90):
+        flash = round(i * 1000 / FPS) % 500 < 100
+        t = t0 + i / FPS + lag + 1 / FPS
+        for m in (wire, released):
+            m.on_video(W, H, y_plane(i, flash), t)
+    for k in range(150):
+        pcm = beeps[k * 960 : (k + 1) * 960]
+        arrival = t0 + k * 0.02
+        t_out = arrival + AUDIO_HOLD_S + 0.180  # 4 packets prefetched + 9 more held
+        wire.on_audio(pcm, RATE, 1, t_out, wire_t=arrival)
+        released.on_audio(pcm, RATE, 1, t_out)
+    ws, rs = wire.snapshot(), released.snapshot()
+    assert abs(ws["sync"]["skew_ms_median"] - 1000 * lag) < 6
+    assert abs(rs["sync"]["skew_ms_median"] - 1000 * (lag - 0.180)) < 6  # what it read before
+    assert ws["audio"]["jitter_buffer_ms_p50"] == round(1000 * (AUDIO_HOLD_S + 0.180), 1)

@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bridge.sim import marks
+from bridge.sim.marks import FLASH_FRAMES
 
 Y = npt.NDArray[np.uint8]
 PCM = npt.NDArray[np.int16]
@@ -122,6 +123,14 @@ class CallMeasure:
         self.latency_ms: deque[float] = deque(maxlen=_HISTORY)
         self._prev_flash = False
         self.flash_times: deque[float] = deque(maxlen=_HISTORY)
+        self._last_media_ms: float | None = None
+        self._flash_last: int | None = None  # frame number of the last flashed frame seen
+        # (first flashed frame seen, when it was shown, media ms per frame, the dark frame seen
+        # before it) awaiting the flash's end.
+        self._flash_pending: tuple[int, float, float, int] | None = None
+        self.flashes_late_first = 0  # flashes whose first frame was lost, timed from the end
+        self.flashes_unresolved = 0  # flashes whose first and end frames were lost: not timed
+        self.flashes_half_frame = 0  # of flashes_late_first, timed within half a frame
         # audio
         self.audio_frames = 0
         self.audio_samples = 0
@@ -137,6 +146,8 @@ class CallMeasure:
         # (index of first sample, receipt time) per received audio frame, for onset timing
         self._frame_index: deque[tuple[int, float]] = deque(maxlen=_HISTORY)
         self.onset_times: deque[float] = deque(maxlen=_HISTORY)
+        # Decoder release minus wire arrival per audio frame (the receiver's jitter buffer).
+        self.audio_backlog_ms: deque[float] = deque(maxlen=_HISTORY)
 
     # ---- video ----
 
@@ -165,6 +176,8 @@ class CallMeasure:
         self.marks_read += 1
         n = marks.frame_no
         self.recent_marks.append(n)
+        prev, prev_media_ms = self.last_mark, self._last_media_ms
+        self._last_media_ms = marks.media_ms
         if self.first_mark is None:
             self.first_mark = n
         elif self.last_mark is not None:
@@ -178,17 +191,69 @@ class CallMeasure:
         self.last_mark = n
         if self.media_origin_t is not None and not math.isnan(marks.media_ms):
             self.latency_ms.append(1000 * (t - (self.media_origin_t + marks.media_ms / 1000)))
+        # The picture was shown one frame interval before aiortc released it.
+        shown = t - (statistics.median(self.intervals) if self.intervals else 0.0)
         if marks.flash and not self._prev_flash:
-            # The picture was shown one frame interval before aiortc released it.
-            hold = statistics.median(self.intervals) if self.intervals else 0.0
-            self.flash_times.append(t - hold)
+            if n == 0 or (prev is not None and n == prev + 1):
+                # The frame before was seen dark (or there is none): this is the onset's frame.
+                self.flash_times.append(shown)
+                self._flash_pending = None
+            else:
+                # Frames before this one were lost (an encoder dropping frames): which flashed
+                # frame this is follows from where the flash ends (it spans FLASH_FRAMES). Media
+                # ms per frame from the marks (both count from the stream's first frame).
+                if prev is not None and prev_media_ms is not None and n > prev:
+                    frame_ms = (marks.media_ms - prev_media_ms) / (n - prev)
+                else:
+                    frame_ms = marks.media_ms / n
+                dark_before = prev if prev is not None and prev < n else -1
+                self._flash_pending = (n, shown, frame_ms, dark_before)
+        elif not marks.flash and self._prev_flash and self._flash_pending is not None:
+            self._resolve_flash(n)
+        if marks.flash:
+            self._flash_last = n
         self._prev_flash = marks.flash
+
+    def _resolve_flash(self, first_dark: int) -> None:
+        """The flash's first frame from what was seen around it: it started after the dark
+        frame before it and no later than its first frame seen, and its FLASH_FRAMES ended at
+        or after the last flashed frame seen and before the dark frame after. One frame left:
+        timed from it; two: from between them (half a frame at most off, less than the flash's
+        own one-frame quantization); more: not a measurement."""
+        seen_no, seen_t, frame_ms, dark_before = self._flash_pending or (0, 0.0, 0.0, 0)
+        self._flash_pending = None
+        last = self._flash_last if self._flash_last is not None else seen_no
+        lo = max(dark_before + 1, last - (FLASH_FRAMES - 1))
+        hi = min(seen_no, first_dark - FLASH_FRAMES)
+        if hi < lo or hi - lo > 1:
+            self.flashes_unresolved += 1  # ambiguous (or not a FLASH_FRAMES flash): no guess
+            return
+        start = (lo + hi) / 2
+        self.flash_times.append(seen_t - (seen_no - start) * frame_ms / 1000)
+        self.flashes_late_first += 1
+        self.flashes_half_frame += hi - lo
 
     # ---- audio ----
 
-    def on_audio(self, pcm: PCM, sample_rate: int, channels: int, t: float | None = None) -> None:
-        """One decoded audio frame (interleaved int16); only the first channel is analysed."""
+    def on_audio(
+        self,
+        pcm: PCM,
+        sample_rate: int,
+        channels: int,
+        t: float | None = None,
+        *,
+        wire_t: float | None = None,
+    ) -> None:
+        """One decoded audio frame (interleaved int16); only the first channel is analysed.
+
+        ``t`` is when the decoder released it (the receiver's hold, ``AUDIO_HOLD_S``, is taken
+        off); ``wire_t``, when known, is when its packet arrived, and is used as is: a receive
+        jitter buffer that keeps a backlog after a burst must not read as the sender's skew.
+        """
         t = time.monotonic() if t is None else t
+        heard = wire_t if wire_t is not None else t - AUDIO_HOLD_S
+        if wire_t is not None:
+            self.audio_backlog_ms.append(1000 * (t - wire_t))
         mono = pcm.reshape(-1, channels)[:, 0] if channels > 1 else pcm.reshape(-1)
         if self.first_audio_t is None:
             self.first_audio_t = t
@@ -196,7 +261,7 @@ class CallMeasure:
             self._detector = self._new_detector(sample_rate)
             self._detector_base = self.audio_samples
         self.audio_rate, self.audio_channels = sample_rate, channels
-        self._frame_index.append((self.audio_samples, t))
+        self._frame_index.append((self.audio_samples, heard))
         self.audio_frames += 1
         self.audio_samples += len(mono)
         sq = float(np.square(mono, dtype=np.float64).sum())
@@ -205,7 +270,7 @@ class CallMeasure:
             rms = math.sqrt(sq / len(mono))
             self._peak_rms = max(self._peak_rms, rms)
             if rms >= LOUD_RMS:
-                self.last_loud_t = t - AUDIO_HOLD_S
+                self.last_loud_t = heard
         for idx in self._detector.feed(mono):
             at = self._time_of(self._detector_base + idx, sample_rate)
             if at is not None:
@@ -217,7 +282,7 @@ class CallMeasure:
         if i < 0:
             return None
         first, t = self._frame_index[i]
-        return t + (sample_index - first) / rate - AUDIO_HOLD_S
+        return t + (sample_index - first) / rate
 
     # ---- results ----
 
@@ -265,6 +330,9 @@ class CallMeasure:
             "max_gap": self.max_mark_gap,
             "recent": list(self.recent_marks)[-10:],
             "flashes": len(self.flash_times),
+            "flashes_late_first": self.flashes_late_first,
+            "flashes_unresolved": self.flashes_unresolved,
+            "flashes_half_frame": self.flashes_half_frame,
         }
         lat = list(self.latency_ms)
         rate = self.audio_rate
@@ -281,6 +349,8 @@ class CallMeasure:
             else None,
             "peak_frame_dbfs": _dbfs(self._peak_rms),
             "onsets": len(self.onset_times),
+            "jitter_buffer_ms_p50": _pct(list(self.audio_backlog_ms), 0.5),
+            "jitter_buffer_ms_max": _pct(list(self.audio_backlog_ms), 1.0),
         }
         skews = self.skews_ms()
         sync = {

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -465,3 +465,61 @@ def install_wire_tap(
     setattr(receiver, _HOOK, handle)
     r: Any = receiver
     r._handle_rtcp_packet = handle_rtcp
+
+
+class ArrivalTimes:
+    """When each RTP timestamp's first packet reached the receiver (monotonic seconds), for
+    timing decoded audio by the wire rather than by when aiortc's jitter buffer released it.
+
+    aiortc's audio jitter buffer releases one frame per packet added once it holds 4, so a burst
+    (a stall anywhere upstream) leaves it holding more for the rest of the call: a delay no real
+    receiver keeps (NetEq shrinks it) and not the sender's doing. Bounded (``capacity`` entries).
+    """
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self.capacity = capacity
+        self._at: OrderedDict[int, float] = OrderedDict()
+        # aiortc's receiver hands its decoder timestamps relative to the first packet it got
+        # (``TimestampMapper``): the tap sits right in front of it, so it sees the same first.
+        self.origin: int | None = None
+
+    def add(self, timestamp: int, t: float) -> None:
+        if self.origin is None:
+            self.origin = timestamp
+        if timestamp in self._at:
+            return
+        self._at[timestamp] = t
+        while len(self._at) > self.capacity:
+            self._at.popitem(last=False)
+
+    def get(self, pts: int | None, tolerance: int = 960) -> float | None:
+        """The arrival of the packet of a decoded frame's ``pts`` (aiortc's: RTP timestamp
+        minus the first packet's), or the nearest within ``tolerance`` ticks."""
+        if pts is None or self.origin is None:
+            return None
+        ts = (self.origin + pts) % (1 << 32)
+        exact = self._at.get(ts)
+        if exact is not None:
+            return exact
+        best: tuple[int, float] | None = None
+        for i, (key, t) in enumerate(reversed(self._at.items())):
+            if i >= 64:
+                break
+            d = min((key - ts) % (1 << 32), (ts - key) % (1 << 32))
+            if d <= tolerance and (best is None or d < best[0]):
+                best = (d, t)
+        return None if best is None else best[1]
+
+
+def install_arrival_tap(receiver: RTCRtpReceiver, arrivals: ArrivalTimes) -> None:
+    """Record arrival times in front of whatever handles the packets. Install it inside the
+    fault injector, so a dropped packet's time is that of its retransmission (RTX keeps the
+    original's RTP timestamp)."""
+    _check_hook(receiver)
+    inner: PacketHandler = getattr(receiver, _HOOK)
+
+    async def handle(packet: RtpPacket, arrival_time_ms: int) -> None:
+        arrivals.add(packet.timestamp, time.monotonic())
+        await inner(packet, arrival_time_ms)
+
+    setattr(receiver, _HOOK, handle)

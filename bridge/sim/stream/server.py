@@ -59,11 +59,13 @@ from bridge.sim.stream.forward import (
 from bridge.sim.stream.measure import CallMeasure, MarkReader, OnsetDetectorFactory
 from bridge.sim.stream.recorder import Mp4Recorder
 from bridge.sim.stream.rtp_taps import (
+    ArrivalTimes,
     FaultCounts,
     LightCounter,
     ReceiveFaults,
     StreamContinuity,
     WireCodecs,
+    install_arrival_tap,
     install_faults,
     install_light,
     install_wire_tap,
@@ -183,6 +185,8 @@ class _Call:
     recorder: Mp4Recorder | None = None
     faults: ReceiveFaults | None = None
     fault_counts: FaultCounts = field(default_factory=FaultCounts)
+    # Wire arrival of each audio RTP timestamp: decoded audio is timed by it (see ArrivalTimes).
+    audio_arrivals: ArrivalTimes = field(default_factory=ArrivalTimes)
     # How the publisher answer breaks DTLS (see StreamStandIn.break_dtls); None: it does not.
     break_dtls: str | None = None
     # Light mode: decoded and measured anyway (the chosen call), else counted per session.
@@ -1114,6 +1118,8 @@ class StreamStandIn:
                         sink.close()
                 session.published[track.kind] = published
                 install_forward_tap(receiver, published)
+                if track.kind == "audio":
+                    install_arrival_tap(receiver, call.audio_arrivals)
                 # Faults wrap whatever handles the packets, so a decoded call NACKs the gaps.
                 install_faults(
                     receiver, track.kind, lambda: call.faults, call.fault_counts, self._spawn
@@ -1243,7 +1249,8 @@ class StreamStandIn:
             elif isinstance(frame, av.AudioFrame):
                 channels = len(frame.layout.channels)
                 pcm = np.asarray(frame.to_ndarray(), dtype=np.int16).reshape(-1)
-                call.measure.on_audio(pcm, frame.sample_rate, channels, now)
+                wire_t = call.audio_arrivals.get(frame.pts)
+                call.measure.on_audio(pcm, frame.sample_rate, channels, now, wire_t=wire_t)
             if call.recorder is not None:
                 call.recorder.put(frame)
         log.info("track_ended", cid=call.cid, kind=track.kind)
