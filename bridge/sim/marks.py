@@ -30,9 +30,9 @@ import numpy.typing as npt
 __all__ = [
     "BARCODE_BLOCKS",
     "CONTROL_FLASH",
+    "FLASH_FRAMES",
     "LEAD_PER_MS",
     "LEAD_ZERO",
-    "FLASH_FRAMES",
     "FrameMarks",
     "OnsetDetector",
     "barcode_height",

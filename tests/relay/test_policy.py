@@ -159,6 +159,8 @@ def test_an_avatar_switch_while_paused_asks_for_no_keyframe() -> None:
     p.set_blocked("layer_paused", blocked=True)
     assert not p.switch_upstream(None)
     assert p.upstream_ssrc == 1111  # unknown yet: learnt from its first packet
+
+
 # -- the layer size (a simulcast SFU switching layers) ---------------------------------------------
 
 
