@@ -386,24 +386,25 @@ class LiveAvatarUplink:
             why = await self._serve(ws)
             if self._closing:
                 return
+            if why != "dropped" or reconnects_left == 0:
+                # Report before any close handshake (up to 3 s; aclose does it): LiveAvatar's
+                # reason is the session's cause, and its room's close is already on its way.
+                self._fail(why, self._failure_text(why))
+                break
             await self._close_ws()
-            if why == "dropped" and reconnects_left > 0:
-                reconnects_left -= 1
-                self.reconnects_used += 1
-                RECONNECTS.inc()
-                log.warning("liveavatar_ws_reconnect", session_id=self._session_id)
-                async with self._cond:
-                    resent = self._core.connection_lost()
-                    self._cond.notify_all()
-                log.info("liveavatar_resend", session_id=self._session_id, messages=resent)
-                try:
-                    self._ws = await self._connect()
-                except BridgeError as exc:
-                    self._fail("reconnect_failed", exc.message)
-                    break
-                continue
-            self._fail(why, self._failure_text(why))
-            break
+            reconnects_left -= 1
+            self.reconnects_used += 1
+            RECONNECTS.inc()
+            log.warning("liveavatar_ws_reconnect", session_id=self._session_id)
+            async with self._cond:
+                resent = self._core.connection_lost()
+                self._cond.notify_all()
+            log.info("liveavatar_resend", session_id=self._session_id, messages=resent)
+            try:
+                self._ws = await self._connect()
+            except BridgeError as exc:
+                self._fail("reconnect_failed", exc.message)
+                break
         async with self._cond:
             self._cond.notify_all()  # wake producers waiting for space: they drop now
         await self._stop_session("SERVER_ERROR")
