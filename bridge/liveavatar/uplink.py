@@ -447,6 +447,7 @@ class LiveAvatarUplink:
         async with self._cond:
             while True:
                 now = time.monotonic()
+                had_outgoing = self._core.has_outgoing()
                 verdict = self._core.poll(now)
                 if verdict is Verdict.GATE_TIMEOUT:
                     return "gate_timeout"
@@ -454,7 +455,10 @@ class LiveAvatarUplink:
                     ACK_TIMEOUTS.inc()
                     log.warning("liveavatar_ack_timeout", session_id=self._session_id)
                     return "dropped"
-                self._cond.notify_all()  # a keep-alive may be queued
+                if not had_outgoing and self._core.has_outgoing():
+                    # A keep-alive was queued: wake the sender. Not on every wake-up: each
+                    # client audio frame wakes this loop, and the sender needlessly with it.
+                    self._cond.notify_all()
                 # Any change (a send, an ack, 'connected') may move the deadline: wake on it.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(max(0.0, self._core.next_deadline() - now)):
