@@ -48,6 +48,21 @@ CREDIT_INTERVAL_S = 0.25
 BACKLOG = 64
 # Provider-side avatar losses a session recovers from before it fails like any other error.
 MAX_RECOVERIES = 5
+# LiveAvatar ending a session (idle cut, duration cap, server stop) closes its LiveKit room at
+# once, and the room's close can be read before the WebSocket's reason. A LiveKit failure waits
+# this long for a LiveAvatar one, which then wins: the cause, in causal order, not arrival order.
+# The reason is sent before the room closes, so it is already in our socket buffer by then.
+CAUSE_GRACE_S = 1.5
+
+
+def first_cause(held: BridgeError | None, new: BridgeError) -> BridgeError:
+    """The failure to report of two that end one session: a LiveAvatar failure over a LiveKit
+    one (LiveAvatar's end closes the room, never the reverse), else the earlier."""
+    if held is None:
+        return new
+    if held.code is ErrorCode.LIVEKIT_FAILED and new.code is ErrorCode.LIVEAVATAR_UNAVAILABLE:
+        return new
+    return held
 
 
 class State(StrEnum):
@@ -150,6 +165,9 @@ class Session:
         self._avatar_lost = False
         self._recovery: asyncio.Task[None] | None = None
         self._recoveries = 0
+        # A LiveKit failure held for CAUSE_GRACE_S in case its cause (LiveAvatar's end) follows.
+        self._held: BridgeError | None = None
+        self._held_timer: asyncio.TimerHandle | None = None
 
     # ----- client link -------------------------------------------------------------------
 
@@ -240,16 +258,33 @@ class Session:
         if self.path is not None:
             self.path.speak_started()
 
-    def _fail(self, err: BridgeError) -> None:
+    def _fail(self, err: BridgeError, *, hold: bool = True) -> None:
         if self.state in TERMINAL or self._closing.is_set():
             return
         if self._replace_lost_avatar(err):
             return  # the avatar is replaced under the call; the client sees avatar_handover
+        err = first_cause(self._held, err)
+        if hold and err.code is ErrorCode.LIVEKIT_FAILED:
+            if self._held is None:
+                self._held = err
+                self._log.info("failure_held_for_its_cause", code=str(err.code), error=err.message)
+                self._held_timer = asyncio.get_running_loop().call_later(
+                    CAUSE_GRACE_S, self._release_held
+                )
+            return
         self._fail_now(err)
+
+    def _release_held(self) -> None:
+        err, self._held, self._held_timer = self._held, None, None
+        if err is not None:
+            self._fail_now(err)
 
     def _fail_now(self, err: BridgeError) -> None:
         if self.state in TERMINAL or self._closing.is_set():
             return
+        if self._held_timer is not None:
+            self._held_timer.cancel()
+        self._held = self._held_timer = None
         self.error = err
         metrics.REMOTE_ERRORS.labels(code=str(err.code)).inc()
         self._log.warning("session_failed", code=str(err.code), error=err.message)
@@ -298,11 +333,15 @@ class Session:
         except* _Closing:
             pass
         except* BridgeError as group:
-            self._fail(group.exceptions[0])  # type: ignore[arg-type]
+            self._fail(group.exceptions[0], hold=False)  # type: ignore[arg-type]
         except* Exception as group:
             self._log.error("session_crashed", exc_info=group.exceptions[0])
-            self._fail(BridgeError(ErrorCode.INTERNAL, "internal error; see the daemon log"))
+            self._fail(
+                BridgeError(ErrorCode.INTERNAL, "internal error; see the daemon log"), hold=False
+            )
         finally:
+            if self._held_timer is not None:
+                self._held_timer.cancel()
             await self._release()
             outcome = "failed" if self.error is not None else "closed"
             self._set_state(State.FAILED if self.error is not None else State.CLOSED)

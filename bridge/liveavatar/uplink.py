@@ -401,24 +401,25 @@ class LiveAvatarUplink:
             why = await self._serve(ws)
             if self._closing:
                 return
+            if why != "dropped" or reconnects_left == 0:
+                # Report before any close handshake (up to 3 s; aclose does it): LiveAvatar's
+                # reason is the session's cause, and its room's close is already on its way.
+                self._fail(why, self._failure_text(why))
+                break
             await self._close_ws()
-            if why == "dropped" and reconnects_left > 0:
-                reconnects_left -= 1
-                self.reconnects_used += 1
-                RECONNECTS.inc()
-                log.warning("liveavatar_ws_reconnect", session_id=self._session_id)
-                async with self._cond:
-                    resent = self._core.connection_lost()
-                    self._cond.notify_all()
-                log.info("liveavatar_resend", session_id=self._session_id, messages=resent)
-                try:
-                    self._ws = await self._connect()
-                except BridgeError as exc:
-                    self._fail("reconnect_failed", exc.message)
-                    break
-                continue
-            self._fail(why, self._failure_text(why))
-            break
+            reconnects_left -= 1
+            self.reconnects_used += 1
+            RECONNECTS.inc()
+            log.warning("liveavatar_ws_reconnect", session_id=self._session_id)
+            async with self._cond:
+                resent = self._core.connection_lost()
+                self._cond.notify_all()
+            log.info("liveavatar_resend", session_id=self._session_id, messages=resent)
+            try:
+                self._ws = await self._connect()
+            except BridgeError as exc:
+                self._fail("reconnect_failed", exc.message)
+                break
         async with self._cond:
             self._cond.notify_all()  # wake producers waiting for space: they drop now
         await self._stop_session("SERVER_ERROR")
@@ -461,6 +462,7 @@ class LiveAvatarUplink:
         async with self._cond:
             while True:
                 now = time.monotonic()
+                had_outgoing = self._core.has_outgoing()
                 verdict = self._core.poll(now)
                 if verdict is Verdict.GATE_TIMEOUT:
                     return "gate_timeout"
@@ -468,7 +470,10 @@ class LiveAvatarUplink:
                     ACK_TIMEOUTS.inc()
                     log.warning("liveavatar_ack_timeout", session_id=self._session_id)
                     return "dropped"
-                self._cond.notify_all()  # a keep-alive may be queued
+                if not had_outgoing and self._core.has_outgoing():
+                    # A keep-alive was queued: wake the sender. Not on every wake-up: each
+                    # client audio frame wakes this loop, and the sender needlessly with it.
+                    self._cond.notify_all()
                 # Any change (a send, an ack, 'connected') may move the deadline: wake on it.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(max(0.0, self._core.next_deadline() - now)):

@@ -200,6 +200,9 @@ class Faults:
     # agent.interrupt takes effect this long after it arrived (a provider slow to stop: the old
     # speech goes on meanwhile, as audio already in flight does); the WebSocket waits with it.
     interrupt_delay_s: float = 0.0
+    # End a session by closing its room before telling the WebSocket why (the order is not part
+    # of the protocol; the daemon must name the cause either way).
+    room_closed_first: bool = False
 
 
 @dataclass(slots=True)
@@ -640,10 +643,19 @@ class LiveAvatarStandIn:
         if session.timer is not None and not from_timer:
             session.timer.cancel()
         ws = session.ws
+        if self.faults.room_closed_first:
+            await self._close_room(session)
         if ws is not None and not ws.closed:
             await self._send(session, {"type": "session.state_updated", "state": "closing"})
             await self._send(session, {"type": "session.state_updated", "state": "closed"})
         # Renderer and room first: they must not wait on the client's close handshake.
+        await self._close_room(session)
+        if ws is not None and not ws.closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 2.0)
+
+    async def _close_room(self, session: SimSession) -> None:
+        """Stop the renderer and close the session's LiveKit room (once)."""
         if session.publish_task is not None:
             session.publish_task.cancel()
             await asyncio.gather(session.publish_task, return_exceptions=True)
@@ -656,9 +668,6 @@ class LiveAvatarStandIn:
                 await asyncio.wait_for(self.livekit.close_room(session.room), 5.0)
             except Exception:
                 log.exception("liveavatar_standin_close_room_failed", room=session.room)
-        if ws is not None and not ws.closed:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(), 2.0)
 
     # --- WebSocket -----------------------------------------------------------------------------
 

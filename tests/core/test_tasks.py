@@ -22,7 +22,7 @@ from bridge.media_path import (
     RelayDecline,
 )
 from bridge.protocol import CallRef, Hello
-from bridge.session import Stages
+from bridge.session import Stages, first_cause
 from bridge.sessions import SessionManager
 from bridge.stages import AvatarRoom, EventSink, FailureCallback
 from bridge.tasks import TaskSet
@@ -167,3 +167,14 @@ async def test_a_failing_task_fails_its_own_session_only() -> None:
     await handles["healthy"].on_close()
     await manager.aclose()
     assert paths["healthy"].closed
+
+
+def test_a_liveavatar_failure_is_the_cause_of_a_livekit_one_whatever_arrives_first() -> None:
+    room = BridgeError(ErrorCode.LIVEKIT_FAILED, "room closed")
+    ended = BridgeError(ErrorCode.LIVEAVATAR_UNAVAILABLE, "LiveAvatar ended the session")
+    stream = BridgeError(ErrorCode.STREAM_FAILED, "call lost")
+    assert first_cause(None, room) is room
+    assert first_cause(room, ended) is ended  # the room's close read first: still LiveAvatar's
+    assert first_cause(ended, room) is ended
+    assert first_cause(room, stream) is room  # otherwise the earlier one
+    assert first_cause(stream, ended) is stream

@@ -82,7 +82,10 @@ async def received(
 async def test_a_turn_reaches_the_call_lip_synced(
     sim: StandIns, start_daemon: StartDaemon, media_path: str
 ) -> None:
-    daemon = await start_daemon("--set", f"output.media_path={media_path}")
+    # The relay is the default: not asked for, so this also proves the default (it used to be
+    # tests/relay/test_end_to_end.py's VP8 case, the same turn through the same stand-ins).
+    flags = () if media_path == "relay" else ("--set", f"output.media_path={media_path}")
+    daemon = await start_daemon(*flags)
     async with await BridgeClient.connect(daemon.socket) as client:
         events = await open_session(client, "e2e")
         chosen = [e.fields["path"] for e in events if e.event == "media_path"]
@@ -106,6 +109,19 @@ async def test_a_turn_reaches_the_call_lip_synced(
         await asyncio.sleep(0.5)
         stats = sim.stream.stats("default", "e2e")
         skews = sim.stream.measure("default", "e2e").skews_ms()
+        _, body = await asyncio.to_thread(daemon.admin, "GET", "/sessions")
+        metrics = await asyncio.to_thread(daemon.metrics)
+    (info,) = body["sessions"]
+    assert info["media_path"] == media_path
+    assert any(
+        k.startswith("bridge_media_path_total") and f'path="{media_path}"' in k for k in metrics
+    )
+    if media_path == "relay":
+        published = [e.fields for e in events if e.event == "published"]
+        assert [p["codec"] for p in published] == ["VP8"]
+        assert stats["video_codec"] == "VP8"  # the avatar's codec, forwarded, seen on the wire
+        relay = info["relay"]
+        assert relay["keyframes"] >= 1 and relay["video_sent"] > 80 and relay["audio_sent"] > 100
     video, audio = stats["video"], stats["audio"]
     assert video["resolution"] == "640x360"
     assert video["frames"] > 80 and video["fps"] > 20

@@ -37,12 +37,10 @@ async def test_keep_alive_survives_the_idle_cut_and_silence_is_a_clean_failure(
     err = await silent.fatal_error(limit_s=15)
     idle_s = la.options.idle_timeout_s * SCALE
     assert asyncio.get_running_loop().time() - t0 < idle_s + 5
-    # LiveAvatar ends the session and closes its room at once, and the daemon reports whichever
-    # side it notices first (a known attribution race: the room's close can win). Either way the
-    # client gets one clear fatal error naming a remote, and the server's reason is the idle cut.
-    assert err.code in ("liveavatar_unavailable", "livekit_failed"), err
-    if err.code == "liveavatar_unavailable":
-        assert "LiveAvatar ended the" in err.message, err.message
+    # LiveAvatar ends the session and closes its room at once; whichever the daemon reads first,
+    # it names the cause (LiveAvatar's end), not its consequence (the room's close).
+    assert err.code == "liveavatar_unavailable", err
+    assert "LiveAvatar ended the" in err.message, err.message
     assert la.sessions[silent.la_session_id].end_reason == "IDLE_TIMEOUT"
     # The kept session is still live past the idle limit, having sent keep-alives on time.
     await asyncio.sleep(max(0.0, idle_s + 1 - (asyncio.get_running_loop().time() - t0)))
@@ -52,4 +50,20 @@ async def test_keep_alive_survives_the_idle_cut_and_silence_is_a_clean_failure(
     await keeper.speak(tone(1.0))
     assert keeper.errors == []
     await keeper.close()
+    await no_live_sessions(la)
+
+
+async def test_idle_cut_with_the_room_closed_first_still_names_liveavatar(
+    sim: StandIns, start_daemon: StartDaemon
+) -> None:
+    """The other order: the room closes before the WebSocket says why. The room's close is a
+    consequence; the daemon holds it briefly and reports LiveAvatar's end as the cause."""
+    la = sim.liveavatar
+    la.faults.room_closed_first = True
+    silent = await Session.open(await start_daemon(*NO_CAP), "idle-room-first")
+    err = await silent.fatal_error(limit_s=15)
+    assert err.code == "liveavatar_unavailable", err
+    assert "LiveAvatar ended the" in err.message, err.message
+    assert la.sessions[silent.la_session_id].end_reason == "IDLE_TIMEOUT"
+    assert sim.livekit.counters.rooms_closed >= 1
     await no_live_sessions(la)
