@@ -110,11 +110,13 @@ class Demo:
             self.use_viewer = False
         self.viewer_report = {"error": why_not} if why_not else {}
         async with (
-            # The avatar publishes as LiveAvatar's does (libwebrtc, simulcast) unless the
-            # environment asks for the stand-in's own encoder (BRIDGE_SIM_AVATAR_PUBLISHER).
+            # The stand-in's own encoder by default: the libwebrtc publisher's audio pump lags
+            # the renderer by up to 60 ms (measured: picture early by 80-100 ms at the SFU), a
+            # stand-in defect that would dominate the demo's sync figures (docs/demo.md).
+            # BRIDGE_SIM_AVATAR_PUBLISHER=sdk publishes as LiveAvatar's does (libwebrtc).
             StandIns(
                 render_latency_s=RENDER_LATENCY_S,
-                avatar_publisher=os.environ.get(PUBLISHER_ENV) or "sdk",
+                avatar_publisher=os.environ.get(PUBLISHER_ENV) or "aiortc",
             ) as sim,
             contextlib.AsyncExitStack() as stack,
         ):

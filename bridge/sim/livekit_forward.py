@@ -34,6 +34,11 @@ from typing import Any, cast
 
 import structlog
 from aiortc import MediaStreamTrack, RTCRtpSender
+
+# The clock of aiortc's `arrival_time_ms`: every throttle here (PLI, NACK) compares times taken
+# from packets with times taken in feedback callbacks, so both must read the same clock (a
+# monotonic reading against an arrival time throttled every PLI after the first).
+from aiortc.clock import current_ms
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import (
@@ -582,7 +587,7 @@ class ForwardSink:
         f = self.forwarder
         if f is None or f.current is None:
             return
-        now_ms = int(time.monotonic() * 1000)
+        now_ms = current_ms()
         task = asyncio.get_running_loop().create_task(
             self.track.request_keyframe(f.current, now_ms)
         )
@@ -597,7 +602,7 @@ class ForwardSink:
             return
         source = self.forwarder.source_of(seq) if self.forwarder is not None else None
         if source is not None:
-            await self.track.nack(source[0], [source[1]], int(time.monotonic() * 1000))
+            await self.track.nack(source[0], [source[1]], current_ms())
 
 
 # Short feedback sends started from aiortc's synchronous callbacks; owned so none is lost.
