@@ -38,7 +38,7 @@ from bridge.media_path import (
     open_path,
 )
 from bridge.protocol import MAX_JSON, MAX_PAYLOAD, Hello
-from bridge.stages import AvatarUplink, EventSink, FailureCallback
+from bridge.stages import AvatarUplink, CarriesOver, EventSink, FailureCallback
 
 log = structlog.get_logger(__name__)
 
@@ -449,7 +449,15 @@ class Session:
         deadline = plan.expires_at(self.uplink) - 1.0
         while not self._may_switch(deadline):  # noqa: ASYNC110 - no event for an empty queue
             await asyncio.sleep(0.02)
+        lost = self._avatar_lost
         old, self.uplink = self.uplink, new
+        respoken_ms = 0.0
+        if lost and isinstance(old, CarriesOver) and isinstance(new, CarriesOver):
+            # The unspoken rest of the lost avatar's turns, and the audio the client sent while
+            # this one came up, go first; the client's next audio (to self.uplink) follows.
+            parts = old.take_unspoken()
+            respoken_ms = sum(p.ms for p in parts)
+            await new.carry_over(parts)
         gap = path.commit_avatar(prepared)
         self._avatar_lost = False
         # The old avatar's room first, so that its leaving is not taken for a failure.
@@ -466,6 +474,7 @@ class Session:
             "reason": reason,
             "gap_ms": round(gap_ms, 1) if gap_ms is not None else None,
             "prepare_s": round(prepared_s, 3),
+            "respoken_ms": round(respoken_ms, 1),
             "liveavatar_session": room.session_id,
         }
         self._log.info("avatar_handover", **fields)
