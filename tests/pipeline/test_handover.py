@@ -116,3 +116,77 @@ async def test_a_dropped_avatar_is_replaced_without_an_error(
     finally:
         await daemon.stop()
     assert sim.liveavatar.live_sessions == []
+
+
+BEEPS, PERIOD_MS, BEEP_MS = 12, 500, 100  # a 6 s turn: beep k starts at k * 500 ms
+
+
+async def _drop_in_silence(sim: StandIns, session_id: str, after_ms: float) -> float:
+    """Drop the session once its avatar has played ``after_ms`` of the turn and is in the
+    quiet between two beeps (measured by the stand-in's renderer); returns that position."""
+    renderer = sim.liveavatar.sessions[session_id].renderer
+    assert renderer is not None
+    async with asyncio.timeout(20):
+        while True:
+            played = sum(renderer.played_samples.values()) / 48  # 48 kHz samples -> ms
+            if played >= after_ms and 250 <= played % PERIOD_MS <= 350:
+                await sim.liveavatar.drop(session_id)
+                return played
+            await asyncio.sleep(0.005)
+
+
+async def test_a_turn_lost_mid_way_is_finished_by_the_next_avatar(
+    capped: StandIns, tmp_path: Path
+) -> None:
+    """The avatar is dropped mid-turn while the client goes on streaming it: the next avatar
+    speaks the unspoken rest and what the client sent meanwhile; every beep of the turn reaches
+    the call exactly once."""
+    sim = capped
+    sim.liveavatar.options.sandbox_max_duration_s = 3600  # no planned switch in this test
+    daemon = DaemonProcess(
+        tmp_path,
+        sim.daemon_env(),
+        *SMALL,
+        "--set", "output.media_path=transcode",
+        "--set", "liveavatar.handover_margin_s=1",
+    )  # fmt: skip
+    await daemon.start()
+    try:
+        async with await BridgeClient.connect(daemon.socket) as client:
+            events = await open_session(client, "respeak")
+            (first,) = [e.fields["session_id"] for e in events if e.event == "liveavatar_session"]
+            sim.stream.reset_measure("default", "respeak")
+            beeps = beep_train(FMT.sample_rate, BEEPS, PERIOD_MS, BEEP_MS).tobytes()
+            streaming = asyncio.create_task(stream_pcm_realtime(client, beeps, FMT))
+            await until_event(client, "speak_started")
+            # Mid-turn, between beeps: beeps 0..k played by the first avatar, the rest not.
+            played_ms = await _drop_in_silence(sim, first, after_ms=1800)
+            await streaming
+            await client.end_turn()
+            seen = await until_event(client, "avatar_handover", limit_s=30)
+            (handover,) = [e.fields for e in seen if e.event == "avatar_handover"]
+            assert handover["reason"] == "lost"
+            second = handover["liveavatar_session"]
+            await until_event(client, "speak_ended", limit_s=30)  # the new avatar's
+            await asyncio.sleep(0.5)
+            stats = sim.stream.stats("default", "respeak")
+        heard_before = int(played_ms // PERIOD_MS) + 1  # beeps whose onset the first one played
+        renderer = sim.liveavatar.sessions[second].renderer
+        assert renderer is not None
+        respoken_ms = sum(renderer.played_samples.values()) / 48
+        # The new avatar spoke from the drop point (back to a quiet point, at most the overlap)
+        # to the turn's end: the beeps after the drop point and none before it.
+        assert BEEPS * PERIOD_MS - played_ms - 1 <= respoken_ms
+        assert respoken_ms <= BEEPS * PERIOD_MS - played_ms + 300 + 1
+        assert (respoken_ms % PERIOD_MS) < PERIOD_MS - BEEP_MS  # it starts in the quiet
+        print(
+            f"drop at {played_ms:.0f} ms into the turn; {heard_before} beeps played before it; "
+            f"re-spoken {handover['respoken_ms']} ms (played {respoken_ms:.0f} ms); "
+            f"beeps heard {stats['audio']['onsets']} of {BEEPS}"
+        )
+        assert stats["joins"] == 1
+        _assert_one_continuous_participant(stats, sr=False)
+        assert stats["audio"]["onsets"] == BEEPS  # none lost, none twice
+    finally:
+        await daemon.stop()
+    assert sim.liveavatar.live_sessions == []
