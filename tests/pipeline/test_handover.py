@@ -179,9 +179,11 @@ async def test_a_turn_lost_mid_way_is_finished_by_the_next_avatar(
         assert BEEPS * PERIOD_MS - played_ms - 1 <= respoken_ms
         assert respoken_ms <= BEEPS * PERIOD_MS - played_ms + 300 + 1
         assert (respoken_ms % PERIOD_MS) < PERIOD_MS - BEEP_MS  # it starts in the quiet
+        repeated_ms = played_ms - (BEEPS * PERIOD_MS - respoken_ms)  # > 0: played twice
         print(
             f"drop at {played_ms:.0f} ms into the turn; {heard_before} beeps played before it; "
-            f"re-spoken {handover['respoken_ms']} ms (played {respoken_ms:.0f} ms); "
+            f"the next avatar played {respoken_ms:.0f} ms of the turn (overlap {repeated_ms:.0f} "
+            f"ms; {handover['respoken_ms']} ms carried at the switch); "
             f"beeps heard {stats['audio']['onsets']} of {BEEPS}"
         )
         assert stats["joins"] == 1
