@@ -149,6 +149,8 @@ class Session:
         self._turn_audio_s = 0.0
         self._played_turn = -1  # index of the turn whose playback started last
         self._play_start = 0.0  # monotonic time that playback began
+        # A lost avatar's turn goes on at this offset on the next one (_turn_resumes).
+        self._resume_offset_s = 0.0
         self._marks: list[_Mark] = []
         self._mark_tasks: dict[asyncio.Task[None], _Mark] = {}
         self._last_credit = 0.0
@@ -244,7 +246,8 @@ class Session:
             self._speech_resumes()
             self._set_state(State.SPEAKING)
             self._played_turn += 1
-            self._play_start = time.monotonic()
+            self._play_start = time.monotonic() - self._resume_offset_s
+            self._resume_offset_s = 0.0
             self._schedule_marks(self._played_turn)
         elif event == "speak_ended":
             if not fields.get("interrupted"):
@@ -405,6 +408,7 @@ class Session:
             return False
         self._recoveries += 1
         self._log.warning("avatar_lost", code=str(err.code), error=err.message)
+        self._hold_marks()  # nothing plays until the next avatar resumes the turn
         self._recovery = asyncio.get_running_loop().create_task(self._recover(path, plan, err))
         return True
 
@@ -419,6 +423,29 @@ class Session:
             ok = False
         if not ok:
             self._fail_now(err)
+
+    def _hold_marks(self) -> None:
+        """The avatar is lost: the marks timed from its playback wait for the next one."""
+        for task, mark in list(self._mark_tasks.items()):
+            if not task.done():
+                task.cancel()
+                self._marks.append(mark)
+        self._mark_tasks.clear()
+
+    def _turn_resumes(self, offset_s: float | None) -> None:
+        """At the switch after a loss. ``offset_s``: the turn the lost avatar was playing goes
+        on there on the next one; its ``speak_started`` is this turn again, and the held marks
+        are timed from it. None: nothing of that turn is left, so its held marks are reached."""
+        self._hold_marks()
+        if offset_s is not None:
+            self._played_turn -= 1
+            self._resume_offset_s = offset_s
+            return
+        reached = [m for m in self._marks if m.turn <= self._played_turn]
+        self._marks = [m for m in self._marks if m.turn > self._played_turn]
+        for mark in sorted(reached, key=lambda m: (m.turn, m.offset_s)):
+            self.send_event("mark", {"name": mark.name})
+            metrics.MARKS.labels(outcome="reached").inc()
 
     def _may_switch(self, deadline: float) -> bool:
         return self._avatar_lost or self._at_turn_boundary() or time.monotonic() >= deadline
@@ -457,6 +484,8 @@ class Session:
             # this one came up, go first; the client's next audio (to self.uplink) follows.
             parts = old.take_unspoken()
             respoken_ms = sum(p.ms for p in parts)
+            resumed = bool(parts) and parts[0].played_ms > 0
+            self._turn_resumes(parts[0].from_ms / 1000 if resumed else None)
             await new.carry_over(parts)
         gap = path.commit_avatar(prepared)
         self._avatar_lost = False
@@ -564,7 +593,7 @@ class Session:
     async def on_mark(self, name: str) -> None:
         """Echo ``name`` when playback reaches the audio sent so far in this turn."""
         self._marks.append(_Mark(name, self._turn, self._turn_audio_s))
-        if self._turn <= self._played_turn:  # this turn is already playing
+        if self._turn <= self._played_turn and not self._avatar_lost:  # already playing
             self._schedule_marks(self._played_turn)
 
     async def on_close(self) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bridge.client import BridgeClient, stream_pcm_realtime
-from bridge.sim.liveavatar import StandInOptions
+from bridge.sim.liveavatar import StandInOptions, StartDelays
 from bridge.sim.marks import beep_train
 from bridge.sim.stack import SMALL, DaemonProcess, StandIns
 from tests.pipeline.test_end_to_end import FMT, open_session, until_event
@@ -119,6 +119,7 @@ async def test_a_dropped_avatar_is_replaced_without_an_error(
 
 
 BEEPS, PERIOD_MS, BEEP_MS = 12, 500, 100  # a 6 s turn: beep k starts at k * 500 ms
+MARK_AT_MS = 2400  # a mark after this much of the turn's audio: played after the drop
 
 
 async def _drop_in_silence(sim: StandIns, session_id: str, after_ms: float) -> float:
@@ -156,17 +157,34 @@ async def test_a_turn_lost_mid_way_is_finished_by_the_next_avatar(
             events = await open_session(client, "respeak")
             (first,) = [e.fields["session_id"] for e in events if e.event == "liveavatar_session"]
             sim.stream.reset_measure("default", "respeak")
+            # The next session takes 1.5 s to start: audio keeps coming while it comes up.
+            sim.liveavatar.options.delays = StartDelays(start_s=1.5)
             beeps = beep_train(FMT.sample_rate, BEEPS, PERIOD_MS, BEEP_MS).tobytes()
-            streaming = asyncio.create_task(stream_pcm_realtime(client, beeps, FMT))
+            split = MARK_AT_MS * FMT.sample_rate // 1000 * 2
+
+            async def speak() -> None:
+                await stream_pcm_realtime(client, beeps[:split], FMT)
+                await client.mark("m")  # reached when the turn's audio before it has played
+                await stream_pcm_realtime(client, beeps[split:], FMT)
+                await client.end_turn()
+
+            # Sent while the events are read, so that they are timed as they come.
+            sender = asyncio.create_task(speak())
             await until_event(client, "speak_started")
             # Mid-turn, between beeps: beeps 0..k played by the first avatar, the rest not.
-            played_ms = await _drop_in_silence(sim, first, after_ms=1800)
-            await streaming
-            await client.end_turn()
+            played_ms = await _drop_in_silence(sim, first, after_ms=1700)
             seen = await until_event(client, "avatar_handover", limit_s=30)
             (handover,) = [e.fields for e in seen if e.event == "avatar_handover"]
             assert handover["reason"] == "lost"
+            # The mark's audio was not played by the lost avatar: it is not reached before the
+            # next one plays it (timed from the lost one's start, it fired during the outage).
+            assert "mark" not in [e.event for e in seen]
             second = handover["liveavatar_session"]
+            seen = await until_event(client, "speak_started", limit_s=30)  # the new avatar's
+            assert "mark" not in [e.event for e in seen]
+            seen = await until_event(client, "mark", limit_s=30)
+            assert seen[-1].fields == {"name": "m"}  # reached, not cleared
+            await sender
             await until_event(client, "speak_ended", limit_s=30)  # the new avatar's
             await asyncio.sleep(0.5)
             stats = sim.stream.stats("default", "respeak")
