@@ -115,6 +115,22 @@ class LiveAvatarConfig(_Section):
         "to it at a turn boundary, on both media paths (0: off).",
     )
 
+    respeak_max_ms: int = Field(
+        30000,
+        ge=1000,
+        le=600000,
+        description="Audio of the turns not yet played kept per session, so that the next "
+        "avatar re-speaks the unspoken rest after an unplanned loss (beyond it the oldest is "
+        "trimmed, counted in bridge_liveavatar_respeak_trimmed_ms_total).",
+    )
+    respeak_overlap_ms: int = Field(
+        300,
+        ge=0,
+        le=2000,
+        description="At most this much of what the lost avatar had played is spoken again, "
+        "so that the re-speak starts at a quiet point and no word is cut.",
+    )
+
     @field_validator("avatar_id")
     @classmethod
     def _strip(cls, value: str | None) -> str | None:

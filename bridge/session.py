@@ -38,7 +38,7 @@ from bridge.media_path import (
     open_path,
 )
 from bridge.protocol import MAX_JSON, MAX_PAYLOAD, Hello
-from bridge.stages import AvatarUplink, EventSink, FailureCallback
+from bridge.stages import AvatarUplink, CarriesOver, EventSink, FailureCallback
 
 log = structlog.get_logger(__name__)
 
@@ -149,6 +149,8 @@ class Session:
         self._turn_audio_s = 0.0
         self._played_turn = -1  # index of the turn whose playback started last
         self._play_start = 0.0  # monotonic time that playback began
+        # A lost avatar's turn goes on at this offset on the next one (_turn_resumes).
+        self._resume_offset_s = 0.0
         self._marks: list[_Mark] = []
         self._mark_tasks: dict[asyncio.Task[None], _Mark] = {}
         self._last_credit = 0.0
@@ -244,7 +246,8 @@ class Session:
             self._speech_resumes()
             self._set_state(State.SPEAKING)
             self._played_turn += 1
-            self._play_start = time.monotonic()
+            self._play_start = time.monotonic() - self._resume_offset_s
+            self._resume_offset_s = 0.0
             self._schedule_marks(self._played_turn)
         elif event == "speak_ended":
             if not fields.get("interrupted"):
@@ -405,6 +408,7 @@ class Session:
             return False
         self._recoveries += 1
         self._log.warning("avatar_lost", code=str(err.code), error=err.message)
+        self._hold_marks()  # nothing plays until the next avatar resumes the turn
         self._recovery = asyncio.get_running_loop().create_task(self._recover(path, plan, err))
         return True
 
@@ -419,6 +423,29 @@ class Session:
             ok = False
         if not ok:
             self._fail_now(err)
+
+    def _hold_marks(self) -> None:
+        """The avatar is lost: the marks timed from its playback wait for the next one."""
+        for task, mark in list(self._mark_tasks.items()):
+            if not task.done():
+                task.cancel()
+                self._marks.append(mark)
+        self._mark_tasks.clear()
+
+    def _turn_resumes(self, offset_s: float | None) -> None:
+        """At the switch after a loss. ``offset_s``: the turn the lost avatar was playing goes
+        on there on the next one; its ``speak_started`` is this turn again, and the held marks
+        are timed from it. None: nothing of that turn is left, so its held marks are reached."""
+        self._hold_marks()
+        if offset_s is not None:
+            self._played_turn -= 1
+            self._resume_offset_s = offset_s
+            return
+        reached = [m for m in self._marks if m.turn <= self._played_turn]
+        self._marks = [m for m in self._marks if m.turn > self._played_turn]
+        for mark in sorted(reached, key=lambda m: (m.turn, m.offset_s)):
+            self.send_event("mark", {"name": mark.name})
+            metrics.MARKS.labels(outcome="reached").inc()
 
     def _may_switch(self, deadline: float) -> bool:
         return self._avatar_lost or self._at_turn_boundary() or time.monotonic() >= deadline
@@ -449,7 +476,17 @@ class Session:
         deadline = plan.expires_at(self.uplink) - 1.0
         while not self._may_switch(deadline):  # noqa: ASYNC110 - no event for an empty queue
             await asyncio.sleep(0.02)
+        lost = self._avatar_lost
         old, self.uplink = self.uplink, new
+        respoken_ms = 0.0
+        if lost and isinstance(old, CarriesOver) and isinstance(new, CarriesOver):
+            # The unspoken rest of the lost avatar's turns, and the audio the client sent while
+            # this one came up, go first; the client's next audio (to self.uplink) follows.
+            parts = old.take_unspoken()
+            respoken_ms = sum(p.ms for p in parts)
+            resumed = bool(parts) and parts[0].played_ms > 0
+            self._turn_resumes(parts[0].from_ms / 1000 if resumed else None)
+            await new.carry_over(parts)
         gap = path.commit_avatar(prepared)
         self._avatar_lost = False
         # The old avatar's room first, so that its leaving is not taken for a failure.
@@ -466,6 +503,7 @@ class Session:
             "reason": reason,
             "gap_ms": round(gap_ms, 1) if gap_ms is not None else None,
             "prepare_s": round(prepared_s, 3),
+            "respoken_ms": round(respoken_ms, 1),
             "liveavatar_session": room.session_id,
         }
         self._log.info("avatar_handover", **fields)
@@ -555,7 +593,7 @@ class Session:
     async def on_mark(self, name: str) -> None:
         """Echo ``name`` when playback reaches the audio sent so far in this turn."""
         self._marks.append(_Mark(name, self._turn, self._turn_audio_s))
-        if self._turn <= self._played_turn:  # this turn is already playing
+        if self._turn <= self._played_turn and not self._avatar_lost:  # already playing
             self._schedule_marks(self._played_turn)
 
     async def on_close(self) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from bridge.errors import BridgeError
 from bridge.media import AudioChunk, VideoFrame
@@ -63,6 +63,19 @@ class AvatarUplink(Protocol):
 
     async def aclose(self, reason: str = "USER_CLOSED") -> None:
         """Close the WebSocket and stop the paid session. Idempotent, never raises."""
+        ...
+
+
+@runtime_checkable
+class CarriesOver(Protocol):
+    """An uplink that can hand what a lost avatar had not spoken yet to the next one."""
+
+    def take_unspoken(self) -> list[Any]:
+        """The unspoken rest (``bridge.liveavatar.respeak.Unspoken``), oldest first."""
+        ...
+
+    async def carry_over(self, parts: list[Any]) -> None:
+        """Speak those parts first; queued before the first await."""
         ...
 
 

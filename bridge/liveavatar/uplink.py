@@ -46,6 +46,7 @@ from bridge.errors import BridgeError, ErrorCode
 from bridge.liveavatar.api import LiveAvatarAPI, LiveAvatarError, StartInfo
 from bridge.liveavatar.ledger import SessionLedger
 from bridge.liveavatar.resample import UplinkResampler
+from bridge.liveavatar.respeak import TurnRecorder, Unspoken
 from bridge.liveavatar.uplink_core import Message, UplinkCore, Verdict
 from bridge.media import AudioChunk, AudioFormat
 from bridge.stages import AvatarRoom, EventSink, FailureCallback
@@ -67,6 +68,14 @@ DROPPED_MS = Counter(
     "bridge_liveavatar_uplink_dropped_ms_total",
     "Audio (ms) dropped from the uplink",
     ["reason"],
+)
+RESPEAK_TRIMMED_MS = Counter(
+    "bridge_liveavatar_respeak_trimmed_ms_total",
+    "Audio (ms) no longer kept for a re-speak after an unplanned loss (liveavatar.respeak_max_ms)",
+)
+RESPOKEN_MS = Counter(
+    "bridge_liveavatar_respoken_ms_total",
+    "Audio (ms) handed to the next avatar after an unplanned loss: the unspoken rest",
 )
 RECONNECTS = Counter("bridge_liveavatar_ws_reconnects_total", "WebSocket reconnect attempts")
 ACK_TIMEOUTS = Counter(
@@ -140,6 +149,10 @@ class LiveAvatarOptions:
     # unacknowledged this long counts as a dropped connection (reconnect, resend, or fail).
     ack_timeout_s: float = _la("ack_timeout_s")
     reconnects: int = 1
+    # After an unplanned loss the next avatar re-speaks the unspoken rest of the turn
+    # (bridge/liveavatar/respeak.py): the audio kept for it, and the most it may repeat.
+    respeak_max_ms: int = _la("respeak_max_ms")
+    respeak_overlap_ms: int = _la("respeak_overlap_ms")
     send_start_message: bool = False  # HeyGen's starter sends it; docs do not need it
 
     def __post_init__(self) -> None:
@@ -175,6 +188,8 @@ class LiveAvatarOptions:
             connect_timeout_s=la.connect_timeout_s,
             ws_connect_gate_timeout_s=la.connect_timeout_s,
             ack_timeout_s=la.ack_timeout_s,
+            respeak_max_ms=la.respeak_max_ms,
+            respeak_overlap_ms=la.respeak_overlap_ms,
         )
 
 
@@ -207,6 +222,10 @@ class LiveAvatarUplink:
         self._on_failure = on_failure
         self._resampler = UplinkResampler(input_format)
         self._core = UplinkCore(options)
+        self._recorder = TurnRecorder(options.respeak_max_ms, options.respeak_overlap_ms)
+        self._rec_turn: str | None = None  # the turn audio is recorded under
+        self._lost_turns = 0
+        self._lost_at: float | None = None
         self._cond = asyncio.Condition()
         self._ws: ClientConnection | None = None
         self._info: StartInfo | None = None
@@ -384,6 +403,7 @@ class LiveAvatarUplink:
         if self._closing or self._failed:
             return
         self._failed = True
+        self._lost_at = time.monotonic()  # the avatar's play position stops here
         FAILURES.labels(reason).inc()
         log.warning("liveavatar_session_failed", session_id=self._session_id, reason=reason)
         try:
@@ -509,7 +529,13 @@ class LiveAvatarUplink:
             elif state in ("closing", "closed"):
                 return "terminal"
         elif kind in ("agent.speak_started", "agent.speak_ended"):
-            self._emit(kind.removeprefix("agent."), event_id=msg.get("event_id"))
+            event_id = msg.get("event_id")
+            if isinstance(event_id, str):
+                if kind == "agent.speak_started":
+                    self._recorder.speak_started(event_id, time.monotonic())
+                else:
+                    self._recorder.speak_ended(event_id)
+            self._emit(kind.removeprefix("agent."), event_id=event_id)
         elif kind == "agent.state_updated":
             state = msg.get("new_state") or msg.get("state")
             if isinstance(state, str):
@@ -560,25 +586,77 @@ class LiveAvatarUplink:
     # --- audio path ----------------------------------------------------------------------------
 
     async def send_audio(self, chunk: AudioChunk) -> None:
-        if self._closing or self._failed:
+        if self._closing:
             DROPPED_MS.labels("closed").inc(chunk.duration_s * 1000)
             return
         t_in = time.monotonic()
         pcm = self._resampler.process(chunk.samples).tobytes()
+        if self._failed:
+            # The avatar is lost: keep the audio for the next one (take_unspoken).
+            self._record(self._rec_turn or self._lost_turn_id(), pcm)
+            return
         async with self._cond:
             self._core.audio(pcm, t_in)
+            self._record(self._core.turn_id, pcm)
             self._cond.notify_all()
             await self._wait_for_room()
 
     async def end_turn(self) -> None:
-        if not self._core.in_turn or self._closing or self._failed:
+        if self._closing:
+            return
+        if self._failed:
+            if self._rec_turn is not None:
+                self._record(self._rec_turn, self._resampler.flush().tobytes())
+                self._recorder.ended(self._rec_turn)
+                self._rec_turn = None
+            return
+        if not self._core.in_turn:
             return
         t_in = time.monotonic()
         tail = self._resampler.flush().tobytes()
         async with self._cond:
+            turn = self._core.turn_id
+            self._record(turn, tail)
+            if turn is not None:
+                self._recorder.ended(turn)
+            self._rec_turn = None
             self._core.end_turn(tail, t_in)
             self._cond.notify_all()
             await self._wait_for_room()
+
+    def _record(self, turn: str | None, pcm: bytes) -> None:
+        self._rec_turn = turn
+        if turn is not None:
+            RESPEAK_TRIMMED_MS.inc(self._recorder.audio(turn, pcm))
+
+    def _lost_turn_id(self) -> str:
+        self._lost_turns += 1
+        return f"lost-{self._lost_turns}"
+
+    def take_unspoken(self) -> list[Unspoken]:
+        """After an unplanned loss: what this avatar had not spoken yet (the rest of the turn
+        it was playing, the turns after it, the audio received since), oldest first."""
+        lost_at = self._lost_at if self._lost_at is not None else time.monotonic()
+        parts = self._recorder.unspoken(lost_at)
+        self._rec_turn = None
+        return parts
+
+    async def carry_over(self, parts: list[Unspoken]) -> None:
+        """Speak a lost avatar's unspoken audio first, each part as a turn of its own; the last
+        one stays open when the client has not ended it. Queued before this method's first
+        await, so that audio the session sends next comes after it."""
+        now = time.monotonic()
+        for part in parts:
+            self._core.audio(part.pcm, now)
+            self._record(self._core.turn_id, part.pcm)
+            RESPOKEN_MS.inc(part.ms)
+            if part.ended:
+                if self._core.turn_id is not None:
+                    self._recorder.ended(self._core.turn_id)
+                self._core.end_turn(b"", now)
+                self._rec_turn = None
+        async with self._cond:
+            self._cond.notify_all()
 
     async def _wait_for_room(self) -> None:
         """Hold the producer (and so the client's socket) while its audio waits for room in
@@ -593,6 +671,8 @@ class LiveAvatarUplink:
             DROPPED_MS.labels("closed").inc(self._core.drop_backlog())
 
     async def interrupt(self) -> None:
+        self._recorder.clear()  # nothing of it is to be re-spoken, even by a next avatar
+        self._rec_turn = None
         if self._closing or self._failed:
             return
         self._resampler.reset()

@@ -96,6 +96,11 @@ class UplinkCore:
         return self._turn_id is not None
 
     @property
+    def turn_id(self) -> str | None:
+        """The open turn's event_id."""
+        return self._turn_id
+
+    @property
     def connected(self) -> bool:
         return self._connected
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bridge.client import BridgeClient, stream_pcm_realtime
-from bridge.sim.liveavatar import StandInOptions
+from bridge.sim.liveavatar import StandInOptions, StartDelays
 from bridge.sim.marks import beep_train
 from bridge.sim.stack import SMALL, DaemonProcess, StandIns
 from tests.pipeline.test_end_to_end import FMT, open_session, until_event
@@ -113,6 +113,110 @@ async def test_a_dropped_avatar_is_replaced_without_an_error(
         _assert_one_continuous_participant(stats, sr=False)
         assert stats["audio"]["onsets"] >= 4
         assert daemon.metric_sum("bridge_avatar_handovers_total", 'outcome="switched"') == 1
+    finally:
+        await daemon.stop()
+    assert sim.liveavatar.live_sessions == []
+
+
+BEEPS, PERIOD_MS, BEEP_MS = 12, 500, 100  # a 6 s turn: beep k starts at k * 500 ms
+MARK_AT_MS = 2400  # a mark after this much of the turn's audio: played after the drop
+
+
+async def _drop_in_silence(sim: StandIns, session_id: str, after_ms: float) -> float:
+    """Drop the session once its avatar has played ``after_ms`` of the turn and is in the
+    quiet between two beeps (measured by the stand-in's renderer); returns that position."""
+    renderer = sim.liveavatar.sessions[session_id].renderer
+    assert renderer is not None
+    async with asyncio.timeout(20):
+        while True:
+            played = sum(renderer.played_samples.values()) / 48  # 48 kHz samples -> ms
+            if played >= after_ms and 250 <= played % PERIOD_MS <= 350:
+                await sim.liveavatar.drop(session_id)
+                return played
+            await asyncio.sleep(0.005)
+
+
+async def test_a_turn_lost_mid_way_is_finished_by_the_next_avatar(
+    capped: StandIns, tmp_path: Path
+) -> None:
+    """The avatar is dropped mid-turn while the client goes on streaming it: the next avatar
+    speaks the unspoken rest and what the client sent meanwhile; every beep of the turn reaches
+    the call exactly once."""
+    sim = capped
+    sim.liveavatar.options.sandbox_max_duration_s = 3600  # no planned switch in this test
+    daemon = DaemonProcess(
+        tmp_path,
+        sim.daemon_env(),
+        *SMALL,
+        "--set", "output.media_path=transcode",
+        "--set", "liveavatar.handover_margin_s=1",
+    )  # fmt: skip
+    await daemon.start()
+    try:
+        async with await BridgeClient.connect(daemon.socket) as client:
+            events = await open_session(client, "respeak")
+            (first,) = [e.fields["session_id"] for e in events if e.event == "liveavatar_session"]
+            sim.stream.reset_measure("default", "respeak")
+            # The next session takes 1.5 s to start: audio keeps coming while it comes up.
+            sim.liveavatar.options.delays = StartDelays(start_s=1.5)
+            beeps = beep_train(FMT.sample_rate, BEEPS, PERIOD_MS, BEEP_MS).tobytes()
+            split = MARK_AT_MS * FMT.sample_rate // 1000 * 2
+
+            async def speak() -> None:
+                await stream_pcm_realtime(client, beeps[:split], FMT)
+                await client.mark("m")  # reached when the turn's audio before it has played
+                await stream_pcm_realtime(client, beeps[split:], FMT)
+                await client.end_turn()
+
+            # Sent while the events are read, so that they are timed as they come.
+            sender = asyncio.create_task(speak())
+            await until_event(client, "speak_started")
+            # Mid-turn, between beeps: beeps 0..k played by the first avatar, the rest not.
+            played_ms = await _drop_in_silence(sim, first, after_ms=1700)
+            seen = await until_event(client, "avatar_handover", limit_s=30)
+            (handover,) = [e.fields for e in seen if e.event == "avatar_handover"]
+            assert handover["reason"] == "lost"
+            # The mark's audio was not played by the lost avatar: it is not reached before the
+            # next one plays it (timed from the lost one's start, it fired during the outage).
+            assert "mark" not in [e.event for e in seen]
+            second = handover["liveavatar_session"]
+            seen = await until_event(client, "speak_started", limit_s=30)  # the new avatar's
+            assert "mark" not in [e.event for e in seen]
+            seen = await until_event(client, "mark", limit_s=30)
+            assert seen[-1].fields == {"name": "m"}  # reached, not cleared
+            await sender
+            await until_event(client, "speak_ended", limit_s=30)  # the new avatar's
+            await asyncio.sleep(0.5)
+            stats = sim.stream.stats("default", "respeak")
+        heard_before = int(played_ms // PERIOD_MS) + 1  # beeps whose onset the first one played
+        renderer = sim.liveavatar.sessions[second].renderer
+        assert renderer is not None
+        respoken_ms = sum(renderer.played_samples.values()) / 48
+        # The new avatar spoke from the drop point (back to a quiet point, at most the overlap)
+        # to the turn's end: the beeps after the drop point and none before it.
+        assert BEEPS * PERIOD_MS - played_ms - 1 <= respoken_ms
+        assert respoken_ms <= BEEPS * PERIOD_MS - played_ms + 300 + 1
+        assert (respoken_ms % PERIOD_MS) < PERIOD_MS - BEEP_MS  # it starts in the quiet
+        repeated_ms = played_ms - (BEEPS * PERIOD_MS - respoken_ms)  # > 0: played twice
+        old_renderer = sim.liveavatar.sessions[first].renderer
+        assert old_renderer is not None
+        print(
+            f"drop at {played_ms:.0f} ms into the turn; {heard_before} beeps played before it; "
+            f"the next avatar played {respoken_ms:.0f} ms of the turn (overlap {repeated_ms:.0f} "
+            f"ms; {handover['respoken_ms']} ms carried at the switch); "
+            f"beeps heard {stats['audio']['onsets']} of {BEEPS}; played by the lost avatar "
+            f"{len(old_renderer.onset_media_s)}, by the next "
+            f"{len(renderer.onset_media_s)}"
+        )
+        assert stats["joins"] == 1
+        _assert_one_continuous_participant(stats, sr=False)
+        # The two avatars together played every beep of the turn once: none lost, none twice.
+        played_onsets = len(old_renderer.onset_media_s) + len(renderer.onset_media_s)
+        assert played_onsets == BEEPS
+        # At the receiver none is heard twice. One may be missed there on a saturated machine
+        # (seen once in a full run: 11 of 12, the avatars' 12 all played; the same shortfall as
+        # the bench's beeps heard/sent before this change), so one miss is tolerated.
+        assert BEEPS - 1 <= stats["audio"]["onsets"] <= BEEPS
     finally:
         await daemon.stop()
     assert sim.liveavatar.live_sessions == []
