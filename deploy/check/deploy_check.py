@@ -71,6 +71,10 @@ TOOLS = {
 IMAGE = "localhost/avatar-bridge:deploy-check"
 CONTAINER = "avatar-bridge-deploy-check"
 STATE_VOLUME = "avatar-bridge-deploy-check-state"
+# Inside the booted machine: where the operator's checkout sits while docs/deployment.md's install
+# block runs (a local source tree's usual place), and pip's cache, bound to a host cache dir.
+CHECKOUT = Path("/usr/local/src/avatar-bridge")
+PIP_CACHE = "/var/cache/pip"
 # The socket directory's group on the host (a number: no host account is created) and the client
 # that speaks through it as a member of that group, not as root.
 SOCKET_GID, CLIENT_UID = 10002, 20001
@@ -391,7 +395,7 @@ def prepare_systemd(p: Paths, results: Results) -> None:
         shutil.rmtree(p.machine, ignore_errors=True)
         run(["cp", "-a", "--reflink=auto", str(cached), str(p.machine)], timeout=300)
     with step(results, part, "install as docs/deployment.md says (venv, units, credentials)") as d:
-        src = p.machine / "root" / "avatar-bridge"
+        src = p.machine / CHECKOUT.relative_to("/")
         for rel in source_files():
             dest = src / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -403,7 +407,8 @@ def prepare_systemd(p: Paths, results: Results) -> None:
         run(
             nice([
                 "systemd-nspawn", "-q", "-D", str(p.machine), "--pipe", "--register=no",
-                "--keep-unit", f"--bind={p.pip}:/root/.cache/pip", "--chdir=/root/avatar-bridge",
+                "--keep-unit", f"--bind={p.pip}:{PIP_CACHE}", f"--setenv=PIP_CACHE_DIR={PIP_CACHE}",
+                f"--chdir={CHECKOUT}",
                 *trust_args(p, "--bind-ro"),
                 f"--setenv=LIVEAVATAR_API_KEY={LIVEAVATAR_KEY}",
                 "--setenv=STREAM_API_KEY=placeholder", "--setenv=STREAM_API_SECRET=placeholder",
