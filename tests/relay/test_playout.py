@@ -1,0 +1,124 @@
+"""The relay's playout pacing (bridge/relay/playout.py), without sockets: packets with seeded
+arrival jitter go in, and come out at their RTP clock plus the hold."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import pytest
+
+from bridge.relay.playout import PlayoutBuffer
+
+RATE = 48_000
+TICK = 960  # 20 ms of Opus
+
+
+@dataclass
+class Pkt:
+    ssrc: int
+    timestamp: int
+    n: int = 0
+
+
+def run(
+    buf: PlayoutBuffer[Pkt], arrivals: list[tuple[float, Pkt]], step: float = 0.0005
+) -> list[tuple[float, Pkt]]:
+    """Drive the buffer as the relay's pump would: push at each arrival, release when due
+    (polled every ``step`` seconds). Returns (send time, packet)."""
+    sent: list[tuple[float, Pkt]] = []
+    t = arrivals[0][0]
+    i = 0
+    end = arrivals[-1][0] + 2.0
+    while t <= end:
+        while i < len(arrivals) and arrivals[i][0] <= t:
+            at, p = arrivals[i]
+            sent.extend((at, q) for q in buf.push(p, at))
+            i += 1
+        sent.extend((t, q) for q in buf.pop_due(t))
+        t += step
+    return sent
+
+
+def test_jitter_is_taken_out_up_to_the_hold() -> None:
+    rng = random.Random(15)
+    hold = 0.06
+    buf: PlayoutBuffer[Pkt] = PlayoutBuffer(RATE, hold)
+    ts0 = 4_000_000_000  # wraps within the run
+    arrivals = []
+    for n in range(500):
+        jitter = rng.uniform(0, 0.04)  # all within the hold
+        arrivals.append((10.0 + 0.02 * n + jitter, Pkt(7, (ts0 + n * TICK) % (1 << 32), n)))
+    arrivals.sort(key=lambda a: a[0])
+    sent = run(buf, arrivals)
+    assert [p.n for _, p in sent] == sorted(p.n for _, p in sent)
+    assert len(sent) == 500
+    # After the first window the base is the best-case transit: every packet leaves at its media
+    # time plus a constant (within the poll step), whatever its own jitter was.
+    offsets = [t - 0.02 * p.n for t, p in sent if p.n >= 260]
+    assert max(offsets) - min(offsets) < 0.002
+    assert buf.stats.late == 0 and buf.stats.rebases == 0
+
+
+def test_a_late_outlier_goes_out_at_once_and_the_rest_keep_their_pace() -> None:
+    buf: PlayoutBuffer[Pkt] = PlayoutBuffer(RATE, 0.04)
+    arrivals = [(1.0 + 0.02 * n, Pkt(1, n * TICK, n)) for n in range(100)]
+    arrivals[50] = (arrivals[50][0] + 0.106, arrivals[50][1])  # 106 ms late
+    arrivals.sort(key=lambda a: a[0])
+    sent = run(buf, arrivals)
+    by_n = {p.n: t for t, p in sent}
+    assert buf.stats.late >= 1
+    assert by_n[50] == pytest.approx(1.0 + 0.02 * 50 + 0.106, abs=0.001)
+    # The packets after it are not delayed by it: each still leaves at its deadline.
+    assert by_n[51] == pytest.approx(1.0 + 0.02 * 51 + 0.04, abs=0.001)
+    assert by_n[60] == pytest.approx(1.0 + 0.02 * 60 + 0.04, abs=0.001)
+    order = [p.n for _, p in sent]
+    assert order.index(50) > order.index(52)  # the held-up one went when it came
+
+
+def test_a_burst_after_a_stall_is_spread_back_over_its_clock() -> None:
+    buf: PlayoutBuffer[Pkt] = PlayoutBuffer(RATE, 0.06)
+    arrivals = []
+    for n in range(60):
+        t = 1.0 + 0.02 * n
+        if 20 <= n < 23:
+            t = 1.0 + 0.02 * 22.5  # held up to 30 ms upstream, then delivered together
+        arrivals.append((t, Pkt(1, n * TICK, n)))
+    sent = run(buf, arrivals)
+    by_n = {p.n: t for t, p in sent}
+    gaps = [by_n[n + 1] - by_n[n] for n in range(15, 30)]
+    assert all(g == pytest.approx(0.02, abs=0.001) for g in gaps)
+    assert buf.stats.late == 0
+
+
+def test_ssrc_change_and_timestamp_jump_rebase() -> None:
+    buf: PlayoutBuffer[Pkt] = PlayoutBuffer(RATE, 0.05, max_hold_s=0.3)
+    assert buf.push(Pkt(1, 0), 1.0) == []
+    assert buf.next_due() == pytest.approx(1.05)
+    # A new SSRC with unrelated timestamps: held by the hold, not by its timestamp.
+    buf.push(Pkt(2, 123_456_789), 1.02)
+    assert buf.stats.rebases == 1
+    assert buf.pop_due(1.05) and buf.next_due() == pytest.approx(1.07)
+    # Timestamps jump 10 s ahead on the same SSRC: not held 10 s (it is the best transit yet).
+    buf.push(Pkt(2, 123_456_789 + 10 * RATE), 1.04)
+    assert buf.stats.rebases == 1
+    assert buf.pop_due(1.1)[-1].timestamp == 123_456_789 + 10 * RATE
+    # ... and back by 10 s: 10 s late by that base, which is no jitter: rebased.
+    assert buf.push(Pkt(2, 123_456_789 + TICK), 1.1) == []
+    assert buf.stats.rebases == 2 and buf.next_due() == pytest.approx(1.15)
+
+
+def test_capacity_releases_the_oldest_early() -> None:
+    buf: PlayoutBuffer[Pkt] = PlayoutBuffer(RATE, 0.1, capacity=3)
+    out = []
+    for n in range(5):
+        out += buf.push(Pkt(1, n * TICK, n), 1.0 + 0.02 * n)
+    assert [p.n for p in out] == [0, 1]
+    assert buf.stats.released_early == 2 and len(buf) == 3
+
+
+def test_offset_adds_to_the_hold() -> None:
+    buf: PlayoutBuffer[Pkt] = PlayoutBuffer(90_000, 0.03, offset_s=0.02)
+    buf.push(Pkt(1, 0), 5.0)
+    assert buf.next_due() == pytest.approx(5.05)
+    assert [p.timestamp for p in buf.drain()] == [0] and buf.next_due() is None
