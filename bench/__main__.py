@@ -28,7 +28,7 @@ from typing import Any
 
 import structlog
 
-from bench import continuity, driver, relay_scenario, report
+from bench import continuity, driver, relay_scenario, report, viewer_scenario
 from bench.driver import VARIANTS, Variant
 from bridge.sim import netns
 
@@ -171,6 +171,7 @@ SCENARIOS: dict[str, Scenario] = {
     "soak": scenario_soak,
     "relay": relay_scenario.scenario,
     "continuity": continuity.scenario,
+    "viewer": viewer_scenario.scenario,
 }
 
 

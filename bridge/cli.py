@@ -342,6 +342,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="output.media_path of the demo's daemon (auto relays: the demo's sizes match)",
     )
+    demo.add_argument(
+        "--daemon-set",
+        dest="daemon_set",
+        action="append",
+        default=[],
+        metavar="OPTION=VALUE",
+        help="an option of the demo's daemon, e.g. --daemon-set output.relay_playout_hold_ms=0 "
+        "(repeatable)",
+    )
     demo.set_defaults(func=cmd_demo)
     return p
 

@@ -170,6 +170,14 @@ class OutputConfig(_Section):
         description="On the relay path, hold video packets this long so a viewer presents them "
         "aligned with the audio (see docs/relay.md).",
     )
+    relay_playout_hold_ms: float = Field(
+        60.0,
+        ge=0,
+        le=300,
+        description="On the relay path, pace audio and video out by their RTP clocks this long "
+        "after their best-case arrival (a jitter buffer for the forwarded packets: the viewers' "
+        "audio buffers stay small and lip sync holds; see docs/sync.md). 0 forwards on arrival.",
+    )
 
 
 class StreamConfig(_Section):

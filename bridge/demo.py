@@ -83,6 +83,7 @@ class Demo:
         self.watch: bool = bool(getattr(args, "watch", False))
         self.use_viewer: bool = not getattr(args, "no_viewer", False) and not self.watch
         self.media_path: str = getattr(args, "media_path", "auto") or "auto"
+        self.daemon_set: list[str] = list(getattr(args, "daemon_set", None) or [])
         self.viewer: browser_viewer.BrowserViewer | None = None
         # A second viewer who joins mid-call (after the sync marks): its time to first frame.
         self.late_viewer: browser_viewer.BrowserViewer | None = None
@@ -145,6 +146,7 @@ class Demo:
                 *SMALL,
                 "--set",
                 f"output.media_path={self.media_path}",
+                *(arg for opt in self.daemon_set for arg in ("--set", opt)),
             )
             try:
                 sim.stream.record("default", "demo-0", str(self.out / "call.mp4"))

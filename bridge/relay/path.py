@@ -54,6 +54,7 @@ from bridge.first_sound import OPUS_LOUD_BYTES, OnsetPoint
 from bridge.livekit.subscriber import LiveKitSubscriber, SubscriberOptions
 from bridge.media_path import RELAY_CODECS, PathKind, RelayDecline
 from bridge.relay.aiortc_hooks import ReceiverTap, SenderTap, ensure_compatible
+from bridge.relay.playout import PlayoutBuffer
 from bridge.relay.policy import VideoPolicy, declines_announced_size, layer_request
 from bridge.relay.rtp import RtpRewriter, RtxHistory, first_sequence_number
 from bridge.stages import AvatarRoom, EventSink, FailureCallback
@@ -88,6 +89,22 @@ VIDEO_PAUSES = Counter(
 SIZE_CHANGES = Counter(
     "bridge_relay_video_size_changes_total",
     "Keyframes of another size than the stream's before (the LiveKit SFU switched layers)",
+)
+PLAYOUT_LATE = Counter(
+    "bridge_relay_playout_late_total",
+    "Relayed packets that arrived after their playout deadline (upstream jitter beyond the "
+    "hold): forwarded at once",
+    ["kind"],
+)
+PLAYOUT_EARLY = Counter(
+    "bridge_relay_playout_released_early_total",
+    "Relayed packets released before their playout deadline by the buffer's bound",
+    ["kind"],
+)
+PLAYOUT_REBASES = Counter(
+    "bridge_relay_playout_rebases_total",
+    "Playout timing restarts (a new upstream SSRC, a timestamp jump)",
+    ["kind"],
 )
 DECLINED = Counter(
     "bridge_relay_declined_total", "Relays that fell back to transcoding", ["reason"]
@@ -161,6 +178,9 @@ class RelayOptions:
     fallback_codecs: tuple[str, ...] = ()
     # Playout alignment (see the module doc); 0 disables the hold.
     video_hold_ms: float = setting_default(OutputConfig, "relay_video_hold_ms")
+    # Pacing by the RTP clocks (bridge/relay/playout.py); 0 forwards on arrival.
+    playout_hold_ms: float = setting_default(OutputConfig, "relay_playout_hold_ms")
+    playout_max_hold_ms: float = 500.0
     hold_capacity: int = 512
     rtx_history: int = 1024
     pli_min_interval_s: float = 0.3
@@ -197,6 +217,7 @@ class RelayOptions:
             video_size=video_size,
             require_size=require_size,
             video_hold_ms=settings.output.relay_video_hold_ms,
+            playout_hold_ms=settings.output.relay_playout_hold_ms,
             connect_timeout_s=la.connect_timeout_s,
             avatar_join_timeout_s=la.connect_timeout_s,
         )
@@ -321,15 +342,31 @@ class RelayPath:
         self._retired: list[LiveKitSubscriber] = []
         self._fwd: dict[str, _Forwarder] = {}
         self._receiver_taps: dict[str, ReceiverTap] = {}
+        # With pacing, the video's fixed hold becomes its offset in the playout buffer.
+        self._playout: dict[str, PlayoutBuffer[RtpPacket]] = {}
+        if options.playout_hold_ms > 0:
+            hold_s = options.playout_hold_ms / 1000.0
+            max_s = options.playout_max_hold_ms / 1000.0
+            self._playout["audio"] = PlayoutBuffer(
+                48_000, hold_s, max_hold_s=max_s, capacity=options.hold_capacity
+            )
+            self._playout["video"] = PlayoutBuffer(
+                90_000,
+                hold_s,
+                offset_s=options.video_hold_ms / 1000.0,
+                max_hold_s=max_s,
+                capacity=options.hold_capacity,
+            )
         self._video: VideoPolicy[RtpPacket] = VideoPolicy(
             codec,
-            hold_s=options.video_hold_ms / 1000.0,
+            hold_s=0.0 if self._playout else options.video_hold_ms / 1000.0,
             hold_capacity=options.hold_capacity,
             pli_min_interval_s=options.pli_min_interval_s,
             want_size=options.video_size,
             size_wait_s=options.size_wait_s,
         )
         self._hold_wake = asyncio.Event()
+        self._pump_due = float("inf")  # what the playout pump sleeps until
         self._tasks = TaskSet(on_failure, ErrorCode.INTERNAL)
         self._closed = asyncio.Event()
         self._close_task: asyncio.Task[None] | None = None
@@ -395,7 +432,9 @@ class RelayPath:
                     ErrorCode.STREAM_FAILED,
                     f"the Stream side negotiated {video_codec}, not {self._codec}",
                 )
-            if opts.video_hold_ms > 0:
+            if self._playout:
+                self._tasks.spawn(self._pump_playout(), "relay_playout_pump")
+            elif opts.video_hold_ms > 0:
                 self._tasks.spawn(self._pump_hold(), "relay_hold_pump")
             self._subscriber = LiveKitSubscriber(
                 SubscriberOptions(
@@ -433,6 +472,7 @@ class RelayPath:
             "relay_started",
             codec=self._codec,
             hold_ms=opts.video_hold_ms,
+            playout_hold_ms=opts.playout_hold_ms,
             setup_ms=round(1000 * (time.monotonic() - self._started_t)),
         )
         return None
@@ -507,6 +547,8 @@ class RelayPath:
             with contextlib.suppress(Exception):
                 await self._stream.aclose()
         self._video.close()
+        for buf in self._playout.values():
+            buf.drain()
         if self._lag_held:
             self._lag_held = False
             await _LoopLag.release()
@@ -542,6 +584,7 @@ class RelayPath:
             "pli_sent": policy.pli.allowed,
             "pli_suppressed": policy.pli.suppressed,
             "hold_released_early": policy.hold.released_early,
+            "playout": {kind: buf.stats.as_dict() for kind, buf in self._playout.items()},
             "video_paused_dropped": policy.paused_dropped,
             "rebases": video.rewriter.rebases if video else 0,
             "barge_in": self._speech.stats(),
@@ -714,9 +757,8 @@ class RelayPath:
         if fwd.kind != "video":
             loud = len(packet.payload) >= OPUS_LOUD_BYTES
             self._onset_in.feed(loud)
-            if self._admit_audio(fwd, packet):
-                await fwd.send(packet)  # silenced, if muted
-                self._onset_out.feed(len(packet.payload) >= OPUS_LOUD_BYTES)
+            if self._admit_audio(fwd, packet):  # silenced, if muted
+                await self._forward(fwd, packet)
             return
         now = time.monotonic()
         verdict = self._video.admit(packet, now)
@@ -742,9 +784,33 @@ class RelayPath:
         if verdict.released_early:
             HOLD_EARLY.inc(verdict.released_early)
         for out in verdict.send:
-            await fwd.send(out)
+            await self._forward(fwd, out)
         if verdict.held:
             self._hold_wake.set()
+
+    async def _forward(self, fwd: _Forwarder, packet: RtpPacket) -> None:
+        """Into the playout buffer when pacing (what it returns leaves now), else out."""
+        buf = self._playout.get(fwd.kind)
+        if buf is None:
+            await self._send_out(fwd, packet)
+            return
+        late, early, rebases = buf.stats.late, buf.stats.released_early, buf.stats.rebases
+        for out in buf.push(packet, time.monotonic()):
+            await self._send_out(fwd, out)
+        if buf.stats.late != late:
+            PLAYOUT_LATE.labels(fwd.kind).inc(buf.stats.late - late)
+        if buf.stats.released_early != early:
+            PLAYOUT_EARLY.labels(fwd.kind).inc(buf.stats.released_early - early)
+        if buf.stats.rebases != rebases:
+            PLAYOUT_REBASES.labels(fwd.kind).inc(buf.stats.rebases - rebases)
+        due = buf.next_due()
+        if due is not None and due < self._pump_due:
+            self._hold_wake.set()  # earlier than what the pump sleeps for (or it is idle)
+
+    async def _send_out(self, fwd: _Forwarder, packet: RtpPacket) -> None:
+        await fwd.send(packet)
+        if fwd.kind == "audio":
+            self._onset_out.feed(len(packet.payload) >= OPUS_LOUD_BYTES)
 
     def _upstream_video_codec(self) -> str | None:
         tap = self._receiver_taps.get("video")
@@ -774,7 +840,11 @@ class RelayPath:
         if blocked and change.changed:
             VIDEO_PAUSES.labels(reason).inc()
         if change.paused:
-            log.info("relay_video_paused", reason=reason, held_dropped=change.held_dropped)
+            held = self._playout["video"].drain() if "video" in self._playout else []
+            self._video.paused_dropped += len(held)  # not sent: the SFU asked us to stop now
+            log.info(
+                "relay_video_paused", reason=reason, held_dropped=change.held_dropped + len(held)
+            )
         fwd = self._fwd.get("video")
         if change.resumed and fwd is not None:
             # Rebase on the next packet: sequence numbers go on without a gap (nothing for the
@@ -805,6 +875,25 @@ class RelayPath:
             await asyncio.sleep(self._opts.keyframe_retry_s)
 
     # -- downstream ------------------------------------------------------------------------------
+
+    async def _pump_playout(self) -> None:
+        """Sends what the playout buffers release, when it is due (one timer per session)."""
+        while True:
+            dues = [(d, k) for k, b in self._playout.items() if (d := b.next_due()) is not None]
+            self._pump_due = min(dues)[0] if dues else float("inf")
+            delay = self._pump_due - time.monotonic()
+            if delay > 0:
+                self._hold_wake.clear()
+                # Woken early by a push whose packet is due before (the first, a late one).
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(None if not dues else delay):
+                        await self._hold_wake.wait()
+                continue
+            now = time.monotonic()
+            for kind, buf in self._playout.items():
+                fwd = self._fwd[kind]
+                for packet in buf.pop_due(now):
+                    await self._send_out(fwd, packet)
 
     async def _pump_hold(self) -> None:
         fwd = self._fwd["video"]

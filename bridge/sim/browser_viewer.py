@@ -71,17 +71,24 @@ def watch_url(pages: PageServer, standin: StreamStandIn, call_type: str, call_id
     return pages.url("stream.html") + "#" + urlencode(params)
 
 
-def control_moves(pairs: list[dict[str, Any]], within_ms: float = 600.0) -> list[float]:
+def control_moves(
+    pairs: list[dict[str, Any]], within_ms: float = 600.0, steady_ms: float | None = None
+) -> list[float]:
     """Per control mark (``control`` set by the page), its skew minus the mean skew of the plain
-    marks within ``within_ms`` of it: how far the injected offset moved the figure."""
+    marks within ``within_ms`` of it: how far the injected offset moved the figure. With
+    ``steady_ms``, a control mark counts only where those plain marks agree within it (the
+    receivers' delays were steady around it: a jump between them would be read as a move)."""
     plain = [p for p in pairs if not p.get("control")]
     moved = []
     for c in pairs:
         if not c.get("control"):
             continue
         near = [p["skewMs"] for p in plain if abs(p["at"] - c["at"]) <= within_ms]
-        if near:
-            moved.append(float(c["skewMs"]) - statistics.fmean(near))
+        if not near:
+            continue
+        if steady_ms is not None and (len(near) < 2 or max(near) - min(near) > steady_ms):
+            continue
+        moved.append(float(c["skewMs"]) - statistics.fmean(near))
     return moved
 
 
