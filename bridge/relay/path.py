@@ -367,6 +367,7 @@ class RelayPath:
         )
         self._hold_wake = asyncio.Event()
         self._pump_due = float("inf")  # what the playout pump sleeps until
+        self._send_locks = {kind: asyncio.Lock() for kind in self._playout}
         self._tasks = TaskSet(on_failure, ErrorCode.INTERNAL)
         self._closed = asyncio.Event()
         self._close_task: asyncio.Task[None] | None = None
@@ -794,9 +795,13 @@ class RelayPath:
         if buf is None:
             await self._send_out(fwd, packet)
             return
+        now = time.monotonic()
         late, early, rebases = buf.stats.late, buf.stats.released_early, buf.stats.rebases
-        for out in buf.push(packet, time.monotonic()):
-            await self._send_out(fwd, out)
+        # One sender at a time per kind (this and the pump): a late packet sent from here must
+        # not overtake packets the pump has taken out and is still sending.
+        async with self._send_locks[fwd.kind]:
+            for out in buf.push(packet, now):
+                await self._send_out(fwd, out)
         if buf.stats.late != late:
             PLAYOUT_LATE.labels(fwd.kind).inc(buf.stats.late - late)
         if buf.stats.released_early != early:
@@ -889,11 +894,11 @@ class RelayPath:
                     async with asyncio.timeout(None if not dues else delay):
                         await self._hold_wake.wait()
                 continue
-            now = time.monotonic()
             for kind, buf in self._playout.items():
                 fwd = self._fwd[kind]
-                for packet in buf.pop_due(now):
-                    await self._send_out(fwd, packet)
+                async with self._send_locks[kind]:
+                    for packet in buf.pop_due(time.monotonic()):
+                        await self._send_out(fwd, packet)
 
     async def _pump_hold(self) -> None:
         fwd = self._fwd["video"]

@@ -11,8 +11,9 @@ their own RTP clock takes the upstream jitter out before it reaches the viewers:
   timestamp in seconds and ``base`` is the smallest ``arrival - media time`` seen over the last
   one to two windows (the best-case transit: a packet that came fastest defines "on time", and
   a slow drift between the sender's clock and ours is followed window by window);
-* packets leave in deadline order (what the network reordered within the hold is put back in
-  order); a packet arriving later than its deadline (later than the hold absorbs) goes out at
+* packets leave in timestamp order: one never leaves before a packet pushed before it with an
+  older or equal timestamp, and what the network reordered within the hold is put back in
+  order; a packet arriving later than its deadline (later than the hold absorbs) goes out at
   once: counted as ``late``, never dropped;
 * a deadline more than ``max_hold_s`` ahead or ``rebase_late_s`` behind means the timestamps do
   not follow the clock (a new stream, a timestamp jump): the buffer rebases on that packet;
@@ -101,6 +102,8 @@ class PlayoutBuffer(Generic[P]):
         self._cur_min = float("inf")
         self._prev_min = float("inf")
         self._window_end = 0.0
+        self._last_media = -float("inf")  # of the latest packet in timestamp order
+        self._last_deadline = -float("inf")
 
     def __len__(self) -> int:
         return len(self._items)
@@ -122,6 +125,11 @@ class PlayoutBuffer(Generic[P]):
         if deadline - now > self.max_hold_s or now - deadline > self.rebase_late_s:
             self._rebase(transit, now, count=True)
             deadline = now + self.delay_s
+        if media >= self._last_media:
+            # In order: never before the packets pushed before it (a lower base must not let a
+            # frame overtake the rest of the one before).
+            deadline = max(deadline, self._last_deadline)
+            self._last_media, self._last_deadline = media, deadline
         out: list[P] = []
         if deadline < now:
             self.stats.late += 1
@@ -182,6 +190,7 @@ class PlayoutBuffer(Generic[P]):
         self._cur_min = min(self._cur_min, transit)
 
     def _rebase(self, transit: float, now: float, *, count: bool) -> None:
+        self._last_media = self._last_deadline = -float("inf")
         self._cur_min = transit
         self._prev_min = float("inf")
         self._window_end = now + self.window_s

@@ -73,9 +73,29 @@ async def test_relay_forwards_video_and_audio_undecoded(
         gaps = nums[-1] - nums[0] + 1 - len(nums)
         assert gaps <= 2 + never_sent, (gaps, never_sent)
         assert max(stream.audio_rms) > 3000  # the tone arrived, not silence
+        # Both kinds went through the playout pacing (default hold), none pushed out by its bound
+        # and no timing restart (one SSRC each, timestamps following the clock).
+        playout = stats["playout"]
+        assert playout["audio"]["packets"] >= 50 and playout["video"]["packets"] >= 45
+        assert playout["audio"]["released_early"] == playout["video"]["released_early"] == 0
+        assert playout["audio"]["rebases"] == playout["video"]["rebases"] == 0
     finally:
         await relay.aclose()
     assert stream.closed
+    assert not recorder.failures
+
+
+async def test_relay_without_playout_pacing_forwards_on_arrival(
+    livekit: LiveKitStandIn, recorder: Recorder
+) -> None:
+    stream = LoopbackStream()
+    relay = await start_relay(livekit, recorder, stream, playout_hold_ms=0.0)
+    try:
+        await wait_for(lambda: len(stream.frames) >= 15, 15, "decoded frames")
+        await wait_for(lambda: stream.audio_samples >= 48000, 5, "a second of audio")
+        assert relay.stats()["playout"] == {}
+    finally:
+        await relay.aclose()
     assert not recorder.failures
 
 

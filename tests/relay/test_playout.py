@@ -122,3 +122,23 @@ def test_offset_adds_to_the_hold() -> None:
     buf.push(Pkt(1, 0), 5.0)
     assert buf.next_due() == pytest.approx(5.05)
     assert [p.timestamp for p in buf.drain()] == [0] and buf.next_due() is None
+
+
+def test_packets_in_timestamp_order_never_overtake_each_other() -> None:
+    """Seeded jitter, including packets of one frame spread out and bursts: whatever the base
+    does, what was pushed in timestamp order is due in that order."""
+    rng = random.Random(1515)
+    buf: PlayoutBuffer[Pkt] = PlayoutBuffer(90_000, 0.03, window_s=0.5)
+    t = 1.0
+    n = 0
+    dues = []
+    for frame in range(300):
+        t = max(t, 1.0 + frame / 30 + rng.choice((0.0, 0.0, 0.01, 0.08)))
+        for _ in range(rng.randint(1, 4)):
+            t += rng.uniform(0, 0.004)
+            dues += buf.pop_due(t)  # the pump, before this arrival
+            dues += buf.push(Pkt(3, frame * 3000, n), t)  # late ones: at once
+            n += 1
+        dues += buf.pop_due(t + 0.0005)
+    dues += buf.drain()
+    assert [p.n for p in dues] == list(range(n))
