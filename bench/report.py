@@ -382,6 +382,7 @@ def markdown(results: dict[str, Any]) -> str:
             )
         lines.append("")
     lines += _latency_lines(sc.get("continuity", {}))
+    lines += _viewer_lines(sc.get("viewer", {}))
     goals = results.get("goals", [])
     if goals:
         lines += ["## Goals", "", "| goal | target | measured | where | Goals | note |"]
@@ -396,6 +397,37 @@ def markdown(results: dict[str, Any]) -> str:
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(lines)
+
+
+def _viewer_lines(viewer: dict[str, Any]) -> list[str]:
+    """The viewer scenario: lip sync at a browser's playout per media path (medians of runs)."""
+    if not viewer:
+        return []
+    if viewer.get("error"):
+        return ["## Lip sync at a browser viewer", "", f"Failed: {viewer['error']}", ""]
+    lines = [
+        "## Lip sync at a browser viewer",
+        "",
+        f"Variant {viewer.get('variant')}, one session per run, watched by Stream's browser SDK "
+        "in headless Chromium (bridge/sim/browser_viewer.py); medians over the runs. Skew is "
+        "picture - sound at playout; the receivers' jitter-buffer means are getStats'.",
+        "",
+        "| path | viewer skew p50 / \\|p95\\| / \\|p99\\| ms | marks | first 10 s \\|p95\\| ms "
+        "| audio / video jitter buffer ms | arrival skew at the SFU p50 / \\|p95\\| ms "
+        "| viewer errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for path, p in viewer.get("paths", {}).items():
+        sk, arr = p.get("viewer_skew_ms") or {}, p.get("arrival_skew_ms") or {}
+        errors = "; ".join(str(e)[:80] for e in p.get("viewer_errors") or []) or "-"
+        lines.append(
+            f"| {path} | {_f(sk.get('p50'))} / {_f(sk.get('p95'))} / {_f(sk.get('p99'))} | "
+            f"{_f(p.get('viewer_marks'), 0)} | {_f(p.get('viewer_first10s_p95_ms'))} | "
+            f"{_f(p.get('audio_jitter_buffer_ms'))} / {_f(p.get('video_jitter_buffer_ms'))} | "
+            f"{_f(arr.get('p50'))} / {_f(arr.get('p95'))} | {errors} |"
+        )
+    lines.append("")
+    return lines
 
 
 def write_markdown(results: dict[str, Any], path: Path) -> None:
