@@ -17,10 +17,14 @@ from bench import driver, report
 
 VARIANT = "360p30-VP8"
 PATHS = ("relay", "transcode")
+# The goals are judged over >= 40 marks at the viewer: 60 beeps (500 ms apart) leave room for
+# those a loaded machine loses (20 s windows gave 23-35).
+MIN_WINDOW_S = 30.0
 
 
 async def scenario(r: Any) -> dict[str, Any]:
     v = driver.VARIANTS[VARIANT]
+    window_s = r.plan.window_s if r.plan.quick else max(r.plan.window_s, MIN_WINDOW_S)
     runs: dict[str, list[dict[str, Any]]] = {p: [] for p in PATHS}
     for rep in range(r.plan.repeat):
         for path in PATHS:
@@ -30,7 +34,7 @@ async def scenario(r: Any) -> dict[str, Any]:
                     driver.run_daemon(
                         v,
                         1,
-                        r.plan.window_s,
+                        window_s,
                         barge_in=False,
                         workroot=r.workroot,
                         media_path=path,
@@ -62,4 +66,4 @@ async def scenario(r: Any) -> dict[str, Any]:
             ],
             "runs": rs,
         }
-    return {"variant": VARIANT, "paths": paths}
+    return {"variant": VARIANT, "window_s": window_s, "paths": paths}
