@@ -36,7 +36,7 @@ pytestmark = pytest.mark.netns
 FMT = AudioFormat(24000, 1)
 OFFSET_MS = 80.0
 BEEPS = 16  # 8 control marks per sign: enough of them sit between steady neighbours
-MIN_STEADY = 3
+MIN_STEADY = 2  # each one between neighbours agreeing within STEADY_MS is a clean reading
 # The plain marks either side of a control mark must agree this well for it to count: a delay
 # that moved monotonically between them moves the control by at most half of it (10 ms), within
 # CONTROL_BOUND_MS with the method's own error.
