@@ -260,7 +260,7 @@ class _Forwarder:
             self.last_sent_t = now
         out = self.rewriter.rewrite(packet, now, (ntp >> 14) & 0x00FFFFFF)
         data = self.tap.serialize(out)
-        self.history.store(out.sequence_number, data)
+        self.history.store(out.sequence_number, data, now)
         if not await self.tap.send(data):
             self.send_errors += 1
             self._not_connected.inc()

@@ -250,32 +250,46 @@ def _ts_newer(a: int, b: int) -> bool:
 
 
 class RtxHistory:
-    """The last ``capacity`` packets sent downstream, to answer NACKs with RTX (RFC 4588).
+    """The packets sent downstream in the last ``horizon_s`` (at most ``capacity``), to answer
+    NACKs with RTX (RFC 4588).
 
-    Bounded by construction (a ring indexed by sequence number); a NACK for a packet that left
-    the ring is a miss and is counted. It keeps each packet as the plaintext bytes that were
-    sent (one ``bytes`` per slot, not a parsed packet and its header-extension object: about
-    1 KB less per audio packet, and nothing for the garbage collector to walk); an RTX packet is
-    built from them byte for byte (:func:`rtx_from_serialized`).
+    A NACK for a packet no longer kept is a miss and is counted. The horizon is libwebrtc's
+    rule for its own send history (packets are kept max(1 s, 3 x RTT)): a receiver does not
+    wait longer than its jitter buffer for a retransmission, so older packets only cost memory
+    (a full 1024-packet ring of 360p video held ~1.2 MB per session). Each packet is kept as the
+    plaintext bytes that were sent (no parsed packet, no header-extension object, nothing for
+    the garbage collector to walk); an RTX packet is built from them byte for byte
+    (:func:`rtx_from_serialized`).
     """
 
-    def __init__(self, capacity: int = 512) -> None:
-        if capacity <= 0:
-            raise ValueError("capacity must be positive")
+    def __init__(self, capacity: int = 1024, horizon_s: float = 2.0) -> None:
+        if capacity <= 0 or horizon_s <= 0:
+            raise ValueError("capacity and horizon_s must be positive")
         self.capacity = capacity
-        self._ring: list[bytes | None] = [None] * capacity
+        self.horizon_s = horizon_s
+        self._by_seq: dict[int, tuple[float, bytes]] = {}
+        self._order: deque[tuple[float, int]] = deque()
         self._rtx_seq = 0
         self.hits = 0
         self.misses = 0
 
-    def store(self, sequence_number: int, data: bytes) -> None:
-        self._ring[sequence_number % self.capacity] = data
+    def __len__(self) -> int:
+        return len(self._by_seq)
+
+    def store(self, sequence_number: int, data: bytes, now_s: float) -> None:
+        self._by_seq[sequence_number] = (now_s, data)
+        order = self._order
+        order.append((now_s, sequence_number))
+        oldest = now_s - self.horizon_s
+        while order and (len(order) > self.capacity or order[0][0] < oldest):
+            t, seq = order.popleft()
+            kept = self._by_seq.get(seq)
+            if kept is not None and kept[0] == t:  # not a newer packet with that number
+                del self._by_seq[seq]
 
     def get(self, sequence_number: int) -> bytes | None:
-        data = self._ring[sequence_number % self.capacity]
-        if data is None or int.from_bytes(data[2:4], "big") != sequence_number:
-            return None
-        return data
+        kept = self._by_seq.get(sequence_number)
+        return None if kept is None else kept[1]
 
     def retransmission(self, sequence_number: int, binding: OutputBinding) -> bytes | None:
         """The RTX packet for a NACKed sequence number (or the packet itself without RTX)."""

@@ -198,7 +198,7 @@ def test_rtx_history_answers_nacks_and_counts_misses() -> None:
     rw = RtpRewriter(BINDING)
     sent = [rw.rewrite(pkt(s, 0), 0.0, None) for s in range(6)]
     for p in sent:
-        hist.store(p.sequence_number, p.serialize(EXTENSIONS))
+        hist.store(p.sequence_number, p.serialize(EXTENSIONS), 0.0)
     data = hist.retransmission(sent[5].sequence_number, BINDING)
     assert data is not None
     rtx = RtpPacket.parse(data, EXTENSIONS)
@@ -211,6 +211,23 @@ def test_rtx_history_answers_nacks_and_counts_misses() -> None:
     assert hist.retransmission(sent[4].sequence_number, plain) == sent[4].serialize(EXTENSIONS)
     with pytest.raises(ValueError):
         RtxHistory(0)
+    with pytest.raises(ValueError):
+        RtxHistory(4, horizon_s=0)
+
+
+def test_rtx_history_forgets_packets_older_than_its_horizon() -> None:
+    hist = RtxHistory(capacity=100, horizon_s=2.0)
+    for seq in range(10):  # one packet every 0.5 s
+        hist.store(seq, bytes([0x80, 96, 0, seq]) + bytes(8), seq * 0.5)
+    # At 4.5 s the horizon reaches back to 2.5 s: packets 5..9 are kept, 0..4 are gone.
+    assert len(hist) == 5
+    assert [hist.get(s) is not None for s in range(10)] == [False] * 5 + [True] * 5
+    # A sequence number used again (a rebase): the older packet's expiry leaves the newer one.
+    newer = b"\x80\x60\x00\x05new" + bytes(5)
+    hist.store(5, newer, 6.0)
+    hist.store(11, bytes(12), 7.6)  # cut-off 5.6 s: the first 5 (2.5 s) expires
+    assert hist.get(5) == newer
+    assert hist.get(11) is not None
 
 
 @pytest.mark.parametrize("csrc", [[], [7, 8]])
