@@ -12,11 +12,11 @@ The choice has two steps, both in this module:
    output size, picks a path before anything is joined;
 2. :func:`open_path` builds and starts only the chosen path. The relay may still decline at start
    (:class:`RelayDecline`: the Stream SFU grants another codec than the avatar's). It has then
-   joined the call already, so the transcode path takes that one SFU session over when it can
-   encode the granted codec itself: the call sees the bridge's participant join once, never join,
-   leave and join again. Only a grant that aiortc cannot encode (VP9: the relay asks for the
-   avatar's codec, then VP8/H264) still needs the Stream SDK's own session, a second join
-   (:mod:`bridge.stream.kept_session`).
+   joined the call already, so the transcode path takes that one SFU session over and encodes
+   the granted codec itself (VP8, H264 or VP9, :mod:`bridge.stream.kept_session`): the call sees
+   the bridge's participant join once, never join, leave and join again. Only a grant of a codec
+   the bridge cannot encode on that session (none the relay asks for: the avatar's codec, then
+   VP8, H264, VP9) would still need the Stream SDK's own session, a second join.
 
 Every reason is an enum whose value is also the ``reason`` label of ``bridge_media_path_total``.
 """

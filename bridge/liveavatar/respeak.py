@@ -29,6 +29,8 @@ from bridge.liveavatar.uplink_core import BYTES_PER_MS
 
 FRAME_MS = 10
 _FRAME_BYTES = FRAME_MS * BYTES_PER_MS
+# Played audio is dropped in steps of at least this much (one memmove per step, not per chunk).
+_DROP_MIN_MS = 500
 # A 10 ms frame quieter than this (RMS of s16 samples, about -50 dBFS) is a safe place to cut.
 QUIET_RMS = 100.0
 
@@ -70,14 +72,37 @@ class TurnRecorder:
     def recorded_ms(self) -> float:
         return self._bytes / BYTES_PER_MS
 
-    def audio(self, event_id: str, pcm: bytes) -> float:
-        """Audio accepted for turn ``event_id``; returns the ms trimmed to keep the bound."""
+    def audio(self, event_id: str, pcm: bytes, now: float | None = None) -> float:
+        """Audio accepted for turn ``event_id``; returns the ms trimmed to keep the bound.
+
+        With ``now``, audio the avatar has played more than ``overlap_ms`` ago is dropped first
+        (never re-spoken, so not counted as trimmed): a long turn keeps about a second, not all
+        of it (30 s of 24 kHz audio was ~1.4 MB per session)."""
         turn = self._turns.get(event_id)
         if turn is None:
             turn = self._turns[event_id] = _Turn()
         turn.pcm += pcm
         self._bytes += len(pcm)
+        if now is not None:
+            self._drop_played(now)
         return self._trim()
+
+    def _drop_played(self, now: float) -> None:
+        """Cut the playing turn's audio before its play position less ``overlap_ms`` (and a
+        frame): :meth:`unspoken` never starts a re-speak earlier, since the position only moves
+        on. In steps of at least ``_DROP_MIN_MS``, so the bytearray is not shifted per chunk."""
+        turn = next(iter(self._turns.values()), None)
+        if turn is None or turn.started_t is None:
+            return
+        total_ms = turn.trimmed_ms + len(turn.pcm) / BYTES_PER_MS
+        played = min(max(0.0, (now - turn.started_t) * 1000), total_ms)
+        keep_from = (played - self.overlap_ms - FRAME_MS) // FRAME_MS * FRAME_MS
+        cut = int((keep_from - turn.trimmed_ms) * BYTES_PER_MS) & ~1
+        if cut < _DROP_MIN_MS * BYTES_PER_MS:
+            return
+        del turn.pcm[:cut]
+        turn.trimmed_ms += cut / BYTES_PER_MS
+        self._bytes -= cut
 
     def ended(self, event_id: str) -> None:
         turn = self._turns.get(event_id)

@@ -627,7 +627,7 @@ class LiveAvatarUplink:
     def _record(self, turn: str | None, pcm: bytes) -> None:
         self._rec_turn = turn
         if turn is not None:
-            RESPEAK_TRIMMED_MS.inc(self._recorder.audio(turn, pcm))
+            RESPEAK_TRIMMED_MS.inc(self._recorder.audio(turn, pcm, time.monotonic()))
 
     def _lost_turn_id(self) -> str:
         self._lost_turns += 1

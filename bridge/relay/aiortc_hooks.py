@@ -333,9 +333,12 @@ class SenderTap:
     def codec(self) -> RTCRtpCodecParameters:
         return self._neg.codec
 
-    async def send(self, packet: RtpPacket) -> bool:
-        """Serialize and send; False (counted) when the transport is not connected."""
-        data = packet.serialize(self._neg.extensions)
+    def serialize(self, packet: RtpPacket) -> bytes:
+        """The plaintext packet with the header extensions this sender negotiated."""
+        return packet.serialize(self._neg.extensions)
+
+    async def send(self, data: bytes) -> bool:
+        """Send one serialized packet; False (counted) when the transport is not connected."""
         try:
             await self.sender.transport._send_rtp(data)
         except ConnectionError:

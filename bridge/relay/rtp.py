@@ -37,6 +37,7 @@ __all__ = [
     "first_sequence_number",
     "h264_is_keyframe_start",
     "is_keyframe_start",
+    "rtx_from_serialized",
     "vp8_is_keyframe_start",
 ]
 
@@ -249,29 +250,48 @@ def _ts_newer(a: int, b: int) -> bool:
 
 
 class RtxHistory:
-    """The last ``capacity`` packets sent downstream, to answer NACKs with RTX (RFC 4588).
+    """The packets sent downstream in the last ``horizon_s`` (at most ``capacity``), to answer
+    NACKs with RTX (RFC 4588).
 
-    Bounded by construction (a ring indexed by sequence number); a NACK for a packet that left
-    the ring is a miss and is counted.
+    A NACK for a packet no longer kept is a miss and is counted. The horizon is libwebrtc's
+    rule for its own send history (packets are kept max(1 s, 3 x RTT)): a receiver does not
+    wait longer than its jitter buffer for a retransmission, so older packets only cost memory
+    (a full 1024-packet ring of 360p video held ~1.2 MB per session). Each packet is kept as the
+    plaintext bytes that were sent (no parsed packet, no header-extension object, nothing for
+    the garbage collector to walk); an RTX packet is built from them byte for byte
+    (:func:`rtx_from_serialized`).
     """
 
-    def __init__(self, capacity: int = 512) -> None:
-        if capacity <= 0:
-            raise ValueError("capacity must be positive")
+    def __init__(self, capacity: int = 1024, horizon_s: float = 2.0) -> None:
+        if capacity <= 0 or horizon_s <= 0:
+            raise ValueError("capacity and horizon_s must be positive")
         self.capacity = capacity
-        self._ring: list[RtpPacket | None] = [None] * capacity
+        self.horizon_s = horizon_s
+        self._by_seq: dict[int, tuple[float, bytes]] = {}
+        self._order: deque[tuple[float, int]] = deque()
         self._rtx_seq = 0
         self.hits = 0
         self.misses = 0
 
-    def store(self, packet: RtpPacket) -> None:
-        self._ring[packet.sequence_number % self.capacity] = packet
+    def __len__(self) -> int:
+        return len(self._by_seq)
 
-    def get(self, sequence_number: int) -> RtpPacket | None:
-        p = self._ring[sequence_number % self.capacity]
-        return p if p is not None and p.sequence_number == sequence_number else None
+    def store(self, sequence_number: int, data: bytes, now_s: float) -> None:
+        self._by_seq[sequence_number] = (now_s, data)
+        order = self._order
+        order.append((now_s, sequence_number))
+        oldest = now_s - self.horizon_s
+        while order and (len(order) > self.capacity or order[0][0] < oldest):
+            t, seq = order.popleft()
+            kept = self._by_seq.get(seq)
+            if kept is not None and kept[0] == t:  # not a newer packet with that number
+                del self._by_seq[seq]
 
-    def retransmission(self, sequence_number: int, binding: OutputBinding) -> RtpPacket | None:
+    def get(self, sequence_number: int) -> bytes | None:
+        kept = self._by_seq.get(sequence_number)
+        return None if kept is None else kept[1]
+
+    def retransmission(self, sequence_number: int, binding: OutputBinding) -> bytes | None:
         """The RTX packet for a NACKed sequence number (or the packet itself without RTX)."""
         original = self.get(sequence_number)
         if original is None:
@@ -280,17 +300,25 @@ class RtxHistory:
         self.hits += 1
         if binding.rtx_payload_type is None or binding.rtx_ssrc is None:
             return original
-        rtx = RtpPacket(
-            payload_type=binding.rtx_payload_type,
-            marker=original.marker,
-            sequence_number=self._rtx_seq,
-            timestamp=original.timestamp,
-            ssrc=binding.rtx_ssrc,
-            payload=struct.pack("!H", original.sequence_number) + original.payload,
+        rtx = rtx_from_serialized(
+            original, binding.rtx_payload_type, self._rtx_seq, binding.rtx_ssrc
         )
-        rtx.extensions = original.extensions
         self._rtx_seq = (self._rtx_seq + 1) % _SEQ_MOD
         return rtx
+
+
+def rtx_from_serialized(data: bytes, payload_type: int, sequence_number: int, ssrc: int) -> bytes:
+    """RFC 4588 RTX of a serialized RTP packet: the same header (marker, timestamp, header
+    extensions) with the RTX payload type, sequence number and SSRC, and the original sequence
+    number in front of the payload."""
+    header_len = 12 + 4 * (data[0] & 0x0F)
+    if data[0] & 0x10:  # header extensions: a 4-byte header and `length` 32-bit words
+        header_len += 4 + 4 * int.from_bytes(data[header_len + 2 : header_len + 4], "big")
+    header = bytearray(data[:header_len])
+    header[1] = (data[1] & 0x80) | payload_type
+    header[2:4] = sequence_number.to_bytes(2, "big")
+    header[8:12] = ssrc.to_bytes(4, "big")
+    return bytes(header) + data[2:4] + data[header_len:]
 
 
 class RateLimiter:

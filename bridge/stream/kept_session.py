@@ -3,8 +3,9 @@
 When the relay declines (the SFU granted another codec than the avatar's), its participant is
 in the call already. Rather than leave and let the Stream SDK join again (a viewer would see the
 avatar arrive, leave and return), the transcode path publishes on that session: aiortc encodes
-the decoded avatar in the granted codec (VP8 or H264, the video encoders aiortc has) and sends
-it through the relay publisher's peer connection.
+the decoded avatar in the granted codec (VP8 or H264, the video encoders aiortc has, or VP9,
+added by :mod:`bridge.stream.vp9_send`) and sends it through the relay publisher's peer
+connection.
 
 Queues (both drop the oldest on overflow, counted in ``bridge_dropped_total``): video holds
 ``VIDEO_QUEUE`` frames in front of aiortc's encoder (a late frame is worth less than a fresh one);
@@ -26,11 +27,13 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from bridge import metrics
 from bridge.media import AudioChunk, VideoFrame
 from bridge.stream.relay_publisher import StreamRelayPublisher
+from bridge.stream.vp9_send import enable_vp9_send
 
 log = structlog.get_logger(__name__)
 
-# The video codecs aiortc can encode: a declined relay's session is kept for these.
-ENCODABLE = ("VP8", "H264")
+# The video codecs aiortc can encode (VP9 with bridge.stream.vp9_send): a declined relay's
+# session is kept for these, so the call sees one join whatever the SFU grants of them.
+ENCODABLE = ("VP8", "H264", "VP9")
 VIDEO_QUEUE = 2
 _US = Fraction(1, 1_000_000)
 
@@ -90,6 +93,8 @@ class KeptSessionPublisher:
         codec = (stream.granted_codec or "").upper()
         if codec not in ENCODABLE:
             raise ValueError(f"aiortc encodes {ENCODABLE}, the SFU granted {codec!r}")
+        if codec == "VP9":
+            enable_vp9_send()  # before publish() builds the offer from aiortc's codec table
         self._stream = stream
         self._codec = codec
         self._width, self._height = width, height

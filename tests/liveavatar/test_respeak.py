@@ -132,3 +132,29 @@ def test_the_bound_trims_the_oldest_audio_and_reports_it() -> None:
     (part,) = rec.unspoken(now=0.2)  # t2's first 500 ms were trimmed: position before them
     assert part.from_ms == pytest.approx(500.0)
     assert part.ms == pytest.approx(1000.0)
+
+
+@pytest.mark.parametrize("loss_at_s", [0.3, 1.15, 2.05, 7.77, 19.99])
+def test_played_audio_is_dropped_and_the_rest_is_the_same(loss_at_s: float) -> None:
+    """A real-time 20 s turn: a recorder told the time keeps about a second of it, and what it
+    gives at a loss is exactly what one keeping the whole turn gives."""
+    pcm = beeps(40)
+    chunk = 20 * BYTES_PER_MS
+    lead_s = 0.4  # the avatar starts playing 400 ms after the turn's first audio
+    lean, full = TurnRecorder(max_ms=30_000, overlap_ms=300), TurnRecorder(30_000, 300)
+    t0 = 100.0
+    kept_max = 0.0
+    for i in range(0, len(pcm), chunk):
+        now = t0 + i / BYTES_PER_MS / 1000
+        if now > t0 + loss_at_s:
+            break
+        assert lean.audio("t1", pcm[i : i + chunk], now) == 0.0  # nothing counted as trimmed
+        assert full.audio("t1", pcm[i : i + chunk]) == 0.0
+        if i == 0:
+            for rec in (lean, full):  # ahead of time: nothing counts as played before it
+                rec.speak_started("t1", t0 + lead_s)
+        kept_max = max(kept_max, lean.recorded_ms)
+    # Lead + overlap + a frame + one drop step + a chunk, at most.
+    assert kept_max <= 400 + 300 + 10 + 500 + 20
+    assert full.recorded_ms >= min(loss_at_s * 1000, 20_000) - 20
+    assert lean.unspoken(t0 + loss_at_s) == full.unspoken(t0 + loss_at_s)

@@ -4,14 +4,18 @@ relay (no decoding) -> Stream stand-in (decodes and measures). Loose functional 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import statistics
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
 import pytest
+from getstream.video.rtc.pb.stream.video.sfu.event import events_pb2 as ev
 
 from bridge.client import BridgeClient, RemoteError, stream_pcm_realtime
 from bridge.media import AudioFormat
@@ -19,6 +23,14 @@ from bridge.protocol import EventMsg
 from bridge.sim.marks import beep_train
 from bridge.sim.stack import PUBLISHER_ENV, SMALL, DaemonProcess, StandIns
 from bridge.sim.stream.rtp_taps import ReceiveFaults
+from bridge.stream.join import StreamJoinOptions
+from bridge.stream.signalling import (
+    client_details,
+    close_ws,
+    connect_coordinator,
+    join_call,
+    open_sfu,
+)
 
 pytestmark = pytest.mark.netns
 
@@ -137,23 +149,101 @@ async def test_relay_is_the_default_and_carries_a_lip_synced_turn(
     assert sim.liveavatar.live_sessions == []
 
 
-async def test_auto_transcodes_when_the_sfu_does_not_grant_the_avatars_codec(
+class Viewer:
+    """Another participant of the call, over the Stream stand-in's real signalling: records the
+    ``participant_joined`` / ``participant_left`` events the SFU sends it (what a viewer's
+    browser shows as the avatar arriving and leaving)."""
+
+    def __init__(self, sim: StandIns, call_id: str) -> None:
+        self._opts = StreamJoinOptions(
+            api_key=sim.stream.api_key,
+            api_secret=sim.stream.api_secret,
+            base_url=sim.stream.base_url,
+            ws_url=None,
+            user_id="viewer",
+        )
+        self._call_id = call_id
+        self.joined: list[str] = []
+        self.left: list[str] = []
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> Viewer:
+        http = await self._stack.enter_async_context(aiohttp.ClientSession())
+        coord, token, connection_id = await connect_coordinator(http, self._opts)
+        self._stack.push_async_callback(close_ws, coord)
+        creds = await join_call(http, self._opts, "default", self._call_id, token, connection_id)
+        session_id = str(uuid.uuid4())
+        ws, _ = await open_sfu(
+            http,
+            creds.ws_url,
+            self._opts,
+            session_id,
+            f"default:{self._call_id}",
+            ev.JoinRequest(
+                token=creds.token,
+                session_id=session_id,
+                unified_session_id=session_id,
+                client_details=client_details(),
+            ),
+        )
+        self._stack.push_async_callback(close_ws, ws)
+        reader = asyncio.create_task(self._read(ws))
+        self._stack.push_async_callback(_cancel, reader)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for msg in ws:
+            if msg.type != aiohttp.WSMsgType.BINARY:
+                continue
+            event = ev.SfuEvent.FromString(msg.data)
+            kind = event.WhichOneof("event_payload")
+            if kind == "participant_joined":
+                self.joined.append(event.participant_joined.participant.user_id)
+            elif kind == "participant_left":
+                self.left.append(event.participant_left.participant.user_id)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_vp9_only_grant_keeps_the_one_join_the_viewer_sees(
     sim: StandIns, start_daemon: StartDaemon
 ) -> None:
+    """The SFU grants VP9 only to a VP8 avatar: the relay declines and the transcode path
+    encodes VP9 on the relay's SFU session. A viewer already in the call sees the bridge's
+    participant join once and never leave."""
     sim.stream.grantable_codecs = ("VP9",)  # the SFU answers its default (VP9) to a VP8 ask
     daemon = await start_daemon()
-    async with await BridgeClient.connect(daemon.socket) as client:
-        events = await open_session(client, "fallback")
-        path = events["media_path"]
-        assert path["path"] == "transcode" and "declined" in path["reason"], path
-        sim.stream.reset_measure("default", "fallback")
-        await stream_pcm_realtime(client, tone(1.5), FMT)
-        await client.end_turn()
-        await until_event(client, "speak_ended")
-        stats = sim.stream.stats("default", "fallback")
-    assert stats["video_codec"] == "VP9"
-    assert stats["video"]["frames"] > 20
-    assert [p["user_id"] for p in stats["participants"]] == ["avatar-bridge"]
+    async with Viewer(sim, "fallback") as viewer:
+        async with await BridgeClient.connect(daemon.socket) as client:
+            events = await open_session(client, "fallback")
+            path = events["media_path"]
+            assert path["path"] == "transcode" and "declined" in path["reason"], path
+            assert events["published"]["codec"] == "VP9"
+            assert events["published"]["media_path"] == "transcode"
+            sim.stream.reset_measure("default", "fallback")
+            await stream_pcm_realtime(client, tone(1.5), FMT)
+            await client.end_turn()
+            await until_event(client, "speak_ended")
+            stats = sim.stream.stats("default", "fallback")
+            metrics = await asyncio.to_thread(daemon.metrics)
+        participants_seen = viewer.joined.count("avatar-bridge")
+        left = list(viewer.left)
+    assert stats["video_codec"] == "VP9"  # measured on the wire
+    assert stats["video"]["frames"] > 20 and stats["audio"]["seconds"] > 1.0
+    assert participants_seen == 1 and left == [], (viewer.joined, left)
+    assert stats["joins"] == 2 and stats["sfu_connects"] == 2, stats  # the viewer's and ours
+    assert stats["leaves"] == []
+    assert sorted(p["user_id"] for p in stats["participants"]) == ["avatar-bridge", "viewer"]
+    assert any(
+        k.startswith("bridge_media_path_total") and 'reason="codec_not_granted"' in k
+        for k in metrics
+    )
 
 
 async def test_a_declined_relay_keeps_its_one_join_for_the_transcode_path(

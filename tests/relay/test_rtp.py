@@ -5,7 +5,8 @@ from __future__ import annotations
 import struct
 
 import pytest
-from aiortc.rtp import RtpPacket
+from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+from aiortc.rtp import HeaderExtensionsMap, RtpPacket, wrap_rtx
 
 from bridge.relay.rtp import (
     HoldQueue,
@@ -16,7 +17,23 @@ from bridge.relay.rtp import (
     RtxHistory,
     h264_is_keyframe_start,
     is_keyframe_start,
+    rtx_from_serialized,
     vp8_is_keyframe_start,
+)
+
+EXTENSIONS = HeaderExtensionsMap()
+EXTENSIONS.configure(
+    RTCRtpParameters(
+        headerExtensions=[
+            RTCRtpHeaderExtensionParameters(
+                id=1, uri="urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+            ),
+            RTCRtpHeaderExtensionParameters(id=3, uri="urn:ietf:params:rtp-hdrext:sdes:mid"),
+            RTCRtpHeaderExtensionParameters(
+                id=4, uri="http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+            ),
+        ]
+    )
 )
 
 # -- VP8 (RFC 7741) ------------------------------------------------------------------------------
@@ -181,18 +198,51 @@ def test_rtx_history_answers_nacks_and_counts_misses() -> None:
     rw = RtpRewriter(BINDING)
     sent = [rw.rewrite(pkt(s, 0), 0.0, None) for s in range(6)]
     for p in sent:
-        hist.store(p)
-    rtx = hist.retransmission(sent[5].sequence_number, BINDING)
-    assert rtx is not None
-    assert (rtx.ssrc, rtx.payload_type) == (0xBEEF, 97)
+        hist.store(p.sequence_number, p.serialize(EXTENSIONS), 0.0)
+    data = hist.retransmission(sent[5].sequence_number, BINDING)
+    assert data is not None
+    rtx = RtpPacket.parse(data, EXTENSIONS)
+    assert (rtx.ssrc, rtx.payload_type, rtx.sequence_number) == (0xBEEF, 97, 0)
     assert struct.unpack("!H", rtx.payload[:2])[0] == sent[5].sequence_number
     assert rtx.payload[2:] == sent[5].payload
     assert hist.retransmission(sent[0].sequence_number, BINDING) is None  # left the ring
     assert (hist.hits, hist.misses) == (1, 1)
     plain = OutputBinding(ssrc=1, payload_type=96, mid=None, clock_rate=48000)
-    assert hist.retransmission(sent[4].sequence_number, plain) is sent[4]
+    assert hist.retransmission(sent[4].sequence_number, plain) == sent[4].serialize(EXTENSIONS)
     with pytest.raises(ValueError):
         RtxHistory(0)
+    with pytest.raises(ValueError):
+        RtxHistory(4, horizon_s=0)
+
+
+def test_rtx_history_forgets_packets_older_than_its_horizon() -> None:
+    hist = RtxHistory(capacity=100, horizon_s=2.0)
+    for seq in range(10):  # one packet every 0.5 s
+        hist.store(seq, bytes([0x80, 96, 0, seq]) + bytes(8), seq * 0.5)
+    # At 4.5 s the horizon reaches back to 2.5 s: packets 5..9 are kept, 0..4 are gone.
+    assert len(hist) == 5
+    assert [hist.get(s) is not None for s in range(10)] == [False] * 5 + [True] * 5
+    # A sequence number used again (a rebase): the older packet's expiry leaves the newer one.
+    newer = b"\x80\x60\x00\x05new" + bytes(5)
+    hist.store(5, newer, 6.0)
+    hist.store(11, bytes(12), 7.6)  # cut-off 5.6 s: the first 5 (2.5 s) expires
+    assert hist.get(5) == newer
+    assert hist.get(11) is not None
+
+
+@pytest.mark.parametrize("csrc", [[], [7, 8]])
+@pytest.mark.parametrize("mid", [None, "1"])
+@pytest.mark.parametrize("marker", [0, 1])
+def test_rtx_from_serialized_is_aiortcs_rtx(csrc: list[int], mid: str | None, marker: int) -> None:
+    """Byte for byte what aiortc's own ``wrap_rtx`` gives, header extensions and CSRCs included."""
+    p = RtpPacket(payload_type=96, marker=marker, sequence_number=4321, timestamp=99, ssrc=5)
+    p.csrc = csrc
+    p.payload = bytes(range(200))
+    p.extensions.mid = mid
+    p.extensions.abs_send_time = 0x123456
+    p.extensions.audio_level = (True, 30)
+    want = wrap_rtx(p, payload_type=97, sequence_number=17, ssrc=0xBEEF).serialize(EXTENSIONS)
+    assert rtx_from_serialized(p.serialize(EXTENSIONS), 97, 17, 0xBEEF) == want
 
 
 def test_rate_limiter() -> None:
