@@ -196,7 +196,13 @@ async def test_a_minute_of_libwebrtc_simulcast_relayed_through_loss_and_a_layer_
                     avatar = [
                         {
                             k: getattr(la.publisher, k)
-                            for k in ("frames", "audio_frames", "audio_skipped", "audio_not_ready")
+                            for k in (
+                                "frames",
+                                "audio_frames",
+                                "audio_skipped",
+                                "audio_caught_up",
+                                "audio_not_ready",
+                            )
                         }
                         for la in sim.liveavatar.sessions.values()
                         if la.publisher is not None
