@@ -9,11 +9,9 @@ the LiveKit stand-in's SFU), so the faults hit the relay on real RTP, not aiortc
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
-from bridge.sim.liveavatar import StandInOptions
 from bridge.sim.stack import DaemonProcess, StandIns
 from tests.reliability._support import (
     Session,
@@ -33,11 +31,8 @@ RELAY = ("--set", "output.media_path=relay")
 
 
 @pytest.fixture
-async def sim(sim_options: StandInOptions) -> AsyncIterator[StandIns]:
-    async with StandIns(
-        render_latency_s=0.2, liveavatar=sim_options, avatar_publisher="sdk"
-    ) as stack:
-        yield stack
+def sim_publisher() -> str:
+    return "sdk"
 
 
 async def _relay_daemon(start_daemon: StartDaemon) -> DaemonProcess:
