@@ -21,11 +21,11 @@ readable and in order (no corrupt picture), audio all along and lip sync within 
 of the end-to-end tests (the benchmark holds the goal). On an overloaded machine (load average
 15-20 seen) the source stalls (libwebrtc's encoder, the stand-ins' loop) and every receiver
 freezes and drops with it, which is not the path under test: the test then says so and what it
-measured. Seen then, all in the stand-ins: retransmissions so late that aiortc's jitter buffer
-at the Stream receiver resets to them (it takes a packet over 100 behind as a new start) and
-decodes an old picture again (H264, one NAL unit per picture: "backwards" marks), and the
-avatar's audio skipped by the SDK publisher when its renderer, on the stand-ins' loop, computes
-late.
+measured. Seen then, all in the stand-ins: their sockets' receive buffers overflowing while
+their loop stalls (37 % of the namespace's UDP datagrams in one run), retransmissions so late
+that aiortc's jitter buffer at the Stream receiver restarts at them (a packet over 100 behind is
+a new start) and decodes an old picture again (6 in one H264 run), and the avatar's audio
+skipped by the SDK publisher when its renderer, on the stand-ins' loop, computes late.
 One codec per test: two libwebrtc publishers at once overload the 2-core machine.
 """
 
