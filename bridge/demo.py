@@ -111,13 +111,12 @@ class Demo:
             self.use_viewer = False
         self.viewer_report = {"error": why_not} if why_not else {}
         async with (
-            # The stand-in's own encoder by default: the libwebrtc publisher's audio pump lags
-            # the renderer by up to 60 ms (measured: picture early by 80-100 ms at the SFU), a
-            # stand-in defect that would dominate the demo's sync figures (docs/demo.md).
-            # BRIDGE_SIM_AVATAR_PUBLISHER=sdk publishes as LiveAvatar's does (libwebrtc).
+            # The avatar publishes as LiveAvatar's does (the LiveKit SDK: libwebrtc, simulcast,
+            # forwarded by the stand-in's SFU); BRIDGE_SIM_AVATAR_PUBLISHER=aiortc has the
+            # LiveKit stand-in encode it instead (cheaper; not libwebrtc's RTP).
             StandIns(
                 render_latency_s=RENDER_LATENCY_S,
-                avatar_publisher=os.environ.get(PUBLISHER_ENV) or "aiortc",
+                avatar_publisher=os.environ.get(PUBLISHER_ENV) or "sdk",
             ) as sim,
             contextlib.AsyncExitStack() as stack,
         ):

@@ -513,6 +513,17 @@ class AvatarRenderer:
     def mouth_level_at(self, j: int) -> int:
         return mouth_level(self._rms.get(int(j / self.fps / TICK_S), 0.0))
 
+    def ready_audio(self, k: int) -> npt.NDArray[np.int16] | None:
+        """Audio tick ``k`` (s16 48 kHz mono) once computed, else None.
+
+        Reads only (single dict lookups and an int, atomic under the GIL), so a consumer on
+        another thread may call it: the SDK avatar's audio pump runs on its own loop.
+        """
+        if self._next_tick <= k:
+            return None
+        pcm = self._audio.get(k - self._audio_delay.get(k, 0))
+        return np.zeros(TICK_SAMPLES, dtype=np.int16) if pcm is None else pcm
+
     def audio_frame(self, k: int) -> av.AudioFrame:
         pcm = self._audio.get(k - self._audio_delay.get(k, 0))
         if pcm is None:

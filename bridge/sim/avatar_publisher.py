@@ -6,23 +6,30 @@ in the session's codec, microphone audio as Opus with DTX off. The LiveKit stand
 the publisher's RTP SFU-style, so subscribers (the daemon, its relay) see libwebrtc-produced RTP:
 simulcast layers, temporal layers, picture ids, padding probes, H264 as libwebrtc packetizes it.
 
-The renderer's tracks are aiortc ``MediaStreamTrack``s; one pump per track copies their frames
-into the SDK's sources (I420 planes as they are, s16 PCM as it is).
+The video pump copies the renderer's aiortc video track into the SDK's source (I420 planes as
+they are). The audio pump runs on its own thread and event loop, paced by the renderer's
+monotonic media clock: ``AudioSource.capture_frame`` is awaited on the loop the source was made
+for, and on the stand-ins' busy loop (the stand-ins, the daemon's peers, libwebrtc's callbacks)
+that await fell behind for seconds, so the audio reached the SFU 80-106 ms behind the picture.
+A plain aiortc audio track (the tests' synthetic tone) is pumped on the caller's loop instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
-from typing import Any
+import threading
+from typing import Protocol
 
 import av
 import numpy as np
+import numpy.typing as npt
 import structlog
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from livekit import rtc
 
-__all__ = ["SdkAvatarPublisher"]
+__all__ = ["RenderedAudio", "SdkAvatarPublisher"]
 
 log = structlog.get_logger(__name__)
 
@@ -37,6 +44,28 @@ AUDIO_QUEUE_MS = 100
 # on the loaded 2-core machine, the cause of the -140...-205 ms A/V skews at Stream. A real-time
 # renderer never sends late audio; the video track already skips to live the same way.
 AUDIO_MAX_LAG_MS = 60
+# Once behind, the pump stays behind: the source plays in real time, so the ticks it captured
+# late stay queued as extra delay (measured: a constant 4-47 ms per session after one stall).
+# Behind by more than this, a quiet tick is dropped instead (between words, between beeps) to
+# catch up without losing speech; AUDIO_MAX_LAG_MS stays the bound for every tick.
+CATCH_UP_MS = 20
+QUIET_PEAK = 64  # s16 peak of a tick that may be dropped to catch up (about -54 dBFS)
+TICK_S = 0.02  # the renderer's audio tick (20 ms)
+# How often the audio pump looks again for a tick the renderer (on the main loop) has not
+# computed yet: the renderer computes 60 ms ahead, so this only happens when that loop stalls.
+NOT_READY_POLL_S = 0.002
+CLOSE_TIMEOUT_S = 5.0
+
+
+class RenderedAudio(Protocol):
+    """The renderer's audio as the pump reads it, from its own thread (``AvatarRenderer``)."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    def media_s(self) -> float: ...
+
+    def ready_audio(self, k: int) -> npt.NDArray[np.int16] | None: ...
 
 
 class SdkAvatarPublisher:
@@ -45,7 +74,7 @@ class SdkAvatarPublisher:
     def __init__(
         self,
         video: MediaStreamTrack,
-        audio: MediaStreamTrack,
+        audio: RenderedAudio | MediaStreamTrack,
         *,
         width: int,
         height: int,
@@ -57,25 +86,45 @@ class SdkAvatarPublisher:
         self.codec = codec.upper()
         self.room = rtc.Room()
         self._vsource = rtc.VideoSource(width, height)
+        # The renderer's audio is pumped on its own loop and thread (see the module doc); the
+        # source delivers its capture callbacks to the loop it is made for. A plain aiortc track
+        # (tests' synthetic tone) is pumped on the caller's loop, where its recv() runs.
+        self._aloop: asyncio.AbstractEventLoop | None = None
+        self._athread: threading.Thread | None = None
+        if not isinstance(audio, MediaStreamTrack):
+            self._aloop = asyncio.new_event_loop()
+            self._athread = threading.Thread(
+                target=self._aloop.run_forever, name="avatar-sdk-audio", daemon=True
+            )
         # A short queue: the renderer already paces its audio in real time; a long one only
         # adds latency the daemon would have to sync away.
-        self._asource = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=AUDIO_QUEUE_MS)
+        self._asource = rtc.AudioSource(
+            SAMPLE_RATE, 1, queue_size_ms=AUDIO_QUEUE_MS, loop=self._aloop
+        )
         self._tasks: list[asyncio.Task[None]] = []
+        self._apump: concurrent.futures.Future[None] | None = None
         self.frames = 0
         self.audio_frames = 0
         # How far behind the renderer's clock each captured audio frame was (ms): a pump that
         # fell behind keeps its backlog, since the source plays what it gets in real time.
         self.audio_lag_ms: list[float] = []
         self.audio_skipped = 0
+        self.audio_caught_up = 0  # quiet ticks dropped to catch up (CATCH_UP_MS)
+        self.audio_not_ready = 0  # polls for a tick the renderer had not computed yet
 
     async def start(self, url: str, token: str) -> None:
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
             await self.room.connect(url, token)
         loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._pump_video(), name="avatar-sdk-video"),
-            loop.create_task(self._pump_audio(), name="avatar-sdk-audio"),
-        ]
+        self._tasks = [loop.create_task(self._pump_video(), name="avatar-sdk-video")]
+        if isinstance(self._audio, MediaStreamTrack):
+            track = self._audio
+            self._tasks.append(loop.create_task(self._pump_track(track), name="avatar-sdk-audio"))
+        elif self._aloop is not None and self._athread is not None:
+            self._athread.start()
+            rendered = self._audio
+            self._apump = asyncio.run_coroutine_threadsafe(self._pump_audio(rendered), self._aloop)
+            self._apump.add_done_callback(_log_pump_end)
         codec = rtc.VideoCodec.H264 if self.codec == "H264" else rtc.VideoCodec.VP8
         lp = self.room.local_participant
         async with asyncio.timeout(PUBLISH_TIMEOUT_S):
@@ -96,9 +145,24 @@ class SdkAvatarPublisher:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        await asyncio.to_thread(self._stop_audio_thread)
         with contextlib.suppress(Exception):  # leaving a room the server already closed
             async with asyncio.timeout(5.0):
                 await self.room.disconnect()
+
+    def _stop_audio_thread(self) -> None:
+        """Cancel the audio pump, stop its loop and join its thread (blocking: off the loop)."""
+        if self._apump is not None:
+            self._apump.cancel()  # cancels the task on its own loop
+            concurrent.futures.wait([self._apump], timeout=CLOSE_TIMEOUT_S)
+            self._apump = None
+        if self._aloop is None or self._athread is None:
+            return
+        if self._athread.is_alive():
+            self._aloop.call_soon_threadsafe(self._aloop.stop)
+            self._athread.join(CLOSE_TIMEOUT_S)
+        if not self._athread.is_alive() and not self._aloop.is_closed():
+            self._aloop.close()
 
     async def _pump_video(self) -> None:
         with contextlib.suppress(MediaStreamError):
@@ -110,28 +174,62 @@ class SdkAvatarPublisher:
                 self._vsource.capture_frame(out)
                 self.frames += 1
 
-    async def _pump_audio(self) -> None:
+    async def _pump_track(self, track: MediaStreamTrack) -> None:
+        """A plain aiortc audio track, on the caller's loop (no renderer clock to pace by)."""
         with contextlib.suppress(MediaStreamError):
             while True:
-                frame = await self._audio.recv()
+                frame = await track.recv()
                 assert isinstance(frame, av.AudioFrame)
-                pcm: Any = frame.to_ndarray()
-                data = np.ascontiguousarray(pcm, dtype=np.int16).tobytes()
-                samples = frame.samples
-                clock = getattr(self._audio, "media_s", None)
-                if clock is not None and frame.pts is not None and frame.time_base is not None:
-                    # Lag past the end of the frame's 20 ms (0 when captured in time), plus what
-                    # the source still has queued to play before it.
-                    end = float((frame.pts + samples) * frame.time_base)
-                    lag = 1000 * (clock() - end + self._asource.queued_duration)
-                    if lag > AUDIO_MAX_LAG_MS:
-                        self.audio_skipped += 1
-                        continue
-                    self.audio_lag_ms = [*self.audio_lag_ms[-255:], lag]
+                pcm = np.ascontiguousarray(frame.to_ndarray(), dtype=np.int16)
                 await self._asource.capture_frame(
-                    rtc.AudioFrame(data, frame.sample_rate or SAMPLE_RATE, 1, samples)
+                    rtc.AudioFrame(
+                        pcm.tobytes(), frame.sample_rate or SAMPLE_RATE, 1, frame.samples
+                    )
                 )
                 self.audio_frames += 1
+
+    async def _pump_audio(self, src: RenderedAudio) -> None:
+        """On the audio thread's loop: tick ``k`` captured when the renderer's clock reaches it.
+
+        Bounded lag: a tick that would play more than ``AUDIO_MAX_LAG_MS`` behind the clock
+        (counting what the source still has queued) is skipped, as a real-time renderer drops
+        late audio instead of keeping it as delay for the rest of the session; past
+        ``CATCH_UP_MS`` only quiet ticks are.
+        """
+        k: int | None = None
+        while not src.closed:
+            now = src.media_s()
+            if k is None:
+                k = int(now / TICK_S)
+            wait = k * TICK_S - now
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            pcm = src.ready_audio(k)
+            if pcm is None:
+                self.audio_not_ready += 1
+                await asyncio.sleep(NOT_READY_POLL_S)
+                continue
+            # Lag past the end of the tick's 20 ms (0 when captured in time), plus what the
+            # source still has queued to play before it.
+            lag = 1000 * (now - (k + 1) * TICK_S + self._asource.queued_duration)
+            k += 1
+            if lag > AUDIO_MAX_LAG_MS:
+                self.audio_skipped += 1
+                continue
+            if lag > CATCH_UP_MS and int(np.abs(pcm).max()) < QUIET_PEAK:
+                self.audio_caught_up += 1
+                continue
+            self.audio_lag_ms = [*self.audio_lag_ms[-255:], lag]
+            data = np.ascontiguousarray(pcm, dtype=np.int16).tobytes()
+            await self._asource.capture_frame(rtc.AudioFrame(data, SAMPLE_RATE, 1, len(pcm)))
+            self.audio_frames += 1
+
+
+def _log_pump_end(fut: concurrent.futures.Future[None]) -> None:
+    """The audio pump ends only when cancelled or its renderer closed; anything else is logged."""
+    if not fut.cancelled() and (exc := fut.exception()) is not None:
+        log.error("avatar_sdk_audio_pump_failed", error=repr(exc))
 
 
 def _i420_bytes(frame: av.VideoFrame) -> bytes:

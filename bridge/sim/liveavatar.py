@@ -548,7 +548,7 @@ class LiveAvatarStandIn:
         assert self.livekit is not None and session.room is not None
         publisher = SdkAvatarPublisher(
             renderer.video_track(),
-            renderer.audio_track(),
+            renderer,
             width=width,
             height=height,
             codec=session.encoding,

@@ -1,7 +1,8 @@
 """Fixtures of the reliability area: the stand-ins in the test's loop and daemons against them.
 
-A module may override ``sim_options`` (the LiveAvatar stand-in's options, e.g. scaled time) or
-``sim`` itself (e.g. stand-ins built with canary credentials).
+A module may override ``sim_options`` (the LiveAvatar stand-in's options, e.g. scaled time),
+``sim_publisher`` (the libwebrtc avatar for the relay's tests) or ``sim`` itself (e.g. stand-ins
+built with canary credentials).
 """
 
 from __future__ import annotations
@@ -29,8 +30,17 @@ def sim_options() -> StandInOptions:
 
 
 @pytest.fixture
-async def sim(sim_options: StandInOptions) -> AsyncIterator[StandIns]:
-    async with StandIns(render_latency_s=0.2, liveavatar=sim_options) as stack:
+def sim_publisher() -> str | None:
+    """How the avatar reaches its room (``StandIns(avatar_publisher=...)``): the stand-ins'
+    default; tests of the relay override it with ``"sdk"`` (libwebrtc's RTP, forwarded)."""
+    return None
+
+
+@pytest.fixture
+async def sim(sim_options: StandInOptions, sim_publisher: str | None) -> AsyncIterator[StandIns]:
+    async with StandIns(
+        render_latency_s=0.2, liveavatar=sim_options, avatar_publisher=sim_publisher
+    ) as stack:
         yield stack
 
 

@@ -1,7 +1,10 @@
 """Stream and LiveKit faults under a real daemon on the encoded relay (the default media path; the
 conftest pins transcode, the flag here overrides it): the SFU WebSocket dropped, the join denied,
 send-video revoked and the video layer paused (video stops, audio goes on, video comes back on
-a keyframe), LiveKit signalling dropped, the avatar leaving. Each ends with nothing billed."""
+a keyframe), LiveKit signalling dropped, the avatar leaving. Each ends with nothing billed.
+
+The avatar publishes as LiveAvatar's does (the LiveKit SDK: libwebrtc simulcast RTP, forwarded by
+the LiveKit stand-in's SFU), so the faults hit the relay on real RTP, not aiortc's."""
 
 from __future__ import annotations
 
@@ -21,9 +24,15 @@ from tests.reliability._support import (
 )
 from tests.reliability.conftest import StartDaemon
 
-pytestmark = [pytest.mark.netns, pytest.mark.timeout(25)]
+# The SDK avatar joins and publishes before the first frame: more set-up than the aiortc one.
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(45)]
 
 RELAY = ("--set", "output.media_path=relay")
+
+
+@pytest.fixture
+def sim_publisher() -> str:
+    return "sdk"
 
 
 async def _relay_daemon(start_daemon: StartDaemon) -> DaemonProcess:
