@@ -82,17 +82,21 @@ def user_token(standin: StreamStandIn, user_id: str) -> str:
     return jwt.encode({"user_id": user_id}, standin.api_secret, algorithm="HS256")
 
 
-def connect_args(standin: StreamStandIn, user_id: str, token: str | None = None) -> str:
-    """The JS object literal of ``streamPage.connect`` for this stand-in."""
-    return json.dumps(
-        {
-            "apiKey": standin.api_key,
-            "token": token or user_token(standin, user_id),
-            "userId": user_id,
-            "baseURL": standin.browser_base_url,
-            "locationHintUrl": standin.location_hint_url,
-        }
-    )
+def connect_args(
+    standin: StreamStandIn, user_id: str, token: str | None = None, attempts: int | None = None
+) -> str:
+    """The JS object literal of ``streamPage.connect`` for this stand-in (``attempts``: the
+    SDK's ``maxConnectUserRetries``, 5 when not given)."""
+    args: dict[str, object] = {
+        "apiKey": standin.api_key,
+        "token": token or user_token(standin, user_id),
+        "userId": user_id,
+        "baseURL": standin.browser_base_url,
+        "locationHintUrl": standin.location_hint_url,
+    }
+    if attempts is not None:
+        args["maxConnectUserRetries"] = attempts
+    return json.dumps(args)
 
 
 async def stream_page(browser: Chromium, pages: PageServer) -> Page:

@@ -58,9 +58,9 @@ async def test_bad_token_is_refused_with_streams_auth_error(
 ) -> None:
     page = await stream_page(browser, pages)
     forged = jwt.encode({"user_id": "mallory"}, "not-the-secret-" * 3, algorithm="HS256")
-    result = await page.evaluate(
-        f"window.streamPage.connect({connect_args(sfu, 'mallory', token=forged)})", timeout_s=30
-    )
+    # One attempt: the SDK would try five times (with back-off) and report the same refusal.
+    args = connect_args(sfu, "mallory", token=forged, attempts=1)
+    result = await page.evaluate(f"window.streamPage.connect({args})", timeout_s=30)
     assert result["ok"] is False, result
     error = json.loads(result["error"]) if result["error"].startswith("{") else result["error"]
     # Stream's JWT signature error (code 43), as the coordinator sends it in connection.error.
