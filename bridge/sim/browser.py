@@ -332,7 +332,11 @@ class ChromiumProcess:
             "about:blank",
         ]
         proc = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            preexec_fn=_die_with_parent,  # a killed test session must not leave it running
         )
         self._proc = proc
         found = threading.Event()
@@ -371,6 +375,14 @@ class ChromiumProcess:
         if self._profile is not None:
             shutil.rmtree(self._profile, ignore_errors=True)
             self._profile = None
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the parent dies (Linux's PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
 
 async def _read_endpoint(proc: asyncio.subprocess.Process) -> str:
