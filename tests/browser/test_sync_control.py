@@ -13,8 +13,10 @@ receivers' delays cancels out.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import statistics
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +31,19 @@ from bridge.sim.browser_viewer import CONTROL_BOUND_MS, control_moves
 from bridge.sim.marks import beep_train
 from bridge.sim.stack import SMALL, DaemonProcess, StandIns
 from bridge.sim.web import PageServer
-from tests.browser.conftest import join_as_viewer
+from tests.browser.conftest import connect_args
 
 pytestmark = pytest.mark.netns
 FMT = AudioFormat(24000, 1)
 OFFSET_MS = 80.0
 BEEPS = 12
 STEADY_MS = 80.0
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[StandIns]:
+    async with StandIns(render_latency_s=0.2) as stack:
+        yield stack
 
 
 def _renderer(sim: StandIns) -> AvatarRenderer:
@@ -58,7 +66,15 @@ async def test_injected_offset_moves_the_browser_figure_by_that_much(
                     message = await client.recv()
                     if isinstance(message, EventMsg):
                         seen.add(message.event)
-            page = await join_as_viewer(browser, pages, sim.stream, "control")
+            page = await browser.open(pages.url("stream.html"))
+            await page.wait_for("window.streamPage !== undefined")
+            ok = await page.evaluate(
+                f"window.streamPage.connect({connect_args(sim.stream, 'viewer')})", timeout_s=30
+            )
+            assert ok == {"ok": True}, page.diagnostics()
+            args = json.dumps({"callType": "default", "callId": "control", "publish": False})
+            joined = await page.evaluate(f"window.streamPage.join({args})", timeout_s=30)
+            assert joined["ok"], page.diagnostics()
             await page.wait_for("window.streamPage.viewerReport().frames >= 30", within_s=30)
             renderer = _renderer(sim)
             # Marks 1 s apart, paired within 450 ms: a viewer's skew early in a call on a
