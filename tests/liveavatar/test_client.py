@@ -212,8 +212,10 @@ async def test_keep_alive_keeps_idle_session(
     # went idle at least as long) and the kept one has sent its keep-alives: no longer.
     alive_messages = standin.sessions[room_a.session_id].messages
     await until(
-        lambda: room_q.session_id not in standin.live_sessions
-        and [m["type"] for m in alive_messages].count("session.keep_alive") >= 5,
+        lambda: (
+            room_q.session_id not in standin.live_sessions
+            and [m["type"] for m in alive_messages].count("session.keep_alive") >= 5
+        ),
         wait_s=15,
     )
     assert room_a.session_id in standin.live_sessions
