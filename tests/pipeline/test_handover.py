@@ -12,7 +12,7 @@ import pytest
 from bridge.client import BridgeClient, stream_pcm_realtime
 from bridge.sim.liveavatar import StartDelays
 from bridge.sim.marks import beep_train
-from bridge.sim.stack import StandIns
+from bridge.sim.stack import SMALL, DaemonProcess, StandIns
 from tests.pipeline.conftest import handover_daemon
 from tests.pipeline.test_end_to_end import FMT, open_session, until_event
 from tests.pipeline.test_handover_relay import _assert_one_continuous_participant
@@ -125,7 +125,13 @@ async def test_a_turn_lost_mid_way_is_finished_by_the_next_avatar(
     the call exactly once."""
     sim = capped
     sim.liveavatar.options.sandbox_max_duration_s = 3600  # no planned switch in this test
-    daemon = handover_daemon(tmp_path, sim, "transcode", 1)
+    daemon = DaemonProcess(
+        tmp_path,
+        sim.daemon_env(),
+        *SMALL,
+        "--set", "output.media_path=transcode",
+        "--set", "liveavatar.handover_margin_s=1",
+    )  # fmt: skip
     await daemon.start()
     try:
         async with await BridgeClient.connect(daemon.socket) as client:
