@@ -24,7 +24,10 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import tempfile
+import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -78,9 +81,15 @@ def find_chromium() -> str | None:
 class Page:
     """One page target over its own CDP WebSocket."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, session: aiohttp.ClientSession):
+    def __init__(
+        self,
+        ws: aiohttp.ClientWebSocketResponse,
+        session: aiohttp.ClientSession,
+        target_id: str = "",
+    ):
         self._ws = ws
         self._http = session
+        self.target_id = target_id
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._listeners: dict[str, list[Callable[[dict[str, Any]], None]]] = {}
@@ -182,8 +191,10 @@ class Page:
 class Chromium:
     """A headless Chromium process and its DevTools endpoint. Use :meth:`launch`."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, endpoint: str, profile: Path) -> None:
-        self.proc = proc
+    def __init__(
+        self, proc: asyncio.subprocess.Process | None, endpoint: str, profile: Path | None
+    ) -> None:
+        self.proc = proc  # None when attached to a browser this object does not own
         self.endpoint = endpoint  # http://127.0.0.1:PORT
         self._profile = profile
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=_CALL_TIMEOUT_S))
@@ -229,8 +240,21 @@ class Chromium:
             await _stop(proc)
             shutil.rmtree(profile, ignore_errors=True)
 
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def attach(cls, shared: ChromiumProcess) -> AsyncIterator[Chromium]:
+        """This loop's handle on a browser started by :class:`ChromiumProcess` (one browser for
+        many tests, each in its own event loop). On exit the tabs opened through it are closed
+        (their pages, peer connections and fake devices with them); the browser stays."""
+        browser = cls(None, shared.ensure(), None)
+        browser.stderr_tail = shared.stderr_tail
+        try:
+            yield browser
+        finally:
+            await browser._close()
+
     async def _drain_stderr(self) -> None:
-        assert self.proc.stderr is not None
+        assert self.proc is not None and self.proc.stderr is not None
         while True:
             line = await self.proc.stderr.readline()
             if not line:
@@ -244,7 +268,7 @@ class Chromium:
                 raise BrowserError(f"/json/new answered {resp.status}")
             target = await resp.json()
         ws = await self._http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=1 << 26)
-        page = Page(ws, self._http)
+        page = Page(ws, self._http, target.get("id", ""))
         self._pages.append(page)
         await page.call("Runtime.enable")
         await page.call("Page.enable")
@@ -255,12 +279,110 @@ class Chromium:
     async def _close(self) -> None:
         for page in self._pages:
             await page.close()
+            if self.proc is None and page.target_id:
+                # A shared browser outlives this handle: its tabs must not (bounded).
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(5):
+                        async with self._http.get(
+                            f"{self.endpoint}/json/close/{page.target_id}"
+                        ) as resp:
+                            await resp.read()
         drain = getattr(self, "_drain", None)
         await self._http.close()
+        if self.proc is None:
+            return
         await _stop(self.proc)
         if drain is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(drain, 5)
+
+
+class ChromiumProcess:
+    """A headless Chromium shared by many event loops (a test session's browser): a plain child
+    process, started without a loop; each loop drives it through :meth:`Chromium.attach`.
+    Started again if it died, so one crash costs one test, not the rest of the session."""
+
+    def __init__(self, *extra_flags: str, executable: str | None = None) -> None:
+        self._extra = extra_flags
+        self._executable = executable
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._profile: Path | None = None
+        self._endpoint = ""
+        self.stderr_tail: deque[str] = deque(maxlen=200)
+
+    def ensure(self) -> str:
+        """The DevTools endpoint of a running browser (started now if none is)."""
+        if self._proc is None or self._proc.poll() is not None:
+            self.stop()
+            self._start()
+        return self._endpoint
+
+    def _start(self) -> None:
+        exe = self._executable or find_chromium()
+        if exe is None:
+            raise BrowserError("no chromium executable (apt-get install chromium)")
+        self._profile = Path(tempfile.mkdtemp(prefix="chromium-profile-"))
+        args = [
+            exe,
+            *FLAGS,
+            f"--user-data-dir={self._profile}",
+            "--remote-debugging-address=127.0.0.1",
+            "--remote-debugging-port=0",
+            *self._extra,
+            "about:blank",
+        ]
+        proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            preexec_fn=_die_with_parent,  # a killed test session must not leave it running
+        )
+        self._proc = proc
+        found = threading.Event()
+
+        def drain() -> None:  # keeps the pipe from filling; the tail is kept for failures
+            assert proc.stderr is not None
+            for raw in proc.stderr:
+                text = raw.decode(errors="replace").rstrip()
+                self.stderr_tail.append(text)
+                match = _LISTENING.search(text)
+                if match and not found.is_set():
+                    self._endpoint = "http://" + match.group(1).removeprefix("ws://").split("/")[0]
+                    found.set()
+            found.set()  # exited: the waiter sees no endpoint
+
+        threading.Thread(target=drain, name="chromium-stderr", daemon=True).start()
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while not found.wait(0.1) and time.monotonic() < deadline:
+            pass
+        if not self._endpoint:
+            tail = "\n".join(self.stderr_tail)
+            self.stop()
+            raise BrowserError("chromium did not start its DevTools endpoint:\n" + tail)
+        log.info("chromium_started", pid=proc.pid, endpoint=self._endpoint, shared=True)
+
+    def stop(self) -> None:
+        """Terminate the browser by its PID (its child processes follow it), then kill."""
+        proc, self._proc, self._endpoint = self._proc, None, ""
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        if self._profile is not None:
+            shutil.rmtree(self._profile, ignore_errors=True)
+            self._profile = None
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the parent dies (Linux's PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
 
 async def _read_endpoint(proc: asyncio.subprocess.Process) -> str:

@@ -5,8 +5,6 @@ plays its video and audio, forwarded by the Stream stand-in."""
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,16 +16,10 @@ from bridge.sim.browser import Chromium
 from bridge.sim.marks import beep_train
 from bridge.sim.stack import SMALL, DaemonProcess, StandIns
 from bridge.sim.web import PageServer
-from tests.browser.conftest import connect_args
+from tests.browser.conftest import join_as_viewer
 
 pytestmark = pytest.mark.netns
 FMT = AudioFormat(24000, 1)
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[StandIns]:
-    async with StandIns(render_latency_s=0.2) as stack:
-        yield stack
 
 
 @pytest.mark.parametrize("codec", ["VP8", "H264"])
@@ -48,15 +40,7 @@ async def test_browser_views_the_avatar_the_daemon_relays(
                     if isinstance(message, EventMsg):
                         seen[message.event] = dict(message.fields)
             assert seen["media_path"]["path"] == "relay", seen
-            page = await browser.open(pages.url("stream.html"))
-            await page.wait_for("window.streamPage !== undefined")
-            ok = await page.evaluate(
-                f"window.streamPage.connect({connect_args(sim.stream, 'viewer')})", timeout_s=30
-            )
-            assert ok == {"ok": True}, page.diagnostics()
-            args = json.dumps({"callType": "default", "callId": "watch", "publish": False})
-            joined = await page.evaluate(f"window.streamPage.join({args})", timeout_s=30)
-            assert joined["ok"], page.diagnostics()
+            page = await join_as_viewer(browser, pages, sim.stream, "watch")
             try:
                 await page.wait_for(
                     "Object.values(window.streamPage.snapshot().participants)"

@@ -13,23 +13,10 @@ import pytest
 from bridge.sim.browser import Chromium, Page
 from bridge.sim.stream import ForwardFaults, StreamStandIn
 from bridge.sim.web import PageServer
-from tests.browser.conftest import connect_args
+from tests.browser.conftest import connect, connect_args, join, stream_page
 from tests.stream._support import wait_for
 
 pytestmark = pytest.mark.netns
-
-
-async def open_page(browser: Chromium, pages: PageServer) -> Page:
-    page = await browser.open(pages.url("stream.html"))
-    await page.wait_for("window.streamPage !== undefined")
-    return page
-
-
-async def join(page: Page, call_id: str, *, publish: bool) -> dict[str, object]:
-    args = json.dumps({"callType": "default", "callId": call_id, "publish": publish})
-    result = await page.evaluate(f"window.streamPage.join({args})", timeout_s=30)
-    assert isinstance(result, dict)
-    return result
 
 
 @pytest.mark.parametrize("codec", ["VP8", "H264", "VP9"])
@@ -41,11 +28,8 @@ async def test_browser_publishes_its_camera_and_microphone_in_the_granted_codec(
     Light mode (packets counted, not decoded): Chromium's 720p VP9 decodes slower than real
     time in the stand-in's software decoder on a loaded 2-core machine."""
     async with StreamStandIn(video_codec=codec, light=True) as sfu:
-        page = await open_page(browser, pages)
-        connected = await page.evaluate(
-            f"window.streamPage.connect({connect_args(sfu, 'alice')})", timeout_s=30
-        )
-        assert connected == {"ok": True}, page.diagnostics()
+        page = await stream_page(browser, pages)
+        await connect(page, sfu, "alice")
         joined = await join(page, "browser-publish", publish=True)
         assert joined["ok"], (joined, page.diagnostics())
 
@@ -69,48 +53,14 @@ async def test_browser_publishes_its_camera_and_microphone_in_the_granted_codec(
     assert snap["coordinatorConnected"] and snap["joined"], snap
 
 
-async def test_browser_views_another_browsers_camera_and_microphone(
-    sfu: StreamStandIn, browser: Chromium, pages: PageServer
-) -> None:
-    publisher = await open_page(browser, pages)
-    viewer = await open_page(browser, pages)
-    for page, user in ((publisher, "alice"), (viewer, "bob")):
-        connected = await page.evaluate(
-            f"window.streamPage.connect({connect_args(sfu, user)})", timeout_s=30
-        )
-        assert connected == {"ok": True}, page.diagnostics()
-    assert (await join(publisher, "browser-view", publish=True))["ok"], publisher.diagnostics()
-    joined = await join(viewer, "browser-view", publish=False)
-    assert joined["ok"], viewer.diagnostics()
-    # The viewer sees alice's video: frames presented by its <video> element (forwarded RTP).
-    try:
-        await viewer.wait_for(
-            "Object.values(window.streamPage.snapshot().participants)"
-            ".some(p => p.userId === 'alice' && p.frames >= 30 && p.audioTracks === 1)",
-            within_s=30,
-        )
-    except Exception as exc:
-        snap = await viewer.evaluate("window.streamPage.snapshot()")
-        raise AssertionError(
-            f"{exc}\n{json.dumps(snap, indent=1)}\n{viewer.diagnostics()}\n"
-            f"{json.dumps(sfu.stats('default', 'browser-view')['participants'], indent=1)}"
-        ) from exc
-    stats = await viewer.evaluate("window.streamPage.receiverStats()")
-    assert stats["video"]["codec"] == "video/VP8", stats
-    assert stats["video"]["framesDecoded"] >= 30 and stats["audio"]["packetsReceived"] > 50
-    snap = await viewer.evaluate("window.streamPage.snapshot()")
-    (alice,) = [p for p in snap["participants"].values() if p["userId"] == "alice"]
-    assert alice["width"] > 0 and alice["height"] > 0
-
-
 async def test_bad_token_is_refused_with_streams_auth_error(
     sfu: StreamStandIn, browser: Chromium, pages: PageServer
 ) -> None:
-    page = await open_page(browser, pages)
+    page = await stream_page(browser, pages)
     forged = jwt.encode({"user_id": "mallory"}, "not-the-secret-" * 3, algorithm="HS256")
-    result = await page.evaluate(
-        f"window.streamPage.connect({connect_args(sfu, 'mallory', token=forged)})", timeout_s=30
-    )
+    # One attempt: the SDK would try five times (with back-off) and report the same refusal.
+    args = connect_args(sfu, "mallory", token=forged, attempts=1)
+    result = await page.evaluate(f"window.streamPage.connect({args})", timeout_s=30)
     assert result["ok"] is False, result
     error = json.loads(result["error"]) if result["error"].startswith("{") else result["error"]
     # Stream's JWT signature error (code 43), as the coordinator sends it in connection.error.
@@ -123,17 +73,34 @@ async def test_bad_token_is_refused_with_streams_auth_error(
 async def two_browsers(
     sfu: StreamStandIn, browser: Chromium, pages: PageServer, call_id: str
 ) -> tuple[Page, Page]:
-    """alice publishes her fake camera and microphone, bob views; returns once bob sees her."""
-    publisher = await open_page(browser, pages)
-    viewer = await open_page(browser, pages)
+    """alice publishes her fake camera and microphone, bob views; returns once bob sees and
+    hears her: frames presented by his <video> element (forwarded RTP), decoded in the granted
+    codec, and her audio track. (Every test below starts from here: this is the test of a
+    browser viewing another browser.)"""
+    publisher = await stream_page(browser, pages)
+    viewer = await stream_page(browser, pages)
     for page, user in ((publisher, "alice"), (viewer, "bob")):
-        connected = await page.evaluate(
-            f"window.streamPage.connect({connect_args(sfu, user)})", timeout_s=30
-        )
-        assert connected == {"ok": True}, page.diagnostics()
+        await connect(page, sfu, user)
     assert (await join(publisher, call_id, publish=True))["ok"], publisher.diagnostics()
     assert (await join(viewer, call_id, publish=False))["ok"], viewer.diagnostics()
-    await viewer.wait_for(f"{ALICE_FRAMES} >= 30", within_s=30)
+    try:
+        await viewer.wait_for(
+            "Object.values(window.streamPage.snapshot().participants)"
+            ".some(p => p.userId === 'alice' && p.frames >= 30 && p.audioTracks === 1)",
+            within_s=30,
+        )
+    except Exception as exc:
+        snap = await viewer.evaluate("window.streamPage.snapshot()")
+        raise AssertionError(
+            f"{exc}\n{json.dumps(snap, indent=1)}\n{viewer.diagnostics()}\n"
+            f"{json.dumps(sfu.stats('default', call_id)['participants'], indent=1)}"
+        ) from exc
+    stats = await viewer.evaluate("window.streamPage.receiverStats()")
+    assert stats["video"]["codec"] == "video/VP8", stats
+    assert stats["video"]["framesDecoded"] >= 30 and stats["audio"]["packetsReceived"] > 50
+    snap = await viewer.evaluate("window.streamPage.snapshot()")
+    (alice,) = [p for p in snap["participants"].values() if p["userId"] == "alice"]
+    assert alice["width"] > 0 and alice["height"] > 0
     return publisher, viewer
 
 
@@ -210,11 +177,8 @@ async def test_coordinator_connection_stays_up_through_the_sdks_health_checks(
 ) -> None:
     """Until the SDK sent two health checks (25 s period: ~50 s, past its 35 s no-pong check),
     bounded by 70 s."""
-    page = await open_page(browser, pages)
-    connected = await page.evaluate(
-        f"window.streamPage.connect({connect_args(sfu, 'carol')})", timeout_s=30
-    )
-    assert connected == {"ok": True}, page.diagnostics()
+    page = await stream_page(browser, pages)
+    await connect(page, sfu, "carol")
     assert sfu.coordinator_connects == 1
     async with asyncio.timeout(70):
         while sfu.health_checks < 2:  # noqa: ASYNC110 (the SDK's own timer drives it)

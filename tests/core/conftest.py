@@ -95,10 +95,26 @@ def start_daemon(tmp_path: Path, *extra: str, env: dict[str, str] | None = None)
     raise AssertionError(f"daemon not ready: {log_path.read_text()}")
 
 
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[DaemonProc]:
-    d = start_daemon(tmp_path, "--set", "limits.linger_s=2", "--max-sessions", "3")
+@pytest.fixture(scope="module")
+def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProc]:
+    """One dry-run daemon for the module's session tests: its start (importing the media stacks)
+    costs seconds on a loaded machine, and each test leaves it with no session (below)."""
+    d = start_daemon(
+        tmp_path_factory.mktemp("daemon"), "--set", "limits.linger_s=2", "--max-sessions", "3"
+    )
     yield d
     if d.proc.poll() is None:
         d.proc.kill()
         d.proc.wait()
+
+
+@pytest.fixture
+def daemon(shared_daemon: DaemonProc) -> DaemonProc:
+    """The module's daemon, running and with no session: one an earlier test left lingering
+    (linger_s=2) has ended before this test starts (bounded)."""
+    assert shared_daemon.proc.poll() is None, "an earlier test ended the shared daemon"
+    deadline = time.monotonic() + 15
+    while (sessions := shared_daemon.admin("GET", "/sessions")[1]["sessions"]) != []:
+        assert time.monotonic() < deadline, f"sessions outlived their linger: {sessions}"
+        time.sleep(0.1)
+    return shared_daemon

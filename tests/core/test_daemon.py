@@ -200,7 +200,12 @@ async def test_reattach_within_linger_and_not_after(daemon: DaemonProc) -> None:
         resumed = await again.hello("default:reattach", FMT, session_key=ready.session_key)
         assert resumed.resumed and resumed.session_id == ready.session_id
         await again.abort()
-    await asyncio.sleep(3.0)  # linger_s=2 in the fixture
+    # linger_s=2 in the fixture: the session goes once it has lingered (bounded wait).
+    deadline = time.monotonic() + 15
+    while daemon.admin("GET", "/sessions")[1]["sessions"]:
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
     _status, body = daemon.admin("GET", "/sessions")
     assert body["sessions"] == []
     async with await BridgeClient.connect(daemon.socket) as late:

@@ -208,7 +208,16 @@ async def test_keep_alive_keeps_idle_session(
     quiet = make_uplink(keep_alive_s=3600)
     room_a = await alive.uplink.start()
     room_q = await quiet.uplink.start()
-    await asyncio.sleep(3.0)
+    # Until the idle cut has ended the quiet one (started after the kept one, so the kept one
+    # went idle at least as long) and the kept one has sent its keep-alives: no longer.
+    alive_messages = standin.sessions[room_a.session_id].messages
+    await until(
+        lambda: (
+            room_q.session_id not in standin.live_sessions
+            and [m["type"] for m in alive_messages].count("session.keep_alive") >= 5
+        ),
+        wait_s=15,
+    )
     assert room_a.session_id in standin.live_sessions
     assert room_q.session_id not in standin.live_sessions
     assert standin.sessions[room_q.session_id].end_reason == "IDLE_TIMEOUT"

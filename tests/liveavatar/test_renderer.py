@@ -53,6 +53,7 @@ async def test_mouth_flash_and_events_follow_playout() -> None:
         beeps = marks.beep_train(24_000, 4, 300, 100, 600.0, amplitude=0.6)
         pushed_at = r.media_s()
         r.push_audio(beeps.tobytes(), "turn-1")
+        pushed_by = r.media_s()  # a loaded machine may preempt us inside push_audio
         r.end_turn("turn-1")
         video, audio = await capture(r, 50, 80)
     finally:
@@ -69,8 +70,9 @@ async def test_mouth_flash_and_events_follow_playout() -> None:
     pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in audio])
     onset_s = [(audio[0].pts + i) / OUT_RATE for i in marks.onsets(pcm, OUT_RATE)]
     assert len(onset_s) == 4
-    # Played out after the render latency, one beep every 300 ms.
-    assert abs(onset_s[0] - pushed_at - 0.15) < 0.03
+    # Played out after the render latency (from the instant of the push, which lies between
+    # the two readings), one beep every 300 ms.
+    assert pushed_at + 0.15 - 0.03 < onset_s[0] < pushed_by + 0.15 + 0.03
     assert np.allclose(np.diff(onset_s), 0.3, atol=0.002)
     # The frame whose interval holds an onset flashes, and the FLASH_FRAMES - 1 after it (so a
     # dropped frame cannot lose the mark), of the frames rendered (a loaded machine makes the
@@ -88,13 +90,20 @@ async def test_mouth_flash_and_events_follow_playout() -> None:
         for j in range(int(t * FPS), int(t * FPS) + marks.FLASH_FRAMES):
             if j in leads:
                 assert leads[j] == pytest.approx((t - j / FPS) * 1000, abs=1 / marks.LEAD_PER_MS)
-    # The mouth is open while a beep plays and closed in the silences between.
-    by_no = {m.frame_no: f for f, m in zip(video, read, strict=True) if m}
-    for t in onset_s:
-        loud = by_no.get(int((t + 0.05) * FPS))
-        quiet = by_no.get(int((t + 0.2) * FPS))
-        assert loud is not None and quiet is not None
-        assert open_pixels(r, loud) > 3 * max(1, open_pixels(r, quiet))
+    # The mouth is open while a beep plays and closed in the silences between: every rendered
+    # frame 30-70 ms into a beep is wider open than every one 170-230 ms in (frames a loaded
+    # machine made the track skip are simply not there; enough of both kinds remain).
+    loud, quiet = [], []
+    for f, m in zip(video, read, strict=True):
+        if m is None:
+            continue
+        into = [m.frame_no / FPS - t for t in onset_s if m.frame_no / FPS >= t]
+        if into and 0.03 <= min(into) <= 0.07:
+            loud.append(open_pixels(r, f))
+        elif into and 0.17 <= min(into) <= 0.23:
+            quiet.append(open_pixels(r, f))
+    assert loud and quiet, (numbers, onset_s)
+    assert min(loud) > 3 * max(1, max(quiet)), (loud, quiet)
     # Events at the playout instants, in order.
     kinds = [(e.kind, e.event_id or e.state) for e in events]
     assert kinds == [

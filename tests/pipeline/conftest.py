@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from bridge.sim.liveavatar import StandInOptions
 from bridge.sim.stack import SMALL, DaemonProcess, StandIns
 
 StartDaemon = Callable[..., Awaitable[DaemonProcess]]
+
+CAP_S = 8  # the handover tests' sandbox cap, real seconds
 
 
 @pytest.fixture
@@ -31,3 +34,23 @@ async def start_daemon(sim: StandIns, tmp_path: Path) -> AsyncIterator[StartDaem
     yield start
     for d in started:
         await d.stop()
+
+
+@pytest.fixture
+async def capped() -> AsyncIterator[StandIns]:
+    """The stand-ins with LiveAvatar's sandbox cap at ``CAP_S``: the handover tests'."""
+    async with StandIns(liveavatar=StandInOptions(sandbox_max_duration_s=CAP_S)) as stack:
+        yield stack
+
+
+def handover_daemon(
+    tmp_path: Path, sim: StandIns, media_path: str, margin_s: float
+) -> DaemonProcess:
+    """A daemon on ``media_path`` that switches avatars ``margin_s`` before the cap."""
+    return DaemonProcess(
+        tmp_path,
+        sim.daemon_env(),
+        *SMALL,
+        "--set", f"output.media_path={media_path}",
+        "--set", f"liveavatar.handover_margin_s={margin_s}",
+    )  # fmt: skip

@@ -168,25 +168,9 @@ async def test_two_sessions_into_two_calls_do_not_interfere(
     assert sim.liveavatar.live_sessions == []
 
 
-async def test_interrupt_stops_old_audio_at_the_receiver(
-    sim: StandIns, start_daemon: StartDaemon
-) -> None:
-    daemon = await start_daemon()
-    async with await BridgeClient.connect(daemon.socket) as client:
-        await open_session(client, "barge")
-        sender = asyncio.create_task(stream_pcm_realtime(client, tone(5.0), FMT))
-        await until_event(client, "speak_started")
-        await asyncio.sleep(0.8)
-        sender.cancel()
-        t_interrupt = time.monotonic()
-        await client.interrupt()
-        await asyncio.sleep(2.0)
-        measure = sim.stream.measure("default", "barge")
-        assert measure.last_loud_t is not None
-        # Without the interrupt the tone would have played for ~4 more seconds.
-        assert measure.last_loud_t - t_interrupt < 1.0
-        session = sim.liveavatar.sessions[next(iter(sim.liveavatar.sessions))]
-        assert any(m.get("type") == "agent.interrupt" for m in session.messages)
+# INTERRUPT at the receiver: tests/pipeline/test_barge_in.py, on both paths, by which beeps
+# arrive (it replaced a test here that timed the last loud packet against the interrupt, which
+# a loaded machine could fail and which covered the relay path only).
 
 
 async def test_bad_api_key_is_a_clear_error_for_that_client_only(

@@ -5,41 +5,28 @@ its tracks, speech after the switch reaches it, the client hears ``avatar_handov
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from bridge.client import BridgeClient, stream_pcm_realtime
-from bridge.sim.liveavatar import StandInOptions, StartDelays
+from bridge.sim.liveavatar import StartDelays
 from bridge.sim.marks import beep_train
 from bridge.sim.stack import SMALL, DaemonProcess, StandIns
+from tests.pipeline.conftest import handover_daemon
 from tests.pipeline.test_end_to_end import FMT, open_session, until_event
 from tests.pipeline.test_handover_relay import _assert_one_continuous_participant
 
 pytestmark = pytest.mark.netns
 
-CAP_S = 8  # the stand-in's sandbox cap, real seconds
 MARGIN_S = 4  # so the switch is due 4 s after the session started
-
-
-@pytest.fixture
-async def capped() -> AsyncIterator[StandIns]:
-    async with StandIns(liveavatar=StandInOptions(sandbox_max_duration_s=CAP_S)) as stack:
-        yield stack
 
 
 async def test_planned_handover_keeps_the_call_and_its_participant(
     capped: StandIns, tmp_path: Path
 ) -> None:
     sim = capped
-    daemon = DaemonProcess(
-        tmp_path,
-        sim.daemon_env(),
-        *SMALL,
-        "--set", "output.media_path=transcode",
-        "--set", f"liveavatar.handover_margin_s={MARGIN_S}",
-    )  # fmt: skip
+    daemon = handover_daemon(tmp_path, sim, "transcode", MARGIN_S)
     await daemon.start()
     try:
         async with await BridgeClient.connect(daemon.socket) as client:
@@ -82,13 +69,7 @@ async def test_a_dropped_avatar_is_replaced_without_an_error(
 ) -> None:
     sim = capped
     sim.liveavatar.options.sandbox_max_duration_s = 3600  # no planned switch in this test
-    daemon = DaemonProcess(
-        tmp_path,
-        sim.daemon_env(),
-        *SMALL,
-        "--set", "output.media_path=transcode",
-        "--set", "liveavatar.handover_margin_s=1",
-    )  # fmt: skip
+    daemon = handover_daemon(tmp_path, sim, "transcode", 1)
     await daemon.start()
     try:
         async with await BridgeClient.connect(daemon.socket) as client:

@@ -6,39 +6,21 @@ sender reports consistent with the packets); speech after the switch reaches the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bridge.client import BridgeClient, stream_pcm_realtime
-from bridge.sim.liveavatar import StandInOptions
 from bridge.sim.marks import beep_train
-from bridge.sim.stack import SMALL, DaemonProcess, StandIns
+from bridge.sim.stack import StandIns
+from tests.pipeline.conftest import handover_daemon
 from tests.pipeline.test_end_to_end import FMT, open_session, until_event
 
 pytestmark = pytest.mark.netns
 
-CAP_S = 8  # the stand-in's sandbox cap, real seconds
 MARGIN_S = 4  # so the switch is due 4 s after the session started
 BEEPS = 6
-
-
-@pytest.fixture
-async def capped() -> AsyncIterator[StandIns]:
-    async with StandIns(liveavatar=StandInOptions(sandbox_max_duration_s=CAP_S)) as stack:
-        yield stack
-
-
-def _daemon(tmp_path: Path, sim: StandIns, margin_s: float) -> DaemonProcess:
-    return DaemonProcess(
-        tmp_path,
-        sim.daemon_env(),
-        *SMALL,
-        "--set", "output.media_path=relay",
-        "--set", f"liveavatar.handover_margin_s={margin_s}",
-    )  # fmt: skip
 
 
 async def _speak_and_measure(sim: StandIns, client: BridgeClient, call_id: str) -> dict[str, Any]:
@@ -85,7 +67,7 @@ async def test_planned_relay_handover_keeps_one_continuous_stream(
     capped: StandIns, tmp_path: Path
 ) -> None:
     sim = capped
-    daemon = _daemon(tmp_path, sim, MARGIN_S)
+    daemon = handover_daemon(tmp_path, sim, "relay", MARGIN_S)
     await daemon.start()
     try:
         async with await BridgeClient.connect(daemon.socket) as client:
@@ -118,7 +100,7 @@ async def test_planned_relay_handover_keeps_one_continuous_stream(
 async def test_unplanned_relay_handover_after_a_drop(capped: StandIns, tmp_path: Path) -> None:
     sim = capped
     sim.liveavatar.options.sandbox_max_duration_s = 3600  # no planned switch in this test
-    daemon = _daemon(tmp_path, sim, 1)
+    daemon = handover_daemon(tmp_path, sim, "relay", 1)
     await daemon.start()
     try:
         async with await BridgeClient.connect(daemon.socket) as client:

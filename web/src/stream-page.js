@@ -269,11 +269,14 @@ function errorText(err) {
   return err.message || JSON.stringify(err);
 }
 
-async function connect({ apiKey, token, userId, baseURL, locationHintUrl, logLevel }) {
-  const client = new StreamVideoClient({
-    apiKey,
-    options: { baseURL, locationHintUrl, logLevel: logLevel || 'warn' },
-  });
+async function connect({
+  apiKey, token, userId, baseURL, locationHintUrl, logLevel, maxConnectUserRetries,
+}) {
+  // maxConnectUserRetries: the SDK's own option (default 5 attempts, with back-off), for a test
+  // that expects a refusal and need not see it five times.
+  const options = { baseURL, locationHintUrl, logLevel: logLevel || 'warn' };
+  if (maxConnectUserRetries) options.maxConnectUserRetries = maxConnectUserRetries;
+  const client = new StreamVideoClient({ apiKey, options });
   state.client = client;
   try {
     await client.connectUser({ id: userId, name: userId }, token);
