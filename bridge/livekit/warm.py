@@ -11,6 +11,7 @@ for the call to be joined.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import structlog
@@ -56,6 +57,8 @@ class WarmDownlink:
         self._on_failure = on_failure
         self._switch = _Switch()
         self.downlink = LiveKitDownlink(options, MediaClock(), _quiet, self._failed_with)
+        self._events: EventSink = _quiet
+        self._adopted_ns = 0
         self.failed = False
         self.adopted = False
         self._closed = False
@@ -94,12 +97,17 @@ class WarmDownlink:
         if not self.ready:
             raise RuntimeError("only a ready, unadopted warm room can be adopted")
         self.adopted = True
+        self._events = events
+        self._adopted_ns = time.monotonic_ns()
         self.downlink.adopt(clock, events, on_failure)
         return self.downlink
 
     def feed(self, sink: MediaSink) -> None:
-        """The adopting path's sink: media flow into it from the next frame on."""
+        """The adopting path's sink: media flow into it from the next frame on. The session
+        hears ``avatar_ready`` now (the downlink's own went to the pool, while warm)."""
         self._switch.target = sink
+        since_ms = (time.monotonic_ns() - self._adopted_ns) // 1_000_000
+        self._events("avatar_ready", since_start_ms=since_ms, warm=True)
 
     async def aclose(self) -> None:
         if self.adopted or self._closed:
