@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import structlog
 from aiortc import RTCRtpReceiver
@@ -33,7 +33,7 @@ from bridge.relay.policy import layer_request
 from bridge.relay.rtp import is_keyframe_start
 from bridge.stages import AvatarRoom, EventSink, FailureCallback
 
-__all__ = ["HOLD_PACKETS", "WarmUpstream", "subscriber_options"]
+__all__ = ["HOLD_PACKETS", "ClaimHold", "WarmUpstream", "subscriber_options"]
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +54,48 @@ WARM_HELD = Counter(
 HOLD_PACKETS = 1000
 
 _Handlers = dict[str, tuple[RtpHandler, SrHandler]]
+
+T = TypeVar("T")
+
+
+class ClaimHold(Generic[T]):
+    """What a warm room does with each packet (sans-I/O): before the claim every packet is
+    dropped; after it, packets are held from the first keyframe start on, in arrival order,
+    at most ``capacity`` (one more drops the hold: the relay asks for its own keyframe);
+    :meth:`drain` hands them over once, at adoption."""
+
+    def __init__(self, capacity: int = HOLD_PACKETS) -> None:
+        self.capacity = capacity
+        self.claimed = False
+        self.overflowed = 0  # packets dropped from a hold that overflowed
+        self._held: list[T] | None = None
+
+    def claim(self) -> None:
+        self.claimed = True
+
+    def offer(self, item: T, *, keyframe_start: bool) -> bool:
+        """True: ``item`` is held; False: drop it."""
+        if self.claimed and self._held is None and keyframe_start:
+            self._held = []
+        if self._held is None:
+            return False
+        if len(self._held) >= self.capacity:
+            self.overflowed += len(self._held)
+            self._held = None
+            self.claimed = False
+            return False
+        self._held.append(item)
+        return True
+
+    @property
+    def holds_keyframe(self) -> bool:
+        """Something is held: it starts with a keyframe."""
+        return self._held is not None and len(self._held) > 0
+
+    def drain(self) -> list[T]:
+        held, self._held = self._held or [], None
+        self.claimed = False
+        return held
 
 
 def subscriber_options(
@@ -97,9 +139,8 @@ class WarmUpstream:
         self.taps: dict[str, ReceiverTap] = {}
         self.video_ssrc: int | None = None
         self.keyframe = asyncio.Event()
-        # After claim(): packets from the next keyframe on, until adopt() drains them.
-        self._claimed = False
-        self._held: list[tuple[str, RtpPacket, RTCRtpCodecParameters, int]] | None = None
+        # After claim(): packets from the next keyframe on, until adoption drains them.
+        self._hold: ClaimHold[tuple[str, RtpPacket, RTCRtpCodecParameters, int]] = ClaimHold()
         self._handlers: _Handlers | None = None
         self.failed = False
         self.adopted = False
@@ -128,7 +169,7 @@ class WarmUpstream:
 
     async def claim(self) -> None:
         """A HELLO took this room: ask the avatar for a keyframe and hold from it on."""
-        self._claimed = True
+        self._hold.claim()
         tap = self.taps.get("video")
         if tap is not None and self.video_ssrc is not None:
             await tap.send_pli(self.video_ssrc)
@@ -154,7 +195,7 @@ class WarmUpstream:
     @property
     def held_keyframe(self) -> bool:
         """Adopted with the claim's keyframe held (the relay needs not ask for one)."""
-        return bool(self._held)
+        return self._hold.holds_keyframe
 
     async def aclose(self) -> None:
         if self.adopted or self._closed:
@@ -179,8 +220,7 @@ class WarmUpstream:
         # Every tap's packets come through here, one at a time (one transport, awaited in
         # turn), so the held packets leave before any later one.
         if self._handlers is not None:
-            held, self._held = self._held, None
-            for k, p, c, a in held or ():
+            for k, p, c, a in self._hold.drain():
                 handler = self._handlers.get(k)
                 if handler is not None:
                     WARM_HELD.labels("sent").inc()
@@ -194,15 +234,11 @@ class WarmUpstream:
             self.video_ssrc = packet.ssrc
             if key:
                 self.keyframe.set()
-        if self._claimed and self._held is None and key:
-            self._held = []
-        if self._held is not None:
-            if len(self._held) < HOLD_PACKETS:
-                self._held.append((kind, packet, codec, arrival))
-                return
-            WARM_HELD.labels("dropped").inc(len(self._held))
-            self._held = None
-            self._claimed = False  # the relay asks for its own keyframe
+        overflowed = self._hold.overflowed
+        if self._hold.offer((kind, packet, codec, arrival), keyframe_start=key):
+            return
+        if self._hold.overflowed > overflowed:  # the relay asks for its own keyframe
+            WARM_HELD.labels("dropped").inc(self._hold.overflowed - overflowed)
         WARM_DROPPED.labels(kind).inc()
 
     def _sr(self, kind: str, sr: RtcpSrPacket) -> None:
