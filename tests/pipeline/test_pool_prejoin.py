@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from bridge.client import BridgeClient
+from bridge.protocol import EventMsg
 from bridge.sim.liveavatar import StandInOptions, StartDelays
 from bridge.sim.stack import SMALL, DaemonProcess, StandIns
-from tests.pipeline.test_end_to_end import open_session, received
+from tests.pipeline.test_end_to_end import FMT, open_session, received, until_event
 
 pytestmark = pytest.mark.netns
 
@@ -78,5 +79,47 @@ async def test_a_pool_hit_starts_in_a_room_joined_before_the_hello(
             # Drained: the session and the warm one stopped, their rooms left.
             assert sim.liveavatar.live_sessions == []
             assert sim.livekit.participants_in(room) == 0
+        finally:
+            await daemon.stop()
+
+
+async def test_a_hit_on_another_path_leaves_the_room_and_joins_it_cold(tmp_path: Path) -> None:
+    """The pool's rooms are joined for the relay; a HELLO asking for the transcode path still
+    gets the warm LiveAvatar session, but its path joins the room itself (the relay's
+    subscription is left: one subscriber in the room, never two)."""
+    async with StandIns(liveavatar=StandInOptions(delays=DELAYS)) as sim:
+        daemon = DaemonProcess(
+            tmp_path,
+            sim.daemon_env(),
+            *SMALL,
+            "--set", "output.media_path=relay",
+            "--set", "pool.size=1",
+            "--set", "pool.min_remaining_s=10",
+        )  # fmt: skip
+        await daemon.start()
+        try:
+            await until(lambda: daemon.metric_sum("bridge_pool_size") == 1)
+            (warm,) = sim.liveavatar.live_sessions
+            room = sim.liveavatar.sessions[warm].room
+            assert room is not None
+            async with await BridgeClient.connect(daemon.socket) as client:
+                await asyncio.wait_for(
+                    client.hello("default:other", FMT, media_path="transcode"), 30
+                )
+                events: list[EventMsg] = []
+                for name in ("published", "avatar_ready", "media_path"):
+                    if name not in [e.event for e in events]:
+                        events += await until_event(client, name)
+                (started,) = [e.fields for e in events if e.event == "liveavatar_session"]
+                assert started == {"session_id": warm, "warm": True}
+                (path,) = [e.fields["path"] for e in events if e.event == "media_path"]
+                assert path == "transcode"
+                assert daemon.metric_sum("bridge_pool_rooms_total", 'outcome="left"') == 1
+                assert daemon.metric_sum("bridge_pool_rooms_total", 'outcome="adopted"') == 0
+                await received(sim, "other", lambda s: s["video"]["frames"] >= 10)
+                assert sim.stream.stats("default", "other")["video"]["frames"] >= 10
+                assert sim.livekit.participants_in(room) == 1
+            assert await daemon.stop() == 0
+            assert sim.liveavatar.live_sessions == []
         finally:
             await daemon.stop()
