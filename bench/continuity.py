@@ -38,11 +38,10 @@ VARIANT = "360p30-VP8"
 PROFILE = "realistic"
 # Sandbox sessions last 60 s; a warm one is handed out while it has 10 s left or more.
 POOL_FLAGS = ("--set", "pool.size=1", "--set", "pool.min_remaining_s=10")
-# A warm session is 'ready' once its WebSocket is connected, but its avatar reaches its room
-# and sends the first keyframe later (the pool does not join the room: see bridge/pool.py).
-# A HELLO that takes a session that young still waits for those; one that arrives after the
-# pool has held it this long (the steady state between calls) does not.
-SETTLED_S = 3.0
+# A warm session is ready once its room is joined and the avatar's first keyframe received
+# (bridge/pool.py): a HELLO then waits only for the call to be joined and a keyframe asked of the
+# avatar. The pause lets the previous run's session leave before the next HELLO.
+SETTLED_S = 0.5
 
 
 async def scenario(r: Any) -> dict[str, Any]:

@@ -148,6 +148,31 @@ class AvatarSwitch(Protocol):
     async def release_retired(self) -> None: ...
 
 
+class WarmRoom(Protocol):
+    """A pooled avatar's LiveKit room joined ahead of its HELLO (:mod:`bridge.pool`): the
+    receiving side of one media path (``kind``), its first keyframe received, feeding nothing
+    until a path of that kind adopts it; then the path starts with only the call to join."""
+
+    kind: PathKind
+
+    @property
+    def ready(self) -> bool:
+        """Joined, first keyframe received, not failed or closed: fit to be adopted."""
+        ...
+
+    async def join(self, room: AvatarRoom, timeout_s: float) -> None:
+        """Join ``room`` and wait for the avatar's first keyframe; raises BridgeError."""
+        ...
+
+    async def claim(self) -> None:
+        """A HELLO took the room: get the first frame ready while its path joins the call."""
+        ...
+
+    async def aclose(self) -> None:
+        """Leave the room (unless a path adopted it: then the path leaves). Never raises."""
+        ...
+
+
 class KeptStream(Protocol):
     """The Stream SFU session a declined relay joined, handed to the transcode path."""
 
@@ -223,6 +248,7 @@ __all__ = [
     "PathReason",
     "RelayCandidate",
     "RelayDecline",
+    "WarmRoom",
     "choose_path",
     "open_path",
 ]

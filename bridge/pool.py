@@ -3,18 +3,20 @@
 :mod:`bridge.pool_policy` decides (refill, hand-out, retire, cost); this module carries it out.
 A warm session is a started :class:`~bridge.liveavatar.uplink.LiveAvatarUplink`: token minted,
 session recorded in the ledger *before* ``/start`` (so a crash leaks none: the next daemon's
-sweep stops it), started, its WebSocket up and ``connected``. Its uplink sends
+sweep stops it), started, its WebSocket up and ``connected``, and then its LiveKit room joined by
+the receiving side of the media path its key is served by (``prejoin``, a
+:class:`~bridge.media_path.WarmRoom`: the relay's subscription, or the transcode path's decoding
+downlink) with the avatar's first keyframe received. Only then is it ready. Its uplink sends
 ``session.keep_alive`` after ``liveavatar.keep_alive_s`` of silence, inside the provider's
-5-minute idle rule, and the policy retires it before its cap.
-
-What a warm session does not have yet: the LiveKit room joined with the first keyframe. The room
-is joined by the session's media path (:func:`bridge.media_path.open_path`), which joins the
-avatar's room and the Stream call together and cannot adopt a pre-joined room yet; a hit saves
-the token, start and WebSocket steps, not the LiveKit join.
+5-minute idle rule (the room's own keep-alive is LiveKit's ping), and the policy retires it
+before its cap. A warm session's room failing (the avatar leaving, the room ending) loses it
+like its uplink failing.
 
 Hand-out: :meth:`WarmPool.take` (sync, called by the stage factory on HELLO) returns a warm
 uplink whose options equal the session's (avatar id, quality, encoding, sandbox, cap), re-bound
-to the session's audio format, events and failure callback; on a miss the session starts cold.
+to the session's audio format, events and failure callback, with its room when the session's
+media path is the room's (else the room is left and the path joins it cold); on a miss the
+session starts cold.
 
 Shutdown (SIGTERM): :meth:`WarmPool.aclose` stops refilling and stops every warm session
 (``USER_CLOSED``), removing it from the ledger.
@@ -39,6 +41,7 @@ from bridge.liveavatar.api import LiveAvatarAPI
 from bridge.liveavatar.ledger import SessionLedger
 from bridge.liveavatar.resample import UPLINK_FORMAT
 from bridge.media import AudioFormat
+from bridge.media_path import PathKind, WarmRoom
 from bridge.pool_policy import AvatarKey, PoolPolicy, Retire, RetireReason, Start
 from bridge.stages import EventSink, FailureCallback
 from bridge.tasks import TaskSet
@@ -55,6 +58,15 @@ POOL_IDLE_SECONDS = Counter(
 POOL_RETIRED = Counter("bridge_pool_retired_total", "Warm sessions stopped by the pool", ["reason"])
 POOL_LOST = Counter("bridge_pool_lost_total", "Warm sessions the provider ended")
 POOL_START_FAILURES = Counter("bridge_pool_start_failures_total", "Failed warm starts")
+POOL_ROOMS = Counter(
+    "bridge_pool_rooms_total",
+    "Warm sessions handed out: with their room adopted by the session's media path, or left "
+    "(the session's path is not the one the room was joined for)",
+    ["outcome"],
+)
+
+# Joins a warm session's room for the media path its key is served by; None: no pre-join.
+PreJoin = Callable[[AvatarKey, FailureCallback], WarmRoom | None]
 
 # How often the pool re-plans when nothing happens (aging, cost window, backoff expiry).
 TICK_S = 1.0
@@ -85,6 +97,16 @@ def configured_keys(settings: Settings) -> list[AvatarKey]:
 class _Entry:
     uplink: LiveAvatarUplink
     key: AvatarKey
+    room: WarmRoom | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Handout:
+    """What a pool hit gives a session: the warm uplink and, when its media path is the room's,
+    the room already joined (the session's to adopt or leave)."""
+
+    uplink: LiveAvatarUplink
+    room: WarmRoom | None
 
 
 class WarmPool:
@@ -95,9 +117,11 @@ class WarmPool:
         ledger: SessionLedger,
         active_sessions: Callable[[], int],
         *,
+        prejoin: PreJoin | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
+        self._prejoin = prejoin
         self._api = api
         self._ledger = ledger
         self._active = active_sessions
@@ -149,7 +173,7 @@ class WarmPool:
             now = self._clock()
             for warm_id, entry in entries:
                 self.policy.retired(warm_id, RetireReason.UNWANTED, now)
-                self._stops.spawn(entry.uplink.aclose("USER_CLOSED"), "pool_stop")
+                self._stop(entry, "USER_CLOSED")
             # A stop retries with backoff; what is still unfinished then stays in the ledger.
             await self._stops.aclose(grace_s=15.0)
             self._report()
@@ -171,8 +195,10 @@ class WarmPool:
         input_format: AudioFormat,
         events: EventSink,
         on_failure: FailureCallback,
-    ) -> LiveAvatarUplink | None:
-        """A warm uplink for a session with these options, adopted by it; None: start cold."""
+        path: PathKind | None = None,
+    ) -> Handout | None:
+        """A warm uplink for a session with these options, adopted by it, with its room when
+        ``path`` is the room's (None: the room is not wanted); None: start cold."""
         key = key_of(options)
         if self._closing:
             return None
@@ -196,13 +222,26 @@ class WarmPool:
                 break
             # Ended under us (its failure callback is on its way): not a hit after all.
             self.policy.stats.hits -= 1
-            self._stops.spawn(entry.uplink.aclose("SERVER_ERROR"), "pool_stop")
+            self._stop(entry, "SERVER_ERROR")
         entry.uplink.adopt(input_format, events, on_failure)
+        room = entry.room
+        if room is not None and (room.kind != path or not room.ready):
+            POOL_ROOMS.labels("left").inc()
+            self._stops.spawn(room.aclose(), "pool_leave_room")
+            room = None
+        elif room is not None:
+            POOL_ROOMS.labels("adopted").inc()
+            self._stops.spawn(room.claim(), "pool_claim_room")
         POOL_HITS.inc()
-        log.info("pool_hit", key=str(key), session_id=entry.uplink.session_id)
+        log.info(
+            "pool_hit",
+            key=str(key),
+            session_id=entry.uplink.session_id,
+            room_joined=room is not None,
+        )
         self._wake.set()  # refill
         self._report()
-        return entry.uplink
+        return Handout(entry.uplink, room)
 
     # --- refill loop ---------------------------------------------------------------------------
 
@@ -233,21 +272,37 @@ class WarmPool:
             self._warm_event,
             lambda err: self._lost(warm_id, err),
         )
+        entry = _Entry(uplink, key)
         try:
-            await uplink.start()
+            avatar_room = await uplink.start()
             await self._wait_connected(uplink)
+            if self._prejoin is not None:
+                entry.room = self._prejoin(key, lambda err: self._lost(warm_id, err))
+            if entry.room is not None:
+                await entry.room.join(avatar_room, self._settings.liveavatar.connect_timeout_s)
         except asyncio.CancelledError:
-            self._stops.spawn(uplink.aclose("USER_CLOSED"), "pool_stop")
+            self._stop(entry, "USER_CLOSED")
             raise
         except Exception as exc:
             POOL_START_FAILURES.inc()
             self.policy.start_failed(key, self._clock())
             log.warning("pool_start_failed", key=str(key), error=str(exc))
-            await uplink.aclose("SERVER_ERROR")
+            await self._stop_entry(entry, "SERVER_ERROR")
             return
-        self._entries[warm_id] = _Entry(uplink, key)
+        if not uplink.healthy:  # ended while its room was joined
+            POOL_START_FAILURES.inc()
+            self.policy.start_failed(key, self._clock())
+            log.warning("pool_start_failed", key=str(key), error="the session ended")
+            await self._stop_entry(entry, "SERVER_ERROR")
+            return
+        self._entries[warm_id] = entry
         self.policy.started(warm_id, key, self._clock(), uplink.expires_at)
-        log.info("pool_warm_ready", key=str(key), session_id=uplink.session_id)
+        log.info(
+            "pool_warm_ready",
+            key=str(key),
+            session_id=uplink.session_id,
+            room=None if entry.room is None else str(entry.room.kind),
+        )
         self._report()
 
     async def _wait_connected(self, uplink: LiveAvatarUplink) -> None:
@@ -270,7 +325,7 @@ class WarmPool:
         self.policy.lost(warm_id, self._clock())
         log.warning("pool_warm_lost", session_id=entry.uplink.session_id, error=err.message)
         if not self._closing:
-            self._stops.spawn(entry.uplink.aclose("SERVER_ERROR"), "pool_stop")
+            self._stop(entry, "SERVER_ERROR")
         self._wake.set()
 
     def _retire(self, decision: Retire, now: float) -> None:
@@ -281,7 +336,17 @@ class WarmPool:
             log.info(
                 "pool_warm_retired", session_id=entry.uplink.session_id, reason=decision.reason
             )
-            self._stops.spawn(entry.uplink.aclose("USER_CLOSED"), "pool_stop")
+            self._stop(entry, "USER_CLOSED")
+
+    def _stop(self, entry: _Entry, reason: str) -> None:
+        self._stops.spawn(self._stop_entry(entry, reason), "pool_stop")
+
+    @staticmethod
+    async def _stop_entry(entry: _Entry, reason: str) -> None:
+        """Leave the room first, so that its end (when the session stops) is not a failure."""
+        if entry.room is not None:
+            await entry.room.aclose()
+        await entry.uplink.aclose(reason)
 
     def _report(self) -> None:
         for key in self.policy.keys:
@@ -304,4 +369,4 @@ class WarmPool:
         }
 
 
-__all__ = ["WarmPool", "configured_keys", "key_of"]
+__all__ = ["Handout", "PreJoin", "WarmPool", "configured_keys", "key_of"]

@@ -18,18 +18,23 @@ import structlog
 from bridge.config import Settings
 from bridge.liveavatar import LiveAvatarAPI, LiveAvatarOptions, LiveAvatarUplink, SessionLedger
 from bridge.livekit.downlink import DownlinkOptions, LiveKitDownlink
+from bridge.livekit.warm import WarmDownlink
 from bridge.media import MediaClock
 from bridge.media_path import (
     KeptStream,
     MediaPath,
     PathChoice,
+    PathKind,
     PathReason,
     RelayCandidate,
+    WarmRoom,
     choose_path,
 )
 from bridge.pool import WarmPool
+from bridge.pool_policy import AvatarKey
 from bridge.protocol import Hello
 from bridge.relay.path import RelayOptions, RelayPath
+from bridge.relay.warm import WarmUpstream, subscriber_options
 from bridge.session import Handover, Stages
 from bridge.stages import AvatarUplink, EventSink, FailureCallback
 from bridge.stream.join import StreamJoinOptions
@@ -73,8 +78,33 @@ class RemoteStages:
         if stopped:
             log.warning("ledger_swept", count=stopped)
         if self.settings.pool.size > 0:
-            self.pool = WarmPool(self.settings, self._api, self.ledger, self.active_sessions)
+            self.pool = WarmPool(
+                self.settings,
+                self._api,
+                self.ledger,
+                self.active_sessions,
+                prejoin=self._prejoin,
+            )
             self.pool.start()
+
+    def _prejoin(self, key: AvatarKey, on_failure: FailureCallback) -> WarmRoom:
+        """The receiving side of the path a HELLO with the configured media path and this key
+        gets, to join a warm session's room with (bridge/pool.py)."""
+        s = self.settings
+        size = QUALITY_SIZE.get(key.quality)
+        out = (s.output.width, s.output.height)
+        choice = choose_path(s.output.media_path, key.encoding, size, out)
+        if choice.kind is PathKind.RELAY:
+            relay = RelayOptions.from_settings(s, key.encoding, video_size=size)
+            options = subscriber_options(
+                avatar_identity=relay.avatar_identity,
+                connect_timeout_s=relay.connect_timeout_s,
+                avatar_join_timeout_s=relay.avatar_join_timeout_s,
+                single_peer_connection=relay.single_peer_connection,
+                video_size=relay.video_size,
+            )
+            return WarmUpstream(options, key.encoding, on_failure)
+        return WarmDownlink(DownlinkOptions.from_settings(s), on_failure)
 
     async def drain(self) -> None:
         """The daemon drains: stop the warm sessions now (sessions in use finish on their own)."""
@@ -98,35 +128,37 @@ class RemoteStages:
         codec = (ov.video_encoding or la.video_encoding).upper()
         options = LiveAvatarOptions.from_settings(s, ov.as_dict())
         api = self._api
-
-        def new_uplink() -> LiveAvatarUplink:
-            """A warm session from the pool when one matches, else a cold one."""
-            if self.pool is not None:
-                warm = self.pool.take(options, hello.audio, events, on_failure)
-                if warm is not None:
-                    return warm
-            return LiveAvatarUplink(api, self.ledger, options, hello.audio, events, on_failure)
-
-        uplink = new_uplink()
-        handover = None
-        if la.handover_margin_s > 0:
-            handover = Handover(
-                next_uplink=new_uplink,
-                expires_at=_expires_at,
-                margin_s=la.handover_margin_s,
-                prepare_timeout_s=la.connect_timeout_s,
-            )
         choice = choose_path(
             hello.media_path or s.output.media_path,
             codec,
             QUALITY_SIZE.get(quality),
             (s.output.width, s.output.height),
         )
+
+        def new_uplink(path: PathKind | None = None) -> tuple[LiveAvatarUplink, WarmRoom | None]:
+            """A warm session from the pool when one matches (with its room joined when
+            ``path`` is the room's), else a cold one."""
+            if self.pool is not None:
+                warm = self.pool.take(options, hello.audio, events, on_failure, path)
+                if warm is not None:
+                    return warm.uplink, warm.room
+            cold = LiveAvatarUplink(api, self.ledger, options, hello.audio, events, on_failure)
+            return cold, None
+
+        uplink, room = new_uplink(choice.kind)
+        handover = None
+        if la.handover_margin_s > 0:
+            handover = Handover(
+                next_uplink=lambda: new_uplink()[0],
+                expires_at=_expires_at,
+                margin_s=la.handover_margin_s,
+                prepare_timeout_s=la.connect_timeout_s,
+            )
         log.info("media_path_chosen", path=choice.kind, reason=choice.reason, codec=codec)
         return Stages(
             uplink=uplink,
             paths=RemotePaths(
-                s, hello, codec, clock, events, on_failure, choice, QUALITY_SIZE.get(quality)
+                s, hello, codec, clock, events, on_failure, choice, QUALITY_SIZE.get(quality), room
             ),
             handover=handover,
         )
@@ -149,6 +181,8 @@ class RemotePaths:
     on_failure: FailureCallback
     choice: PathChoice
     avatar_size: tuple[int, int] | None = None  # what LiveAvatar renders (video_quality)
+    # A pooled avatar's room, joined for the chosen path before the HELLO: adopted by it.
+    warm: WarmRoom | None = None
 
     def relay(self) -> RelayCandidate:
         call = self.hello.call
@@ -169,6 +203,7 @@ class RemotePaths:
             ),
             self.events,
             self.on_failure,
+            warm=self.warm if isinstance(self.warm, WarmUpstream) else None,
         )
 
     def can_keep(self, stream: KeptStream) -> bool:
@@ -205,4 +240,11 @@ class RemotePaths:
                 self.on_failure,
             )
 
-        return TranscodePath(new_downlink(), sync, publisher, new_downlink)
+        warm, self.warm = self.warm, None
+        if isinstance(warm, WarmDownlink) and warm.ready:
+            downlink = warm.adopt(self.clock, self.events, self.on_failure)
+            return TranscodePath(downlink, sync, publisher, new_downlink, warm)
+        # A pooled room this path cannot adopt (it failed, or was joined for the relay that
+        # declined here: that one the relay left) is left with the path.
+        leave = [warm.aclose] if warm is not None else []
+        return TranscodePath(new_downlink(), sync, publisher, new_downlink, leave=leave)

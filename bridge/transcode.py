@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -87,6 +87,12 @@ class _SpeechSink:
             metrics.BARGE_IN_DROPPED.labels(path="transcode").inc()
 
 
+class Feeds(Protocol):
+    """A pooled avatar's downlink (bridge/livekit/warm.py), fed into the path at start."""
+
+    def feed(self, sink: MediaSink) -> None: ...
+
+
 @dataclass(slots=True)
 class PreparedAvatar:
     """A new avatar's downlink, joined and receiving, not yet feeding the call."""
@@ -107,8 +113,13 @@ class TranscodePath:
         sync: SyncStage,
         publisher: Publisher,
         new_downlink: Callable[[], AvatarDownlink] | None = None,
+        warm: Feeds | None = None,
+        leave: Sequence[Callable[[], Awaitable[None]]] = (),
     ) -> None:
         self.downlink = downlink
+        # ``downlink`` is a pooled avatar's, already in its room and decoding: fed at start.
+        self._warm = warm
+        self._leave = list(leave)  # closers of a pooled room this path did not adopt
         self.sync = sync
         self.publisher = publisher
         self._new_downlink = new_downlink
@@ -169,6 +180,9 @@ class TranscodePath:
             await downlink.aclose()
 
     async def start(self, room: AvatarRoom) -> RelayDecline | None:
+        if self._warm is not None:
+            await self._start_warm(self._warm)
+            return None
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.publisher.start())
@@ -180,6 +194,18 @@ class TranscodePath:
         except BaseException:
             await self.aclose()
             raise
+        return None
+
+    async def _start_warm(self, warm: Feeds) -> None:
+        """Join the call only; the pooled avatar's frames feed the sync stage once the call is
+        joined (not before: what queued meanwhile would be stale)."""
+        try:
+            await self.publisher.start()
+        except BaseException:
+            await self.aclose()
+            raise
+        warm.feed(self._gate)
+        log.info("transcode_warm_room_adopted")
         return None
 
     async def run(self) -> None:
@@ -208,7 +234,8 @@ class TranscodePath:
         if self._closed:
             return
         self._closed = True
-        closers = [d.aclose for d in self._retired] + [self.downlink.aclose, self.publisher.aclose]
+        closers = [*self._leave, *(d.aclose for d in self._retired)]
+        closers += [self.downlink.aclose, self.publisher.aclose]
         for closer in closers:
             try:
                 await asyncio.shield(closer())

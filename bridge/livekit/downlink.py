@@ -105,14 +105,14 @@ class _Timeline:
     """Maps a source timeline (µs) onto the session clock, smooth but tied to arrival."""
 
     def __init__(self, clock: MediaClock, tolerance_us: int) -> None:
-        self._clock = clock
+        self.clock = clock
         self._tolerance_us = tolerance_us
         self._offset: int | None = None
         self._last = -1
         self.reanchors = 0
 
     def pts(self, source_us: int, arrival_ns: int) -> int:
-        arrival_us = self._clock.to_media_us(arrival_ns)
+        arrival_us = self.clock.to_media_us(arrival_ns)
         if self._offset is None or abs(source_us + self._offset - arrival_us) > self._tolerance_us:
             if self._offset is not None:
                 self.reanchors += 1
@@ -152,6 +152,13 @@ class LiveKitDownlink:
         self._resolution: tuple[int, int] | None = None
         self._fps_reported = False
         self.stats: dict[str, int] = {"video_frames": 0, "audio_frames": 0, "conversions": 0}
+
+    def adopt(self, clock: MediaClock, events: EventSink, on_failure: FailureCallback) -> None:
+        """A downlink started ahead of its session (a pooled avatar, bridge/livekit/warm.py)
+        joins one: pts on the session's clock, its events and failure callback from now on."""
+        self._clock = clock
+        self._events = events
+        self._on_failure = on_failure
 
     # -- AvatarDownlink --------------------------------------------------------------------------
 
@@ -287,6 +294,8 @@ class LiveKitDownlink:
         assert sink is not None
         async for event in stream:
             arrival_ns = time.monotonic_ns()
+            if timeline.clock is not self._clock:  # adopted by a session (see adopt)
+                timeline = _Timeline(self._clock, self._opts.reanchor_ms * 1000)
             frame = event.frame
             if frame.type != rtc.VideoBufferType.I420:
                 frame = frame.convert(rtc.VideoBufferType.I420)
@@ -328,6 +337,8 @@ class LiveKitDownlink:
         assert sink is not None
         async for event in stream:
             arrival_ns = time.monotonic_ns()
+            if timeline.clock is not self._clock:  # adopted by a session (see adopt)
+                timeline = _Timeline(self._clock, self._opts.reanchor_ms * 1000)
             frame = event.frame
             pcm = np.frombuffer(frame.data, dtype=np.int16)
             before = timeline.reanchors

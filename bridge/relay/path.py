@@ -53,10 +53,17 @@ from bridge.errors import BridgeError, ErrorCode
 from bridge.first_sound import OPUS_LOUD_BYTES, OnsetPoint
 from bridge.livekit.subscriber import LiveKitSubscriber, SubscriberOptions
 from bridge.media_path import RELAY_CODECS, PathKind, RelayDecline
-from bridge.relay.aiortc_hooks import ReceiverTap, SenderTap, ensure_compatible
+from bridge.relay.aiortc_hooks import (
+    ReceiverTap,
+    RtpHandler,
+    SenderTap,
+    SrHandler,
+    ensure_compatible,
+)
 from bridge.relay.playout import PlayoutBuffer
 from bridge.relay.policy import VideoPolicy, declines_announced_size, layer_request
 from bridge.relay.rtp import RtpRewriter, RtxHistory, first_sequence_number
+from bridge.relay.warm import WarmUpstream
 from bridge.stages import AvatarRoom, EventSink, FailureCallback
 from bridge.tasks import TaskSet
 
@@ -338,6 +345,7 @@ class RelayPath:
         stream: StreamSide,
         events: EventSink,
         on_failure: FailureCallback,
+        warm: WarmUpstream | None = None,
     ) -> None:
         codec = options.avatar_codec.upper()
         if codec not in RELAY_CODECS:
@@ -348,6 +356,8 @@ class RelayPath:
         self._events = events
         self._on_failure = on_failure
         self._subscriber: LiveKitSubscriber | None = None
+        # A pooled avatar's subscription, joined before the HELLO (bridge/relay/warm.py).
+        self._warm = warm
         # Avatar handover: the next avatar's subscription, and replaced ones not yet left.
         self._prepared: PreparedRelay | None = None
         self._switching: PreparedRelay | None = None  # committed, waiting for its keyframe
@@ -449,26 +459,30 @@ class RelayPath:
                 self._tasks.spawn(self._pump_playout(), "relay_playout_pump")
             elif opts.video_hold_ms > 0:
                 self._tasks.spawn(self._pump_hold(), "relay_hold_pump")
-            self._subscriber = LiveKitSubscriber(
-                SubscriberOptions(
-                    avatar_identity=opts.avatar_identity,
-                    connect_timeout_s=opts.connect_timeout_s,
-                    avatar_join_timeout_s=opts.avatar_join_timeout_s,
-                    single_peer_connection=opts.single_peer_connection,
-                    video_layer=layer_request(opts.video_size),
-                ),
-                self._on_receiver,
-                self._events,
-                self._on_failure,
-            )
-            await self._subscriber.start(room.livekit_url, room.livekit_token)
+            warm = self._warm
+            if warm is not None and warm.ready and warm.codec == self._codec:
+                subscriber = self._adopt_warm(warm)
+            else:
+                subscriber = self._subscriber = LiveKitSubscriber(
+                    SubscriberOptions(
+                        avatar_identity=opts.avatar_identity,
+                        connect_timeout_s=opts.connect_timeout_s,
+                        avatar_join_timeout_s=opts.avatar_join_timeout_s,
+                        single_peer_connection=opts.single_peer_connection,
+                        video_layer=layer_request(opts.video_size),
+                    ),
+                    self._on_receiver,
+                    self._events,
+                    self._on_failure,
+                )
+                await subscriber.start(room.livekit_url, room.livekit_token)
             upstream = self._upstream_video_codec()
             if upstream is not None and upstream != self._codec:
                 raise BridgeError(
                     ErrorCode.LIVEKIT_FAILED,
                     f"the avatar sends {upstream}, the relay was set up for {self._codec}",
                 )
-            announced = self._subscriber.video_size
+            announced = subscriber.video_size
             if declines_announced_size(
                 require_match=opts.require_size, announced=announced, wanted=opts.video_size
             ):
@@ -489,6 +503,33 @@ class RelayPath:
             setup_ms=round(1000 * (time.monotonic() - self._started_t)),
         )
         return None
+
+    def _adopt_warm(self, warm: WarmUpstream) -> LiveKitSubscriber:
+        """Take a pooled avatar's subscription (already in its room, its first keyframe seen):
+        its receivers feed the forwarders from now on; a keyframe is asked for at once (the
+        spawned request below), since the avatar's last one went by while warm."""
+        self._subscriber = warm.subscriber
+        handlers: dict[str, tuple[RtpHandler, SrHandler]] = {}
+        for kind, tap in warm.taps.items():
+            fwd = self._fwd.get(kind)
+            if fwd is not None:
+                self._receiver_taps[kind] = tap
+                handlers[kind] = (self._upstream_rtp(kind, tap, fwd), fwd.on_sr)
+        warm.adopt(self._on_receiver, self._events, self._on_failure, handlers)
+        self._video.switch_upstream(warm.video_ssrc)  # a PLI can go out before a packet came
+        log.info("relay_warm_room_adopted", video_ssrc=warm.video_ssrc, held=warm.held_keyframe)
+        return warm.subscriber
+
+    def _upstream_rtp(self, kind: str, tap: ReceiverTap, fwd: _Forwarder) -> RtpHandler:
+        async def on_rtp(packet: RtpPacket, codec: RTCRtpCodecParameters, arrival: int) -> None:
+            if self._receiver_taps.get(kind) is not tap:
+                # A receiver a LiveKit rejoin replaced: its last packets, still queued on a busy
+                # loop, would rebase the stream back onto the old SSRC, out of order.
+                DROPPED.labels(kind, "replaced_receiver").inc()
+                return
+            await self._on_rtp(fwd, packet)
+
+        return on_rtp
 
     async def run(self) -> None:
         """Until the relay is closed (the media flows from the receive path)."""
@@ -549,6 +590,8 @@ class RelayPath:
 
     async def _close(self) -> None:
         await self._tasks.aclose()
+        if self._warm is not None:
+            await self._warm.aclose()  # not adopted (a decline before the join): leave it
         subscribers = [*self._retired, self._subscriber]
         if self._prepared is not None and not self._prepared.committed:
             subscribers.append(self._prepared.subscriber)
@@ -749,15 +792,8 @@ class RelayPath:
             self._on_next_receiver(kind, receiver, fwd, prepared)
             return
 
-        async def on_rtp(packet: RtpPacket, codec: RTCRtpCodecParameters, arrival: int) -> None:
-            if self._receiver_taps.get(kind) is not tap:
-                # A receiver a LiveKit rejoin replaced: its last packets, still queued on a busy
-                # loop, would rebase the stream back onto the old SSRC, out of order.
-                DROPPED.labels(kind, "replaced_receiver").inc()
-                return
-            await self._on_rtp(fwd, packet)
-
-        tap = ReceiverTap(receiver, on_rtp, fwd.on_sr)
+        tap = ReceiverTap(receiver, lambda p, c, a: on_rtp(p, c, a), fwd.on_sr)
+        on_rtp = self._upstream_rtp(kind, tap, fwd)
         old = self._receiver_taps.get(kind)
         self._receiver_taps[kind] = tap
         if old is not None:

@@ -88,8 +88,10 @@ async def test_hit_hands_out_a_connected_session_and_refills(
     assert standin.live_sessions == [warm]
     options = pool._options[configured_keys(pool._settings)[0]]
     sink = Sink()
-    uplink = pool.take(options, FMT24, sink, sink.failures.append)
-    assert uplink is not None and uplink.session_id == warm
+    handout = pool.take(options, FMT24, sink, sink.failures.append)
+    assert handout is not None and handout.room is None  # no pre-join configured here
+    uplink = handout.uplink
+    assert uplink.session_id == warm
     assert ("liveavatar_session", {"session_id": warm, "warm": True}) in sink.events
     room = await asyncio.wait_for(uplink.start(), 1)  # no REST call: the room is known
     assert room.session_id == warm

@@ -1,0 +1,125 @@
+"""A pool hit hands a HELLO a LiveAvatar session whose LiveKit room is already joined, its avatar's
+media received: the session's path adopts that room instead of joining it, and the call's first
+frame does not wait for the avatar's start, room join or first keyframe (modelled by the
+stand-in's start delays). Asserted as order and counts, never as time."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from bridge.client import BridgeClient
+from bridge.protocol import EventMsg
+from bridge.sim.liveavatar import StandInOptions, StartDelays
+from bridge.sim.stack import SMALL, DaemonProcess, StandIns
+from tests.pipeline.test_end_to_end import FMT, open_session, received, until_event
+
+pytestmark = pytest.mark.netns
+
+# The avatar reaches its room and sends its first keyframe a while after /start: a cold session
+# waits for those, a warm one got them before its HELLO.
+DELAYS = StartDelays(avatar_join_s=1.0, first_keyframe_s=0.3)
+
+# Media the warm room received (and dropped) before any HELLO, per path.
+RECEIVED_WHILE_WARM = {
+    "relay": ("bridge_relay_warm_dropped_total", 'kind="video"'),
+    "transcode": ("bridge_downlink_video_frames_total", ""),
+}
+
+
+async def until(predicate: object, limit_s: float = 30.0) -> None:
+    assert callable(predicate)
+    async with asyncio.timeout(limit_s):
+        while not predicate():  # noqa: ASYNC110 - the daemon's metrics have no event
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("media_path", ["relay", "transcode"])
+async def test_a_pool_hit_starts_in_a_room_joined_before_the_hello(
+    media_path: str, tmp_path: Path
+) -> None:
+    async with StandIns(liveavatar=StandInOptions(delays=DELAYS)) as sim:
+        daemon = DaemonProcess(
+            tmp_path,
+            sim.daemon_env(),
+            *SMALL,
+            "--set", f"output.media_path={media_path}",
+            "--set", "pool.size=1",
+            "--set", "pool.min_remaining_s=10",
+        )  # fmt: skip
+        await daemon.start()
+        try:
+            # Ready means in the room with the avatar's media received, before any HELLO.
+            await until(lambda: daemon.metric_sum("bridge_pool_size") == 1)
+            (warm,) = sim.liveavatar.live_sessions
+            room = sim.liveavatar.sessions[warm].room
+            assert room is not None
+            assert sim.livekit.participants_in(room) == 1  # the bridge, subscribed
+            metric, labels = RECEIVED_WHILE_WARM[media_path]
+            assert daemon.metric_sum(metric, labels) > 0  # its media flowed (first keyframe)
+            assert daemon.metric_sum("bridge_pool_rooms_total") == 0
+
+            async with await BridgeClient.connect(daemon.socket) as client:
+                events = await open_session(client, "warm")
+                (started,) = [e.fields for e in events if e.event == "liveavatar_session"]
+                assert started == {"session_id": warm, "warm": True}
+                # The path adopted the room: no second subscriber joined it.
+                assert daemon.metric_sum("bridge_pool_rooms_total", 'outcome="adopted"') == 1
+                assert sim.livekit.participants_in(room) == 1
+                await received(sim, "warm", lambda s: s["video"]["frames"] >= 10)
+                stats = sim.stream.stats("default", "warm")
+                assert stats["joins"] == 1
+                assert stats["video"]["frames"] >= 10
+                # The pool refilled behind the hit: a new warm session in its own room.
+                await until(lambda: daemon.metric_sum("bridge_pool_size") == 1)
+                assert len(sim.liveavatar.live_sessions) == 2
+            assert await daemon.stop() == 0
+            # Drained: the session and the warm one stopped, their rooms left.
+            assert sim.liveavatar.live_sessions == []
+            assert sim.livekit.participants_in(room) == 0
+        finally:
+            await daemon.stop()
+
+
+async def test_a_hit_on_another_path_leaves_the_room_and_joins_it_cold(tmp_path: Path) -> None:
+    """The pool's rooms are joined for the relay; a HELLO asking for the transcode path still
+    gets the warm LiveAvatar session, but its path joins the room itself (the relay's
+    subscription is left: one subscriber in the room, never two)."""
+    async with StandIns(liveavatar=StandInOptions(delays=DELAYS)) as sim:
+        daemon = DaemonProcess(
+            tmp_path,
+            sim.daemon_env(),
+            *SMALL,
+            "--set", "output.media_path=relay",
+            "--set", "pool.size=1",
+            "--set", "pool.min_remaining_s=10",
+        )  # fmt: skip
+        await daemon.start()
+        try:
+            await until(lambda: daemon.metric_sum("bridge_pool_size") == 1)
+            (warm,) = sim.liveavatar.live_sessions
+            room = sim.liveavatar.sessions[warm].room
+            assert room is not None
+            async with await BridgeClient.connect(daemon.socket) as client:
+                await asyncio.wait_for(
+                    client.hello("default:other", FMT, media_path="transcode"), 30
+                )
+                events: list[EventMsg] = []
+                for name in ("published", "avatar_ready", "media_path"):
+                    if name not in [e.event for e in events]:
+                        events += await until_event(client, name)
+                (started,) = [e.fields for e in events if e.event == "liveavatar_session"]
+                assert started == {"session_id": warm, "warm": True}
+                (path,) = [e.fields["path"] for e in events if e.event == "media_path"]
+                assert path == "transcode"
+                assert daemon.metric_sum("bridge_pool_rooms_total", 'outcome="left"') == 1
+                assert daemon.metric_sum("bridge_pool_rooms_total", 'outcome="adopted"') == 0
+                await received(sim, "other", lambda s: s["video"]["frames"] >= 10)
+                assert sim.stream.stats("default", "other")["video"]["frames"] >= 10
+                assert sim.livekit.participants_in(room) == 1
+            assert await daemon.stop() == 0
+            assert sim.liveavatar.live_sessions == []
+        finally:
+            await daemon.stop()
