@@ -627,7 +627,10 @@ class LiveAvatarUplink:
     def _record(self, turn: str | None, pcm: bytes) -> None:
         self._rec_turn = turn
         if turn is not None:
-            RESPEAK_TRIMMED_MS.inc(self._recorder.audio(turn, pcm, time.monotonic()))
+            # The avatar's play position stops at a loss: audio that came after it is unplayed,
+            # so the recorder must not drop it as played (it is what the next avatar re-speaks).
+            now = self._lost_at if self._lost_at is not None else time.monotonic()
+            RESPEAK_TRIMMED_MS.inc(self._recorder.audio(turn, pcm, now))
 
     def _lost_turn_id(self) -> str:
         self._lost_turns += 1

@@ -239,7 +239,9 @@ async def test_a_minute_of_libwebrtc_simulcast_relayed_through_loss_and_a_layer_
     # through: a size it did not ask for, mid-call), and the full size again after it.
     assert fwd["asked"][1:] == (1280, 720), fwd
     assert fwd["switches"] >= 2, fwd
-    assert s["during"]["video_size"] == HALF, s
+    # Within the forced window the relay forwarded another size (the half layer; libwebrtc may
+    # also have moved its layers' sizes itself under CPU load), whatever it ends on.
+    assert s["during"]["video_size_changes"] > s["before"]["video_size_changes"], s
     assert relay["video_size"] == FULL, relay
     assert relay["video_size_changes"] - s["before"]["video_size_changes"] >= 2, (s, relay)
     assert video["resolution"] == FULL, video
