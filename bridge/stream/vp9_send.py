@@ -26,7 +26,13 @@ from aiortc.codecs.base import Encoder
 from aiortc.mediastreams import VIDEO_TIME_BASE, convert_timebase
 from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpCodecParameters
 
-__all__ = ["Vp9Encoder", "enable_vp9_send", "vp9_descriptor", "vp9_packetize"]
+__all__ = [
+    "Vp9Encoder",
+    "enable_vp9_send",
+    "register_vp9_codec",
+    "vp9_descriptor",
+    "vp9_packetize",
+]
 
 # Dynamic payload types aiortc's own table leaves free (97..102 are VP8/H264 and their RTX); the
 # same as the Stream stand-in's VP9 receive support.
@@ -173,31 +179,38 @@ class Vp9Encoder(Encoder):
         raise NotImplementedError("VP9 is encoded here, not passed through")
 
 
+def register_vp9_codec() -> None:
+    """VP9 (profile 0) and its RTX in aiortc's codec table, once, whoever asks first (the
+    sender here, the Stream stand-in's receiver) and however often."""
+    if any(c.mimeType.lower() == "video/vp9" for c in CODECS["video"]):
+        return
+    CODECS["video"] += [
+        RTCRtpCodecParameters(
+            mimeType="video/VP9",
+            clockRate=90000,
+            payloadType=VP9_PT,
+            rtcpFeedback=[
+                RTCRtcpFeedback(type="nack"),
+                RTCRtcpFeedback(type="nack", parameter="pli"),
+                RTCRtcpFeedback(type="goog-remb"),
+            ],
+            parameters={"profile-id": "0"},
+        ),
+        RTCRtpCodecParameters(
+            mimeType="video/rtx",
+            clockRate=90000,
+            payloadType=VP9_RTX_PT,
+            parameters={"apt": VP9_PT},
+        ),
+    ]
+
+
 def enable_vp9_send() -> None:
     """Teach aiortc to offer and encode single-layer VP9. Idempotent."""
     global _installed
     if _installed:
         return
-    if not any(c.mimeType.lower() == "video/vp9" for c in CODECS["video"]):
-        CODECS["video"] += [
-            RTCRtpCodecParameters(
-                mimeType="video/VP9",
-                clockRate=90000,
-                payloadType=VP9_PT,
-                rtcpFeedback=[
-                    RTCRtcpFeedback(type="nack"),
-                    RTCRtcpFeedback(type="nack", parameter="pli"),
-                    RTCRtcpFeedback(type="goog-remb"),
-                ],
-                parameters={"profile-id": "0"},
-            ),
-            RTCRtpCodecParameters(
-                mimeType="video/rtx",
-                clockRate=90000,
-                payloadType=VP9_RTX_PT,
-                parameters={"apt": VP9_PT},
-            ),
-        ]
+    register_vp9_codec()
     # The sender module imported the name directly, so it is replaced there.
     orig_get_encoder = getattr(rtcrtpsender, "get_encoder")  # noqa: B009 (not re-exported)
 

@@ -15,16 +15,16 @@ from typing import Any
 import av
 import structlog
 from aiortc import rtcrtpreceiver
-from aiortc.codecs import CODECS
 from aiortc.codecs.base import Decoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import VIDEO_TIME_BASE
-from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpCodecParameters
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+from bridge.stream.vp9_send import register_vp9_codec
 
 log = structlog.get_logger(__name__)
 
 # Dynamic payload types not used by aiortc's own table (97..102 are VP8/H264 and their RTX).
-_VP9_PT, _VP9_RTX_PT = 120, 121
 _installed = False
 
 
@@ -90,25 +90,7 @@ def enable_vp9_receive() -> None:
     global _installed
     if _installed:
         return
-    CODECS["video"] += [
-        RTCRtpCodecParameters(
-            mimeType="video/VP9",
-            clockRate=90000,
-            payloadType=_VP9_PT,
-            rtcpFeedback=[
-                RTCRtcpFeedback(type="nack"),
-                RTCRtcpFeedback(type="nack", parameter="pli"),
-                RTCRtcpFeedback(type="goog-remb"),
-            ],
-            parameters={"profile-id": "0"},
-        ),
-        RTCRtpCodecParameters(
-            mimeType="video/rtx",
-            clockRate=90000,
-            payloadType=_VP9_RTX_PT,
-            parameters={"apt": _VP9_PT},
-        ),
-    ]
+    register_vp9_codec()
     # The receiver module imported these names directly, so they are replaced there.
     orig_depayload = getattr(rtcrtpreceiver, "depayload")  # noqa: B009 (not re-exported)
     orig_get_decoder = getattr(rtcrtpreceiver, "get_decoder")  # noqa: B009
