@@ -541,7 +541,11 @@ class RelayPath:
         """INTERRUPT: the avatar's audio is sent as silence until its next turn starts. Video
         goes on (the avatar's mouth closes within the same in-flight time)."""
         self._speech.interrupt(time.monotonic())
-        log.info("relay_speech_muted")
+        # What the playout pacing still holds is old speech too: it leaves as silence, or the
+        # hold would add itself to the barge-in time.
+        buf = self._playout.get("audio")
+        held = [p for p in buf.held() if self._silence(p)] if buf is not None else []
+        log.info("relay_speech_muted", held_silenced=len(held))
 
     def speak_started(self) -> None:
         """The avatar started a turn: forward its audio again."""
@@ -556,10 +560,17 @@ class RelayPath:
             if was_muted:
                 self._speech_resumed("timeout")
             return True
+        if self._silence(packet):
+            return True
+        self._audio_gap = True
+        return False
+
+    def _silence(self, packet: RtpPacket) -> bool:
+        """Replace an audio packet's payload by silence of the same duration; False when it
+        is not Opus (then it must be dropped). Counted as old speech kept from the call."""
         metrics.BARGE_IN_DROPPED.labels(path="relay").inc()
         silence = opus_silence_like(packet.payload)
         if silence is None:
-            self._audio_gap = True
             return False
         packet.payload = silence
         if packet.extensions.audio_level is not None:

@@ -159,6 +159,11 @@ class PlayoutBuffer(Generic[P]):
             out.append(self._items.popleft()[1])
         return out
 
+    def held(self) -> list[P]:
+        """The packets waiting, in release order; the caller may rewrite their payloads (an
+        interrupt silences the old speech already held), not their timing."""
+        return [p for _, p in self._items]
+
     def drain(self) -> list[P]:
         out = [p for _, p in self._items]
         self._items.clear()

@@ -142,3 +142,16 @@ def test_packets_in_timestamp_order_never_overtake_each_other() -> None:
         dues += buf.pop_due(t + 0.0005)
     dues += buf.drain()
     assert [p.n for p in dues] == list(range(n))
+
+
+def test_held_packets_are_visible_in_release_order_and_keep_their_timing() -> None:
+    """An interrupt rewrites what the buffer holds (old speech to silence): ``held`` gives the
+    waiting packets in the order they will leave, and reading them changes nothing."""
+    buf: PlayoutBuffer[Pkt] = PlayoutBuffer(RATE, hold_s=0.06)
+    now = 10.0
+    for n in range(3):
+        assert buf.push(Pkt(1, n * TICK, n), now + n * 0.02) == []
+    assert [p.n for p in buf.held()] == [0, 1, 2]
+    due = buf.next_due()
+    assert due is not None and abs(due - (now + 0.06)) < 1e-9
+    assert len(buf) == 3 and [p.n for p in buf.pop_due(now + 0.06)] == [0]
