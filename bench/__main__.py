@@ -37,6 +37,12 @@ RESULTS = ROOT / "bench" / "results" / "latest.json"
 DOC = ROOT / "docs" / "performance.md"
 
 
+def _trace() -> str:
+    """The current exception's last frames, files named from the project root: the results
+    are committed, and this machine's paths must not be."""
+    return traceback.format_exc(-3).replace(f"{ROOT}/", "")
+
+
 @dataclass(frozen=True)
 class Plan:
     """How long and how often: QUICK proves the runner works, the full plan measures."""
@@ -95,7 +101,7 @@ class Runner:
             return await coro
         except Exception as exc:
             self.say(f"  failed: {exc!r}")
-            return {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc(-3)}
+            return {"error": f"{type(exc).__name__}: {exc}", "trace": _trace()}
 
 
 async def scenario_single(r: Runner) -> dict[str, Any]:
@@ -212,7 +218,7 @@ async def run(args: argparse.Namespace, network: str) -> int:
                 out = await SCENARIOS[name](runner)
             except Exception as exc:
                 runner.say(f"scenario {name} failed: {exc!r}")
-                out = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc(-3)}
+                out = {"error": f"{type(exc).__name__}: {exc}", "trace": _trace()}
             out["date"] = results["date"]
             out["elapsed_s"] = round(time.monotonic() - t0, 1)
             results["scenarios"][name] = out

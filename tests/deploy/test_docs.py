@@ -45,3 +45,16 @@ def test_alert_rules_parse_and_use_real_metrics() -> None:
         assert rule["alert"] and rule["expr"] and rule["annotations"]["summary"]
         for name in re.findall(r"bridge_[a-z0-9_]+", rule["expr"]):
             assert name in known, f"{rule['alert']} uses unknown metric {name}"
+
+
+def test_committed_results_name_no_machine_path() -> None:
+    """Bench results and docs are committed: a traceback or log pasted from a run must not
+    carry this machine's paths (the checkout's own location is the one a run would leak)."""
+    root = str(REPO.resolve())
+    leaks = [
+        str(p.relative_to(REPO))
+        for d in ("bench/results", "docs")
+        for p in (REPO / d).rglob("*")
+        if p.is_file() and p.suffix in (".json", ".md") and root in p.read_text()
+    ]
+    assert not leaks, f"absolute paths of this checkout in {leaks}"
