@@ -141,7 +141,12 @@ class AvatarSwitch(Protocol):
     @property
     def can_switch(self) -> bool: ...
 
-    async def prepare_avatar(self, room: AvatarRoom, timeout_s: float) -> Any: ...
+    async def prepare_avatar(
+        self, room: AvatarRoom, timeout_s: float, warm: WarmRoom | None = None
+    ) -> Any:
+        """Join the next avatar's room (or adopt ``warm``, a pooled one already joined for this
+        path kind: no rejoin) and wait until its first frame can be switched to."""
+        ...
 
     def commit_avatar(self, prepared: Any) -> Callable[[], float | None]: ...
 

@@ -196,9 +196,12 @@ class WarmPool:
         events: EventSink,
         on_failure: FailureCallback,
         path: PathKind | None = None,
+        *,
+        claim: bool = True,
     ) -> Handout | None:
         """A warm uplink for a session with these options, adopted by it, with its room when
-        ``path`` is the room's (None: the room is not wanted); None: start cold."""
+        ``path`` is the room's (None: the room is not wanted); None: start cold. ``claim``:
+        get the room's first frame ready now (a HELLO; a handover switches later)."""
         key = key_of(options)
         if self._closing:
             return None
@@ -231,7 +234,8 @@ class WarmPool:
             room = None
         elif room is not None:
             POOL_ROOMS.labels("adopted").inc()
-            self._stops.spawn(room.claim(), "pool_claim_room")
+            if claim:
+                self._stops.spawn(room.claim(), "pool_claim_room")
         POOL_HITS.inc()
         log.info(
             "pool_hit",

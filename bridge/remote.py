@@ -135,11 +135,13 @@ class RemoteStages:
             (s.output.width, s.output.height),
         )
 
-        def new_uplink(path: PathKind | None = None) -> tuple[LiveAvatarUplink, WarmRoom | None]:
+        def new_uplink(
+            path: PathKind | None, *, claim: bool = True
+        ) -> tuple[LiveAvatarUplink, WarmRoom | None]:
             """A warm session from the pool when one matches (with its room joined when
             ``path`` is the room's), else a cold one."""
             if self.pool is not None:
-                warm = self.pool.take(options, hello.audio, events, on_failure, path)
+                warm = self.pool.take(options, hello.audio, events, on_failure, path, claim=claim)
                 if warm is not None:
                     return warm.uplink, warm.room
             cold = LiveAvatarUplink(api, self.ledger, options, hello.audio, events, on_failure)
@@ -149,7 +151,9 @@ class RemoteStages:
         handover = None
         if la.handover_margin_s > 0:
             handover = Handover(
-                next_uplink=lambda: new_uplink()[0],
+                # A handover adopts the pooled room as it is (its media dropped until the
+                # switch, which asks for its own keyframe): no claim.
+                next_uplink=lambda kind: new_uplink(kind, claim=False),
                 expires_at=_expires_at,
                 margin_s=la.handover_margin_s,
                 prepare_timeout_s=la.connect_timeout_s,
@@ -240,11 +244,21 @@ class RemotePaths:
                 self.on_failure,
             )
 
+        def adopt_warm(room: WarmRoom) -> tuple[LiveKitDownlink, WarmDownlink] | None:
+            if not isinstance(room, WarmDownlink) or not room.ready:
+                return None
+            return room.adopt(self.clock, self.events, self.on_failure), room
+
         warm, self.warm = self.warm, None
-        if isinstance(warm, WarmDownlink) and warm.ready:
-            downlink = warm.adopt(self.clock, self.events, self.on_failure)
-            return TranscodePath(downlink, sync, publisher, new_downlink, warm)
+        adopted = adopt_warm(warm) if warm is not None else None
+        if adopted is not None:
+            downlink, feeds = adopted
+            return TranscodePath(
+                downlink, sync, publisher, new_downlink, feeds, adopt_warm=adopt_warm
+            )
         # A pooled room this path cannot adopt (it failed, or was joined for the relay that
         # declined here: that one the relay left) is left with the path.
         leave = [warm.aclose] if warm is not None else []
-        return TranscodePath(new_downlink(), sync, publisher, new_downlink, leave=leave)
+        return TranscodePath(
+            new_downlink(), sync, publisher, new_downlink, leave=leave, adopt_warm=adopt_warm
+        )

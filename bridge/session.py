@@ -35,6 +35,7 @@ from bridge.media_path import (
     PathBuilder,
     PathChoice,
     PathKind,
+    WarmRoom,
     open_path,
 )
 from bridge.protocol import MAX_JSON, MAX_PAYLOAD, Hello
@@ -81,7 +82,9 @@ TERMINAL = frozenset({State.CLOSED, State.FAILED})
 class Handover:
     """How a session replaces its avatar before the provider's cap ends it."""
 
-    next_uplink: Callable[[], AvatarUplink]  # a new (or warm) LiveAvatar session, same options
+    # The next LiveAvatar session (same options): a warm one from the pool when one matches,
+    # with its room when it was joined for this path kind (adopted by the path, not rejoined).
+    next_uplink: Callable[[PathKind], tuple[AvatarUplink, WarmRoom | None]]
     expires_at: Callable[[AvatarUplink], float]  # monotonic time the cap ends this one
     margin_s: float
     prepare_timeout_s: float = 15.0
@@ -459,16 +462,18 @@ class Session:
 
     async def _handover(self, path: AvatarSwitch, plan: Handover, reason: str) -> bool:
         t0 = time.monotonic()
-        new = plan.next_uplink()
+        new, warm = plan.next_uplink(self.choice.kind)
         try:
             room = await new.start()
-            prepared = await path.prepare_avatar(room, plan.prepare_timeout_s)
+            prepared = await path.prepare_avatar(room, plan.prepare_timeout_s, warm)
         except BridgeError as exc:
             self._log.warning("avatar_handover_failed", reason=reason, error=exc.message)
             metrics.HANDOVERS.labels(reason=reason, outcome="failed").inc()
+            await _leave_unadopted(warm)
             await new.aclose("SERVER_ERROR")
             return False
         except BaseException:
+            await asyncio.shield(_leave_unadopted(warm))
             await asyncio.shield(new.aclose("USER_CLOSED"))
             raise
         prepared_s = time.monotonic() - t0
@@ -503,6 +508,7 @@ class Session:
             "reason": reason,
             "gap_ms": round(gap_ms, 1) if gap_ms is not None else None,
             "prepare_s": round(prepared_s, 3),
+            "warm": warm is not None,
             "respoken_ms": round(respoken_ms, 1),
             "liveavatar_session": room.session_id,
         }
@@ -663,6 +669,12 @@ class Session:
             "stats": dict(self.stats),
             "error": self.error.to_json() if self.error else None,
         }
+
+
+async def _leave_unadopted(warm: WarmRoom | None) -> None:
+    """A pooled room a failed handover did not adopt is left (adopted, the path leaves it)."""
+    if warm is not None:
+        await warm.aclose()
 
 
 def _switchable(path: object) -> AvatarSwitch | None:

@@ -16,7 +16,7 @@ from bridge.barge_in import SpeechGate
 from bridge.errors import BridgeError, ErrorCode
 from bridge.first_sound import PCM_LOUD_PEAK, OnsetPoint
 from bridge.media import AudioChunk, VideoFrame
-from bridge.media_path import PathKind, RelayDecline
+from bridge.media_path import PathKind, RelayDecline, WarmRoom
 from bridge.stages import AvatarDownlink, AvatarRoom, CallPublisher, MediaSink
 
 log = structlog.get_logger(__name__)
@@ -93,6 +93,11 @@ class Feeds(Protocol):
     def feed(self, sink: MediaSink) -> None: ...
 
 
+# A pooled room -> its downlink (adopted, on the session's clock) and its feed; None when it
+# is not the transcode path's or no longer ready.
+AdoptWarm = Callable[[WarmRoom], tuple[AvatarDownlink, Feeds] | None]
+
+
 @dataclass(slots=True)
 class PreparedAvatar:
     """A new avatar's downlink, joined and receiving, not yet feeding the call."""
@@ -115,8 +120,11 @@ class TranscodePath:
         new_downlink: Callable[[], AvatarDownlink] | None = None,
         warm: Feeds | None = None,
         leave: Sequence[Callable[[], Awaitable[None]]] = (),
+        adopt_warm: AdoptWarm | None = None,
     ) -> None:
         self.downlink = downlink
+        # A pooled room handed to a handover -> its downlink, when this path can take it over.
+        self._adopt_warm = adopt_warm
         # ``downlink`` is a pooled avatar's, already in its room and decoding: fed at start.
         self._warm = warm
         self._leave = list(leave)  # closers of a pooled room this path did not adopt
@@ -135,15 +143,27 @@ class TranscodePath:
     def can_switch(self) -> bool:
         return self._new_downlink is not None and not self._closed
 
-    async def prepare_avatar(self, room: AvatarRoom, timeout_s: float) -> PreparedAvatar:
-        """Join the new avatar's room and wait for its first video frame, feeding nothing yet."""
+    async def prepare_avatar(
+        self, room: AvatarRoom, timeout_s: float, warm: WarmRoom | None = None
+    ) -> PreparedAvatar:
+        """Join the new avatar's room and wait for its first video frame, feeding nothing yet;
+        or take over ``warm``, a pooled room whose downlink is already decoding."""
         assert self._new_downlink is not None
-        downlink = self._new_downlink()
+        adopted = None
+        if warm is not None:
+            adopted = self._adopt_warm(warm) if self._adopt_warm is not None else None
+            if adopted is None:
+                await warm.aclose()  # not adoptable (failed meanwhile): joined cold
         gate = _Gate(self._into_sync, open_=False)
+        downlink = adopted[0] if adopted is not None else self._new_downlink()
         prepared = PreparedAvatar(downlink, gate)
         try:
             async with asyncio.timeout(timeout_s):
-                await downlink.start(room, gate)
+                if adopted is not None:
+                    adopted[1].feed(gate)  # decoded frames go to the closed gate from now on
+                    log.info("transcode_warm_room_prepared")
+                else:
+                    await downlink.start(room, gate)
                 await gate.first_video.wait()
         except BaseException as exc:
             await downlink.aclose()

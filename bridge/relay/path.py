@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -52,7 +53,7 @@ from bridge.config import LiveAvatarConfig, OutputConfig, Settings, setting_defa
 from bridge.errors import BridgeError, ErrorCode
 from bridge.first_sound import OPUS_LOUD_BYTES, OnsetPoint
 from bridge.livekit.subscriber import LiveKitSubscriber, SubscriberOptions
-from bridge.media_path import RELAY_CODECS, PathKind, RelayDecline
+from bridge.media_path import RELAY_CODECS, PathKind, RelayDecline, WarmRoom
 from bridge.relay.aiortc_hooks import (
     ReceiverTap,
     RtpHandler,
@@ -674,8 +675,15 @@ class RelayPath:
     def can_switch(self) -> bool:
         return self._subscriber is not None and not self._closed.is_set()
 
-    async def prepare_avatar(self, room: AvatarRoom, timeout_s: float) -> PreparedRelay:
-        """Join the next avatar's room and wait for its first keyframe, forwarding nothing."""
+    async def prepare_avatar(
+        self, room: AvatarRoom, timeout_s: float, warm: WarmRoom | None = None
+    ) -> PreparedRelay:
+        """Join the next avatar's room and wait for its first keyframe, forwarding nothing; or,
+        given a pooled room joined for the relay (its first keyframe seen), take it over."""
+        if isinstance(warm, WarmUpstream) and warm.ready and warm.codec == self._codec:
+            return self._prepare_warm(warm)
+        if warm is not None:
+            await warm.aclose()  # not adoptable (failed, or another codec): joined cold
         opts = self._opts
         prepared = PreparedRelay(
             LiveKitSubscriber(
@@ -706,9 +714,48 @@ class RelayPath:
             raise
         return prepared
 
+    def _prepare_warm(self, warm: WarmUpstream) -> PreparedRelay:
+        """The next avatar's subscription is a pooled room's: its receivers' packets go through
+        the same gate as a cold prepared one's (dropped until the switch at a keyframe)."""
+        prepared = PreparedRelay(warm.subscriber, video_ssrc=warm.video_ssrc)
+        prepared.keyframe.set()  # the warm room saw one; the switch asks for a fresh one
+        handlers: dict[str, tuple[RtpHandler, SrHandler]] = {}
+        for kind, tap in warm.taps.items():
+            fwd = self._fwd.get(kind)
+            if fwd is None:
+                continue
+            prepared.taps[kind] = tap
+            handlers[kind] = (
+                self._next_rtp(kind, tap, fwd, prepared),
+                functools.partial(self._on_next_sr, fwd, prepared),
+            )
+        warm.adopt(
+            lambda kind, receiver, sid: self._on_receiver(kind, receiver, sid, prepared),
+            self._events,
+            self._on_failure,
+            handlers,
+        )
+        self._prepared = prepared
+        log.info("relay_warm_room_prepared", video_ssrc=warm.video_ssrc)
+        return prepared
+
     def _on_next_receiver(
         self, kind: str, receiver: RTCRtpReceiver, fwd: _Forwarder, prepared: PreparedRelay
     ) -> None:
+        tap = ReceiverTap(
+            receiver,
+            lambda p, c, a: on_rtp(p, c, a),
+            lambda sr: self._on_next_sr(fwd, prepared, sr),
+        )
+        on_rtp = self._next_rtp(kind, tap, fwd, prepared)
+        prepared.taps[kind] = tap
+
+    def _next_rtp(
+        self, kind: str, tap: ReceiverTap, fwd: _Forwarder, prepared: PreparedRelay
+    ) -> RtpHandler:
+        """The next avatar's packets: dropped until the switch (noting its keyframes), made at
+        its first keyframe after the commit; then relayed."""
+
         async def on_rtp(packet: RtpPacket, codec: RTCRtpCodecParameters, arrival: int) -> None:
             if prepared.committed and self._receiver_taps.get(kind) is tap:
                 await self._on_rtp(fwd, packet)
@@ -726,8 +773,7 @@ class RelayPath:
                         return
             DROPPED.labels(kind, "next_avatar_gated").inc()
 
-        tap = ReceiverTap(receiver, on_rtp, lambda sr: self._on_next_sr(fwd, prepared, sr))
-        prepared.taps[kind] = tap
+        return on_rtp
 
     def _on_next_sr(self, fwd: _Forwarder, prepared: PreparedRelay, sr: RtcpSrPacket) -> None:
         if prepared.committed:

@@ -110,6 +110,7 @@ class StandInCounters:
     rooms_created: int = 0
     rooms_closed: int = 0
     joins: int = 0
+    joins_by_room: Counter[str] = field(default_factory=Counter)  # per room name
     # Joins and resumes by signalling path ("/rtc/v1" single PC, "/rtc" legacy): which mode a
     # client chose, as the server saw it.
     signal_paths: Counter[str] = field(default_factory=Counter)
@@ -906,6 +907,7 @@ class LiveKitStandIn:
         p.ws = ws
         r.participants[p.sid] = p
         self.counters.joins += 1
+        self.counters.joins_by_room[r.name] += 1
         SIM_JOINS.labels("joined").inc()
         SIM_PARTICIPANTS.inc()
         try:

@@ -123,3 +123,55 @@ async def test_a_hit_on_another_path_leaves_the_room_and_joins_it_cold(tmp_path:
             assert sim.liveavatar.live_sessions == []
         finally:
             await daemon.stop()
+
+
+@pytest.mark.parametrize("media_path", ["relay", "transcode"])
+async def test_a_handover_adopts_the_pooled_room(media_path: str, tmp_path: Path) -> None:
+    """The avatar is dropped mid-call; the next one comes from the pool with its room joined
+    for this path: the handover takes that subscription over (the room is joined once, by the
+    pool, never left and joined again) and the call keeps one participant."""
+    async with StandIns() as sim:
+        daemon = DaemonProcess(
+            tmp_path,
+            sim.daemon_env(),
+            *SMALL,
+            "--set", f"output.media_path={media_path}",
+            "--set", "pool.size=1",
+            "--set", "pool.min_remaining_s=10",
+            "--set", "liveavatar.handover_margin_s=1",
+        )  # fmt: skip
+        await daemon.start()
+        try:
+            async with await BridgeClient.connect(daemon.socket) as client:
+                await until(lambda: daemon.metric_sum("bridge_pool_size") == 1)
+                events = await open_session(client, "handover-warm")
+                (first,) = [e.fields for e in events if e.event == "liveavatar_session"]
+                assert first["warm"] is True
+                # The pool refills: the next session, in its own room, media received.
+                await until(lambda: daemon.metric_sum("bridge_pool_size") == 1)
+                (warm,) = [s for s in sim.liveavatar.live_sessions if s != first["session_id"]]
+                room = sim.liveavatar.sessions[warm].room
+                assert room is not None
+                assert sim.livekit.counters.joins_by_room[room] == 1
+                await sim.liveavatar.drop(first["session_id"])  # the provider ends it
+                seen = await until_event(client, "avatar_handover", limit_s=30)
+                (handover,) = [e.fields for e in seen if e.event == "avatar_handover"]
+                assert handover["reason"] == "lost"
+                assert handover["liveavatar_session"] == warm
+                assert handover["warm"] is True
+                # Adopted (the HELLO's room and this one), never left for a cold rejoin.
+                assert daemon.metric_sum("bridge_pool_rooms_total", 'outcome="adopted"') == 2
+                assert daemon.metric_sum("bridge_pool_rooms_total", 'outcome="left"') == 0
+                assert sim.livekit.counters.joins_by_room[room] == 1
+                assert sim.livekit.participants_in(room) == 1
+                # The new avatar's media reach the call, on the same participant.
+                sim.stream.reset_measure("default", "handover-warm")
+                await received(sim, "handover-warm", lambda s: s["video"]["frames"] >= 10)
+                stats = sim.stream.stats("default", "handover-warm")
+                assert stats["joins"] == 1
+                assert len(stats["participants"]) == 1
+            assert await daemon.stop() == 0
+            assert sim.liveavatar.live_sessions == []
+            assert sim.livekit.participants_in(room) == 0
+        finally:
+            await daemon.stop()
