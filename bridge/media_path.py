@@ -206,6 +206,11 @@ class PathBuilder(Protocol):
 
     def transcode(self, stream: KeptStream | None) -> MediaPath: ...
 
+    async def aclose(self) -> None:
+        """The session ends: leave what was joined for it that no path took over (a pooled
+        room, when the session ended before its path started). Idempotent, never raises."""
+        ...
+
 
 async def open_path(
     builder: PathBuilder, room: AvatarRoom, adopt: Callable[[MediaPath], None]

@@ -40,6 +40,11 @@ STAGE_LATENCY = Histogram(
 REMOTE_ERRORS = Counter(
     "bridge_remote_errors_total", "Errors reported by a remote, by remote and code.", ["code"]
 )
+# Joined by a subscriber (relay) or a downlink (transcode), not yet left: a room left open after
+# its session and pooled sessions ended is a leak.
+LIVEKIT_ROOMS_OPEN = Gauge(
+    "bridge_livekit_rooms_open", "LiveKit rooms the daemon is in now, by client", ["client"]
+)
 DRAINING = Gauge("bridge_draining", "1 while the daemon drains for shutdown.")
 HANDOVERS = Counter(
     "bridge_avatar_handovers_total",

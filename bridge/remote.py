@@ -190,6 +190,10 @@ class RemotePaths:
 
     def relay(self) -> RelayCandidate:
         call = self.hello.call
+        # The relay's to adopt, or to leave when it declines.
+        warm = self.warm if isinstance(self.warm, WarmUpstream) else None
+        if warm is not None:
+            self.warm = None
         return RelayPath(
             RelayOptions.from_settings(
                 self.settings,
@@ -207,8 +211,15 @@ class RemotePaths:
             ),
             self.events,
             self.on_failure,
-            warm=self.warm if isinstance(self.warm, WarmUpstream) else None,
+            warm=warm,
         )
+
+    async def aclose(self) -> None:
+        """A pooled room that no path took (the session ended before its path was built)."""
+        warm, self.warm = self.warm, None
+        if warm is not None:
+            log.info("pool_room_left_unused", path=str(warm.kind))
+            await warm.aclose()
 
     def can_keep(self, stream: KeptStream) -> bool:
         return isinstance(stream, StreamRelayPublisher) and stream.granted_codec in ENCODABLE

@@ -536,6 +536,8 @@ class Session:
         reason = self._close_reason
         closers: list[Callable[[], Awaitable[None]]] = [lambda: self.uplink.aclose(reason)]
         closers += [path.aclose for path in self._paths]
+        if self.stages.paths is not None:
+            closers.append(self.stages.paths.aclose)  # a pooled room no path took
         for closer in closers:
             try:
                 await asyncio.shield(closer())

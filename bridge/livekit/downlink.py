@@ -36,6 +36,7 @@ import structlog
 from livekit import rtc
 from prometheus_client import Counter, Gauge, Histogram
 
+from bridge import metrics
 from bridge.config import LiveAvatarConfig, Settings, setting_default
 from bridge.errors import BridgeError, ErrorCode
 from bridge.media import AudioChunk, AudioFormat, MediaClock, VideoFrame
@@ -146,6 +147,8 @@ class LiveKitDownlink:
         self._first: dict[str, bool] = {"video": False, "audio": False}
         self._ready = asyncio.Event()
         self._closing = False
+        self._room_open = metrics.LIVEKIT_ROOMS_OPEN.labels("transcode")
+        self._counted = False  # in LIVEKIT_ROOMS_OPEN until aclose()
         self._failed = False
         self._reconnecting = False
         self._close_task: asyncio.Task[None] | None = None
@@ -168,6 +171,8 @@ class LiveKitDownlink:
         self._sink = sink
         self._started_ns = time.monotonic_ns()
         lk = self._room = rtc.Room()
+        self._room_open.inc()
+        self._counted = True
         lk.on("track_subscribed", self._on_track_subscribed)
         lk.on("participant_disconnected", self._on_participant_disconnected)
         lk.on("disconnected", self._on_disconnected)
@@ -205,6 +210,9 @@ class LiveKitDownlink:
         """Stop the readers, close the streams, then disconnect. Idempotent; never raises."""
         if self._close_task is None:
             self._closing = True
+            if self._counted:
+                self._counted = False
+                self._room_open.dec()
             self._close_task = asyncio.get_running_loop().create_task(self._close())
         await asyncio.shield(self._close_task)
 

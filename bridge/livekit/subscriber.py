@@ -52,7 +52,7 @@ from livekit.protocol import models as lkm
 from livekit.protocol import rtc as lkr
 from prometheus_client import Counter
 
-from bridge import dtls_guard
+from bridge import dtls_guard, metrics
 from bridge.config import LiveAvatarConfig, setting_default
 from bridge.errors import BridgeError, ErrorCode
 from bridge.relay.policy import LayerAsk
@@ -135,6 +135,8 @@ class LiveKitSubscriber:
         # An unexpected error in the supervisor is logged, counted and fails the session.
         self._tasks = TaskSet(lambda err: self._fail("internal", err.message))
         self._closing = False
+        self._room_open = metrics.LIVEKIT_ROOMS_OPEN.labels("relay")
+        self._counted = False  # in LIVEKIT_ROOMS_OPEN until aclose()
         self._failed = False
         self._send_lock = asyncio.Lock()
         self.video_mime: str | None = None
@@ -150,6 +152,8 @@ class LiveKitSubscriber:
             raise RuntimeError("LiveKitSubscriber.start called twice")
         self._url, self._token = url.rstrip("/"), token
         self._http = aiohttp.ClientSession()
+        self._room_open.inc()
+        self._counted = True
         try:
             async with asyncio.timeout(self._opts.connect_timeout_s):
                 await self._join(resume=False)
@@ -185,6 +189,9 @@ class LiveKitSubscriber:
         if self._closing and self._http is None:
             return
         self._closing = True
+        if self._counted:
+            self._counted = False
+            self._room_open.dec()
         sup, self._supervisor = self._supervisor, None
         if sup is not None and sup is not asyncio.current_task():
             sup.cancel()

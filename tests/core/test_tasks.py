@@ -116,6 +116,9 @@ class _Builder:
     def transcode(self, stream: KeptStream | None) -> MediaPath:
         return self.path
 
+    async def aclose(self) -> None:
+        pass
+
 
 class _Link:
     def __init__(self, name: str) -> None:

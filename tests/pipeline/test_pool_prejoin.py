@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.client import BridgeClient
-from bridge.protocol import EventMsg
+from bridge.client import BridgeClient, parse_call
+from bridge.protocol import EventMsg, Hello, encode_close, encode_hello
 from bridge.sim.liveavatar import StandInOptions, StartDelays
 from bridge.sim.stack import SMALL, DaemonProcess, StandIns
 from tests.pipeline.test_end_to_end import FMT, open_session, received, until_event
@@ -173,5 +173,65 @@ async def test_a_handover_adopts_the_pooled_room(media_path: str, tmp_path: Path
             assert await daemon.stop() == 0
             assert sim.liveavatar.live_sessions == []
             assert sim.livekit.participants_in(room) == 0
+        finally:
+            await daemon.stop()
+
+
+HELLO_AND_GONE = 4  # clients that send HELLO and hang up at once
+
+
+@pytest.mark.parametrize("media_path", ["relay", "transcode"])
+async def test_a_hello_whose_client_is_gone_at_once_leaks_no_warm_room(
+    media_path: str, tmp_path: Path
+) -> None:
+    """Each client sends HELLO and CLOSE in the same breath and hangs up (the session ends
+    before its path is built): the warm session it took, and the room joined for it, are left
+    every time; only the pool's refill stays, in its own room."""
+    async with StandIns() as sim:
+        daemon = DaemonProcess(
+            tmp_path,
+            sim.daemon_env(),
+            *SMALL,
+            "--set", f"output.media_path={media_path}",
+            "--set", "pool.size=1",
+            "--set", "pool.min_remaining_s=10",
+            "--set", "limits.linger_s=0",
+        )  # fmt: skip
+        await daemon.start()
+        try:
+            for i in range(HELLO_AND_GONE):  # bounded
+                await until(lambda: daemon.metric_sum("bridge_pool_size") == 1)
+                _, writer = await asyncio.open_unix_connection(str(daemon.socket))
+                hello = Hello(call=parse_call(f"default:gone-{i}"), audio=FMT, client="gone")
+                # HELLO and CLOSE in one write: the daemon reads both at once, so the session
+                # is closed before its task has run a step (before its path is built).
+                writer.write(encode_hello(hello) + encode_close())
+                await writer.drain()
+                writer.close()
+                await writer.wait_closed()
+                await until(
+                    lambda hits=i + 1: (
+                        daemon.metric_sum("bridge_pool_hits_total") == hits
+                        and daemon.metric_sum("bridge_sessions_active") == 0
+                    )
+                )
+            await until(lambda: daemon.metric_sum("bridge_pool_size") == 1)
+            # Every HELLO took a warm session (a hit, its room handed to the session).
+            assert daemon.metric_sum("bridge_pool_hits_total") == HELLO_AND_GONE
+            # Only the pool's refill is live, and the daemon is in its room only.
+            (warm,) = sim.liveavatar.live_sessions
+            room = sim.liveavatar.sessions[warm].room
+            assert room is not None
+            await until(lambda: daemon.metric_sum("bridge_livekit_rooms_open") == 1)
+            assert daemon.metric_sum("bridge_livekit_rooms_open") == 1
+            assert sim.livekit.participants_in(room) == 1
+            taken = [s for s in sim.liveavatar.sessions if s != warm]
+            assert len(taken) >= HELLO_AND_GONE
+            for session_id in taken:
+                assert sim.liveavatar.sessions[session_id].end_reason is not None
+                other = sim.liveavatar.sessions[session_id].room
+                assert other is None or sim.livekit.participants_in(other) == 0
+            assert await daemon.stop() == 0
+            assert sim.liveavatar.live_sessions == []
         finally:
             await daemon.stop()
