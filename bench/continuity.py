@@ -22,6 +22,8 @@ track (SSRCs, largest sequence step, SR jumps).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import statistics
 import tempfile
 import time
@@ -70,7 +72,9 @@ async def scenario(r: Any) -> dict[str, Any]:
 async def first_frames(path: str, warm: bool, runs: int, workroot: Path) -> dict[str, Any]:
     v = driver.VARIANTS[VARIANT]
     workdir = Path(tempfile.mkdtemp(prefix=f"continuity-{path}-", dir=workroot))
-    flags = [*v.daemon_flags(), *(POOL_FLAGS if warm else ())]
+    # The daemon serves this path (the pool joins its warm rooms for the configured path: a
+    # HELLO asking for another one would leave the room and join it cold).
+    flags = [*v.daemon_flags(), "--set", f"output.media_path={path}", *(POOL_FLAGS if warm else ())]
     async with StandIns(
         render_latency_s=driver.RENDER_LATENCY_S, stream_codec=v.codec, start_profile=PROFILE
     ) as sim:
@@ -105,6 +109,17 @@ async def first_frames(path: str, warm: bool, runs: int, workroot: Path) -> dict
     }
 
 
+def _logged(daemon: DaemonProcess, event: str) -> list[dict[str, Any]]:
+    """The daemon's JSON log lines of ``event``."""
+    out = []
+    if daemon.log_path.exists():
+        for raw in daemon.log_path.read_bytes().splitlines():
+            if f'"event": "{event}"'.encode() in raw:
+                with contextlib.suppress(ValueError):
+                    out.append(json.loads(raw))
+    return out
+
+
 CAP_S = 60  # the sandbox cap
 QUICK_CAP_S = 30  # liveavatar.max_session_duration's minimum
 MARGIN_S = 10
@@ -113,7 +128,9 @@ QUICK_CALL_S = 45.0
 DROP_AT = 0.7  # of the call
 
 
-async def handover_call(workroot: Path, *, path: str, quick: bool) -> dict[str, Any]:
+async def handover_call(
+    workroot: Path, *, path: str, quick: bool, pool: bool = True
+) -> dict[str, Any]:
     v = driver.VARIANTS[VARIANT]
     call_s = QUICK_CALL_S if quick else CALL_S
     cap_s = QUICK_CAP_S if quick else CAP_S
@@ -124,6 +141,10 @@ async def handover_call(workroot: Path, *, path: str, quick: bool) -> dict[str, 
         "--set", f"liveavatar.handover_margin_s={MARGIN_S}",
         "--set", f"liveavatar.max_session_duration={cap_s}",
     ]  # fmt: skip
+    if pool:
+        # The next avatar comes from the pool, its room joined for this path (adopted by the
+        # switch); a warm session is handed out with at least half a cap left.
+        flags += ["--set", "pool.size=1", "--set", f"pool.min_remaining_s={cap_s // 2}"]
     options = StandInOptions(sandbox_max_duration_s=cap_s)
     async with StandIns(
         render_latency_s=driver.RENDER_LATENCY_S, stream_codec=v.codec, liveavatar=options
@@ -173,6 +194,7 @@ async def handover_call(workroot: Path, *, path: str, quick: bool) -> dict[str, 
             await asyncio.gather(reader, return_exceptions=True)
         finally:
             await daemon.stop()
+    switches = _logged(daemon, "relay_avatar_switched")
     planned = [h["gap_ms"] for h in handovers if h["reason"] == "cap" and h["gap_ms"] is not None]
     lost = [h for h in handovers if h["reason"] == "lost"]
     parts = stats.get("participants") or [{}]
@@ -189,6 +211,23 @@ async def handover_call(workroot: Path, *, path: str, quick: bool) -> dict[str, 
             "max": round(max(planned), 1) if planned else None,
             "samples": planned,
         },
+        "pool": pool,
+        "warm_switches": sum(1 for h in handovers if h.get("warm")),
+        "prepare_s": [h.get("prepare_s") for h in handovers],
+        # The relay's breakdown of each switch's gap (relay_avatar_switched in the daemon log).
+        "switch_trace": [
+            {
+                k: e.get(k)
+                for k in (
+                    "gap_ms",
+                    "keyframe_rtt_ms",
+                    "old_last_sent_before_keyframe_ms",
+                    "keyframe_in_to_sent_ms",
+                    "at_keyframe",
+                )
+            }
+            for e in switches
+        ],
         "recovery_gap_ms": lost[0]["gap_ms"] if lost else None,
         "recovery_s": round(lost[0]["t"] - drop_t, 3) if lost and drop_t else None,
         "participants_seen": stats.get("joins"),

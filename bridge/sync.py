@@ -164,7 +164,11 @@ class SyncStage:
                 self._video_ready.clear()
                 await self._video_ready.wait()
             frame = self._video[0]
-            due = frame.received_ns + self._video_delay_ns
+            # The call's first picture leaves at once: the delay lines video up with the
+            # avatar's speech, and before the first picture there is none to line up with
+            # (the first frame of a warm session otherwise waits a delay for nothing).
+            delay_ns = self._video_delay_ns if self.video_written else 0
+            due = frame.received_ns + delay_ns
             wait_ns = due - time.monotonic_ns()
             if wait_ns > 0:
                 await asyncio.sleep(wait_ns / 1e9)

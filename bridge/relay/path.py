@@ -332,6 +332,10 @@ class PreparedRelay:
     keyframe: asyncio.Event = field(default_factory=asyncio.Event)
     switch_asked: bool = False  # switch at its next keyframe
     committed: bool = False  # its receivers are the relay's upstream
+    # The switch's timing (monotonic s): committed (keyframe asked), the switching keyframe's
+    # first packet in; for the gap's breakdown (relay_avatar_switched).
+    commit_t: float = 0.0
+    keyframe_t: float | None = None
 
 
 class RelayPath:
@@ -768,6 +772,7 @@ class RelayPath:
                 if self._video.gate.is_key(packet.payload):
                     prepared.keyframe.set()
                     if prepared.switch_asked:
+                        prepared.keyframe_t = time.monotonic()
                         self._swap(prepared, at_keyframe=True)  # the switch, at its keyframe
                         await self._on_rtp(fwd, packet)
                         return
@@ -785,6 +790,7 @@ class RelayPath:
         giving the measured picture gap in ms (the old avatar's last video packet sent to the new
         one's first) once known."""
         prepared.switch_asked = True
+        prepared.commit_t = time.monotonic()
         self._switching = prepared
         tap, ssrc = prepared.taps.get("video"), prepared.video_ssrc
         if tap is not None and ssrc is not None:
@@ -792,11 +798,33 @@ class RelayPath:
             self._tasks.spawn(tap.send_pli(ssrc), "relay_pli")
         video = self._fwd["video"]
 
+        logged = False
+
         def gap_ms() -> float | None:
-            first = video.switch_first_new_t
-            if not prepared.committed or first is None or not video.switch_last_old_t:
+            nonlocal logged
+            first, last_old = video.switch_first_new_t, video.switch_last_old_t
+            if not prepared.committed or first is None or not last_old:
                 return None
-            return 1000.0 * (first - video.switch_last_old_t)
+            if not logged:
+                logged = True
+                key_t = prepared.keyframe_t
+                # Where the gap comes from: the keyframe's round trip, the old avatar's last
+                # frame relative to it, and the new keyframe's way through the playout buffer.
+                log.info(
+                    "relay_avatar_switched",
+                    gap_ms=round(1000 * (first - last_old), 1),
+                    keyframe_rtt_ms=None
+                    if key_t is None
+                    else round(1000 * (key_t - prepared.commit_t), 1),
+                    old_last_sent_before_keyframe_ms=(
+                        None if key_t is None else round(1000 * (key_t - last_old), 1)
+                    ),
+                    keyframe_in_to_sent_ms=(
+                        None if key_t is None else round(1000 * (first - key_t), 1)
+                    ),
+                    at_keyframe=key_t is not None,
+                )
+            return 1000.0 * (first - last_old)
 
         return gap_ms
 

@@ -346,6 +346,9 @@ class StreamPublisher:
             self.frames_written += 1
         if not self._published:
             self._published = True
+            self._log.info(
+                "stream_first_video_written", write_ms=round(1000 * (time.perf_counter() - t0), 1)
+            )
             self._events(
                 "published",
                 call_type=self._call_type,
