@@ -222,6 +222,7 @@ async def handover_call(
                     "gap_ms",
                     "keyframe_rtt_ms",
                     "old_last_sent_before_keyframe_ms",
+                    "old_last_in_before_keyframe_ms",
                     "keyframe_in_to_sent_ms",
                     "at_keyframe",
                 )

@@ -336,6 +336,7 @@ class PreparedRelay:
     # first packet in; for the gap's breakdown (relay_avatar_switched).
     commit_t: float = 0.0
     keyframe_t: float | None = None
+    old_in_t: float = 0.0  # the old avatar's last complete frame in, at the switch
 
 
 class RelayPath:
@@ -393,6 +394,7 @@ class RelayPath:
             size_wait_s=options.size_wait_s,
         )
         self._hold_wake = asyncio.Event()
+        self._video_in_t = 0.0
         self._pump_due = float("inf")  # what the playout pump sleeps until
         self._send_locks = {kind: asyncio.Lock() for kind in self._playout}
         self._tasks = TaskSet(on_failure, ErrorCode.INTERNAL)
@@ -773,6 +775,7 @@ class RelayPath:
                     prepared.keyframe.set()
                     if prepared.switch_asked:
                         prepared.keyframe_t = time.monotonic()
+                        prepared.old_in_t = self._video_in_t
                         self._swap(prepared, at_keyframe=True)  # the switch, at its keyframe
                         await self._on_rtp(fwd, packet)
                         return
@@ -821,6 +824,9 @@ class RelayPath:
                     ),
                     keyframe_in_to_sent_ms=(
                         None if key_t is None else round(1000 * (first - key_t), 1)
+                    ),
+                    old_last_in_before_keyframe_ms=(
+                        None if key_t is None else round(1000 * (key_t - prepared.old_in_t), 1)
                     ),
                     at_keyframe=key_t is not None,
                 )
@@ -895,6 +901,8 @@ class RelayPath:
                 await self._forward(fwd, packet)
             return
         now = time.monotonic()
+        if packet.marker:
+            self._video_in_t = now  # the current avatar's last complete frame in (a switch's trace)
         verdict = self._video.admit(packet, now)
         if verdict.keyframe_request is not None:
             self._request_keyframe(verdict.keyframe_request)
