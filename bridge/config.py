@@ -163,6 +163,12 @@ class OutputConfig(_Section):
         description="Hold video this long after arrival so it leaves aligned with the slower "
         "audio path (measured 25-65 ms; see docs/sync.md).",
     )
+    video_delay_follows_receivers: bool = Field(
+        True,
+        description="Transcode path: add the avatar downlink's audio-minus-video jitter-buffer "
+        "delay (libwebrtc stats, read every 100 ms) to output.video_delay_ms, so the start of a "
+        "call, where the audio buffer sheds its initial delay, stays in sync (docs/sync.md).",
+    )
     relay_video_hold_ms: float = Field(
         20.0,
         ge=0,

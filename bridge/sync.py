@@ -31,17 +31,19 @@ import time
 from collections import deque
 
 import structlog
-from prometheus_client import Histogram
+from prometheus_client import Gauge, Histogram
 
 from bridge import metrics
 from bridge.first_sound import PCM_LOUD_PEAK, OnsetPoint
-from bridge.media import AudioChunk, VideoFrame
+from bridge.media import AudioChunk, JitterBufferReading, VideoFrame
 from bridge.stages import CallPublisher
 
 log = structlog.get_logger(__name__)
 
 # Peak sample magnitude below which a chunk counts as silence (about -54 dBFS).
 SILENCE_PEAK = 64
+# The hold is logged when it moved this much since it was last logged (bounded log volume).
+_HOLD_LOG_STEP_MS = 10.0
 
 # Fine buckets: the downlink's added latency is video_delay_ms (deliberate) plus this lateness,
 # and its goal (p95 < 33 ms in total) needs millisecond resolution (read by bench/).
@@ -51,6 +53,90 @@ VIDEO_LATE = Histogram(
     buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.033, 0.05, 0.1,
              0.2, 0.5, 1.0),
 )  # fmt: skip
+
+
+VIDEO_HOLD = Gauge(
+    "bridge_sync_video_hold_ms",
+    "The video hold now: output.video_delay_ms plus the downlink's audio-minus-video jitter-buffer "
+    "delay (last session to update wins)",
+)
+
+# Windows over which a receiver's delay is averaged: audio's counters grow by 48 000 samples a
+# second, so a short window is precise and follows NetEq's shedding closely (it lags the
+# delay by half the window: ~3 ms at NetEq's fastest, 60 ms/s); video's grow by one per frame,
+# so it needs more frames for a steady mean (its buffer also moves little).
+AUDIO_WINDOW_MS = 100.0
+VIDEO_WINDOW_MS = 500.0
+
+
+class ReceiverDelay:
+    """The recent jitter-buffer delay of one receiver, from successive readings of its
+    cumulative counters: the mean over the last ``window_ms`` (at least two readings apart).
+    Counters that go backwards (a new receiver after a reconnect) start it afresh."""
+
+    def __init__(self, window_ms: float) -> None:
+        self._window_ns = int(window_ms * 1_000_000)
+        self._readings: deque[JitterBufferReading] = deque()
+        self.ms: float | None = None
+
+    def update(self, reading: JitterBufferReading) -> float | None:
+        last = self._readings[-1] if self._readings else None
+        if last is not None and (reading.emitted < last.emitted or reading.delay_s < last.delay_s):
+            self._readings.clear()  # a new receiver: its counters started again
+            self.ms = None
+        if last is not None and reading.emitted == last.emitted and self._readings:
+            return self.ms  # nothing emitted since (a paused track): no new information
+        self._readings.append(reading)
+        # The oldest reading kept is the newest one at least a window before this one.
+        window = self._window_ns
+        while len(self._readings) > 2 and reading.at_ns - self._readings[1].at_ns >= window:
+            self._readings.popleft()
+        first = self._readings[0]
+        if first is reading:
+            return self.ms
+        emitted = reading.emitted - first.emitted
+        if emitted > 0:
+            self.ms = max(0.0, 1000.0 * (reading.delay_s - first.delay_s) / emitted)
+        return self.ms
+
+
+class VideoAlignment:
+    """How long to hold each video frame after its arrival, so that it leaves the bridge with
+    the audio it belongs to (sans-I/O: readings in, a hold out).
+
+    The downlink's two receivers delay the avatar's media by different and changing amounts:
+    libwebrtc's audio jitter buffer (NetEq) starts a call with a larger delay than it needs and
+    sheds it over seconds (time-compressing the audio), while the video receiver hands frames
+    out almost at once. The hold is ``base_ms`` (what the publisher's side adds to audio over
+    video: the Stream SDK's PCM queue and 20 ms pacer versus its encoder) plus the receivers'
+    current difference, audio minus video, clamped to ``[0, max_ms]``. Until both receivers
+    are measured it is ``base_ms`` alone, and always with ``follow=False`` (the receivers are
+    then measured only, for the logs)."""
+
+    def __init__(self, base_ms: float, max_ms: float, *, follow: bool = True) -> None:
+        self.base_ms = base_ms
+        self.follow = follow
+        self.max_ms = max(0.0, max_ms)
+        self.audio = ReceiverDelay(AUDIO_WINDOW_MS)
+        self.video = ReceiverDelay(VIDEO_WINDOW_MS)
+
+    def update(self, reading: JitterBufferReading) -> None:
+        if reading.kind == "audio":
+            self.audio.update(reading)
+        elif reading.kind == "video":
+            self.video.update(reading)
+
+    @property
+    def difference_ms(self) -> float | None:
+        """Audio's receiver delay minus video's, once both are known."""
+        if self.audio.ms is None or self.video.ms is None:
+            return None
+        return self.audio.ms - self.video.ms
+
+    def hold_ms(self) -> float:
+        diff = self.difference_ms if self.follow else None
+        hold = self.base_ms + (diff if diff is not None else 0.0)
+        return min(self.max_ms, max(0.0, hold))
 
 
 class SyncStage:
@@ -65,11 +151,16 @@ class SyncStage:
         audio_queue_ms: float,
         video_delay_ms: float,
         silence_flush_ms: float = 300.0,
+        follow_receivers: bool = True,
     ) -> None:
         self._publisher = publisher
         self.video_capacity = max(1, round(fps * buffer_seconds))
         self._audio_capacity_s = audio_queue_ms / 1000.0
-        self._video_delay_ns = int(video_delay_ms * 1_000_000)
+        # The hold cannot outlast the video queue (its frames would be dropped as overflow).
+        self.alignment = VideoAlignment(
+            video_delay_ms, max_ms=1000.0 * buffer_seconds * 0.8, follow=follow_receivers
+        )
+        self._hold_logged_ms = -1.0
         self._video: deque[VideoFrame] = deque()
         self._audio: deque[AudioChunk] = deque()
         self._audio_s = 0.0
@@ -109,6 +200,20 @@ class SyncStage:
         metrics.QUEUE_DEPTH.labels(stage="sync_audio_ms").set(self._audio_s * 1000)
         self._audio_ready.set()
 
+    def put_jitter_buffer(self, reading: JitterBufferReading) -> None:
+        self.alignment.update(reading)
+        hold = self.alignment.hold_ms()
+        VIDEO_HOLD.set(hold)
+        if abs(hold - self._hold_logged_ms) >= _HOLD_LOG_STEP_MS:
+            self._hold_logged_ms = hold
+            audio, video = self.alignment.audio.ms, self.alignment.video.ms
+            log.info(
+                "sync_video_hold",
+                hold_ms=round(hold, 1),
+                audio_jitter_buffer_ms=None if audio is None else round(audio, 1),
+                video_jitter_buffer_ms=None if video is None else round(video, 1),
+            )
+
     # ----- control -----------------------------------------------------------------------
 
     def flush(self) -> None:
@@ -121,7 +226,11 @@ class SyncStage:
             metrics.DROPS.labels(stage="sync_video", reason="interrupt").inc(dropped)
 
     def depth(self) -> dict[str, float]:
-        return {"video_frames": len(self._video), "audio_ms": round(self._audio_s * 1000, 1)}
+        return {
+            "video_frames": len(self._video),
+            "audio_ms": round(self._audio_s * 1000, 1),
+            "video_hold_ms": round(self.alignment.hold_ms(), 1),
+        }
 
     # ----- the pump ----------------------------------------------------------------------
 
@@ -164,7 +273,7 @@ class SyncStage:
                 self._video_ready.clear()
                 await self._video_ready.wait()
             frame = self._video[0]
-            due = frame.received_ns + self._video_delay_ns
+            due = frame.received_ns + int(self.alignment.hold_ms() * 1_000_000)
             wait_ns = due - time.monotonic_ns()
             if wait_ns > 0:
                 await asyncio.sleep(wait_ns / 1e9)

@@ -38,7 +38,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from bridge.config import LiveAvatarConfig, Settings, setting_default
 from bridge.errors import BridgeError, ErrorCode
-from bridge.media import AudioChunk, AudioFormat, MediaClock, VideoFrame
+from bridge.media import AudioChunk, AudioFormat, JitterBufferReading, MediaClock, VideoFrame
 from bridge.stages import AvatarRoom, EventSink, FailureCallback, MediaSink
 from bridge.tasks import TaskSet
 
@@ -70,7 +70,12 @@ GAPS = Counter(
 FAILURES = Counter("bridge_downlink_failures_total", "Downlink failures reported", ["reason"])
 RECONNECTS = Counter("bridge_downlink_reconnects_total", "SDK reconnect/resume episodes", ["phase"])
 
+STATS_FAILURES = Counter(
+    "bridge_downlink_stats_failures_total", "Receiver stats reads that failed or timed out"
+)
+
 _CLOSE_TIMEOUT_S = 5.0
+_STATS_TIMEOUT_S = 1.0
 _FPS_WINDOW = 30
 
 
@@ -90,6 +95,10 @@ class DownlinkOptions:
     video_buffer_frames: int = 8
     audio_buffer_frames: int = 50  # 10 ms frames
     reanchor_ms: int = 300
+    # How often the receivers' jitter-buffer counters are read for the sync stage (0: never).
+    # libwebrtc's audio buffer (NetEq) starts a call with a delay that it sheds over seconds;
+    # the sync stage holds video by the difference (bridge/sync.py, docs/sync.md).
+    jitter_poll_ms: int = 100
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DownlinkOptions:
@@ -200,6 +209,8 @@ class LiveKitDownlink:
                 if pub.track is not None:
                     self._on_track_subscribed(pub.track, pub, avatar)
         self._tasks.spawn(self._watch_avatar_join(), "downlink_watch_avatar_join")
+        if self._opts.jitter_poll_ms > 0:
+            self._tasks.spawn(self._poll_jitter_buffers(), "downlink_poll_jitter_buffers")
 
     async def aclose(self) -> None:
         """Stop the readers, close the streams, then disconnect. Idempotent; never raises."""
@@ -351,6 +362,38 @@ class LiveKitDownlink:
             AUDIO_SECONDS.inc(chunk.duration_s)
             self.stats["audio_frames"] += 1
             self._note_first("audio")
+
+    async def _poll_jitter_buffers(self) -> None:
+        """Hand the receivers' cumulative jitter-buffer counters to the sink, every
+        ``jitter_poll_ms``. A failed or slow read is skipped (counted); the next one catches up,
+        the counters being cumulative."""
+        period_s = self._opts.jitter_poll_ms / 1000.0
+        while True:
+            await asyncio.sleep(period_s)
+            for kind, (track, _reader) in list(self._readers.items()):
+                try:
+                    async with asyncio.timeout(_STATS_TIMEOUT_S):
+                        stats = await track.get_stats()
+                except Exception as exc:  # the SDK raises a bare Exception on a failed read
+                    STATS_FAILURES.inc()
+                    log.debug("downlink_stats_failed", kind=kind, error=repr(exc))
+                    continue
+                sink = self._sink
+                if sink is None:
+                    return
+                for stat in stats:
+                    if stat.WhichOneof("stats") != "inbound_rtp":
+                        continue
+                    inbound = stat.inbound_rtp.inbound
+                    sink.put_jitter_buffer(
+                        JitterBufferReading(
+                            kind,
+                            inbound.jitter_buffer_delay,
+                            inbound.jitter_buffer_emitted_count,
+                            time.monotonic_ns(),
+                        )
+                    )
+                    break
 
     async def _close_stream(self, stream: rtc.VideoStream | rtc.AudioStream) -> None:
         # Disposing the handle makes the SDK end the stream; bounded in case it never does.
