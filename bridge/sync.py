@@ -67,6 +67,9 @@ VIDEO_HOLD = Gauge(
 # so it needs more frames for a steady mean (its buffer also moves little).
 AUDIO_WINDOW_MS = 100.0
 VIDEO_WINDOW_MS = 500.0
+# How much longer one frame may be held than the one before it: 20 ms on a 33 ms frame interval
+# keeps the gaps below Chromium's freeze threshold (3 x the mean interval).
+MAX_GROWTH_MS = 20.0
 
 
 class ReceiverDelay:
@@ -119,6 +122,7 @@ class VideoAlignment:
         self.max_ms = max(0.0, max_ms)
         self.audio = ReceiverDelay(AUDIO_WINDOW_MS)
         self.video = ReceiverDelay(VIDEO_WINDOW_MS)
+        self._last_ms: float | None = None
 
     def update(self, reading: JitterBufferReading) -> None:
         if reading.kind == "audio":
@@ -134,9 +138,24 @@ class VideoAlignment:
         return self.audio.ms - self.video.ms
 
     def hold_ms(self) -> float:
+        """The hold the receivers call for now (the target)."""
         diff = self.difference_ms if self.follow else None
         hold = self.base_ms + (diff if diff is not None else 0.0)
         return min(self.max_ms, max(0.0, hold))
+
+    def frame_hold_ms(self) -> float:
+        """The hold for the next frame: the target, but grown by at most ``MAX_GROWTH_MS``
+        over the previous frame's, so that a jump of the audio delay does not stop the picture
+        (a gap over ~3 frame intervals is a freeze to a viewer); a smaller hold applies at once
+        (the frames meanwhile leave together, which a viewer's jitter buffer absorbs)."""
+        target = self.hold_ms()
+        if self._last_ms is None:
+            return target
+        return min(target, self._last_ms + MAX_GROWTH_MS)
+
+    def released(self, hold_ms: float) -> None:
+        """A frame left with this hold."""
+        self._last_ms = hold_ms
 
 
 class SyncStage:
@@ -226,11 +245,7 @@ class SyncStage:
             metrics.DROPS.labels(stage="sync_video", reason="interrupt").inc(dropped)
 
     def depth(self) -> dict[str, float]:
-        return {
-            "video_frames": len(self._video),
-            "audio_ms": round(self._audio_s * 1000, 1),
-            "video_hold_ms": round(self.alignment.hold_ms(), 1),
-        }
+        return {"video_frames": len(self._video), "audio_ms": round(self._audio_s * 1000, 1)}
 
     # ----- the pump ----------------------------------------------------------------------
 
@@ -273,12 +288,14 @@ class SyncStage:
                 self._video_ready.clear()
                 await self._video_ready.wait()
             frame = self._video[0]
-            due = frame.received_ns + int(self.alignment.hold_ms() * 1_000_000)
+            hold_ms = self.alignment.frame_hold_ms()
+            due = frame.received_ns + int(hold_ms * 1_000_000)
             wait_ns = due - time.monotonic_ns()
             if wait_ns > 0:
                 await asyncio.sleep(wait_ns / 1e9)
                 continue  # the queue may have been flushed or trimmed meanwhile
             self._video.popleft()
+            self.alignment.released(hold_ms)
             # The await is the publisher's backpressure: frames queue (bounded) meanwhile.
             await self._publisher.write_video(frame)
             self.video_written += 1

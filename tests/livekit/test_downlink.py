@@ -46,6 +46,19 @@ async def test_receives_avatar_media_and_events(
     assert with_fps and 20 <= with_fps[0]["fps"] <= 40, video_events
     assert standin.counters.video_codecs == {"VP8": 1}
     assert not h.failures
+    _assert_jitter_buffers_read(h)
+
+
+def _assert_jitter_buffers_read(h: Harness) -> None:
+    """The receivers' cumulative jitter-buffer counters reach the sink for both kinds, growing
+    (the sync stage aligns video on them: bridge/sync.py)."""
+    readings = list(h.sink.jitter_buffer)
+    for kind in ("audio", "video"):
+        of_kind = [r for r in readings if r.kind == kind]
+        assert len(of_kind) >= 2, (kind, readings[-4:])
+        first, last = of_kind[0], of_kind[-1]
+        assert last.emitted > first.emitted and last.delay_s > first.delay_s, (first, last)
+        assert all(b.at_ns >= a.at_ns for a, b in itertools.pairwise(of_kind))
 
 
 async def test_frame_marks_read_back_in_order(
