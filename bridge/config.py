@@ -157,11 +157,13 @@ class OutputConfig(_Section):
         200, ge=20, le=5000, description="Outbound PCM queue (bounds lip-sync drift)."
     )
     video_delay_ms: float = Field(
-        60.0,
+        25.0,
         ge=0,
         le=1000,
-        description="Hold video this long after arrival so it leaves aligned with the slower "
-        "audio path (measured 25-65 ms; see docs/sync.md).",
+        description="Transcode path: hold video this long after arrival, plus the downlink's "
+        "audio-minus-video jitter-buffer delay (see video_delay_follows_receivers), so it "
+        "leaves aligned with the slower audio path (the publisher's PCM queue and pacer; "
+        "docs/sync.md).",
     )
     video_delay_follows_receivers: bool = Field(
         True,
