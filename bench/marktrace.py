@@ -158,6 +158,21 @@ def _pair(flashes: list[int], onsets: list[int]) -> list[tuple[int, float]]:
     return out
 
 
+def _summary(values: list[float]) -> str:
+    if not values:
+        return "-"
+    ordered = sorted(values)
+    mags = sorted(abs(v) for v in values)
+
+    def q(xs: list[float], p: float) -> float:
+        return xs[min(len(xs) - 1, int(p * len(xs)))]
+
+    return (
+        f"median {q(ordered, 0.5):+.1f}, |p95| {q(mags, 0.95):.1f}, |p99| {q(mags, 0.99):.1f} "
+        f"ms ({len(values)})"
+    )
+
+
 def analyse(directory: str, report: str | None) -> None:
     for name in sorted(Path(directory).glob("marks-*.json")):
         ev = json.loads(name.read_text())
@@ -175,6 +190,15 @@ def analyse(directory: str, report: str | None) -> None:
         jit_t = [j[0] for j in jit]
         t0 = sin[0][0] if sin else 0
         print(f"{name.name}: {len(sin)} marks in, {len(sout)} out")
+        first = [s for t, s in sout if t - t0 < 10_000_000_000]
+        for label, values in (
+            ("in (downlink hand-off)", [s for _, s in sin]),
+            ("out (publisher write)", [s for _, s in sout]),
+            ("out, first 10 s", first),
+            ("arrival at the SFU", arrival),
+            ("viewer at playout", viewer),
+        ):
+            print(f"  {label:24s} {_summary(values)}")
         print("  #   t(s)    in    out  arrival  viewer   hold  audioJB videoJB")
         for k, (t, s_in) in enumerate(sin):
             s_out = next((s for tt, s in sout if 0 <= tt - t < 600_000_000), None)

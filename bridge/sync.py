@@ -1,16 +1,22 @@
 """The sync stage: the avatar's decoded media in, the Stream call's tracks out, in lip sync.
 
 Audio is the master clock: it goes to the publisher as soon as it arrives, and the publisher's
-own pacer plays it out in real time. Video frames are held back by ``video_delay_ms`` from their
-arrival, because libwebrtc hands decoded video to us earlier than the matching audio (its audio
-path, NetEq then the publisher's PCM queue, is the slower one: 25-65 ms measured, see
-docs/sync.md). Holding video by that offset makes both leave aligned for a viewer, without the
-Vision Agents plugin's up-to-``buffer_seconds`` fixed delay and without per-frame conversions.
+own pacer plays it out in real time. Video frames are held back from their arrival, because
+libwebrtc hands decoded video to us earlier than the matching audio. The hold
+(:class:`VideoAlignment`) is ``video_delay_ms`` (the publisher's side: its PCM queue and pacer)
+plus the downlink receivers' current difference, audio jitter buffer (NetEq) minus video's, read
+from libwebrtc's stats every 100 ms: NetEq starts a call with a delay it sheds over seconds
+(and grows it on jitter), which a fixed hold left as the picture 100-200 ms early in the first
+seconds of every call (docs/sync.md). Both leave aligned for a viewer, without the Vision Agents
+plugin's up-to-``buffer_seconds`` fixed delay and without per-frame conversions.
 
 Queues and their overflow policies:
 
 * video: at most ``fps x buffer_seconds`` frames; when full the *oldest* frame is dropped and
   counted (a late frame is worth less than a fresh one, and the encoder recovers from gaps).
+  A due frame whose successor is due too is dropped (``reason="late"``): when the publisher's
+  encoder falls behind (a loaded machine), the picture stays with its sound at a lower frame
+  rate instead of falling behind by the backlog (600 ms measured at load 10).
 * audio: at most ``audio_queue_ms`` of PCM; audio is never dropped silently: on overflow (the
   publisher stalled) the oldest audio is dropped, counted in ``bridge_dropped_total`` and logged,
   because unbounded audio latency would destroy lip sync for the rest of the session.
@@ -197,6 +203,7 @@ class SyncStage:
         self._flushed_this_silence = False
         self.silence_flushes = 0
         self.video_dropped = 0
+        self.video_late_dropped = 0
         self.audio_dropped_s = 0.0
         self.video_written = 0
         self.audio_written_s = 0.0
@@ -301,7 +308,17 @@ class SyncStage:
             if wait_ns > 0:
                 await asyncio.sleep(wait_ns / 1e9)
                 continue  # the queue may have been flushed or trimmed meanwhile
-            self._video.popleft()
+            # A frame whose successor is due as well is stale: the publisher (its encoder) fell
+            # behind, or the hold just came down. Writing it would put the picture behind its
+            # sound for as long as the backlog lasts; only the newest due frame goes.
+            hold_ns = int(hold_ms * 1_000_000)
+            now_ns = time.monotonic_ns()
+            while len(self._video) > 1 and self._video[1].received_ns + hold_ns <= now_ns:
+                self._video.popleft()
+                self.video_late_dropped += 1
+                metrics.DROPS.labels(stage="sync_video", reason="late").inc()
+            frame = self._video.popleft()
+            due = frame.received_ns + hold_ns
             self.alignment.released(hold_ms)
             # The await is the publisher's backpressure: frames queue (bounded) meanwhile.
             await self._publisher.write_video(frame)

@@ -27,10 +27,12 @@ class RecordingPublisher:
         self.video_write_s = video_write_s
         self.gate = asyncio.Event()
         self.gate.set()
+        self.writing_video = asyncio.Event()
 
     async def start(self) -> None: ...
 
     async def write_video(self, frame: VideoFrame) -> None:
+        self.writing_video.set()
         await self.gate.wait()
         await asyncio.sleep(self.video_write_s)
         self.video.append((frame.pts_us, time.monotonic()))
@@ -238,3 +240,23 @@ def test_a_longer_hold_is_reached_a_step_per_frame() -> None:
     # A shorter hold applies at once.
     align.update(reading("audio", 200, 4800 * 0.110 + 4800 * 0.030, 9600))
     assert align.frame_hold_ms() == pytest.approx(40.0)
+
+
+async def test_a_stalled_publisher_gets_only_the_newest_due_frame() -> None:
+    pub = RecordingPublisher()
+    pub.gate.clear()  # the encoder is busy
+    stage = SyncStage(pub, fps=30, buffer_seconds=1.0, audio_queue_ms=200, video_delay_ms=0)
+    stage.put_video(frame(0))
+    task = asyncio.create_task(stage.run())
+    async with asyncio.timeout(5):
+        await pub.writing_video.wait()  # frame 0 taken, its write waiting on the gate
+    for i in range(1, 6):
+        stage.put_video(frame(i))  # all due at once (no hold) while the write is stuck
+    pub.gate.set()
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    # Frames 1-4 went stale behind frame 5: writing them would put the picture behind.
+    assert [p for p, _ in pub.video] == [0, 5]
+    assert stage.video_late_dropped == 4
