@@ -80,9 +80,10 @@ VIDEO_HOLD = Gauge(
 # so it needs more frames for a steady mean (its buffer also moves little).
 AUDIO_WINDOW_MS = 100.0
 VIDEO_WINDOW_MS = 500.0
-# How much longer one frame may be held than the one before it: 20 ms on a 33 ms frame interval
-# keeps the gaps below Chromium's freeze threshold (3 x the mean interval).
-MAX_GROWTH_MS = 20.0
+# How much longer or shorter one frame may be held than the one before it: 20 ms on a 33 ms
+# frame interval keeps the gaps below Chromium's freeze threshold (3 x the mean interval) and
+# above zero (frames never become due together because the hold came down).
+MAX_STEP_MS = 20.0
 
 
 class ReceiverDelay:
@@ -157,14 +158,14 @@ class VideoAlignment:
         return min(self.max_ms, max(0.0, hold))
 
     def frame_hold_ms(self) -> float:
-        """The hold for the next frame: the target, but grown by at most ``MAX_GROWTH_MS``
-        over the previous frame's, so that a jump of the audio delay does not stop the picture
-        (a gap over ~3 frame intervals is a freeze to a viewer); a smaller hold applies at once
-        (the frames meanwhile leave together, which a viewer's jitter buffer absorbs)."""
+        """The hold for the next frame: the target, moved by at most ``MAX_STEP_MS`` from the
+        previous frame's, so that a jump of the audio delay neither stops the picture (a gap
+        over ~3 frame intervals is a freeze to a viewer) nor makes frames due all at once
+        (all but the newest would be dropped as stale: a jerk for every dip of NetEq)."""
         target = self.hold_ms()
         if self._last_ms is None:
             return target
-        return min(target, self._last_ms + MAX_GROWTH_MS)
+        return min(max(target, self._last_ms - MAX_STEP_MS), self._last_ms + MAX_STEP_MS)
 
     def released(self, hold_ms: float) -> None:
         """A frame left with this hold."""
@@ -309,8 +310,8 @@ class SyncStage:
                 await asyncio.sleep(wait_ns / 1e9)
                 continue  # the queue may have been flushed or trimmed meanwhile
             # A frame whose successor is due as well is stale: the publisher (its encoder) fell
-            # behind, or the hold just came down. Writing it would put the picture behind its
-            # sound for as long as the backlog lasts; only the newest due frame goes.
+            # behind. Writing it would put the picture behind its sound for as long as the
+            # backlog lasts; only the newest due frame goes.
             hold_ns = int(hold_ms * 1_000_000)
             now_ns = time.monotonic_ns()
             while len(self._video) > 1 and self._video[1].received_ns + hold_ns <= now_ns:

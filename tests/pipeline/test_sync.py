@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from bridge.media import AudioChunk, AudioFormat, JitterBufferReading, VideoFrame
-from bridge.sync import MAX_GROWTH_MS, ReceiverDelay, SyncStage, VideoAlignment
+from bridge.sync import MAX_STEP_MS, ReceiverDelay, SyncStage, VideoAlignment
 
 FMT = AudioFormat(48000, 1)
 
@@ -221,7 +221,7 @@ async def test_video_is_held_by_the_receivers_difference() -> None:
     assert written - f.received_ns / 1e9 >= 0.155
 
 
-def test_a_longer_hold_is_reached_a_step_per_frame() -> None:
+def test_the_hold_moves_a_step_per_frame() -> None:
     align = VideoAlignment(base_ms=20, max_ms=800)
     assert align.frame_hold_ms() == 20
     align.released(20)
@@ -234,12 +234,17 @@ def test_a_longer_hold_is_reached_a_step_per_frame() -> None:
     for _ in range(7):
         holds.append(align.frame_hold_ms())
         align.released(holds[-1])
-    # No frame waits more than MAX_GROWTH_MS longer than the one before (no freeze).
-    assert holds[:5] == pytest.approx([20 + MAX_GROWTH_MS * k for k in range(1, 6)])
+    # No frame waits more than MAX_STEP_MS longer than the one before (no freeze).
+    assert holds[:5] == pytest.approx([20 + MAX_STEP_MS * k for k in range(1, 6)])
     assert holds[5:] == pytest.approx([120.0, 120.0])
-    # A shorter hold applies at once.
+    # A shorter hold is reached by steps too: frames never fall due together.
     align.update(reading("audio", 200, 4800 * 0.110 + 4800 * 0.030, 9600))
-    assert align.frame_hold_ms() == pytest.approx(40.0)
+    assert align.hold_ms() == pytest.approx(40.0)
+    down = []
+    for _ in range(5):
+        down.append(align.frame_hold_ms())
+        align.released(down[-1])
+    assert down == pytest.approx([100.0, 80.0, 60.0, 40.0, 40.0])
 
 
 async def test_a_stalled_publisher_gets_only_the_newest_due_frame() -> None:
