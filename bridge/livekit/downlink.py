@@ -160,7 +160,13 @@ class LiveKitDownlink:
         self._close_task: asyncio.Task[None] | None = None
         self._resolution: tuple[int, int] | None = None
         self._fps_reported = False
-        self.stats: dict[str, int] = {"video_frames": 0, "audio_frames": 0, "conversions": 0}
+        self.stats: dict[str, int] = {
+            "video_frames": 0,
+            "audio_frames": 0,
+            "conversions": 0,
+            "stats_reads": 0,
+            "stats_read_us": 0,  # wall time of the reads and their parsing (their cost)
+        }
 
     def adopt(self, clock: MediaClock, events: EventSink, on_failure: FailureCallback) -> None:
         """A downlink started ahead of its session (a pooled avatar, bridge/livekit/warm.py)
@@ -371,6 +377,7 @@ class LiveKitDownlink:
         while True:
             await asyncio.sleep(period_s)
             for kind, (track, _reader) in list(self._readers.items()):
+                t0 = time.perf_counter()
                 try:
                     async with asyncio.timeout(_STATS_TIMEOUT_S):
                         stats = await track.get_stats()
@@ -381,6 +388,8 @@ class LiveKitDownlink:
                 sink = self._sink
                 if sink is None:
                     return
+                self.stats["stats_reads"] += 1
+                self.stats["stats_read_us"] += int(1e6 * (time.perf_counter() - t0))
                 for stat in stats:
                     if stat.WhichOneof("stats") != "inbound_rtp":
                         continue
