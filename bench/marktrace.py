@@ -121,7 +121,8 @@ def install() -> bool:
         put_jb(self, reading)
         a = self.alignment
         _add("jitter", (reading.at_ns, reading.kind, a.audio.ms, a.video.ms))
-        _add("hold", (time.monotonic_ns(), a.hold_ms()))
+        now = time.monotonic_ns()
+        _add("hold", (now, a.hold_ms(), self.pacer.depth_ms(now)))
 
     @functools.wraps(write_audio)
     async def _write_audio(self: Any, chunk: Any) -> None:
@@ -199,10 +200,12 @@ def analyse(directory: str, report: str | None) -> None:
             ("viewer at playout", viewer),
         ):
             print(f"  {label:24s} {_summary(values)}")
-        print("  #   t(s)    in    out  arrival  viewer   hold  audioJB videoJB")
+        print("  #   t(s)    in    out  arrival  viewer   hold  audioJB videoJB  pcmQ")
         for k, (t, s_in) in enumerate(sin):
             s_out = next((s for tt, s in sout if 0 <= tt - t < 600_000_000), None)
-            h = holds[bisect.bisect_right(hold_t, t) - 1][1] if hold_t and hold_t[0] <= t else None
+            hrow = holds[bisect.bisect_right(hold_t, t) - 1] if hold_t and hold_t[0] <= t else None
+            h = None if hrow is None else hrow[1]
+            pq = None if hrow is None or len(hrow) < 3 else hrow[2]
             j = jit[bisect.bisect_right(jit_t, t) - 1] if jit_t and jit_t[0] <= t else None
             print(
                 f"{k:3d} {(t - t0) / 1e9:6.2f} {s_in:6.1f} "
@@ -211,7 +214,8 @@ def analyse(directory: str, report: str | None) -> None:
                 f"{viewer[k] if k < len(viewer) else '':>7} "
                 f"{'' if h is None else f'{h:6.1f}':>6} "
                 f"{'' if j is None or j[2] is None else f'{j[2]:7.1f}':>7} "
-                f"{'' if j is None or j[3] is None else f'{j[3]:7.1f}':>7}"
+                f"{'' if j is None or j[3] is None else f'{j[3]:7.1f}':>7} "
+                f"{'' if pq is None else f'{pq:6.1f}':>6}"
             )
 
 

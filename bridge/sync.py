@@ -117,6 +117,30 @@ class ReceiverDelay:
         return self.ms
 
 
+class PacerQueue:
+    """A model of the Stream SDK's PCM queue, which the SDK does not let us observe: its 20 ms
+    pacer drains it in real time, so after each write its depth is what it was, less the time
+    since, never below zero, plus the write. A stall that delivers the avatar's audio in a burst
+    leaves a standing depth (audio keeps coming in real time), which delays the call's audio
+    until a flush (silence, barge-in) or an overflow; the hold adds it to video."""
+
+    def __init__(self, capacity_s: float) -> None:
+        self._capacity_ns = int(capacity_s * 1e9)  # beyond it the SDK drops the oldest
+        self._depth_ns = 0
+        self._at_ns = 0
+
+    def depth_ms(self, now_ns: int) -> float:
+        return max(0, self._depth_ns - (now_ns - self._at_ns)) / 1e6
+
+    def wrote(self, duration_s: float, now_ns: int) -> None:
+        depth_ns = int(self.depth_ms(now_ns) * 1e6) + int(duration_s * 1e9)
+        self._depth_ns = min(self._capacity_ns, depth_ns)
+        self._at_ns = now_ns
+
+    def flushed(self, now_ns: int) -> None:
+        self._depth_ns, self._at_ns = 0, now_ns
+
+
 class VideoAlignment:
     """How long to hold each video frame after its arrival, so that it leaves the bridge with
     the audio it belongs to (sans-I/O: readings in, a hold out).
@@ -137,6 +161,8 @@ class VideoAlignment:
         self.audio = ReceiverDelay(AUDIO_WINDOW_MS)
         self.video = ReceiverDelay(VIDEO_WINDOW_MS)
         self._last_ms: float | None = None
+        # The publisher's PCM queue now (PacerQueue), set by the sync stage before each frame.
+        self.publisher_queue_ms = 0.0
 
     def update(self, reading: JitterBufferReading) -> None:
         if reading.kind == "audio":
@@ -155,6 +181,8 @@ class VideoAlignment:
         """The hold the receivers call for now (the target)."""
         diff = self.difference_ms if self.follow else None
         hold = self.base_ms + (diff if diff is not None else 0.0)
+        if self.follow:
+            hold += self.publisher_queue_ms
         return min(self.max_ms, max(0.0, hold))
 
     def frame_hold_ms(self) -> float:
@@ -194,6 +222,7 @@ class SyncStage:
             video_delay_ms, max_ms=1000.0 * buffer_seconds * 0.8, follow=follow_receivers
         )
         self._hold_logged_ms = -1.0
+        self.pacer = PacerQueue(audio_queue_ms / 1000.0)
         self._video: deque[VideoFrame] = deque()
         self._audio: deque[AudioChunk] = deque()
         self._audio_s = 0.0
@@ -251,7 +280,8 @@ class SyncStage:
     # ----- control -----------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Barge-in: forget everything queued."""
+        """Barge-in: forget everything queued (the caller flushes the publisher's audio too)."""
+        self.pacer.flushed(time.monotonic_ns())
         dropped = len(self._video)
         self._video.clear()
         self._audio.clear()
@@ -278,6 +308,7 @@ class SyncStage:
             self._audio_s = max(0.0, self._audio_s - chunk.duration_s)
             self._track_silence(chunk)
             await self._publisher.write_audio(chunk)
+            self.pacer.wrote(chunk.duration_s, time.monotonic_ns())
             self.audio_written_s += chunk.duration_s
             self._onset_out.feed(_peak(chunk) >= PCM_LOUD_PEAK)
 
@@ -296,6 +327,7 @@ class SyncStage:
             self._flushed_this_silence = True
             self.silence_flushes += 1
             self._publisher.flush_audio()
+            self.pacer.flushed(time.monotonic_ns())
 
     async def _pump_video(self) -> None:
         while True:
@@ -303,6 +335,7 @@ class SyncStage:
                 self._video_ready.clear()
                 await self._video_ready.wait()
             frame = self._video[0]
+            self.alignment.publisher_queue_ms = self.pacer.depth_ms(time.monotonic_ns())
             hold_ms = self.alignment.frame_hold_ms()
             due = frame.received_ns + int(hold_ms * 1_000_000)
             wait_ns = due - time.monotonic_ns()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from bridge.media import AudioChunk, AudioFormat, JitterBufferReading, VideoFrame
-from bridge.sync import MAX_STEP_MS, ReceiverDelay, SyncStage, VideoAlignment
+from bridge.sync import MAX_STEP_MS, PacerQueue, ReceiverDelay, SyncStage, VideoAlignment
 
 FMT = AudioFormat(48000, 1)
 
@@ -265,3 +265,40 @@ async def test_a_stalled_publisher_gets_only_the_newest_due_frame() -> None:
     # Frames 1-4 went stale behind frame 5: writing them would put the picture behind.
     assert [p for p, _ in pub.video] == [0, 5]
     assert stage.video_late_dropped == 4
+
+
+def test_the_publisher_queue_model_keeps_a_burst_until_a_flush() -> None:
+    q = PacerQueue(capacity_s=0.2)
+    ms = 1_000_000
+    q.wrote(0.010, 0)
+    assert q.depth_ms(5 * ms) == pytest.approx(5.0)  # drained in real time
+    assert q.depth_ms(50 * ms) == 0.0  # never below empty
+    # A stall: 100 ms of audio delivered at once, then audio at real time again.
+    for _ in range(10):
+        q.wrote(0.010, 100 * ms)
+    for i in range(1, 11):
+        q.wrote(0.010, (100 + 10 * i) * ms)
+    assert q.depth_ms(200 * ms) == pytest.approx(100.0)  # the burst stands
+    for _ in range(30):
+        q.wrote(0.010, 200 * ms)
+    assert q.depth_ms(200 * ms) == pytest.approx(200.0)  # the SDK's capacity: it drops beyond
+    q.flushed(210 * ms)
+    assert q.depth_ms(210 * ms) == 0.0
+
+
+async def test_the_hold_adds_the_publisher_queue() -> None:
+    pub = RecordingPublisher()
+    stage = SyncStage(pub, fps=30, buffer_seconds=1.0, audio_queue_ms=500, video_delay_ms=0)
+    fixed = SyncStage(
+        pub, fps=30, buffer_seconds=1.0, audio_queue_ms=500, video_delay_ms=0,
+        follow_receivers=False,
+    )  # fmt: skip
+    for s in (stage, fixed):
+        s.pacer.wrote(0.3, time.monotonic_ns())  # 300 ms of audio written at once
+    f, g = frame(1), frame(2)
+    stage.put_video(f)
+    fixed.put_video(g)
+    await asyncio.gather(run_for(stage, 0.5), run_for(fixed, 0.05))
+    written = dict(pub.video)
+    assert written[2] - g.received_ns / 1e9 < 0.2  # no hold without following
+    assert written[1] - f.received_ns / 1e9 >= 0.25  # held while that audio plays out
