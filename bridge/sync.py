@@ -3,11 +3,11 @@
 Audio is the master clock: it goes to the publisher as soon as it arrives, and the publisher's
 own pacer plays it out in real time. Video frames are held back from their arrival, because
 libwebrtc hands decoded video to us earlier than the matching audio. The hold
-(:class:`VideoAlignment`) is ``video_delay_ms`` (the publisher's side: its PCM queue and pacer)
-plus the downlink receivers' current difference, audio jitter buffer (NetEq) minus video's, read
-from libwebrtc's stats every 100 ms: NetEq starts a call with a delay it sheds over seconds
-(and grows it on jitter), which a fixed hold left as the picture 100-200 ms early in the first
-seconds of every call (docs/sync.md). Both leave aligned for a viewer, without the Vision Agents
+(:class:`VideoAlignment`) is ``video_delay_ms`` (a fixed part) plus the downlink receivers'
+current difference, audio jitter buffer (NetEq) minus video's, read from libwebrtc's stats every
+100 ms, plus the Stream SDK's PCM queue (:class:`PacerQueue`, modelled from our writes): NetEq
+starts a call with a delay it sheds over seconds (and grows it on jitter), which a fixed hold
+left as the picture 100-200 ms early in the first seconds of every call (docs/sync.md). Both leave aligned for a viewer, without the Vision Agents
 plugin's up-to-``buffer_seconds`` fixed delay and without per-frame conversions.
 
 Queues and their overflow policies:
@@ -148,9 +148,9 @@ class VideoAlignment:
     The downlink's two receivers delay the avatar's media by different and changing amounts:
     libwebrtc's audio jitter buffer (NetEq) starts a call with a larger delay than it needs and
     sheds it over seconds (time-compressing the audio), while the video receiver hands frames
-    out almost at once. The hold is ``base_ms`` (what the publisher's side adds to audio over
-    video: the Stream SDK's PCM queue and 20 ms pacer versus its encoder) plus the receivers'
-    current difference, audio minus video, clamped to ``[0, max_ms]``. Until both receivers
+    out almost at once. The hold is ``base_ms`` (a fixed part) plus the receivers' current
+    difference, audio minus video, plus ``publisher_queue_ms`` (the Stream SDK's PCM queue, set
+    by the sync stage from :class:`PacerQueue`), clamped to ``[0, max_ms]``. Until both receivers
     are measured it is ``base_ms`` alone, and always with ``follow=False`` (the receivers are
     then measured only, for the logs)."""
 
