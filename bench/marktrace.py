@@ -13,8 +13,8 @@ Flash frames are timed as ``t + lead`` (the stand-in's lead patch, bridge/sim/ma
 onsets at the onset's sample within its chunk. It also records the sync stage's hold and the
 downlink's jitter-buffer readings. Output: ``MARKTRACE_DIR/marks-<pid>.json`` at exit. Run::
 
-    PYTHONPATH=bench/hoptrace_site MARKTRACE_DIR=DIR avatar-bridge demo --media-path transcode \
-        --out OUT
+    PYTHONPATH=$PWD/bench/hoptrace_site MARKTRACE_DIR=DIR \
+        avatar-bridge demo --media-path transcode --out OUT
     python -m bench.marktrace DIR OUT/report.json
 
 The analysis pairs each flash with the nearest onset (within 250 ms) at each point and prints

@@ -3,12 +3,13 @@
 Audio is the master clock: it goes to the publisher as soon as it arrives, and the publisher's
 own pacer plays it out in real time. Video frames are held back from their arrival, because
 libwebrtc hands decoded video to us earlier than the matching audio. The hold
-(:class:`VideoAlignment`) is ``video_delay_ms`` (a fixed part) plus the downlink receivers'
-current difference, audio jitter buffer (NetEq) minus video's, read from libwebrtc's stats every
-100 ms, plus the Stream SDK's PCM queue (:class:`PacerQueue`, modelled from our writes): NetEq
-starts a call with a delay it sheds over seconds (and grows it on jitter), which a fixed hold
-left as the picture 100-200 ms early in the first seconds of every call (docs/sync.md). Both leave aligned for a viewer, without the Vision Agents
-plugin's up-to-``buffer_seconds`` fixed delay and without per-frame conversions.
+(:class:`VideoAlignment`) is ``video_delay_ms`` (a fixed part, which holds the video receiver's
+small, steady delay) plus the downlink's audio jitter buffer (NetEq), read from libwebrtc's stats
+every 100 ms, plus the Stream SDK's PCM queue (:class:`PacerQueue`, modelled from our writes):
+NetEq starts a call with a delay it sheds over seconds (and grows it on jitter), which a fixed
+hold left as the picture 100-200 ms early in the first seconds of every call (docs/sync.md).
+Both leave aligned for a viewer, without the Vision Agents plugin's up-to-``buffer_seconds``
+fixed delay and without per-frame conversions.
 
 Queues and their overflow policies:
 
@@ -150,9 +151,9 @@ class VideoAlignment:
     sheds it over seconds (time-compressing the audio), while the video receiver hands frames
     out almost at once. The hold is ``base_ms`` (a fixed part) plus the receivers' current
     difference, audio minus video, plus ``publisher_queue_ms`` (the Stream SDK's PCM queue, set
-    by the sync stage from :class:`PacerQueue`), clamped to ``[0, max_ms]``. Until both receivers
-    are measured it is ``base_ms`` alone, and always with ``follow=False`` (the receivers are
-    then measured only, for the logs)."""
+    by the sync stage from :class:`PacerQueue`), clamped to ``[0, max_ms]``. Until the audio
+    receiver is measured it is ``base_ms`` alone, and always with ``follow=False`` (the
+    receivers are then measured only, for the logs)."""
 
     def __init__(self, base_ms: float, max_ms: float, *, follow: bool = True) -> None:
         self.base_ms = base_ms
@@ -172,10 +173,11 @@ class VideoAlignment:
 
     @property
     def difference_ms(self) -> float | None:
-        """Audio's receiver delay minus video's, once both are known."""
-        if self.audio.ms is None or self.video.ms is None:
+        """Audio's receiver delay minus video's, once audio's is known (video's counts as 0
+        until it is: the downlink reads audio only, see bridge/livekit/downlink.py)."""
+        if self.audio.ms is None:
             return None
-        return self.audio.ms - self.video.ms
+        return self.audio.ms - (self.video.ms or 0.0)
 
     def hold_ms(self) -> float:
         """The hold the receivers call for now (the target)."""

@@ -95,7 +95,7 @@ class DownlinkOptions:
     video_buffer_frames: int = 8
     audio_buffer_frames: int = 50  # 10 ms frames
     reanchor_ms: int = 300
-    # How often the receivers' jitter-buffer counters are read for the sync stage (0: never).
+    # How often the audio receiver's jitter-buffer counters are read for the sync stage (0: never).
     # libwebrtc's audio buffer (NetEq) starts a call with a delay that it sheds over seconds;
     # the sync stage holds video by the difference (bridge/sync.py, docs/sync.md).
     jitter_poll_ms: int = 100
@@ -377,6 +377,12 @@ class LiveKitDownlink:
         while True:
             await asyncio.sleep(period_s)
             for kind, (track, _reader) in list(self._readers.items()):
+                if kind != "audio":
+                    # Reading the video receiver's stats can abort the whole process: the SDK
+                    # (livekit 1.2.1) panics in a native thread on a non-finite value in their
+                    # JSON (rtp_receiver.rs:68, seen on a pooled avatar's room). Its delay is
+                    # small and steady (5-50 ms) and goes into output.video_delay_ms instead.
+                    continue
                 t0 = time.perf_counter()
                 try:
                     async with asyncio.timeout(_STATS_TIMEOUT_S):
