@@ -65,14 +65,15 @@ VIDEO_LATE = Histogram(
 VIDEO_ADDED = Histogram(
     "bridge_sync_video_added_seconds",
     "From a frame's hand-off by the downlink to the end of its publisher write: the hold "
-    "(output.video_delay_ms plus the receivers' difference) and the lateness past it",
+    "(output.video_delay_ms, the downlink's audio jitter buffer, the publisher's PCM queue) "
+    "and the lateness past it",
     buckets=(0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2, 0.25, 0.3,
              0.4, 0.5, 0.75, 1.0, 2.0),
 )  # fmt: skip
 VIDEO_HOLD = Gauge(
     "bridge_sync_video_hold_ms",
-    "The video hold now: output.video_delay_ms plus the downlink's audio-minus-video jitter-buffer "
-    "delay (last session to update wins)",
+    "The video hold the downlink's receivers call for (output.video_delay_ms plus the audio "
+    "jitter buffer; the PCM queue not included), set on each stats reading (last session wins)",
 )
 
 # Windows over which a receiver's delay is averaged: audio's counters grow by 48 000 samples a
