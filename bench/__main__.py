@@ -56,6 +56,8 @@ class Plan:
     soak_s: float
     soak_sample_s: float
     va_window_s: float
+    # The viewer scenario's media paths (--path runs one of them only: a quicker look).
+    paths: tuple[str, ...] = viewer_scenario.PATHS
 
     @classmethod
     def make(cls, quick: bool, window_s: float | None, repeat: int | None) -> Plan:
@@ -185,6 +187,8 @@ async def run(args: argparse.Namespace, network: str) -> int:
     plan = Plan.make(args.quick, args.window, args.repeat)
     if args.variant:
         plan = dataclasses.replace(plan, variants=tuple(args.variant))
+    if args.path:
+        plan = dataclasses.replace(plan, paths=tuple(args.path))
     names = args.scenario or list(SCENARIOS)
     previous: dict[str, Any] = {}
     if args.out.exists():
@@ -248,6 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", action="append", choices=list(VARIANTS), help="repeatable")
     p.add_argument("--window", type=float, default=None, help="measurement window, seconds")
     p.add_argument("--repeat", type=int, default=None, help="runs per variant (interleaved)")
+    p.add_argument(
+        "--path",
+        action="append",
+        choices=list(viewer_scenario.PATHS),
+        help="viewer scenario: this media path only (repeatable; default both)",
+    )
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--doc", type=Path, default=DOC)
     args = p.parse_args(argv)

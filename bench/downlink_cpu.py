@@ -20,7 +20,7 @@ from typing import Any
 
 from bridge.errors import BridgeError
 from bridge.livekit import DownlinkOptions, LiveKitDownlink
-from bridge.media import AudioChunk, MediaClock, VideoFrame
+from bridge.media import AudioChunk, JitterBufferReading, MediaClock, VideoFrame
 from bridge.stages import AvatarRoom
 
 
@@ -36,6 +36,9 @@ class CountingSink:
 
     def put_audio(self, chunk: AudioChunk) -> None:
         self.audio_s += chunk.duration_s
+
+    def put_jitter_buffer(self, reading: JitterBufferReading) -> None:
+        pass  # only the decode cost is measured here
 
 
 def cpu_s(pid: int | str = "self") -> float:

@@ -11,7 +11,7 @@ Run a demo with it (the daemon and the stand-ins are separate processes; a ``sit
 on ``PYTHONPATH`` installs it in each)::
 
     mkdir -p /tmp/trace
-    PYTHONPATH=bench/hoptrace_site HOPTRACE_DIR=/tmp/trace avatar-bridge demo --out /tmp/d
+    PYTHONPATH=$PWD/bench/hoptrace_site HOPTRACE_DIR=/tmp/trace avatar-bridge demo --out /tmp/d
     python -m bench.hoptrace /tmp/trace
 
 The analysis prints, per audio stream (RTP timestamps 960 apart) and hop, the lateness of each

@@ -91,7 +91,10 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
         "downlink_added_p95",
         v,
         w,
-        f"includes the deliberate {hold:g} ms sync hold (output.video_delay_ms)" if hold else "",
+        f"includes the deliberate sync hold (output.video_delay_ms {hold:g} ms + the downlink's "
+        "audio jitter buffer + the publisher's PCM queue)"
+        if hold
+        else "",
     )
     v, w = worst("", "skew_ms", "p95")
     add("skew_p95", v, w)
@@ -220,8 +223,10 @@ def markdown(results: dict[str, Any]) -> str:
             )
         lines += [
             "",
-            "Downlink added latency is LiveKit frame → Stream write: the deliberate sync hold "
-            "(`output.video_delay_ms`) plus the lateness past it "
+            "Downlink added latency is LiveKit frame → Stream write "
+            "(`bridge_sync_video_added_seconds`): the deliberate sync hold "
+            "(`output.video_delay_ms` plus the downlink's audio jitter buffer and "
+            "the publisher's PCM queue, docs/sync.md) plus the lateness past it "
             "(`bridge_sync_video_late_seconds`). Uplink added latency excludes the deliberate "
             "chunking (`bridge_liveavatar_uplink_added_latency_seconds`). Skew is measured at the "
             "Stream stand-in's receiver (flash − beep, negative = picture early); p95/p99 are of "

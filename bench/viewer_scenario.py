@@ -25,9 +25,10 @@ MIN_WINDOW_S = 30.0
 async def scenario(r: Any) -> dict[str, Any]:
     v = driver.VARIANTS[VARIANT]
     window_s = r.plan.window_s if r.plan.quick else max(r.plan.window_s, MIN_WINDOW_S)
-    runs: dict[str, list[dict[str, Any]]] = {p: [] for p in PATHS}
+    paths_run = getattr(r.plan, "paths", PATHS)
+    runs: dict[str, list[dict[str, Any]]] = {p: [] for p in paths_run}
     for rep in range(r.plan.repeat):
-        for path in PATHS:
+        for path in paths_run:
             r.say(f"viewer: {path} run {rep + 1}/{r.plan.repeat}")
             runs[path].append(
                 await r._guarded(

@@ -157,11 +157,20 @@ class OutputConfig(_Section):
         200, ge=20, le=5000, description="Outbound PCM queue (bounds lip-sync drift)."
     )
     video_delay_ms: float = Field(
-        60.0,
+        12.0,
         ge=0,
         le=1000,
-        description="Hold video this long after arrival so it leaves aligned with the slower "
-        "audio path (measured 25-65 ms; see docs/sync.md).",
+        description="Transcode path: hold video this long after arrival, plus the downlink's "
+        "audio jitter-buffer delay and the publisher's modelled PCM queue (see "
+        "video_delay_follows_receivers), so it leaves aligned with the slower audio path "
+        "(docs/sync.md).",
+    )
+    video_delay_follows_receivers: bool = Field(
+        True,
+        description="Transcode path: add the avatar downlink's audio jitter-buffer delay "
+        "(libwebrtc stats, read every 100 ms) and the Stream SDK's PCM queue (modelled "
+        "from the writes) to output.video_delay_ms, so the start of a call, where the audio "
+        "buffer sheds its initial delay, stays in sync (docs/sync.md).",
     )
     relay_video_hold_ms: float = Field(
         20.0,

@@ -61,6 +61,18 @@ class VideoFrame:
     received_ns: int = field(default_factory=time.monotonic_ns)
 
 
+@dataclass(frozen=True, slots=True)
+class JitterBufferReading:
+    """One reading of a downlink receiver's cumulative jitter-buffer counters (WebRTC stats
+    ``jitterBufferDelay`` / ``jitterBufferEmittedCount``: the summed seconds each emitted audio
+    sample or video frame spent in the receiver's buffer, and how many were emitted)."""
+
+    kind: str  # "audio" | "video"
+    delay_s: float
+    emitted: int
+    at_ns: int  # when it was read (monotonic ns)
+
+
 class MediaClock:
     """One monotonic clock per session, shared by every stage, so pts never go backwards.
 

@@ -245,6 +245,7 @@ class RemotePaths:
             buffer_seconds=out.buffer_seconds,
             audio_queue_ms=out.audio_queue_ms,
             video_delay_ms=out.video_delay_ms,
+            follow_receivers=out.video_delay_follows_receivers,
         )
 
         def new_downlink() -> LiveKitDownlink:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from bridge.errors import BridgeError
-from bridge.media import AudioChunk, VideoFrame
+from bridge.media import AudioChunk, JitterBufferReading, VideoFrame
 
 
 class EventSink(Protocol):
@@ -85,6 +85,10 @@ class MediaSink(Protocol):
     def put_video(self, frame: VideoFrame) -> None: ...
 
     def put_audio(self, chunk: AudioChunk) -> None: ...
+
+    def put_jitter_buffer(self, reading: JitterBufferReading) -> None:
+        """The downlink receivers' delays, read periodically (the sync stage aligns on them)."""
+        ...
 
 
 class AvatarDownlink(Protocol):

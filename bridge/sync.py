@@ -1,16 +1,23 @@
 """The sync stage: the avatar's decoded media in, the Stream call's tracks out, in lip sync.
 
 Audio is the master clock: it goes to the publisher as soon as it arrives, and the publisher's
-own pacer plays it out in real time. Video frames are held back by ``video_delay_ms`` from their
-arrival, because libwebrtc hands decoded video to us earlier than the matching audio (its audio
-path, NetEq then the publisher's PCM queue, is the slower one: 25-65 ms measured, see
-docs/sync.md). Holding video by that offset makes both leave aligned for a viewer, without the
-Vision Agents plugin's up-to-``buffer_seconds`` fixed delay and without per-frame conversions.
+own pacer plays it out in real time. Video frames are held back from their arrival, because
+libwebrtc hands decoded video to us earlier than the matching audio. The hold
+(:class:`VideoAlignment`) is ``video_delay_ms`` (a fixed part, which holds the video receiver's
+small, steady delay) plus the downlink's audio jitter buffer (NetEq), read from libwebrtc's stats
+every 100 ms, plus the Stream SDK's PCM queue (:class:`PacerQueue`, modelled from our writes):
+NetEq starts a call with a delay it sheds over seconds (and grows it on jitter), which a fixed
+hold left as the picture 100-200 ms early in the first seconds of every call (docs/sync.md).
+Both leave aligned for a viewer, without the Vision Agents plugin's up-to-``buffer_seconds``
+fixed delay and without per-frame conversions.
 
 Queues and their overflow policies:
 
 * video: at most ``fps x buffer_seconds`` frames; when full the *oldest* frame is dropped and
   counted (a late frame is worth less than a fresh one, and the encoder recovers from gaps).
+  A due frame whose successor is due too is dropped (``reason="late"``): when the publisher's
+  encoder falls behind (a loaded machine), the picture stays with its sound at a lower frame
+  rate instead of falling behind by the backlog (600 ms measured at load 10).
 * audio: at most ``audio_queue_ms`` of PCM; audio is never dropped silently: on overflow (the
   publisher stalled) the oldest audio is dropped, counted in ``bridge_dropped_total`` and logged,
   because unbounded audio latency would destroy lip sync for the rest of the session.
@@ -31,26 +38,169 @@ import time
 from collections import deque
 
 import structlog
-from prometheus_client import Histogram
+from prometheus_client import Gauge, Histogram
 
 from bridge import metrics
 from bridge.first_sound import PCM_LOUD_PEAK, OnsetPoint
-from bridge.media import AudioChunk, VideoFrame
+from bridge.media import AudioChunk, JitterBufferReading, VideoFrame
 from bridge.stages import CallPublisher
 
 log = structlog.get_logger(__name__)
 
 # Peak sample magnitude below which a chunk counts as silence (about -54 dBFS).
 SILENCE_PEAK = 64
+# The hold is logged when it moved this much since it was last logged (bounded log volume).
+_HOLD_LOG_STEP_MS = 10.0
 
 # Fine buckets: the downlink's added latency is video_delay_ms (deliberate) plus this lateness,
 # and its goal (p95 < 33 ms in total) needs millisecond resolution (read by bench/).
 VIDEO_LATE = Histogram(
     "bridge_sync_video_late_seconds",
-    "How long after its due time (arrival + video_delay_ms) a frame's publisher write completed",
+    "How long after its due time (arrival + the hold) a frame's publisher write completed",
     buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.033, 0.05, 0.1,
              0.2, 0.5, 1.0),
 )  # fmt: skip
+
+
+VIDEO_ADDED = Histogram(
+    "bridge_sync_video_added_seconds",
+    "From a frame's hand-off by the downlink to the end of its publisher write: the hold "
+    "(output.video_delay_ms, the downlink's audio jitter buffer, the publisher's PCM queue) "
+    "and the lateness past it",
+    buckets=(0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2, 0.25, 0.3,
+             0.4, 0.5, 0.75, 1.0, 2.0),
+)  # fmt: skip
+VIDEO_HOLD = Gauge(
+    "bridge_sync_video_hold_ms",
+    "The video hold the downlink's receivers call for (output.video_delay_ms plus the audio "
+    "jitter buffer; the PCM queue not included), set on each stats reading (last session wins)",
+)
+
+# Windows over which a receiver's delay is averaged: audio's counters grow by 48 000 samples a
+# second, so a short window is precise and follows NetEq's shedding closely (it lags the
+# delay by half the window: ~3 ms at NetEq's fastest, 60 ms/s); video's grow by one per frame,
+# so it needs more frames for a steady mean (its buffer also moves little).
+AUDIO_WINDOW_MS = 100.0
+VIDEO_WINDOW_MS = 500.0
+# How much longer or shorter one frame may be held than the one before it: 20 ms on a 33 ms
+# frame interval keeps the gaps below Chromium's freeze threshold (3 x the mean interval) and
+# above zero (frames never become due together because the hold came down).
+MAX_STEP_MS = 20.0
+
+
+class ReceiverDelay:
+    """The recent jitter-buffer delay of one receiver, from successive readings of its
+    cumulative counters: the mean over the last ``window_ms`` (at least two readings apart).
+    Counters that go backwards (a new receiver after a reconnect) start it afresh."""
+
+    def __init__(self, window_ms: float) -> None:
+        self._window_ns = int(window_ms * 1_000_000)
+        self._readings: deque[JitterBufferReading] = deque()
+        self.ms: float | None = None
+
+    def update(self, reading: JitterBufferReading) -> float | None:
+        last = self._readings[-1] if self._readings else None
+        if last is not None and (reading.emitted < last.emitted or reading.delay_s < last.delay_s):
+            self._readings.clear()  # a new receiver: its counters started again
+            self.ms = None
+        if last is not None and reading.emitted == last.emitted and self._readings:
+            return self.ms  # nothing emitted since (a paused track): no new information
+        self._readings.append(reading)
+        # The oldest reading kept is the newest one at least a window before this one.
+        window = self._window_ns
+        while len(self._readings) > 2 and reading.at_ns - self._readings[1].at_ns >= window:
+            self._readings.popleft()
+        first = self._readings[0]
+        if first is reading:
+            return self.ms
+        emitted = reading.emitted - first.emitted
+        if emitted > 0:
+            self.ms = max(0.0, 1000.0 * (reading.delay_s - first.delay_s) / emitted)
+        return self.ms
+
+
+class PacerQueue:
+    """A model of the Stream SDK's PCM queue, which the SDK does not let us observe: its 20 ms
+    pacer drains it in real time, so after each write its depth is what it was, less the time
+    since, never below zero, plus the write. A stall that delivers the avatar's audio in a burst
+    leaves a standing depth (audio keeps coming in real time), which delays the call's audio
+    until a flush (silence, barge-in) or an overflow; the hold adds it to video."""
+
+    def __init__(self, capacity_s: float) -> None:
+        self._capacity_ns = int(capacity_s * 1e9)  # beyond it the SDK drops the oldest
+        self._depth_ns = 0
+        self._at_ns = 0
+
+    def depth_ms(self, now_ns: int) -> float:
+        return max(0, self._depth_ns - (now_ns - self._at_ns)) / 1e6
+
+    def wrote(self, duration_s: float, now_ns: int) -> None:
+        depth_ns = int(self.depth_ms(now_ns) * 1e6) + int(duration_s * 1e9)
+        self._depth_ns = min(self._capacity_ns, depth_ns)
+        self._at_ns = now_ns
+
+    def flushed(self, now_ns: int) -> None:
+        self._depth_ns, self._at_ns = 0, now_ns
+
+
+class VideoAlignment:
+    """How long to hold each video frame after its arrival, so that it leaves the bridge with
+    the audio it belongs to (sans-I/O: readings in, a hold out).
+
+    The downlink's two receivers delay the avatar's media by different and changing amounts:
+    libwebrtc's audio jitter buffer (NetEq) starts a call with a larger delay than it needs and
+    sheds it over seconds (time-compressing the audio), while the video receiver hands frames
+    out almost at once. The hold is ``base_ms`` (a fixed part) plus the receivers' current
+    difference, audio minus video, plus ``publisher_queue_ms`` (the Stream SDK's PCM queue, set
+    by the sync stage from :class:`PacerQueue`), clamped to ``[0, max_ms]``. Until the audio
+    receiver is measured it is ``base_ms`` alone, and always with ``follow=False`` (the
+    receivers are then measured only, for the logs)."""
+
+    def __init__(self, base_ms: float, max_ms: float, *, follow: bool = True) -> None:
+        self.base_ms = base_ms
+        self.follow = follow
+        self.max_ms = max(0.0, max_ms)
+        self.audio = ReceiverDelay(AUDIO_WINDOW_MS)
+        self.video = ReceiverDelay(VIDEO_WINDOW_MS)
+        self._last_ms: float | None = None
+        # The publisher's PCM queue now (PacerQueue), set by the sync stage before each frame.
+        self.publisher_queue_ms = 0.0
+
+    def update(self, reading: JitterBufferReading) -> None:
+        if reading.kind == "audio":
+            self.audio.update(reading)
+        elif reading.kind == "video":
+            self.video.update(reading)
+
+    @property
+    def difference_ms(self) -> float | None:
+        """Audio's receiver delay minus video's, once audio's is known (video's counts as 0
+        until it is: the downlink reads audio only, see bridge/livekit/downlink.py)."""
+        if self.audio.ms is None:
+            return None
+        return self.audio.ms - (self.video.ms or 0.0)
+
+    def hold_ms(self) -> float:
+        """The hold the receivers call for now (the target)."""
+        diff = self.difference_ms if self.follow else None
+        hold = self.base_ms + (diff if diff is not None else 0.0)
+        if self.follow:
+            hold += self.publisher_queue_ms
+        return min(self.max_ms, max(0.0, hold))
+
+    def frame_hold_ms(self) -> float:
+        """The hold for the next frame: the target, moved by at most ``MAX_STEP_MS`` from the
+        previous frame's, so that a jump of the audio delay neither stops the picture (a gap
+        over ~3 frame intervals is a freeze to a viewer) nor makes frames due all at once
+        (all but the newest would be dropped as stale: a jerk for every dip of NetEq)."""
+        target = self.hold_ms()
+        if self._last_ms is None:
+            return target
+        return min(max(target, self._last_ms - MAX_STEP_MS), self._last_ms + MAX_STEP_MS)
+
+    def released(self, hold_ms: float) -> None:
+        """A frame left with this hold."""
+        self._last_ms = hold_ms
 
 
 class SyncStage:
@@ -65,11 +215,17 @@ class SyncStage:
         audio_queue_ms: float,
         video_delay_ms: float,
         silence_flush_ms: float = 300.0,
+        follow_receivers: bool = True,
     ) -> None:
         self._publisher = publisher
         self.video_capacity = max(1, round(fps * buffer_seconds))
         self._audio_capacity_s = audio_queue_ms / 1000.0
-        self._video_delay_ns = int(video_delay_ms * 1_000_000)
+        # The hold cannot outlast the video queue (its frames would be dropped as overflow).
+        self.alignment = VideoAlignment(
+            video_delay_ms, max_ms=1000.0 * buffer_seconds * 0.8, follow=follow_receivers
+        )
+        self._hold_logged_ms = -1.0
+        self.pacer = PacerQueue(audio_queue_ms / 1000.0)
         self._video: deque[VideoFrame] = deque()
         self._audio: deque[AudioChunk] = deque()
         self._audio_s = 0.0
@@ -80,6 +236,7 @@ class SyncStage:
         self._flushed_this_silence = False
         self.silence_flushes = 0
         self.video_dropped = 0
+        self.video_late_dropped = 0
         self.audio_dropped_s = 0.0
         self.video_written = 0
         self.audio_written_s = 0.0
@@ -109,10 +266,25 @@ class SyncStage:
         metrics.QUEUE_DEPTH.labels(stage="sync_audio_ms").set(self._audio_s * 1000)
         self._audio_ready.set()
 
+    def put_jitter_buffer(self, reading: JitterBufferReading) -> None:
+        self.alignment.update(reading)
+        hold = self.alignment.hold_ms()
+        VIDEO_HOLD.set(hold)
+        if abs(hold - self._hold_logged_ms) >= _HOLD_LOG_STEP_MS:
+            self._hold_logged_ms = hold
+            audio, video = self.alignment.audio.ms, self.alignment.video.ms
+            log.info(
+                "sync_video_hold",
+                hold_ms=round(hold, 1),
+                audio_jitter_buffer_ms=None if audio is None else round(audio, 1),
+                video_jitter_buffer_ms=None if video is None else round(video, 1),
+            )
+
     # ----- control -----------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Barge-in: forget everything queued."""
+        """Barge-in: forget everything queued (the caller flushes the publisher's audio too)."""
+        self.pacer.flushed(time.monotonic_ns())
         dropped = len(self._video)
         self._video.clear()
         self._audio.clear()
@@ -139,6 +311,7 @@ class SyncStage:
             self._audio_s = max(0.0, self._audio_s - chunk.duration_s)
             self._track_silence(chunk)
             await self._publisher.write_audio(chunk)
+            self.pacer.wrote(chunk.duration_s, time.monotonic_ns())
             self.audio_written_s += chunk.duration_s
             self._onset_out.feed(_peak(chunk) >= PCM_LOUD_PEAK)
 
@@ -157,6 +330,7 @@ class SyncStage:
             self._flushed_this_silence = True
             self.silence_flushes += 1
             self._publisher.flush_audio()
+            self.pacer.flushed(time.monotonic_ns())
 
     async def _pump_video(self) -> None:
         while True:
@@ -164,16 +338,28 @@ class SyncStage:
                 self._video_ready.clear()
                 await self._video_ready.wait()
             frame = self._video[0]
-            # The call's first picture leaves at once: the delay lines video up with the
+            # The call's first picture leaves at once: the hold lines video up with the
             # avatar's speech, and before the first picture there is none to line up with
-            # (the first frame of a warm session otherwise waits a delay for nothing).
-            delay_ns = self._video_delay_ns if self.video_written else 0
-            due = frame.received_ns + delay_ns
+            # (the first frame of a warm session otherwise waits a hold for nothing).
+            self.alignment.publisher_queue_ms = self.pacer.depth_ms(time.monotonic_ns())
+            hold_ms = self.alignment.frame_hold_ms() if self.video_written else 0.0
+            due = frame.received_ns + int(hold_ms * 1_000_000)
             wait_ns = due - time.monotonic_ns()
             if wait_ns > 0:
                 await asyncio.sleep(wait_ns / 1e9)
                 continue  # the queue may have been flushed or trimmed meanwhile
-            self._video.popleft()
+            # A frame whose successor is due as well is stale: the publisher (its encoder) fell
+            # behind. Writing it would put the picture behind its sound for as long as the
+            # backlog lasts; only the newest due frame goes.
+            hold_ns = int(hold_ms * 1_000_000)
+            now_ns = time.monotonic_ns()
+            while len(self._video) > 1 and self._video[1].received_ns + hold_ns <= now_ns:
+                self._video.popleft()
+                self.video_late_dropped += 1
+                metrics.DROPS.labels(stage="sync_video", reason="late").inc()
+            frame = self._video.popleft()
+            due = frame.received_ns + hold_ns
+            self.alignment.released(hold_ms)
             # The await is the publisher's backpressure: frames queue (bounded) meanwhile.
             await self._publisher.write_video(frame)
             self.video_written += 1
@@ -182,6 +368,7 @@ class SyncStage:
                 (done_ns - frame.received_ns) / 1e9
             )
             VIDEO_LATE.observe(max(0, done_ns - due) / 1e9)
+            VIDEO_ADDED.observe((done_ns - frame.received_ns) / 1e9)
 
 
 def _peak(chunk: AudioChunk) -> int:

@@ -15,7 +15,7 @@ from bridge import metrics
 from bridge.barge_in import SpeechGate
 from bridge.errors import BridgeError, ErrorCode
 from bridge.first_sound import PCM_LOUD_PEAK, OnsetPoint
-from bridge.media import AudioChunk, VideoFrame
+from bridge.media import AudioChunk, JitterBufferReading, VideoFrame
 from bridge.media_path import PathKind, RelayDecline, WarmRoom
 from bridge.stages import AvatarDownlink, AvatarRoom, CallPublisher, MediaSink
 
@@ -64,6 +64,10 @@ class _Gate:
         if self.open and not self.shut:
             self._sink.put_audio(chunk)
 
+    def put_jitter_buffer(self, reading: JitterBufferReading) -> None:
+        if self.open and not self.shut:
+            self._sink.put_jitter_buffer(reading)
+
 
 class _SpeechSink:
     """Between the avatars' gates and the sync stage: the avatar's audio is dropped while the
@@ -85,6 +89,9 @@ class _SpeechSink:
             self._sink.put_audio(chunk)
         else:
             metrics.BARGE_IN_DROPPED.labels(path="transcode").inc()
+
+    def put_jitter_buffer(self, reading: JitterBufferReading) -> None:
+        self._sink.put_jitter_buffer(reading)
 
 
 class Feeds(Protocol):

@@ -39,7 +39,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from bridge import metrics
 from bridge.config import LiveAvatarConfig, Settings, setting_default
 from bridge.errors import BridgeError, ErrorCode
-from bridge.media import AudioChunk, AudioFormat, MediaClock, VideoFrame
+from bridge.media import AudioChunk, AudioFormat, JitterBufferReading, MediaClock, VideoFrame
 from bridge.stages import AvatarRoom, EventSink, FailureCallback, MediaSink
 from bridge.tasks import TaskSet
 
@@ -71,7 +71,12 @@ GAPS = Counter(
 FAILURES = Counter("bridge_downlink_failures_total", "Downlink failures reported", ["reason"])
 RECONNECTS = Counter("bridge_downlink_reconnects_total", "SDK reconnect/resume episodes", ["phase"])
 
+STATS_FAILURES = Counter(
+    "bridge_downlink_stats_failures_total", "Receiver stats reads that failed or timed out"
+)
+
 _CLOSE_TIMEOUT_S = 5.0
+_STATS_TIMEOUT_S = 1.0
 _FPS_WINDOW = 30
 
 
@@ -91,6 +96,10 @@ class DownlinkOptions:
     video_buffer_frames: int = 8
     audio_buffer_frames: int = 50  # 10 ms frames
     reanchor_ms: int = 300
+    # How often the audio receiver's jitter-buffer counters are read for the sync stage (0: never).
+    # libwebrtc's audio buffer (NetEq) starts a call with a delay that it sheds over seconds;
+    # the sync stage holds video by the difference (bridge/sync.py, docs/sync.md).
+    jitter_poll_ms: int = 100
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DownlinkOptions:
@@ -154,7 +163,13 @@ class LiveKitDownlink:
         self._close_task: asyncio.Task[None] | None = None
         self._resolution: tuple[int, int] | None = None
         self._fps_reported = False
-        self.stats: dict[str, int] = {"video_frames": 0, "audio_frames": 0, "conversions": 0}
+        self.stats: dict[str, int] = {
+            "video_frames": 0,
+            "audio_frames": 0,
+            "conversions": 0,
+            "stats_reads": 0,
+            "stats_read_us": 0,  # wall time of the reads and their parsing (their cost)
+        }
 
     def adopt(self, clock: MediaClock, events: EventSink, on_failure: FailureCallback) -> None:
         """A downlink started ahead of its session (a pooled avatar, bridge/livekit/warm.py)
@@ -205,6 +220,8 @@ class LiveKitDownlink:
                 if pub.track is not None:
                     self._on_track_subscribed(pub.track, pub, avatar)
         self._tasks.spawn(self._watch_avatar_join(), "downlink_watch_avatar_join")
+        if self._opts.jitter_poll_ms > 0:
+            self._tasks.spawn(self._poll_jitter_buffers(), "downlink_poll_jitter_buffers")
 
     async def aclose(self) -> None:
         """Stop the readers, close the streams, then disconnect. Idempotent; never raises."""
@@ -359,6 +376,47 @@ class LiveKitDownlink:
             AUDIO_SECONDS.inc(chunk.duration_s)
             self.stats["audio_frames"] += 1
             self._note_first("audio")
+
+    async def _poll_jitter_buffers(self) -> None:
+        """Hand the receivers' cumulative jitter-buffer counters to the sink, every
+        ``jitter_poll_ms``. A failed or slow read is skipped (counted); the next one catches up,
+        the counters being cumulative."""
+        period_s = self._opts.jitter_poll_ms / 1000.0
+        while True:
+            await asyncio.sleep(period_s)
+            for kind, (track, _reader) in list(self._readers.items()):
+                if kind != "audio":
+                    # Reading the video receiver's stats can abort the whole process: the SDK
+                    # (livekit 1.2.1) panics in a native thread on a non-finite value in their
+                    # JSON (rtp_receiver.rs:68, seen on a pooled avatar's room). Its delay is
+                    # small and steady (5-50 ms) and goes into output.video_delay_ms instead.
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    async with asyncio.timeout(_STATS_TIMEOUT_S):
+                        stats = await track.get_stats()
+                except Exception as exc:  # the SDK raises a bare Exception on a failed read
+                    STATS_FAILURES.inc()
+                    log.debug("downlink_stats_failed", kind=kind, error=repr(exc))
+                    continue
+                sink = self._sink
+                if sink is None:
+                    return
+                self.stats["stats_reads"] += 1
+                self.stats["stats_read_us"] += int(1e6 * (time.perf_counter() - t0))
+                for stat in stats:
+                    if stat.WhichOneof("stats") != "inbound_rtp":
+                        continue
+                    inbound = stat.inbound_rtp.inbound
+                    sink.put_jitter_buffer(
+                        JitterBufferReading(
+                            kind,
+                            inbound.jitter_buffer_delay,
+                            inbound.jitter_buffer_emitted_count,
+                            time.monotonic_ns(),
+                        )
+                    )
+                    break
 
     async def _close_stream(self, stream: rtc.VideoStream | rtc.AudioStream) -> None:
         # Disposing the handle makes the SDK end the stream; bounded in case it never does.

@@ -18,7 +18,7 @@ import structlog
 
 from bridge.errors import BridgeError, ErrorCode
 from bridge.livekit.downlink import DownlinkOptions, LiveKitDownlink
-from bridge.media import AudioChunk, MediaClock, VideoFrame
+from bridge.media import AudioChunk, JitterBufferReading, MediaClock, VideoFrame
 from bridge.media_path import PathKind
 from bridge.stages import AvatarRoom, EventSink, FailureCallback, MediaSink
 
@@ -46,6 +46,10 @@ class _Switch:
     def put_audio(self, chunk: AudioChunk) -> None:
         if self.target is not None:
             self.target.put_audio(chunk)
+
+    def put_jitter_buffer(self, reading: JitterBufferReading) -> None:
+        if self.target is not None:
+            self.target.put_jitter_buffer(reading)
 
 
 class WarmDownlink:

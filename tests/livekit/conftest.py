@@ -13,7 +13,7 @@ import pytest
 
 from bridge.errors import BridgeError
 from bridge.livekit import DownlinkOptions, LiveKitDownlink
-from bridge.media import AudioChunk, MediaClock, VideoFrame
+from bridge.media import AudioChunk, JitterBufferReading, MediaClock, VideoFrame
 from bridge.sim import marks
 from bridge.sim.livekit_server import LiveKitStandIn, SyntheticVideoTrack, ToneAudioTrack
 from bridge.stages import AvatarRoom
@@ -31,6 +31,7 @@ class CollectingSink:
         self.audio_total = 0
         self.dropped = 0
         self._read_marks = read_marks
+        self.jitter_buffer: deque[JitterBufferReading] = deque(maxlen=capacity)
 
     def put_video(self, frame: VideoFrame) -> None:
         if len(self.video) == self.video.maxlen:
@@ -48,6 +49,9 @@ class CollectingSink:
             self.dropped += 1
         self.audio.append(chunk)
         self.audio_total += 1
+
+    def put_jitter_buffer(self, reading: JitterBufferReading) -> None:
+        self.jitter_buffer.append(reading)
 
     def audio_rms(self, last: int = 100) -> float:
         chunks = list(self.audio)[-last:]

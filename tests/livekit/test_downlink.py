@@ -46,6 +46,19 @@ async def test_receives_avatar_media_and_events(
     assert with_fps and 20 <= with_fps[0]["fps"] <= 40, video_events
     assert standin.counters.video_codecs == {"VP8": 1}
     assert not h.failures
+    _assert_jitter_buffers_read(h)
+
+
+def _assert_jitter_buffers_read(h: Harness) -> None:
+    """The audio receiver's cumulative jitter-buffer counters reach the sink, growing (the sync
+    stage aligns video on them: bridge/sync.py); the video receiver's are never read (reading
+    them can abort the process: bridge/livekit/downlink.py)."""
+    readings = list(h.sink.jitter_buffer)
+    assert {r.kind for r in readings} == {"audio"}, readings[-4:]
+    assert len(readings) >= 2, readings
+    first, last = readings[0], readings[-1]
+    assert last.emitted > first.emitted and last.delay_s > first.delay_s, (first, last)
+    assert all(b.at_ns >= a.at_ns for a, b in itertools.pairwise(readings))
 
 
 async def test_frame_marks_read_back_in_order(

@@ -11,9 +11,10 @@ import contextlib
 import time
 
 import numpy as np
+import pytest
 
-from bridge.media import AudioChunk, AudioFormat, VideoFrame
-from bridge.sync import SyncStage
+from bridge.media import AudioChunk, AudioFormat, JitterBufferReading, VideoFrame
+from bridge.sync import MAX_STEP_MS, PacerQueue, ReceiverDelay, SyncStage, VideoAlignment
 
 FMT = AudioFormat(48000, 1)
 
@@ -26,10 +27,12 @@ class RecordingPublisher:
         self.video_write_s = video_write_s
         self.gate = asyncio.Event()
         self.gate.set()
+        self.writing_video = asyncio.Event()
 
     async def start(self) -> None: ...
 
     async def write_video(self, frame: VideoFrame) -> None:
+        self.writing_video.set()
         await self.gate.wait()
         await asyncio.sleep(self.video_write_s)
         self.video.append((frame.pts_us, time.monotonic()))
@@ -133,3 +136,174 @@ async def test_silence_reanchors_the_publisher_queue_once_per_silence() -> None:
     await run_for(stage, 0.1)
     # Two silences of 150 ms each, split by sound: one flush for each, none for the sound.
     assert pub.flushed == 2 and stage.silence_flushes == 2
+
+
+# ----- video alignment on the downlink receivers' delays (sans-I/O) ---------------------------
+
+
+def reading(kind: str, t_ms: float, delay_s: float, emitted: int) -> JitterBufferReading:
+    return JitterBufferReading(kind, delay_s, emitted, int(t_ms * 1_000_000))
+
+
+def test_receiver_delay_is_the_mean_over_the_last_window() -> None:
+    rx = ReceiverDelay(window_ms=100)
+    assert rx.update(reading("audio", 0, 0.0, 0)) is None  # one reading: nothing to compare
+    # 4800 samples emitted in 100 ms, each after 200 ms in the buffer.
+    assert rx.update(reading("audio", 100, 960.0, 4800)) == pytest.approx(200.0)
+    # The next 100 ms at 50 ms each: the window holds only them, not the earlier 200 ms.
+    assert rx.update(reading("audio", 200, 960.0 + 240.0, 9600)) == pytest.approx(50.0)
+    # Nothing emitted (a paused track): the last figure stands.
+    assert rx.update(reading("audio", 300, 1200.0, 9600)) == pytest.approx(50.0)
+
+
+def test_receiver_delay_averages_video_over_its_longer_window() -> None:
+    rx = ReceiverDelay(window_ms=500)
+    rx.update(reading("video", 0, 0.0, 0))
+    delays = [0.010, 0.030, 0.010, 0.030, 0.010, 0.030]  # per 100 ms: 3 frames at each delay
+    total, emitted = 0.0, 0
+    for i, d in enumerate(delays, start=1):
+        total += 3 * d
+        emitted += 3
+        ms = rx.update(reading("video", 100 * i, total, emitted))
+    # The last 500 ms hold 15 frames: 9 at 30 ms, 6 at 10 ms -> mean 22 ms.
+    assert ms == pytest.approx(1000 * (0.030 * 9 + 0.010 * 6) / 15)
+
+
+def test_receiver_delay_restarts_when_the_counters_go_back() -> None:
+    rx = ReceiverDelay(window_ms=100)
+    rx.update(reading("audio", 0, 100.0, 480_000))
+    assert rx.update(reading("audio", 100, 110.0, 484_800)) is not None
+    # A full reconnect: a new receiver, its counters from zero. No figure until two readings.
+    assert rx.update(reading("audio", 200, 0.5, 4800)) is None
+    assert rx.update(reading("audio", 300, 0.5 + 144.0, 9600)) == pytest.approx(30.0)
+
+
+def test_hold_follows_the_audio_minus_video_delay() -> None:
+    align = VideoAlignment(base_ms=20, max_ms=800)
+    assert align.hold_ms() == 20  # nothing measured: the base alone
+    align.update(reading("audio", 0, 0.0, 0))
+    align.update(reading("audio", 100, 4800 * 0.190, 4800))  # NetEq's start: 190 ms
+    assert align.hold_ms() == pytest.approx(210.0)  # video's delay counts as 0 until read
+    align.update(reading("video", 0, 0.0, 0))
+    align.update(reading("video", 100, 3 * 0.010, 3))  # video hands frames out after 10 ms
+    assert align.difference_ms == pytest.approx(180.0)
+    assert align.hold_ms() == pytest.approx(200.0)
+    # NetEq sheds its delay: 40 ms now, so the hold comes down with it.
+    align.update(reading("audio", 200, 4800 * 0.190 + 4800 * 0.040, 9600))
+    assert align.hold_ms() == pytest.approx(50.0)
+
+
+def test_hold_is_clamped_and_can_be_fixed() -> None:
+    align = VideoAlignment(base_ms=20, max_ms=300)
+    fixed = VideoAlignment(base_ms=20, max_ms=300, follow=False)
+    for a in (align, fixed):
+        a.update(reading("audio", 0, 0.0, 0))
+        a.update(reading("audio", 100, 4800 * 0.9, 4800))  # 900 ms of audio delay
+        a.update(reading("video", 0, 0.0, 0))
+        a.update(reading("video", 100, 0.03, 3))
+    assert align.hold_ms() == 300  # no longer than the video queue can hold
+    assert fixed.hold_ms() == 20  # measured, not followed
+    align.update(reading("video", 200, 0.03 + 3 * 2.0, 6))  # video far slower than audio
+    assert align.hold_ms() == 0
+
+
+async def test_video_is_held_by_the_receivers_difference() -> None:
+    pub = RecordingPublisher()
+    stage = SyncStage(pub, fps=30, buffer_seconds=1.0, audio_queue_ms=200, video_delay_ms=10)
+    # The downlink's audio buffer 160 ms, its video 10 ms: frames wait 10 + 150 ms.
+    for r in (
+        reading("audio", 0, 0.0, 0),
+        reading("audio", 100, 4800 * 0.160, 4800),
+        reading("video", 0, 0.0, 0),
+        reading("video", 100, 3 * 0.010, 3),
+    ):
+        stage.put_jitter_buffer(r)
+    assert stage.alignment.hold_ms() == pytest.approx(160.0)
+    f = frame(1)
+    stage.put_video(f)
+    await run_for(stage, 0.4)
+    ((_, written),) = pub.video
+    assert written - f.received_ns / 1e9 >= 0.155
+
+
+def test_the_hold_moves_a_step_per_frame() -> None:
+    align = VideoAlignment(base_ms=20, max_ms=800)
+    assert align.frame_hold_ms() == 20
+    align.released(20)
+    align.update(reading("audio", 0, 0.0, 0))
+    align.update(reading("audio", 100, 4800 * 0.110, 4800))
+    align.update(reading("video", 0, 0.0, 0))
+    align.update(reading("video", 100, 3 * 0.010, 3))
+    assert align.hold_ms() == pytest.approx(120.0)  # the target jumped by 100 ms
+    holds = []
+    for _ in range(7):
+        holds.append(align.frame_hold_ms())
+        align.released(holds[-1])
+    # No frame waits more than MAX_STEP_MS longer than the one before (no freeze).
+    assert holds[:5] == pytest.approx([20 + MAX_STEP_MS * k for k in range(1, 6)])
+    assert holds[5:] == pytest.approx([120.0, 120.0])
+    # A shorter hold is reached by steps too: frames never fall due together.
+    align.update(reading("audio", 200, 4800 * 0.110 + 4800 * 0.030, 9600))
+    assert align.hold_ms() == pytest.approx(40.0)
+    down = []
+    for _ in range(5):
+        down.append(align.frame_hold_ms())
+        align.released(down[-1])
+    assert down == pytest.approx([100.0, 80.0, 60.0, 40.0, 40.0])
+
+
+async def test_a_stalled_publisher_gets_only_the_newest_due_frame() -> None:
+    pub = RecordingPublisher()
+    pub.gate.clear()  # the encoder is busy
+    stage = SyncStage(pub, fps=30, buffer_seconds=1.0, audio_queue_ms=200, video_delay_ms=0)
+    stage.put_video(frame(0))
+    task = asyncio.create_task(stage.run())
+    async with asyncio.timeout(5):
+        await pub.writing_video.wait()  # frame 0 taken, its write waiting on the gate
+    for i in range(1, 6):
+        stage.put_video(frame(i))  # all due at once (no hold) while the write is stuck
+    pub.gate.set()
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    # Frames 1-4 went stale behind frame 5: writing them would put the picture behind.
+    assert [p for p, _ in pub.video] == [0, 5]
+    assert stage.video_late_dropped == 4
+
+
+def test_the_publisher_queue_model_keeps_a_burst_until_a_flush() -> None:
+    q = PacerQueue(capacity_s=0.2)
+    ms = 1_000_000
+    q.wrote(0.010, 0)
+    assert q.depth_ms(5 * ms) == pytest.approx(5.0)  # drained in real time
+    assert q.depth_ms(50 * ms) == 0.0  # never below empty
+    # A stall: 100 ms of audio delivered at once, then audio at real time again.
+    for _ in range(10):
+        q.wrote(0.010, 100 * ms)
+    for i in range(1, 11):
+        q.wrote(0.010, (100 + 10 * i) * ms)
+    assert q.depth_ms(200 * ms) == pytest.approx(100.0)  # the burst stands
+    for _ in range(30):
+        q.wrote(0.010, 200 * ms)
+    assert q.depth_ms(200 * ms) == pytest.approx(200.0)  # the SDK's capacity: it drops beyond
+    q.flushed(210 * ms)
+    assert q.depth_ms(210 * ms) == 0.0
+
+
+async def test_the_hold_adds_the_publisher_queue() -> None:
+    pub = RecordingPublisher()
+    stage = SyncStage(pub, fps=30, buffer_seconds=1.0, audio_queue_ms=500, video_delay_ms=0)
+    fixed = SyncStage(
+        pub, fps=30, buffer_seconds=1.0, audio_queue_ms=500, video_delay_ms=0,
+        follow_receivers=False,
+    )  # fmt: skip
+    for s in (stage, fixed):
+        s.pacer.wrote(0.3, time.monotonic_ns())  # 300 ms of audio written at once
+    f, g = frame(1), frame(2)
+    stage.put_video(f)
+    fixed.put_video(g)
+    await asyncio.gather(run_for(stage, 0.5), run_for(fixed, 0.05))
+    written = dict(pub.video)
+    assert written[2] - g.received_ns / 1e9 < 0.2  # no hold without following
+    assert written[1] - f.received_ns / 1e9 >= 0.25  # held while that audio plays out
