@@ -59,6 +59,7 @@ async def scenario(r: Any) -> dict[str, Any]:
             "arrival_skew_ms": {
                 q: report.median_of(rs, "skew_ms", q) for q in ("p50", "p95", "p99")
             },
+            "per_run": [_run_row(run) for run in rs],
             "viewer_errors": [
                 run.get("error") or (run.get("viewer") or {}).get("error")
                 for run in rs
@@ -67,3 +68,23 @@ async def scenario(r: Any) -> dict[str, Any]:
             "runs": rs,
         }
     return {"variant": VARIANT, "window_s": window_s, "paths": paths}
+
+
+def _run_row(run: dict[str, Any]) -> dict[str, Any]:
+    """One run in a line: the viewer's constant (its median skew) next to what makes it up.
+    ``relay_video_minus_audio_ms`` is how much longer the video took from capture (the avatar's
+    SRs) to the bridge than the audio in their best cases; with ``relay_aligned`` the relay
+    paced that out (``relay_lift_ms``), without it that difference went on to the viewer."""
+    viewer = run.get("viewer") or {}
+    delays = viewer.get("receiver_delays_ms") or {}
+    sync = run.get("relay_sync") or {}
+    return {
+        "viewer_skew_p50_ms": (viewer.get("skew_ms") or {}).get("p50"),
+        "viewer_skew_p95_ms": (viewer.get("skew_ms") or {}).get("p95"),
+        "audio_jb_ms": (delays.get("audio") or {}).get("jitter_buffer_mean"),
+        "video_jb_ms": (delays.get("video") or {}).get("jitter_buffer_mean"),
+        "relay_aligned": bool(sync.get("enabled")) and bool(sync.get("aligned")),
+        "relay_video_minus_audio_ms": sync.get("video_minus_audio_transit_ms"),
+        "relay_lift_ms": sync.get("lift_ms"),
+        "load": run.get("load"),
+    }

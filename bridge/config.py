@@ -170,6 +170,12 @@ class OutputConfig(_Section):
         description="On the relay path, hold video packets this long so a viewer presents them "
         "aligned with the audio (see docs/relay.md).",
     )
+    relay_align_by_sr: bool = Field(
+        True,
+        description="On the relay path, align the paced audio and video by the avatar's "
+        "capture clock (its RTCP sender reports) rather than by each stream's best-case "
+        "arrival (see docs/sync.md).",
+    )
     relay_playout_hold_ms: float = Field(
         60.0,
         ge=0,
