@@ -435,15 +435,17 @@ def _viewer_lines(viewer: dict[str, Any]) -> list[str]:
             "the audio from the avatar's capture (its SRs) to the bridge in their best cases, "
             "which the relay's SR alignment holds the audio for (lift).",
             "",
-            "| path | viewer skew p50 / \\|p95\\| ms | audio / video JB ms | relay video - audio "
+            "| path | viewer skew p50 / \\|p95\\| ms | audio / video JB ms | video received to "
+            "shown ms | relay video - audio "
             "ms | relay lift audio / video ms | aligned | load |",
-            "|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for path, r in rows:
             lift = r.get("relay_lift_ms") or {}
             lines.append(
                 f"| {path} | {_f(r.get('viewer_skew_p50_ms'))} / {_f(r.get('viewer_skew_p95_ms'))} "
                 f"| {_f(r.get('audio_jb_ms'))} / {_f(r.get('video_jb_ms'))} "
+                f"| {_f(r.get('video_shown_after_receive_ms'))} "
                 f"| {_f(r.get('relay_video_minus_audio_ms'))} "
                 f"| {_f(lift.get('audio'))} / {_f(lift.get('video'))} "
                 f"| {r.get('relay_aligned')} | {_f(r.get('load'))} |"

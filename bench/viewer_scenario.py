@@ -83,6 +83,7 @@ def _run_row(run: dict[str, Any]) -> dict[str, Any]:
         "viewer_skew_p95_ms": (viewer.get("skew_ms") or {}).get("p95"),
         "audio_jb_ms": (delays.get("audio") or {}).get("jitter_buffer_mean"),
         "video_jb_ms": (delays.get("video") or {}).get("jitter_buffer_mean"),
+        "video_shown_after_receive_ms": viewer.get("video_shown_after_receive_ms"),
         "relay_aligned": bool(sync.get("enabled")) and bool(sync.get("aligned")),
         "relay_video_minus_audio_ms": sync.get("video_minus_audio_transit_ms"),
         "relay_lift_ms": sync.get("lift_ms"),

@@ -164,11 +164,12 @@ class OutputConfig(_Section):
         "audio path (measured 25-65 ms; see docs/sync.md).",
     )
     relay_video_hold_ms: float = Field(
-        20.0,
+        5.0,
         ge=0,
         le=500,
         description="On the relay path, hold video packets this long so a viewer presents them "
-        "aligned with the audio (see docs/relay.md).",
+        "aligned with the audio (its receivers' and display's fixed share of the skew; measured "
+        "in docs/sync.md).",
     )
     relay_align_by_sr: bool = Field(
         True,

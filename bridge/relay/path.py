@@ -24,7 +24,9 @@ rebased.
 Video hold: Stream's web SDK gives each track its own stream id, so browsers do not lip-sync a
 participant's audio and video by SR; video is held back by ``video_hold_ms`` so that it leaves
 aligned with audio. The hold is bounded (``hold_capacity`` packets; overflow releases the oldest
-early, counted) and costs one timer per session.
+early, counted) and costs one timer per session. With pacing (``playout_hold_ms``), the two
+playout buffers are also aligned by the avatar's capture clock, from its SRs
+(:class:`~bridge.relay.sender_clock.SenderClock`, ``align_by_sr``).
 
 Queues: the hold queue (bounded as above) and the RTX history (a fixed ring). Nothing else
 buffers: packets are sent from the receive path.
