@@ -209,14 +209,21 @@ async def test_a_minute_of_libwebrtc_simulcast_relayed_through_loss_and_a_layer_
                     inbound = await viewer.page.evaluate("window.streamPage.receiverStats()")
                     avatar = [
                         {
-                            k: getattr(la.publisher, k)
-                            for k in (
-                                "frames",
-                                "audio_frames",
-                                "audio_skipped",
-                                "audio_caught_up",
-                                "audio_not_ready",
-                            )
+                            **{
+                                k: getattr(la.publisher, k)
+                                for k in (
+                                    "frames",
+                                    "audio_frames",
+                                    "audio_skipped",
+                                    "audio_caught_up",
+                                    "audio_not_ready",
+                                )
+                            },
+                            # How far behind the renderer's clock its audio reached libwebrtc
+                            # (the SRs' capture clock starts there: no alignment sees this).
+                            "audio_lag_ms_median": round(
+                                statistics.median(la.publisher.audio_lag_ms or [0.0]), 1
+                            ),
                         }
                         for la in sim.liveavatar.sessions.values()
                         if la.publisher is not None
