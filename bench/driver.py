@@ -195,16 +195,22 @@ async def run_daemon(
     workroot: Path,
     media_path: str = "transcode",
     viewer: bool = False,
+    avatar_publisher: str | None = None,
 ) -> dict[str, Any]:
     """One measurement of the daemon with ``sessions`` concurrent sessions of ``variant``.
 
     With ``viewer``, headless Chromium watches the first call with Stream's browser SDK and the
     result carries ``viewer`` (lip sync at the browser's playout, see
-    :mod:`bridge.sim.browser_viewer`), or why it could not run."""
+    :mod:`bridge.sim.browser_viewer`), or why it could not run. ``avatar_publisher``: how the
+    avatar reaches LiveKit ("sdk": libwebrtc, as LiveAvatar's; default: the stand-ins')."""
     workdir = Path(tempfile.mkdtemp(prefix=f"daemon-{variant.name}-", dir=workroot))
     why_not = browser_viewer.unavailable() if viewer else "not asked"
     async with (
-        StandIns(render_latency_s=RENDER_LATENCY_S, stream_codec=variant.codec) as sim,
+        StandIns(
+            render_latency_s=RENDER_LATENCY_S,
+            stream_codec=variant.codec,
+            avatar_publisher=avatar_publisher,
+        ) as sim,
         contextlib.AsyncExitStack() as stack,
     ):
         daemon = DaemonProcess(
@@ -216,6 +222,7 @@ async def run_daemon(
             "variant": variant.name,
             "sessions": sessions,
             "load": round(os.getloadavg()[0], 2),
+            "avatar_publisher": sim.liveavatar.options.publisher,
         }
         try:
             await daemon.start()

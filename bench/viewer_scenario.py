@@ -2,7 +2,10 @@
 
 One session of 360p30-VP8 per run (the avatar's codec and size: ``auto`` relays it), watched by
 headless Chromium running Stream's browser SDK (:mod:`bridge.sim.browser_viewer`), ``repeat``
-runs per path, relay (the default) and transcode interleaved. Per path: the median over the runs
+runs per row interleaved: relay (the default path), relay with the avatar published by
+libwebrtc (``relay_libwebrtc``, see PATHS) and transcode. Each run's row in ``per_run`` puts the
+viewer's constant beside its parts (jitter buffers, the video's received-to-shown time, the
+relay's capture alignment). Per path: the median over the runs
 of the viewer's |skew| p50/p95/p99 and first-10 s p95, the receivers' jitter-buffer delays
 (getStats) and the arrival skew at the Stream stand-in (a diagnostic). The goals
 ``viewer_skew_p95/p99`` are judged on the worse path (bench/report.py). Without Chromium each
@@ -16,7 +19,15 @@ from typing import Any
 from bench import driver, report
 
 VARIANT = "360p30-VP8"
-PATHS = ("relay", "transcode")
+# Row -> (media path, how the avatar reaches LiveKit). "relay" keeps the stand-in's aiortc
+# publisher (the rows before): its SRs carry send times, so the relay's capture alignment has
+# nothing to take out there. "relay_libwebrtc": the avatar published by the LiveKit SDK, as
+# LiveAvatar's is, whose SRs map to its capture clock (bridge/relay/sender_clock.py).
+PATHS: dict[str, tuple[str, str | None]] = {
+    "relay": ("relay", None),
+    "relay_libwebrtc": ("relay", "sdk"),
+    "transcode": ("transcode", None),
+}
 # The goals are judged over >= 40 marks at the viewer: 60 beeps (500 ms apart) leave room for
 # those a loaded machine loses (20 s windows gave 23-35).
 MIN_WINDOW_S = 30.0
@@ -27,7 +38,7 @@ async def scenario(r: Any) -> dict[str, Any]:
     window_s = r.plan.window_s if r.plan.quick else max(r.plan.window_s, MIN_WINDOW_S)
     runs: dict[str, list[dict[str, Any]]] = {p: [] for p in PATHS}
     for rep in range(r.plan.repeat):
-        for path in PATHS:
+        for path, (media_path, publisher) in PATHS.items():
             r.say(f"viewer: {path} run {rep + 1}/{r.plan.repeat}")
             runs[path].append(
                 await r._guarded(
@@ -37,8 +48,9 @@ async def scenario(r: Any) -> dict[str, Any]:
                         window_s,
                         barge_in=False,
                         workroot=r.workroot,
-                        media_path=path,
+                        media_path=media_path,
                         viewer=True,
+                        avatar_publisher=publisher,
                     )
                 )
             )
