@@ -116,6 +116,13 @@ PLAYOUT_REBASES = Counter(
     "Playout timing restarts (a new upstream SSRC, a timestamp jump)",
     ["kind"],
 )
+SYNC_LIFT = Histogram(
+    "bridge_relay_sync_lift_seconds",
+    "Extra hold of a kind aligning it to the avatar's capture clock (its SRs), at each SR: the "
+    "faster stream's added latency",
+    ["kind"],
+    buckets=(0.0, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2),
+)
 DECLINED = Counter(
     "bridge_relay_declined_total", "Relays that fell back to transcoding", ["reason"]
 )
@@ -836,6 +843,7 @@ class RelayPath:
         if self._clock is not None:
             info = sr.sender_info
             self._clock.on_sr(fwd.kind, sr.ssrc, info.ntp_timestamp, info.rtp_timestamp)
+            SYNC_LIFT.labels(fwd.kind).observe(self._clock.applied(fwd.kind))
 
     async def _on_rtp(self, fwd: _Forwarder, packet: RtpPacket) -> None:
         if fwd.kind != "video":

@@ -151,6 +151,11 @@ class SenderClock:
         k.last_now = now
         return k.lift
 
+    def applied(self, kind: str) -> float:
+        """The lift last applied to ``kind`` (s)."""
+        k = self._kinds.get(kind)
+        return 0.0 if k is None else k.lift
+
     def stats(self) -> dict[str, Any]:
         t = self.transits()
         out: dict[str, Any] = {
