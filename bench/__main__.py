@@ -57,7 +57,7 @@ class Plan:
     soak_sample_s: float
     va_window_s: float
     # The viewer scenario's media paths (--path runs one of them only: a quicker look).
-    paths: tuple[str, ...] = viewer_scenario.PATHS
+    paths: tuple[str, ...] = tuple(viewer_scenario.PATHS)
 
     @classmethod
     def make(cls, quick: bool, window_s: float | None, repeat: int | None) -> Plan:
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         "--path",
         action="append",
         choices=list(viewer_scenario.PATHS),
-        help="viewer scenario: this media path only (repeatable; default both)",
+        help="viewer scenario: this row only (repeatable; default all)",
     )
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--doc", type=Path, default=DOC)

@@ -195,23 +195,35 @@ async def run_daemon(
     workroot: Path,
     media_path: str = "transcode",
     viewer: bool = False,
+    avatar_publisher: str | None = None,
 ) -> dict[str, Any]:
     """One measurement of the daemon with ``sessions`` concurrent sessions of ``variant``.
 
     With ``viewer``, headless Chromium watches the first call with Stream's browser SDK and the
     result carries ``viewer`` (lip sync at the browser's playout, see
-    :mod:`bridge.sim.browser_viewer`), or why it could not run."""
+    :mod:`bridge.sim.browser_viewer`), or why it could not run. ``avatar_publisher``: how the
+    avatar reaches LiveKit ("sdk": libwebrtc, as LiveAvatar's; default: the stand-ins')."""
     workdir = Path(tempfile.mkdtemp(prefix=f"daemon-{variant.name}-", dir=workroot))
     why_not = browser_viewer.unavailable() if viewer else "not asked"
     async with (
-        StandIns(render_latency_s=RENDER_LATENCY_S, stream_codec=variant.codec) as sim,
+        StandIns(
+            render_latency_s=RENDER_LATENCY_S,
+            stream_codec=variant.codec,
+            avatar_publisher=avatar_publisher,
+        ) as sim,
         contextlib.AsyncExitStack() as stack,
     ):
         daemon = DaemonProcess(
             workdir, sim.daemon_env(), "--max-sessions", str(sessions), *variant.daemon_flags()
         )
         clients = [ClientSession(f"bench-{variant.name}-{i}") for i in range(sessions)]
-        result: dict[str, Any] = {"variant": variant.name, "sessions": sessions}
+        # The 1-minute load average at the start: the machine's business is part of a figure.
+        result: dict[str, Any] = {
+            "variant": variant.name,
+            "sessions": sessions,
+            "load": round(os.getloadavg()[0], 2),
+            "avatar_publisher": sim.liveavatar.options.publisher,
+        }
         try:
             await daemon.start()
             assert daemon.proc is not None
@@ -243,6 +255,8 @@ async def run_daemon(
             await asyncio.gather(*(_speak(c, beeps(window_s)) for c in clients))
             usage = cpu.stop()
             after, _ = await scrape(daemon)
+            if media_path == "relay":
+                result["relay_sync"] = await _relay_sync(daemon)
             if watcher is not None:
                 await asyncio.sleep(0.5)  # the last marks play out
                 result["viewer"].update(await watcher.report())
@@ -266,6 +280,15 @@ async def run_daemon(
         result["errors"] = [e for c in clients for e in c.errors]
         result["live_liveavatar_sessions_after"] = len(sim.liveavatar.live_sessions)
     return result
+
+
+async def _relay_sync(daemon: DaemonProcess) -> dict[str, Any] | None:
+    """The first relayed session's pacing alignment (bridge/relay/sender_clock.py): where a
+    relay run's viewer skew comes from."""
+    status, body = await asyncio.to_thread(daemon.admin, "GET", "/sessions")
+    sessions = body.get("sessions", []) if status == 200 else []
+    relays = [s["relay"] for s in sessions if s.get("relay")]
+    return relays[0].get("sync") if relays else None
 
 
 async def _open(c: ClientSession, daemon: DaemonProcess, sim: StandIns, media_path: str) -> None:

@@ -431,6 +431,30 @@ def _viewer_lines(viewer: dict[str, Any]) -> list[str]:
             f"{_f(p.get('audio_jitter_buffer_ms'))} / {_f(p.get('video_jitter_buffer_ms'))} | "
             f"{_f(arr.get('p50'))} / {_f(arr.get('p95'))} | {errors} |"
         )
+    rows = [(path, r) for path, p in viewer.get("paths", {}).items() for r in p.get("per_run", [])]
+    if rows:
+        lines += [
+            "",
+            "Per run: the viewer's median skew (a constant within a run) beside its parts: the "
+            "receivers' jitter buffers and, on the relay, how much longer the video took than "
+            "the audio from the avatar's capture (its SRs) to the bridge in their best cases, "
+            "which the relay's SR alignment holds the audio for (lift).",
+            "",
+            "| path | viewer skew p50 / \\|p95\\| ms | audio / video JB ms | video received to "
+            "shown ms | relay video - audio "
+            "ms | relay lift audio / video ms | aligned | load |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for path, r in rows:
+            lift = r.get("relay_lift_ms") or {}
+            lines.append(
+                f"| {path} | {_f(r.get('viewer_skew_p50_ms'))} / {_f(r.get('viewer_skew_p95_ms'))} "
+                f"| {_f(r.get('audio_jb_ms'))} / {_f(r.get('video_jb_ms'))} "
+                f"| {_f(r.get('video_shown_after_receive_ms'))} "
+                f"| {_f(r.get('relay_video_minus_audio_ms'))} "
+                f"| {_f(lift.get('audio'))} / {_f(lift.get('video'))} "
+                f"| {r.get('relay_aligned')} | {_f(r.get('load'))} |"
+            )
     lines.append("")
     return lines
 

@@ -2,7 +2,10 @@
 
 One session of 360p30-VP8 per run (the avatar's codec and size: ``auto`` relays it), watched by
 headless Chromium running Stream's browser SDK (:mod:`bridge.sim.browser_viewer`), ``repeat``
-runs per path, relay (the default) and transcode interleaved. Per path: the median over the runs
+runs per row interleaved: relay (the default path), relay with the avatar published by
+libwebrtc (``relay_libwebrtc``, see PATHS) and transcode. Each run's row in ``per_run`` puts the
+viewer's constant beside its parts (jitter buffers, the video's received-to-shown time, the
+relay's capture alignment). Per path: the median over the runs
 of the viewer's |skew| p50/p95/p99 and first-10 s p95, the receivers' jitter-buffer delays
 (getStats) and the arrival skew at the Stream stand-in (a diagnostic). The goals
 ``viewer_skew_p95/p99`` are judged on the worse path (bench/report.py). Without Chromium each
@@ -16,7 +19,15 @@ from typing import Any
 from bench import driver, report
 
 VARIANT = "360p30-VP8"
-PATHS = ("relay", "transcode")
+# Row -> (media path, how the avatar reaches LiveKit). "relay" keeps the stand-in's aiortc
+# publisher (the rows before): its SRs carry send times, so the relay's capture alignment has
+# nothing to take out there. "relay_libwebrtc": the avatar published by the LiveKit SDK, as
+# LiveAvatar's is, whose SRs map to its capture clock (bridge/relay/sender_clock.py).
+PATHS: dict[str, tuple[str, str | None]] = {
+    "relay": ("relay", None),
+    "relay_libwebrtc": ("relay", "sdk"),
+    "transcode": ("transcode", None),
+}
 # The goals are judged over >= 40 marks at the viewer: 60 beeps (500 ms apart) leave room for
 # those a loaded machine loses (20 s windows gave 23-35).
 MIN_WINDOW_S = 30.0
@@ -29,6 +40,7 @@ async def scenario(r: Any) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {p: [] for p in paths_run}
     for rep in range(r.plan.repeat):
         for path in paths_run:
+            media_path, publisher = PATHS[path]
             r.say(f"viewer: {path} run {rep + 1}/{r.plan.repeat}")
             runs[path].append(
                 await r._guarded(
@@ -38,8 +50,9 @@ async def scenario(r: Any) -> dict[str, Any]:
                         window_s,
                         barge_in=False,
                         workroot=r.workroot,
-                        media_path=path,
+                        media_path=media_path,
                         viewer=True,
+                        avatar_publisher=publisher,
                     )
                 )
             )
@@ -60,6 +73,7 @@ async def scenario(r: Any) -> dict[str, Any]:
             "arrival_skew_ms": {
                 q: report.median_of(rs, "skew_ms", q) for q in ("p50", "p95", "p99")
             },
+            "per_run": [_run_row(run) for run in rs],
             "viewer_errors": [
                 run.get("error") or (run.get("viewer") or {}).get("error")
                 for run in rs
@@ -68,3 +82,24 @@ async def scenario(r: Any) -> dict[str, Any]:
             "runs": rs,
         }
     return {"variant": VARIANT, "window_s": window_s, "paths": paths}
+
+
+def _run_row(run: dict[str, Any]) -> dict[str, Any]:
+    """One run in a line: the viewer's constant (its median skew) next to what makes it up.
+    ``relay_video_minus_audio_ms`` is how much longer the video took from capture (the avatar's
+    SRs) to the bridge than the audio in their best cases; with ``relay_aligned`` the relay
+    paced that out (``relay_lift_ms``), without it that difference went on to the viewer."""
+    viewer = run.get("viewer") or {}
+    delays = viewer.get("receiver_delays_ms") or {}
+    sync = run.get("relay_sync") or {}
+    return {
+        "viewer_skew_p50_ms": (viewer.get("skew_ms") or {}).get("p50"),
+        "viewer_skew_p95_ms": (viewer.get("skew_ms") or {}).get("p95"),
+        "audio_jb_ms": (delays.get("audio") or {}).get("jitter_buffer_mean"),
+        "video_jb_ms": (delays.get("video") or {}).get("jitter_buffer_mean"),
+        "video_shown_after_receive_ms": viewer.get("video_shown_after_receive_ms"),
+        "relay_aligned": bool(sync.get("enabled")) and bool(sync.get("aligned")),
+        "relay_video_minus_audio_ms": sync.get("video_minus_audio_transit_ms"),
+        "relay_lift_ms": sync.get("lift_ms"),
+        "load": run.get("load"),
+    }

@@ -173,11 +173,18 @@ class OutputConfig(_Section):
         "buffer sheds its initial delay, stays in sync (docs/sync.md).",
     )
     relay_video_hold_ms: float = Field(
-        20.0,
+        5.0,
         ge=0,
         le=500,
         description="On the relay path, hold video packets this long so a viewer presents them "
-        "aligned with the audio (see docs/relay.md).",
+        "aligned with the audio (its receivers' and display's fixed share of the skew; measured "
+        "in docs/sync.md).",
+    )
+    relay_align_by_sr: bool = Field(
+        True,
+        description="On the relay path, align the paced audio and video by the avatar's "
+        "capture clock (its RTCP sender reports) rather than by each stream's best-case "
+        "arrival (see docs/sync.md).",
     )
     relay_playout_hold_ms: float = Field(
         60.0,

@@ -24,7 +24,9 @@ rebased.
 Video hold: Stream's web SDK gives each track its own stream id, so browsers do not lip-sync a
 participant's audio and video by SR; video is held back by ``video_hold_ms`` so that it leaves
 aligned with audio. The hold is bounded (``hold_capacity`` packets; overflow releases the oldest
-early, counted) and costs one timer per session.
+early, counted) and costs one timer per session. With pacing (``playout_hold_ms``), the two
+playout buffers are also aligned by the avatar's capture clock, from its SRs
+(:class:`~bridge.relay.sender_clock.SenderClock`, ``align_by_sr``).
 
 Queues: the hold queue (bounded as above) and the RTX history (a fixed ring). Nothing else
 buffers: packets are sent from the receive path.
@@ -64,6 +66,7 @@ from bridge.relay.aiortc_hooks import (
 from bridge.relay.playout import PlayoutBuffer
 from bridge.relay.policy import VideoPolicy, declines_announced_size, layer_request
 from bridge.relay.rtp import RtpRewriter, RtxHistory, first_sequence_number
+from bridge.relay.sender_clock import SenderClock
 from bridge.relay.warm import WarmUpstream
 from bridge.stages import AvatarRoom, EventSink, FailureCallback
 from bridge.tasks import TaskSet
@@ -113,6 +116,13 @@ PLAYOUT_REBASES = Counter(
     "bridge_relay_playout_rebases_total",
     "Playout timing restarts (a new upstream SSRC, a timestamp jump)",
     ["kind"],
+)
+SYNC_LIFT = Histogram(
+    "bridge_relay_sync_lift_seconds",
+    "Extra hold of a kind aligning it to the avatar's capture clock (its SRs), at each SR: the "
+    "faster stream's added latency",
+    ["kind"],
+    buckets=(0.0, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2),
 )
 DECLINED = Counter(
     "bridge_relay_declined_total", "Relays that fell back to transcoding", ["reason"]
@@ -199,6 +209,8 @@ class RelayOptions:
     video_hold_ms: float = setting_default(OutputConfig, "relay_video_hold_ms")
     # Pacing by the RTP clocks (bridge/relay/playout.py); 0 forwards on arrival.
     playout_hold_ms: float = setting_default(OutputConfig, "relay_playout_hold_ms")
+    # Both kinds' pacing aligned by the avatar's sender reports (bridge/relay/sender_clock.py).
+    align_by_sr: bool = setting_default(OutputConfig, "relay_align_by_sr")
     playout_max_hold_ms: float = 500.0
     hold_capacity: int = 512
     rtx_history: int = 1024
@@ -237,6 +249,7 @@ class RelayOptions:
             require_size=require_size,
             video_hold_ms=settings.output.relay_video_hold_ms,
             playout_hold_ms=settings.output.relay_playout_hold_ms,
+            align_by_sr=settings.output.relay_align_by_sr,
             connect_timeout_s=la.connect_timeout_s,
             avatar_join_timeout_s=la.connect_timeout_s,
         )
@@ -385,6 +398,10 @@ class RelayPath:
                 max_hold_s=max_s,
                 capacity=options.hold_capacity,
             )
+        # Aligns the two buffers' timing by the avatar's capture clock (its SRs).
+        self._clock = (
+            SenderClock(self._playout, enabled=options.align_by_sr) if self._playout else None
+        )
         self._video: VideoPolicy[RtpPacket] = VideoPolicy(
             codec,
             hold_s=0.0 if self._playout else options.video_hold_ms / 1000.0,
@@ -521,7 +538,7 @@ class RelayPath:
             fwd = self._fwd.get(kind)
             if fwd is not None:
                 self._receiver_taps[kind] = tap
-                handlers[kind] = (self._upstream_rtp(kind, tap, fwd), fwd.on_sr)
+                handlers[kind] = (self._upstream_rtp(kind, tap, fwd), self._upstream_sr(fwd))
         warm.adopt(self._on_receiver, self._events, self._on_failure, handlers)
         self._video.switch_upstream(warm.video_ssrc)  # a PLI can go out before a packet came
         log.info("relay_warm_room_adopted", video_ssrc=warm.video_ssrc, held=warm.held_keyframe)
@@ -659,6 +676,7 @@ class RelayPath:
             "pli_suppressed": policy.pli.suppressed,
             "hold_released_early": policy.hold.released_early,
             "playout": {kind: buf.stats.as_dict() for kind, buf in self._playout.items()},
+            "sync": None if self._clock is None else self._clock.stats(),
             "video_paused_dropped": policy.paused_dropped,
             "rebases": video.rewriter.rebases if video else 0,
             "barge_in": self._speech.stats(),
@@ -784,6 +802,7 @@ class RelayPath:
         return on_rtp
 
     def _on_next_sr(self, fwd: _Forwarder, prepared: PreparedRelay, sr: RtcpSrPacket) -> None:
+        self._clock_sr(fwd, sr)  # kept per SSRC: the mapping is ready when the switch comes
         if prepared.committed:
             fwd.on_sr(sr)  # translated once the rewriter has rebased onto this stream
 
@@ -883,7 +902,7 @@ class RelayPath:
             self._on_next_receiver(kind, receiver, fwd, prepared)
             return
 
-        tap = ReceiverTap(receiver, lambda p, c, a: on_rtp(p, c, a), fwd.on_sr)
+        tap = ReceiverTap(receiver, lambda p, c, a: on_rtp(p, c, a), self._upstream_sr(fwd))
         on_rtp = self._upstream_rtp(kind, tap, fwd)
         old = self._receiver_taps.get(kind)
         self._receiver_taps[kind] = tap
@@ -892,6 +911,19 @@ class RelayPath:
             self._rtx_before += old.rtx_received
         if kind == "video" and self._video.new_subscription():
             self._tasks.spawn(self._ask_for_keyframe(), "relay_keyframe_request")
+
+    def _upstream_sr(self, fwd: _Forwarder) -> SrHandler:
+        def on_sr(sr: RtcpSrPacket) -> None:
+            self._clock_sr(fwd, sr)
+            fwd.on_sr(sr)
+
+        return on_sr
+
+    def _clock_sr(self, fwd: _Forwarder, sr: RtcpSrPacket) -> None:
+        if self._clock is not None:
+            info = sr.sender_info
+            self._clock.on_sr(fwd.kind, sr.ssrc, info.ntp_timestamp, info.rtp_timestamp)
+            SYNC_LIFT.labels(fwd.kind).observe(self._clock.applied(fwd.kind))
 
     async def _on_rtp(self, fwd: _Forwarder, packet: RtpPacket) -> None:
         if fwd.kind != "video":
@@ -940,8 +972,9 @@ class RelayPath:
         late, early, rebases = buf.stats.late, buf.stats.released_early, buf.stats.rebases
         # One sender at a time per kind (this and the pump): a late packet sent from here must
         # not overtake packets the pump has taken out and is still sending.
+        lift = 0.0 if self._clock is None else self._clock.lift(fwd.kind, now)
         async with self._send_locks[fwd.kind]:
-            for out in buf.push(packet, now):
+            for out in buf.push(packet, now, lift):
                 await self._send_out(fwd, out)
         if buf.stats.late != late:
             PLAYOUT_LATE.labels(fwd.kind).inc(buf.stats.late - late)

@@ -104,6 +104,9 @@ class PlayoutBuffer(Generic[P]):
         self._window_end = 0.0
         self._last_media = -float("inf")  # of the latest packet in timestamp order
         self._last_deadline = -float("inf")
+        # Restarts of the media time's origin (a new SSRC): a SenderClock's cached offsets are
+        # valid for one frame only.
+        self.frame = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -112,19 +115,36 @@ class PlayoutBuffer(Generic[P]):
     def base(self) -> float:
         return min(self._cur_min, self._prev_min)
 
-    def push(self, packet: P, now: float) -> list[P]:
-        """Queue ``packet``; returns what must leave now, in order (late or overflow)."""
+    @property
+    def ssrc(self) -> int | None:
+        return self._ssrc
+
+    def media_of(self, ssrc: int, timestamp: int) -> float | None:
+        """``timestamp`` of ``ssrc`` as media time (s) on this buffer's origin (that of its
+        packets), or None when ``ssrc`` is not the stream it paces now. Within 2^31 ticks of
+        the last packet (13 h of video): wrap-around safe."""
+        if ssrc != self._ssrc:
+            return None
+        d = (timestamp - self._last_ts) % _WRAP
+        return (self._media + (d - _WRAP if d >= _HALF else d)) / self.clock_rate
+
+    def push(self, packet: P, now: float, lift_s: float = 0.0) -> list[P]:
+        """Queue ``packet``; returns what must leave now, in order (late or overflow).
+
+        ``lift_s`` (>= 0) holds it that much longer than its own stream's timing would: the
+        relay's capture alignment of audio and video (:class:`SenderClock`)."""
         self.stats.packets += 1
         media = self._unwrap(packet) / self.clock_rate
         transit = now - media
         if packet.ssrc != self._ssrc:
             self._ssrc = packet.ssrc
+            self.frame += 1
             self._rebase(transit, now, count=self.stats.packets > 1)
         self._observe(transit, now)
-        deadline = self.base + media + self.delay_s
+        deadline = self.base + media + self.delay_s + lift_s
         if deadline - now > self.max_hold_s or now - deadline > self.rebase_late_s:
             self._rebase(transit, now, count=True)
-            deadline = now + self.delay_s
+            deadline = now + self.delay_s + lift_s
         if media >= self._last_media:
             # In order: never before the packets pushed before it (a lower base must not let a
             # frame overtake the rest of the one before).

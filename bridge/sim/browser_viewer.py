@@ -260,7 +260,14 @@ class BrowserViewer:
                 "total_freezes_duration_s": video.get("totalFreezesDuration"),
             },
             "audio_output_latency_ms": raw.get("outputLatencyMs"),
+            # Per flash mark: its frame's last packet's arrival to the vsync it was shown at
+            # (rVFC receiveTime): the video receiver's share, with the vsync's phase in it.
+            "video_shown_after_receive_ms": _median(raw.get("shownAfterReceiveMs") or []),
             "receiver_delays_ms": (delays := receiver_delays(stats)),
             "skew_check": skew_check(skews, delays),
             "method": METHOD_SSRC if use_ssrc else METHOD_WEBAUDIO,
         }
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 1) if values else None

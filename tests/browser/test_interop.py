@@ -109,6 +109,20 @@ async def _force_a_layer_switch(sim: StandIns, daemon: DaemonProcess) -> dict[st
     return {"layer": half, "before": before, "during": during}
 
 
+def _skew_summary(skews: list[float]) -> dict[str, Any]:
+    """Median and |p95| / |p99| of the marks' skew at the Stream receiver (the goals' terms)."""
+    if not skews:
+        return {"marks": 0}
+    mags = sorted(abs(s) for s in skews)
+    return {
+        "marks": len(skews),
+        "median": round(statistics.median(skews), 1),
+        "p95": round(mags[min(len(mags) - 1, int(0.95 * len(mags)))], 1),
+        "p99": round(mags[min(len(mags) - 1, int(0.99 * len(mags)))], 1),
+        "spread": round(max(skews) - min(skews), 1),
+    }
+
+
 def _bridge(stats: dict[str, Any]) -> dict[str, Any]:
     (bridge,) = [p for p in stats["participants"] if p["user_id"] == "avatar-bridge"]
     return dict(bridge)
@@ -195,14 +209,21 @@ async def test_a_minute_of_libwebrtc_simulcast_relayed_through_loss_and_a_layer_
                     inbound = await viewer.page.evaluate("window.streamPage.receiverStats()")
                     avatar = [
                         {
-                            k: getattr(la.publisher, k)
-                            for k in (
-                                "frames",
-                                "audio_frames",
-                                "audio_skipped",
-                                "audio_caught_up",
-                                "audio_not_ready",
-                            )
+                            **{
+                                k: getattr(la.publisher, k)
+                                for k in (
+                                    "frames",
+                                    "audio_frames",
+                                    "audio_skipped",
+                                    "audio_caught_up",
+                                    "audio_not_ready",
+                                )
+                            },
+                            # How far behind the renderer's clock its audio reached libwebrtc
+                            # (the SRs' capture clock starts there: no alignment sees this).
+                            "audio_lag_ms_median": round(
+                                statistics.median(la.publisher.audio_lag_ms or [0.0]), 1
+                            ),
                         }
                         for la in sim.liveavatar.sessions.values()
                         if la.publisher is not None
@@ -224,6 +245,7 @@ async def test_a_minute_of_libwebrtc_simulcast_relayed_through_loss_and_a_layer_
         "switch": s,
         "avatar_publisher": avatar,
         "source_stalls": stalled,
+        "stream_receiver_skew_ms": _skew_summary(skews),
         "load": os.getloadavg()[0],
     }
     detail = json.dumps(summary, indent=1, default=str)

@@ -79,6 +79,12 @@ async def test_relay_forwards_video_and_audio_undecoded(
         assert playout["audio"]["packets"] >= 50 and playout["video"]["packets"] >= 45
         assert playout["audio"]["released_early"] == playout["video"]["released_early"] == 0
         assert playout["audio"]["rebases"] == playout["video"]["rebases"] == 0
+        # The avatar's SRs of both kinds reach the pacing's sender clock (their own receivers'
+        # RTCP, taken over): both kinds are then paced on its capture clock, within the bound.
+        await wait_for(lambda: relay.stats()["sync"]["aligned"], 10, "SRs of both kinds")
+        sync = relay.stats()["sync"]
+        assert sync["enabled"] and sync["srs"] >= 2, sync
+        assert all(0.0 <= lift <= 200.0 for lift in sync["lift_ms"].values()), sync
     finally:
         await relay.aclose()
     assert stream.closed

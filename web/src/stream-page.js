@@ -124,7 +124,10 @@ function onMeasuredFrame(video, canvas, meta) {
     const lead = leadMs(video, canvas);
     measure.leads.push(lead);
     if (measure.leads.length > 64) measure.leads.shift();
-    measure.flashes.push({ at: t + lead, control: level < 212 });
+    // From the arrival of the frame's last packet to the vsync it is shown at (jitter buffer,
+    // decode, the wait for the vsync): the video receiver's share of the skew, per mark.
+    const shown = meta.receiveTime ? t - meta.receiveTime : null;
+    measure.flashes.push({ at: t + lead, control: level < 212, shownAfterReceiveMs: shown });
   }
   measure.prevFlash = flash;
 }
@@ -251,6 +254,8 @@ function viewerReport({ pairWindowMs } = {}) {
     onsets: measure.onsets.length,
     outputLatencyMs: measure.outputLatencyMs,
     leadsMs: measure.leads.slice(-16).map((v) => Math.round(v * 10) / 10),
+    shownAfterReceiveMs: measure.flashes.map((f) => f.shownAfterReceiveMs)
+      .filter((v) => v !== null && v !== undefined).map((v) => Math.round(v * 10) / 10),
     skews: skews(),
     ssrc: { polls: measure.ssrcPolls, withLevel: measure.ssrcLevels,
             uncertain: measure.ssrcUncertain,
