@@ -23,13 +23,15 @@ Every reason is an enum whose value is also the ``reason`` label of ``bridge_med
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
 from prometheus_client import Counter
 
+from bridge.errors import BridgeError, ErrorCode
 from bridge.stages import AvatarRoom
 
 MEDIA_PATH = Counter(
@@ -176,6 +178,34 @@ class WarmRoom(Protocol):
     async def aclose(self) -> None:
         """Leave the room (unless a path adopted it: then the path leaves). Never raises."""
         ...
+
+
+async def join_warm_room(
+    start: Callable[[], Awaitable[None]],
+    first: asyncio.Event,
+    timeout_s: float,
+    *,
+    aclose: Callable[[], Awaitable[None]],
+    failed: Callable[[], bool],
+    what: str,
+) -> None:
+    """:meth:`WarmRoom.join` for both kinds: ``start()`` then ``first`` (the avatar's first
+    ``what``: picture, keyframe) within ``timeout_s``. On a timeout, an error or a cancellation
+    the room is closed before this raises; a room that failed meanwhile raises too."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await start()
+            await first.wait()
+    except TimeoutError:
+        await aclose()
+        raise BridgeError(
+            ErrorCode.LIVEKIT_FAILED, f"the pooled avatar sent no {what} in time"
+        ) from None
+    except BaseException:
+        await aclose()
+        raise
+    if failed():
+        raise BridgeError(ErrorCode.LIVEKIT_FAILED, "the pooled avatar's room failed")
 
 
 class KeptStream(Protocol):

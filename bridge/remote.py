@@ -41,6 +41,7 @@ from bridge.stream.join import StreamJoinOptions
 from bridge.stream.kept_session import ENCODABLE, KeptSessionPublisher
 from bridge.stream.publisher import PublisherOptions, StreamPublisher
 from bridge.stream.relay_publisher import StreamRelayPublisher
+from bridge.stream.vp9_send import enable_vp9_send
 from bridge.sync import SyncStage
 from bridge.transcode import TranscodePath
 
@@ -60,6 +61,9 @@ class RemoteStages:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # aiortc's global codec table and encoder hook, set once while the daemon is built rather
+        # than by the first session that keeps a VP9 grant (under sessions already running).
+        enable_vp9_send()
         self.ledger = SessionLedger(settings.state_dir)
         self._http: aiohttp.ClientSession | None = None
         self._api: LiveAvatarAPI | None = None

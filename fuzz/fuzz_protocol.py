@@ -8,7 +8,7 @@ the same events however the bytes are split.
 Seeds are the golden vectors (tests/protocol/vectors/v1.json); crash inputs go to
 fuzz/regressions/ and are replayed by tests/reliability/test_fuzz.py forever after.
 
-    python fuzz/fuzz_protocol.py -max_total_time=25          # a bounded run (CI)
+    python fuzz/fuzz_protocol.py -runs=10000 -seed=1         # a bounded run (CI)
     python fuzz/fuzz_protocol.py -runs=1000000               # the nightly >= 1e6 executions
 """
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import structlog
 
-from bridge.errors import BridgeError, ErrorCode
+from bridge.errors import BridgeError
 from bridge.livekit.downlink import DownlinkOptions, LiveKitDownlink
 from bridge.media import AudioChunk, JitterBufferReading, MediaClock, VideoFrame
-from bridge.media_path import PathKind
+from bridge.media_path import PathKind, join_warm_room
 from bridge.stages import AvatarRoom, EventSink, FailureCallback, MediaSink
 
 __all__ = ["WarmDownlink"]
@@ -74,20 +74,14 @@ class WarmDownlink:
         )
 
     async def join(self, room: AvatarRoom, timeout_s: float) -> None:
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self.downlink.start(room, self._switch)
-                await self._switch.first_video.wait()
-        except TimeoutError:
-            await self.aclose()
-            raise BridgeError(
-                ErrorCode.LIVEKIT_FAILED, "the pooled avatar sent no picture in time"
-            ) from None
-        except BaseException:
-            await self.aclose()
-            raise
-        if self.failed:
-            raise BridgeError(ErrorCode.LIVEKIT_FAILED, "the pooled avatar's room failed")
+        await join_warm_room(
+            lambda: self.downlink.start(room, self._switch),
+            self._switch.first_video,
+            timeout_s,
+            aclose=self.aclose,
+            failed=lambda: self.failed,
+            what="picture",
+        )
         log.info("warm_room_ready", path="transcode")
 
     async def claim(self) -> None:

@@ -25,9 +25,9 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtcpSrPacket, RtpPacket
 from prometheus_client import Counter
 
-from bridge.errors import BridgeError, ErrorCode
+from bridge.errors import BridgeError
 from bridge.livekit.subscriber import LiveKitSubscriber, ReceiverCallback, SubscriberOptions
-from bridge.media_path import PathKind
+from bridge.media_path import PathKind, join_warm_room
 from bridge.relay.aiortc_hooks import ReceiverTap, RtpHandler, SrHandler
 from bridge.relay.policy import layer_request
 from bridge.relay.rtp import is_keyframe_start
@@ -151,20 +151,14 @@ class WarmUpstream:
         return self.keyframe.is_set() and not (self.failed or self._closed or self.adopted)
 
     async def join(self, room: AvatarRoom, timeout_s: float) -> None:
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self.subscriber.start(room.livekit_url, room.livekit_token)
-                await self.keyframe.wait()
-        except TimeoutError:
-            await self.aclose()
-            raise BridgeError(
-                ErrorCode.LIVEKIT_FAILED, "the pooled avatar sent no keyframe in time"
-            ) from None
-        except BaseException:
-            await self.aclose()
-            raise
-        if self.failed:
-            raise BridgeError(ErrorCode.LIVEKIT_FAILED, "the pooled avatar's room failed")
+        await join_warm_room(
+            lambda: self.subscriber.start(room.livekit_url, room.livekit_token),
+            self.keyframe,
+            timeout_s,
+            aclose=self.aclose,
+            failed=lambda: self.failed,
+            what="keyframe",
+        )
         log.info("warm_room_ready", path="relay", video_ssrc=self.video_ssrc)
 
     async def claim(self) -> None:

@@ -27,7 +27,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from bridge import metrics
 from bridge.media import AudioChunk, VideoFrame
 from bridge.stream.relay_publisher import StreamRelayPublisher
-from bridge.stream.vp9_send import enable_vp9_send
+from bridge.stream.vp9_send import vp9_send_enabled
 
 log = structlog.get_logger(__name__)
 
@@ -93,8 +93,9 @@ class KeptSessionPublisher:
         codec = (stream.granted_codec or "").upper()
         if codec not in ENCODABLE:
             raise ValueError(f"aiortc encodes {ENCODABLE}, the SFU granted {codec!r}")
-        if codec == "VP9":
-            enable_vp9_send()  # before publish() builds the offer from aiortc's codec table
+        if codec == "VP9" and not vp9_send_enabled():
+            # Installed once at daemon start (RemoteStages), never mid-run under other sessions.
+            raise RuntimeError("VP9 sending is not enabled: call enable_vp9_send() at start")
         self._stream = stream
         self._codec = codec
         self._width, self._height = width, height

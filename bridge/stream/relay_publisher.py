@@ -42,9 +42,6 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamTrack
-from getstream.video.rtc.pb.stream.video.sfu.event import events_pb2 as ev
-from getstream.video.rtc.pb.stream.video.sfu.models import models_pb2 as pbm
-from getstream.video.rtc.pb.stream.video.sfu.signal_rpc import signal_pb2 as sig
 from google.protobuf.message import DecodeError
 from prometheus_client import Counter
 
@@ -60,6 +57,9 @@ from bridge.stream.sdp import (
     payload_type,
     video_capabilities,
 )
+from bridge.stream.sfu_pb import events as ev
+from bridge.stream.sfu_pb import models as pbm
+from bridge.stream.sfu_pb import signal as sig
 from bridge.stream.signalling import (
     NET_TIMEOUT_S,
     AuthRefused,

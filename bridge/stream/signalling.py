@@ -18,11 +18,11 @@ from urllib.parse import urlencode
 import aiohttp
 import jwt
 from aiortc import RTCIceServer
-from getstream.video.rtc.pb.stream.video.sfu.event import events_pb2 as ev
-from getstream.video.rtc.pb.stream.video.sfu.models import models_pb2 as pbm
 from google.protobuf.message import DecodeError
 
 from bridge.stream.join import StreamJoinOptions
+from bridge.stream.sfu_pb import events as ev
+from bridge.stream.sfu_pb import models as pbm
 
 # The SDK's generated protobuf modules are untyped for mypy: messages are Any.
 Pb = Any

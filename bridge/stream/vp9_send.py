@@ -2,9 +2,9 @@
 
 When the Stream SFU grants VP9 only, the relay declines and the transcode path publishes on the
 relay's SFU session (:mod:`bridge.stream.kept_session`), so the call sees the bridge join once.
-That needs aiortc to send VP9. :func:`enable_vp9_send` (idempotent) installs the two hooks it
-takes: the codec in ``aiortc.codecs.CODECS`` so the offer can carry it, and a
-:class:`Vp9Encoder` (FFmpeg's ``libvpx-vp9``, real time, one spatial and one temporal layer)
+That needs aiortc to send VP9. :func:`enable_vp9_send` (idempotent, called once at daemon start)
+installs the two hooks it takes: the codec in ``aiortc.codecs.CODECS`` so the offer can carry it,
+and a :class:`Vp9Encoder` (FFmpeg's ``libvpx-vp9``, real time, one spatial and one temporal layer)
 returned by the sender's ``get_encoder`` for ``video/VP9``.
 
 Packetization follows RFC 9628 in non-flexible mode with layer indices, as libwebrtc sends a
@@ -32,6 +32,7 @@ __all__ = [
     "register_vp9_codec",
     "vp9_descriptor",
     "vp9_packetize",
+    "vp9_send_enabled",
 ]
 
 # Dynamic payload types aiortc's own table leaves free (97..102 are VP8/H264 and their RTX); the
@@ -205,8 +206,13 @@ def register_vp9_codec() -> None:
     ]
 
 
+def vp9_send_enabled() -> bool:
+    return _installed
+
+
 def enable_vp9_send() -> None:
-    """Teach aiortc to offer and encode single-layer VP9. Idempotent."""
+    """Teach aiortc to offer and encode single-layer VP9. Idempotent; the daemon calls it once at
+    start (:class:`bridge.remote.RemoteStages`), so every session sees the same codec table."""
     global _installed
     if _installed:
         return

@@ -49,7 +49,11 @@ def test_bounded_fuzzing_run_finds_no_crash(tmp_path: Path) -> None:
         [
             sys.executable,
             str(FUZZ_DIR / "fuzz_protocol.py"),
-            "-max_total_time=20",
+            # A fixed amount of seeded work (the same inputs on a quiet or a loaded machine),
+            # with a time cap in case the machine is very slow.
+            "-runs=10000",
+            "-seed=1",
+            "-max_total_time=60",
             f"-artifact_prefix={tmp_path}/",
         ],
         capture_output=True,
