@@ -338,12 +338,14 @@ class SyncStage:
                 self._video_ready.clear()
                 await self._video_ready.wait()
             frame = self._video[0]
+            self.alignment.publisher_queue_ms = self.pacer.depth_ms(time.monotonic_ns())
+            hold_ms = self.alignment.frame_hold_ms()
             # The call's first picture leaves at once: the hold lines video up with the
             # avatar's speech, and before the first picture there is none to line up with
-            # (the first frame of a warm session otherwise waits a hold for nothing).
-            self.alignment.publisher_queue_ms = self.pacer.depth_ms(time.monotonic_ns())
-            hold_ms = self.alignment.frame_hold_ms() if self.video_written else 0.0
-            due = frame.received_ns + int(hold_ms * 1_000_000)
+            # (the first frame of a warm session otherwise waits a hold for nothing). The
+            # frames after it keep the hold, and so does the stale check below.
+            own_hold_ms = hold_ms if self.video_written else 0.0
+            due = frame.received_ns + int(own_hold_ms * 1_000_000)
             wait_ns = due - time.monotonic_ns()
             if wait_ns > 0:
                 await asyncio.sleep(wait_ns / 1e9)
@@ -358,7 +360,7 @@ class SyncStage:
                 self.video_late_dropped += 1
                 metrics.DROPS.labels(stage="sync_video", reason="late").inc()
             frame = self._video.popleft()
-            due = frame.received_ns + hold_ns
+            due = frame.received_ns + int(own_hold_ms * 1_000_000)
             self.alignment.released(hold_ms)
             # The await is the publisher's backpressure: frames queue (bounded) meanwhile.
             await self._publisher.write_video(frame)
