@@ -27,6 +27,7 @@ import numpy as np
 from bench import procstat
 from bench.stats import Samples, histogram_ms, metric_total, parse_metrics, summary
 from bridge.client import BridgeClient, stream_pcm_realtime
+from bridge.config import OutputConfig
 from bridge.media import AudioFormat
 from bridge.protocol import Error, EventMsg
 from bridge.sim import browser_viewer
@@ -40,7 +41,9 @@ RENDER_LATENCY_S = 0.2
 FPS = 30
 BEEP_PERIOD_MS = 500
 BEEP_MS = 100
-VIDEO_DELAY_MS = 12.0  # the daemon's default output.video_delay_ms (set explicitly below)
+# The daemon's default output.video_delay_ms, from its one source (set explicitly below so a
+# result records what it ran with).
+VIDEO_DELAY_MS: float = OutputConfig.model_fields["video_delay_ms"].default
 SESSION_TIMEOUT_S = 60.0
 BENCH_AVATAR_ID = "6b1f3b8e-5c1e-4d7a-9a59-0b3c2d1e4f50"  # any UUID: the stand-in accepts all
 SKEW_QS = {"p50": 0.5, "p95": 0.95, "p99": 0.99}

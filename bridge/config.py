@@ -157,7 +157,7 @@ class OutputConfig(_Section):
         200, ge=20, le=5000, description="Outbound PCM queue (bounds lip-sync drift)."
     )
     video_delay_ms: float = Field(
-        12.0,
+        0.0,
         ge=0,
         le=1000,
         description="Transcode path: hold video this long after arrival, plus the downlink's "
