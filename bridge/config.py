@@ -157,7 +157,7 @@ class OutputConfig(_Section):
         200, ge=20, le=5000, description="Outbound PCM queue (bounds lip-sync drift)."
     )
     video_delay_ms: float = Field(
-        0.0,
+        60.0,
         ge=0,
         le=1000,
         description="Transcode path: hold video this long after arrival, plus the downlink's "
@@ -166,11 +166,13 @@ class OutputConfig(_Section):
         "(docs/sync.md).",
     )
     video_delay_follows_receivers: bool = Field(
-        True,
+        False,
         description="Transcode path: add the avatar downlink's audio jitter-buffer delay "
         "(libwebrtc stats, read every 100 ms) and the Stream SDK's PCM queue (modelled "
         "from the writes) to output.video_delay_ms, so the start of a call, where the audio "
-        "buffer sheds its initial delay, stays in sync (docs/sync.md).",
+        "buffer sheds its initial delay, stays in sync (docs/sync.md); set video_delay_ms to "
+        "0 with it. Off by default: the livekit SDK (1.2.1) can abort the whole process while "
+        "reading receiver stats (a panic in rtp_receiver.rs:68 on a non-finite value).",
     )
     relay_video_hold_ms: float = Field(
         5.0,

@@ -77,6 +77,7 @@ STATS_FAILURES = Counter(
 
 _CLOSE_TIMEOUT_S = 5.0
 _STATS_TIMEOUT_S = 1.0
+JITTER_POLL_MS = 100  # with output.video_delay_follows_receivers
 _FPS_WINDOW = 30
 
 
@@ -98,8 +99,9 @@ class DownlinkOptions:
     reanchor_ms: int = 300
     # How often the audio receiver's jitter-buffer counters are read for the sync stage (0: never).
     # libwebrtc's audio buffer (NetEq) starts a call with a delay that it sheds over seconds;
-    # the sync stage holds video by the difference (bridge/sync.py, docs/sync.md).
-    jitter_poll_ms: int = 100
+    # the sync stage holds video by the difference (bridge/sync.py, docs/sync.md). Only with
+    # output.video_delay_follows_receivers: a stats read can abort the process (livekit 1.2.1).
+    jitter_poll_ms: int = 0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DownlinkOptions:
@@ -108,6 +110,7 @@ class DownlinkOptions:
             avatar_identity=la.avatar_identity,
             connect_timeout_s=la.connect_timeout_s,
             avatar_join_timeout_s=la.connect_timeout_s,
+            jitter_poll_ms=JITTER_POLL_MS if settings.output.video_delay_follows_receivers else 0,
         )
 
 

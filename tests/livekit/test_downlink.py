@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from bridge.errors import BridgeError, ErrorCode
+from bridge.livekit.downlink import JITTER_POLL_MS
 from bridge.sim.livekit_server import LiveKitStandIn
 from tests.livekit.conftest import Harness, MakeDownlink, open_room
 
@@ -35,7 +36,8 @@ async def test_receives_avatar_media_and_events(
     standin: LiveKitStandIn, make_downlink: MakeDownlink, single_pc: bool | None
 ) -> None:
     await open_room(standin)
-    h = await make_downlink(single_peer_connection=single_pc)
+    # The receivers' stats are read only when the transcode hold follows them (opt-in).
+    h = await make_downlink(single_peer_connection=single_pc, jitter_poll_ms=JITTER_POLL_MS)
     ready = await h.wait_ready()
     assert ready["since_start_ms"] >= 0
     await asyncio.sleep(2.0)
