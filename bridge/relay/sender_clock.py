@@ -127,8 +127,9 @@ class SenderClock:
     def target(self, kind: str) -> float | None:
         """The lift that aligns ``kind`` by capture now, None when it cannot be aligned."""
         t = self.transits()
-        if t is None:
-            return None
+        return None if t is None else self._target(kind, t)
+
+    def _target(self, kind: str, t: dict[str, float]) -> float | None:
         slowest = max(t.values())
         if slowest - min(t.values()) > self.max_lift_s:
             return None
@@ -140,10 +141,11 @@ class SenderClock:
         k = self._kinds[kind]
         want = 0.0
         if self.enabled:
-            target = self.target(kind)
+            t = self.transits()  # once per packet: the per-kind offsets are cached
+            target = None if t is None else self._target(kind, t)
             if target is not None:
                 want = target
-            elif self.transits() is not None:
+            elif t is not None:
                 self.disagreed += 1
         if k.last_now is not None:
             step = self.slew * max(0.0, now - k.last_now)

@@ -29,6 +29,20 @@ RECEIVED_WHILE_WARM = {
 }
 
 
+def pooled_daemon(sim: StandIns, tmp_path: Path, media_path: str, *settings: str) -> DaemonProcess:
+    """A daemon with a pool of one warm session for ``media_path``, plus ``settings``."""
+    extra = [arg for setting in settings for arg in ("--set", setting)]
+    return DaemonProcess(
+        tmp_path,
+        sim.daemon_env(),
+        *SMALL,
+        "--set", f"output.media_path={media_path}",
+        "--set", "pool.size=1",
+        "--set", "pool.min_remaining_s=10",
+        *extra,
+    )  # fmt: skip
+
+
 async def until(predicate: object, limit_s: float = 30.0) -> None:
     assert callable(predicate)
     async with asyncio.timeout(limit_s):
@@ -41,14 +55,7 @@ async def test_a_pool_hit_starts_in_a_room_joined_before_the_hello(
     media_path: str, tmp_path: Path
 ) -> None:
     async with StandIns(liveavatar=StandInOptions(delays=DELAYS)) as sim:
-        daemon = DaemonProcess(
-            tmp_path,
-            sim.daemon_env(),
-            *SMALL,
-            "--set", f"output.media_path={media_path}",
-            "--set", "pool.size=1",
-            "--set", "pool.min_remaining_s=10",
-        )  # fmt: skip
+        daemon = pooled_daemon(sim, tmp_path, media_path)
         await daemon.start()
         try:
             # Ready means in the room with the avatar's media received, before any HELLO.
@@ -88,14 +95,7 @@ async def test_a_hit_on_another_path_leaves_the_room_and_joins_it_cold(tmp_path:
     gets the warm LiveAvatar session, but its path joins the room itself (the relay's
     subscription is left: one subscriber in the room, never two)."""
     async with StandIns(liveavatar=StandInOptions(delays=DELAYS)) as sim:
-        daemon = DaemonProcess(
-            tmp_path,
-            sim.daemon_env(),
-            *SMALL,
-            "--set", "output.media_path=relay",
-            "--set", "pool.size=1",
-            "--set", "pool.min_remaining_s=10",
-        )  # fmt: skip
+        daemon = pooled_daemon(sim, tmp_path, "relay")
         await daemon.start()
         try:
             await until(lambda: daemon.metric_sum("bridge_pool_size") == 1)
@@ -131,15 +131,7 @@ async def test_a_handover_adopts_the_pooled_room(media_path: str, tmp_path: Path
     for this path: the handover takes that subscription over (the room is joined once, by the
     pool, never left and joined again) and the call keeps one participant."""
     async with StandIns() as sim:
-        daemon = DaemonProcess(
-            tmp_path,
-            sim.daemon_env(),
-            *SMALL,
-            "--set", f"output.media_path={media_path}",
-            "--set", "pool.size=1",
-            "--set", "pool.min_remaining_s=10",
-            "--set", "liveavatar.handover_margin_s=1",
-        )  # fmt: skip
+        daemon = pooled_daemon(sim, tmp_path, media_path, "liveavatar.handover_margin_s=1")
         await daemon.start()
         try:
             async with await BridgeClient.connect(daemon.socket) as client:
@@ -188,15 +180,7 @@ async def test_a_hello_whose_client_is_gone_at_once_leaks_no_warm_room(
     before its path is built): the warm session it took, and the room joined for it, are left
     every time; only the pool's refill stays, in its own room."""
     async with StandIns() as sim:
-        daemon = DaemonProcess(
-            tmp_path,
-            sim.daemon_env(),
-            *SMALL,
-            "--set", f"output.media_path={media_path}",
-            "--set", "pool.size=1",
-            "--set", "pool.min_remaining_s=10",
-            "--set", "limits.linger_s=0",
-        )  # fmt: skip
+        daemon = pooled_daemon(sim, tmp_path, media_path, "limits.linger_s=0")
         await daemon.start()
         try:
             for i in range(HELLO_AND_GONE):  # bounded
