@@ -34,6 +34,7 @@ class level, once:
 from __future__ import annotations
 
 import inspect
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ from aiortc.rtp import (
     unwrap_rtx,
 )
 
+from bridge.relay.nack import NackRequester
 from bridge.relay.rtp import OutputBinding
 
 __all__ = [
@@ -210,6 +212,9 @@ class ReceiverTap:
         self.nacks_sent = 0
         self.rtx_received = 0
         self.unknown_payload = 0
+        # aiortc asks once per gap; ours asks again until the packet comes (bridge/relay/nack.py).
+        self.nack = NackRequester()
+        self._nack_ssrc: int | None = None
         r: Any = receiver
         self._codecs: dict[int, RTCRtpCodecParameters] = r._RTCRtpReceiver__codecs
         self._rtx_ssrc: dict[int, int] = r._RTCRtpReceiver__rtx_ssrc
@@ -271,9 +276,16 @@ class ReceiverTap:
             packet = unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)
             codec = self._codecs[apt]
             self.rtx_received += 1
-        if self._nack is not None and self._nack.add(packet):
-            self.nacks_sent += 1
-            await r._send_rtcp_nack(packet.ssrc, sorted(self._nack.missing))
+        if self._nack is not None:  # aiortc's receiver NACKs (video): the relay does instead
+            if packet.ssrc != self._nack_ssrc:
+                if self._nack_ssrc is not None:
+                    self.nack.restart()
+                self._nack_ssrc = packet.ssrc
+            lost = self.nack.on_packet(packet.sequence_number, time.monotonic())
+            if lost:
+                self.nacks_sent += 1
+                # Ascending, as aiortc's own: its packing of the list into PID/BLP needs it.
+                await r._send_rtcp_nack(packet.ssrc, sorted(lost))
         await self._on_rtp(packet, codec, arrival_time_ms)
 
     async def _handle_rtcp(self, packet: Any) -> None:

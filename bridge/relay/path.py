@@ -88,6 +88,14 @@ KEYFRAME_REQUESTS = Counter(
 )
 RTX = Counter("bridge_relay_rtx_total", "Downstream NACKed packets, by outcome", ["outcome"])
 UPSTREAM_NACKS = Counter("bridge_relay_upstream_nacks_total", "NACKs sent to LiveKit")
+UPSTREAM_NACK_RETRIES = Counter(
+    "bridge_relay_upstream_nack_retries_total",
+    "Lost packets asked for again from LiveKit (their retransmission did not come in time)",
+)
+UPSTREAM_NACKS_GIVEN_UP = Counter(
+    "bridge_relay_upstream_nacks_given_up_total",
+    "Lost packets no longer asked for (retries spent, too many missing, or a new stream)",
+)
 SR_TRANSLATED = Counter("bridge_relay_sr_translated_total", "Upstream SRs mapped into ours")
 HOLD_EARLY = Counter(
     "bridge_relay_hold_released_early_total", "Video packets released before their hold ended"
@@ -336,6 +344,22 @@ class _Forwarder:
 
 
 @dataclass(slots=True)
+class _RetiredTaps:
+    """Upstream feedback counted by receiver taps that a LiveKit rejoin or a handover replaced."""
+
+    nacks: int = 0
+    rtx: int = 0
+    nack_retries: int = 0
+    nacks_given_up: int = 0
+
+    def add(self, tap: ReceiverTap) -> None:
+        self.nacks += tap.nacks_sent
+        self.rtx += tap.rtx_received
+        self.nack_retries += tap.nack.retries
+        self.nacks_given_up += tap.nack.given_up
+
+
+@dataclass(slots=True)
 class PreparedRelay:
     """The next avatar's subscription (an avatar handover), receiving but not forwarded."""
 
@@ -419,8 +443,7 @@ class RelayPath:
         self._close_task: asyncio.Task[None] | None = None
         self._started_t = 0.0
         # Counts of receiver taps replaced by a LiveKit rejoin.
-        self._nacks_before = 0
-        self._rtx_before = 0
+        self._retired_taps = _RetiredTaps()
         self._lag_held = False
         self._declined = False
         self._stream_taken = False
@@ -646,6 +669,8 @@ class RelayPath:
         self._closed.set()
         stats = self.stats()
         UPSTREAM_NACKS.inc(stats["upstream_nacks"])
+        UPSTREAM_NACK_RETRIES.inc(stats["upstream_nack_retries"])
+        UPSTREAM_NACKS_GIVEN_UP.inc(stats["upstream_nacks_given_up"])
         log.info("relay_closed", **stats)
 
     @property
@@ -657,6 +682,7 @@ class RelayPath:
         video = self._fwd.get("video")
         audio = self._fwd.get("audio")
         vt = self._receiver_taps.get("video")
+        retired = self._retired_taps
         policy = self._video
         first_key_t = policy.first_keyframe_t
         return {
@@ -670,8 +696,10 @@ class RelayPath:
             "video_size_changes": policy.size_changes,
             "rtx_sent": video.history.hits if video else 0,
             "rtx_missed": video.history.misses if video else 0,
-            "upstream_nacks": self._nacks_before + (vt.nacks_sent if vt else 0),
-            "upstream_rtx": self._rtx_before + (vt.rtx_received if vt else 0),
+            "upstream_nacks": retired.nacks + (vt.nacks_sent if vt else 0),
+            "upstream_rtx": retired.rtx + (vt.rtx_received if vt else 0),
+            "upstream_nack_retries": retired.nack_retries + (vt.nack.retries if vt else 0),
+            "upstream_nacks_given_up": retired.nacks_given_up + (vt.nack.given_up if vt else 0),
             "pli_sent": policy.pli.allowed,
             "pli_suppressed": policy.pli.suppressed,
             "hold_released_early": policy.hold.released_early,
@@ -861,8 +889,7 @@ class RelayPath:
         if self._subscriber is not None:
             self._retired.append(self._subscriber)
         for old in self._receiver_taps.values():
-            self._nacks_before += old.nacks_sent
-            self._rtx_before += old.rtx_received
+            self._retired_taps.add(old)
         self._subscriber = prepared.subscriber
         self._receiver_taps = dict(prepared.taps)
         prepared.committed = True
@@ -907,8 +934,7 @@ class RelayPath:
         old = self._receiver_taps.get(kind)
         self._receiver_taps[kind] = tap
         if old is not None:
-            self._nacks_before += old.nacks_sent
-            self._rtx_before += old.rtx_received
+            self._retired_taps.add(old)
         if kind == "video" and self._video.new_subscription():
             self._tasks.spawn(self._ask_for_keyframe(), "relay_keyframe_request")
 

@@ -37,7 +37,7 @@ import math
 import random
 import secrets
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -97,6 +97,14 @@ SIM_SIGNAL_REQUESTS = PromCounter(
     "sim_livekit_signal_requests_total", "Signal requests received", ["message"]
 )
 SIM_JOINS = PromCounter("sim_livekit_joins_total", "WebSocket joins by outcome", ["outcome"])
+SIM_ENCODER_SKIPPED = PromCounter(
+    "sim_livekit_encoder_skipped_frames_total",
+    "Avatar frames a subscriber's encoder never got because it fell behind (never sent)",
+    ["kind"],
+)
+# Frame numbers a tap remembers for its subscribers' inputs (a lagging encoder is a frame or a
+# few behind, never this many).
+_TAP_NUMBERS = 64
 
 
 def _sid(prefix: str) -> str:
@@ -135,6 +143,16 @@ class StandInCounters:
     video_packets_sent: int = 0  # by the busiest subscriber transport (video_seen)
     packets_dropped: int = 0
     video_packets_dropped: int = 0
+    video_rtx_dropped: int = 0  # first retransmissions dropped (Faults.drop_first_video_rtx)
+
+
+def _rtx_original_seq(data: bytes) -> int | None:
+    """The original sequence number an RTX packet carries (RFC 4588: the payload's first two
+    bytes, after the RTP header, its CSRCs and its extension)."""
+    offset = 12 + 4 * (data[0] & 0x0F)
+    if data[0] & 0x10 and len(data) >= offset + 4:
+        offset += 4 + 4 * int.from_bytes(data[offset + 2 : offset + 4], "big")
+    return int.from_bytes(data[offset : offset + 2], "big") if len(data) >= offset + 2 else None
 
 
 class _Tap(MediaStreamTrack):
@@ -154,6 +172,12 @@ class _Tap(MediaStreamTrack):
         self._idle.set()
         self.width = 0
         self.height = 0
+        self.produced = 0  # frames read from the source
+        self._numbers: OrderedDict[int, int] = OrderedDict()  # pts -> its number, recent ones
+
+    def number_of(self, frame: Frame | Packet) -> int | None:
+        """The number (1, 2, ...) of a recent frame this tap produced, by its pts."""
+        return None if frame.pts is None else self._numbers.get(frame.pts)
 
     async def recv(self) -> Frame | Packet:
         if self.readyState != "live":
@@ -174,6 +198,11 @@ class _Tap(MediaStreamTrack):
             self._idle.set()
         if isinstance(frame, av.VideoFrame):
             self.width, self.height = frame.width, frame.height
+        self.produced += 1
+        if frame.pts is not None:
+            self._numbers[frame.pts] = self.produced
+            if len(self._numbers) > _TAP_NUMBERS:
+                self._numbers.popitem(last=False)
         return frame
 
     def stop(self) -> None:
@@ -188,6 +217,37 @@ class _Tap(MediaStreamTrack):
                 await self._idle.wait()
                 # One more turn so the relay's worker sees the end of the track and exits.
                 await asyncio.sleep(0)
+
+
+class _LiveEncoderInput(MediaStreamTrack):
+    """One subscriber's live view of a tap (an unbuffered MediaRelay proxy), counting the frames
+    its encoder never got.
+
+    aiortc's unbuffered proxy keeps only the newest frame: when this subscriber's encoder falls
+    behind (a loaded machine), older frames are replaced unseen and never sent. That is how a
+    real-time source behaves; counting it (``SIM_ENCODER_SKIPPED``) lets a test tell frames
+    never sent from frames lost downstream.
+    """
+
+    def __init__(self, proxy: MediaStreamTrack, tap: _Tap) -> None:
+        super().__init__()
+        self.kind = proxy.kind
+        self._proxy = proxy
+        self._tap = tap
+        self._last: int | None = None
+
+    async def recv(self) -> Frame | Packet:
+        frame = await self._proxy.recv()
+        n = self._tap.number_of(frame)
+        if n is not None:
+            if self._last is not None and n > self._last + 1:
+                SIM_ENCODER_SKIPPED.labels(self.kind).inc(n - self._last - 1)
+            self._last = n
+        return frame
+
+    def stop(self) -> None:
+        self._proxy.stop()
+        super().stop()
 
 
 class _RawVp8(Vp8Encoder):
@@ -520,6 +580,9 @@ class Faults:
         # Or drop exactly these video packets (1-based index of the avatar's video packets on
         # each subscriber's transport): a fixed pattern whose NACKs and RTX tests can count.
         self.drop_video_packets: frozenset[int] = frozenset()
+        # Also drop each video packet's first retransmission (a repair lost too): what is
+        # dropped then comes only if the subscriber asks again.
+        self.drop_first_video_rtx = False
         self.delay_ms = 0.0  # added to every media packet
         # Renegotiate right after the first answer/offer, before media flows (browsers do).
         self.renegotiate_on_join = False
@@ -1076,6 +1139,7 @@ class LiveKitStandIn:
         """
         faults, counters = self.faults, self.counters
         media_ssrcs = {cast(Any, s)._ssrc: s.kind for s in p.senders}
+        video_rtx_ssrcs = {cast(Any, s)._rtx_ssrc for s in p.senders if s.kind == "video"}
         for sender in p.senders:
             s = cast(Any, sender)
             if sender.kind == "video" and not getattr(s, "_sim_counted", False):
@@ -1093,21 +1157,35 @@ class LiveKitStandIn:
             if transport is None or getattr(transport, "_sim_lossy", None) is not None:
                 if transport is not None:
                     transport._sim_lossy.update(media_ssrcs)
+                    transport._sim_rtx.update(video_rtx_ssrcs)
                 continue
             transport._sim_lossy = dict(media_ssrcs)
+            transport._sim_rtx = set(video_rtx_ssrcs)
+            rtx_dropped_for: set[int] = set()
             send_rtp = transport._send_rtp
             rng = random.Random(faults.drop_seed)
             seen = 0
             video_seen = 0
 
             async def lossy(
-                data: bytes, send_rtp: Any = send_rtp, transport: Any = transport, rng: Any = rng
+                data: bytes,
+                send_rtp: Any = send_rtp,
+                transport: Any = transport,
+                rng: Any = rng,
+                rtx_dropped_for: set[int] = rtx_dropped_for,
             ) -> None:
                 nonlocal seen, video_seen
                 is_rtcp = len(data) >= 2 and 192 <= data[1] <= 208
-                kind = (
-                    None if is_rtcp else transport._sim_lossy.get(int.from_bytes(data[8:12], "big"))
-                )
+                ssrc = None if is_rtcp else int.from_bytes(data[8:12], "big")
+                kind = None if ssrc is None else transport._sim_lossy.get(ssrc)
+                if faults.drop_first_video_rtx and ssrc in transport._sim_rtx:
+                    osn = _rtx_original_seq(data)
+                    if osn is not None and osn not in rtx_dropped_for:
+                        if len(rtx_dropped_for) >= 1 << 16:
+                            rtx_dropped_for.clear()  # bounded; the test patterns are short
+                        rtx_dropped_for.add(osn)
+                        counters.video_rtx_dropped += 1
+                        return
                 if kind is not None:
                     seen += 1
                     counters.packets_sent += 1
@@ -1152,8 +1230,12 @@ class LiveKitStandIn:
             p.fanout.append((avatar.broadcaster, pair))
             video, audio = pair
         else:
-            video = avatar.relay.subscribe(avatar.video, buffered=False)
-            audio = avatar.relay.subscribe(avatar.audio, buffered=False)
+            video = _LiveEncoderInput(
+                avatar.relay.subscribe(avatar.video, buffered=False), avatar.video
+            )
+            audio = _LiveEncoderInput(
+                avatar.relay.subscribe(avatar.audio, buffered=False), avatar.audio
+            )
         p.proxies += [video, audio]
         if add_transceivers:
             for track in (video, audio):

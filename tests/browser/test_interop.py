@@ -14,9 +14,12 @@ Asserted whatever the machine's load, from the wire or the receivers' decoders: 
 Stream's wire and in the browser's inbound-rtp stats); the size asked for, the layer switches,
 the sizes the relay forwarded and the Stream receiver decoded; loss repaired on each hop (NACKs
 and RTX counted at both ends). Asserted when the video left LiveKit and reached Stream's SFU
-without a stall (a gap over 200 ms, libwebrtc's freeze rule): no freeze at the Stream receiver or
-the browser, every frame the relay sent decoded by the Stream receiver and every frame Stream's
-SFU forwarded decoded by the browser (but the few in flight), every decoded picture's marks
+without a stall (a gap over 200 ms, libwebrtc's freeze rule): no freeze in the frames the Stream
+receiver completes (its jitter buffer's output: what the relay and the repaired hop delivered; its
+decoder, a thread of the stand-ins' busy process, can fall behind on a loaded machine, so decoded
+freezes are reported, not judged) and few at the browser, every frame the relay sent completed by
+the Stream receiver and every frame Stream's SFU forwarded decoded by the browser (but the few in
+flight), every decoded picture's marks
 readable and in order (no corrupt picture), audio all along and lip sync within the loose bound
 of the end-to-end tests (the benchmark holds the goal). On an overloaded machine (load average
 15-20 seen) the source stalls (libwebrtc's encoder, the stand-ins' loop) and every receiver
@@ -291,20 +294,23 @@ async def test_a_minute_of_libwebrtc_simulcast_relayed_through_loss_and_a_layer_
             f"{os.getloadavg()[0]:.1f}): freezes, frames and lip sync not judged"
         )
         return
-    # No freeze at the Stream receiver (the relay's hops are repaired in time). The viewer's own
+    # No freeze in what reached the Stream receiver (the relay's hops are repaired in time): its
+    # frames timed as they complete, before its decoder thread (which waits for a CPU under
+    # load: one 330 ms decoded freeze with none assembled was seen at load 11). The viewer's own
     # hop drops 2 % too: a frame Chromium cannot repair in time costs it a keyframe round trip
     # (one freeze of 188 ms in a quiet run), never a long one.
-    assert video["freezes"] == 0, detail
+    assembled = video["assembled"]
+    assert assembled["freezes"] == 0, detail
     assert decoder["freeze_count"] - decoded_before["freeze_count"] <= 3, detail
     frozen_s = (decoder["total_freezes_duration_s"] or 0.0) - (
         decoded_before["total_freezes_duration_s"] or 0.0
     )
     assert frozen_s < 1.0, detail
-    # Frames: every frame the relay sent reached the Stream receiver's decoder, and every frame
-    # Stream's SFU forwarded the viewer, its decoder (loss and the switch notwithstanding).
+    # Frames: every frame the relay sent was completed by the Stream receiver, and every frame
+    # Stream's SFU forwarded the viewer reached its decoder (loss and the switch notwithstanding).
     sent = relay["video_frames"] - relay_before["video_frames"]
     assert sent >= MIN_FRAMES, detail
-    assert video["frames"] >= sent - IN_FLIGHT_FRAMES, (video["frames"], sent, detail)
+    assert assembled["frames"] >= sent - IN_FLIGHT_FRAMES, (assembled, sent, detail)
     forwarded = sink["frames"] - sink_before["frames"]
     decoded = decoder["frames_decoded"] - decoded_before["frames_decoded"]
     # Chromium gives up on a frame whose lost packet's retransmission misses its wait (2 % loss,

@@ -45,6 +45,9 @@ class LoopbackStream:
         self.pub: RTCPeerConnection | None = None
         self.sub: RTCPeerConnection | None = None
         self.frames: list[int | None] = []
+        # Each decoded frame's pts (RTP ticks since the first): where a frame is missing even
+        # when its marks cannot be read.
+        self.pts: list[int] = []
         self.audio_samples = 0
         self.audio_rms: list[float] = []
         self.dropped = 0
@@ -158,6 +161,7 @@ class LoopbackStream:
                 yuv = frame.to_ndarray(format="yuv420p")
                 m = marks.read_frame(yuv[: frame.height])
                 self.frames.append(None if m is None else m.frame_no)
+                self.pts.append(frame.pts)
 
     async def _read_audio(self, track: MediaStreamTrack) -> None:
         with contextlib.suppress(MediaStreamError):

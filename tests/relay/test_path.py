@@ -20,8 +20,16 @@ pytestmark = pytest.mark.netns
 
 
 def _source_skipped_frames() -> float:
-    """Video frame numbers the avatar stand-in's tracks skipped (this process, all rooms)."""
-    return REGISTRY.get_sample_value("sim_avatar_skipped_frames_total", {"kind": "video"}) or 0.0
+    """Video frames the stand-ins never sent (this process, all rooms): frame numbers the
+    avatar's tracks skipped, and frames the LiveKit stand-in's per-subscriber encoder never got
+    (aiortc's unbuffered relay keeps only the newest when that encoder falls behind)."""
+    return sum(
+        REGISTRY.get_sample_value(name, {"kind": "video"}) or 0.0
+        for name in (
+            "sim_avatar_skipped_frames_total",
+            "sim_livekit_encoder_skipped_frames_total",
+        )
+    )
 
 
 def in_order(frames: list[int | None]) -> bool:
@@ -66,9 +74,9 @@ async def test_relay_forwards_video_and_audio_undecoded(
         assert sum(f is not None for f in stream.frames) >= 0.9 * len(stream.frames)
         assert in_order(stream.frames)
         nums = [f for f in stream.frames if f is not None]
-        # Counters (almost) contiguous: the relay loses no frame. The avatar's track skips
-        # frame numbers when its consumer (the stand-in's encoder) falls behind on a loaded
-        # machine; those were never sent, so they are not the relay's gaps.
+        # Counters (almost) contiguous: the relay loses no frame. On a loaded machine the
+        # stand-ins skip frames when their encoder falls behind (up to 44 of 91 seen); those
+        # were never sent, so they are not the relay's gaps.
         never_sent = _source_skipped_frames() - skipped_before
         gaps = nums[-1] - nums[0] + 1 - len(nums)
         assert gaps <= 2 + never_sent, (gaps, never_sent)
@@ -182,6 +190,37 @@ async def test_nack_rtx_recovers_loss_on_both_hops(
         # aiortc's receive jitter buffer emits one frame per arriving packet, so at ~1 packet a
         # frame it lags after each repaired gap; order is what it can show here.
         assert len(stream.frames) > 30 and in_order(stream.frames)
+    finally:
+        await relay.aclose()
+    assert not recorder.failures
+
+
+async def test_a_lost_upstream_retransmission_is_asked_for_again(
+    livekit: LiveKitStandIn, recorder: Recorder
+) -> None:
+    """One video packet lost on the LiveKit hop and its first retransmission lost too, with no
+    later loss whose NACK would carry it again: the relay asks again (bridge/relay/nack.py), so
+    the packet, and the frames behind it, still reach the Stream side."""
+    livekit.faults.drop_video_packets = frozenset({60})
+    livekit.faults.drop_first_video_rtx = True
+    stream = LoopbackStream()
+    skipped_before = _source_skipped_frames()
+    relay = await start_relay(livekit, recorder, stream)
+    try:
+        await wait_for(lambda: livekit.counters.video_rtx_dropped >= 1, 60, "the repair lost")
+        await wait_for(lambda: relay.stats()["upstream_rtx"] >= 1, 30, "the second repair")
+        n = len(stream.pts)
+        await wait_for(lambda: len(stream.pts) >= n + 30, 30, "frames after the repair")
+        stats = relay.stats()
+        assert livekit.counters.video_packets_dropped == 1
+        assert livekit.counters.video_rtx_dropped == 1
+        assert stats["upstream_nack_retries"] >= 1 and stats["upstream_nacks_given_up"] == 0
+        # Every frame decoded (but those the stand-ins never sent, see above): no hole in the
+        # decoded frames' media times (the marks of some avatar frames cannot be read).
+        never_sent = _source_skipped_frames() - skipped_before
+        ticks = 90000 // 30
+        missing = sum(round((b - a) / ticks) - 1 for a, b in itertools.pairwise(stream.pts))
+        assert 0 <= missing <= 2 + never_sent, (missing, never_sent)
     finally:
         await relay.aclose()
     assert not recorder.failures

@@ -136,3 +136,18 @@ def test_audio_is_timed_by_its_arrival_when_the_receiver_keeps_a_backlog() -> No
     assert abs(ws["sync"]["skew_ms_median"] - 1000 * lag) < 6
     assert abs(rs["sync"]["skew_ms_median"] - 1000 * (lag - 0.180)) < 6  # what it read before
     assert ws["audio"]["jitter_buffer_ms_p50"] == round(1000 * (AUDIO_HOLD_S + 0.180), 1)
+
+
+def test_frames_completed_on_time_but_decoded_late_are_a_decoder_freeze_only() -> None:
+    """The receiver's frames timed twice: as its jitter buffer completes them (what the network
+    delivered) and as its decoder releases them (late when the decoder waits for a CPU)."""
+    m = CallMeasure("t:4")
+    t0 = 1000.0
+    for i in range(60):
+        m.on_video_assembled(t0 + i / FPS)
+        stall = 0.35 if i >= 30 else 0.0  # the decoder stalls once, then keeps the delay
+        m.on_video(W, H, None, t0 + i / FPS + 0.005 + stall)
+    video = m.snapshot()["video"]
+    assert video["assembled"] == {"frames": 60, "freezes": 0, "longest_gap_ms": 33.3}
+    assert video["frames"] == 60 and video["freezes"] == 1
+    assert video["longest_gap_ms"] > 350

@@ -84,6 +84,36 @@ def _dbfs(rms: float) -> float | None:
     return round(20 * math.log10(rms / 32768.0), 1) if rms > 0 else None
 
 
+class FrameGaps:
+    """The gaps between consecutive frames of one stream, and the freezes among them: a gap over
+    max(FREEZE_MIN_S, FREEZE_FACTOR x the median recent gap), WebRTC's freeze rule."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.freezes = 0
+        self.longest_gap_s = 0.0
+        self.intervals: deque[float] = deque(maxlen=120)
+        self.last_t: float | None = None
+
+    def add(self, t: float) -> None:
+        self.frames += 1
+        if self.last_t is not None:
+            gap = t - self.last_t
+            self.intervals.append(gap)
+            median = statistics.median(self.intervals)
+            if len(self.intervals) >= 5 and gap > max(FREEZE_MIN_S, FREEZE_FACTOR * median):
+                self.freezes += 1
+            self.longest_gap_s = max(self.longest_gap_s, gap)
+        self.last_t = t
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "frames": self.frames,
+            "freezes": self.freezes,
+            "longest_gap_ms": round(1000 * self.longest_gap_s, 1),
+        }
+
+
 class CallMeasure:
     """Per-call receive statistics. Not thread-safe: fed from the event loop only."""
 
@@ -109,9 +139,10 @@ class CallMeasure:
         self.sizes: dict[str, int] = {}
         self.first_frame_t: float | None = None
         self.last_frame_t: float | None = None
-        self.intervals: deque[float] = deque(maxlen=120)
-        self.freezes = 0
-        self.longest_gap_s = 0.0
+        # Decoded pictures (what a viewer sees, late too when the decoder waits for a CPU) and
+        # frames completed by the receiver's jitter buffer (what the network delivered).
+        self.decoded = FrameGaps()
+        self.assembled = FrameGaps()
         self.marks_read = 0
         self.first_mark: int | None = None
         self.last_mark: int | None = None
@@ -159,16 +190,26 @@ class CallMeasure:
         self.sizes[key] = self.sizes.get(key, 0) + 1
         if self.first_frame_t is None:
             self.first_frame_t = t
-        if self.last_frame_t is not None:
-            gap = t - self.last_frame_t
-            self.intervals.append(gap)
-            median = statistics.median(self.intervals)
-            if len(self.intervals) >= 5 and gap > max(FREEZE_MIN_S, FREEZE_FACTOR * median):
-                self.freezes += 1
-            self.longest_gap_s = max(self.longest_gap_s, gap)
+        self.decoded.add(t)
         self.last_frame_t = t
         if y is not None:
             self._on_marks(self._read_marks(y), t)
+
+    def on_video_assembled(self, t: float | None = None) -> None:
+        """One encoded frame completed by the receiver's jitter buffer, handed to its decoder."""
+        self.assembled.add(time.monotonic() if t is None else t)
+
+    @property
+    def freezes(self) -> int:
+        return self.decoded.freezes
+
+    @property
+    def longest_gap_s(self) -> float:
+        return self.decoded.longest_gap_s
+
+    @property
+    def intervals(self) -> deque[float]:
+        return self.decoded.intervals
 
     def _on_marks(self, marks: FrameMarksLike | None, t: float) -> None:
         if marks is None:
@@ -315,6 +356,9 @@ class CallMeasure:
             "since_last_frame_s": None
             if self.last_frame_t is None
             else round(now - self.last_frame_t, 3),
+            # The same gaps at the jitter buffer's output: a freeze here was delivered late by
+            # the network or the sender; one only in the decoded figures is this receiver's CPU.
+            "assembled": self.assembled.snapshot(),
         }
         if self.first_frame_t is not None and self.last_frame_t is not None and self.frames > 1:
             span = self.last_frame_t - self.first_frame_t

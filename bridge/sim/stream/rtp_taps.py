@@ -55,6 +55,7 @@ class ReceiveFaults:
 
     ``drop_every`` drops every Nth packet (0 = off); ``drop_rate`` drops each packet with this
     probability from a ``seed``-ed generator (reproducible); ``delay_ms`` holds every packet back.
+    ``drop_first_rtx`` also drops each lost packet's first retransmission (a repair lost too).
     ``kinds`` limits the faults to "audio" and/or "video".
     """
 
@@ -62,6 +63,7 @@ class ReceiveFaults:
     drop_rate: float = 0.0
     seed: int = 0
     delay_ms: float = 0.0
+    drop_first_rtx: bool = False
     kinds: tuple[str, ...] = ("audio", "video")
 
     def __post_init__(self) -> None:
@@ -70,7 +72,7 @@ class ReceiveFaults:
 
     @property
     def active(self) -> bool:
-        return bool(self.drop_every or self.drop_rate or self.delay_ms)
+        return bool(self.drop_every or self.drop_rate or self.delay_ms or self.drop_first_rtx)
 
 
 @dataclass
@@ -98,6 +100,8 @@ def install_faults(
     _check_hook(receiver)
     original: PacketHandler = getattr(receiver, _HOOK)
     state: dict[str, Any] = {"n": 0, "rng": None, "seed": None, "delaying": False}
+    # Sequence numbers whose first retransmission was dropped (drop_first_rtx), bounded.
+    rtx_dropped_for: OrderedDict[int, None] = OrderedDict()
     pending: deque[tuple[float, RtpPacket, int]] = deque()
     wake = asyncio.Event()
 
@@ -125,6 +129,13 @@ def install_faults(
         drop = bool(config.drop_every and state["n"] % config.drop_every == 0)
         if config.drop_rate and state["rng"].random() < config.drop_rate:
             drop = True
+        if rtx and config.drop_first_rtx and len(packet.payload) >= 2:
+            original_seq = int.from_bytes(packet.payload[:2], "big")  # RFC 4588's OSN
+            if original_seq not in rtx_dropped_for:
+                rtx_dropped_for[original_seq] = None
+                if len(rtx_dropped_for) > _DELAY_QUEUE_MAX:
+                    rtx_dropped_for.popitem(last=False)
+                drop = True
         if drop:
             counts.dropped += 1
             counts.dropped_rtx += rtx
@@ -523,3 +534,70 @@ def install_arrival_tap(receiver: RTCRtpReceiver, arrivals: ArrivalTimes) -> Non
         await inner(packet, arrival_time_ms)
 
     setattr(receiver, _HOOK, handle)
+
+
+# ---- repair and assembly -----------------------------------------------------------------------
+
+# How often a receiver asks again for packets still missing. aiortc NACKs a gap once, when a later
+# packet reveals it, so a lost retransmission is never asked for again and its frame never
+# completes; Pion's NACK generator (pion/interceptor pkg/nack, generator_interceptor.go), which
+# Stream's Go SFU builds on, re-sends the NACK for every packet still missing every 100 ms by
+# default. Assumption: Stream keeps Pion's defaults (its SFU's settings are not public).
+RENACK_INTERVAL_S = 0.1
+_NACK_GENERATOR_ATTR = "_RTCRtpReceiver__nack_generator"
+_DECODER_QUEUE_ATTR = "_RTCRtpReceiver__decoder_queue"
+
+
+class MediaSsrc:
+    """The SSRC of the media (not RTX) packets a receiver gets: what its NACKs must name."""
+
+    def __init__(self) -> None:
+        self.ssrc: int | None = None
+
+
+def install_ssrc_tap(receiver: RTCRtpReceiver, seen: MediaSsrc) -> None:
+    """Record the media SSRC in front of whatever handles the packets."""
+    _check_hook(receiver)
+    inner: PacketHandler = getattr(receiver, _HOOK)
+
+    async def handle(packet: RtpPacket, arrival_time_ms: int) -> None:
+        if not _is_rtx_packet(receiver, packet):
+            seen.ssrc = packet.ssrc
+        await inner(packet, arrival_time_ms)
+
+    setattr(receiver, _HOOK, handle)
+
+
+async def renack(
+    receiver: RTCRtpReceiver, seen: MediaSsrc, interval_s: float = RENACK_INTERVAL_S
+) -> None:
+    """Every ``interval_s``, NACK again what the receiver's generator still misses. Runs until
+    cancelled; does nothing for a receiver without a NACK generator (audio)."""
+    generator = getattr(receiver, _NACK_GENERATOR_ATTR, None)
+    if generator is None:
+        return
+    while True:
+        await asyncio.sleep(interval_s)
+        # Sorted as aiortc's own NACKs are: its packing of the list needs ascending numbers.
+        lost = sorted(generator.missing)
+        if lost and seen.ssrc is not None:
+            await receiver._send_rtcp_nack(seen.ssrc, lost)
+
+
+def install_assembly_tap(receiver: RTCRtpReceiver, on_frame: Callable[[float], None]) -> None:
+    """Call ``on_frame(monotonic time)`` for each encoded frame the receiver's jitter buffer
+    completes, as it is queued for the decoder thread (on the event loop, before decoding)."""
+    decoder_queue = getattr(receiver, _DECODER_QUEUE_ATTR, None)
+    if decoder_queue is None:
+        raise RuntimeError(
+            f"aiortc moved RTCRtpReceiver.{_DECODER_QUEUE_ATTR}: the stand-in's assembly tap "
+            "needs updating for this aiortc version"
+        )
+    put = decoder_queue.put
+
+    def put_and_time(item: Any, *args: Any, **kwargs: Any) -> None:
+        if item is not None:  # None is the decoder thread's stop signal
+            on_frame(time.monotonic())
+        put(item, *args, **kwargs)
+
+    decoder_queue.put = put_and_time

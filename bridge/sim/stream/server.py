@@ -62,13 +62,17 @@ from bridge.sim.stream.rtp_taps import (
     ArrivalTimes,
     FaultCounts,
     LightCounter,
+    MediaSsrc,
     ReceiveFaults,
     StreamContinuity,
     WireCodecs,
     install_arrival_tap,
+    install_assembly_tap,
     install_faults,
     install_light,
+    install_ssrc_tap,
     install_wire_tap,
+    renack,
 )
 from bridge.sim.stream.vp9 import enable_vp9_receive
 
@@ -1094,6 +1098,7 @@ class StreamStandIn:
             receiver = next((r for r in pc.getReceivers() if r.track is track), None)
             call = session.call
             light = self.light and not call.full and receiver is not None
+            seen = MediaSsrc()
             if receiver is not None:
                 wire = WireCodecs(
                     track.kind, sdp_of("localDescription"), sdp_of("remoteDescription")
@@ -1120,6 +1125,9 @@ class StreamStandIn:
                 install_forward_tap(receiver, published)
                 if track.kind == "audio":
                     install_arrival_tap(receiver, call.audio_arrivals)
+                elif not light:
+                    install_ssrc_tap(receiver, seen)
+                    install_assembly_tap(receiver, call.measure.on_video_assembled)
                 # Faults wrap whatever handles the packets, so a decoded call NACKs the gaps.
                 install_faults(
                     receiver, track.kind, lambda: call.faults, call.fault_counts, self._spawn
@@ -1129,7 +1137,7 @@ class StreamStandIn:
                 session.continuity[track.kind] = continuity
                 install_wire_tap(receiver, wire, continuity)
             if not light:
-                self._spawn(self._consume(call, track, receiver), f"consume-{track.kind}")
+                self._spawn(self._consume(call, track, receiver, seen), f"consume-{track.kind}")
             self._refresh_subscriptions(call)
 
         def on_state() -> None:
@@ -1228,11 +1236,24 @@ class StreamStandIn:
     # ---- media -------------------------------------------------------------------------------
 
     async def _consume(
-        self, call: _Call, track: MediaStreamTrack, receiver: RTCRtpReceiver | None
+        self,
+        call: _Call,
+        track: MediaStreamTrack,
+        receiver: RTCRtpReceiver | None,
+        seen: MediaSsrc,
     ) -> None:
         log.info("track_received", cid=call.cid, kind=track.kind)
-        if track.kind == "video" and receiver is not None:
-            self._spawn(_request_keyframe(receiver), "pli")
+        if track.kind != "video" or receiver is None:
+            await self._decode(call, track)
+            return
+        self._spawn(_request_keyframe(receiver), "pli")
+        async with asyncio.TaskGroup() as tg:
+            # Asks again for what is still missing, as Stream's SFU does (RENACK_INTERVAL_S).
+            repair = tg.create_task(renack(receiver, seen))
+            await self._decode(call, track)
+            repair.cancel()
+
+    async def _decode(self, call: _Call, track: MediaStreamTrack) -> None:
         while True:
             try:
                 frame = await track.recv()
@@ -1298,7 +1319,7 @@ class StreamStandIn:
                 self.break_dtls(ct, cid, request.query.get("how", "mismatch"))
             except ValueError as exc:
                 return web.json_response({"error": str(exc)}, status=400)
-        elif fault == "receive_faults":  # ?drop_every=&drop_rate=&seed=&delay_ms=
+        elif fault == "receive_faults":  # ?drop_every=&drop_rate=&seed=&delay_ms=&drop_first_rtx=
             q = request.query
             try:
                 faults = ReceiveFaults(
@@ -1306,6 +1327,7 @@ class StreamStandIn:
                     drop_rate=float(q.get("drop_rate", 0.0)),
                     seed=int(q.get("seed", 0)),
                     delay_ms=float(q.get("delay_ms", 0.0)),
+                    drop_first_rtx=q.get("drop_first_rtx", "0") in ("1", "true"),
                 )
             except ValueError as exc:
                 return web.json_response({"error": str(exc)}, status=400)
