@@ -131,6 +131,14 @@ def _bridge(stats: dict[str, Any]) -> dict[str, Any]:
     return dict(bridge)
 
 
+def _udp_receive_buffer_errors() -> int:
+    """Datagrams this network namespace dropped for a full socket receive buffer (a process
+    that did not read in time: the kernel's count, /proc/net/snmp)."""
+    lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()]
+    head, values = [line for line in lines if line[0] == "Udp:"][:2]
+    return int(values[head.index("RcvbufErrors")])
+
+
 def _stalls(stats: dict[str, Any]) -> int:
     """Stalls of the bridge's video on arrival at Stream's SFU (libwebrtc's freeze rule)."""
     return int(_bridge(stats)["published"]["video"]["arrival_stalls"])
@@ -181,6 +189,7 @@ async def test_a_minute_of_libwebrtc_simulcast_relayed_through_loss_and_a_layer_
                 sim.livekit.faults.drop_seed = seed
                 sim.livekit.faults.drop_rate = LOSS
                 lk_dropped_before = sim.livekit.counters.video_packets_dropped
+                rcvbuf_errors_before = _udp_receive_buffer_errors()
                 sim.stream.set_receive_faults(
                     "default", call_id, ReceiveFaults(drop_rate=LOSS, seed=seed, kinds=("video",))
                 )
@@ -249,6 +258,7 @@ async def test_a_minute_of_libwebrtc_simulcast_relayed_through_loss_and_a_layer_
         "avatar_publisher": avatar,
         "source_stalls": stalled,
         "stream_receiver_skew_ms": _skew_summary(skews),
+        "udp_receive_buffer_errors": _udp_receive_buffer_errors() - rcvbuf_errors_before,
         "load": os.getloadavg()[0],
     }
     detail = json.dumps(summary, indent=1, default=str)
