@@ -268,7 +268,10 @@ async def test_a_session_ending_while_its_handover_waits_leaks_nothing(
                 nxt = str(ready["liveavatar_session"])
                 room = sim.liveavatar.sessions[nxt].room
                 assert room is not None
-                assert sim.livekit.participants_in(room) == 1  # adopted, not yet switched to
+                # A planned handover adopts the pooled room too: joined once, by the pool.
+                assert sim.livekit.participants_in(room) == 1
+                assert sim.livekit.counters.joins_by_room[room] == 1
+                assert daemon.metric_sum("bridge_pool_rooms_total", 'outcome="adopted"') == 2
             finally:
                 await client.abort()  # no CLOSE: the turn stays open to the end
             await until(lambda: daemon.metric_sum("bridge_sessions_active") == 0)
