@@ -147,7 +147,9 @@ class AvatarSwitch(Protocol):
         self, room: AvatarRoom, timeout_s: float, warm: WarmRoom | None = None
     ) -> Any:
         """Join the next avatar's room (or adopt ``warm``, a pooled one already joined for this
-        path kind: no rejoin) and wait until its first frame can be switched to."""
+        path kind: no rejoin) and wait until its first frame can be switched to. ``warm`` is
+        the path's once this is called (adopted, or left when it cannot be), and so is what
+        this returns until :meth:`commit_avatar`: :meth:`MediaPath.aclose` leaves it."""
         ...
 
     def commit_avatar(self, prepared: Any) -> Callable[[], float | None]: ...

@@ -291,13 +291,13 @@ class WarmPool:
             POOL_START_FAILURES.inc()
             self.policy.start_failed(key, self._clock())
             log.warning("pool_start_failed", key=str(key), error=str(exc))
-            await self._stop_entry(entry, "SERVER_ERROR")
+            self._stop(entry, "SERVER_ERROR")
             return
         if not uplink.healthy:  # ended while its room was joined
             POOL_START_FAILURES.inc()
             self.policy.start_failed(key, self._clock())
             log.warning("pool_start_failed", key=str(key), error="the session ended")
-            await self._stop_entry(entry, "SERVER_ERROR")
+            self._stop(entry, "SERVER_ERROR")
             return
         self._entries[warm_id] = entry
         self.policy.started(warm_id, key, self._clock(), uplink.expires_at)
@@ -328,8 +328,9 @@ class WarmPool:
         POOL_LOST.inc()
         self.policy.lost(warm_id, self._clock())
         log.warning("pool_warm_lost", session_id=entry.uplink.session_id, error=err.message)
-        if not self._closing:
-            self._stop(entry, "SERVER_ERROR")
+        # Even while closing: aclose stops only what is still in _entries (cleared before its
+        # stops are awaited, so this stop is among them).
+        self._stop(entry, "SERVER_ERROR")
         self._wake.set()
 
     def _retire(self, decision: Retire, now: float) -> None:
@@ -343,6 +344,8 @@ class WarmPool:
             self._stop(entry, "USER_CLOSED")
 
     def _stop(self, entry: _Entry, reason: str) -> None:
+        """Whoever drops a warm session stops it here: the stop is the pool's ``_stops``
+        task, which aclose awaits (a stop awaited inside a start would be cancelled with it)."""
         self._stops.spawn(self._stop_entry(entry, reason), "pool_stop")
 
     @staticmethod

@@ -194,11 +194,10 @@ class RemotePaths:
 
     def relay(self) -> RelayCandidate:
         call = self.hello.call
-        # The relay's to adopt, or to leave when it declines.
+        # The relay's to adopt, or to leave when it declines: handed over once the relay exists
+        # (until then this builder leaves it at aclose).
         warm = self.warm if isinstance(self.warm, WarmUpstream) else None
-        if warm is not None:
-            self.warm = None
-        return RelayPath(
+        relay = RelayPath(
             RelayOptions.from_settings(
                 self.settings,
                 self.codec,
@@ -217,6 +216,9 @@ class RemotePaths:
             self.on_failure,
             warm=warm,
         )
+        if warm is not None:
+            self.warm = None
+        return relay
 
     async def aclose(self) -> None:
         """A pooled room that no path took (the session ended before its path was built)."""

@@ -461,42 +461,58 @@ class Session:
         )
 
     async def _handover(self, path: AvatarSwitch, plan: Handover, reason: str) -> bool:
+        """Bring up the next avatar, then switch at a turn boundary. Ownership, so that every
+        exit (a failure, or the session ending under it) stops what it dropped: until the
+        switch the next avatar's uplink is this handover's, and its pooled room too until
+        ``prepare_avatar`` (the path's from then on, left by it unless committed); from the
+        switch the session owns the new uplink and this handover the old one."""
         t0 = time.monotonic()
         new, warm = plan.next_uplink(self.choice.kind)
+        was_warm = warm is not None
         try:
             room = await new.start()
             prepared = await path.prepare_avatar(room, plan.prepare_timeout_s, warm)
+            warm = None  # the path's now
+            prepared_s = time.monotonic() - t0
+            self._log.info(
+                "avatar_handover_prepared",
+                reason=reason,
+                warm=was_warm,
+                liveavatar_session=room.session_id,
+            )
+            # At a turn boundary: after speak_ended, in silence; never past the old one's cap.
+            deadline = plan.expires_at(self.uplink) - 1.0
+            while not self._may_switch(deadline):  # noqa: ASYNC110 - no event for an empty queue
+                await asyncio.sleep(0.02)
         except BridgeError as exc:
             self._log.warning("avatar_handover_failed", reason=reason, error=exc.message)
             metrics.HANDOVERS.labels(reason=reason, outcome="failed").inc()
-            await _leave_unadopted(warm)
-            await new.aclose("SERVER_ERROR")
+            await _drop_next(new, warm, "SERVER_ERROR")
             return False
         except BaseException:
-            await asyncio.shield(_leave_unadopted(warm))
-            await asyncio.shield(new.aclose("USER_CLOSED"))
+            # The session ends while the switch waits: one shielded close, which a second
+            # cancellation cannot cut short.
+            await asyncio.shield(_drop_next(new, warm, "USER_CLOSED"))
             raise
-        prepared_s = time.monotonic() - t0
-        # At a turn boundary: after speak_ended, in silence; never past the old one's cap.
-        deadline = plan.expires_at(self.uplink) - 1.0
-        while not self._may_switch(deadline):  # noqa: ASYNC110 - no event for an empty queue
-            await asyncio.sleep(0.02)
         lost = self._avatar_lost
         old, self.uplink = self.uplink, new
-        respoken_ms = 0.0
-        if lost and isinstance(old, CarriesOver) and isinstance(new, CarriesOver):
-            # The unspoken rest of the lost avatar's turns, and the audio the client sent while
-            # this one came up, go first; the client's next audio (to self.uplink) follows.
-            parts = old.take_unspoken()
-            respoken_ms = sum(p.ms for p in parts)
-            resumed = bool(parts) and parts[0].played_ms > 0
-            self._turn_resumes(parts[0].from_ms / 1000 if resumed else None)
-            await new.carry_over(parts)
-        gap = path.commit_avatar(prepared)
-        self._avatar_lost = False
-        # The old avatar's room first, so that its leaving is not taken for a failure.
-        await path.release_retired()
-        await old.aclose("USER_CLOSED")
+        try:
+            respoken_ms = 0.0
+            if lost and isinstance(old, CarriesOver) and isinstance(new, CarriesOver):
+                # The unspoken rest of the lost avatar's turns, and the audio the client sent
+                # while this one came up, go first; the client's next audio (to self.uplink)
+                # follows.
+                parts = old.take_unspoken()
+                respoken_ms = sum(p.ms for p in parts)
+                resumed = bool(parts) and parts[0].played_ms > 0
+                self._turn_resumes(parts[0].from_ms / 1000 if resumed else None)
+                await new.carry_over(parts)
+            gap = path.commit_avatar(prepared)
+            self._avatar_lost = False
+            # The old avatar's room first, so that its leaving is not taken for a failure.
+            await path.release_retired()
+        finally:
+            await asyncio.shield(old.aclose("USER_CLOSED"))
         gap_ms = gap()
         for _ in range(100):  # its first frame through the gate: a frame interval or so
             if gap_ms is not None:
@@ -508,7 +524,7 @@ class Session:
             "reason": reason,
             "gap_ms": round(gap_ms, 1) if gap_ms is not None else None,
             "prepare_s": round(prepared_s, 3),
-            "warm": warm is not None,
+            "warm": was_warm,
             "respoken_ms": round(respoken_ms, 1),
             "liveavatar_session": room.session_id,
         }
@@ -673,10 +689,13 @@ class Session:
         }
 
 
-async def _leave_unadopted(warm: WarmRoom | None) -> None:
-    """A pooled room a failed handover did not adopt is left (adopted, the path leaves it)."""
+async def _drop_next(new: AvatarUplink, warm: WarmRoom | None, reason: str) -> None:
+    """A handover that did not switch stops the next avatar it took: the pooled room handed with
+    it first, unless the path has it (so that its leaving is not taken for a failure), then its
+    LiveAvatar session."""
     if warm is not None:
         await warm.aclose()
+    await new.aclose(reason)
 
 
 def _switchable(path: object) -> AvatarSwitch | None:

@@ -142,6 +142,9 @@ class TranscodePath:
         self._into_sync = _SpeechSink(sync, self._speech)
         self._gate = _Gate(self._into_sync, open_=True)
         self._retired: list[AvatarDownlink] = []
+        # The next avatar between prepare_avatar and commit_avatar: this path's, left at aclose
+        # when the session ends before the switch.
+        self._prepared: PreparedAvatar | None = None
         self._closed = False
 
     # ----- avatar handover: the call's tracks and the sync stage stay, the avatar changes ---------
@@ -179,6 +182,7 @@ class TranscodePath:
                     ErrorCode.LIVEKIT_FAILED, "the next avatar sent no picture in time"
                 ) from None
             raise
+        self._prepared = prepared
         return prepared
 
     def commit_avatar(self, prepared: PreparedAvatar) -> Callable[[], float | None]:
@@ -190,6 +194,7 @@ class TranscodePath:
         prepared.gate.open = True
         self._gate, self.downlink = prepared.gate, prepared.downlink
         self._retired.append(old)
+        self._prepared = None
 
         def gap_ms() -> float | None:
             first = prepared.gate.first_put_ns
@@ -262,6 +267,8 @@ class TranscodePath:
             return
         self._closed = True
         closers = [*self._leave, *(d.aclose for d in self._retired)]
+        if self._prepared is not None:
+            closers.append(self._prepared.downlink.aclose)
         closers += [self.downlink.aclose, self.publisher.aclose]
         for closer in closers:
             try:

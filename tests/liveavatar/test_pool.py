@@ -12,13 +12,16 @@ import numpy as np
 import pytest
 
 from bridge.config import Settings
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, ErrorCode
 from bridge.liveavatar.api import LiveAvatarAPI
 from bridge.liveavatar.ledger import SessionLedger
 from bridge.liveavatar.uplink import LiveAvatarOptions
 from bridge.media import AudioChunk
+from bridge.media_path import PathKind, WarmRoom
 from bridge.pool import WarmPool, configured_keys, key_of
+from bridge.pool_policy import AvatarKey
 from bridge.sim.liveavatar import LiveAvatarStandIn
+from bridge.stages import AvatarRoom, FailureCallback
 
 from .conftest import API_KEY, AVATAR, FMT24
 
@@ -187,6 +190,132 @@ async def test_a_warm_session_left_by_a_crash_is_swept(
     assert swept == 1
     assert standin.live_sessions == []
     assert standin.sessions[orphan].end_reason == "SERVER_ERROR"
+
+
+class ScriptedRoom:
+    """A :class:`WarmRoom` whose join does as scripted ("ready": at once; "fails": raises;
+    "stuck": until cancelled, then a slow leave until ``release``), recording what the pool
+    does with it. A "fails" room's own leave is slow too (until ``release``)."""
+
+    kind = PathKind.RELAY
+
+    def __init__(self, mode: str, release: asyncio.Event) -> None:
+        self.mode = mode
+        self.release = release
+        self.joining = asyncio.Event()
+        self.leaving = asyncio.Event()
+        self.cancelled = asyncio.Event()
+        self.joined = False
+        self.closed = False
+
+    @property
+    def ready(self) -> bool:
+        return self.joined and not self.closed
+
+    async def join(self, room: AvatarRoom, timeout_s: float) -> None:
+        self.joining.set()
+        if self.mode == "fails":
+            raise BridgeError(ErrorCode.LIVEKIT_FAILED, "scripted: no keyframe")
+        if self.mode == "stuck":
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                await self.release.wait()
+                raise
+        self.joined = True
+
+    async def claim(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        self.leaving.set()
+        if self.mode == "fails":
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
+        self.closed = True
+
+
+def scripted_pool(
+    api: LiveAvatarAPI,
+    ledger: SessionLedger,
+    standin: LiveAvatarStandIn,
+    tmp_path: Path,
+    modes: list[str],
+    **pool: Any,
+) -> tuple[WarmPool, list[ScriptedRoom], asyncio.Event]:
+    """A pool whose n-th warm start joins a :class:`ScriptedRoom` of ``modes[n]``."""
+    release = asyncio.Event()
+    rooms: list[ScriptedRoom] = []
+
+    def prejoin(key: AvatarKey, on_failure: FailureCallback) -> WarmRoom:
+        rooms.append(ScriptedRoom(modes[min(len(rooms), len(modes) - 1)], release))
+        return rooms[-1]
+
+    # No retry of a failed start within the test.
+    p = WarmPool(
+        settings(standin, tmp_path, retry_backoff_s=600, **pool),
+        api,
+        ledger,
+        lambda: 0,
+        prejoin=prejoin,
+    )
+    return p, rooms, release
+
+
+async def test_a_failed_warm_start_is_stopped_even_when_the_pool_closes_meanwhile(
+    api: LiveAvatarAPI, standin: LiveAvatarStandIn, ledger: SessionLedger, tmp_path: Path
+) -> None:
+    """A warm session whose room could not be joined is being stopped (its room's leave is
+    slow) when SIGTERM closes the pool: the stop is not cut short, the session ends."""
+    pool, rooms, release = scripted_pool(api, ledger, standin, tmp_path, ["fails"])
+    pool.start()
+    try:
+        await until(lambda: len(rooms) == 1)
+        await asyncio.wait_for(rooms[0].leaving.wait(), 15)
+        (session,) = standin.live_sessions
+        closing = asyncio.get_running_loop().create_task(pool.aclose())
+        # The refill loop is cancelled: so is every task of the pool's that was running then.
+        assert pool._loop is not None
+        await until(pool._loop.done)
+        release.set()
+        await asyncio.wait_for(closing, 30)
+        assert not rooms[0].cancelled.is_set()
+        assert rooms[0].closed
+        assert standin.sessions[session].end_reason == "SERVER_ERROR"
+        assert ledger.pending() == []
+    finally:
+        release.set()
+        await pool.aclose()
+
+
+async def test_a_warm_session_lost_while_the_pool_closes_is_stopped(
+    api: LiveAvatarAPI, standin: LiveAvatarStandIn, ledger: SessionLedger, tmp_path: Path
+) -> None:
+    """SIGTERM closes the pool while a warm start is still leaving its room; meanwhile the
+    provider ends the ready warm session. Its room is left and its uplink closed all the same."""
+    pool, rooms, release = scripted_pool(api, ledger, standin, tmp_path, ["ready", "stuck"], size=2)
+    pool.start()
+    try:
+        await until(lambda: len(warm_ids(pool)) == 1 and len(rooms) == 2)
+        ready, stuck = rooms
+        await asyncio.wait_for(stuck.joining.wait(), 15)
+        (lost,) = warm_ids(pool)
+        closing = asyncio.get_running_loop().create_task(pool.aclose())
+        await asyncio.wait_for(stuck.cancelled.wait(), 15)  # the close waits for its leave
+        await standin.drop(lost)
+        await until(lambda: pool.policy.stats.lost == 1)
+        release.set()
+        await asyncio.wait_for(closing, 30)
+        assert ready.closed
+        assert standin.live_sessions == []
+        assert ledger.pending() == []
+    finally:
+        release.set()
+        await pool.aclose()
 
 
 def test_configured_keys_fill_dashes_from_the_settings(tmp_path: Path) -> None:

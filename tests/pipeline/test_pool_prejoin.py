@@ -6,6 +6,7 @@ stand-in's start delays). Asserted as order and counts, never as time."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -215,6 +216,77 @@ async def test_a_hello_whose_client_is_gone_at_once_leaks_no_warm_room(
                 assert sim.liveavatar.sessions[session_id].end_reason is not None
                 other = sim.liveavatar.sessions[session_id].room
                 assert other is None or sim.livekit.participants_in(other) == 0
+            assert await daemon.stop() == 0
+            assert sim.liveavatar.live_sessions == []
+        finally:
+            await daemon.stop()
+
+
+# The first avatar's handover is due this long before its cap (the stand-in's 60 s sandbox cap):
+# ~10 s after the pool started it, so the turn the client opens comes first; the switch's
+# deadline (the cap less 1 s) is ~50 s after that, far beyond the test.
+EARLY_MARGIN_S = 50
+
+
+@pytest.mark.parametrize("media_path", ["relay", "transcode"])
+async def test_a_session_ending_while_its_handover_waits_leaks_nothing(
+    media_path: str, tmp_path: Path
+) -> None:
+    """The next avatar comes from the pool, its room adopted and its first frame received, and
+    the switch waits for the turn the client holds open; the client hangs up then. The next
+    avatar's LiveAvatar session is stopped and its room left like the current one's: nothing of
+    a handover that never switched outlives the session."""
+    async with StandIns() as sim:
+        daemon = pooled_daemon(
+            sim,
+            tmp_path,
+            media_path,
+            "pool.size=2",
+            "limits.linger_s=0",
+            f"liveavatar.handover_margin_s={EARLY_MARGIN_S}",
+        )
+        await daemon.start()
+        try:
+            await until(lambda: daemon.metric_sum("bridge_pool_size") == 2)
+            client = await BridgeClient.connect(daemon.socket)
+            try:
+                await asyncio.wait_for(client.hello("default:hangs-up", FMT), 30)
+                # A turn held open from the start: the switch never finds a turn boundary.
+                await client.send_audio(bytes(FMT.bytes_per_second // 10))
+                await until_event(client, "published")
+
+                def prepared() -> list[dict[str, object]]:
+                    return [
+                        e
+                        for e in daemon.log_events()
+                        if e.get("event") == "avatar_handover_prepared"
+                    ]
+
+                await until(prepared)
+                (ready,) = prepared()
+                assert ready["warm"] is True
+                nxt = str(ready["liveavatar_session"])
+                room = sim.liveavatar.sessions[nxt].room
+                assert room is not None
+                # A planned handover adopts the pooled room too: joined once, by the pool.
+                assert sim.livekit.participants_in(room) == 1
+                assert sim.livekit.counters.joins_by_room[room] == 1
+                assert daemon.metric_sum("bridge_pool_rooms_total", 'outcome="adopted"') == 2
+            finally:
+                await client.abort()  # no CLOSE: the turn stays open to the end
+            await until(lambda: daemon.metric_sum("bridge_sessions_active") == 0)
+            assert daemon.metric_sum("bridge_avatar_handovers_total", 'outcome="switched"') == 0
+            # Stopped and left, like the session's own avatar.
+            with contextlib.suppress(TimeoutError):  # leaving takes the stand-in a moment
+                await until(lambda: sim.livekit.participants_in(room) == 0, limit_s=10)
+            assert sim.livekit.participants_in(room) == 0
+            assert sim.liveavatar.sessions[nxt].end_reason is not None
+            # The daemon itself is in the pool's rooms only (the room's end alone does not
+            # close a subscriber or downlink the bridge still holds).
+            with contextlib.suppress(TimeoutError):
+                await until(lambda: daemon.metric_sum("bridge_livekit_rooms_open") == 2)
+            assert daemon.metric_sum("bridge_livekit_rooms_open") == 2
+            assert len(sim.liveavatar.live_sessions) == 2
             assert await daemon.stop() == 0
             assert sim.liveavatar.live_sessions == []
         finally:
