@@ -92,3 +92,32 @@ class MediaClock:
 
     def to_media_us(self, monotonic_ns: int) -> int:
         return (monotonic_ns - self._origin_ns) // 1000
+
+
+class WirePts:
+    """The pts a call publisher stamps on a video frame (sans-I/O: the frame's pts and the
+    write's time in, seconds out): the frame's own spacing (smooth for the encoder's rate
+    control), but re-anchored to the time of the write whenever the two part by more than
+    ``tolerance_s``. The RTP timestamps follow this pts, and the sender reports map them to
+    wall time from the last packet sent, so the mapping stays within the tolerance of real time
+    (the avatar's timeline strays by up to the downlink's re-anchoring tolerance, 300 ms;
+    docs/sync.md, "Sender reports"). Strictly increasing, from 0 at the first write."""
+
+    def __init__(self, tolerance_s: float = 0.015) -> None:
+        self.tolerance_s = tolerance_s
+        self._origin_s: float | None = None
+        self._offset_s = 0.0
+        self._last_s = -1.0
+        self.reanchors = 0
+
+    def stamp(self, pts_s: float, now_s: float) -> float:
+        if self._origin_s is None:
+            self._origin_s = now_s
+            self._offset_s = -pts_s
+        t = now_s - self._origin_s
+        if abs(pts_s + self._offset_s - t) > self.tolerance_s:
+            self._offset_s = t - pts_s
+            self.reanchors += 1
+        wire = max(pts_s + self._offset_s, self._last_s + 1e-4)
+        self._last_s = wire
+        return wire

@@ -15,6 +15,7 @@ audio holds ``pcm_queue_s`` of PCM in front of the Opus encoder.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from fractions import Fraction
 from typing import Any
@@ -25,7 +26,7 @@ import structlog
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from bridge import metrics
-from bridge.media import AudioChunk, VideoFrame
+from bridge.media import AudioChunk, VideoFrame, WirePts
 from bridge.stream.relay_publisher import StreamRelayPublisher
 from bridge.stream.vp9_send import vp9_send_enabled
 
@@ -103,6 +104,7 @@ class KeptSessionPublisher:
         self._audio = _FeedTrack("audio", pcm_queue_s)
         self._audio_samples = 0
         self._last_pts_us = -1
+        self._wire_pts = WirePts()
         self._closing = False
         self.frames_written = 0
         self.frames_dropped = 0
@@ -122,11 +124,14 @@ class KeptSessionPublisher:
             metrics.DROPS.labels(stage="kept_session_video", reason="not_publishable").inc()
             return
         self._last_pts_us = frame.pts_us
+        # The RTP timestamp is held to the write's own time (WirePts): aiortc's sender reports
+        # extrapolate from the last packet sent (docs/sync.md, "Sender reports").
+        wire_pts_us = round(1e6 * self._wire_pts.stamp(frame.pts_us / 1e6, time.monotonic()))
         w, h = frame.width, frame.height
         out = av.VideoFrame.from_ndarray(frame.data.reshape(h * 3 // 2, w), format="yuv420p")
         if (w, h) != (self._width, self._height):
             out = await asyncio.to_thread(_scale, out, self._width, self._height)
-        out.pts = frame.pts_us
+        out.pts = wire_pts_us
         out.time_base = _US
         self._video.put(out, 1)
         self.frames_written += 1

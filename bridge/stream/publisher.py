@@ -32,7 +32,7 @@ from prometheus_client import Counter, Histogram
 
 from bridge.config import OutputConfig, Settings, setting_default
 from bridge.errors import BridgeError, ErrorCode
-from bridge.media import I420, AudioChunk, VideoFrame
+from bridge.media import I420, AudioChunk, VideoFrame, WirePts
 from bridge.stages import EventSink, FailureCallback
 from bridge.stream.join import StreamJoinOptions
 from bridge.tasks import TaskSet
@@ -135,6 +135,7 @@ class StreamPublisher:
         self._video_lock = asyncio.Lock()  # one video write at a time (the SDK may reorder)
         self._audio_lock = asyncio.Lock()
         self._last_pts_s = -1.0
+        self._wire_pts = WirePts()
         self._published = False
         self._closing = False
         self._closed = False
@@ -332,8 +333,12 @@ class StreamPublisher:
                 data = await asyncio.to_thread(
                     _scale_i420, data, frame.width, frame.height, opts.width, opts.height
                 )
+            # The SDK's RTP timestamps keep the pts's spacing and its sender reports map them
+            # to wall time from the last packet sent: the pts is held to the write's own time
+            # (WirePts), which the sync stage's hold already timed to go with its sound.
+            wire_pts_s = self._wire_pts.stamp(pts_s, time.monotonic())
             try:
-                await video.write_i420_at(data, opts.width, opts.height, pts_s)
+                await video.write_i420_at(data, opts.width, opts.height, wire_pts_s)
             except (rtc.IllegalStateError, rtc.MediaError, ValueError) as exc:
                 # The call is gone or the frame is bad: drop it; the watcher reports a final LEFT.
                 DROPPED_FRAMES.labels("sdk_error").inc()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import getstream_rtc as rtc
 import pytest
 
 from bridge.errors import ErrorCode
+from bridge.media import VideoFrame
 from bridge.sim.stream import StreamStandIn
 from tests.stream._support import Recorder, drive, make_publisher, stamped_frame, wait_for
 
@@ -167,3 +169,30 @@ async def test_two_calls_at_once_are_measured_apart(standin: StreamStandIn) -> N
     assert {c["cid"] for c in standin.calls()} == {"default:call-a", "default:call-b"}
     await asyncio.gather(pub_a.aclose(), pub_b.aclose())
     assert rec_a.failures == rec_b.failures == []
+
+
+async def test_video_sender_reports_keep_real_time_whatever_the_frames_pts(
+    standin: StreamStandIn,
+) -> None:
+    """The frames' pts come from the avatar's timeline, which strays from real time by up to
+    the downlink's re-anchoring tolerance (docs/sync.md, "Sender reports"): here it runs 10 %
+    fast. The SR mapping on the wire must stay with real time all the same."""
+    rec = Recorder()
+    pub = make_publisher(standin, rec, "sr-call", width=320, height=180)
+    await pub.start()
+    t0 = time.monotonic()
+    for k in range(240):  # 8 s at 30 fps, bounded by count and by time
+        base = stamped_frame(k, 320, 180, 30.0)
+        fast = VideoFrame(base.data, 320, 180, round(k * 1.1e6 / 30))
+        await pub.write_video(fast)
+        await asyncio.sleep(max(0.0, t0 + (k + 1) / 30 - time.monotonic()))
+        if time.monotonic() - t0 > 20:
+            break
+    await asyncio.sleep(1.5)  # the next SR
+    (part,) = standin.stats("default", "sr-call")["participants"]
+    await pub.aclose()
+    video = part["continuity"]["video"]
+    assert video["srs"] >= 5, video
+    drift = video["sr_drift_s"]
+    # With the pts as RTP time it would be ~0.7 s (10 % of the reports' 7 s span).
+    assert max(-drift["min"], drift["max"]) < 0.05, video["sr_drift_series"]

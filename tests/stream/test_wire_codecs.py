@@ -115,3 +115,24 @@ def test_stream_continuity_measures_ssrcs_sequence_timestamp_steps_and_sr_jumps(
     assert snap["max_ts_step_s"] == 2.02 and snap["min_ts_step_s"] == 0.0
     assert snap["srs"] == 3 and snap["srs_before_media"] == 1
     assert snap["max_sr_jump_s"] == 1.0
+
+
+def test_stream_continuity_measures_the_sr_mappings_drift_from_real_time() -> None:
+    from bridge.sim.stream.rtp_taps import StreamContinuity
+
+    c = StreamContinuity("audio")
+    ntp0 = 3_900_000_000 << 32
+    for i in range(100):  # 2 s of 20 ms packets, arriving in real time
+        c.add(7, i, 960 * i, at=100.0 + 0.02 * i)
+        if i % 50 == 49:  # an SR after each second; the second one 40 ms short on RTP time
+            lost = 0 if i < 50 else 1920
+            rtp = 960 * i - lost
+            c.add_sr(ntp0 + int(0.02 * i * 2**32), rtp, i + 1, at=100.0 + 0.02 * i + 0.001)
+    for i in range(100, 110):  # then the packets' timestamps fall 100 ms behind their arrival
+        c.add(7, i, 960 * i, at=100.1 + 0.02 * i)
+    snap = c.snapshot()
+    assert snap["srs"] == 2
+    assert snap["sr_drift_s"] == {"min": 0.0, "max": 0.04, "last": 0.04, "span": 0.04}
+    assert snap["sr_vs_arrival_s"]["last"] == 0.04
+    assert [d for _, d in snap["sr_drift_series"]] == [0.0, 0.04]
+    assert snap["rtp_vs_arrival_s"]["min"] == -0.1 and snap["rtp_vs_arrival_s"]["max"] == 0.0

@@ -372,6 +372,30 @@ class WireCodecs:
 
 
 _CLOCK_RATES = {"audio": 48000, "video": 90000}
+# Drift samples kept per track (one per sender report: ~1 a second); beyond it every other one
+# is forgotten, so a long call keeps its whole span at a coarser grain.
+_DRIFT_SERIES_MAX = 256
+
+
+@dataclass
+class _Range:
+    """Min, max and last of a series of seconds."""
+
+    min: float | None = None
+    max: float | None = None
+    last: float | None = None
+
+    def add(self, value: float) -> None:
+        self.min = value if self.min is None else min(self.min, value)
+        self.max = value if self.max is None else max(self.max, value)
+        self.last = value
+
+    def snapshot(self) -> dict[str, float | None]:
+        def r(v: float | None) -> float | None:
+            return None if v is None else round(v, 4)
+
+        span = None if self.min is None or self.max is None else self.max - self.min
+        return {"min": r(self.min), "max": r(self.max), "last": r(self.last), "span": r(span)}
 
 
 @dataclass
@@ -380,6 +404,18 @@ class StreamContinuity:
     handover on the relay must not show): the media SSRCs seen, the largest forward sequence
     step, timestamp steps between consecutive packets, and how far each sender report's
     NTP<->RTP mapping moved from the previous one (0 for a consistent sender).
+
+    And how far the sender's clocks walk apart over the call, from the wire alone:
+
+    * ``sr_drift_s``: per sender report, ``(ntp - first ntp) - (rtp - first rtp) / clock rate``,
+      how far the report's mapping moved from the first report's (a sender whose RTP clock
+      runs with real time keeps it near 0); its max, min, last and a bounded series.
+    * ``sr_vs_arrival_s``: per report, its RTP time since the first report's against the
+      receiver's clock (``at``) since that report arrived: the same drift, seen by a receiver
+      that trusts no NTP (the network's jitter is in it).
+    * ``rtp_vs_arrival_s``: per media packet, its RTP time since the first packet's against its
+      arrival since the first packet's (negative: the RTP clock fell behind real time, e.g. a
+      pause that the timestamps do not skip); jitter and the pacing are in it.
 
     Retransmissions (RTX) are left out by the caller; reordered packets only count as such."""
 
@@ -394,21 +430,30 @@ class StreamContinuity:
     srs: int = 0
     srs_before_media: int = 0
     max_sr_jump_s: float = 0.0
+    # (seconds since the first report by its NTP, sr drift): see the class docstring.
+    sr_drift_series: list[tuple[float, float]] = field(default_factory=list)
+    sr_drift: _Range = field(default_factory=_Range)
+    sr_vs_arrival: _Range = field(default_factory=_Range)
+    rtp_vs_arrival: _Range = field(default_factory=_Range)
     _last_seq: int | None = None
     _last_ts: int = 0
     _ext_ts: int = 0  # _last_ts unwrapped
     _sr_offset: float | None = None
+    _sr_first: tuple[float, float, float | None] | None = None  # NTP s, RTP s, arrival
+    _media_first: tuple[int, float] | None = None  # unwrapped timestamp, arrival
 
     @property
     def clock_rate(self) -> int:
         return _CLOCK_RATES.get(self.kind, 90000)
 
-    def add(self, ssrc: int, seq: int, ts: int) -> None:
+    def add(self, ssrc: int, seq: int, ts: int, at: float | None = None) -> None:
+        """A media packet; ``at``: its arrival on the receiver's clock (seconds), if known."""
         if ssrc not in self.ssrcs:
             self.ssrcs.append(ssrc)
         self.packets += 1
         if self._last_seq is None:
             self._last_seq, self._last_ts, self._ext_ts = seq, ts, ts
+            self._note_arrival(at)
             return
         step = (seq - self._last_seq + 0x8000) % 0x10000 - 0x8000
         if step <= 0:
@@ -422,20 +467,43 @@ class StreamContinuity:
         self.max_ts_step_s = max(self.max_ts_step_s, ts_step)
         self.min_ts_step_s = min(self.min_ts_step_s, ts_step)
         self._last_seq, self._last_ts = seq, ts
+        self._note_arrival(at)
 
-    def add_sr(self, ntp: int, rtp_ts: int, packet_count: int) -> None:
+    def _note_arrival(self, at: float | None) -> None:
+        if at is None:
+            return
+        if self._media_first is None:
+            self._media_first = (self._ext_ts, at)
+            return
+        ts0, at0 = self._media_first
+        self.rtp_vs_arrival.add((self._ext_ts - ts0) / self.clock_rate - (at - at0))
+
+    def add_sr(self, ntp: int, rtp_ts: int, packet_count: int, at: float | None = None) -> None:
         """A sender report: its offset between NTP time and RTP time (RTP unwrapped around
-        the last packet's timestamp) against the previous report's. A report sent before any
-        media (aiortc sends NTP 0 then) maps nothing: counted apart."""
+        the last packet's timestamp) against the previous report's, and against the first
+        report's (the drift). A report sent before any media (aiortc sends NTP 0 then) maps
+        nothing: counted apart."""
         if packet_count == 0:
             self.srs_before_media += 1
             return
         self.srs += 1
         rel = (rtp_ts - self._last_ts + 2**31) % 2**32 - 2**31
-        offset = ntp / 2**32 - (self._ext_ts + rel) / self.clock_rate
+        ntp_s = ntp / 2**32
+        rtp_s = (self._ext_ts + rel) / self.clock_rate
+        offset = ntp_s - rtp_s
         if self._sr_offset is not None:
             self.max_sr_jump_s = max(self.max_sr_jump_s, abs(offset - self._sr_offset))
         self._sr_offset = offset
+        if self._sr_first is None:
+            self._sr_first = (ntp_s, rtp_s, at)
+        ntp0, rtp0, at0 = self._sr_first
+        drift = (ntp_s - ntp0) - (rtp_s - rtp0)
+        self.sr_drift.add(drift)
+        if at is not None and at0 is not None:
+            self.sr_vs_arrival.add((at - at0) - (rtp_s - rtp0))
+        self.sr_drift_series.append((ntp_s - ntp0, drift))
+        if len(self.sr_drift_series) > _DRIFT_SERIES_MAX:
+            self.sr_drift_series = self.sr_drift_series[::2]
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -449,6 +517,10 @@ class StreamContinuity:
             "srs": self.srs,
             "srs_before_media": self.srs_before_media,
             "max_sr_jump_s": round(self.max_sr_jump_s, 4),
+            "sr_drift_s": self.sr_drift.snapshot(),
+            "sr_vs_arrival_s": self.sr_vs_arrival.snapshot(),
+            "rtp_vs_arrival_s": self.rtp_vs_arrival.snapshot(),
+            "sr_drift_series": [(round(t, 2), round(d, 4)) for t, d in self.sr_drift_series],
         }
 
 
@@ -464,13 +536,16 @@ def install_wire_tap(
     async def handle(packet: RtpPacket, arrival_time_ms: int) -> None:
         counter.add(packet.payload_type)
         if continuity is not None and not _is_rtx_packet(receiver, packet):
-            continuity.add(packet.ssrc, packet.sequence_number, packet.timestamp)
+            at = time.monotonic()
+            continuity.add(packet.ssrc, packet.sequence_number, packet.timestamp, at)
         await inner(packet, arrival_time_ms)
 
     async def handle_rtcp(packet: Any) -> None:
         if continuity is not None and isinstance(packet, RtcpSrPacket):
             info = packet.sender_info
-            continuity.add_sr(info.ntp_timestamp, info.rtp_timestamp, info.packet_count)
+            continuity.add_sr(
+                info.ntp_timestamp, info.rtp_timestamp, info.packet_count, time.monotonic()
+            )
         await inner_rtcp(packet)
 
     setattr(receiver, _HOOK, handle)
