@@ -62,10 +62,15 @@ async def start_daemon(sim: StandIns, tmp_path: Path) -> AsyncIterator[StartDaem
 
     baselines: dict[int, float] = {}
     yield start
-    for d in started:
-        if d.proc is not None and d.proc.poll() is None:
-            await assert_no_leaked_tasks(d, baselines[id(d)])
-        await d.stop()
+    try:
+        for d in started:
+            if d.proc is not None and d.proc.poll() is None:
+                await assert_no_leaked_tasks(d, baselines[id(d)])
+    finally:
+        # Every daemon stops, even when a check above failed: one left running outlives the
+        # test run and takes CPU from every later test.
+        for d in started:
+            await d.stop()
 
 
 async def assert_no_leaked_tasks(d: DaemonProcess, baseline: float) -> None:
