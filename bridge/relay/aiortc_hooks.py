@@ -219,7 +219,7 @@ class ReceiverTap:
         self._codecs: dict[int, RTCRtpCodecParameters] = r._RTCRtpReceiver__codecs
         self._rtx_ssrc: dict[int, int] = r._RTCRtpReceiver__rtx_ssrc
         self._streams: dict[int, StreamStatistics] = r._RTCRtpReceiver__remote_streams
-        self._nack = r._RTCRtpReceiver__nack_generator
+        self._aiortc_nacks = r._RTCRtpReceiver__nack_generator is not None
         self._remb = r._RTCRtpReceiver__remote_bitrate_estimator
         self._orig_rtcp = receiver._handle_rtcp_packet
         r._handle_rtp_packet = self._handle_rtp
@@ -276,7 +276,7 @@ class ReceiverTap:
             packet = unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)
             codec = self._codecs[apt]
             self.rtx_received += 1
-        if self._nack is not None:  # aiortc's receiver NACKs (video): the relay does instead
+        if self._aiortc_nacks:  # aiortc's receiver would NACK (video): the relay does instead
             if packet.ssrc != self._nack_ssrc:
                 if self._nack_ssrc is not None:
                     self.nack.restart()

@@ -77,14 +77,17 @@ class NackRequester:
         while len(self._missing) > self.max_missing:
             del self._missing[next(iter(self._missing))]
             self.given_up += 1
-        due = self._due(now, set(new))
-        return due + new
+        if not self._missing:  # the usual case: nothing allocated per packet
+            return new
+        return self._due(now, set(new)) + new
 
     def due(self, now: float) -> list[int]:
         """Those due to be asked again (without a packet arriving), oldest first."""
         return self._due(now, set())
 
     def _due(self, now: float, fresh: set[int]) -> list[int]:
+        if not self._missing:
+            return []
         out: list[int] = []
         for s, m in list(self._missing.items()):
             if s in fresh or now - m.asked_at + _EPS_S < self.retry_interval_s:
