@@ -27,6 +27,7 @@ import structlog
 from bridge import metrics
 from bridge.errors import BridgeError, ErrorCode
 from bridge.ingest import ClientLink
+from bridge.mark_queue import MarkQueue
 from bridge.media import PCM, AudioChunk, AudioFormat, MediaClock
 from bridge.media_path import (
     DRY_RUN,
@@ -47,6 +48,8 @@ log = structlog.get_logger(__name__)
 CREDIT_INTERVAL_S = 0.25
 # Events kept for a detached client and replayed when it re-attaches.
 BACKLOG = 64
+# A mark this close to its time when its timer fires is reached: see _marks_due.
+MARK_TIMER_SLACK_S = 0.002
 # Provider-side avatar losses a session recovers from before it fails like any other error.
 MAX_RECOVERIES = 5
 # LiveAvatar ending a session (idle cut, duration cap, server stop) closes its LiveKit room at
@@ -109,13 +112,6 @@ class StageFactory(Protocol):
     ) -> Stages: ...
 
 
-@dataclass(slots=True)
-class _Mark:
-    name: str
-    turn: int
-    offset_s: float  # audio of the turn before the mark, in seconds
-
-
 class Session:
     """A client stream. Driven by :class:`bridge.sessions.SessionManager`."""
 
@@ -154,8 +150,8 @@ class Session:
         self._play_start = 0.0  # monotonic time that playback began
         # A lost avatar's turn goes on at this offset on the next one (_turn_resumes).
         self._resume_offset_s = 0.0
-        self._marks: list[_Mark] = []
-        self._mark_tasks: dict[asyncio.Task[None], _Mark] = {}
+        self._marks = MarkQueue()
+        self._mark_timer: asyncio.TimerHandle | None = None  # for the queue's head only
         self._last_credit = 0.0
         self.stats: dict[str, float] = {"audio_in_s": 0.0, "turns": 0, "interrupts": 0}
         self._log = log.bind(session_id=self.id, call=f"{hello.call.type}:{hello.call.id}")
@@ -251,10 +247,11 @@ class Session:
             self._played_turn += 1
             self._play_start = time.monotonic() - self._resume_offset_s
             self._resume_offset_s = 0.0
-            self._schedule_marks(self._played_turn)
+            self._marks.play(self._played_turn, self._play_start)
+            self._arm_marks()
         elif event == "speak_ended":
             if not fields.get("interrupted"):
-                self._flush_marks()
+                self._finish_marks()
             if self.state == State.SPEAKING:
                 self._set_state(State.READY)
         self.send_event(event, fields)
@@ -429,11 +426,8 @@ class Session:
 
     def _hold_marks(self) -> None:
         """The avatar is lost: the marks timed from its playback wait for the next one."""
-        for task, mark in list(self._mark_tasks.items()):
-            if not task.done():
-                task.cancel()
-                self._marks.append(mark)
-        self._mark_tasks.clear()
+        self._marks.hold()
+        self._arm_marks()
 
     def _turn_resumes(self, offset_s: float | None) -> None:
         """At the switch after a loss. ``offset_s``: the turn the lost avatar was playing goes
@@ -444,11 +438,7 @@ class Session:
             self._played_turn -= 1
             self._resume_offset_s = offset_s
             return
-        reached = [m for m in self._marks if m.turn <= self._played_turn]
-        self._marks = [m for m in self._marks if m.turn > self._played_turn]
-        for mark in sorted(reached, key=lambda m: (m.turn, m.offset_s)):
-            self.send_event("mark", {"name": mark.name})
-            metrics.MARKS.labels(outcome="reached").inc()
+        self._finish_marks()
 
     def _may_switch(self, deadline: float) -> bool:
         return self._avatar_lost or self._at_turn_boundary() or time.monotonic() >= deadline
@@ -542,8 +532,8 @@ class Session:
 
     async def _release(self) -> None:
         """Close stages in the order that stops billing first; never raises."""
-        for task in list(self._mark_tasks):
-            task.cancel()
+        if self._mark_timer is not None:
+            self._mark_timer.cancel()
         if self._linger_task is not None:
             self._linger_task.cancel()
         if self._recovery is not None and not self._recovery.done():
@@ -605,20 +595,17 @@ class Session:
             self._set_state(State.READY)
 
     def _clear_marks(self) -> None:
-        waiting = [m for t, m in self._mark_tasks.items() if not t.done()] + self._marks
-        for task in list(self._mark_tasks):
-            task.cancel()
-        self._mark_tasks.clear()
-        self._marks.clear()
-        for mark in waiting:
-            self.send_event("mark", {"name": mark.name, "cleared": True})
+        for name in self._marks.clear():
+            self.send_event("mark", {"name": name, "cleared": True})
             metrics.MARKS.labels(outcome="cleared").inc()
+        self._arm_marks()
 
     async def on_mark(self, name: str) -> None:
         """Echo ``name`` when playback reaches the audio sent so far in this turn."""
-        self._marks.append(_Mark(name, self._turn, self._turn_audio_s))
+        self._marks.add(name, self._turn, self._turn_audio_s)
         if self._turn <= self._played_turn and not self._avatar_lost:  # already playing
-            self._schedule_marks(self._played_turn)
+            self._marks.play(self._played_turn, self._play_start)
+            self._arm_marks()
 
     async def on_close(self) -> None:
         if self._turn_open:
@@ -630,39 +617,32 @@ class Session:
         self._turn_open = False
         self._turn_audio_s = 0.0
 
-    def _schedule_marks(self, turn: int) -> None:
-        """Playback of a turn began: each of its marks fires after the audio before it.
+    def _arm_marks(self) -> None:
+        """One timer, for the head of the queue: marks are reached in the order they were sent
+        (bridge/mark_queue.py)."""
+        if self._mark_timer is not None:
+            self._mark_timer.cancel()
+            self._mark_timer = None
+        due = self._marks.next_due()
+        if due is not None:
+            delay = max(0.0, due - time.monotonic())
+            self._mark_timer = asyncio.get_running_loop().call_later(delay, self._marks_due)
 
-        The avatar plays turns in the order they were sent, so the n-th ``speak_started`` is
-        turn n; an interrupt clears pending marks and realigns the count.
-        """
-        due = [m for m in self._marks if m.turn <= turn]
-        if not due:
-            return
-        self._marks = [m for m in self._marks if m.turn > turn]
-        loop = asyncio.get_running_loop()
-        for mark in due:
-            task = loop.create_task(self._fire_mark(mark, self._play_start + mark.offset_s))
-            self._mark_tasks[task] = mark
-            task.add_done_callback(lambda t: self._mark_tasks.pop(t, None))
+    def _marks_due(self) -> None:
+        self._mark_timer = None
+        # A loop's timer may fire a little early (uvloop's clock counts whole milliseconds).
+        self._marks_reached(self._marks.reached(time.monotonic() + MARK_TIMER_SLACK_S))
+        self._arm_marks()
 
-    def _flush_marks(self) -> None:
-        """The turn finished playing: its marks are all reached, whatever the timers say."""
-        waiting = [m for t, m in self._mark_tasks.items() if not t.done()]
-        waiting += [m for m in self._marks if m.turn <= self._played_turn]
-        self._marks = [m for m in self._marks if m.turn > self._played_turn]
-        for task in self._mark_tasks:
-            task.cancel()
-        self._mark_tasks.clear()
-        for mark in sorted(waiting, key=lambda m: (m.turn, m.offset_s)):
-            self.send_event("mark", {"name": mark.name})
+    def _finish_marks(self) -> None:
+        """The turn being played is over: its marks are all reached, whatever the timer says."""
+        self._marks_reached(self._marks.finish(self._played_turn))
+        self._arm_marks()
+
+    def _marks_reached(self, names: list[str]) -> None:
+        for name in names:
+            self.send_event("mark", {"name": name})
             metrics.MARKS.labels(outcome="reached").inc()
-
-    async def _fire_mark(self, mark: _Mark, due: float) -> None:
-        await asyncio.sleep(max(0.0, due - time.monotonic()))
-        self._mark_tasks.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
-        self.send_event("mark", {"name": mark.name})
-        metrics.MARKS.labels(outcome="reached").inc()
 
     # ----- reporting -----------------------------------------------------------------------
 
