@@ -217,8 +217,8 @@ class SessionMachine(RuleBasedStateMachine):
 # derandomize: the same 20 programs every run (seeded from the test), so a run is reproducible
 # and CI never meets a new program by chance. Random exploration (300 examples a run) once found
 # marks reached out of order (mark, end_turn, 10 ms and 20 ms of audio, mark, mark: one timer per
-# mark, two deadlines a few microseconds apart); bridge/mark_queue.py now gates every mark behind the
-# one before it, tested deterministically in tests/core/test_mark_queue.py.
+# mark, two deadlines a few microseconds apart); bridge/mark_queue.py now gates every mark behind
+# the one before it, tested deterministically in tests/core/test_mark_queue.py.
 SessionMachine.TestCase.settings = settings(
     derandomize=True,
     max_examples=20,
