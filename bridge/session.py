@@ -404,6 +404,8 @@ class Session:
             return False
         if err.code not in (ErrorCode.LIVEAVATAR_UNAVAILABLE, ErrorCode.LIVEKIT_FAILED):
             return False
+        if self._is_draining():
+            return False  # the session is ending: no new paid avatar for the drain to cut off
         self._avatar_lost = True  # a planned switch in progress commits at once
         if self._recovery is not None and not self._recovery.done():
             return True  # one loss reports from both the uplink and the downlink
@@ -555,8 +557,10 @@ class Session:
         if self.stages.paths is not None:
             closers.append(self.stages.paths.aclose)  # a pooled room no path took
         for closer in closers:
+            # Not shielded: the daemon's bounded close cancels a session still closing past
+            # limits.close_timeout_s, and a shielded closer would go on past it, orphaned.
             try:
-                await asyncio.shield(closer())
+                await closer()
             except Exception:
                 self._log.exception("stage_close_failed")
 
