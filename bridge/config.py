@@ -272,7 +272,7 @@ class LimitsConfig(_Section):
         20.0, ge=0, le=3600, description="On SIGTERM, time sessions get to finish before closing."
     )
     close_timeout_s: float = Field(
-        15.0,
+        8.0,
         gt=0,
         le=600,
         description="After the drain, time the last sessions get to close (each stops its "

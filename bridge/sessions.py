@@ -23,7 +23,7 @@ from bridge.session import Session, StageFactory
 log = structlog.get_logger(__name__)
 
 # After cancelling the closes that outlived limits.close_timeout_s: time for them to unwind.
-ABANDON_GRACE_S = 2.0
+ABANDON_GRACE_S = 1.0
 
 
 class SessionManager:

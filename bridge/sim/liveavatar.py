@@ -566,8 +566,7 @@ class LiveAvatarStandIn:
 
     async def _stop(self, request: web.Request) -> web.Response:
         if self.faults.hang_stops:
-            while self.faults.hang_stops:  # noqa: ASYNC110 - a test's knob, polled
-                await asyncio.sleep(0.05)
+            await self._stops_released()
             SIM_LA_REQUESTS.labels("stop", "503").inc()
             return _error(503, "Service temporarily unavailable")
         await self._delay()
@@ -575,6 +574,10 @@ class LiveAvatarStandIn:
         response = await self._stop_inner(request)
         SIM_LA_REQUESTS.labels("stop", str(response.status)).inc()
         return response
+
+    async def _stops_released(self) -> None:
+        while self.faults.hang_stops:  # noqa: ASYNC110 - a test's knob, polled
+            await asyncio.sleep(0.05)
 
     async def _stop_inner(self, request: web.Request) -> web.Response:
         key = request.headers.get("X-API-KEY")
