@@ -171,7 +171,7 @@ class Daemon:
         # the sessions' drain, not before it: their stops would add to the stop deadline.
         async with asyncio.TaskGroup() as tg:
             for task in self._drain_tasks:
-                tg.create_task(_logged(task, "drain_task_failed"))
+                tg.create_task(_drain_task(task))
             tg.create_task(self.sessions.drain(limits.drain_timeout_s, limits.close_timeout_s))
 
     async def _close(self) -> None:
@@ -182,15 +182,18 @@ class Daemon:
         if self._admin is not None:
             await self._admin.cleanup()
         for task in self._shutdown:
-            await _logged(task, "shutdown_task_failed")
+            try:
+                await task()
+            except Exception:
+                log.exception("shutdown_task_failed")
         self._notifier.close()
 
 
-async def _logged(task: StartupTask, event: str) -> None:
+async def _drain_task(task: StartupTask) -> None:
     try:
         await task()
     except Exception:
-        log.exception(event)
+        log.exception("drain_task_failed")
 
 
 class _Stopped(Exception):

@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 from bridge import metrics
+from bridge.config import LimitsConfig, setting_default
 from bridge.errors import BridgeError, ErrorCode
 from bridge.ingest import ClientLink
 from bridge.media import PCM
@@ -145,7 +146,9 @@ class SessionManager:
             log.info("drain_timeout", sessions=len(self._sessions))
         await self.aclose(close_timeout_s)
 
-    async def aclose(self, timeout_s: float) -> None:
+    async def aclose(
+        self, timeout_s: float = setting_default(LimitsConfig, "close_timeout_s")
+    ) -> None:
         """Close every session and wait up to ``timeout_s`` for each to release its remote
         resources; cancel what is still closing then (a remote that does not answer must not
         outlast the service manager's stop timeout). What a cancelled close did not stop stays
