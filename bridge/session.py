@@ -39,7 +39,7 @@ from bridge.media_path import (
     open_path,
 )
 from bridge.protocol import MAX_JSON, MAX_PAYLOAD, Hello
-from bridge.stages import AvatarUplink, CarriesOver, EventSink, FailureCallback
+from bridge.stages import AvatarRoom, AvatarUplink, CarriesOver, EventSink, FailureCallback
 
 log = structlog.get_logger(__name__)
 
@@ -173,6 +173,9 @@ class Session:
         # A LiveKit failure held for CAUSE_GRACE_S in case its cause (LiveAvatar's end) follows.
         self._held: BridgeError | None = None
         self._held_timer: asyncio.TimerHandle | None = None
+        # The client's events from a switch until its avatar_handover, sent after it: the new
+        # avatar may start speaking before the switch is measured and reported (see _handover).
+        self._switch_events: list[tuple[str, dict[str, Any]]] | None = None
 
     # ----- client link -------------------------------------------------------------------
 
@@ -237,6 +240,9 @@ class Session:
             self.close("USER_DISCONNECTED")
 
     def send_event(self, event: str, fields: Mapping[str, Any]) -> None:
+        if self._switch_events is not None:
+            self._switch_events.append((event, dict(fields)))
+            return
         if self._link is not None:
             self._link.send_event(event, fields)
         else:
@@ -498,6 +504,36 @@ class Session:
             raise
         lost = self._avatar_lost
         old, self.uplink = self.uplink, new
+        # From here the new avatar may speak (carried-over audio goes first) while the old one is
+        # left and the picture gap measured: the client's events wait until avatar_handover is
+        # sent (a speak_started ahead of it reads as the old avatar's; under load it came first).
+        held: list[tuple[str, dict[str, Any]]] = []
+        self._switch_events = held
+        try:
+            fields = await self._switch(
+                path, prepared, old, new, lost, reason, room, prepared_s, was_warm
+            )
+            self._switch_events = None
+            self.send_event("avatar_handover", fields)
+        finally:
+            self._switch_events = None
+            for name, held_fields in held:
+                self.send_event(name, held_fields)
+        return True
+
+    async def _switch(
+        self,
+        path: AvatarSwitch,
+        prepared: Any,
+        old: AvatarUplink,
+        new: AvatarUplink,
+        lost: bool,
+        reason: str,
+        room: AvatarRoom,
+        prepared_s: float,
+        was_warm: bool,
+    ) -> dict[str, Any]:
+        """The switch itself, from the swap of the uplinks; returns ``avatar_handover``'s fields."""
         try:
             respoken_ms = 0.0
             if lost and isinstance(old, CarriesOver) and isinstance(new, CarriesOver):
@@ -531,8 +567,7 @@ class Session:
             "liveavatar_session": room.session_id,
         }
         self._log.info("avatar_handover", **fields)
-        self.send_event("avatar_handover", fields)
-        return True
+        return fields
 
     def _serving(self) -> None:
         choice = self.choice
