@@ -142,6 +142,10 @@ class Session:
         self._is_draining = is_draining
         self._link: ClientLink | None = None
         self._backlog: deque[tuple[str, dict[str, Any]]] = deque(maxlen=BACKLOG)
+        # Set before the stages are built (a pooled uplink reports at once). The client's events
+        # from a switch until its avatar_handover, sent after it: the new avatar may start
+        # speaking before the switch is measured and reported (see _handover).
+        self._switch_events: list[tuple[str, dict[str, Any]]] | None = None
         self._closing = asyncio.Event()
         self._close_reason = "USER_CLOSED"
         self._linger_task: asyncio.Task[None] | None = None
@@ -173,9 +177,6 @@ class Session:
         # A LiveKit failure held for CAUSE_GRACE_S in case its cause (LiveAvatar's end) follows.
         self._held: BridgeError | None = None
         self._held_timer: asyncio.TimerHandle | None = None
-        # The client's events from a switch until its avatar_handover, sent after it: the new
-        # avatar may start speaking before the switch is measured and reported (see _handover).
-        self._switch_events: list[tuple[str, dict[str, Any]]] | None = None
 
     # ----- client link -------------------------------------------------------------------
 
