@@ -155,7 +155,8 @@ class SessionManager:
         in the LiveAvatar ledger, stopped by the next start."""
         for session in list(self._sessions.values()):
             session.close("USER_CLOSED")
-        tasks = {t: s for s, t in self._tasks.items()}
+        # Not those an earlier call cancelled already: the bound is not to be paid twice.
+        tasks = {t: s for s, t in self._tasks.items() if not t.done() and not t.cancelling()}
         if not tasks:
             return
         _, pending = await asyncio.wait(tasks, timeout=timeout_s)
