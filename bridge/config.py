@@ -98,6 +98,13 @@ class LiveAvatarConfig(_Section):
     )
     chunk_ms: int = Field(1000, ge=20, le=10000, description="Later agent.speak chunks.")
     request_timeout_s: float = Field(10.0, gt=0, description="Timeout of each REST call.")
+    stop_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="Time one stop of a LiveAvatar session may take, retries included; a "
+        "session not stopped in time stays in the ledger, stopped at the next start.",
+    )
     ack_timeout_s: float = Field(
         5.0,
         gt=0,
@@ -263,6 +270,13 @@ class LimitsConfig(_Section):
     )
     drain_timeout_s: float = Field(
         20.0, ge=0, le=3600, description="On SIGTERM, time sessions get to finish before closing."
+    )
+    close_timeout_s: float = Field(
+        8.0,
+        gt=0,
+        le=600,
+        description="After the drain, time the last sessions get to close (each stops its "
+        "LiveAvatar session); what is still closing then is abandoned, logged and counted.",
     )
 
 

@@ -2,9 +2,10 @@
 
 Start order: sweep leftover paid sessions -> bind the socket -> admin -> READY=1.
 Stop order (SIGTERM/SIGINT or ``POST /drain``): not ready + STOPPING=1 at once -> stop accepting
--> drain tasks (the warm pool stops its sessions) -> sessions finish for up to
-``limits.drain_timeout_s`` -> close the rest (each stops its LiveAvatar session) -> close
-listeners -> exit 0.
+-> drain tasks (the warm pool stops its sessions), alongside: sessions finish for up to
+``limits.drain_timeout_s`` -> close the rest (each stops its LiveAvatar session) for up to
+``limits.close_timeout_s``, then cancel what is still closing (logged and counted; the ledger
+keeps what was not stopped) -> close listeners -> exit 0.
 """
 
 from __future__ import annotations
@@ -165,16 +166,17 @@ class Daemon:
         self.start_drain()
         if self.ingest is not None:
             await self.ingest.stop_accepting()
-        for task in self._drain_tasks:  # e.g. stop the warm pool: no new session will need it
-            try:
-                await task()
-            except Exception:
-                log.exception("drain_task_failed")
-        await self.sessions.drain(self.settings.limits.drain_timeout_s)
+        limits = self.settings.limits
+        # The drain tasks (e.g. stop the warm pool: no new session will need it) run alongside
+        # the sessions' drain, not before it: their stops would add to the stop deadline.
+        async with asyncio.TaskGroup() as tg:
+            for task in self._drain_tasks:
+                tg.create_task(_drain_task(task))
+            tg.create_task(self.sessions.drain(limits.drain_timeout_s, limits.close_timeout_s))
 
     async def _close(self) -> None:
         with contextlib.suppress(Exception):
-            await self.sessions.aclose()
+            await self.sessions.aclose(self.settings.limits.close_timeout_s)
         if self.ingest is not None:
             await self.ingest.aclose()
         if self._admin is not None:
@@ -185,6 +187,13 @@ class Daemon:
             except Exception:
                 log.exception("shutdown_task_failed")
         self._notifier.close()
+
+
+async def _drain_task(task: StartupTask) -> None:
+    try:
+        await task()
+    except Exception:
+        log.exception("drain_task_failed")
 
 
 class _Stopped(Exception):

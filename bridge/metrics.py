@@ -46,6 +46,11 @@ LIVEKIT_ROOMS_OPEN = Gauge(
     "bridge_livekit_rooms_open", "LiveKit rooms the daemon is in now, by client", ["client"]
 )
 DRAINING = Gauge("bridge_draining", "1 while the daemon drains for shutdown.")
+SESSIONS_CLOSE_ABANDONED = Counter(
+    "bridge_sessions_close_abandoned_total",
+    "Sessions still closing at shutdown past limits.close_timeout_s, cancelled (their "
+    "unstopped LiveAvatar sessions stay in the ledger).",
+)
 HANDOVERS = Counter(
     "bridge_avatar_handovers_total",
     "Avatar handovers (a new LiveAvatar session under a running call), by reason and outcome.",

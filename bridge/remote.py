@@ -76,7 +76,11 @@ class RemoteStages:
         assert la.api_key is not None  # validated at start
         self._http = aiohttp.ClientSession()
         self._api = LiveAvatarAPI(
-            self._http, la.base_url, la.api_key.get_secret_value(), la.request_timeout_s
+            self._http,
+            la.base_url,
+            la.api_key.get_secret_value(),
+            la.request_timeout_s,
+            stop_timeout_s=la.stop_timeout_s,
         )
         stopped = await self.ledger.sweep(self._api)
         if stopped:

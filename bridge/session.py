@@ -40,7 +40,7 @@ from bridge.media_path import (
     open_path,
 )
 from bridge.protocol import MAX_JSON, MAX_PAYLOAD, Hello
-from bridge.stages import AvatarUplink, CarriesOver, EventSink, FailureCallback
+from bridge.stages import AvatarRoom, AvatarUplink, CarriesOver, EventSink, FailureCallback
 
 log = structlog.get_logger(__name__)
 
@@ -138,6 +138,10 @@ class Session:
         self._is_draining = is_draining
         self._link: ClientLink | None = None
         self._backlog: deque[tuple[str, dict[str, Any]]] = deque(maxlen=BACKLOG)
+        # Set before the stages are built (a pooled uplink reports at once). The client's events
+        # from a switch until its avatar_handover, sent after it: the new avatar may start
+        # speaking before the switch is measured and reported (see _handover).
+        self._switch_events: list[tuple[str, dict[str, Any]]] | None = None
         self._closing = asyncio.Event()
         self._close_reason = "USER_CLOSED"
         self._linger_task: asyncio.Task[None] | None = None
@@ -233,6 +237,9 @@ class Session:
             self.close("USER_DISCONNECTED")
 
     def send_event(self, event: str, fields: Mapping[str, Any]) -> None:
+        if self._switch_events is not None:
+            self._switch_events.append((event, dict(fields)))
+            return
         if self._link is not None:
             self._link.send_event(event, fields)
         else:
@@ -401,6 +408,8 @@ class Session:
             return False
         if err.code not in (ErrorCode.LIVEAVATAR_UNAVAILABLE, ErrorCode.LIVEKIT_FAILED):
             return False
+        if self._is_draining():
+            return False  # the session is ending: no new paid avatar for the drain to cut off
         self._avatar_lost = True  # a planned switch in progress commits at once
         if self._recovery is not None and not self._recovery.done():
             return True  # one loss reports from both the uplink and the downlink
@@ -486,6 +495,36 @@ class Session:
             raise
         lost = self._avatar_lost
         old, self.uplink = self.uplink, new
+        # From here the new avatar may speak (carried-over audio goes first) while the old one is
+        # left and the picture gap measured: the client's events wait until avatar_handover is
+        # sent (a speak_started ahead of it reads as the old avatar's; under load it came first).
+        held: list[tuple[str, dict[str, Any]]] = []
+        self._switch_events = held
+        try:
+            fields = await self._switch(
+                path, prepared, old, new, lost, reason, room, prepared_s, was_warm
+            )
+            self._switch_events = None
+            self.send_event("avatar_handover", fields)
+        finally:
+            self._switch_events = None
+            for name, held_fields in held:
+                self.send_event(name, held_fields)
+        return True
+
+    async def _switch(
+        self,
+        path: AvatarSwitch,
+        prepared: Any,
+        old: AvatarUplink,
+        new: AvatarUplink,
+        lost: bool,
+        reason: str,
+        room: AvatarRoom,
+        prepared_s: float,
+        was_warm: bool,
+    ) -> dict[str, Any]:
+        """The switch itself, from the swap of the uplinks; returns ``avatar_handover``'s fields."""
         try:
             respoken_ms = 0.0
             if lost and isinstance(old, CarriesOver) and isinstance(new, CarriesOver):
@@ -519,8 +558,7 @@ class Session:
             "liveavatar_session": room.session_id,
         }
         self._log.info("avatar_handover", **fields)
-        self.send_event("avatar_handover", fields)
-        return True
+        return fields
 
     def _serving(self) -> None:
         choice = self.choice
@@ -545,8 +583,10 @@ class Session:
         if self.stages.paths is not None:
             closers.append(self.stages.paths.aclose)  # a pooled room no path took
         for closer in closers:
+            # Not shielded: the daemon's bounded close cancels a session still closing past
+            # limits.close_timeout_s, and a shielded closer would go on past it, orphaned.
             try:
-                await asyncio.shield(closer())
+                await closer()
             except Exception:
                 self._log.exception("stage_close_failed")
 

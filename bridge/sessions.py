@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 from bridge import metrics
+from bridge.config import LimitsConfig, setting_default
 from bridge.errors import BridgeError, ErrorCode
 from bridge.ingest import ClientLink
 from bridge.media import PCM
@@ -21,6 +22,9 @@ from bridge.protocol import Hello
 from bridge.session import Session, StageFactory
 
 log = structlog.get_logger(__name__)
+
+# After cancelling the closes that outlived limits.close_timeout_s: time for them to unwind.
+ABANDON_GRACE_S = 1.0
 
 
 class SessionManager:
@@ -131,22 +135,46 @@ class SessionManager:
         for session in list(self._sessions.values()):
             session.drain()
 
-    async def drain(self, timeout_s: float) -> None:
-        """Let sessions end on their own for up to ``timeout_s``, then close the rest."""
+    async def drain(self, timeout_s: float, close_timeout_s: float) -> None:
+        """Let sessions end on their own for up to ``timeout_s``, then close the rest (bounded
+        by ``close_timeout_s``, see :meth:`aclose`)."""
         self.start_drain()
         try:
-            await asyncio.wait_for(self._all_closed.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._all_closed.wait()
         except TimeoutError:
             log.info("drain_timeout", sessions=len(self._sessions))
-        await self.aclose()
+        await self.aclose(close_timeout_s)
 
-    async def aclose(self) -> None:
-        """Close every session and wait for each to release its remote resources."""
+    async def aclose(
+        self, timeout_s: float = setting_default(LimitsConfig, "close_timeout_s")
+    ) -> None:
+        """Close every session and wait up to ``timeout_s`` for each to release its remote
+        resources; cancel what is still closing then (a remote that does not answer must not
+        outlast the service manager's stop timeout). What a cancelled close did not stop stays
+        in the LiveAvatar ledger, stopped by the next start."""
         for session in list(self._sessions.values()):
             session.close("USER_CLOSED")
-        tasks = list(self._tasks.values())
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        # Not those an earlier call cancelled already: the bound is not to be paid twice.
+        tasks = {t: s for s, t in self._tasks.items() if not t.done() and not t.cancelling()}
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        if not pending:
+            return
+        metrics.SESSIONS_CLOSE_ABANDONED.inc(len(pending))
+        log.warning(
+            "sessions_close_abandoned",
+            sessions=len(pending),
+            session_ids=sorted(tasks[t] for t in pending),
+            close_timeout_s=timeout_s,
+        )
+        for task in pending:
+            task.cancel()
+        # Bounded too: a close that ignored its cancellation is left to the interpreter's exit.
+        _, stuck = await asyncio.wait(pending, timeout=ABANDON_GRACE_S)
+        if stuck:
+            log.error("sessions_close_stuck", sessions=len(stuck))
 
 
 class _Attachment:

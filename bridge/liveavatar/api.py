@@ -126,6 +126,7 @@ class LiveAvatarAPI:
         timeout_s: float = setting_default(LiveAvatarConfig, "request_timeout_s"),
         *,
         stop_attempts: int = 6,
+        stop_timeout_s: float = setting_default(LiveAvatarConfig, "stop_timeout_s"),
         backoff_s: float = 0.25,
         max_backoff_s: float = 4.0,
     ) -> None:
@@ -134,6 +135,7 @@ class LiveAvatarAPI:
         self._api_key = api_key
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._stop_attempts = stop_attempts
+        self._stop_timeout_s = stop_timeout_s
         self._backoff_s = backoff_s
         self._max_backoff_s = max_backoff_s
 
@@ -272,11 +274,23 @@ class LiveAvatarAPI:
         )
 
     async def stop(self, session_id: str, reason: str = "USER_CLOSED") -> bool:
-        """Stop by id with the API key; retried until success or a definitive 4xx.
+        """Stop by id with the API key; retried until success or a definitive 4xx, for at most
+        ``stop_timeout_s`` in all (attempts x request timeout + backoff would be over a minute
+        against a service that does not answer, past any stop deadline of the daemon).
 
         Returns True when stopped. Raises the last :class:`LiveAvatarError` otherwise
         (``definitive`` tells whether the session is known to be gone or the call just failed).
         """
+        try:
+            async with asyncio.timeout(self._stop_timeout_s):
+                return await self._stop(session_id, reason)
+        except TimeoutError:
+            raise LiveAvatarUnavailableError(
+                f"LiveAvatar stop of {session_id} got no answer within {self._stop_timeout_s} s "
+                "(liveavatar.stop_timeout_s)"
+            ) from None
+
+    async def _stop(self, session_id: str, reason: str) -> bool:
         body = {"session_id": session_id, "reason": reason}
         attempt = 0
         while True:

@@ -361,8 +361,9 @@ class LiveAvatarUplink:
                 self._cond.notify_all()
             if self._run_task is not None:
                 self._run_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._run_task
+                # Not `await task` under suppress(CancelledError): that would also swallow a
+                # cancellation of this close itself (the daemon's bounded close abandoning it).
+                await asyncio.wait({self._run_task})
             await self._close_ws()
             await self._stop_session(reason)
         except Exception:
@@ -374,7 +375,8 @@ class LiveAvatarUplink:
         ws, self._ws = self._ws, None
         if ws is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(), 3.0)
+                async with asyncio.timeout(3.0):
+                    await ws.close()
 
     async def _stop_session(self, reason: str) -> None:
         sid = self._session_id

@@ -188,6 +188,9 @@ class Faults:
     delay_s: float = 0.0  # delay every REST response
     drop_ws_after: int | None = None  # close the session's first WS after N client messages
     refuse_stops: int = 0  # answer the next N /stop calls with 503
+    # /stop answers nothing while set (a frozen or overloaded service), then 503 once cleared:
+    # a stop the daemon gave up on stays undone, for its next start's ledger sweep to stop.
+    hang_stops: bool = False
     never_connected: bool = False
     connect_delay_s: float = 0.0  # delay between connecting and connected
     no_credits: bool = False
@@ -562,11 +565,19 @@ class LiveAvatarStandIn:
             log.exception("liveavatar_standin_publish_failed", session_id=session.session_id)
 
     async def _stop(self, request: web.Request) -> web.Response:
+        if self.faults.hang_stops:
+            await self._stops_released()
+            SIM_LA_REQUESTS.labels("stop", "503").inc()
+            return _error(503, "Service temporarily unavailable")
         await self._delay()
         self.requests["stop"] += 1
         response = await self._stop_inner(request)
         SIM_LA_REQUESTS.labels("stop", str(response.status)).inc()
         return response
+
+    async def _stops_released(self) -> None:
+        while self.faults.hang_stops:  # noqa: ASYNC110 - a test's knob, polled
+            await asyncio.sleep(0.05)
 
     async def _stop_inner(self, request: web.Request) -> web.Response:
         key = request.headers.get("X-API-KEY")

@@ -166,7 +166,8 @@ class StreamPublisher:
         self._log.info("stream_joining", base_url=opts.base_url, user_name=opts.user_name)
         t0 = time.monotonic()
         try:
-            await asyncio.wait_for(call.join(opts.user_id, True), opts.join_timeout_s)
+            async with asyncio.timeout(opts.join_timeout_s):
+                await call.join(opts.user_id, True)
             # Read the calling state from now on: reconnects are logged, a final LEFT is fatal.
             self._watchers.spawn(self._watch(call), "stream_publisher_watch")
             self._watchers.spawn(self._watch_sfu(call), "stream_publisher_sfu_events")
@@ -177,8 +178,10 @@ class StreamPublisher:
                 else rtc.LocalVideoTrack.vp8()
             )
             self._video = video
-            await asyncio.wait_for(call.publish_audio(self._audio), opts.join_timeout_s)
-            await asyncio.wait_for(call.publish_video(video), opts.join_timeout_s)
+            async with asyncio.timeout(opts.join_timeout_s):
+                await call.publish_audio(self._audio)
+            async with asyncio.timeout(opts.join_timeout_s):
+                await call.publish_video(video)
         except Exception as exc:
             await self._teardown()
             raise self._join_error(exc) from exc
@@ -303,7 +306,8 @@ class StreamPublisher:
         call, self._call = self._call, None
         if call is not None:
             try:
-                await asyncio.wait_for(call.leave(), self._opts.leave_timeout_s)
+                async with asyncio.timeout(self._opts.leave_timeout_s):
+                    await call.leave()
             except (TimeoutError, rtc.RustError) as exc:
                 self._log.warning("stream_leave_failed", error=str(exc))
         # The event streams end after LEFT; cancel only what does not end in time.

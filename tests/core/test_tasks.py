@@ -172,6 +172,51 @@ async def test_a_failing_task_fails_its_own_session_only() -> None:
     assert paths["healthy"].closed
 
 
+class _UnansweredStop(DryRunUplink):
+    """An avatar whose stop never gets an answer: its close waits until it is cancelled."""
+
+    def __init__(self, events: EventSink) -> None:
+        super().__init__(events, queue_ms=200)
+        self.stop_cancelled = False
+
+    async def aclose(self, reason: str = "USER_CLOSED") -> None:
+        await super().aclose(reason)
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.stop_cancelled = True
+            raise
+
+
+def abandoned() -> float:
+    return REGISTRY.get_sample_value("bridge_sessions_close_abandoned_total") or 0.0
+
+
+async def test_a_close_that_never_ends_is_abandoned_after_the_close_timeout() -> None:
+    uplinks: list[_UnansweredStop] = []
+
+    def factory(
+        hello: Hello, clock: MediaClock, events: EventSink, on_failure: FailureCallback
+    ) -> Stages:
+        uplinks.append(_UnansweredStop(events))
+        return Stages(uplink=uplinks[-1])
+
+    manager = SessionManager(factory, max_sessions=4, linger_s=1.0)
+    before = abandoned()
+    handle = await manager.open(Hello(CallRef("default", "stuck"), FMT), _Link("stuck"))
+    async with asyncio.timeout(5):
+        await handle.session.wait_started()
+        # Bounded by its close timeout (plus the unwinding of what it cancelled), not the stop.
+        await manager.aclose(0.2)
+    (uplink,) = uplinks
+    assert uplink.stop_cancelled
+    assert abandoned() == before + 1
+    # The daemon's final close after its drain finds nothing more to wait for or count.
+    async with asyncio.timeout(5):
+        await manager.aclose(0.2)
+    assert abandoned() == before + 1
+
+
 def test_a_liveavatar_failure_is_the_cause_of_a_livekit_one_whatever_arrives_first() -> None:
     room = BridgeError(ErrorCode.LIVEKIT_FAILED, "room closed")
     ended = BridgeError(ErrorCode.LIVEAVATAR_UNAVAILABLE, "LiveAvatar ended the session")

@@ -11,15 +11,17 @@ import pytest
 import yaml  # type: ignore[import-untyped]  # no types-PyYAML in the lock
 
 from bridge import metrics
-from bridge.config import load_settings
+from bridge.config import LimitsConfig, load_settings
+from bridge.sessions import ABANDON_GRACE_S
 from tests.deploy.files import DEPLOY
 
 K8S = DEPLOY / "kubernetes"
 MANIFESTS = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
 # preStop only asks for the drain (an HTTP call with a 5 s client timeout).
 PRESTOP_BUDGET_S = 5
-# After the drain deadline, closing the last sessions stops each LiveAvatar session over REST.
-CLOSE_BUDGET_S = 10
+# After the drain deadline, closing the last sessions stops each LiveAvatar session over REST,
+# bounded: what is still closing then is cancelled (bridge/sessions.py).
+CLOSE_BUDGET_S = LimitsConfig.model_fields["close_timeout_s"].default + ABANDON_GRACE_S
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from aiohttp import web
 
 from bridge.sim.liveavatar import LiveAvatarStandIn, StandInOptions
 from bridge.sim.marks import beep_train
-from bridge.sim.stack import LIVEAVATAR_KEY, StandIns
+from bridge.sim.stack import LIVEAVATAR_KEY, DaemonProcess, StandIns
 from tests.reliability._support import (
     FMT,
     Session,
@@ -232,3 +233,84 @@ async def test_unknown_and_malformed_server_events_change_nothing(
     assert "x" * 100 not in metrics[1]
     await s.close()
     await no_live_sessions(la)
+
+
+# SIGTERM with LiveAvatar not answering its /stop (a frozen or overloaded service): the daemon
+# still exits within its drain deadline plus its bounded forced close, and the paid session it
+# could not stop stays in the ledger, stopped by the next start. Small bounds keep the test short;
+# the margin is for a loaded 2-core machine (start-up of the exit path, the listeners' close).
+DRAIN_S = 2.0
+CLOSE_S = 3.0
+EXIT_MARGIN_S = 12.0
+BOUNDED_STOP = (
+    "--set",
+    f"limits.drain_timeout_s={DRAIN_S}",
+    "--set",
+    f"limits.close_timeout_s={CLOSE_S}",
+)
+
+
+async def _sigterm_within_bound(daemon: DaemonProcess) -> int:
+    """SIGTERM; the exit code, or -9 when the daemon outlived drain + close + margin."""
+    return await daemon.stop(timeout_s=DRAIN_S + CLOSE_S + EXIT_MARGIN_S)
+
+
+async def _the_next_start_stops_it(
+    sim: StandIns, start_daemon: StartDaemon, workdir: Path, la_session_id: str
+) -> None:
+    la = sim.liveavatar
+    la.faults.hang_stops = False  # the stops still hanging are answered 503: nothing stopped
+    assert la.sessions[la_session_id].end_reason is None
+    daemon = await start_daemon(workdir=workdir)
+    assert la.live_sessions == []
+    assert la.sessions[la_session_id].end_reason == "SERVER_ERROR"
+    await wait_until(lambda: ledger_entries(daemon) == [], 5, "the swept entry removed")
+
+
+async def test_sigterm_with_stops_unanswered_exits_in_bound_and_keeps_the_ledger(
+    sim: StandIns, start_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    la = sim.liveavatar
+    workdir = tmp_path / "frozen-stop"
+    daemon = await start_daemon(*BOUNDED_STOP, workdir=workdir)
+    s = await Session.open(daemon, "stop-hangs")
+    la.faults.hang_stops = True
+    try:
+        # The client stays attached and silent: the drain runs to its deadline, then the forced
+        # close stops the LiveAvatar session, whose /stop never answers.
+        assert await _sigterm_within_bound(daemon) == 0
+        events = [line.get("event") for line in daemon.log_events()]
+        assert "drain_timeout" in events
+        assert "sessions_close_abandoned" in events
+        assert la.live_sessions == [s.la_session_id]
+        assert ledger_entries(daemon) == [s.la_session_id]
+        await s.client.abort()
+        await _the_next_start_stops_it(sim, start_daemon, workdir, s.la_session_id)
+    finally:
+        la.faults.hang_stops = False
+
+
+async def test_room_closed_during_the_drain_with_stops_unanswered_exits_in_bound(
+    sim: StandIns, start_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    la = sim.liveavatar
+    workdir = tmp_path / "room-closed"
+    daemon = await start_daemon(*BOUNDED_STOP, workdir=workdir)
+    s = await Session.open(daemon, "room-closed-draining")
+    la.faults.hang_stops = True
+    try:
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGTERM)
+        await s.until("draining", 15)
+        # The avatar's room goes away mid-drain: the downlink fails, the session with it.
+        await sim.livekit.close_room(s.room)
+        assert await _sigterm_within_bound(daemon) == 0
+        events = [line.get("event") for line in daemon.log_events()]
+        assert "downlink_failed" in events
+        assert "sessions_close_abandoned" in events
+        assert la.live_sessions == [s.la_session_id]
+        assert ledger_entries(daemon) == [s.la_session_id]
+        await s.client.abort()
+        await _the_next_start_stops_it(sim, start_daemon, workdir, s.la_session_id)
+    finally:
+        la.faults.hang_stops = False
