@@ -261,8 +261,9 @@ class _SyntheticVp8(Vp8Encoder):
     On the synthetic picture, which has none, a loaded machine's encode (realtime deadline,
     adaptive speed) now and then left blocks of an older frame in place: the barcode then read
     a frame number from two frames before, a picture "shown out of order" that no relay or
-    receiver caused (tests/relay/test_path.py's rejoin test failed 2 runs in 16 under load that
-    way; the same bitstream decoded by a fresh decoder read the same; 0 in 46 without it).
+    receiver caused (tests/relay/test_path.py's rejoin test failed 3 runs in 36 on a loaded
+    2-core machine that way, 0 in 76 without the denoiser; a fresh decoder given the bitstream
+    the receiver got read the same frame numbers).
     """
 
     def encode(self, frame: Frame, force_keyframe: bool = False) -> tuple[list[bytes], int]:
