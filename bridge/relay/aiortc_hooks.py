@@ -214,7 +214,8 @@ class ReceiverTap:
         self.unknown_payload = 0
         # aiortc asks once per gap; ours asks again until the packet comes (bridge/relay/nack.py).
         self.nack = NackRequester()
-        self._nack_ssrc: int | None = None
+        # Replaced by a LiveKit rejoin or a handover: nothing more is asked of its stream.
+        self.retired = False
         r: Any = receiver
         self._codecs: dict[int, RTCRtpCodecParameters] = r._RTCRtpReceiver__codecs
         self._rtx_ssrc: dict[int, int] = r._RTCRtpReceiver__rtx_ssrc
@@ -276,17 +277,21 @@ class ReceiverTap:
             packet = unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)
             codec = self._codecs[apt]
             self.rtx_received += 1
-        if self._aiortc_nacks:  # aiortc's receiver would NACK (video): the relay does instead
-            if packet.ssrc != self._nack_ssrc:
-                if self._nack_ssrc is not None:
-                    self.nack.restart()
-                self._nack_ssrc = packet.ssrc
+        # aiortc's receiver would NACK (video): the relay does instead, for the stream it
+        # follows (a late packet of a stream it left is neither asked for nor a restart).
+        if self._aiortc_nacks and not self.retired and self.nack.follow(packet.ssrc):
             lost = self.nack.on_packet(packet.sequence_number, time.monotonic())
             if lost:
                 self.nacks_sent += 1
                 # Ascending, as aiortc's own: its packing of the list into PID/BLP needs it.
                 await r._send_rtcp_nack(packet.ssrc, sorted(lost))
         await self._on_rtp(packet, codec, arrival_time_ms)
+
+    def retire(self) -> None:
+        """The relay replaced this receiver (a LiveKit rejoin, a handover): its stream's lost
+        packets are no longer asked for (its last packets, still arriving, are not relayed)."""
+        self.retired = True
+        self.nack.restart()
 
     async def _handle_rtcp(self, packet: Any) -> None:
         if isinstance(packet, RtcpSrPacket):

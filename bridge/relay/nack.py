@@ -22,6 +22,8 @@ MAX_MISSING = 1000
 MAX_GAP = 1000
 # Due this close to the interval counts as due (float seconds: 0.3 - 0.2 < 0.1).
 _EPS_S = 1e-6
+# Streams left behind that are remembered (a rejoin or handover leaves one each).
+_LEFT_SSRCS = 8
 
 
 @dataclass(slots=True)
@@ -48,6 +50,25 @@ class NackRequester:
         self.retries = 0  # ... and again
         self.given_up = 0  # never came after max_retries, or pushed out by max_missing
         self.restarts = 0
+        self.ssrc: int | None = None  # the stream followed
+        self._left: list[int] = []  # streams followed before (newest last, bounded)
+        self.stale = 0  # packets of a stream left behind: not tracked, not a restart
+
+    def follow(self, ssrc: int) -> bool:
+        """Whether packets of ``ssrc`` are tracked. A new stream (a rebase upstream) restarts
+        the requester: what the old one misses is no longer asked for. A stream left before (a
+        late packet or retransmission of it) is ignored: it must neither be asked for nor
+        restart the current stream's tracking."""
+        if ssrc == self.ssrc:
+            return True
+        if ssrc in self._left:
+            self.stale += 1
+            return False
+        if self.ssrc is not None:
+            self._left = [*self._left[-(_LEFT_SSRCS - 1) :], self.ssrc]
+            self.restart()
+        self.ssrc = ssrc
+        return True
 
     @property
     def missing(self) -> int:

@@ -692,6 +692,9 @@ class RelayPath:
             "keyframes": policy.gate.keyframes,
             "waiting_for_keyframe_dropped": policy.gate.dropped,
             "waiting_for_size_dropped": policy.size_dropped,
+            # Late packets of a stream rebased away from, and from before the restart keyframe.
+            "stale_stream_dropped": policy.stale_dropped,
+            "before_keyframe_dropped": policy.before_keyframe_dropped,
             "video_size": None if policy.size is None else f"{policy.size[0]}x{policy.size[1]}",
             "video_size_changes": policy.size_changes,
             "rtx_sent": video.history.hits if video else 0,
@@ -889,6 +892,7 @@ class RelayPath:
         if self._subscriber is not None:
             self._retired.append(self._subscriber)
         for old in self._receiver_taps.values():
+            old.retire()
             self._retired_taps.add(old)
         self._subscriber = prepared.subscriber
         self._receiver_taps = dict(prepared.taps)
@@ -934,6 +938,7 @@ class RelayPath:
         old = self._receiver_taps.get(kind)
         self._receiver_taps[kind] = tap
         if old is not None:
+            old.retire()
             self._retired_taps.add(old)
         if kind == "video" and self._video.new_subscription():
             self._tasks.spawn(self._ask_for_keyframe(), "relay_keyframe_request")

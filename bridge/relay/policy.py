@@ -3,7 +3,14 @@
 :class:`VideoPolicy` owns the decisions :class:`~bridge.relay.path.RelayPath` used to make inline:
 
 * **SSRC changes** (a LiveKit rejoin brings a new subscription): the keyframe gate closes and a
-  keyframe is asked for upstream;
+  keyframe is asked for upstream; the stream left behind is retired: a late packet or
+  retransmission of it is dropped (``stale_stream``), never relayed after the new stream's
+  pictures (the rewriter would rebase back onto it: an old picture shown after newer ones) and
+  never a reason to close the gate again;
+* **restart keyframe**: once the gate opens on a keyframe, a packet of the same stream from
+  before that keyframe (a late retransmission of a frame the gate turned away) is dropped
+  (``before_keyframe``): rewritten, it would land behind the keyframe, on sequence numbers the
+  receivers already had (aiortc's jitter buffer restarts on a packet 100 or more behind);
 * **pause/resume**: while the Stream SFU does not want our video (send-video revoked, our layer
   paused) video is dropped on arrival and the hold is emptied unsent; when it is wanted again
   the gate waits for a keyframe and the downstream stream is rebased (sequence numbers go on
@@ -48,9 +55,18 @@ class Packet(Protocol):
     ssrc: int
     payload: bytes
     timestamp: int
+    sequence_number: int
 
 
 P = TypeVar("P", bound=Packet)
+
+_SEQ_MOD = 1 << 16
+# The restart keyframe's sequence number is compared with later packets' until the stream is
+# this far past it: well before a 16-bit comparison could take a new packet for an old one.
+_RESTART_SPAN = 1 << 14
+# Streams the relay rebased away from, remembered (oldest forgotten first): a rejoin or a
+# handover retires one each.
+_RETIRED_SSRCS = 8
 
 
 @dataclass(slots=True)
@@ -118,6 +134,14 @@ class VideoPolicy(Generic[P]):
         self.size_dropped = 0  # packets of keyframes (and what follows) of a size not asked for
         self._wait_from: float | None = None  # the gate closed (waiting for a keyframe) since
         self._rejected_ts: int | None = None  # RTP timestamp of the keyframe turned away
+        # Streams rebased away from (newest last), and what was dropped as theirs.
+        self._retired: list[int] = []
+        self.stale_dropped = 0
+        # The keyframe the gate last opened on: (sequence number, RTP timestamp), and how far
+        # the stream has gone past it; packets from before it are dropped (before_keyframe).
+        self._restart: tuple[int, int] | None = None
+        self._restart_ahead = 0
+        self.before_keyframe_dropped = 0
 
     # -- packets ---------------------------------------------------------------------------------
 
@@ -125,7 +149,14 @@ class VideoPolicy(Generic[P]):
         verdict: Admit[P] = Admit()
         ssrc = packet.ssrc
         if ssrc != self.upstream_ssrc:
+            if ssrc in self._retired:
+                # A stream the relay rebased away from (a late packet or retransmission of the
+                # old subscription): relayed, the rewriter would rebase back onto it.
+                self.stale_dropped += 1
+                verdict.dropped = "stale_stream"
+                return verdict
             if self.upstream_ssrc is not None:
+                self._retire(self.upstream_ssrc)
                 self.gate.close()
                 if not self.blocked:
                     verdict.keyframe_request = "ssrc_change"
@@ -135,6 +166,10 @@ class VideoPolicy(Generic[P]):
             verdict.dropped = "paused_by_sfu"
             return verdict
         was_open = self.gate.open
+        if was_open and self._before_restart(packet):
+            self.before_keyframe_dropped += 1
+            verdict.dropped = "before_keyframe"
+            return verdict
         key = self.gate.is_key(packet.payload)
         size = keyframe_size(self.codec, packet.payload) if key else None
         if not was_open and self._turn_away(packet.timestamp, size, now):
@@ -145,6 +180,9 @@ class VideoPolicy(Generic[P]):
             verdict.dropped = "waiting_for_keyframe"
             return verdict
         if key:
+            if not was_open:
+                self._restart = (packet.sequence_number, packet.timestamp)
+                self._restart_ahead = 0
             verdict.first_keyframe = self._on_keyframe(now, first=not was_open)
             self._wait_from = self._rejected_ts = None
             if size is not None and size != self.size:
@@ -160,6 +198,28 @@ class VideoPolicy(Generic[P]):
         verdict.send.extend(early)
         verdict.held = True
         return verdict
+
+    def _retire(self, ssrc: int) -> None:
+        if ssrc in self._retired:
+            self._retired.remove(ssrc)
+        self._retired.append(ssrc)
+        del self._retired[:-_RETIRED_SSRCS]
+
+    def _before_restart(self, packet: P) -> bool:
+        """Whether ``packet`` (of the current stream, the gate open) is from before the
+        keyframe the gate opened on. The keyframe's own frame is not (H264: its SPS/PPS may
+        come back as a retransmission after the IDR opened the gate)."""
+        if self._restart is None:
+            return False
+        key_seq, key_ts = self._restart
+        d = (packet.sequence_number - key_seq) % _SEQ_MOD
+        if d < _SEQ_MOD // 2:  # at or after the keyframe
+            if d > self._restart_ahead:
+                self._restart_ahead = d
+                if d >= _RESTART_SPAN:
+                    self._restart = None  # far past it: no longer compared
+            return False
+        return packet.timestamp != key_ts
 
     def _turn_away(self, timestamp: int, size: Size | None, now: float) -> bool:
         """While the gate is closed: whether this packet belongs to a keyframe of a size other
@@ -225,6 +285,10 @@ class VideoPolicy(Generic[P]):
         (the SFU wants video)."""
         self.gate.close()
         if ssrc is not None:
+            if self.upstream_ssrc is not None and self.upstream_ssrc != ssrc:
+                self._retire(self.upstream_ssrc)
+            if ssrc in self._retired:
+                self._retired.remove(ssrc)  # asked for by name: current again
             self.upstream_ssrc = ssrc
         return not self.blocked
 

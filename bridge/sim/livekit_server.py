@@ -34,6 +34,7 @@ import fractions
 import gzip
 import json
 import math
+import multiprocessing
 import random
 import secrets
 import time
@@ -55,7 +56,7 @@ from aiortc import (
 )
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.opus import OpusEncoder
-from aiortc.codecs.vpx import Vp8Encoder
+from aiortc.codecs.vpx import Vp8Encoder, number_of_threads
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
@@ -144,6 +145,9 @@ class StandInCounters:
     packets_dropped: int = 0
     video_packets_dropped: int = 0
     video_rtx_dropped: int = 0  # first retransmissions dropped (Faults.drop_first_video_rtx)
+    # Packets of a killed connection's video sent again on its rejoin's connection
+    # (Faults.late_old_keyframe_after_rejoin).
+    late_old_video_sent: int = 0
 
 
 def _rtx_original_seq(data: bytes) -> int | None:
@@ -250,8 +254,68 @@ class _LiveEncoderInput(MediaStreamTrack):
         super().stop()
 
 
-class _RawVp8(Vp8Encoder):
-    """aiortc's VP8 encoder settings, without packetizing: one payload per encoded frame."""
+class _SyntheticVp8(Vp8Encoder):
+    """aiortc's VP8 encoder (its settings, aiortc 1.14.0) without the temporal denoiser.
+
+    aiortc asks libvpx for ``noise-sensitivity 4`` (aggressive denoising, for camera noise).
+    On the synthetic picture, which has none, a loaded machine's encode (realtime deadline,
+    adaptive speed) now and then left blocks of an older frame in place: the barcode then read
+    a frame number from two frames before, a picture "shown out of order" that no relay or
+    receiver caused (tests/relay/test_path.py's rejoin test failed 3 runs in 36 on a loaded
+    2-core machine that way, 0 in 76 without the denoiser; a fresh decoder given the bitstream
+    the receiver got read the same frame numbers).
+    """
+
+    def encode(self, frame: Frame, force_keyframe: bool = False) -> tuple[list[bytes], int]:
+        assert isinstance(frame, av.VideoFrame)
+        if frame.format.name != "yuv420p":
+            frame = frame.reformat(format="yuv420p")
+        codec = self.codec
+        bitrate = self.target_bitrate
+        # aiortc's own reopen rule (new size, or a bitrate more than 10 % off): opened here,
+        # so aiortc's encode() finds the codec current and keeps it.
+        if (
+            codec is None
+            or frame.width != codec.width
+            or frame.height != codec.height
+            or not codec.bit_rate
+            or abs(bitrate - codec.bit_rate) / codec.bit_rate > 0.1
+        ):
+            codec = av.CodecContext.create("libvpx", "w")
+            codec.width, codec.height = frame.width, frame.height
+            codec.bit_rate = bitrate
+            codec.pix_fmt = "yuv420p"
+            codec.gop_size = 3000
+            codec.qmin, codec.qmax = 2, 56
+            codec.options = {
+                "bufsize": str(bitrate),
+                "cpu-used": "-6",
+                "deadline": "realtime",
+                "lag-in-frames": "0",
+                "minrate": str(bitrate),
+                "maxrate": str(bitrate),
+                "noise-sensitivity": "0",  # aiortc: "4"
+                "overshoot-pct": "15",
+                "partitions": "0",
+                "static-thresh": "1",
+                "undershoot-pct": "100",
+            }
+            codec.thread_count = number_of_threads(
+                frame.width * frame.height, multiprocessing.cpu_count()
+            )
+            self.codec = codec
+        return super().encode(frame, force_keyframe)
+
+
+def synthetic_encoder(sender: RTCRtpSender, codec: str) -> None:
+    """Give a stand-in sender of the synthetic avatar's video its VP8 encoder (before its first
+    frame: aiortc creates one only when none is set)."""
+    if sender.kind == "video" and codec.upper() == "VP8":
+        cast(Any, sender)._RTCRtpSender__encoder = _SyntheticVp8()
+
+
+class _RawVp8(_SyntheticVp8):
+    """The stand-in's VP8 encoder settings, without packetizing: one payload per encoded frame."""
 
     @classmethod
     def _packetize(cls, buffer: bytes, picture_id: int) -> list[bytes]:
@@ -584,6 +648,13 @@ class Faults:
         # dropped then comes only if the subscriber asks again.
         self.drop_first_video_rtx = False
         self.delay_ms = 0.0  # added to every media packet
+        # A late packet of the old stream after a LiveKit rejoin: once a subscriber whose peer
+        # connection kill_peer_connection() closed has been sent this many video packets on its
+        # new connection, the old connection's first video frame (the encoder's first: a
+        # keyframe) follows, unchanged (old SSRC, sequence numbers, timestamps), as a
+        # retransmission of the old stream that arrives after the new one started. 0: off.
+        self.late_old_keyframe_after_rejoin = 0
+        self._late_video: dict[str, list[bytes]] = {}  # room -> the old frame's packets
         # Renegotiate right after the first answer/offer, before media flows (browsers do).
         self.renegotiate_on_join = False
         # Forward this simulcast layer (rid "q"/"h"/"f") to every subscriber of a forwarded
@@ -621,6 +692,11 @@ class Faults:
         count = 0
         for p in self._server._participants(room):
             count += 1
+            if self.late_old_keyframe_after_rejoin > 0:
+                for sender in p.senders:
+                    first = getattr(sender.transport, "_sim_first_video", None)
+                    if sender.kind == "video" and first:
+                        self._late_video[p.room.name] = list(first)
             await p.close_media()
         await self.close_signalling(room)
         return count
@@ -1161,6 +1237,9 @@ class LiveKitStandIn:
                 continue
             transport._sim_lossy = dict(media_ssrcs)
             transport._sim_rtx = set(video_rtx_ssrcs)
+            # The connection's first video frame, kept for late_old_keyframe_after_rejoin.
+            transport._sim_first_video = []
+            first_ts: list[int] = []
             rtx_dropped_for: set[int] = set()
             send_rtp = transport._send_rtp
             rng = random.Random(faults.drop_seed)
@@ -1173,6 +1252,7 @@ class LiveKitStandIn:
                 transport: Any = transport,
                 rng: Any = rng,
                 rtx_dropped_for: set[int] = rtx_dropped_for,
+                first_ts: list[int] = first_ts,
             ) -> None:
                 nonlocal seen, video_seen
                 is_rtcp = len(data) >= 2 and 192 <= data[1] <= 208
@@ -1211,6 +1291,18 @@ class LiveKitStandIn:
                     if faults.delay_ms > 0:
                         await asyncio.sleep(faults.delay_ms / 1000.0)
                 await send_rtp(data)
+                if kind == "video" and faults.late_old_keyframe_after_rejoin > 0:
+                    ts = int.from_bytes(data[4:8], "big")
+                    if not first_ts:
+                        first_ts.append(ts)
+                    if ts == first_ts[0] and len(transport._sim_first_video) < 64:
+                        transport._sim_first_video.append(data)
+                    late = faults._late_video.get(p.room.name)
+                    if late and video_seen == faults.late_old_keyframe_after_rejoin:
+                        del faults._late_video[p.room.name]
+                        for old in late:
+                            counters.late_old_video_sent += 1
+                            await send_rtp(old)
 
             transport._send_rtp = lossy
 
@@ -1245,6 +1337,9 @@ class LiveKitStandIn:
                 p.senders.append(t.sender)
         else:
             p.senders += [pc.addTrack(video), pc.addTrack(audio)]
+        if isinstance(video, _LiveEncoderInput):
+            for sender in p.senders:
+                synthetic_encoder(sender, avatar.codec)
         p.avatar_attached = True
         if avatar.published is not None:
             for sender in p.senders:

@@ -99,3 +99,22 @@ def test_seeded_loss_every_packet_comes_with_enough_retries() -> None:
     assert received == set(range(2000))
     assert n.given_up == 0 and n.missing == 0 and not pending
     assert rtx_lost > 0 and n.retries == rtx_lost
+
+
+def test_a_new_stream_restarts_and_a_late_packet_of_the_old_one_is_ignored() -> None:
+    """A rebase upstream (a new SSRC): what the old stream misses is no longer asked for, and a
+    late packet or retransmission of it neither is tracked nor restarts the new stream's
+    tracking (the new stream's missing packets are still asked for)."""
+    n = NackRequester(retry_interval_s=0.1)
+    assert n.follow(1111)
+    n.on_packet(10, 0.0)
+    assert n.on_packet(13, 0.0) == [11, 12]
+    assert n.follow(2222)  # the new stream
+    assert n.missing == 0 and n.restarts == 1 and n.given_up == 2
+    n.on_packet(500, 0.1)
+    assert n.on_packet(502, 0.1) == [501]
+    assert not n.follow(1111)  # the old stream's late packet: not ours any more
+    assert n.stale == 1 and n.restarts == 1 and n.missing == 1
+    assert n.follow(2222)
+    assert n.on_packet(503, 0.25) == [501]  # still asked again
+    assert n.ssrc == 2222

@@ -229,16 +229,27 @@ async def test_a_lost_upstream_retransmission_is_asked_for_again(
 async def test_livekit_rejoin_rebases_and_restarts_on_a_keyframe(
     livekit: LiveKitStandIn, recorder: Recorder
 ) -> None:
+    """The LiveKit peer connection is killed; the relay rejoins and rebases onto the new stream.
+    A late packet of the old stream (its first keyframe, as a late retransmission would bring it)
+    then reaches the relay after the new stream's: it is not relayed (an old picture shown after
+    newer ones) and does not stop the new stream's video."""
+    livekit.faults.late_old_keyframe_after_rejoin = 10  # the new stream's 10th video packet
     stream = LoopbackStream()
     relay = await start_relay(livekit, recorder, stream)
     try:
         await wait_for(lambda: len(stream.frames) >= 10, 15, "decoded frames")
         await livekit.faults.kill_peer_connection("room")
         await wait_for(lambda: relay.stats()["rebases"] >= 1, 15, "new upstream stream")
+        await wait_for(
+            lambda: livekit.counters.late_old_video_sent >= 1, 15, "the old stream's late packet"
+        )
         n = len(stream.frames)
         await wait_for(lambda: len(stream.frames) >= n + 20, 10, "video after the rejoin")
         assert relay.stats()["keyframes"] >= 2
         assert in_order(stream.frames)
+        stats = relay.stats()
+        assert stats["stale_stream_dropped"] == livekit.counters.late_old_video_sent, stats
+        assert stats["rebases"] == 1, stats  # onto the new stream, never back onto the old one
     finally:
         await relay.aclose()
     assert not recorder.failures

@@ -234,3 +234,95 @@ def test_the_layer_asked_of_livekit_and_the_announced_size_decision() -> None:
     assert not declines_announced_size(require_match=False, announced=(1280, 720), wanted=want)
     assert not declines_announced_size(require_match=True, announced=(0, 0), wanted=want)
     assert not declines_announced_size(require_match=True, announced=None, wanted=want)
+
+
+# -- late packets after a rebase ----------------------------------------------------------------
+
+
+def test_a_late_packet_of_the_stream_left_behind_is_dropped_and_keeps_the_gate_open() -> None:
+    """A LiveKit rejoin: the relay rebased onto the new stream (2222). A late packet or a
+    retransmission of the old one (1111), even a keyframe, is not relayed (the rewriter would
+    rebase back onto it: an old picture after newer ones) and does not close the gate."""
+    p = policy()
+    p.admit(packet(1, key=True), 0.0)
+    p.admit(packet(2), 0.03)
+    assert p.admit(packet(900, ssrc=2222), 0.5).keyframe_request == "ssrc_change"
+    assert p.admit(packet(901, key=True, ssrc=2222), 0.6).send
+    for late in (packet(3), packet(1, key=True), packet(2)):
+        verdict = p.admit(late, 0.65)
+        assert verdict.dropped == "stale_stream" and not verdict.send
+        assert verdict.keyframe_request is None
+    assert p.gate.open and p.upstream_ssrc == 2222 and p.stale_dropped == 3
+    assert [x.sequence_number for x in p.admit(packet(902, ssrc=2222), 0.7).send] == [902]
+    assert p.gate.keyframes == 2  # the old keyframe was not counted either
+
+
+def test_streams_left_behind_are_remembered_boundedly() -> None:
+    p = policy()
+    for ssrc in range(1, 12):  # ten rebases, each onto a new stream
+        p.admit(packet(ssrc * 100, key=True, ssrc=ssrc), float(ssrc))
+    assert p.admit(packet(1000, ssrc=10), 20.0).dropped == "stale_stream"
+    assert p.admit(packet(300, ssrc=3), 20.0).dropped == "stale_stream"
+    # The oldest were forgotten (8 kept): such a packet is a new stream again.
+    assert p.admit(packet(100, ssrc=1), 20.0).keyframe_request == "ssrc_change"
+
+
+def test_an_avatar_switch_retires_the_old_avatars_stream() -> None:
+    p = policy()
+    p.admit(packet(1, key=True), 0.0)
+    p.switch_upstream(2222)
+    assert p.admit(packet(50, key=True, ssrc=2222), 0.4).send
+    assert p.admit(packet(2), 0.45).dropped == "stale_stream"  # the old avatar's, still coming
+    assert p.gate.open
+
+
+def test_a_packet_from_before_the_restart_keyframe_is_dropped() -> None:
+    """After a rejoin the gate turned packets 900-904 away (no keyframe yet) and the relay
+    NACKed one of them; its retransmission comes after keyframe 905 opened the gate. Rewritten
+    it would go out behind the keyframe, on sequence numbers the receivers already had."""
+    p = policy()
+    p.admit(packet(1, key=True), 0.0)
+    for seq in (900, 901, 903, 904):
+        assert p.admit(packet(seq, ssrc=2222), 0.5).dropped == "waiting_for_keyframe"
+    assert p.admit(packet(905, key=True, ssrc=2222), 0.6).send
+    assert p.admit(packet(906, ssrc=2222), 0.61).send
+    late = p.admit(packet(902, ssrc=2222), 0.62)  # the retransmission
+    assert late.dropped == "before_keyframe" and not late.send
+    assert p.before_keyframe_dropped == 1 and p.gate.open
+    # A late packet after the keyframe (a repair the receivers need) still goes.
+    assert p.admit(packet(907, ssrc=2222), 0.63).send
+    assert p.admit(packet(908, ssrc=2222), 0.64).send
+    assert p.admit(packet(906, ssrc=2222), 0.65).send  # reordered, or its retransmission
+
+
+def test_the_restart_keyframes_own_frame_is_not_before_it() -> None:
+    """H264: the gate may open on the IDR while the SPS/PPS packet of the same frame (same
+    timestamp, an earlier sequence number) comes back later as a retransmission."""
+    p = policy()
+    p.admit(packet(10, key=True, ts=9000), 0.0)
+    assert p.admit(packet(9, ts=9000), 0.01).send  # same frame: relayed
+    assert p.admit(packet(8, ts=6000), 0.02).dropped == "before_keyframe"
+
+
+def test_the_restart_rule_survives_the_sequence_wrap_and_then_lets_go() -> None:
+    p = policy()
+    p.admit(packet(65530, key=True, ts=0), 0.0)
+    assert p.admit(packet(3, ts=3000), 0.01).send  # wrapped: after the keyframe
+    assert p.admit(packet(65529, ts=1), 0.02).dropped == "before_keyframe"
+    # Far past the keyframe (2^14 packets) it is no longer compared: a later stream position
+    # half the sequence space on must not be taken for one before it.
+    for seq in range(4, 20000, 1000):
+        p.admit(packet(seq % 65536, ts=seq * 3000 + 3000), 1.0)
+    assert p.admit(packet(20000), 2.0).send
+    assert p.admit(packet(33000), 3.0).send  # 32,006 past the keyframe: not "before" it
+
+
+def test_a_resume_after_a_pause_restarts_the_rule_on_the_new_keyframe() -> None:
+    p = policy()
+    p.admit(packet(1, key=True), 0.0)
+    p.admit(packet(2), 0.03)
+    p.set_blocked("grant_revoked", blocked=True)
+    p.admit(packet(3), 0.1)
+    p.set_blocked("grant_revoked", blocked=False)
+    assert p.admit(packet(10, key=True), 0.5).send
+    assert p.admit(packet(4), 0.55).dropped == "before_keyframe"  # from before the pause
