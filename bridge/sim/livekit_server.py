@@ -148,6 +148,10 @@ class StandInCounters:
     # Packets of a killed connection's video sent again on its rejoin's connection
     # (Faults.late_old_keyframe_after_rejoin).
     late_old_video_sent: int = 0
+    # Subscriber offers held back because the previous one was not answered yet (legacy mode),
+    # and signalling requests whose handling raised (an answer aiortc refused, ...).
+    offers_deferred: int = 0
+    signal_request_failures: int = 0
 
 
 def _rtx_original_seq(data: bytes) -> int | None:
@@ -548,6 +552,9 @@ class _Participant:
         self.tap: PublisherTap | None = None
         self.sinks: list[ForwardSink] = []  # what this subscriber receives, forwarded
         self.offer_id = 0
+        # Legacy mode: our offer on sub_pc awaits its answer; another was asked for meanwhile.
+        self.offer_outstanding = False
+        self.offer_again = False
         self.negotiations = 0  # offer/answer exchanges completed on the avatar's PC
         self._send_lock = asyncio.Lock()
         self.park_task: asyncio.Task[None] | None = None
@@ -1117,6 +1124,12 @@ class LiveKitStandIn:
         self.counters.resumes += 1
         SIM_JOINS.labels("resumed").inc()
         await p.send(reconnect=lkr.ReconnectResponse())
+        pc = p.sub_pc
+        if p.offer_outstanding and pc is not None and pc.localDescription is not None:
+            # Its answer may have been lost with the old WebSocket: offer again, or every later
+            # offer would wait for it forever.
+            again = lkr.SessionDescription(type="offer", sdp=pc.localDescription.sdp, id=p.offer_id)
+            await p.send(offer=again)
         # The SDK treats participants missing from the post-resume snapshot as gone.
         if r.avatar is not None:
             snapshot = [r.avatar.info(lkm.ParticipantInfo.ACTIVE)]
@@ -1154,6 +1167,7 @@ class LiveKitStandIn:
                     return
             except Exception:  # one bad message (an SDP aiortc rejects) must not end the session
                 which = req.WhichOneof("message")
+                self.counters.signal_request_failures += 1
                 log.exception("livekit_signal_request_failed", sid=p.sid, message=which)
 
     async def _on_request(self, p: _Participant, req: lkr.SignalRequest) -> bool:
@@ -1171,8 +1185,14 @@ class LiveKitStandIn:
         elif which == "answer":
             if p.sub_pc is not None:
                 desc = RTCSessionDescription(req.answer.sdp, "answer")
-                await p.sub_pc.setRemoteDescription(desc)
+                try:
+                    await p.sub_pc.setRemoteDescription(desc)
+                finally:
+                    p.offer_outstanding = False
                 p.negotiations += 1
+                if p.offer_again:
+                    p.offer_again = False
+                    await self._send_subscriber_offer(p)
                 if p.negotiations > 1:
                     self.counters.renegotiations += 1
                 if p.negotiations == 1 and self.faults.renegotiate_on_join:
@@ -1495,6 +1515,14 @@ class LiveKitStandIn:
     async def _send_subscriber_offer(self, p: _Participant) -> None:
         pc = p.sub_pc
         assert pc is not None
+        if p.offer_outstanding:
+            # One offer at a time, as LiveKit's transport negotiates (pkg/rtc/transport.go: an
+            # offer wanted while one is unanswered is deferred, then sent once the answer is in).
+            # Otherwise the client's answer to the first would be applied against the second.
+            p.offer_again = True
+            self.counters.offers_deferred += 1
+            return
+        p.offer_outstanding = True
         await pc.setLocalDescription(await pc.createOffer())
         p.offer_id += 1
         desc = lkr.SessionDescription(type="offer", sdp=pc.localDescription.sdp, id=p.offer_id)

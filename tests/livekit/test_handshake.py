@@ -11,10 +11,13 @@ import time
 
 import numpy as np
 import pytest
-from aiohttp import ClientSession
+from aiohttp import ClientSession, ClientWebSocketResponse, WSMsgType
+from aiortc import RTCPeerConnection, RTCSessionDescription
 from livekit import api, rtc
+from livekit.protocol import rtc as lkr
 
-from bridge.sim.livekit_server import LiveKitStandIn
+from bridge.sim.avatar_publisher import SdkAvatarPublisher
+from bridge.sim.livekit_server import LiveKitStandIn, SyntheticVideoTrack, ToneAudioTrack
 from tests.livekit.conftest import AVATAR, open_room
 
 
@@ -201,3 +204,71 @@ async def test_track_info_has_the_published_size_when_a_subscriber_joins() -> No
         await room.disconnect()
         await server.aclose()
         await renderer.aclose()
+
+
+async def _signal(ws: ClientWebSocketResponse, within_s: float) -> lkr.SignalResponse:
+    async with asyncio.timeout(within_s):
+        while True:
+            msg = await ws.receive()
+            assert msg.type == WSMsgType.BINARY, f"signalling closed: {msg}"
+            res = lkr.SignalResponse()
+            res.ParseFromString(msg.data)
+            if res.WhichOneof("message") != "pong_resp":
+                return res
+
+
+async def _answer(
+    pc: RTCPeerConnection, ws: ClientWebSocketResponse, offer: lkr.SessionDescription
+) -> None:
+    await pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
+    await pc.setLocalDescription(await pc.createAnswer())
+    answer = lkr.SessionDescription(type="answer", sdp=pc.localDescription.sdp, id=offer.id)
+    await ws.send_bytes(lkr.SignalRequest(answer=answer).SerializeToString())
+
+
+@pytest.mark.netns
+async def test_legacy_subscriber_gets_one_offer_at_a_time() -> None:
+    """The avatar publishing while a legacy subscriber's first offer is unanswered: the second
+    offer waits for that answer (as LiveKit's transport does). The CI failure this pins: the
+    browser's answer to offer 1 applied against offer 2, refused, and the SDK gave up."""
+    server = LiveKitStandIn()
+    await server.start()
+    await server.open_room("race")
+    pc = RTCPeerConnection()
+    avatar = SdkAvatarPublisher(
+        SyntheticVideoTrack(320, 180, fps=15), ToneAudioTrack(), width=320, height=180, codec="VP8"
+    )
+    try:
+        async with ClientSession() as http:
+            token = server.mint_token("race", "viewer")
+            url = server.url.replace("ws://", "http://") + f"/rtc?access_token={token}"
+            async with http.ws_connect(url) as ws:
+                assert (await _signal(ws, 10)).WhichOneof("message") == "join"
+                first = await _signal(ws, 10)
+                assert first.WhichOneof("message") == "offer", first
+                # Unanswered: the avatar now publishes, and the server wants a new offer.
+                await avatar.start(server.url, server.mint_token("race", "avatar"))
+                async with asyncio.timeout(10):
+                    while server.counters.offers_deferred == 0:
+                        seen = await _signal(ws, 10)
+                        assert seen.WhichOneof("message") != "offer", (
+                            "a second offer while the first was unanswered"
+                        )
+                await _answer(pc, ws, first.offer)
+                second = await _signal(ws, 10)
+                while second.WhichOneof("message") != "offer":
+                    second = await _signal(ws, 10)
+                assert second.offer.id == first.offer.id + 1
+                lines = second.offer.sdp.splitlines()
+                kinds = [line.split()[0] for line in lines if line.startswith("m=")]
+                assert kinds.count("m=audio") == 1 and kinds.count("m=video") == 1, kinds
+                await _answer(pc, ws, second.offer)
+                async with asyncio.timeout(10):
+                    while server.counters.renegotiations < 1:  # noqa: ASYNC110 - a plain counter
+                        await asyncio.sleep(0.05)
+        assert server.counters.signal_request_failures == 0
+        assert server.counters.offers_deferred == 1
+    finally:
+        await pc.close()
+        await avatar.aclose()
+        await server.aclose()
