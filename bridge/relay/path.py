@@ -64,7 +64,12 @@ from bridge.relay.aiortc_hooks import (
     ensure_compatible,
 )
 from bridge.relay.playout import PlayoutBuffer
-from bridge.relay.policy import VideoPolicy, declines_announced_size, layer_request
+from bridge.relay.policy import (
+    StreamFollower,
+    VideoPolicy,
+    declines_announced_size,
+    layer_request,
+)
 from bridge.relay.rtp import RtpRewriter, RtxHistory, first_sequence_number
 from bridge.relay.sender_clock import SenderClock
 from bridge.relay.warm import WarmUpstream
@@ -450,6 +455,9 @@ class RelayPath:
         self._rng = random.Random()
         self._speech = SpeechGate()
         self._audio_gap = False  # audio packets were dropped while muted (not Opus)
+        # Audio's upstream streams: a late packet of one left behind is dropped (stale_stream).
+        self._audio_streams = StreamFollower()
+        self._audio_stale_dropped = 0
         self._onset_in = OnsetPoint("relay", "in")  # first-sound figures
         self._onset_out = OnsetPoint("relay", "out")
 
@@ -694,6 +702,7 @@ class RelayPath:
             "waiting_for_size_dropped": policy.size_dropped,
             # Late packets of a stream rebased away from, and from before the restart keyframe.
             "stale_stream_dropped": policy.stale_dropped,
+            "audio_stale_stream_dropped": self._audio_stale_dropped,
             "before_keyframe_dropped": policy.before_keyframe_dropped,
             "video_size": None if policy.size is None else f"{policy.size[0]}x{policy.size[1]}",
             "video_size_changes": policy.size_changes,
@@ -958,6 +967,11 @@ class RelayPath:
 
     async def _on_rtp(self, fwd: _Forwarder, packet: RtpPacket) -> None:
         if fwd.kind != "video":
+            if self._audio_streams.is_stale(packet.ssrc):
+                self._audio_stale_dropped += 1
+                DROPPED.labels(fwd.kind, "stale_stream").inc()
+                return
+            self._audio_streams.follow(packet.ssrc)
             loud = len(packet.payload) >= OPUS_LOUD_BYTES
             self._onset_in.feed(loud)
             if self._admit_audio(fwd, packet):  # silenced, if muted

@@ -41,6 +41,7 @@ __all__ = [
     "KeyframeAsk",
     "LayerAsk",
     "Packet",
+    "StreamFollower",
     "VideoPolicy",
     "declines_announced_size",
     "layer_request",
@@ -67,6 +68,35 @@ _RESTART_SPAN = 1 << 14
 # Streams the relay rebased away from, remembered (oldest forgotten first): a rejoin or a
 # handover retires one each.
 _RETIRED_SSRCS = 8
+
+
+class StreamFollower:
+    """Which upstream stream (SSRC) one kind follows, and the streams it left (newest last).
+
+    A packet of a stream left behind (a late packet or retransmission of the subscription a
+    LiveKit rejoin replaced) is stale: the rewriter would rebase back onto it, and for audio
+    the old and new streams would interleave, 20 ms each, until the old one's tail ended.
+    """
+
+    def __init__(self, keep: int = _RETIRED_SSRCS) -> None:
+        self.current: int | None = None
+        self._left: list[int] = []
+        self._keep = keep
+
+    def is_stale(self, ssrc: int) -> bool:
+        return ssrc != self.current and ssrc in self._left
+
+    def follow(self, ssrc: int) -> int | None:
+        """Follow ``ssrc`` from now on; returns the stream it leaves (None: none, or the same)."""
+        if ssrc == self.current:
+            return None
+        left, self.current = self.current, ssrc
+        if ssrc in self._left:
+            self._left.remove(ssrc)  # asked for by name: current again
+        if left is not None:
+            self._left.append(left)
+            del self._left[: -self._keep]
+        return left
 
 
 @dataclass(slots=True)
@@ -120,7 +150,7 @@ class VideoPolicy(Generic[P]):
         self.hold: HoldQueue[P] = HoldQueue(hold_s, hold_capacity)
         self.holding = hold_s > 0
         self.pli = RateLimiter(pli_min_interval_s)
-        self.upstream_ssrc: int | None = None
+        self.streams = StreamFollower()
         self.blocked: set[str] = set()
         self.paused_dropped = 0
         self.keyframe_delays_ms: list[float] = []
@@ -134,33 +164,34 @@ class VideoPolicy(Generic[P]):
         self.size_dropped = 0  # packets of keyframes (and what follows) of a size not asked for
         self._wait_from: float | None = None  # the gate closed (waiting for a keyframe) since
         self._rejected_ts: int | None = None  # RTP timestamp of the keyframe turned away
-        # Streams rebased away from (newest last), and what was dropped as theirs.
-        self._retired: list[int] = []
-        self.stale_dropped = 0
+        self.stale_dropped = 0  # packets of streams rebased away from
         # The keyframe the gate last opened on: (sequence number, RTP timestamp), and how far
         # the stream has gone past it; packets from before it are dropped (before_keyframe).
         self._restart: tuple[int, int] | None = None
         self._restart_ahead = 0
         self.before_keyframe_dropped = 0
 
+    @property
+    def upstream_ssrc(self) -> int | None:
+        """The stream video is relayed from now (None: no packet or switch yet)."""
+        return self.streams.current
+
     # -- packets ---------------------------------------------------------------------------------
 
     def admit(self, packet: P, now: float) -> Admit[P]:
         verdict: Admit[P] = Admit()
         ssrc = packet.ssrc
-        if ssrc != self.upstream_ssrc:
-            if ssrc in self._retired:
-                # A stream the relay rebased away from (a late packet or retransmission of the
-                # old subscription): relayed, the rewriter would rebase back onto it.
+        if ssrc != self.streams.current:
+            if self.streams.is_stale(ssrc):
+                # A stream the relay rebased away from: relayed, the rewriter would rebase back
+                # onto it (an old picture shown after newer ones).
                 self.stale_dropped += 1
                 verdict.dropped = "stale_stream"
                 return verdict
-            if self.upstream_ssrc is not None:
-                self._retire(self.upstream_ssrc)
+            if self.streams.follow(ssrc) is not None:
                 self.gate.close()
                 if not self.blocked:
                     verdict.keyframe_request = "ssrc_change"
-            self.upstream_ssrc = ssrc
         if self.blocked:
             self.paused_dropped += 1
             verdict.dropped = "paused_by_sfu"
@@ -198,12 +229,6 @@ class VideoPolicy(Generic[P]):
         verdict.send.extend(early)
         verdict.held = True
         return verdict
-
-    def _retire(self, ssrc: int) -> None:
-        if ssrc in self._retired:
-            self._retired.remove(ssrc)
-        self._retired.append(ssrc)
-        del self._retired[:-_RETIRED_SSRCS]
 
     def _before_restart(self, packet: P) -> bool:
         """Whether ``packet`` (of the current stream, the gate open) is from before the
@@ -263,7 +288,7 @@ class VideoPolicy(Generic[P]):
 
     def ask_keyframe(self, now: float, *, have_upstream: bool) -> KeyframeAsk:
         """Whether a keyframe request (from anywhere) goes upstream now."""
-        if not have_upstream or self.upstream_ssrc is None:
+        if not have_upstream or self.streams.current is None:
             return KeyframeAsk("no_upstream")
         if not self.pli.allow(now):
             return KeyframeAsk("rate_limited")
@@ -285,11 +310,7 @@ class VideoPolicy(Generic[P]):
         (the SFU wants video)."""
         self.gate.close()
         if ssrc is not None:
-            if self.upstream_ssrc is not None and self.upstream_ssrc != ssrc:
-                self._retire(self.upstream_ssrc)
-            if ssrc in self._retired:
-                self._retired.remove(ssrc)  # asked for by name: current again
-            self.upstream_ssrc = ssrc
+            self.streams.follow(ssrc)
         return not self.blocked
 
     # -- the Stream SFU's interest ---------------------------------------------------------------

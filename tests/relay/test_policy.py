@@ -12,6 +12,7 @@ from livekit.protocol import models as lkm
 from bridge.relay.policy import (
     VIDEO_QUALITY_HIGH,
     LayerAsk,
+    StreamFollower,
     VideoPolicy,
     declines_announced_size,
     layer_request,
@@ -326,3 +327,20 @@ def test_a_resume_after_a_pause_restarts_the_rule_on_the_new_keyframe() -> None:
     p.set_blocked("grant_revoked", blocked=False)
     assert p.admit(packet(10, key=True), 0.5).send
     assert p.admit(packet(4), 0.55).dropped == "before_keyframe"  # from before the pause
+
+
+def test_a_stream_follower_drops_only_streams_it_left() -> None:
+    """The rule audio shares with video: after a rejoin the relay follows the new stream; a late
+    packet of the old one is stale (relayed, the rewriter would rebase back and the two
+    streams' audio would interleave), an unknown stream is a new one to follow."""
+    f = StreamFollower(keep=2)
+    assert f.follow(1111) is None and not f.is_stale(1111)
+    assert f.follow(2222) == 1111
+    assert f.is_stale(1111) and not f.is_stale(2222) and not f.is_stale(3333)
+    assert f.follow(2222) is None  # the same stream: nothing left
+    f.follow(3333)
+    f.follow(4444)
+    assert f.is_stale(2222) and f.is_stale(3333)
+    assert not f.is_stale(1111)  # forgotten (2 kept): a new stream again
+    f.follow(2222)  # asked for by name: current, no longer stale
+    assert f.current == 2222 and not f.is_stale(2222) and f.is_stale(4444)
