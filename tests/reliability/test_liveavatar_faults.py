@@ -255,6 +255,26 @@ async def _sigterm_within_bound(daemon: DaemonProcess) -> int:
     return await daemon.stop(timeout_s=DRAIN_S + CLOSE_S + EXIT_MARGIN_S)
 
 
+async def _left_for_the_next_start(
+    sim: StandIns,
+    start_daemon: StartDaemon,
+    workdir: Path,
+    daemon: DaemonProcess,
+    s: Session,
+    *expected_events: str,
+) -> None:
+    """After a bounded exit with /stop unanswered: the events logged, the paid session still live
+    and in the ledger; the next daemon's start stops it and empties the ledger."""
+    la = sim.liveavatar
+    events = [line.get("event") for line in daemon.log_events()]
+    for event in ("sessions_close_abandoned", *expected_events):
+        assert event in events, event
+    assert la.live_sessions == [s.la_session_id]
+    assert ledger_entries(daemon) == [s.la_session_id]
+    await s.client.abort()
+    await _the_next_start_stops_it(sim, start_daemon, workdir, s.la_session_id)
+
+
 async def _the_next_start_stops_it(
     sim: StandIns, start_daemon: StartDaemon, workdir: Path, la_session_id: str
 ) -> None:
@@ -279,13 +299,7 @@ async def test_sigterm_with_stops_unanswered_exits_in_bound_and_keeps_the_ledger
         # The client stays attached and silent: the drain runs to its deadline, then the forced
         # close stops the LiveAvatar session, whose /stop never answers.
         assert await _sigterm_within_bound(daemon) == 0
-        events = [line.get("event") for line in daemon.log_events()]
-        assert "drain_timeout" in events
-        assert "sessions_close_abandoned" in events
-        assert la.live_sessions == [s.la_session_id]
-        assert ledger_entries(daemon) == [s.la_session_id]
-        await s.client.abort()
-        await _the_next_start_stops_it(sim, start_daemon, workdir, s.la_session_id)
+        await _left_for_the_next_start(sim, start_daemon, workdir, daemon, s, "drain_timeout")
     finally:
         la.faults.hang_stops = False
 
@@ -305,12 +319,6 @@ async def test_room_closed_during_the_drain_with_stops_unanswered_exits_in_bound
         # The avatar's room goes away mid-drain: the downlink fails, the session with it.
         await sim.livekit.close_room(s.room)
         assert await _sigterm_within_bound(daemon) == 0
-        events = [line.get("event") for line in daemon.log_events()]
-        assert "downlink_failed" in events
-        assert "sessions_close_abandoned" in events
-        assert la.live_sessions == [s.la_session_id]
-        assert ledger_entries(daemon) == [s.la_session_id]
-        await s.client.abort()
-        await _the_next_start_stops_it(sim, start_daemon, workdir, s.la_session_id)
+        await _left_for_the_next_start(sim, start_daemon, workdir, daemon, s, "downlink_failed")
     finally:
         la.faults.hang_stops = False
