@@ -46,7 +46,8 @@ log = structlog.get_logger(__name__)
 
 # How often a streaming client hears how much audio the bridge holds for it.
 CREDIT_INTERVAL_S = 0.25
-# Events kept for a detached client and replayed when it re-attaches.
+# Events kept for a detached client and replayed when it re-attaches; also the most held back
+# during an avatar switch (EventHold).
 BACKLOG = 64
 # A mark this close to its time when its timer fires is reached: see _marks_due.
 MARK_TIMER_SLACK_S = 0.002
@@ -79,6 +80,40 @@ class State(StrEnum):
 
 
 TERMINAL = frozenset({State.CLOSED, State.FAILED})
+
+
+Event = tuple[str, dict[str, Any]]
+
+
+class EventHold:
+    """A client's events held back while it is on (from an avatar switch until its
+    ``avatar_handover`` is sent), sans-I/O and bounded: past ``capacity`` the hold gives up
+    its order and lets everything out at once rather than grow (a client marking fast through
+    a slow switch)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.holding = False
+        self._held: list[Event] = []
+
+    def start(self) -> None:
+        self.holding = True
+
+    def offer(self, event: str, fields: Mapping[str, Any]) -> list[Event]:
+        """The events to deliver now, in order: none while held, else the held ones released
+        early (capacity reached) followed by this one."""
+        if not self.holding:
+            return [(event, dict(fields))]
+        self._held.append((event, dict(fields)))
+        if len(self._held) <= self.capacity:
+            return []
+        return self.release()
+
+    def release(self) -> list[Event]:
+        """Stop holding; what was held, in order."""
+        self.holding = False
+        held, self._held = self._held, []
+        return held
 
 
 @dataclass(slots=True)
@@ -141,7 +176,7 @@ class Session:
         # Set before the stages are built (a pooled uplink reports at once). The client's events
         # from a switch until its avatar_handover, sent after it: the new avatar may start
         # speaking before the switch is measured and reported (see _handover).
-        self._switch_events: list[tuple[str, dict[str, Any]]] | None = None
+        self._switch_events = EventHold(BACKLOG)
         self._closing = asyncio.Event()
         self._close_reason = "USER_CLOSED"
         self._linger_task: asyncio.Task[None] | None = None
@@ -237,9 +272,15 @@ class Session:
             self.close("USER_DISCONNECTED")
 
     def send_event(self, event: str, fields: Mapping[str, Any]) -> None:
-        if self._switch_events is not None:
-            self._switch_events.append((event, dict(fields)))
-            return
+        hold = self._switch_events
+        was_holding = hold.holding
+        out = hold.offer(event, fields)
+        if was_holding and not hold.holding:
+            self._log.warning("switch_events_released_early", released=len(out) - 1)
+        for name, out_fields in out:
+            self._deliver(name, out_fields)
+
+    def _deliver(self, event: str, fields: Mapping[str, Any]) -> None:
         if self._link is not None:
             self._link.send_event(event, fields)
         else:
@@ -498,18 +539,15 @@ class Session:
         # From here the new avatar may speak (carried-over audio goes first) while the old one is
         # left and the picture gap measured: the client's events wait until avatar_handover is
         # sent (a speak_started ahead of it reads as the old avatar's; under load it came first).
-        held: list[tuple[str, dict[str, Any]]] = []
-        self._switch_events = held
+        self._switch_events.start()
         try:
             fields = await self._switch(
                 path, prepared, old, new, lost, reason, room, prepared_s, was_warm
             )
-            self._switch_events = None
-            self.send_event("avatar_handover", fields)
+            self._deliver("avatar_handover", fields)
         finally:
-            self._switch_events = None
-            for name, held_fields in held:
-                self.send_event(name, held_fields)
+            for name, held_fields in self._switch_events.release():
+                self._deliver(name, held_fields)
         return True
 
     async def _switch(
