@@ -607,7 +607,7 @@ class Session:
         self._set_state(State.READY)
 
     async def _release(self) -> None:
-        """Close stages in the order that stops billing first; never raises."""
+        """Close the stages together, the one that stops billing started first; never raises."""
         if self._mark_timer is not None:
             self._mark_timer.cancel()
         if self._linger_task is not None:
@@ -620,13 +620,21 @@ class Session:
         closers += [path.aclose for path in self._paths]
         if self.stages.paths is not None:
             closers.append(self.stages.paths.aclose)  # a pooled room no path took
-        for closer in closers:
-            # Not shielded: the daemon's bounded close cancels a session still closing past
-            # limits.close_timeout_s, and a shielded closer would go on past it, orphaned.
+
+        async def close(closer: Callable[[], Awaitable[None]]) -> None:
             try:
                 await closer()
             except Exception:
                 self._log.exception("stage_close_failed")
+
+        # Together, not one after the other: a LiveAvatar /stop that takes its whole timeout must
+        # not keep the avatar's room and the call joined until the daemon abandons the close
+        # (both SFUs would keep a ghost participant until their reconnect windows end). Not
+        # shielded: the daemon's bounded close cancels a session still closing past
+        # limits.close_timeout_s, and a shielded closer would go on past it, orphaned.
+        async with asyncio.TaskGroup() as tg:
+            for closer in closers:
+                tg.create_task(close(closer))
 
     # ----- what the client sends -----------------------------------------------------------
 

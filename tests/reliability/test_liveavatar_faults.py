@@ -264,11 +264,15 @@ async def _left_for_the_next_start(
     *expected_events: str,
 ) -> None:
     """After a bounded exit with /stop unanswered: the events logged, the paid session still live
-    and in the ledger; the next daemon's start stops it and empties the ledger."""
+    and in the ledger; the avatar's room and the call left all the same (not waiting for the
+    stop: otherwise both SFUs keep a ghost participant until their reconnect windows end); the
+    next daemon's start stops the session and empties the ledger."""
     la = sim.liveavatar
     events = [line.get("event") for line in daemon.log_events()]
     for event in ("sessions_close_abandoned", *expected_events):
         assert event in events, event
+    assert sim.livekit.participants_in(s.room) == 0
+    assert sim.stream.stats("default", s.call_id)["participants"] == []
     assert la.live_sessions == [s.la_session_id]
     assert ledger_entries(daemon) == [s.la_session_id]
     await s.client.abort()
