@@ -103,7 +103,15 @@ class LiveAvatarConfig(_Section):
         gt=0,
         le=600,
         description="Time one stop of a LiveAvatar session may take, retries included; a "
-        "session not stopped in time stays in the ledger, stopped at the next start.",
+        "session not stopped in time stays in the ledger, stopped again every "
+        "liveavatar.orphan_retry_s while the daemon runs, else at the next start.",
+    )
+    orphan_retry_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="While the daemon runs, how often a session whose stop failed is stopped "
+        "again (it may still be billed until then; the next start sweeps what is left).",
     )
     ack_timeout_s: float = Field(
         5.0,

@@ -51,6 +51,11 @@ SESSIONS_CLOSE_ABANDONED = Counter(
     "Sessions still closing at shutdown past limits.close_timeout_s, cancelled (their "
     "unstopped LiveAvatar sessions stay in the ledger).",
 )
+LIVEAVATAR_ORPHANS = Gauge(
+    "bridge_liveavatar_orphans",
+    "LiveAvatar sessions whose stop failed in this process, stopped again every "
+    "liveavatar.orphan_retry_s (each may still be billed).",
+)
 HANDOVERS = Counter(
     "bridge_avatar_handovers_total",
     "Avatar handovers (a new LiveAvatar session under a running call), by reason and outcome.",

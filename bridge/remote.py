@@ -9,12 +9,14 @@ reports ready.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
 import structlog
 
+from bridge import metrics
 from bridge.config import Settings
 from bridge.liveavatar import LiveAvatarAPI, LiveAvatarOptions, LiveAvatarUplink, SessionLedger
 from bridge.livekit.downlink import DownlinkOptions, LiveKitDownlink
@@ -43,6 +45,7 @@ from bridge.stream.publisher import PublisherOptions, StreamPublisher
 from bridge.stream.relay_publisher import StreamRelayPublisher
 from bridge.stream.vp9_send import enable_vp9_send
 from bridge.sync import SyncStage
+from bridge.tasks import TASK_FAILURES
 from bridge.transcode import TranscodePath
 
 log = structlog.get_logger(__name__)
@@ -65,6 +68,8 @@ class RemoteStages:
         # than by the first session that keeps a VP9 grant (under sessions already running).
         enable_vp9_send()
         self.ledger = SessionLedger(settings.state_dir)
+        metrics.LIVEAVATAR_ORPHANS.set_function(lambda: self.ledger.orphans)
+        self._orphan_task: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
         self._api: LiveAvatarAPI | None = None
         self.pool: WarmPool | None = None
@@ -85,6 +90,9 @@ class RemoteStages:
         stopped = await self.ledger.sweep(self._api)
         if stopped:
             log.warning("ledger_swept", count=stopped)
+        self._orphan_task = asyncio.get_running_loop().create_task(
+            self._retry_orphans(self._api), name="ledger-orphans"
+        )
         if self.settings.pool.size > 0:
             self.pool = WarmPool(
                 self.settings,
@@ -114,12 +122,32 @@ class RemoteStages:
             return WarmUpstream(options, key.encoding, on_failure)
         return WarmDownlink(DownlinkOptions.from_settings(s), on_failure)
 
+    async def _retry_orphans(self, api: LiveAvatarAPI) -> None:
+        """Every ``liveavatar.orphan_retry_s``: stop again the sessions whose own stop failed
+        (the service was unreachable), rather than leave them billed until the next start."""
+        while True:
+            await asyncio.sleep(self.settings.liveavatar.orphan_retry_s)
+            if not self.ledger.orphans:
+                continue
+            try:
+                stopped = await self.ledger.retry_orphans(api)
+            except Exception:  # a ledger write failed: logged and counted, tried again later
+                TASK_FAILURES.labels("ledger_orphans").inc()
+                log.exception("ledger_orphans_retry_failed")
+                continue
+            if stopped:
+                log.info("ledger_orphans_stopped", count=stopped, left=self.ledger.orphans)
+
     async def drain(self) -> None:
         """The daemon drains: stop the warm sessions now (sessions in use finish on their own)."""
         if self.pool is not None:
             await self.pool.aclose()
 
     async def aclose(self) -> None:
+        task, self._orphan_task = self._orphan_task, None
+        if task is not None:
+            task.cancel()  # what it did not stop stays in the ledger for the next start
+            await asyncio.gather(task, return_exceptions=True)
         await self.drain()
         if self._http is not None:
             await self._http.close()

@@ -2,7 +2,10 @@
 
 A session id is recorded (atomic write + fsync) before ``start`` returns to the caller and
 removed after a successful stop. At daemon start-up :meth:`SessionLedger.sweep` stops whatever a
-previous process left behind. The file is JSON, mode 0600 (it may hold session tokens).
+previous process left behind; while the daemon runs, a session whose own stop failed (the service
+unreachable or not answering) is an orphan, stopped again by :meth:`SessionLedger.retry_orphans`
+on the daemon's schedule rather than billed until the next start. The file is JSON, mode 0600 (it
+may hold session tokens).
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ class SessionLedger:
         self.path = Path(state_dir) / LEDGER_FILE
         self._lock = threading.Lock()  # file writes happen in worker threads
         self._entries: dict[str, LedgerEntry] = self._load()
+        # Entries whose owner gave up stopping them in this process (see retry_orphans).
+        self._orphans: set[str] = set()
 
     def _load(self) -> dict[str, LedgerEntry]:
         try:
@@ -96,11 +101,21 @@ class SessionLedger:
         await asyncio.to_thread(self._write, dict(self._entries))
 
     async def remove(self, session_id: str) -> None:
+        self._orphans.discard(session_id)
         if self._entries.pop(session_id, None) is not None:
             await asyncio.to_thread(self._write, dict(self._entries))
 
     def pending(self) -> list[LedgerEntry]:
         return list(self._entries.values())
+
+    def orphan(self, session_id: str) -> None:
+        """The session's own stop failed and its owner is gone: retry_orphans stops it."""
+        if session_id in self._entries:
+            self._orphans.add(session_id)
+
+    @property
+    def orphans(self) -> int:
+        return len(self._orphans)
 
     async def sweep(self, api: _Stopper, log: _Log = log) -> int:
         """Stop every session a previous process left behind (reason SERVER_ERROR).
@@ -109,22 +124,38 @@ class SessionLedger:
         longer exists); kept when the service was unreachable, so the next start retries them.
         Returns the number of sessions removed from the ledger.
         """
+        ids = [e.session_id for e in self.pending()]
+        return await self._stop_all(ids, api, log, "previous_process")
+
+    async def retry_orphans(self, api: _Stopper, log: _Log = log) -> int:
+        """Stop again the sessions whose stop failed in this process; the number removed."""
+        return await self._stop_all(sorted(self._orphans), api, log, "stop_failed")
+
+    async def _stop_all(self, ids: list[str], api: _Stopper, log: _Log, origin: str) -> int:
+        """Stop ``ids`` (``origin``: left by a previous process, or by a failed stop in this
+        one), removing each entry whose session is stopped or gone."""
         removed = 0
-        for entry in self.pending():
+        for session_id in ids:
             try:
-                await api.stop(entry.session_id, "SERVER_ERROR")
+                await api.stop(session_id, "SERVER_ERROR")
             except LiveAvatarError as exc:
                 if not exc.definitive:
                     log.warning(
                         "liveavatar_leftover_stop_failed",
-                        session_id=entry.session_id,
+                        origin=origin,
+                        session_id=session_id,
                         status=exc.status,
                         error=exc.message,
                     )
                     continue
-                log.info("liveavatar_leftover_gone", session_id=entry.session_id, status=exc.status)
+                log.info(
+                    "liveavatar_leftover_gone",
+                    origin=origin,
+                    session_id=session_id,
+                    status=exc.status,
+                )
             else:
-                log.info("liveavatar_leftover_stopped", session_id=entry.session_id)
-            await self.remove(entry.session_id)
+                log.info("liveavatar_leftover_stopped", origin=origin, session_id=session_id)
+            await self.remove(session_id)
             removed += 1
         return removed

@@ -392,6 +392,7 @@ class LiveAvatarUplink:
             else:
                 STOP_FAILURES.inc()
                 log.error("liveavatar_stop_failed", session_id=sid, error=str(exc))
+                self._ledger.orphan(sid)  # stopped again on the daemon's schedule
         if self._stopped:
             await self._ledger.remove(sid)
 

@@ -387,3 +387,23 @@ def test_beep_onsets_match_after_resampling() -> None:
     found = marks.onsets(out, 24_000)
     assert [round(i / 24) for i in found] == [0, 250, 500, 750]
     assert base64.b64encode(out.tobytes())  # sanity: bytes-able
+
+
+async def test_retry_orphans_stops_only_what_its_owner_gave_up(
+    standin: LiveAvatarStandIn, api: LiveAvatarAPI, make_uplink: MakeUplink, ledger: SessionLedger
+) -> None:
+    """Two sessions running; one's close fails to stop it (service refusing): only that one is
+    an orphan, and the retry stops it without touching the session still in use."""
+    busy, failing = make_uplink(), make_uplink()
+    busy_room = await busy.uplink.start()
+    room = await failing.uplink.start()
+    standin.faults.refuse_stops = 1000
+    await failing.uplink.aclose("USER_CLOSED")
+    assert ledger.orphans == 1 and len(ledger.pending()) == 2
+    assert await ledger.retry_orphans(api) == 0  # refused again: kept
+    standin.faults.refuse_stops = 0
+    assert await ledger.retry_orphans(api) == 1
+    assert ledger.orphans == 0
+    assert [e.session_id for e in ledger.pending()] == [busy_room.session_id]
+    assert standin.live_sessions == [busy_room.session_id]
+    assert (room.session_id, "SERVER_ERROR") in standin.stop_calls

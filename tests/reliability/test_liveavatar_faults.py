@@ -161,6 +161,35 @@ async def test_failing_stops_are_retried_and_kept_in_the_ledger(
     await wait_until(lambda: ledger_entries(daemon) == [], 5, "the swept entry removed")
 
 
+async def test_a_session_whose_stop_failed_is_stopped_while_the_daemon_runs(
+    sim: StandIns, start_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    """The service refuses every stop of one session's close, then recovers: the same daemon
+    stops it on its orphan schedule (not billed until the next start), and forgets it."""
+    la = sim.liveavatar
+    daemon = await start_daemon(
+        "--set", "liveavatar.orphan_retry_s=0.5", workdir=tmp_path / "orphan"
+    )
+    s = await Session.open(daemon, "orphan")
+    la.faults.refuse_stops = 1000
+    try:
+        await s.close()
+        await wait_until(lambda: "liveavatar_stop_failed" in log_text(daemon), 20, "stop given up")
+        # Retried meanwhile, refused too: still live, still in the ledger.
+        refused = la.requests["stop"]
+        await wait_until(lambda: la.requests["stop"] > refused, 10, "an orphan retry")
+        assert la.live_sessions == [s.la_session_id]
+        assert ledger_entries(daemon) == [s.la_session_id]
+    finally:
+        la.faults.refuse_stops = 0
+    await wait_until(lambda: la.live_sessions == [], 15, "the orphan stopped")
+    assert la.sessions[s.la_session_id].end_reason == "SERVER_ERROR"
+    await wait_until(lambda: ledger_entries(daemon) == [], 5, "its ledger entry removed")
+    stopped = [e for e in daemon.log_events() if e.get("event") == "liveavatar_leftover_stopped"]
+    assert [(e["session_id"], e["origin"]) for e in stopped] == [(s.la_session_id, "stop_failed")]
+    assert daemon.proc is not None and daemon.proc.returncode is None  # the same daemon
+
+
 async def test_ws_drop_mid_turn_reconnects_and_every_byte_is_rendered(
     sim: StandIns, start_daemon: StartDaemon
 ) -> None:
