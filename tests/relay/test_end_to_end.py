@@ -127,6 +127,7 @@ async def test_relay_is_the_default_and_carries_a_lip_synced_turn(
         skews = sim.stream.measure("default", "relay").skews_ms()
         info = await session_info(daemon)
     print(f"{codec}: skews {[round(x) for x in skews]}, marks {stats['marks']}")
+    print(f"{codec}: relay sync {info['relay'].get('sync')}")
     assert stats["video_codec"] == codec
     video, audio = stats["video"], stats["audio"]
     assert video["resolution"] == "640x360"
