@@ -48,20 +48,14 @@ CONNECT_TIMEOUT_S = 15.0
 PUBLISH_TIMEOUT_S = 10.0
 SAMPLE_RATE = 48_000
 AUDIO_QUEUE_MS = 100
-# Audio that would play further behind the renderer's clock than this is skipped, not captured.
-# The source plays what it is given in real time, so a pump that fell behind (a busy event loop:
-# the stand-ins, libwebrtc's callbacks and this pump share one) would otherwise keep its backlog
-# as extra audio delay for the rest of the session: measured 190-310 ms median (up to 820 ms)
-# on the loaded 2-core machine, the cause of the -140...-205 ms A/V skews at Stream. A real-time
-# renderer never sends late audio; the video track already skips to live the same way.
-AUDIO_MAX_LAG_MS = 60
-# With a queued source a pump once behind stayed behind (the source plays in real time: a
-# constant 4-47 ms per session after one stall); without one, a late burst reaches libwebrtc at
-# once, but its packets still leave late. Behind by more than this, a quiet chunk is dropped
-# (between words, between beeps) to catch up without losing speech; AUDIO_MAX_LAG_MS stays the
-# bound for every chunk.
-CATCH_UP_MS = 20
-QUIET_PEAK = 64  # s16 peak of a chunk that may be dropped to catch up (about -54 dBFS)
+# A renderer's audio is never dropped for being late: without a queue in the SDK's source a
+# chunk that comes late reaches libwebrtc at once and its packets leave late once, with no lasting
+# delay. Dropping it instead (the 60 ms bound the queued source needed: it played a backlog in
+# real time, 190-310 ms under load) moves libwebrtc's RTP time, a sample count, behind the wall
+# clock for good, 10 ms a chunk: the SRs follow that five SRs later and the relay's per-stream
+# best case a window later, and meanwhile the two kinds' offsets disagree (docs/sync.md). Only a
+# pump further behind than this (a stalled loop) skips to live, as the renderer's own track does.
+AUDIO_RESYNC_MS = 1000
 TICK_S = 0.02  # the renderer's audio tick (20 ms)
 CHUNK_S = 0.01  # what the pump captures at a time: the SDK source's 10 ms frame
 CHUNKS_PER_TICK = round(TICK_S / CHUNK_S)
@@ -119,16 +113,15 @@ class SdkAvatarPublisher:
         self._apump: concurrent.futures.Future[None] | None = None
         self.frames = 0
         self.audio_frames = 0
-        # How far behind the renderer's clock each captured audio frame was (ms): a pump that
-        # fell behind keeps its backlog, since the source plays what it gets in real time.
+        # How far behind the renderer's clock each chunk reached libwebrtc (ms, past its end).
         self.audio_lag_ms: list[float] = []
         # How late each video frame reached the SDK after its capture (media) time (ms): with
         # audio_lag_ms, the publisher's own A/V offset going into libwebrtc.
         self.video_lag_ms: list[float] = []
         # The renderer's media time 0 on the monotonic clock (None: a plain track, no clock).
         self._t0: float | None = None
-        self.audio_skipped = 0
-        self.audio_caught_up = 0  # quiet ticks dropped to catch up (CATCH_UP_MS)
+        self.audio_late = 0  # chunks captured more than a chunk late (sent at once all the same)
+        self.audio_skipped = 0  # chunks skipped to live after a stall (AUDIO_RESYNC_MS)
         self.audio_not_ready = 0  # polls for a tick the renderer had not computed yet
 
     async def start(self, url: str, token: str) -> None:
@@ -221,16 +214,19 @@ class SdkAvatarPublisher:
         """On the audio thread's loop: 10 ms chunk ``j`` captured when the renderer's clock
         reaches its end (a capture device's timing, see the module doc).
 
-        Bounded lag: a chunk more than ``AUDIO_MAX_LAG_MS`` behind the clock is skipped, as a
-        real-time renderer drops late audio instead of keeping it as delay; past
-        ``CATCH_UP_MS`` only quiet chunks are.
+        Late chunks are captured all the same (see ``AUDIO_RESYNC_MS``); after a stall of more
+        than ``AUDIO_RESYNC_MS`` the pump skips to live.
         """
         chunk = int(SAMPLE_RATE * CHUNK_S)
         j: int | None = None
         while not src.closed:
             now = src.media_s()
+            live = int(now / TICK_S) * CHUNKS_PER_TICK  # the current tick's first chunk
             if j is None:
-                j = int(now / TICK_S) * CHUNKS_PER_TICK  # from a tick's start
+                j = live
+            elif (live - j) * CHUNK_S * 1000 > AUDIO_RESYNC_MS:
+                self.audio_skipped += live - j
+                j = live
             due = (j + 1) * CHUNK_S  # the chunk's last sample
             wait = due - now
             if wait > 0:
@@ -246,12 +242,8 @@ class SdkAvatarPublisher:
             # Lag past the chunk's end (0 when captured in time; the source has no queue).
             lag = 1000 * (now - due)
             j += 1
-            if lag > AUDIO_MAX_LAG_MS:
-                self.audio_skipped += 1
-                continue
-            if lag > CATCH_UP_MS and int(np.abs(pcm).max()) < QUIET_PEAK:
-                self.audio_caught_up += 1
-                continue
+            if lag > 1000 * CHUNK_S:
+                self.audio_late += 1
             self.audio_lag_ms = [*self.audio_lag_ms[-255:], lag]
             data = np.ascontiguousarray(pcm, dtype=np.int16).tobytes()
             await self._asource.capture_frame(rtc.AudioFrame(data, SAMPLE_RATE, 1, len(pcm)))

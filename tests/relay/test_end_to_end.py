@@ -134,7 +134,7 @@ async def test_relay_is_the_default_and_carries_a_lip_synced_turn(
             print(
                 f"{codec}: publisher lag ms (p50) "
                 + str({k: round(statistics.median(v), 1) for k, v in lags.items() if v})
-                + f", skipped {s.publisher.audio_skipped}, caught up {s.publisher.audio_caught_up}"
+                + f", skipped {s.publisher.audio_skipped}, late {s.publisher.audio_late}"
             )
     assert stats["video_codec"] == codec
     video, audio = stats["video"], stats["audio"]
