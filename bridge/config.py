@@ -203,6 +203,15 @@ class OutputConfig(_Section):
         "capture clock (its RTCP sender reports) rather than by each stream's best-case "
         "arrival (see docs/sync.md).",
     )
+    relay_audio_sr_capture_lag_ms: float | Literal["auto"] = Field(
+        "auto",
+        description="On the relay path, how long before the NTP time of the avatar's audio "
+        "sender reports its audio was captured, for the SR alignment: libwebrtc (any LiveKit "
+        "client, LiveAvatar's included) stamps an audio SR with the time a packet was complete, "
+        'not when its first sample was captured; "auto" is one audio packet (the RTP '
+        "timestamp step between consecutive packets: 20 ms for Opus at 960 ticks), a number "
+        "is fixed milliseconds (0 to 200), 0 takes the SRs as they are (docs/sync.md).",
+    )
     relay_playout_hold_ms: float = Field(
         60.0,
         ge=0,
@@ -211,6 +220,14 @@ class OutputConfig(_Section):
         "after their best-case arrival (a jitter buffer for the forwarded packets: the viewers' "
         "audio buffers stay small and lip sync holds; see docs/sync.md). 0 forwards on arrival.",
     )
+
+    @field_validator("relay_audio_sr_capture_lag_ms")
+    @classmethod
+    def _lag_range(cls, value: float | str) -> float | str:
+        # Bounded by the SR alignment's own limit on a lift (200 ms).
+        if value != "auto" and not 0 <= float(value) <= 200:
+            raise ValueError('must be "auto" or 0 to 200 (ms)')
+        return value
 
 
 class StreamConfig(_Section):

@@ -41,7 +41,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any, Literal, Protocol, cast
 
 import structlog
 from aiortc import RTCRtpReceiver, RTCRtpSender
@@ -224,6 +224,10 @@ class RelayOptions:
     playout_hold_ms: float = setting_default(OutputConfig, "relay_playout_hold_ms")
     # Both kinds' pacing aligned by the avatar's sender reports (bridge/relay/sender_clock.py).
     align_by_sr: bool = setting_default(OutputConfig, "relay_align_by_sr")
+    # The avatar's audio captured this long before its audio SRs' NTP ("auto": one packet).
+    audio_sr_capture_lag_ms: float | Literal["auto"] = setting_default(
+        OutputConfig, "relay_audio_sr_capture_lag_ms"
+    )
     playout_max_hold_ms: float = 500.0
     hold_capacity: int = 512
     rtx_history: int = 1024
@@ -263,9 +267,14 @@ class RelayOptions:
             video_hold_ms=settings.output.relay_video_hold_ms,
             playout_hold_ms=settings.output.relay_playout_hold_ms,
             align_by_sr=settings.output.relay_align_by_sr,
+            audio_sr_capture_lag_ms=settings.output.relay_audio_sr_capture_lag_ms,
             connect_timeout_s=la.connect_timeout_s,
             avatar_join_timeout_s=la.connect_timeout_s,
         )
+
+
+def _seconds_or_auto(ms: float | Literal["auto"]) -> float | Literal["auto"]:
+    return "auto" if ms == "auto" else ms / 1000.0
 
 
 class _Forwarder:
@@ -429,7 +438,13 @@ class RelayPath:
             )
         # Aligns the two buffers' timing by the avatar's capture clock (its SRs).
         self._clock = (
-            SenderClock(self._playout, enabled=options.align_by_sr) if self._playout else None
+            SenderClock(
+                self._playout,
+                enabled=options.align_by_sr,
+                audio_sr_lag=_seconds_or_auto(options.audio_sr_capture_lag_ms),
+            )
+            if self._playout
+            else None
         )
         self._video: VideoPolicy[RtpPacket] = VideoPolicy(
             codec,

@@ -45,6 +45,7 @@ P = TypeVar("P", bound=TimedPacket)
 
 _WRAP = 1 << 32
 _HALF = 1 << 31
+_STEPS = 16  # timestamp steps kept for packet_s
 
 
 @dataclass(slots=True)
@@ -107,6 +108,10 @@ class PlayoutBuffer(Generic[P]):
         # Restarts of the media time's origin (a new SSRC): a SenderClock's cached offsets are
         # valid for one frame only.
         self.frame = 0
+        # The last positive timestamp steps between consecutive packets of this SSRC: their
+        # minimum is one packet's duration (audio: loss only makes a step longer, reordering
+        # makes one negative, neither shorter).
+        self._steps: deque[int] = deque(maxlen=_STEPS)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -118,6 +123,13 @@ class PlayoutBuffer(Generic[P]):
     @property
     def ssrc(self) -> int | None:
         return self._ssrc
+
+    @property
+    def packet_s(self) -> float | None:
+        """One packet's duration (s): the shortest of the last timestamp steps between
+        consecutive packets of the current SSRC, None before two packets of it. Meaningful for
+        audio (a video frame's packets share a timestamp)."""
+        return min(self._steps) / self.clock_rate if self._steps else None
 
     def media_of(self, ssrc: int, timestamp: int) -> float | None:
         """``timestamp`` of ``ssrc`` as media time (s) on this buffer's origin (that of its
@@ -199,9 +211,12 @@ class PlayoutBuffer(Generic[P]):
         ts = packet.timestamp
         if self._ssrc is None or packet.ssrc != self._ssrc:
             self._media = ts
+            self._steps.clear()
         else:
             d = (ts - self._last_ts) % _WRAP
             self._media += d - _WRAP if d >= _HALF else d
+            if 0 < d < _HALF:
+                self._steps.append(d)
         self._last_ts = ts
         return self._media
 

@@ -24,6 +24,21 @@ same clock for both. That is what a lip-syncing receiver aligns by, and so does 
   SSRC change at an avatar handover or a LiveKit rejoin) or when the streams' offsets disagree
   by more than ``max_lift_s`` (no sane capture alignment differs by that much).
 
+**libwebrtc's audio SRs stamp the end of a packet, not its capture.** Its voice channel gives
+the RTP module no capture time: ``ChannelSend::SendRtpAudio`` calls
+``OnSendingRtpFrame(rtp_timestamp, -1, ...)`` ("Leaving the time when this frame was received
+from the capture device as undefined for voice for now"), and ``RTCPSender::SetLastRtpTime``
+takes the clock's *now* for a negative capture time. An audio SR therefore maps a packet's RTP
+timestamp (its first sample) to the moment the encoder had the whole packet: one packet's
+duration (a 20 ms Opus frame, 960 ticks at 48 kHz) after that sample was captured, at least.
+Video SRs carry the frame's capture time. Aligned as they are, the picture leaves that much early.
+``audio_sr_lag`` takes it out: the audio's capture is taken as that much before its SRs' NTP,
+``"auto"`` being one packet (the audio buffer's :attr:`PlayoutBuffer.packet_s`, the timestamp step
+between consecutive packets), a number a fixed lag in seconds, 0 the SRs as they are (a sender
+whose audio SRs are capture-exact, or the LiveKit stand-in's own aiortc senders: their SRs are
+stamped when a packet is sent, and the stand-in's renderer hands aiortc each 20 ms frame at its
+first sample's time). While ``"auto"`` has no packet duration yet the audio counts as without SR.
+
 The SRs' NTP is the sender's wall clock, ours is monotonic: only differences of ``T`` between
 the two streams are used, so the two clocks' offset cancels and their drift is followed by the
 buffers' windows.
@@ -33,7 +48,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from bridge.relay.playout import PlayoutBuffer
 
@@ -54,8 +69,8 @@ class _Kind:
     srs: dict[int, deque[tuple[float, int]]] = field(default_factory=dict)
     lift: float = 0.0  # applied (slewed)
     last_now: float | None = None
-    # Cached offset: valid for (ssrc, buffer frame, SRs seen).
-    key: tuple[int | None, int, int] = (None, -1, -1)
+    # Cached offset: valid for (ssrc, buffer frame, SRs seen, capture lag).
+    key: tuple[int | None, int, int, float | None] = (None, -1, -1, None)
     offset: float | None = None
     seen: int = 0
 
@@ -71,9 +86,13 @@ class SenderClock:
         history: int = 5,
         max_lift_s: float = 0.2,
         slew: float = 0.1,
+        audio_sr_lag: float | Literal["auto"] = 0.0,
     ) -> None:
         if history <= 0 or max_lift_s <= 0 or slew <= 0:
             raise ValueError("history, max_lift_s and slew must be positive")
+        if audio_sr_lag != "auto" and not 0.0 <= audio_sr_lag <= max_lift_s:
+            raise ValueError("audio_sr_lag must be 'auto' or within [0, max_lift_s]")
+        self.audio_sr_lag = audio_sr_lag
         self.enabled = enabled
         self.max_lift_s = max_lift_s
         self.slew = slew
@@ -100,17 +119,27 @@ class SenderClock:
         """The kind's ``NTP - media time`` (s) for the SSRC its buffer paces, None without SR."""
         k = self._kinds[kind]
         buf = k.buffer
-        key = (buf.ssrc, buf.frame, k.seen)
+        lag = self.capture_lag(kind)
+        key = (buf.ssrc, buf.frame, k.seen, lag)
         if key != k.key:
             k.key = key
             offsets = []
-            if buf.ssrc is not None:
+            if buf.ssrc is not None and lag is not None:
                 for ntp_s, ts in k.srs.get(buf.ssrc, ()):
                     media = buf.media_of(buf.ssrc, ts)
                     if media is not None:
-                        offsets.append(ntp_s - media)
+                        offsets.append(ntp_s - lag - media)
             k.offset = min(offsets) if offsets else None
         return k.offset
+
+    def capture_lag(self, kind: str) -> float | None:
+        """How long before its SRs' NTP the kind's media was captured (s): ``audio_sr_lag``
+        for audio (``"auto"``: one packet, None until known), 0 for video."""
+        if kind != "audio":
+            return 0.0
+        if self.audio_sr_lag == "auto":
+            return self._kinds[kind].buffer.packet_s
+        return self.audio_sr_lag
 
     def transits(self) -> dict[str, float] | None:
         """Each kind's best-case transit from capture (s, our clock minus the sender's: only
@@ -167,6 +196,9 @@ class SenderClock:
             "lift_ms": {name: round(1000 * k.lift, 2) for name, k in self._kinds.items()},
             "disagreed": self.disagreed,
         }
+        if "audio" in self._kinds:
+            lag = self.capture_lag("audio")
+            out["audio_sr_lag_ms"] = None if lag is None else round(1000 * lag, 2)
         if t is not None and {"audio", "video"} <= t.keys():
             # > 0: the video's best case from capture to the bridge is that much longer than
             # the audio's (what per-stream timing passes on to the viewer).

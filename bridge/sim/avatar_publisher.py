@@ -7,11 +7,21 @@ the publisher's RTP SFU-style, so subscribers (the daemon, its relay) see libweb
 simulcast layers, temporal layers, picture ids, padding probes, H264 as libwebrtc packetizes it.
 
 The video pump copies the renderer's aiortc video track into the SDK's source (I420 planes as
-they are). The audio pump runs on its own thread and event loop, paced by the renderer's
-monotonic media clock: ``AudioSource.capture_frame`` is awaited on the loop the source was made
-for, and on the stand-ins' busy loop (the stand-ins, the daemon's peers, libwebrtc's callbacks)
-that await fell behind for seconds, so the audio reached the SFU 80-106 ms behind the picture.
-A plain aiortc audio track (the tests' synthetic tone) is pumped on the caller's loop instead.
+they are), each frame with its capture time: the renderer's media time of the frame on the
+monotonic clock (``timestamp_us``; libwebrtc's ``rtc::TimeMicros`` is CLOCK_MONOTONIC too), which
+libwebrtc's video sender reports in its SRs. The audio pump runs on its own thread and event loop,
+paced by the renderer's monotonic media clock: ``AudioSource.capture_frame`` is awaited on the
+loop the source was made for, and on the stand-ins' busy loop (the stand-ins, the daemon's peers,
+libwebrtc's callbacks) that await fell behind for seconds, so the audio reached the SFU 80-106 ms
+behind the picture. A plain aiortc audio track (the tests' synthetic tone) is pumped on the
+caller's loop instead.
+
+The audio goes in as a capture device delivers it: 10 ms chunks, each when its last sample is
+due on the renderer's clock, into a source without a queue (``queue_size_ms=0``: the SDK's native
+source then hands each chunk straight to libwebrtc, as an audio device module does). With a queue,
+the native source plays it out on its own 10 ms timer: handing it a 20 ms tick at the tick's start
+kept 17-24 ms of earlier audio queued ahead of it, so every sample entered libwebrtc that much
+after its media time while the picture entered on time, which no SR can see (docs/sync.md).
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
+import time
 from typing import Protocol
 
 import av
@@ -37,20 +48,17 @@ CONNECT_TIMEOUT_S = 15.0
 PUBLISH_TIMEOUT_S = 10.0
 SAMPLE_RATE = 48_000
 AUDIO_QUEUE_MS = 100
-# Audio that would play further behind the renderer's clock than this is skipped, not captured.
-# The source plays what it is given in real time, so a pump that fell behind (a busy event loop:
-# the stand-ins, libwebrtc's callbacks and this pump share one) would otherwise keep its backlog
-# as extra audio delay for the rest of the session: measured 190-310 ms median (up to 820 ms)
-# on the loaded 2-core machine, the cause of the -140...-205 ms A/V skews at Stream. A real-time
-# renderer never sends late audio; the video track already skips to live the same way.
-AUDIO_MAX_LAG_MS = 60
-# Once behind, the pump stays behind: the source plays in real time, so the ticks it captured
-# late stay queued as extra delay (measured: a constant 4-47 ms per session after one stall).
-# Behind by more than this, a quiet tick is dropped instead (between words, between beeps) to
-# catch up without losing speech; AUDIO_MAX_LAG_MS stays the bound for every tick.
-CATCH_UP_MS = 20
-QUIET_PEAK = 64  # s16 peak of a tick that may be dropped to catch up (about -54 dBFS)
+# A renderer's audio is never dropped for being late: without a queue in the SDK's source a
+# chunk that comes late reaches libwebrtc at once and its packets leave late once, with no lasting
+# delay. Dropping it instead (the 60 ms bound the queued source needed: it played a backlog in
+# real time, 190-310 ms under load) moves libwebrtc's RTP time, a sample count, behind the wall
+# clock for good, 10 ms a chunk: the SRs follow that five SRs later and the relay's per-stream
+# best case a window later, and meanwhile the two kinds' offsets disagree (docs/sync.md). Only a
+# pump further behind than this (a stalled loop) skips to live, as the renderer's own track does.
+AUDIO_RESYNC_MS = 1000
 TICK_S = 0.02  # the renderer's audio tick (20 ms)
+CHUNK_S = 0.01  # what the pump captures at a time: the SDK source's 10 ms frame
+CHUNKS_PER_TICK = round(TICK_S / CHUNK_S)
 # How often the audio pump looks again for a tick the renderer (on the main loop) has not
 # computed yet: the renderer computes 60 ms ahead, so this only happens when that loop stalls.
 NOT_READY_POLL_S = 0.002
@@ -96,26 +104,32 @@ class SdkAvatarPublisher:
             self._athread = threading.Thread(
                 target=self._aloop.run_forever, name="avatar-sdk-audio", daemon=True
             )
-        # A short queue: the renderer already paces its audio in real time; a long one only
+        # The renderer's audio: no queue (10 ms chunks straight to libwebrtc, see the module
+        # doc). A plain track's frames (any size) go through a short queue: a long one only
         # adds latency the daemon would have to sync away.
-        self._asource = rtc.AudioSource(
-            SAMPLE_RATE, 1, queue_size_ms=AUDIO_QUEUE_MS, loop=self._aloop
-        )
+        queue_ms = AUDIO_QUEUE_MS if isinstance(audio, MediaStreamTrack) else 0
+        self._asource = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=queue_ms, loop=self._aloop)
         self._tasks: list[asyncio.Task[None]] = []
         self._apump: concurrent.futures.Future[None] | None = None
         self.frames = 0
         self.audio_frames = 0
-        # How far behind the renderer's clock each captured audio frame was (ms): a pump that
-        # fell behind keeps its backlog, since the source plays what it gets in real time.
+        # How far behind the renderer's clock each chunk reached libwebrtc (ms, past its end).
         self.audio_lag_ms: list[float] = []
-        self.audio_skipped = 0
-        self.audio_caught_up = 0  # quiet ticks dropped to catch up (CATCH_UP_MS)
+        # How late each video frame reached the SDK after its capture (media) time (ms): with
+        # audio_lag_ms, the publisher's own A/V offset going into libwebrtc.
+        self.video_lag_ms: list[float] = []
+        # The renderer's media time 0 on the monotonic clock (None: a plain track, no clock).
+        self._t0: float | None = None
+        self.audio_late = 0  # chunks captured more than a chunk late (sent at once all the same)
+        self.audio_skipped = 0  # chunks skipped to live after a stall (AUDIO_RESYNC_MS)
         self.audio_not_ready = 0  # polls for a tick the renderer had not computed yet
 
     async def start(self, url: str, token: str) -> None:
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
             await self.room.connect(url, token)
         loop = asyncio.get_running_loop()
+        if not isinstance(self._audio, MediaStreamTrack):
+            self._t0 = time.monotonic() - self._audio.media_s()
         self._tasks = [loop.create_task(self._pump_video(), name="avatar-sdk-video")]
         if isinstance(self._audio, MediaStreamTrack):
             track = self._audio
@@ -171,7 +185,15 @@ class SdkAvatarPublisher:
                 assert isinstance(frame, av.VideoFrame)
                 data = _i420_bytes(frame)
                 out = rtc.VideoFrame(frame.width, frame.height, rtc.VideoBufferType.I420, data)
-                self._vsource.capture_frame(out)
+                if self._t0 is None or frame.pts is None or frame.time_base is None:
+                    self._vsource.capture_frame(out)  # a plain track: stamped on arrival
+                else:
+                    # The frame's capture time, on the clock libwebrtc stamps with (see the
+                    # module doc): its SRs then carry it, as a camera's frames do.
+                    captured = self._t0 + float(frame.pts * frame.time_base)
+                    self._vsource.capture_frame(out, timestamp_us=int(captured * 1e6))
+                    lag = 1000 * (time.monotonic() - captured)
+                    self.video_lag_ms = [*self.video_lag_ms[-255:], lag]
                 self.frames += 1
 
     async def _pump_track(self, track: MediaStreamTrack) -> None:
@@ -189,37 +211,39 @@ class SdkAvatarPublisher:
                 self.audio_frames += 1
 
     async def _pump_audio(self, src: RenderedAudio) -> None:
-        """On the audio thread's loop: tick ``k`` captured when the renderer's clock reaches it.
+        """On the audio thread's loop: 10 ms chunk ``j`` captured when the renderer's clock
+        reaches its end (a capture device's timing, see the module doc).
 
-        Bounded lag: a tick that would play more than ``AUDIO_MAX_LAG_MS`` behind the clock
-        (counting what the source still has queued) is skipped, as a real-time renderer drops
-        late audio instead of keeping it as delay for the rest of the session; past
-        ``CATCH_UP_MS`` only quiet ticks are.
+        Late chunks are captured all the same (see ``AUDIO_RESYNC_MS``); after a stall of more
+        than ``AUDIO_RESYNC_MS`` the pump skips to live.
         """
-        k: int | None = None
+        chunk = int(SAMPLE_RATE * CHUNK_S)
+        j: int | None = None
         while not src.closed:
             now = src.media_s()
-            if k is None:
-                k = int(now / TICK_S)
-            wait = k * TICK_S - now
+            live = int(now / TICK_S) * CHUNKS_PER_TICK  # the current tick's first chunk
+            if j is None:
+                j = live
+            elif (live - j) * CHUNK_S * 1000 > AUDIO_RESYNC_MS:
+                self.audio_skipped += live - j
+                j = live
+            due = (j + 1) * CHUNK_S  # the chunk's last sample
+            wait = due - now
             if wait > 0:
                 await asyncio.sleep(wait)
                 continue
+            k, part = divmod(j, CHUNKS_PER_TICK)
             pcm = src.ready_audio(k)
             if pcm is None:
                 self.audio_not_ready += 1
                 await asyncio.sleep(NOT_READY_POLL_S)
                 continue
-            # Lag past the end of the tick's 20 ms (0 when captured in time), plus what the
-            # source still has queued to play before it.
-            lag = 1000 * (now - (k + 1) * TICK_S + self._asource.queued_duration)
-            k += 1
-            if lag > AUDIO_MAX_LAG_MS:
-                self.audio_skipped += 1
-                continue
-            if lag > CATCH_UP_MS and int(np.abs(pcm).max()) < QUIET_PEAK:
-                self.audio_caught_up += 1
-                continue
+            pcm = pcm[part * chunk : (part + 1) * chunk]
+            # Lag past the chunk's end (0 when captured in time; the source has no queue).
+            lag = 1000 * (now - due)
+            j += 1
+            if lag > 1000 * CHUNK_S:
+                self.audio_late += 1
             self.audio_lag_ms = [*self.audio_lag_ms[-255:], lag]
             data = np.ascontiguousarray(pcm, dtype=np.int16).tobytes()
             await self._asource.capture_frame(rtc.AudioFrame(data, SAMPLE_RATE, 1, len(pcm)))

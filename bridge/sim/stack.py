@@ -75,8 +75,9 @@ class StandIns:
         await self.aclose()
 
     def standin_env(self) -> dict[str, str]:
-        """Only the variables that point a daemon at these stand-ins."""
-        return {
+        """Only the variables that point a daemon at these stand-ins (and tell it what it
+        cannot see on the wire about them)."""
+        env = {
             "LIVEAVATAR_API_KEY": LIVEAVATAR_KEY,
             "LIVEAVATAR_BASE_URL": self.liveavatar.base_url,
             "STREAM_API_KEY": self.stream.api_key,
@@ -84,6 +85,13 @@ class StandIns:
             "STREAM_BASE_URL": self.stream.base_url,
             "AVATAR_BRIDGE_STREAM__WS_URL": self.stream.ws_url,
         }
+        if self.liveavatar.options.publisher == "aiortc":
+            # The LiveKit stand-in's own aiortc senders stamp an SR with the time a packet is
+            # sent, and the renderer hands aiortc each 20 ms audio frame at its first sample's
+            # time: their audio SRs are capture times already, unlike libwebrtc's (one packet
+            # late: output.relay_audio_sr_capture_lag_ms, bridge/relay/sender_clock.py).
+            env["AVATAR_BRIDGE_OUTPUT__RELAY_AUDIO_SR_CAPTURE_LAG_MS"] = "0"
+        return env
 
     def daemon_env(self) -> dict[str, str]:
         """The environment that points a daemon at these stand-ins."""

@@ -227,7 +227,7 @@ async def test_a_minute_of_libwebrtc_simulcast_relayed_through_loss_and_a_layer_
                                     "frames",
                                     "audio_frames",
                                     "audio_skipped",
-                                    "audio_caught_up",
+                                    "audio_late",
                                     "audio_not_ready",
                                 )
                             },

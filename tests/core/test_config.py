@@ -168,3 +168,22 @@ def test_a_pool_that_could_never_hand_out_is_refused(monkeypatch: pytest.MonkeyP
     assert any(p.startswith("pool.min_remaining_s") for p in info.value.problems)
     s = load_settings(None, parse_overrides(["pool.size=1", "pool.min_remaining_s=10"]))
     assert s.pool.size == 1
+
+
+def test_relay_audio_sr_capture_lag_is_auto_a_number_or_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = load_settings(None, {"dry_run": True})
+    assert s.output.relay_audio_sr_capture_lag_ms == "auto"  # one audio packet (libwebrtc)
+    monkeypatch.setenv("AVATAR_BRIDGE_OUTPUT__RELAY_AUDIO_SR_CAPTURE_LAG_MS", "0")
+    assert load_settings(None, {"dry_run": True}).output.relay_audio_sr_capture_lag_ms == 0.0
+    s = load_settings(
+        None, parse_overrides(["dry_run=true", "output.relay_audio_sr_capture_lag_ms=20"])
+    )
+    assert s.output.relay_audio_sr_capture_lag_ms == 20.0
+    for bad in ("250", "-1", "soon"):
+        with pytest.raises(ConfigError, match="relay_audio_sr_capture_lag_ms"):
+            load_settings(
+                None,
+                parse_overrides(["dry_run=true", f"output.relay_audio_sr_capture_lag_ms={bad}"]),
+            )

@@ -112,6 +112,8 @@ async def test_a_turn_reaches_the_call_lip_synced(
         _, body = await asyncio.to_thread(daemon.admin, "GET", "/sessions")
         metrics = await asyncio.to_thread(daemon.metrics)
     (info,) = body["sessions"]
+    sync = (info.get("relay") or {}).get("sync")
+    print(f"{media_path}: skews {[round(x) for x in skews]}, sync {sync}")
     assert info["media_path"] == media_path
     assert any(
         k.startswith("bridge_media_path_total") and f'path="{media_path}"' in k for k in metrics

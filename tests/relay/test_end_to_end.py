@@ -127,6 +127,15 @@ async def test_relay_is_the_default_and_carries_a_lip_synced_turn(
         skews = sim.stream.measure("default", "relay").skews_ms()
         info = await session_info(daemon)
     print(f"{codec}: skews {[round(x) for x in skews]}, marks {stats['marks']}")
+    print(f"{codec}: relay sync {info['relay'].get('sync')}")
+    for s in sim.liveavatar.sessions.values():
+        if s.publisher is not None:  # the SDK publisher's own lags into libwebrtc (diagnostic)
+            lags = {k: getattr(s.publisher, k, []) for k in ("audio_lag_ms", "video_lag_ms")}
+            print(
+                f"{codec}: publisher lag ms (p50) "
+                + str({k: round(statistics.median(v), 1) for k, v in lags.items() if v})
+                + f", skipped {s.publisher.audio_skipped}, late {s.publisher.audio_late}"
+            )
     assert stats["video_codec"] == codec
     video, audio = stats["video"], stats["audio"]
     assert video["resolution"] == "640x360"

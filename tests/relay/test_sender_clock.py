@@ -36,18 +36,23 @@ class Stream:
     transit: float  # best case, capture to the bridge
     period: float
     per_frame: int
+    # How long after the capture of its RTP time an SR's NTP is: libwebrtc's audio SRs stamp
+    # the moment a packet was complete (one packet's duration), its video SRs the capture.
+    sr_lag: float = 0.0
 
     def ts(self, capture: float) -> int:
         return (self.origin + round(capture * self.rate)) % (1 << 32)
 
     def sr(self, capture: float, sr_late: float = 0.0) -> tuple[int, int]:
         """An SR's (NTP, RTP) at ``capture``; ``sr_late``: its NTP is a send time that late."""
-        ntp = round((NTP_EPOCH + capture + sr_late) * (1 << 32))
+        ntp = round((NTP_EPOCH + capture + self.sr_lag + sr_late) * (1 << 32))
         return ntp, self.ts(capture)
 
 
 AUDIO = Stream("audio", 0xA, 48_000, 4_294_000_000, 0.010, 0.020, 1)  # wraps at ~20 s
 VIDEO = Stream("video", 0xB, 90_000, 123_456, 0.045, 1 / 30, 3)  # encode + packetisation
+# libwebrtc's audio as its SRs describe it (bridge/relay/sender_clock.py's module doc).
+LIBWEBRTC_AUDIO = Stream("audio", 0xA, 48_000, 4_294_000_000, 0.010, 0.020, 1, sr_lag=0.020)
 
 
 def events(
@@ -269,3 +274,67 @@ def test_drift_between_the_senders_clock_and_ours_keeps_the_alignment() -> None:
         diff, _ = spread([(t, p) for t, p in sent if p.capture < lo + 3], after=lo)
         assert abs(diff) < 0.002, (lo, diff)
     assert all(b.stats.late == 0 for b in bufs.values())
+
+
+def test_libwebrtc_audio_srs_put_the_picture_early_by_one_packet_without_the_capture_lag() -> None:
+    """Audio SRs stamped when the 20 ms packet was complete: taken as capture times, the audio
+    is held 20 ms too long (the picture early by a packet); ``auto`` takes one packet off."""
+    evs = events([LIBWEBRTC_AUDIO, VIDEO], 20, random.Random(21))
+    sent, clock, _ = pace(evs)  # the SRs as they are (audio_sr_lag=0)
+    diff, _ = spread(sent, after=12)
+    assert diff == pytest.approx(-0.020, abs=0.002)
+    assert clock.stats()["audio_sr_lag_ms"] == 0.0
+    sent, clock, bufs = pace(evs, audio_sr_lag="auto")
+    diff, wobble = spread(sent, after=12)
+    assert abs(diff) < 0.002, diff
+    assert wobble < 0.003
+    assert clock.stats()["audio_sr_lag_ms"] == pytest.approx(20.0)
+    assert bufs["audio"].packet_s == pytest.approx(0.020)
+
+
+@pytest.mark.parametrize("lag", ["auto", 0.010])
+def test_the_capture_lag_follows_the_packet_duration_or_is_fixed(lag: Any) -> None:
+    """10 ms audio packets: ``auto`` reads the 480-tick step, a fixed 10 ms does the same."""
+    audio = Stream("audio", 0xA, 48_000, 77, 0.010, 0.010, 1, sr_lag=0.010)
+    sent, clock, _ = pace(events([audio, VIDEO], 15, random.Random(22)), audio_sr_lag=lag)
+    diff, _ = spread(sent, after=8)
+    assert abs(diff) < 0.002, diff
+    assert clock.stats()["audio_sr_lag_ms"] == pytest.approx(10.0)
+
+
+def test_auto_capture_lag_waits_for_two_audio_packets() -> None:
+    bufs: dict[str, PlayoutBuffer[Pkt]] = {
+        "audio": PlayoutBuffer(48_000, HOLD),
+        "video": PlayoutBuffer(90_000, HOLD),
+    }
+    clock = SenderClock(bufs, audio_sr_lag="auto")
+    clock.on_sr("audio", 0xA, *LIBWEBRTC_AUDIO.sr(0.0))
+    clock.on_sr("video", 0xB, *VIDEO.sr(0.0))
+    bufs["video"].push(Pkt(0xB, VIDEO.ts(0.0), "video", 0.0), 1.0)
+    bufs["audio"].push(Pkt(0xA, LIBWEBRTC_AUDIO.ts(0.0), "audio", 0.0), 1.0)
+    assert clock.capture_lag("audio") is None and clock.offset("audio") is None
+    assert clock.target("audio") is None  # not aligned yet: each kind on its own timing
+    bufs["audio"].push(Pkt(0xA, LIBWEBRTC_AUDIO.ts(0.02), "audio", 0.02), 1.02)
+    assert clock.capture_lag("audio") == pytest.approx(0.02)
+    assert clock.offset("audio") is not None and clock.target("audio") is not None
+    assert clock.capture_lag("video") == 0.0
+
+
+@pytest.mark.parametrize("bad", [-0.001, 0.5])
+def test_a_capture_lag_outside_the_lift_bound_is_refused(bad: float) -> None:
+    with pytest.raises(ValueError):
+        SenderClock({"audio": PlayoutBuffer(48_000, HOLD)}, audio_sr_lag=bad)
+
+
+def test_packet_duration_survives_loss_reordering_and_an_ssrc_change() -> None:
+    buf: PlayoutBuffer[Pkt] = PlayoutBuffer(48_000, HOLD)
+    rng = random.Random(23)
+    order = [n for n in range(40) if rng.random() > 0.2]  # ~20 % lost
+    order[5], order[6] = order[6], order[5]  # one reordered pair
+    for i, n in enumerate(order):
+        buf.push(Pkt(0xA, (4_294_967_000 + 960 * n) % (1 << 32), "audio", 0.02 * n), 1 + 0.02 * i)
+    assert buf.packet_s == pytest.approx(0.020)
+    buf.push(Pkt(0xC, 5, "audio", 0.0), 2.0)  # a new stream: its own duration, once known
+    assert buf.packet_s is None
+    buf.push(Pkt(0xC, 5 + 480, "audio", 0.01), 2.01)
+    assert buf.packet_s == pytest.approx(0.010)
