@@ -50,6 +50,7 @@ async def test_stalled_websocket_is_detected_and_the_turn_still_fully_rendered(
     la.faults.connect_delay_s = 0.5
     beeps = beep_train(FMT.sample_rate, 4, 500, 100).tobytes()
     sim.stream.reset_measure("default", s.call_id)
+    skipped_before = _stand_in_audio_skipped()
     # The server reads and answers nothing now: the daemon must notice on its own (no close).
     await stream_pcm_realtime(s.client, beeps, FMT)
     await s.client.end_turn()
@@ -77,14 +78,27 @@ async def test_stalled_websocket_is_detected_and_the_turn_still_fully_rendered(
         # Every beep reached the call. The stall may pause the avatar's playout once inside a
         # beep (it renders what it has), which a receiver hears as two onsets: at most one extra.
         audio = sim.stream.stats("default", s.call_id)["audio"]
-        skipped = REGISTRY.get_sample_value("sim_avatar_skipped_frames_total", {"kind": "audio"})
-        assert 4 <= audio["onsets"] <= 5, (audio, f"stand-in audio ticks skipped: {skipped}")
+        skipped = _stand_in_audio_skipped() - skipped_before
+        if skipped == 0:
+            assert 4 <= audio["onsets"] <= 5, audio
+        else:
+            # The stand-ins' own avatar track fell behind on a loaded machine and skipped 20 ms
+            # ticks before the bridge ever saw them (seen: a whole beep gone, 3 onsets): what
+            # the bridge owns (every byte rendered, above) is still judged, the count is not.
+            print(f"stand-in skipped {skipped:.0f} audio ticks: onsets {audio['onsets']} of 4")
+            assert audio["onsets"] >= 1, audio
         assert s.errors == []
     assert la.sessions[bystander.la_session_id].ws_connections == 1
     assert await heard(sim, bystander) > 0.7
     assert bystander.errors == []
     await asyncio.gather(s.close(), bystander.close())
     await no_live_sessions(la)
+
+
+def _stand_in_audio_skipped() -> float:
+    """Audio ticks the stand-ins' avatar tracks skipped in this process (they fell behind)."""
+    value = REGISTRY.get_sample_value("sim_avatar_skipped_frames_total", {"kind": "audio"})
+    return value or 0.0
 
 
 async def _queue_depths(daemon: DaemonProcess) -> tuple[float, float]:
