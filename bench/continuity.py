@@ -27,6 +27,7 @@ import json
 import statistics
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,12 @@ async def first_frames(path: str, warm: bool, runs: int, workroot: Path) -> dict
     }
 
 
+def _log_t(entry: dict[str, Any]) -> float:
+    """A daemon log entry's wall time (its ISO timestamp, UTC)."""
+    stamp = str(entry.get("timestamp", "")).replace("Z", "+00:00")
+    return datetime.fromisoformat(stamp).timestamp() if stamp else 0.0
+
+
 def _logged(daemon: DaemonProcess, event: str) -> list[dict[str, Any]]:
     """The daemon's JSON log lines of ``event``."""
     out = []
@@ -143,6 +150,9 @@ SKEW_WINDOW_S = 10.0
 # A lost or doubled beep is put down to a switch when it was sent within this window around the
 # switch's avatar_handover (its turn is played out ~0.7 s after it is sent; a turn lasts TURN_S).
 NEAR_SWITCH_S = (-(TURN_S + 2.0), 2.0)
+# Beeps sent this early in the call are put down to its start (the Stream publisher's first
+# writes block while its connection comes up: docs/continuity.md).
+CALL_START_S = 8.0
 
 
 async def handover_call(
@@ -189,7 +199,7 @@ async def handover_call(
                         errors.append(f"{m.code}: {m.message}")
 
             reader = asyncio.create_task(read())
-            t0 = time.monotonic()
+            t0, wall0 = time.monotonic(), time.time()
             dropped = False
             per_turn = max(1, int(TURN_S * 1000 / driver.BEEP_PERIOD_MS))
             beeps_sent = 0
@@ -231,6 +241,13 @@ async def handover_call(
         finally:
             await daemon.stop()
     switches = _logged(daemon, "relay_avatar_switched")
+    # Audio the daemon dropped (the sync stage's queue full: the publisher blocked; the Stream
+    # SDK's PCM queue overflowing), per second of the call: where a beep can have gone.
+    audio_dropped: dict[int, float] = {}
+    for e in _logged(daemon, "sync_audio_dropped"):
+        at = int(_log_t(e) - wall0)
+        audio_dropped[at] = round(audio_dropped.get(at, 0.0) + float(e.get("ms", 0.0)), 1)
+    overflows = [round(_log_t(e) - wall0, 1) for e in _logged(daemon, "stream_pcm_queue_overflow")]
     planned = [h["gap_ms"] for h in handovers if h["reason"] == "cap" and h["gap_ms"] is not None]
     lost = [h for h in handovers if h["reason"] == "lost"]
     parts = stats.get("participants") or [{}]
@@ -287,6 +304,8 @@ async def handover_call(
             kind: {k: c.get(k) for k in ("ssrcs", "max_seq_step", "lost", "max_sr_jump_s")}
             for kind, c in continuity.items()
         },
+        "daemon_audio_dropped_ms_by_second": audio_dropped,
+        "pcm_queue_overflows_at_s": overflows,
         "errors": errors,
     }
 
@@ -294,7 +313,8 @@ async def handover_call(
 def number_beeps(ids: list[int | None], first: int = 0) -> list[int | None]:
     """Absolute beep numbers from coded-tone ids (``marks.TONE_IDS`` apart), in the order heard:
     each id is taken as the number nearest the previous one (forward when it is half the id
-    space ahead or less, else backward: a beep heard again). None stays None (no tone read)."""
+    space ahead or less, else backward: a beep heard again). None (no tone read) stays None
+    unless its neighbours are two apart."""
     n = marks.TONE_IDS
     prev = first - 1
     out: list[int | None] = []
@@ -307,6 +327,11 @@ def number_beeps(ids: list[int | None], first: int = 0) -> list[int | None]:
             d -= n
         prev += d
         out.append(prev)
+    # A tone not read between two beeps one apart is the beep between them.
+    for i in range(1, len(out) - 1):
+        before, after = out[i - 1], out[i + 1]
+        if out[i] is None and before is not None and after == before + 2:
+            out[i] = before + 1
     return out
 
 
@@ -357,6 +382,8 @@ def beep_accounting(
         for t, reason in switches:
             if NEAR_SWITCH_S[0] <= t - sent_t <= NEAR_SWITCH_S[1]:
                 return f"switch:{reason}@{t:.1f}s"
+        if sent_t < CALL_START_S:
+            return "call_start"
         if turn >= len(turn_starts) - 1:
             return "end_of_call"
         return "mid_call"
