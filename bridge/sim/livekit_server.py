@@ -31,6 +31,7 @@ import asyncio
 import base64
 import contextlib
 import fractions
+import functools
 import gzip
 import json
 import math
@@ -1296,7 +1297,7 @@ class LiveKitStandIn:
                     if faults.latency_ms > 0:
                         asyncio.get_running_loop().call_later(
                             faults.latency_ms / 1000.0,
-                            lambda d=data: self._spawn(_send_late(send_rtp, d)),
+                            functools.partial(self._spawn_send_late, send_rtp, data),
                         )
                         return
                 await send_rtp(data)
@@ -1593,6 +1594,9 @@ class LiveKitStandIn:
             for p in r.participants.values()
             if not p.pending_tracks and not p.published
         ]
+
+    def _spawn_send_late(self, send_rtp: Any, data: bytes) -> None:
+        self._spawn(_send_late(send_rtp, data))
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
