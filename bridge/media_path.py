@@ -156,13 +156,6 @@ class AvatarSwitch(Protocol):
 
     async def release_retired(self) -> None: ...
 
-    def speech_quiet_s(self) -> float:
-        """Seconds since the current avatar's speech last came through this path (``inf`` when
-        the path needs no wait): a planned switch waits for it, since the avatar's
-        ``speak_ended`` comes when it *played* its turn, while the turn's end may still be on
-        its way to the bridge (a switch then shuts the old avatar's downlink on it)."""
-        ...
-
 
 class WarmRoom(Protocol):
     """A pooled avatar's LiveKit room joined ahead of its HELLO (:mod:`bridge.pool`): the

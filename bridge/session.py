@@ -52,11 +52,6 @@ BACKLOG = 64
 MARK_TIMER_SLACK_S = 0.002
 # Provider-side avatar losses a session recovers from before it fails like any other error.
 MAX_RECOVERIES = 5
-# A planned switch waits, after the avatar's speak_ended, until its speech has been quiet this
-# long on the path: longer than the pauses between words (the bench's beeps are 400 ms apart)
-# plus what the avatar's media lags its events (the transcode path's downlink, NetEq, is 100-450
-# ms behind under load). Bounded by the switch's deadline like the turn boundary itself.
-SWITCH_QUIET_S = 0.6
 # LiveAvatar ending a session (idle cut, duration cap, server stop) closes its LiveKit room at
 # once, and the room's close can be read before the WebSocket's reason. A LiveKit failure waits
 # this long for a LiveAvatar one, which then wins: the cause, in causal order, not arrival order.
@@ -460,11 +455,8 @@ class Session:
             return
         self._finish_marks()
 
-    def _may_switch(self, path: AvatarSwitch, deadline: float) -> bool:
-        if self._avatar_lost or time.monotonic() >= deadline:
-            return True
-        # The turn has been played (speak_ended) and its end has come through the path too.
-        return self._at_turn_boundary() and path.speech_quiet_s() >= SWITCH_QUIET_S
+    def _may_switch(self, deadline: float) -> bool:
+        return self._avatar_lost or self._at_turn_boundary() or time.monotonic() >= deadline
 
     def _at_turn_boundary(self) -> bool:
         return (
@@ -495,7 +487,7 @@ class Session:
             )
             # At a turn boundary: after speak_ended, in silence; never past the old one's cap.
             deadline = plan.expires_at(self.uplink) - 1.0
-            while not self._may_switch(path, deadline):  # noqa: ASYNC110 - no event for an empty queue
+            while not self._may_switch(deadline):  # noqa: ASYNC110 - no event for an empty queue
                 await asyncio.sleep(0.02)
         except BridgeError as exc:
             self._log.warning("avatar_handover_failed", reason=reason, error=exc.message)

@@ -4,7 +4,6 @@ again by a call publisher (the Stream SDK, or aiortc on a declined relay's SFU s
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -78,7 +77,6 @@ class _SpeechSink:
         self._sink = sink
         self._gate = gate
         self._onset_in = OnsetPoint("transcode", "in")  # first-sound figures
-        self.last_loud_t: float | None = None  # monotonic: the avatar's speech last came in
 
     def put_video(self, frame: VideoFrame) -> None:
         self._sink.put_video(frame)
@@ -86,10 +84,7 @@ class _SpeechSink:
     def put_audio(self, chunk: AudioChunk) -> None:
         samples = chunk.samples
         if len(samples):
-            loud = max(int(samples.max()), -int(samples.min())) >= PCM_LOUD_PEAK
-            self._onset_in.feed(loud)
-            if loud:
-                self.last_loud_t = time.monotonic()
+            self._onset_in.feed(max(int(samples.max()), -int(samples.min())) >= PCM_LOUD_PEAK)
         if self._gate.admit(time.monotonic(), chunk.duration_s):
             self._sink.put_audio(chunk)
         else:
@@ -189,11 +184,6 @@ class TranscodePath:
             raise
         self._prepared = prepared
         return prepared
-
-    def speech_quiet_s(self) -> float:
-        """Since the avatar's audio last came in loud (the open gate's: the current avatar's)."""
-        last = self._into_sync.last_loud_t
-        return math.inf if last is None else time.monotonic() - last
 
     def commit_avatar(self, prepared: PreparedAvatar) -> Callable[[], float | None]:
         """Switch the call to the prepared avatar now (synchronously: nothing of the old one is

@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -730,13 +729,6 @@ class RelayPath:
     @property
     def can_switch(self) -> bool:
         return self._subscriber is not None and not self._closed.is_set()
-
-    def speech_quiet_s(self) -> float:
-        """No wait: the old avatar goes on being relayed until the new one's keyframe, which
-        comes the same way as the old one's last audio (with 500 ms added on the avatar's hop
-        every beep of a turn ending at a planned switch was heard; the transcode path lost the
-        last 3)."""
-        return math.inf
 
     async def prepare_avatar(
         self, room: AvatarRoom, timeout_s: float, warm: WarmRoom | None = None

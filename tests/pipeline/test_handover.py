@@ -5,14 +5,13 @@ its tracks, speech after the switch reaches it, the client hears ``avatar_handov
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import pytest
 
 from bridge.client import BridgeClient, stream_pcm_realtime
 from bridge.sim.liveavatar import StartDelays
-from bridge.sim.marks import beep_train, coded_beeps, tone_id
+from bridge.sim.marks import beep_train
 from bridge.sim.stack import SMALL, DaemonProcess, StandIns
 from tests.pipeline.conftest import handover_daemon
 from tests.pipeline.test_end_to_end import FMT, open_session, until_event
@@ -206,51 +205,6 @@ async def test_a_turn_lost_mid_way_is_finished_by_the_next_avatar(
         # (seen once in a full run: 11 of 12, the avatars' 12 all played; the same shortfall as
         # the bench's beeps heard/sent before this change), so one miss is tolerated.
         assert BEEPS - 1 <= stats["audio"]["onsets"] <= BEEPS
-    finally:
-        await daemon.stop()
-    assert sim.liveavatar.live_sessions == []
-
-
-async def test_a_planned_switch_waits_for_the_turns_end_to_come_through(
-    capped: StandIns, tmp_path: Path
-) -> None:
-    """The avatar's media 1 s behind its events (the LiveKit hop's latency): its
-    ``speak_ended`` comes while the turn's last beeps are still on their way to the bridge. A
-    planned switch right after the turn waits until the avatar's speech has gone quiet on the
-    path, so the turn's end reaches the call (without the wait the old downlink was shut on it:
-    the turn's last beeps played by the avatar and never heard)."""
-    sim = capped
-    cap_s, margin_s, beeps = 24, 8, 20
-    sim.liveavatar.options.sandbox_max_duration_s = cap_s
-    daemon = handover_daemon(tmp_path, sim, "transcode", margin_s)
-    await daemon.start()
-    try:
-        async with await BridgeClient.connect(daemon.socket) as client:
-            events = await open_session(client, "turn-end-through")
-            (first,) = [e.fields["session_id"] for e in events if e.event == "liveavatar_session"]
-            due = sim.liveavatar.sessions[first].started_at + cap_s - margin_s
-            sim.livekit.faults.latency_ms = 1000.0
-            # A 10 s turn that ends 4 s after the switch is due (the next avatar is up by then,
-            # a cold start even under load): the switch follows speak_ended, 3 s before its
-            # deadline (1 s before the cap).
-            await asyncio.sleep(max(0.0, due - 6.0 - time.monotonic()))
-            sim.stream.reset_measure("default", "turn-end-through")
-            pcm = coded_beeps(FMT.sample_rate, 0, beeps, 500, 100)
-            await stream_pcm_realtime(client, pcm.tobytes(), FMT)
-            await client.end_turn()
-            seen = await until_event(client, "avatar_handover", limit_s=30)
-            (planned,) = [e.fields for e in seen if e.event == "avatar_handover"]
-            await asyncio.sleep(2.0)
-            measure = sim.stream.measure("default", "turn-end-through")
-            heard = [tone_id(hz) for _, hz in measure.onset_tones]
-        assert planned["reason"] == "cap", planned
-        renderer = sim.liveavatar.sessions[first].renderer
-        assert renderer is not None
-        assert [tone_id(hz) for _, hz in renderer.onset_tones] == list(range(beeps))
-        # Every beep reaches the call once; the receiver's onset detector may miss one under
-        # load (see test_handover_relay._assert_speech_heard), never three.
-        assert len(heard) == len(set(heard)) >= beeps - 1, heard
-        assert set(heard) <= set(range(beeps)), heard
     finally:
         await daemon.stop()
     assert sim.liveavatar.live_sessions == []
