@@ -22,6 +22,7 @@ then exact).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -289,26 +290,28 @@ def beep_train(
 # Coded beeps: beep k sounds at tone_hz(k), so that a listener tells beeps apart (which one was
 # lost, which one was heard twice). Ids repeat every TONE_IDS beeps: a reader recovers the
 # absolute number from the previous one as long as fewer than TONE_IDS / 2 go missing in a row.
-# 50 Hz apart, 500..2450 Hz: well inside what Opus keeps at speech bitrates and far apart for an
-# 80 ms window's 12.5 Hz resolution.
-TONE_IDS = 40
-_TONE_BASE_HZ = 500.0
-_TONE_STEP_HZ = 50.0
+# Tones 8 % apart, 400..2350 Hz: a jitter buffer that time-stretches a tone (NetEq on the
+# transcode path's downlink) moved its measured pitch by up to 3.5 % (85 Hz at 2.4 kHz, in the
+# continuity bench), so steps are relative and a reading within 40 % of a step counts.
+TONE_IDS = 24
+_TONE_BASE_HZ = 400.0
+_TONE_RATIO = 1.08
 # The window read after an onset: past its 1 ms ramp and the detector's few ms of placement
 # error, within a 100 ms beep.
 _TONE_WINDOW_MS = (10, 90)
 
 
 def tone_hz(k: int) -> float:
-    return _TONE_BASE_HZ + _TONE_STEP_HZ * (k % TONE_IDS)
+    return float(_TONE_BASE_HZ * _TONE_RATIO ** (k % TONE_IDS))
 
 
 def tone_id(freq_hz: float) -> int | None:
     """The id (0..TONE_IDS-1) of a tone at ``freq_hz``, or None when it is none of them."""
-    k = round((freq_hz - _TONE_BASE_HZ) / _TONE_STEP_HZ)
-    # 0.4 of a step: a beep time-stretched by a receiver's jitter buffer (NetEq) reads up to
-    # ~15 Hz off (seen in the continuity bench), and neighbours are a step apart.
-    if not 0 <= k < TONE_IDS or abs(freq_hz - tone_hz(k)) > 0.4 * _TONE_STEP_HZ:
+    if freq_hz <= 0:
+        return None
+    steps = math.log(freq_hz / _TONE_BASE_HZ) / math.log(_TONE_RATIO)
+    k = round(steps)
+    if not 0 <= k < TONE_IDS or abs(steps - k) > 0.4:
         return None
     return k
 
