@@ -10,13 +10,21 @@ each, one after the other; a warm session is taken once it has been in the pool 
 
 Handover, per media path: one call of ``CALL_S`` (3 minutes; ``QUICK_CALL_S`` in quick mode)
 across a ``CAP_S`` cap (planned switches ``MARGIN_S`` before it) and one injected provider drop,
-the client speaking in turns of beeps: ``switch_gap_ms`` (planned, p50/max, as the daemon
-measured it), ``recovery_gap_ms`` (the unplanned switch's picture gap) and ``recovery_s`` (drop
--> the client's ``avatar_handover``), ``participants_seen`` (joins of the call), ``errors``, and
-at the Stream stand-in's receiver: ``audio_lost_ms`` (audio packets missing from the sequence on
-the wire, 20 ms each), ``beeps_sent``/``beeps_heard`` (onsets: speech lost to a drop mid-turn
-shows here; the unspoken rest of a turn is not re-spoken yet) and the wire ``continuity`` per
-track (SSRCs, largest sequence step, SR jumps).
+the client speaking in turns of coded beeps (beep k at its own tone,
+``bridge.sim.marks.coded_beeps``): ``switch_gap_ms`` (planned, p50/max, as the daemon measured
+it), ``recovery_gap_ms`` (the unplanned switch's picture gap) and ``recovery_s`` (drop -> the
+client's ``avatar_handover``), ``participants_seen`` (joins of the call), ``errors``, and at the
+Stream stand-in's receiver: ``audio_lost_ms`` (audio packets missing from the sequence on the
+wire, 20 ms each), ``beeps`` (which beeps the receiver heard and how often each avatar's renderer
+played them: every beep not played once and heard once is listed with its turn and where it was,
+at the call's start, near a switch, at the end or mid-call; a drop mid-turn re-speaks the
+unspoken rest of the turn on the next avatar, ``bridge/liveavatar/respeak.py``, so a beep heard
+twice is a word re-spoken twice), ``beeps_heard`` (all onsets, the older count),
+``skew_after_switch_ms`` (the A/V skew of the marks within ``SKEW_WINDOW_S`` after each
+switch, p50 signed, p95/p99 of the magnitude; goal |p95| <= 20, |p99| <= 40 ms; the marks before
+the first switch as the baseline), the daemon's own audio drops per second of the call
+(``sync_audio_dropped``, PCM-queue overflows) and the wire ``continuity`` per track (SSRCs,
+largest sequence step, SR jumps).
 """
 
 from __future__ import annotations
@@ -27,12 +35,14 @@ import json
 import statistics
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from bench import driver, latency
 from bridge.client import BridgeClient, stream_pcm_realtime
 from bridge.protocol import EventMsg
+from bridge.sim import marks
 from bridge.sim.liveavatar import StandInOptions
 from bridge.sim.stack import DaemonProcess, StandIns
 
@@ -59,6 +69,15 @@ async def scenario(r: Any) -> dict[str, Any]:
         out[f"handover_{path}"] = await r._guarded(
             handover_call(r.workroot, path=path, quick=r.plan.quick)
         )
+    for p in ("relay", "transcode"):
+        h = out[f"handover_{p}"]
+        out.setdefault("skew_after_switch_ms", {})[p] = h.get("skew_after_switch_ms", {}).get(
+            "all_after_switches"
+        )
+        beeps = h.get("beeps", {})
+        out.setdefault("speech", {})[p] = {
+            k: beeps.get(k) for k in ("sent", "lost", "heard_twice_or_more", "not_played")
+        }
     relay_warm, relay_cold = out["warm_relay"], out["cold_relay"]
     out["first_frame_warm_s"] = relay_warm.get("p50_s")
     out["first_frame_cold_s"] = relay_cold.get("p50_s")
@@ -109,6 +128,12 @@ async def first_frames(path: str, warm: bool, runs: int, workroot: Path) -> dict
     }
 
 
+def _log_t(entry: dict[str, Any]) -> float:
+    """A daemon log entry's wall time (its ISO timestamp, UTC)."""
+    stamp = str(entry.get("timestamp", "")).replace("Z", "+00:00")
+    return datetime.fromisoformat(stamp).timestamp() if stamp else 0.0
+
+
 def _logged(daemon: DaemonProcess, event: str) -> list[dict[str, Any]]:
     """The daemon's JSON log lines of ``event``."""
     out = []
@@ -126,6 +151,16 @@ MARGIN_S = 10
 CALL_S = 180.0
 QUICK_CALL_S = 45.0
 DROP_AT = 0.7  # of the call
+TURN_S = 3.0
+# Skew after a switch: the marks whose flash the receiver saw within this long after the
+# client's avatar_handover (or until the next switch, when sooner).
+SKEW_WINDOW_S = 10.0
+# A lost or doubled beep is put down to a switch when it was sent within this window around the
+# switch's avatar_handover (its turn is played out ~0.7 s after it is sent; a turn lasts TURN_S).
+NEAR_SWITCH_S = (-(TURN_S + 2.0), 2.0)
+# Beeps sent this early in the call are put down to its start (the Stream publisher's first
+# writes block while its connection comes up: docs/continuity.md).
+CALL_START_S = 8.0
 
 
 async def handover_call(
@@ -172,13 +207,22 @@ async def handover_call(
                         errors.append(f"{m.code}: {m.message}")
 
             reader = asyncio.create_task(read())
-            t0 = time.monotonic()
+            t0, wall0 = time.monotonic(), time.time()
             dropped = False
-            turn = driver.beeps(3.0)
-            per_turn = max(1, int(3.0 * 1000 / driver.BEEP_PERIOD_MS))
+            per_turn = max(1, int(TURN_S * 1000 / driver.BEEP_PERIOD_MS))
             beeps_sent = 0
+            turn_starts: list[float] = []  # monotonic time each turn's first byte was sent
             sim.stream.reset_measure("default", call)
             while time.monotonic() - t0 < call_s:  # bounded: the call's length
+                # Coded beeps (one tone per beep number): the receiver tells which it heard.
+                turn = marks.coded_beeps(
+                    driver.CLIENT_FMT.sample_rate,
+                    beeps_sent,
+                    per_turn,
+                    driver.BEEP_PERIOD_MS,
+                    driver.BEEP_MS,
+                ).tobytes()
+                turn_starts.append(time.monotonic())
                 beeps_sent += per_turn
                 await stream_pcm_realtime(client, turn, driver.CLIENT_FMT, 20)
                 await client.end_turn()
@@ -189,12 +233,29 @@ async def handover_call(
                     dropped = True
             await asyncio.sleep(2.0)
             stats = sim.stream.stats("default", call)
+            measure = sim.stream.measure("default", call)
+            heard = [(t, hz) for t, hz in measure.onset_tones if t >= t0]
+            timed_skews = measure.timed_skews_ms()
+            played: list[tuple[float, float, int]] = []  # (time, hz, avatar's index in the call)
+            for i, sid in enumerate(dict.fromkeys(current)):
+                la = sim.liveavatar.sessions.get(sid)
+                renderer = la.renderer if la is not None else None
+                origin = driver.media_origin(sim, sid)
+                if renderer is not None and origin is not None:
+                    played += [(origin + m, hz, i) for m, hz in renderer.onset_tones]
             await client.close()
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
         finally:
             await daemon.stop()
     switches = _logged(daemon, "relay_avatar_switched")
+    # Audio the daemon dropped (the sync stage's queue full: the publisher blocked; the Stream
+    # SDK's PCM queue overflowing), per second of the call: where a beep can have gone.
+    audio_dropped: dict[int, float] = {}
+    for e in _logged(daemon, "sync_audio_dropped"):
+        at = int(_log_t(e) - wall0)
+        audio_dropped[at] = round(audio_dropped.get(at, 0.0) + float(e.get("ms", 0.0)), 1)
+    overflows = [round(_log_t(e) - wall0, 1) for e in _logged(daemon, "stream_pcm_queue_overflow")]
     planned = [h["gap_ms"] for h in handovers if h["reason"] == "cap" and h["gap_ms"] is not None]
     lost = [h for h in handovers if h["reason"] == "lost"]
     parts = stats.get("participants") or [{}]
@@ -235,9 +296,161 @@ async def handover_call(
         "audio_lost_ms": 20 * audio["lost"] if "lost" in audio else None,
         "beeps_sent": beeps_sent,
         "beeps_heard": stats.get("audio", {}).get("onsets"),
+        "beeps": beep_accounting(
+            beeps_sent,
+            per_turn,
+            [t - t0 for t in turn_starts],
+            [(t - t0, hz) for t, hz in heard],
+            [(t - t0, hz, i) for t, hz, i in played if t >= t0],
+            [(h["t"] - t0, str(h["reason"])) for h in handovers],
+        ),
+        "skew_after_switch_ms": skew_after_switches(
+            [(t - t0, sk) for t, sk in timed_skews if t >= t0],
+            [h["t"] - t0 for h in handovers],
+        ),
         "continuity": {
             kind: {k: c.get(k) for k in ("ssrcs", "max_seq_step", "lost", "max_sr_jump_s")}
             for kind, c in continuity.items()
         },
+        "daemon_audio_dropped_ms_by_second": audio_dropped,
+        "pcm_queue_overflows_at_s": overflows,
         "errors": errors,
+    }
+
+
+def number_beeps(ids: list[int | None], first: int = 0) -> list[int | None]:
+    """Absolute beep numbers from coded-tone ids (``marks.TONE_IDS`` apart), in the order heard:
+    each id is taken as the number nearest the previous one (forward when it is half the id
+    space ahead or less, else backward: a beep heard again). None (no tone read) stays None
+    unless its neighbours are two apart."""
+    n = marks.TONE_IDS
+    prev = first - 1
+    out: list[int | None] = []
+    for k in ids:
+        if k is None:
+            out.append(None)
+            continue
+        d = (k - prev) % n
+        if d > n // 2:
+            d -= n
+        prev += d
+        out.append(prev)
+    # A tone not read between two beeps one apart is the beep between them.
+    for i in range(1, len(out) - 1):
+        before, after = out[i - 1], out[i + 1]
+        if out[i] is None and before is not None and after == before + 2:
+            out[i] = before + 1
+    return out
+
+
+def beep_accounting(
+    sent: int,
+    per_turn: int,
+    turn_starts: list[float],
+    heard: list[tuple[float, float]],
+    played: list[tuple[float, float, int]],
+    switches: list[tuple[float, str]],
+) -> dict[str, Any]:
+    """Which coded beeps the Stream receiver heard (``heard``: onset time, tone Hz) and the
+    avatars played (``played``: onset time, tone Hz, avatar index), against the ``sent`` ones:
+    every beep not heard once, with where it was (its turn, the switch near it, the end of the
+    call) and how often each avatar played it. Times in seconds since the call's start."""
+    period_s = TURN_S / per_turn
+
+    def numbered(events: list[tuple[float, float]]) -> tuple[dict[int, int], int]:
+        ids = [marks.tone_id(hz) for _, hz in sorted(events)]
+        counts: dict[int, int] = {}
+        for k in number_beeps(ids):
+            if k is not None:
+                counts[k] = counts.get(k, 0) + 1
+        return counts, ids.count(None)
+
+    heard_n, heard_unread = numbered(heard)
+    by_avatar: dict[int, dict[int, int]] = {}
+    for a in sorted({i for _, _, i in played}):
+        # Each avatar numbered on its own: its first beep is the one nearest the first heard
+        # after it started (a renderer's onsets are few and in order).
+        onsets = sorted((t, hz) for t, hz, i in played if i == a)
+        ids = [marks.tone_id(hz) for _, hz in onsets]
+        start = _expected_beep(onsets[0][0], turn_starts, per_turn, period_s) if onsets else 0
+        first_id = next((k for k in ids if k is not None), None)
+        base = start
+        if first_id is not None:
+            d = (first_id - start) % marks.TONE_IDS
+            base = start + (d - marks.TONE_IDS if d > marks.TONE_IDS // 2 else d)
+        counts: dict[int, int] = {}
+        for k in number_beeps(ids, base):
+            if k is not None:
+                counts[k] = counts.get(k, 0) + 1
+        by_avatar[a] = counts
+
+    def where(k: int) -> str:
+        turn = k // per_turn
+        sent_t = turn_starts[turn] + (k % per_turn) * period_s if turn < len(turn_starts) else 0.0
+        for t, reason in switches:
+            if NEAR_SWITCH_S[0] <= t - sent_t <= NEAR_SWITCH_S[1]:
+                return f"switch:{reason}@{t:.1f}s"
+        if sent_t < CALL_START_S:
+            return "call_start"
+        if turn >= len(turn_starts) - 1:
+            return "end_of_call"
+        return "mid_call"
+
+    odd = []
+    for k in range(sent):
+        if heard_n.get(k, 0) == 1 and sum(c.get(k, 0) for c in by_avatar.values()) == 1:
+            continue  # played once, heard once
+        odd.append(
+            {
+                "beep": k,
+                "turn": k // per_turn,
+                "heard": heard_n.get(k, 0),
+                "played": {a: c[k] for a, c in by_avatar.items() if k in c},
+                "where": where(k),
+            }
+        )
+    extra = sorted(k for k in heard_n if not 0 <= k < sent)
+    return {
+        "sent": sent,
+        "heard_once": sum(1 for k in range(sent) if heard_n.get(k, 0) == 1),
+        "lost": sum(1 for k in range(sent) if k not in heard_n),
+        "heard_twice_or_more": sum(1 for k in range(sent) if heard_n.get(k, 0) > 1),
+        "played_twice_or_more": sum(
+            1 for k in range(sent) if sum(c.get(k, 0) for c in by_avatar.values()) > 1
+        ),
+        "not_played": sum(1 for k in range(sent) if all(k not in c for c in by_avatar.values())),
+        "unread_tones_heard": heard_unread,
+        "numbers_out_of_range": extra,
+        "anomalies": odd,
+    }
+
+
+def _expected_beep(t: float, turn_starts: list[float], per_turn: int, period_s: float) -> int:
+    """The beep sent last at or before ``t`` (an avatar plays a beep after it was sent)."""
+    best = 0
+    for turn, start in enumerate(turn_starts):
+        for j in range(per_turn):
+            if start + j * period_s <= t:
+                best = turn * per_turn + j
+    return best
+
+
+def skew_after_switches(timed: list[tuple[float, float]], switches: list[float]) -> dict[str, Any]:
+    """A/V skew of the marks after each switch (``timed``: flash time, skew ms; ``switches``:
+    the client's avatar_handover times), each over SKEW_WINDOW_S or until the next switch, and
+    over all of them together; the marks before the first switch as the baseline."""
+    per: list[dict[str, Any]] = []
+    after: list[float] = []
+    for i, t in enumerate(switches):
+        end = min(t + SKEW_WINDOW_S, switches[i + 1] if i + 1 < len(switches) else float("inf"))
+        skews = [sk for ft, sk in timed if t <= ft < end]
+        after += skews
+        per.append({"at_s": round(t, 1), **driver.skew_stats(skews)})
+    first = switches[0] if switches else float("inf")
+    return {
+        "window_s": SKEW_WINDOW_S,
+        "goal": {"p95": 20, "p99": 40},
+        "per_switch": per,
+        "all_after_switches": driver.skew_stats(after),
+        "before_first_switch": driver.skew_stats([sk for ft, sk in timed if ft < first]),
     }

@@ -451,9 +451,15 @@ class Session:
             return False
         if self._is_draining():
             return False  # the session is ending: no new paid avatar for the drain to cut off
-        self._avatar_lost = True  # a planned switch in progress commits at once
         if self._recovery is not None and not self._recovery.done():
-            return True  # one loss reports from both the uplink and the downlink
+            # One loss reports from both the uplink and the downlink, and the lost avatar's
+            # receivers again when their connection closes, which can come after the recovery's
+            # switch (a warm one commits within milliseconds). The first report set the flag;
+            # setting it again after the switch cleared it would make the next planned switch
+            # take the new avatar's turn in flight for lost: cut mid-turn, its rest re-spoken
+            # (heard twice; 690 ms in the continuity bench).
+            return True
+        self._avatar_lost = True  # a planned switch in progress commits at once
         if self._recoveries >= MAX_RECOVERIES:
             return False
         self._recoveries += 1

@@ -262,7 +262,7 @@ class SyncStage:
             self.audio_dropped_s += old.duration_s
             metrics.DROPS.labels(stage="sync_audio", reason="queue_full").inc()
             metrics.AUDIO_DROPPED_SECONDS.labels(stage="sync").inc(old.duration_s)
-            log.warning("sync_audio_dropped", ms=old.duration_s)
+            log.warning("sync_audio_dropped", ms=round(1000 * old.duration_s, 1))
         metrics.QUEUE_DEPTH.labels(stage="sync_audio_ms").set(self._audio_s * 1000)
         self._audio_ready.set()
 

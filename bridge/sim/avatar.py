@@ -202,6 +202,7 @@ class AvatarRenderer:
         self._control_marks = 0  # onsets seen since the control was set
         self._audio_delay: dict[int, int] = {}  # output tick -> ticks its audio is delayed
         self._onsets = marks.OnsetDetector(OUT_RATE, threshold=onset_threshold)
+        self._tones = marks.OnsetTones(OUT_RATE)
         self._due: list[tuple[int, RendererEvent]] = []  # (output sample, event) by playout time
         self._state = "idle"
         self._computed = asyncio.Condition()
@@ -211,6 +212,8 @@ class AvatarRenderer:
         self.received_bytes: dict[str, int] = {}
         self.played_samples: dict[str, int] = {}
         self.onset_media_s: list[float] = []
+        # (media s, dominant frequency just after) per onset played: which coded beep it was.
+        self.onset_tones: list[tuple[float, float]] = []
         # The playback-buffer model (see _note_playback): per turn, bounded to the recent ones.
         self.turns: dict[str, TurnTiming] = {}
         self.underruns = 0
@@ -396,9 +399,12 @@ class AvatarRenderer:
                 break
         self._audio[k] = out
         self._rms[k] = float(np.sqrt(np.mean(out.astype(np.float64) ** 2)))
-        for onset in self._onsets.feed(out):
+        found = self._onsets.feed(out)
+        for onset in found:
             self.onset_media_s.append(onset / OUT_RATE)
             self._mark(onset)
+        for onset, hz in self._tones.feed(out, found):
+            self.onset_tones.append((onset / OUT_RATE, hz))
         old = k - _RING_TICKS
         self._audio.pop(old, None)
         self._rms.pop(old, None)
@@ -407,6 +413,7 @@ class AvatarRenderer:
             self._flash_frames = {f: v for f, v in self._flash_frames.items() if f >= floor}
             self._audio_delay = {t: d for t, d in self._audio_delay.items() if t >= old}
         del self.onset_media_s[:-256]
+        del self.onset_tones[:-256]
 
     def _mark(self, onset: int) -> None:
         """A sync mark for the onset at output sample ``onset``; every second one after

@@ -31,6 +31,7 @@ import asyncio
 import base64
 import contextlib
 import fractions
+import functools
 import gzip
 import json
 import math
@@ -654,7 +655,10 @@ class Faults:
         # Also drop each video packet's first retransmission (a repair lost too): what is
         # dropped then comes only if the subscriber asks again.
         self.drop_first_video_rtx = False
-        self.delay_ms = 0.0  # added to every media packet
+        self.delay_ms = 0.0  # added to every media packet (each waits in turn: throttles)
+        # Latency added to every media packet of the avatar's, each sent that much later on its
+        # own (order kept, throughput not): a media path slower than the avatar's events.
+        self.latency_ms = 0.0
         # A late packet of the old stream after a LiveKit rejoin: once a subscriber whose peer
         # connection kill_peer_connection() closed has been sent this many video packets on its
         # new connection, the old connection's first video frame (the encoder's first: a
@@ -1310,6 +1314,12 @@ class LiveKitStandIn:
                         return
                     if faults.delay_ms > 0:
                         await asyncio.sleep(faults.delay_ms / 1000.0)
+                    if faults.latency_ms > 0:
+                        asyncio.get_running_loop().call_later(
+                            faults.latency_ms / 1000.0,
+                            functools.partial(self._spawn_send_late, send_rtp, data),
+                        )
+                        return
                 await send_rtp(data)
                 if kind == "video" and faults.late_old_keyframe_after_rejoin > 0:
                     ts = int.from_bytes(data[4:8], "big")
@@ -1613,11 +1623,20 @@ class LiveKitStandIn:
             if not p.pending_tracks and not p.published
         ]
 
+    def _spawn_send_late(self, send_rtp: Any, data: bytes) -> None:
+        self._spawn(_send_late(send_rtp, data))
+
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+async def _send_late(send_rtp: Any, data: bytes) -> None:
+    """A packet held by ``Faults.latency_ms``: its subscriber may have left meanwhile."""
+    with contextlib.suppress(ConnectionError):  # the transport closed: the packet goes nowhere
+        await send_rtp(data)
 
 
 # -- CORS: LiveKit allows any origin and relies on the token, so a browser SDK can read every

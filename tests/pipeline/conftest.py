@@ -44,7 +44,7 @@ async def capped() -> AsyncIterator[StandIns]:
 
 
 def handover_daemon(
-    tmp_path: Path, sim: StandIns, media_path: str, margin_s: float
+    tmp_path: Path, sim: StandIns, media_path: str, margin_s: float, *flags: str
 ) -> DaemonProcess:
     """A daemon on ``media_path`` that switches avatars ``margin_s`` before the cap."""
     return DaemonProcess(
@@ -53,4 +53,5 @@ def handover_daemon(
         *SMALL,
         "--set", f"output.media_path={media_path}",
         "--set", f"liveavatar.handover_margin_s={margin_s}",
+        *flags,
     )  # fmt: skip

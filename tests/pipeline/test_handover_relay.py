@@ -6,13 +6,14 @@ sender reports consistent with the packets); speech after the switch reaches the
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bridge.client import BridgeClient, stream_pcm_realtime
-from bridge.sim.marks import beep_train
+from bridge.sim.marks import beep_train, coded_beeps, tone_id
 from bridge.sim.stack import StandIns
 from tests.pipeline.conftest import handover_daemon
 from tests.pipeline.test_end_to_end import FMT, open_session, until_event
@@ -116,6 +117,65 @@ async def test_unplanned_relay_handover_after_a_drop(capped: StandIns, tmp_path:
         _assert_one_continuous_participant(stats)
         _assert_speech_heard(stats)
         assert daemon.metric_sum("bridge_avatar_handovers_total", 'outcome="switched"') == 1
+    finally:
+        await daemon.stop()
+    assert sim.liveavatar.live_sessions == []
+
+
+async def test_a_planned_switch_after_a_recovered_drop_waits_for_the_turn_to_end(
+    capped: StandIns, tmp_path: Path
+) -> None:
+    """A drop replaced by a warm avatar: the lost avatar's receivers report the loss again after
+    the switch committed (their connection closes ~30 ms after the room). That late report must
+    not count as a new loss: the next planned switch, due while the client speaks a turn, waits
+    for the turn to end and re-speaks nothing. Each coded beep is played once by the avatars and
+    never heard twice in the call (it was: the planned switch cut the turn and re-spoke 690 ms
+    of it in the continuity bench)."""
+    sim = capped
+    cap_s, margin_s, turn_beeps = 24, 8, 14
+    sim.liveavatar.options.sandbox_max_duration_s = cap_s
+    daemon = handover_daemon(
+        tmp_path, sim, "relay", margin_s, "--set", "pool.size=1", "--set", "pool.min_remaining_s=5"
+    )
+    await daemon.start()
+    try:
+        async with await BridgeClient.connect(daemon.socket) as client:
+            events = await open_session(client, "relay-drop-then-cap")
+            (first,) = [e.fields["session_id"] for e in events if e.event == "liveavatar_session"]
+            async with asyncio.timeout(30):
+                # a warm one to replace it (a metric: no event to wait on)
+                while daemon.metric_sum("bridge_pool_size") < 1:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            await sim.liveavatar.drop(first)
+            seen = await until_event(client, "avatar_handover", limit_s=30)
+            (lost,) = [e.fields for e in seen if e.event == "avatar_handover"]
+            assert lost["reason"] == "lost" and lost["warm"], lost
+            second = sim.liveavatar.sessions[lost["liveavatar_session"]]
+            # The turn starts 4 s before the planned switch is due (cap - margin) and ends 3 s
+            # after; the switch then has 4 s of silence before its deadline (1 s before the cap).
+            due = second.started_at + cap_s - margin_s
+            await asyncio.sleep(max(0.0, due - 4.0 - time.monotonic()))
+            sim.stream.reset_measure("default", "relay-drop-then-cap")
+            pcm = coded_beeps(FMT.sample_rate, 0, turn_beeps, 500, 100)
+            await stream_pcm_realtime(client, pcm.tobytes(), FMT)
+            await client.end_turn()
+            seen = await until_event(client, "avatar_handover", limit_s=30)
+            (planned,) = [e.fields for e in seen if e.event == "avatar_handover"]
+            names = [e.event for e in seen]
+            await asyncio.sleep(1.0)
+            measure = sim.stream.measure("default", "relay-drop-then-cap")
+            heard = [tone_id(hz) for _, hz in measure.onset_tones]
+        assert planned["reason"] == "cap" and planned["respoken_ms"] == 0, planned
+        # At the turn boundary: the turn's speak_ended came before the switch.
+        assert "speak_ended" in names[: names.index("avatar_handover")], names
+        played: dict[int | None, int] = {}
+        for s in sim.liveavatar.sessions.values():
+            for _, hz in s.renderer.onset_tones if s.renderer is not None else []:
+                played[tone_id(hz)] = played.get(tone_id(hz), 0) + 1
+        assert played == dict.fromkeys(range(turn_beeps), 1), played
+        # The receiver's onset detector may miss one under load (see _assert_speech_heard); it
+        # never hears one twice.
+        assert len(heard) == len(set(heard)) >= turn_beeps - 1, heard
     finally:
         await daemon.stop()
     assert sim.liveavatar.live_sessions == []

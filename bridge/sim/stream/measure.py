@@ -177,6 +177,10 @@ class CallMeasure:
         # (index of first sample, receipt time) per received audio frame, for onset timing
         self._frame_index: deque[tuple[int, float]] = deque(maxlen=_HISTORY)
         self.onset_times: deque[float] = deque(maxlen=_HISTORY)
+        # (onset time, dominant frequency just after it) per onset: which coded beep it was
+        # (bridge.sim.marks.coded_beeps), to tell a lost beep from one heard twice.
+        self._tones: marks.OnsetTones | None = None
+        self.onset_tones: deque[tuple[float, float]] = deque(maxlen=_HISTORY)
         # Decoder release minus wire arrival per audio frame (the receiver's jitter buffer).
         self.audio_backlog_ms: deque[float] = deque(maxlen=_HISTORY)
 
@@ -300,6 +304,7 @@ class CallMeasure:
             self.first_audio_t = t
         if self._detector is None or self.audio_rate != sample_rate:
             self._detector = self._new_detector(sample_rate)
+            self._tones = marks.OnsetTones(sample_rate)
             self._detector_base = self.audio_samples
         self.audio_rate, self.audio_channels = sample_rate, channels
         self._frame_index.append((self.audio_samples, heard))
@@ -312,10 +317,16 @@ class CallMeasure:
             self._peak_rms = max(self._peak_rms, rms)
             if rms >= LOUD_RMS:
                 self.last_loud_t = heard
-        for idx in self._detector.feed(mono):
+        found = self._detector.feed(mono)
+        for idx in found:
             at = self._time_of(self._detector_base + idx, sample_rate)
             if at is not None:
                 self.onset_times.append(at)
+        if self._tones is not None:
+            for idx, hz in self._tones.feed(mono, found):
+                at = self._time_of(self._detector_base + idx, sample_rate)
+                if at is not None:
+                    self.onset_tones.append((at, hz))
 
     def _time_of(self, sample_index: int, rate: int) -> float | None:
         starts = [s for s, _ in self._frame_index]
@@ -329,7 +340,11 @@ class CallMeasure:
 
     def skews_ms(self) -> list[float]:
         """Flash time minus the nearest audio onset (negative: picture early), per paired mark."""
-        out: list[float] = []
+        return [skew for _, skew in self.timed_skews_ms()]
+
+    def timed_skews_ms(self) -> list[tuple[float, float]]:
+        """(flash time, skew ms) per paired mark, as :meth:`skews_ms`."""
+        out: list[tuple[float, float]] = []
         onsets = list(self.onset_times)
         if not onsets:
             return out
@@ -338,7 +353,7 @@ class CallMeasure:
             near = [onsets[j] for j in (i - 1, i) if 0 <= j < len(onsets)]
             best = min(near, key=lambda a: abs(a - ft))
             if abs(best - ft) <= PAIR_WINDOW_S:
-                out.append(1000 * (ft - best))
+                out.append((ft, 1000 * (ft - best)))
         return out
 
     def snapshot(self) -> dict[str, Any]:

@@ -1,0 +1,54 @@
+"""The continuity scenario's accounting of coded beeps (pure: no media, no timing)."""
+
+from __future__ import annotations
+
+import random
+
+from bench.continuity import beep_accounting, number_beeps, skew_after_switches
+from bridge.sim import marks
+
+
+def tones(numbers: list[int], t0: float = 0.0) -> list[tuple[float, float]]:
+    return [(t0 + 0.5 * i, marks.tone_hz(k)) for i, k in enumerate(numbers)]
+
+
+def test_beep_numbers_are_recovered_across_the_id_space() -> None:
+    rng = random.Random(17)
+    sent = list(range(3 * marks.TONE_IDS))
+    heard = [k for k in sent if rng.random() > 0.1]  # some lost, never half the ids in a row
+    heard[30:30] = heard[26:30]  # four heard again (a turn re-spoken)
+    assert number_beeps([k % marks.TONE_IDS for k in heard]) == heard
+    assert number_beeps([None, 1, 2]) == [None, 1, 2]
+    assert number_beeps([0, None, 2, None, 5]) == [0, 1, 2, None, 5]  # one between: inferred
+
+
+def test_lost_and_twice_heard_beeps_are_placed() -> None:
+    per_turn, turns = 6, 8
+    starts = [4.0 * i for i in range(turns)]
+    sent = per_turn * turns
+    heard = [k for k in range(sent) if k not in (1, 15, 47)]  # at the start, mid-call, the end
+    heard[25:25] = [22, 23, 24]  # turn 3's rest spoken again after a drop
+    # Avatar 0 plays up to beep 24, avatar 1 from 22 on: 22..24 played by both, beeps 1 and 15
+    # played but not heard, 47 played by none.
+    played = [(0.7 + 0.5 * k, marks.tone_hz(k), 0) for k in range(25)]
+    played += [(14.0 + 0.5 * i, marks.tone_hz(k), 1) for i, k in enumerate(range(22, 47))]
+    out = beep_accounting(
+        sent, per_turn, starts, tones(heard), played, [(13.5, "lost"), (20.0, "cap")]
+    )
+    assert out["lost"] == 3 and out["heard_twice_or_more"] == 3
+    assert out["played_twice_or_more"] == 3 and out["not_played"] == 1
+    odd = {a["beep"]: a for a in out["anomalies"]}
+    assert sorted(odd) == [1, 15, 22, 23, 24, 47]
+    assert odd[1]["where"] == "call_start"
+    assert odd[15] == {"beep": 15, "turn": 2, "heard": 0, "played": {0: 1}, "where": "mid_call"}
+    assert odd[22]["heard"] == 2 and odd[22]["played"] == {0: 1, 1: 1}
+    assert odd[22]["where"] == "switch:lost@13.5s"
+    assert odd[47]["played"] == {} and odd[47]["where"] == "end_of_call"
+
+
+def test_skew_is_reported_per_switch_until_the_next_one() -> None:
+    timed = [(float(t), float(t % 7)) for t in range(40)]
+    out = skew_after_switches(timed, [10.0, 15.0, 33.0])
+    assert [s["samples"] for s in out["per_switch"]] == [5, 10, 7]
+    assert out["all_after_switches"]["samples"] == 22
+    assert out["before_first_switch"]["samples"] == 10
