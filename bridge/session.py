@@ -273,10 +273,12 @@ class Session:
 
     def send_event(self, event: str, fields: Mapping[str, Any]) -> None:
         hold = self._switch_events
-        was_holding = hold.holding
-        out = hold.offer(event, fields)
-        if was_holding and not hold.holding:
-            self._log.warning("switch_events_released_early", released=len(out) - 1)
+        if not hold.holding:
+            self._deliver(event, fields)  # the usual case: no copy, no list
+            return
+        out = hold.offer(event, fields)  # empty while held; all of it once over capacity
+        if out:
+            self._log.warning("switch_events_released_early", released=len(out))
         for name, out_fields in out:
             self._deliver(name, out_fields)
 

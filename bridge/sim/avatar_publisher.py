@@ -31,6 +31,7 @@ import concurrent.futures
 import contextlib
 import threading
 import time
+from collections import deque
 from typing import Protocol
 
 import av
@@ -63,6 +64,7 @@ CHUNKS_PER_TICK = round(TICK_S / CHUNK_S)
 # computed yet: the renderer computes 60 ms ahead, so this only happens when that loop stalls.
 NOT_READY_POLL_S = 0.002
 CLOSE_TIMEOUT_S = 5.0
+LAGS_KEPT = 256  # recent lags kept for the diagnostics (per chunk / frame)
 
 
 class RenderedAudio(Protocol):
@@ -114,10 +116,10 @@ class SdkAvatarPublisher:
         self.frames = 0
         self.audio_frames = 0
         # How far behind the renderer's clock each chunk reached libwebrtc (ms, past its end).
-        self.audio_lag_ms: list[float] = []
+        self.audio_lag_ms: deque[float] = deque(maxlen=LAGS_KEPT)
         # How late each video frame reached the SDK after its capture (media) time (ms): with
         # audio_lag_ms, the publisher's own A/V offset going into libwebrtc.
-        self.video_lag_ms: list[float] = []
+        self.video_lag_ms: deque[float] = deque(maxlen=LAGS_KEPT)
         # The renderer's media time 0 on the monotonic clock (None: a plain track, no clock).
         self._t0: float | None = None
         self.audio_late = 0  # chunks captured more than a chunk late (sent at once all the same)
@@ -193,7 +195,7 @@ class SdkAvatarPublisher:
                     captured = self._t0 + float(frame.pts * frame.time_base)
                     self._vsource.capture_frame(out, timestamp_us=int(captured * 1e6))
                     lag = 1000 * (time.monotonic() - captured)
-                    self.video_lag_ms = [*self.video_lag_ms[-255:], lag]
+                    self.video_lag_ms.append(lag)
                 self.frames += 1
 
     async def _pump_track(self, track: MediaStreamTrack) -> None:
@@ -244,7 +246,7 @@ class SdkAvatarPublisher:
             j += 1
             if lag > 1000 * CHUNK_S:
                 self.audio_late += 1
-            self.audio_lag_ms = [*self.audio_lag_ms[-255:], lag]
+            self.audio_lag_ms.append(lag)
             data = np.ascontiguousarray(pcm, dtype=np.int16).tobytes()
             await self._asource.capture_frame(rtc.AudioFrame(data, SAMPLE_RATE, 1, len(pcm)))
             self.audio_frames += 1
