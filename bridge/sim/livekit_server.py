@@ -1487,6 +1487,13 @@ class LiveKitStandIn:
                 track = PublishedTrack(pending, mid, p.tap.send_rtcp)
                 p.tap.add(track)
                 p.published[pending.kind] = track
+        # A track announced (AddTrack) but not in any offer yet is not forwarded: say which.
+        log.info(
+            "livekit_tracks_bound",
+            sid=p.sid,
+            published=sorted(p.published),
+            pending=sorted(t.kind for t in p.pending_tracks.values()),
+        )
         r = p.room
         if {"audio", "video"} <= set(p.published) and (r.avatar is None or r.avatar.sid != p.sid):
             video = p.published["video"]
@@ -1592,6 +1599,7 @@ class LiveKitStandIn:
                         "forwarded": f.stats.forwarded,
                         "dropped_waiting_keyframe": f.stats.dropped_waiting_keyframe,
                         "asked": (sink.quality, sink.width, sink.height),
+                        "disabled": sink.disabled,
                         # Gaps > 200 ms between frames sent (since reset_forwarded_freezes).
                         "freezes": sink.freezes,
                         "longest_gap_ms": sink.longest_gap_ms,

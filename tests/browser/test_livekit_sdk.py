@@ -75,7 +75,12 @@ async def video(page: Page, name: str) -> list[dict[str, Any]]:
 
 
 async def wait_decoded(
-    page: Page, name: str, size: tuple[int, int], *, more_than: int = 0
+    standin: LiveKitStandIn,
+    page: Page,
+    name: str,
+    size: tuple[int, int],
+    *,
+    more_than: int = 0,
 ) -> dict[str, Any]:
     """The avatar's video at ``name`` once it decodes frames of ``size`` (beyond ``more_than``)."""
     loop = asyncio.get_running_loop()
@@ -93,8 +98,14 @@ async def wait_decoded(
             ):
                 return v
         await asyncio.sleep(0.2)
+    # What the SFU forwards to whom, what each asked for, and what the page's layout told the
+    # SDK: a failure says which side stopped the video.
+    layout = await page.evaluate(f"lkPage.layout({json.dumps(name)})")
+    peers = await page.evaluate(f"lkPage.peerStats({json.dumps(name)})")
     raise AssertionError(
-        f"{name}: no {size} frames decoded within {DECODE_S} s: {last}\n{page.diagnostics()}"
+        f"{name}: no {size} frames decoded within {DECODE_S} s: {last}\n"
+        f"forwarded: {standin.forwarded_video()}\nlayout: {layout}\npeers: {peers}\n"
+        f"events: {await events(page, name)}\nstand-in: {standin.counters}\n{page.diagnostics()}"
     )
 
 
@@ -137,7 +148,7 @@ async def test_sdk_decodes_the_forwarded_avatar_in_both_signalling_modes(
         assert joined == {"/rtc/v1": 1, "/rtc": 1}, joined
 
         # No ask: the highest layer, decoded in the announced codec at the announced size.
-        full = await wait_decoded(page, "v1", (W, H))
+        full = await wait_decoded(standin, page, "v1", (W, H))
         announced = full["announced"]
         assert announced["mimeType"].lower() == f"video/{codec}".lower()
         assert (announced["width"], announced["height"]) == (W, H)
@@ -147,16 +158,18 @@ async def test_sdk_decodes_the_forwarded_avatar_in_both_signalling_modes(
         # Adaptive stream asks for the element's size: the smallest layer that covers it.
         low = layer(full, "LOW")
         assert low == (SMALL_BOX["width"], SMALL_BOX["height"])
-        small = await wait_decoded(page, "legacy", low)
+        small = await wait_decoded(standin, page, "legacy", low)
         assert small["decoded"]["codec"].lower() == f"video/{codec}".lower()
         assert small["announced"]["mimeType"] == announced["mimeType"]
 
         # setVideoQuality moves the v1 subscriber down to the LOW layer, then back up.
         await page.evaluate("lkPage.setVideoQuality('v1', 'LOW')")
-        down = await wait_decoded(page, "v1", low, more_than=full["decoded"]["framesDecoded"])
+        down = await wait_decoded(
+            standin, page, "v1", low, more_than=full["decoded"]["framesDecoded"]
+        )
         assert down["decoded"]["codec"] == full["decoded"]["codec"]
         await page.evaluate("lkPage.setVideoQuality('v1', 'HIGH')")
-        await wait_decoded(page, "v1", (W, H), more_than=down["decoded"]["framesDecoded"])
+        await wait_decoded(standin, page, "v1", (W, H), more_than=down["decoded"]["framesDecoded"])
 
         # The stand-in's wire counters: only the announced codec went out, to both subscribers.
         assert dict(standin.counters.video_codecs) == {codec: 2}
@@ -196,7 +209,7 @@ async def test_bad_token_is_not_allowed_and_a_dropped_signal_connection_resumes(
         assert (await connect(page, standin, name, singlePeerConnection=single))["ok"]
     before = {}
     for name in ("v1", "legacy"):
-        got = await wait_decoded(page, name, (320, 180))
+        got = await wait_decoded(standin, page, name, (320, 180))
         # TrackInfo carries the published size and codec; the decoder agrees.
         assert got["announced"]["mimeType"].lower() == f"video/{codec}".lower(), got
         assert (got["announced"]["width"], got["announced"]["height"]) == (320, 180), got
@@ -219,7 +232,7 @@ async def test_bad_token_is_not_allowed_and_a_dropped_signal_connection_resumes(
         )  # a resume, no restart
         # Media goes on over the same peer connection: more frames, same SSRC.
         after = await wait_decoded(
-            page, name, (320, 180), more_than=before[name]["framesDecoded"] + 30
+            standin, page, name, (320, 180), more_than=before[name]["framesDecoded"] + 30
         )
         assert after["decoded"]["ssrc"] == before[name]["ssrc"]
         assert after["decoded"]["codec"] == before[name]["codec"]

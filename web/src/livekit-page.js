@@ -31,14 +31,20 @@ function record(entry, event, detail = {}) {
 }
 
 function attachVideo(entry, track, publication) {
-  const el = track.attach();
+  // The element is sized and in the page before the SDK sees it: adaptive stream takes its
+  // first visibility from the layout at attach time. An element attached while still detached
+  // reads as hidden (the SDK asks the server to pause the video) until an IntersectionObserver
+  // callback says otherwise, which a busy renderer may deliver late.
+  const el = document.createElement('video');
   el.muted = true;
   el.playsInline = true;
+  el.autoplay = true;
   // Adaptive stream sizes the requested layer from the element: its box is the test's ask.
   el.style.width = `${entry.box.width}px`;
   el.style.height = `${entry.box.height}px`;
   el.dataset.room = entry.name;
   document.getElementById('videos').appendChild(el);
+  track.attach(el);
   entry.videos[publication.trackSid] = el;
 }
 
@@ -122,6 +128,53 @@ window.lkPage = {
 
   state(name) {
     return rooms[name].room.state;
+  },
+
+  /** Every RTP stream on the SDK's peer connections (a failure's evidence: did packets arrive,
+   * on which SSRC and payload type, and did the transport connect). Internal SDK fields, read
+   * for diagnostics only. */
+  async peerStats(name) {
+    const manager = rooms[name].room.engine?.pcManager;
+    const out = {};
+    for (const [label, transport] of [
+      ['publisher', manager?.publisher],
+      ['subscriber', manager?.subscriber],
+    ]) {
+      const report = transport ? await transport.getStats() : undefined;
+      if (!report) continue;
+      const rows = [];
+      report.forEach((s) => {
+        if (s.type === 'inbound-rtp' || s.type === 'outbound-rtp') {
+          const codec = s.codecId ? report.get(s.codecId) : null;
+          rows.push({
+            type: s.type,
+            kind: s.kind,
+            ssrc: s.ssrc,
+            mid: s.mid,
+            codec: codec ? `${codec.payloadType} ${codec.mimeType}` : null,
+            packets: s.packetsReceived ?? s.packetsSent ?? 0,
+            framesDecoded: s.framesDecoded,
+            size: [s.frameWidth, s.frameHeight],
+          });
+        } else if (s.type === 'transport') {
+          rows.push({ type: s.type, dtlsState: s.dtlsState, bytesReceived: s.bytesReceived });
+        }
+      });
+      out[label] = rows;
+    }
+    return out;
+  },
+
+  /** What adaptive stream bases its ask on: the page's visibility and each element's box. */
+  layout(name) {
+    return {
+      visibilityState: document.visibilityState,
+      viewport: [window.innerWidth, window.innerHeight],
+      videos: Object.entries(rooms[name].videos).map(([sid, el]) => {
+        const r = el.getBoundingClientRect();
+        return { trackSid: sid, box: [r.left, r.top, r.width, r.height] };
+      }),
+    };
   },
 
   /** Every subscribed remote video track: what its TrackInfo announced and what was decoded. */
