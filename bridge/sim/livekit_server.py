@@ -1600,6 +1600,9 @@ class LiveKitStandIn:
                         "dropped_waiting_keyframe": f.stats.dropped_waiting_keyframe,
                         "asked": (sink.quality, sink.width, sink.height),
                         "disabled": sink.disabled,
+                        # The published track's side: packets in, losses on the way in, and
+                        # the PLIs/NACKs sent up to the publisher for all its subscribers.
+                        "upstream": dict(sink.track.stats),
                         # Gaps > 200 ms between frames sent (since reset_forwarded_freezes).
                         "freezes": sink.freezes,
                         "longest_gap_ms": sink.longest_gap_ms,
