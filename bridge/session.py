@@ -582,7 +582,9 @@ class Session:
                 resumed = bool(parts) and parts[0].played_ms > 0
                 self._turn_resumes(parts[0].from_ms / 1000 if resumed else None)
                 await new.carry_over(parts)
-            gap = path.commit_avatar(prepared)
+            # Planned: the old avatar's last words still in flight reach the call first (a lost
+            # one's unplayed rest is re-spoken instead: draining it would be heard twice).
+            gap = path.commit_avatar(prepared, drain=not lost)
             self._avatar_lost = False
             # The old avatar's room first, so that its leaving is not taken for a failure.
             await path.release_retired()

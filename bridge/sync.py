@@ -169,6 +169,8 @@ def is_loud(chunk: AudioChunk) -> bool:
 # latency a stall left is shed in the pauses, never from speech. Below it nothing is skipped
 # (a normal backlog is one chunk, ~10 ms, between the downlink's put and the pump's write).
 CATCH_UP_ABOVE_S = 0.06
+# Room kept free in the SDK's PCM queue when a backlog is written (see _pump_audio).
+SDK_QUEUE_MARGIN_S = 0.04
 
 
 @dataclass(slots=True)
@@ -396,9 +398,12 @@ class SyncStage:
                 await self._audio_ready.wait()
             # Never more than the SDK's queue holds (it would drop the oldest): after a stall
             # the backlog goes in batches as the SDK plays its queue out.
-            room_s = self._sdk_capacity_s - self.pacer.depth_ms(time.monotonic_ns()) / 1000
+            depth_s = self.pacer.depth_ms(time.monotonic_ns()) / 1000
+            # Less a margin: the SDK takes 20 ms frames on its own timer, so the model can be
+            # a frame short of its real depth (it drops the oldest beyond its capacity).
+            room_s = self._sdk_capacity_s - depth_s - SDK_QUEUE_MARGIN_S
             head_s = self.audio.head_s()
-            if room_s < head_s and room_s < self._sdk_capacity_s:
+            if room_s < head_s and depth_s > 0:
                 await asyncio.sleep(max(0.002, head_s - room_s))
                 continue
             taken = self.audio.take(room_s)
