@@ -23,7 +23,8 @@ def test_the_old_avatars_tail_passes_until_it_has_been_quiet() -> None:
     assert abs(d.old_loud_s - 0.2) < 0.02
     # Quiet for 0.5 s after the last sound: over; the old avatar is cut, the new one passes.
     assert not d.old_audio(False, 0.01, 0.6 + 0.5)
-    assert d.ended == "quiet" and d.new_audio(False, 1.2)
+    assert d.new_audio(False, 1.2)
+    assert d.ended == "quiet"
 
 
 def test_a_drain_never_outlasts_its_bound() -> None:
