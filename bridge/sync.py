@@ -308,17 +308,16 @@ class SyncStage:
         buffer_seconds: float,
         audio_queue_ms: float,
         video_delay_ms: float,
+        audio_backlog_ms: float,
         silence_flush_ms: float = 300.0,
         follow_receivers: bool = True,
-        audio_backlog_ms: float | None = None,
     ) -> None:
         self._publisher = publisher
         self.video_capacity = max(1, round(fps * buffer_seconds))
         # The publisher's (the SDK's) PCM queue: what the pump may have written and not yet
         # played out; the backlog beyond it waits here.
         self._sdk_capacity_s = audio_queue_ms / 1000.0
-        backlog_ms = audio_queue_ms if audio_backlog_ms is None else audio_backlog_ms
-        self.audio = AudioBacklog(backlog_ms / 1000.0)
+        self.audio = AudioBacklog(audio_backlog_ms / 1000.0)
         # The hold cannot outlast the video queue (its frames would be dropped as overflow).
         self.alignment = VideoAlignment(
             video_delay_ms, max_ms=1000.0 * buffer_seconds * 0.8, follow=follow_receivers

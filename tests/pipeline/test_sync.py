@@ -76,7 +76,9 @@ async def test_video_is_held_by_the_configured_delay() -> None:
     """Every picture but the call's first is held by the delay (before the first there is no
     speech to line it up with: it leaves at once)."""
     pub = RecordingPublisher()
-    stage = SyncStage(pub, fps=30, buffer_seconds=1.0, audio_queue_ms=200, video_delay_ms=60)
+    stage = SyncStage(
+        pub, fps=30, buffer_seconds=1.0, audio_queue_ms=200, audio_backlog_ms=200, video_delay_ms=60
+    )
     first, second = frame(1), frame(2)
     stage.put_video(first)
     stage.put_video(second)
@@ -93,7 +95,9 @@ async def test_video_is_held_by_the_configured_delay() -> None:
 async def test_video_queue_drops_oldest_when_full() -> None:
     pub = RecordingPublisher()
     pub.gate.clear()  # the publisher is stalled
-    stage = SyncStage(pub, fps=10, buffer_seconds=0.5, audio_queue_ms=200, video_delay_ms=0)
+    stage = SyncStage(
+        pub, fps=10, buffer_seconds=0.5, audio_queue_ms=200, audio_backlog_ms=200, video_delay_ms=0
+    )
     assert stage.video_capacity == 5
     task = asyncio.create_task(stage.run())
     await asyncio.sleep(0)
@@ -112,7 +116,9 @@ async def test_video_queue_drops_oldest_when_full() -> None:
 async def test_audio_overflow_is_bounded_and_counted() -> None:
     pub = RecordingPublisher()
     pub.gate.clear()
-    stage = SyncStage(pub, fps=30, buffer_seconds=1.0, audio_queue_ms=100, video_delay_ms=0)
+    stage = SyncStage(
+        pub, fps=30, buffer_seconds=1.0, audio_queue_ms=100, audio_backlog_ms=100, video_delay_ms=0
+    )
     for _ in range(30):
         stage.put_audio(chunk(10))
     assert stage.depth()["audio_ms"] <= 100
@@ -122,7 +128,9 @@ async def test_audio_overflow_is_bounded_and_counted() -> None:
 async def test_flush_forgets_queued_media() -> None:
     pub = RecordingPublisher()
     pub.gate.clear()
-    stage = SyncStage(pub, fps=30, buffer_seconds=1.0, audio_queue_ms=500, video_delay_ms=0)
+    stage = SyncStage(
+        pub, fps=30, buffer_seconds=1.0, audio_queue_ms=500, audio_backlog_ms=500, video_delay_ms=0
+    )
     for i in range(5):
         stage.put_video(frame(i))
         stage.put_audio(chunk(20))
@@ -136,8 +144,8 @@ async def test_flush_forgets_queued_media() -> None:
 async def test_silence_reanchors_the_publisher_queue_once_per_silence() -> None:
     pub = RecordingPublisher()
     stage = SyncStage(
-        pub, fps=30, buffer_seconds=1.0, audio_queue_ms=5000, video_delay_ms=0,
-        silence_flush_ms=100,
+        pub, fps=30, buffer_seconds=1.0, audio_queue_ms=5000, audio_backlog_ms=5000,
+        video_delay_ms=0, silence_flush_ms=100,
     )  # fmt: skip
     stage.audio.catch_up_above_s = 10.0  # a burst here: the silence is written, not skipped
     loud = AudioChunk(np.full(480, -32768, np.int16), FMT)  # a full-scale negative peak is loud
@@ -219,7 +227,9 @@ def test_hold_is_clamped_and_can_be_fixed() -> None:
 
 async def test_video_is_held_by_the_receivers_difference() -> None:
     pub = RecordingPublisher()
-    stage = SyncStage(pub, fps=30, buffer_seconds=1.0, audio_queue_ms=200, video_delay_ms=10)
+    stage = SyncStage(
+        pub, fps=30, buffer_seconds=1.0, audio_queue_ms=200, audio_backlog_ms=200, video_delay_ms=10
+    )
     # The downlink's audio buffer 160 ms, its video 10 ms: frames wait 10 + 150 ms.
     for r in (
         reading("audio", 0, 0.0, 0),
@@ -266,7 +276,9 @@ def test_the_hold_moves_a_step_per_frame() -> None:
 async def test_a_stalled_publisher_gets_only_the_newest_due_frame() -> None:
     pub = RecordingPublisher()
     pub.gate.clear()  # the encoder is busy
-    stage = SyncStage(pub, fps=30, buffer_seconds=1.0, audio_queue_ms=200, video_delay_ms=0)
+    stage = SyncStage(
+        pub, fps=30, buffer_seconds=1.0, audio_queue_ms=200, audio_backlog_ms=200, video_delay_ms=0
+    )
     stage.put_video(frame(0))
     task = asyncio.create_task(stage.run())
     async with asyncio.timeout(5):
@@ -304,9 +316,11 @@ def test_the_publisher_queue_model_keeps_a_burst_until_a_flush() -> None:
 
 async def test_the_hold_adds_the_publisher_queue() -> None:
     pub = RecordingPublisher()
-    stage = SyncStage(pub, fps=30, buffer_seconds=1.0, audio_queue_ms=500, video_delay_ms=0)
+    stage = SyncStage(
+        pub, fps=30, buffer_seconds=1.0, audio_queue_ms=500, audio_backlog_ms=500, video_delay_ms=0
+    )
     fixed = SyncStage(
-        pub, fps=30, buffer_seconds=1.0, audio_queue_ms=500, video_delay_ms=0,
+        pub, fps=30, buffer_seconds=1.0, audio_queue_ms=500, audio_backlog_ms=500, video_delay_ms=0,
         follow_receivers=False,
     )  # fmt: skip
     for s in (stage, fixed):
