@@ -152,9 +152,10 @@ class AvatarSwitch(Protocol):
         this returns until :meth:`commit_avatar`: :meth:`MediaPath.aclose` leaves it."""
         ...
 
-    def commit_avatar(self, prepared: Any, *, drain: bool = False) -> Callable[[], float | None]:
-        """Switch to ``prepared``; returns the measured picture gap (ms) once known. ``drain``
-        (a planned switch): the old avatar's media in flight still reaches the call first."""
+    def commit_avatar(self, prepared: Any, *, drain_s: float = 0.0) -> Callable[[], float | None]:
+        """Switch to ``prepared``; returns the measured picture gap (ms) once known. ``drain_s``
+        > 0 (a planned switch): the old avatar's media in flight still reaches the call first,
+        for at most that long."""
         ...
 
     async def release_retired(self) -> None: ...

@@ -223,17 +223,18 @@ class TranscodePath:
         return prepared
 
     def commit_avatar(
-        self, prepared: PreparedAvatar, *, drain: bool = False
+        self, prepared: PreparedAvatar, *, drain_s: float = 0.0
     ) -> Callable[[], float | None]:
         """Switch the call to the prepared avatar now (synchronously: nothing of the old one is
-        written after this returns); with ``drain`` (a planned switch) once the old one's last
-        words in flight have reached the call (:mod:`bridge.handover_drain`; bounded, and
-        :meth:`release_retired` waits for it). Returns a function giving the measured picture
-        gap in ms once the new avatar's first frame went through (None until then)."""
+        written after this returns); with ``drain_s`` > 0 (a planned switch) once the old one's
+        last words in flight have reached the call (:mod:`bridge.handover_drain`; at most
+        ``drain_s``, and :meth:`release_retired` waits for it). Returns a function giving the
+        measured picture gap in ms once the new avatar's first frame went through (None until
+        then)."""
         old_gate, old = self._gate, self.downlink
         self._end_drain("next_switch")  # a switch during a drain: that one's old avatar is cut now
-        if drain:
-            self._start_drain(old_gate, prepared.gate)
+        if drain_s > 0:
+            self._start_drain(old_gate, prepared.gate, drain_s)
         else:
             old_gate.shut = True
             prepared.gate.open = True
@@ -249,8 +250,8 @@ class TranscodePath:
 
         return gap_ms
 
-    def _start_drain(self, old_gate: _Gate, new_gate: _Gate) -> None:
-        drain = SwitchDrain(time.monotonic())
+    def _start_drain(self, old_gate: _Gate, new_gate: _Gate, max_s: float) -> None:
+        drain = SwitchDrain(time.monotonic(), max_s=max_s)
         self._drain = (drain, old_gate, new_gate)
         old_gate.drain, new_gate.drain = drain, drain
         old_gate.draining_old = True

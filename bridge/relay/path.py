@@ -862,10 +862,10 @@ class RelayPath:
             fwd.on_sr(sr)  # translated once the rewriter has rebased onto this stream
 
     def commit_avatar(
-        self, prepared: PreparedRelay, *, drain: bool = False
+        self, prepared: PreparedRelay, *, drain_s: float = 0.0
     ) -> Callable[[], float | None]:
         """Switch to the prepared avatar at its next keyframe, asked for now (the old one is
-        relayed until then, which drains its last words in flight whether ``drain`` or not:
+        relayed until then, which drains its last words in flight whatever ``drain_s``:
         they come the way the keyframe does; :meth:`release_retired` waits for the switch).
         Returns a function giving the measured picture gap in ms (the old avatar's last video
         packet sent to the new one's first) once known."""
