@@ -317,6 +317,8 @@ class SyncStage:
         # The publisher's (the SDK's) PCM queue: what the pump may have written and not yet
         # played out; the backlog beyond it waits here.
         self._sdk_capacity_s = audio_queue_ms / 1000.0
+        # A small queue keeps a quarter free, not the whole margin (it would throttle writes).
+        self._sdk_margin_s = min(SDK_QUEUE_MARGIN_S, self._sdk_capacity_s / 4)
         self.audio = AudioBacklog(audio_backlog_ms / 1000.0)
         # The hold cannot outlast the video queue (its frames would be dropped as overflow).
         self.alignment = VideoAlignment(
@@ -404,11 +406,13 @@ class SyncStage:
             depth_s = self.pacer.depth_ms(time.monotonic_ns()) / 1000
             # Less a margin: the SDK takes 20 ms frames on its own timer, so the model can be
             # a frame short of its real depth (it drops the oldest beyond its capacity).
-            room_s = self._sdk_capacity_s - depth_s - SDK_QUEUE_MARGIN_S
+            room_s = self._sdk_capacity_s - depth_s - self._sdk_margin_s
             head_s = self.audio.head_s()
-            if room_s < head_s and depth_s > 0:
-                await asyncio.sleep(max(0.002, head_s - room_s))
-                continue
+            if room_s < head_s:
+                if depth_s > 0:
+                    await asyncio.sleep(max(0.002, head_s - room_s))
+                    continue
+                room_s = head_s  # an empty queue takes a chunk, whatever the capacity setting
             taken = self.audio.take(min(room_s, MAX_BATCH_S))
             if taken.skipped_s:
                 self.audio_skipped_s += taken.skipped_s

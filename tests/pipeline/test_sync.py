@@ -437,3 +437,23 @@ def test_the_backlog_gives_what_fits_and_skips_silence_only_above_the_threshold(
     assert len(q) == 0 and q.queued_s == 0.0
     q.put(tone(30, 3))
     assert len(q.take(0.01).chunks) == 1  # a chunk larger than the room still goes
+
+
+async def test_audio_flows_when_the_sdk_queue_is_smaller_than_the_kept_margin() -> None:
+    """output.audio_queue_ms at its minimum (20 ms, under the 40 ms the pump keeps free): each
+    chunk still goes once the modelled queue is empty (no wedge, no busy loop)."""
+    pub = RecordingPublisher()
+    stage = SyncStage(
+        pub, fps=30, buffer_seconds=1.0, audio_queue_ms=20, audio_backlog_ms=2000,
+        video_delay_ms=0,
+    )  # fmt: skip
+    task = asyncio.create_task(stage.run())
+    try:
+        for i in range(1, 11):
+            stage.put_audio(tone(10, i))
+        await until(lambda: len(pub.audio) >= 10)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert [int(c.samples[0]) for c in pub.audio] == list(range(1, 11))
