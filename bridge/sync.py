@@ -19,9 +19,9 @@ Queues and their overflow policies:
   encoder falls behind (a loaded machine), the picture stays with its sound at a lower frame
   rate instead of falling behind by the backlog (600 ms measured at load 10).
 * audio (:class:`AudioBacklog`): at most ``audio_backlog_ms`` of PCM waiting for the publisher.
-  A transient stall of the publisher's writes (each ``write_pcm`` is a round trip through the
-  SDK's runtime, which the call's start and a loaded CPU hold up for hundreds of ms) leaves the
-  avatar's speech queued here, not dropped: the pump then writes the backlog in batches as fast
+  A transient stall (the publisher's first writes block at the call's start; a loaded CPU holds
+  the event loop, and the downlink then hands over what queued meanwhile in one burst) leaves
+  the avatar's speech queued here, not dropped: the pump then writes the backlog in batches as fast
   as the SDK's PCM queue takes them (``audio_queue_ms``, modelled by :class:`PacerQueue`, so
   the SDK never drops it either) and catches up by skipping *silent* chunks only while the
   backlog is above ``CATCH_UP_ABOVE_S``. Only a stall longer than the bound drops audio: the
