@@ -6,7 +6,7 @@ joining its room and its first keyframe; see ``bridge.sim.liveavatar.StartDelays
 Per media path: one daemon without a pool (every HELLO starts cold) and one with
 ``pool.size=1`` (each HELLO after the pool refilled takes a warm session), ``repeat`` sessions
 each, one after the other; a warm session is taken once it has been in the pool for
-``SETTLED_S``.
+``SETTLED_S`` (the measurement is ``bridge.sim.first_frame``, shared with ``demo --continuity``).
 
 Handover, per media path: one call of ``CALL_S`` (3 minutes; ``QUICK_CALL_S`` in quick mode)
 across a ``CAP_S`` cap (planned switches ``MARGIN_S`` before it) and one injected provider drop,
@@ -42,18 +42,12 @@ from typing import Any
 from bench import driver, latency
 from bridge.client import BridgeClient, stream_pcm_realtime
 from bridge.protocol import EventMsg
-from bridge.sim import marks
+from bridge.sim import first_frame, marks
 from bridge.sim.liveavatar import StandInOptions
 from bridge.sim.stack import DaemonProcess, StandIns
 
 VARIANT = "360p30-VP8"
-PROFILE = "realistic"
-# Sandbox sessions last 60 s; a warm one is handed out while it has 10 s left or more.
-POOL_FLAGS = ("--set", "pool.size=1", "--set", "pool.min_remaining_s=10")
-# A warm session is ready once its room is joined and the avatar's first keyframe received
-# (bridge/pool.py): a HELLO then waits only for the call to be joined and a keyframe asked of the
-# avatar. The pause lets the previous run's session leave before the next HELLO.
-SETTLED_S = 0.5
+PROFILE = first_frame.START_PROFILE
 
 
 async def scenario(r: Any) -> dict[str, Any]:
@@ -89,43 +83,18 @@ async def scenario(r: Any) -> dict[str, Any]:
 
 
 async def first_frames(path: str, warm: bool, runs: int, workroot: Path) -> dict[str, Any]:
+    """The bench's variant of :func:`bridge.sim.first_frame.first_frames` (the demo's too)."""
     v = driver.VARIANTS[VARIANT]
     workdir = Path(tempfile.mkdtemp(prefix=f"continuity-{path}-", dir=workroot))
-    # The daemon serves this path (the pool joins its warm rooms for the configured path: a
-    # HELLO asking for another one would leave the room and join it cold).
-    flags = [*v.daemon_flags(), "--set", f"output.media_path={path}", *(POOL_FLAGS if warm else ())]
-    async with StandIns(
-        render_latency_s=driver.RENDER_LATENCY_S, stream_codec=v.codec, start_profile=PROFILE
-    ) as sim:
-        daemon = DaemonProcess(workdir, sim.daemon_env(), *flags)
-        figures: list[float] = []
-        hits_before = 0.0
-        try:
-            await daemon.start()
-            for i in range(runs):
-                if warm:
-                    await driver.poll(lambda: daemon.metric_sum("bridge_pool_size") >= 1)
-                    await asyncio.sleep(SETTLED_S)
-                    hits_before = daemon.metric_sum("bridge_pool_hits_total")
-                c = driver.ClientSession(f"continuity-{path}-{int(warm)}-{i}")
-                try:
-                    await driver._open(c, daemon, sim, path)
-                    first = sim.stream.measure("default", c.call_id).first_frame_t
-                    assert first is not None
-                    figures.append(first - c.hello_t)
-                    if warm and daemon.metric_sum("bridge_pool_hits_total") != hits_before + 1:
-                        raise RuntimeError("the warm run was not a pool hit")
-                finally:
-                    await driver._close(c)
-                await asyncio.sleep(0.5)
-        finally:
-            await daemon.stop()
-    return {
-        "samples_s": [round(f, 3) for f in figures],
-        "p50_s": round(statistics.median(figures), 3) if figures else None,
-        "max_s": round(max(figures), 3) if figures else None,
-        "measured_at": time.time(),
-    }
+    return await first_frame.first_frames(
+        path,
+        warm,
+        runs,
+        workdir,
+        daemon_flags=v.daemon_flags(),
+        stream_codec=v.codec,
+        render_latency_s=driver.RENDER_LATENCY_S,
+    )
 
 
 def _log_t(entry: dict[str, Any]) -> float:

@@ -357,6 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="an option of the demo's daemon, e.g. --daemon-set output.relay_playout_hold_ms=0 "
         "(repeatable)",
     )
+    demo.add_argument(
+        "--continuity",
+        action="store_true",
+        help="also measure HELLO -> first avatar frame with a warm pooled session and cold, "
+        "under the LiveAvatar stand-in's realistic start delays (report.json continuity.*; "
+        "~20 s more)",
+    )
     demo.set_defaults(func=cmd_demo)
     return p
 

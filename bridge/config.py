@@ -171,6 +171,15 @@ class OutputConfig(_Section):
     audio_queue_ms: int = Field(
         200, ge=20, le=5000, description="Outbound PCM queue (bounds lip-sync drift)."
     )
+    audio_backlog_ms: int = Field(
+        2000,
+        ge=20,
+        le=10000,
+        description="Transcode path: the avatar's audio kept while the call publisher's writes "
+        "stall (the call's start, a loaded CPU), written as the publisher's PCM queue "
+        "(audio_queue_ms) takes it; the latency it leaves is shed by skipping silence only. "
+        "Beyond it the oldest audio is dropped and counted (docs/sync.md).",
+    )
     video_delay_ms: float = Field(
         60.0,
         ge=0,

@@ -31,7 +31,7 @@ import numpy as np
 from bridge.client import BridgeClient, stream_pcm_realtime
 from bridge.media import AudioFormat
 from bridge.protocol import Error, EventMsg
-from bridge.sim import browser_viewer, first_sound, netns
+from bridge.sim import browser_viewer, first_frame, first_sound, netns
 from bridge.sim.marks import beep_train
 from bridge.sim.stack import PUBLISHER_ENV, SMALL, DaemonProcess, StandIns
 from bridge.sim.stream import StreamStandIn
@@ -84,6 +84,7 @@ class Demo:
         self.use_viewer: bool = not getattr(args, "no_viewer", False) and not self.watch
         self.media_path: str = getattr(args, "media_path", "auto") or "auto"
         self.daemon_set: list[str] = list(getattr(args, "daemon_set", None) or [])
+        self.continuity: bool = bool(getattr(args, "continuity", False))
         self.viewer: browser_viewer.BrowserViewer | None = None
         # A second viewer who joins mid-call (after the sync marks): its time to first frame.
         self.late_viewer: browser_viewer.BrowserViewer | None = None
@@ -166,6 +167,8 @@ class Demo:
             report = self._report(results, sim.stream, metrics)
             report["viewer"] = self.viewer_report
             report["live_liveavatar_sessions_after"] = len(sim.liveavatar.live_sessions)
+        if self.continuity:
+            report["continuity"] = await self._continuity(report.get("media_path") or "relay")
         (self.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         self._plot(report)
         self._summary(report)
@@ -174,8 +177,25 @@ class Demo:
             and report["frames"]["received"] > 0
             and not report["errors"]
             and report["daemon_exit_code"] == 0
+            and "error" not in report.get("continuity", {})
         )
         return 0 if ok else 1
+
+    async def _continuity(self, path: str) -> dict[str, Any]:
+        """HELLO -> first avatar frame at the Stream receiver, warm (a pooled session) and cold,
+        on the demo's media path under the realistic start delays (bridge/sim/first_frame.py):
+        fresh stand-ins and a daemon each, after the main call."""
+        self.say(f"continuity: first frame, cold and warm ({path}, realistic start delays)")
+        try:
+            return await first_frame.warm_and_cold(
+                path,
+                self.out / "continuity",
+                daemon_flags=[*SMALL, *(arg for opt in self.daemon_set for arg in ("--set", opt))],
+                stream_codec="VP9",  # the demo's stand-in grants its default, as for the call
+                render_latency_s=RENDER_LATENCY_S,
+            )
+        except (RuntimeError, TimeoutError, OSError) as exc:
+            return {"error": f"{type(exc).__name__}: {exc}"[:500]}
 
     # ----- one client session --------------------------------------------------------------
 
@@ -473,6 +493,20 @@ class Demo:
             ("A/V skew median (ms, <0 = picture early)", f"{s['p50']} ({s['samples']} marks)"),
             ("|A/V skew| p95 / p99 (ms)", f"{s['p95']} / {s['p99']}"),
             ("HELLO to first frame in the call (s)", r["first_frame_s"]),
+            *(
+                [
+                    (
+                        "first frame, warm pool / cold start (s)",
+                        "{first_frame_warm_s} / {first_frame_cold_s} ({path})".format(
+                            **r["continuity"]
+                        )
+                        if "error" not in r["continuity"]
+                        else f"not measured: {r['continuity']['error']}",
+                    )
+                ]
+                if "continuity" in r
+                else []
+            ),
             ("barge-in: INTERRUPT to last old audio (ms)", r["barge_in_ms"]),
             (
                 "socket AUDIO to first sound at receiver (ms)",

@@ -284,6 +284,7 @@ class RemotePaths:
             audio_queue_ms=out.audio_queue_ms,
             video_delay_ms=out.video_delay_ms,
             follow_receivers=out.video_delay_follows_receivers,
+            audio_backlog_ms=out.audio_backlog_ms,
         )
 
         def new_downlink() -> LiveKitDownlink:

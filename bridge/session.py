@@ -26,6 +26,7 @@ import structlog
 
 from bridge import metrics
 from bridge.errors import BridgeError, ErrorCode
+from bridge.handover_drain import DRAIN_MAX_S
 from bridge.ingest import ClientLink
 from bridge.mark_queue import MarkQueue
 from bridge.media import PCM, AudioChunk, AudioFormat, MediaClock
@@ -582,7 +583,13 @@ class Session:
                 resumed = bool(parts) and parts[0].played_ms > 0
                 self._turn_resumes(parts[0].from_ms / 1000 if resumed else None)
                 await new.carry_over(parts)
-            gap = path.commit_avatar(prepared)
+            # Planned: the old avatar's last words still in flight reach the call first, ending
+            # 0.3 s before its cap at the latest (the provider's cut would read as a loss). A
+            # lost one's unplayed rest is re-spoken instead: draining it would be heard twice.
+            plan = self.stages.handover
+            left_s = plan.expires_at(old) - time.monotonic() - 0.3 if plan is not None else 0.0
+            drain_s = 0.0 if lost else max(0.0, min(DRAIN_MAX_S, left_s))
+            gap = path.commit_avatar(prepared, drain_s=drain_s)
             self._avatar_lost = False
             # The old avatar's room first, so that its leaving is not taken for a failure.
             await path.release_retired()

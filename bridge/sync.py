@@ -18,9 +18,15 @@ Queues and their overflow policies:
   A due frame whose successor is due too is dropped (``reason="late"``): when the publisher's
   encoder falls behind (a loaded machine), the picture stays with its sound at a lower frame
   rate instead of falling behind by the backlog (600 ms measured at load 10).
-* audio: at most ``audio_queue_ms`` of PCM; audio is never dropped silently: on overflow (the
-  publisher stalled) the oldest audio is dropped, counted in ``bridge_dropped_total`` and logged,
-  because unbounded audio latency would destroy lip sync for the rest of the session.
+* audio (:class:`AudioBacklog`): at most ``audio_backlog_ms`` of PCM waiting for the publisher.
+  A transient stall (the publisher's first writes block at the call's start; a loaded CPU holds
+  the event loop, and the downlink then hands over what queued meanwhile in one burst) leaves
+  the avatar's speech queued here, not dropped: the pump then writes the backlog in batches as fast
+  as the SDK's PCM queue takes them (``audio_queue_ms``, modelled by :class:`PacerQueue`, so
+  the SDK never drops it either) and catches up by skipping *silent* chunks only while the
+  backlog is above ``CATCH_UP_ABOVE_S``. Only a stall longer than the bound drops audio: the
+  oldest, counted in ``bridge_dropped_total`` and logged, because unbounded audio latency would
+  destroy lip sync for the rest of the session.
 
 ``flush()`` (barge-in) empties both queues at once.
 
@@ -36,9 +42,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from dataclasses import dataclass
 
+import numpy as np
 import structlog
-from prometheus_client import Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from bridge import metrics
 from bridge.first_sound import PCM_LOUD_PEAK, OnsetPoint
@@ -70,6 +78,11 @@ VIDEO_ADDED = Histogram(
     buckets=(0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2, 0.25, 0.3,
              0.4, 0.5, 0.75, 1.0, 2.0),
 )  # fmt: skip
+AUDIO_SILENCE_SKIPPED = Counter(
+    "bridge_sync_audio_silence_skipped_seconds_total",
+    "Silent audio the sync stage skipped to shed the latency a publisher stall left (speech is "
+    "never skipped)",
+)
 VIDEO_HOLD = Gauge(
     "bridge_sync_video_hold_ms",
     "The video hold the downlink's receivers call for (output.video_delay_ms plus the audio "
@@ -143,6 +156,87 @@ class PacerQueue:
         self._depth_ns, self._at_ns = 0, now_ns
 
 
+def is_loud(chunk: AudioChunk) -> bool:
+    """Whether a chunk carries sound (any sample beyond ``SILENCE_PEAK``)."""
+    samples = chunk.samples
+    # max/min rather than abs(): no temporary array, and no int16 overflow at -32768.
+    return bool(len(samples)) and (
+        int(samples.max()) > SILENCE_PEAK or int(samples.min()) < -SILENCE_PEAK
+    )
+
+
+# Above this much audio waiting for the publisher, silent chunks at its head are skipped: the
+# latency a stall left is shed in the pauses, never from speech. Below it nothing is skipped
+# (a normal backlog is one chunk, ~10 ms, between the downlink's put and the pump's write).
+CATCH_UP_ABOVE_S = 0.06
+# Room kept free in the SDK's PCM queue when a backlog is written (see _pump_audio).
+SDK_QUEUE_MARGIN_S = 0.04
+# At most this much audio per write: 5 chunks a round trip catch up with a stall 5x faster than
+# one, without bursts that the SDK's queue, whose real depth the model only estimates (it
+# overflowed under load with batches up to its whole room), would drop.
+MAX_BATCH_S = 0.05
+
+
+@dataclass(slots=True)
+class TakenAudio:
+    """What :meth:`AudioBacklog.take` hands the pump: the chunks to write now (in order) and the
+    silence skipped to catch up."""
+
+    chunks: list[AudioChunk]
+    skipped_s: float = 0.0
+
+
+class AudioBacklog:
+    """The avatar's audio waiting for the publisher (sans-I/O: chunks in, batches out).
+
+    Bounded by ``max_s`` of audio: beyond it the oldest chunk is dropped (``put`` returns what
+    it dropped); that is a stall longer than the bound, not a transient one. ``take(room_s)``
+    gives what fits in the publisher's queue now (``room_s``; at least the head chunk when the
+    room is positive, so a chunk larger than the room cannot wedge it), after skipping silent
+    head chunks while more than ``catch_up_above_s`` is queued."""
+
+    def __init__(self, max_s: float, catch_up_above_s: float = CATCH_UP_ABOVE_S) -> None:
+        self.max_s = max_s
+        self.catch_up_above_s = catch_up_above_s
+        self._chunks: deque[AudioChunk] = deque()
+        self.queued_s = 0.0
+
+    def __len__(self) -> int:
+        return len(self._chunks)
+
+    def put(self, chunk: AudioChunk) -> list[AudioChunk]:
+        self._chunks.append(chunk)
+        self.queued_s += chunk.duration_s
+        dropped: list[AudioChunk] = []
+        while self.queued_s > self.max_s + 1e-9 and len(self._chunks) > 1:
+            old = self._chunks.popleft()
+            self.queued_s -= old.duration_s
+            dropped.append(old)
+        return dropped
+
+    def head_s(self) -> float:
+        return self._chunks[0].duration_s if self._chunks else 0.0
+
+    def take(self, room_s: float) -> TakenAudio:
+        taken = TakenAudio([])
+        chunks = self._chunks
+        while chunks and self.queued_s > self.catch_up_above_s + 1e-9 and not is_loud(chunks[0]):
+            skipped = chunks.popleft()
+            self.queued_s -= skipped.duration_s
+            taken.skipped_s += skipped.duration_s
+        used = 0.0
+        while chunks and room_s > 0 and (not taken.chunks or used + chunks[0].duration_s <= room_s):
+            chunk = chunks.popleft()
+            used += chunk.duration_s
+            taken.chunks.append(chunk)
+        self.queued_s = max(0.0, self.queued_s - used) if chunks else 0.0
+        return taken
+
+    def clear(self) -> None:
+        self._chunks.clear()
+        self.queued_s = 0.0
+
+
 class VideoAlignment:
     """How long to hold each video frame after its arrival, so that it leaves the bridge with
     the audio it belongs to (sans-I/O: readings in, a hold out).
@@ -214,12 +308,18 @@ class SyncStage:
         buffer_seconds: float,
         audio_queue_ms: float,
         video_delay_ms: float,
+        audio_backlog_ms: float,
         silence_flush_ms: float = 300.0,
         follow_receivers: bool = True,
     ) -> None:
         self._publisher = publisher
         self.video_capacity = max(1, round(fps * buffer_seconds))
-        self._audio_capacity_s = audio_queue_ms / 1000.0
+        # The publisher's (the SDK's) PCM queue: what the pump may have written and not yet
+        # played out; the backlog beyond it waits here.
+        self._sdk_capacity_s = audio_queue_ms / 1000.0
+        # A small queue keeps a quarter free, not the whole margin (it would throttle writes).
+        self._sdk_margin_s = min(SDK_QUEUE_MARGIN_S, self._sdk_capacity_s / 4)
+        self.audio = AudioBacklog(audio_backlog_ms / 1000.0)
         # The hold cannot outlast the video queue (its frames would be dropped as overflow).
         self.alignment = VideoAlignment(
             video_delay_ms, max_ms=1000.0 * buffer_seconds * 0.8, follow=follow_receivers
@@ -227,8 +327,6 @@ class SyncStage:
         self._hold_logged_ms = -1.0
         self.pacer = PacerQueue(audio_queue_ms / 1000.0)
         self._video: deque[VideoFrame] = deque()
-        self._audio: deque[AudioChunk] = deque()
-        self._audio_s = 0.0
         self._video_ready = asyncio.Event()
         self._audio_ready = asyncio.Event()
         self._silence_flush_s = silence_flush_ms / 1000.0
@@ -238,6 +336,7 @@ class SyncStage:
         self.video_dropped = 0
         self.video_late_dropped = 0
         self.audio_dropped_s = 0.0
+        self.audio_skipped_s = 0.0  # silence skipped to catch up after a stall
         self.video_written = 0
         self.audio_written_s = 0.0
         self._onset_out = OnsetPoint("transcode", "out")  # first-sound figures
@@ -254,16 +353,12 @@ class SyncStage:
         self._video_ready.set()
 
     def put_audio(self, chunk: AudioChunk) -> None:
-        self._audio.append(chunk)
-        self._audio_s += chunk.duration_s
-        while self._audio_s > self._audio_capacity_s and len(self._audio) > 1:
-            old = self._audio.popleft()
-            self._audio_s -= old.duration_s
+        for old in self.audio.put(chunk):
             self.audio_dropped_s += old.duration_s
             metrics.DROPS.labels(stage="sync_audio", reason="queue_full").inc()
             metrics.AUDIO_DROPPED_SECONDS.labels(stage="sync").inc(old.duration_s)
             log.warning("sync_audio_dropped", ms=round(1000 * old.duration_s, 1))
-        metrics.QUEUE_DEPTH.labels(stage="sync_audio_ms").set(self._audio_s * 1000)
+        metrics.QUEUE_DEPTH.labels(stage="sync_audio_ms").set(self.audio.queued_s * 1000)
         self._audio_ready.set()
 
     def put_jitter_buffer(self, reading: JitterBufferReading) -> None:
@@ -287,13 +382,12 @@ class SyncStage:
         self.pacer.flushed(time.monotonic_ns())
         dropped = len(self._video)
         self._video.clear()
-        self._audio.clear()
-        self._audio_s = 0.0
+        self.audio.clear()
         if dropped:
             metrics.DROPS.labels(stage="sync_video", reason="interrupt").inc(dropped)
 
     def depth(self) -> dict[str, float]:
-        return {"video_frames": len(self._video), "audio_ms": round(self._audio_s * 1000, 1)}
+        return {"video_frames": len(self._video), "audio_ms": round(self.audio.queued_s * 1000, 1)}
 
     # ----- the pump ----------------------------------------------------------------------
 
@@ -304,24 +398,39 @@ class SyncStage:
 
     async def _pump_audio(self) -> None:
         while True:
-            while not self._audio:
+            while not self.audio:
                 self._audio_ready.clear()
                 await self._audio_ready.wait()
-            chunk = self._audio.popleft()
-            self._audio_s = max(0.0, self._audio_s - chunk.duration_s)
-            self._track_silence(chunk)
-            await self._publisher.write_audio(chunk)
-            self.pacer.wrote(chunk.duration_s, time.monotonic_ns())
-            self.audio_written_s += chunk.duration_s
-            self._onset_out.feed(_peak(chunk) >= PCM_LOUD_PEAK)
+            # Never more than the SDK's queue holds (it would drop the oldest): after a stall
+            # the backlog goes in batches as the SDK plays its queue out.
+            depth_s = self.pacer.depth_ms(time.monotonic_ns()) / 1000
+            # Less a margin: the SDK takes 20 ms frames on its own timer, so the model can be
+            # a frame short of its real depth (it drops the oldest beyond its capacity).
+            room_s = self._sdk_capacity_s - depth_s - self._sdk_margin_s
+            head_s = self.audio.head_s()
+            if room_s < head_s:
+                if depth_s > 0:
+                    await asyncio.sleep(max(0.002, head_s - room_s))
+                    continue
+                room_s = head_s  # an empty queue takes a chunk, whatever the capacity setting
+            taken = self.audio.take(min(room_s, MAX_BATCH_S))
+            if taken.skipped_s:
+                self.audio_skipped_s += taken.skipped_s
+                AUDIO_SILENCE_SKIPPED.inc(taken.skipped_s)
+            metrics.QUEUE_DEPTH.labels(stage="sync_audio_ms").set(self.audio.queued_s * 1000)
+            if not taken.chunks:
+                continue
+            for chunk in taken.chunks:
+                self._track_silence(chunk)
+            batch = _joined(taken.chunks)
+            await self._publisher.write_audio(batch)
+            self.pacer.wrote(batch.duration_s, time.monotonic_ns())
+            self.audio_written_s += batch.duration_s
+            for chunk in taken.chunks:
+                self._onset_out.feed(_peak(chunk) >= PCM_LOUD_PEAK)
 
     def _track_silence(self, chunk: AudioChunk) -> None:
-        samples = chunk.samples
-        # max/min rather than abs(): no temporary array, and no int16 overflow at -32768.
-        loud = bool(len(samples)) and (
-            int(samples.max()) > SILENCE_PEAK or int(samples.min()) < -SILENCE_PEAK
-        )
-        if loud:
+        if is_loud(chunk):
             self._silent_s = 0.0
             self._flushed_this_silence = False
             return
@@ -371,6 +480,14 @@ class SyncStage:
             )
             VIDEO_LATE.observe(max(0, done_ns - due) / 1e9)
             VIDEO_ADDED.observe((done_ns - frame.received_ns) / 1e9)
+
+
+def _joined(chunks: list[AudioChunk]) -> AudioChunk:
+    """One write of consecutive chunks (one SDK round trip instead of one per 10 ms)."""
+    if len(chunks) == 1:
+        return chunks[0]
+    first = chunks[0]
+    return AudioChunk(np.concatenate([c.samples for c in chunks]), first.fmt, first.pts_us)
 
 
 def _peak(chunk: AudioChunk) -> int:

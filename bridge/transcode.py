@@ -10,16 +10,26 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
+from prometheus_client import Counter
 
 from bridge import metrics
 from bridge.barge_in import SpeechGate
 from bridge.errors import BridgeError, ErrorCode
 from bridge.first_sound import PCM_LOUD_PEAK, OnsetPoint
+from bridge.handover_drain import SwitchDrain
 from bridge.media import AudioChunk, JitterBufferReading, VideoFrame
 from bridge.media_path import PathKind, RelayDecline, WarmRoom
 from bridge.stages import AvatarDownlink, AvatarRoom, CallPublisher, MediaSink
+from bridge.sync import is_loud
 
 log = structlog.get_logger(__name__)
+
+DRAINS = Counter(
+    "bridge_transcode_switch_drains_total",
+    "Planned transcode switches whose old avatar fed the call until its last words in flight "
+    "arrived, by how the drain ended (quiet, max, new_speech, interrupt)",
+    ["ended"],
+)
 
 
 class SyncStage(MediaSink, Protocol):
@@ -42,7 +52,9 @@ class _Gate:
     """A downlink's way into the sync stage. Closed, it drops what the downlink delivers (a new
     avatar being brought up) but notes its first video frame; open, it passes media on;
     shut, it drops for good (the old avatar after a switch). It notes when it last passed video,
-    for the switch's measured picture gap."""
+    for the switch's measured picture gap. During a planned switch's drain
+    (:mod:`bridge.handover_drain`) the old gate stays open and the new one closed, except for
+    what the drain lets through; ``on_drain_over`` ends it (shuts the old, opens the new)."""
 
     def __init__(self, sink: MediaSink, *, open_: bool) -> None:
         self._sink = sink
@@ -51,9 +63,24 @@ class _Gate:
         self.first_video = asyncio.Event()
         self.first_put_ns = 0
         self.last_put_ns = 0
+        self.drain: SwitchDrain | None = None
+        self.draining_old = False  # this gate is the old avatar's while ``drain`` lasts
+        self.on_drain_over: Callable[[], None] = lambda: None
+
+    def _drain_over(self) -> bool:
+        """Whether the drain this gate takes part in has ended (ending it here if so)."""
+        drain = self.drain
+        if drain is None:
+            return True
+        if drain.over(time.monotonic()):
+            self.on_drain_over()
+            return True
+        return False
 
     def put_video(self, frame: VideoFrame) -> None:
         self.first_video.set()
+        if self.drain is not None:
+            self._drain_over()  # the old one's picture until then, the new one's after
         if self.open and not self.shut:
             now = time.monotonic_ns()
             self.first_put_ns = self.first_put_ns or now
@@ -61,6 +88,14 @@ class _Gate:
             self._sink.put_video(frame)
 
     def put_audio(self, chunk: AudioChunk) -> None:
+        drain = self.drain
+        if drain is not None:
+            now = time.monotonic()
+            if self.draining_old:
+                if not drain.old_audio(is_loud(chunk), chunk.duration_s, now):
+                    self.on_drain_over()
+            elif drain.new_audio(is_loud(chunk), now):
+                self.on_drain_over()
         if self.open and not self.shut:
             self._sink.put_audio(chunk)
 
@@ -145,6 +180,8 @@ class TranscodePath:
         # The next avatar between prepare_avatar and commit_avatar: this path's, left at aclose
         # when the session ends before the switch.
         self._prepared: PreparedAvatar | None = None
+        # A planned switch's drain: (the drain, the old avatar's gate, the new one's).
+        self._drain: tuple[SwitchDrain, _Gate, _Gate] | None = None
         self._closed = False
 
     # ----- avatar handover: the call's tracks and the sync stage stay, the avatar changes ---------
@@ -185,13 +222,22 @@ class TranscodePath:
         self._prepared = prepared
         return prepared
 
-    def commit_avatar(self, prepared: PreparedAvatar) -> Callable[[], float | None]:
+    def commit_avatar(
+        self, prepared: PreparedAvatar, *, drain_s: float = 0.0
+    ) -> Callable[[], float | None]:
         """Switch the call to the prepared avatar now (synchronously: nothing of the old one is
-        written after this returns). Returns a function giving the measured picture gap in ms
-        once the new avatar's first frame went through (None until then)."""
+        written after this returns); with ``drain_s`` > 0 (a planned switch) once the old one's
+        last words in flight have reached the call (:mod:`bridge.handover_drain`; at most
+        ``drain_s``, and :meth:`release_retired` waits for it). Returns a function giving the
+        measured picture gap in ms once the new avatar's first frame went through (None until
+        then)."""
         old_gate, old = self._gate, self.downlink
-        old_gate.shut = True
-        prepared.gate.open = True
+        self._end_drain("next_switch")  # a switch during a drain: that one's old avatar is cut now
+        if drain_s > 0:
+            self._start_drain(old_gate, prepared.gate, drain_s)
+        else:
+            old_gate.shut = True
+            prepared.gate.open = True
         self._gate, self.downlink = prepared.gate, prepared.downlink
         self._retired.append(old)
         self._prepared = None
@@ -204,9 +250,47 @@ class TranscodePath:
 
         return gap_ms
 
+    def _start_drain(self, old_gate: _Gate, new_gate: _Gate, max_s: float) -> None:
+        drain = SwitchDrain(time.monotonic(), max_s=max_s)
+        self._drain = (drain, old_gate, new_gate)
+        old_gate.drain, new_gate.drain = drain, drain
+        old_gate.draining_old = True
+        old_gate.on_drain_over = new_gate.on_drain_over = self._end_drain
+
+    def _end_drain(self, why: str = "") -> None:
+        """The drain is over (or cut short: ``why``): the old avatar is shut, the new one on."""
+        if self._drain is None:
+            return
+        drain, old_gate, new_gate = self._drain
+        self._drain = None
+        now = time.monotonic()
+        drain.end(why or "quiet", now)
+        drain.over(now)
+        old_gate.shut = True
+        new_gate.open = True
+        for gate in (old_gate, new_gate):
+            gate.drain = None
+            gate.on_drain_over = lambda: None
+        DRAINS.labels(ended=str(drain.ended)).inc()
+        log.info(
+            "transcode_switch_drained",
+            ended=drain.ended,
+            drain_ms=round(1000 * (now - drain.started), 1),
+            old_sound_ms=round(1000 * drain.old_loud_s, 1),
+            # Since the old avatar's last picture passed (the picture gap's first part).
+            old_video_age_ms=round((time.monotonic_ns() - old_gate.last_put_ns) / 1e6, 1),
+        )
+
     async def release_retired(self) -> None:
-        """Leave the old avatars' rooms (before their LiveAvatar sessions are stopped, so that
-        their leaving is not taken for a failure)."""
+        """Once a planned switch's drain is over, leave the old avatars' rooms (before their
+        LiveAvatar sessions are stopped, so that their leaving is not taken for a failure)."""
+        if self._drain is not None:
+            drain = self._drain[0]
+            for _ in range(int(drain.max_s / 0.02) + 10):  # bounded: the drain ends by max_s
+                if drain.over(time.monotonic()):
+                    break
+                await asyncio.sleep(0.02)
+            self._end_drain("max")
         retired, self._retired = self._retired, []
         for downlink in retired:
             await downlink.aclose()
@@ -246,6 +330,7 @@ class TranscodePath:
     def interrupt(self) -> None:
         """Barge-in: flush what is queued and drop the avatar's speech still in flight until its
         next turn starts (:mod:`bridge.barge_in`)."""
+        self._end_drain("interrupt")  # the old avatar's tail is speech to stop too
         self._speech.interrupt(time.monotonic())
         self.sync.flush()
         self.publisher.flush_audio()

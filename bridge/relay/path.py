@@ -861,11 +861,14 @@ class RelayPath:
         if prepared.committed:
             fwd.on_sr(sr)  # translated once the rewriter has rebased onto this stream
 
-    def commit_avatar(self, prepared: PreparedRelay) -> Callable[[], float | None]:
+    def commit_avatar(
+        self, prepared: PreparedRelay, *, drain_s: float = 0.0
+    ) -> Callable[[], float | None]:
         """Switch to the prepared avatar at its next keyframe, asked for now (the old one is
-        relayed until then; :meth:`release_retired` waits for the switch). Returns a function
-        giving the measured picture gap in ms (the old avatar's last video packet sent to the new
-        one's first) once known."""
+        relayed until then, which drains its last words in flight whatever ``drain_s``:
+        they come the way the keyframe does; :meth:`release_retired` waits for the switch).
+        Returns a function giving the measured picture gap in ms (the old avatar's last video
+        packet sent to the new one's first) once known."""
         prepared.switch_asked = True
         prepared.commit_t = time.monotonic()
         self._switching = prepared

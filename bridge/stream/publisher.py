@@ -46,6 +46,12 @@ WRITE_LATENCY = Histogram(
     "Duration of one write_i420_at (scale + encode + packetize)",
     buckets=(0.002, 0.005, 0.01, 0.02, 0.033, 0.05, 0.1, 0.25, 1.0),
 )
+AUDIO_WRITE_LATENCY = Histogram(
+    "bridge_publisher_audio_write_seconds",
+    "Duration of one write_pcm (a round trip through the SDK's runtime: long ones are the "
+    "stalls the sync stage's audio backlog rides out)",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
+)
 DROPPED_FRAMES = Counter(
     "bridge_publisher_video_dropped_frames_total", "Video frames not written", ["reason"]
 )
@@ -374,6 +380,7 @@ class StreamPublisher:
                 AUDIO_DROPPED.labels("not_publishing").inc()
                 return
             fmt = chunk.fmt
+            t0 = time.perf_counter()
             try:
                 await audio.write_pcm(chunk.samples, fmt.sample_rate, fmt.channels)
             except rtc.PcmQueueOverflowError as exc:
@@ -395,6 +402,7 @@ class StreamPublisher:
                 AUDIO_DROPPED.labels("sdk_error").inc()
                 self._log.debug("audio_write_failed", error=str(exc))
                 return
+            AUDIO_WRITE_LATENCY.observe(time.perf_counter() - t0)
             AUDIO_SECONDS.inc(chunk.duration_s)
             self.audio_seconds += chunk.duration_s
 

@@ -152,7 +152,7 @@ def test_keyword_defaults_are_the_settings_defaults(
 def test_sync_stage_takes_its_settings_without_defaults() -> None:
     # Nothing to drift: the daemon must pass each of these.
     params = inspect.signature(SyncStage.__init__).parameters
-    for name in ("fps", "buffer_seconds", "audio_queue_ms", "video_delay_ms"):
+    for name in ("fps", "buffer_seconds", "audio_queue_ms", "video_delay_ms", "audio_backlog_ms"):
         assert name in type(S.output).model_fields
         assert params[name].default is inspect.Parameter.empty, name
 

@@ -262,10 +262,10 @@ async def test_sigkill_then_restart_stops_the_orphan_before_ready(
 def test_demo_short_run_reports_its_invariants(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     done = subprocess.run(
-        [sys.executable, "-m", "bridge.cli", "demo", "--short", "--out", str(out)],
+        [sys.executable, "-m", "bridge.cli", "demo", "--short", "--continuity", "--out", str(out)],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=300,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
@@ -281,6 +281,12 @@ def test_demo_short_run_reports_its_invariants(tmp_path: Path) -> None:
     assert report["audio_dropped_ms"] == 0
     assert report["barge_in_ms"] is not None
     assert report["daemon_exit_code"] == 0
+    # HELLO -> first avatar frame under the same modelled start delays: a warm pooled session
+    # skips the LiveAvatar start path (~3.6 s of modelled delays), so it comes first.
+    continuity = report["continuity"]
+    assert "error" not in continuity, continuity
+    assert continuity["path"] == report["media_path"]
+    assert 0 < continuity["first_frame_warm_s"] < continuity["first_frame_cold_s"], continuity
     assert (out / "call.mp4").stat().st_size > 10_000
     assert (out / "sync.png").read_bytes()[:4] == b"\x89PNG"
     assert "avatar-bridge demo: what the Stream call received" in done.stdout

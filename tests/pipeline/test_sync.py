@@ -9,12 +9,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 
 from bridge.media import AudioChunk, AudioFormat, JitterBufferReading, VideoFrame
-from bridge.sync import MAX_STEP_MS, PacerQueue, ReceiverDelay, SyncStage, VideoAlignment
+from bridge.sync import (
+    MAX_BATCH_S,
+    MAX_STEP_MS,
+    AudioBacklog,
+    PacerQueue,
+    ReceiverDelay,
+    SyncStage,
+    VideoAlignment,
+)
 
 FMT = AudioFormat(48000, 1)
 
@@ -67,7 +76,9 @@ async def test_video_is_held_by_the_configured_delay() -> None:
     """Every picture but the call's first is held by the delay (before the first there is no
     speech to line it up with: it leaves at once)."""
     pub = RecordingPublisher()
-    stage = SyncStage(pub, fps=30, buffer_seconds=1.0, audio_queue_ms=200, video_delay_ms=60)
+    stage = SyncStage(
+        pub, fps=30, buffer_seconds=1.0, audio_queue_ms=200, audio_backlog_ms=200, video_delay_ms=60
+    )
     first, second = frame(1), frame(2)
     stage.put_video(first)
     stage.put_video(second)
@@ -84,7 +95,9 @@ async def test_video_is_held_by_the_configured_delay() -> None:
 async def test_video_queue_drops_oldest_when_full() -> None:
     pub = RecordingPublisher()
     pub.gate.clear()  # the publisher is stalled
-    stage = SyncStage(pub, fps=10, buffer_seconds=0.5, audio_queue_ms=200, video_delay_ms=0)
+    stage = SyncStage(
+        pub, fps=10, buffer_seconds=0.5, audio_queue_ms=200, audio_backlog_ms=200, video_delay_ms=0
+    )
     assert stage.video_capacity == 5
     task = asyncio.create_task(stage.run())
     await asyncio.sleep(0)
@@ -103,7 +116,9 @@ async def test_video_queue_drops_oldest_when_full() -> None:
 async def test_audio_overflow_is_bounded_and_counted() -> None:
     pub = RecordingPublisher()
     pub.gate.clear()
-    stage = SyncStage(pub, fps=30, buffer_seconds=1.0, audio_queue_ms=100, video_delay_ms=0)
+    stage = SyncStage(
+        pub, fps=30, buffer_seconds=1.0, audio_queue_ms=100, audio_backlog_ms=100, video_delay_ms=0
+    )
     for _ in range(30):
         stage.put_audio(chunk(10))
     assert stage.depth()["audio_ms"] <= 100
@@ -113,7 +128,9 @@ async def test_audio_overflow_is_bounded_and_counted() -> None:
 async def test_flush_forgets_queued_media() -> None:
     pub = RecordingPublisher()
     pub.gate.clear()
-    stage = SyncStage(pub, fps=30, buffer_seconds=1.0, audio_queue_ms=500, video_delay_ms=0)
+    stage = SyncStage(
+        pub, fps=30, buffer_seconds=1.0, audio_queue_ms=500, audio_backlog_ms=500, video_delay_ms=0
+    )
     for i in range(5):
         stage.put_video(frame(i))
         stage.put_audio(chunk(20))
@@ -127,9 +144,10 @@ async def test_flush_forgets_queued_media() -> None:
 async def test_silence_reanchors_the_publisher_queue_once_per_silence() -> None:
     pub = RecordingPublisher()
     stage = SyncStage(
-        pub, fps=30, buffer_seconds=1.0, audio_queue_ms=5000, video_delay_ms=0,
-        silence_flush_ms=100,
+        pub, fps=30, buffer_seconds=1.0, audio_queue_ms=5000, audio_backlog_ms=5000,
+        video_delay_ms=0, silence_flush_ms=100,
     )  # fmt: skip
+    stage.audio.catch_up_above_s = 10.0  # a burst here: the silence is written, not skipped
     loud = AudioChunk(np.full(480, -32768, np.int16), FMT)  # a full-scale negative peak is loud
     for chunk_ in [chunk(10)] * 15 + [loud] * 3 + [chunk(10)] * 15:
         stage.put_audio(chunk_)
@@ -209,7 +227,9 @@ def test_hold_is_clamped_and_can_be_fixed() -> None:
 
 async def test_video_is_held_by_the_receivers_difference() -> None:
     pub = RecordingPublisher()
-    stage = SyncStage(pub, fps=30, buffer_seconds=1.0, audio_queue_ms=200, video_delay_ms=10)
+    stage = SyncStage(
+        pub, fps=30, buffer_seconds=1.0, audio_queue_ms=200, audio_backlog_ms=200, video_delay_ms=10
+    )
     # The downlink's audio buffer 160 ms, its video 10 ms: frames wait 10 + 150 ms.
     for r in (
         reading("audio", 0, 0.0, 0),
@@ -256,7 +276,9 @@ def test_the_hold_moves_a_step_per_frame() -> None:
 async def test_a_stalled_publisher_gets_only_the_newest_due_frame() -> None:
     pub = RecordingPublisher()
     pub.gate.clear()  # the encoder is busy
-    stage = SyncStage(pub, fps=30, buffer_seconds=1.0, audio_queue_ms=200, video_delay_ms=0)
+    stage = SyncStage(
+        pub, fps=30, buffer_seconds=1.0, audio_queue_ms=200, audio_backlog_ms=200, video_delay_ms=0
+    )
     stage.put_video(frame(0))
     task = asyncio.create_task(stage.run())
     async with asyncio.timeout(5):
@@ -294,9 +316,11 @@ def test_the_publisher_queue_model_keeps_a_burst_until_a_flush() -> None:
 
 async def test_the_hold_adds_the_publisher_queue() -> None:
     pub = RecordingPublisher()
-    stage = SyncStage(pub, fps=30, buffer_seconds=1.0, audio_queue_ms=500, video_delay_ms=0)
+    stage = SyncStage(
+        pub, fps=30, buffer_seconds=1.0, audio_queue_ms=500, audio_backlog_ms=500, video_delay_ms=0
+    )
     fixed = SyncStage(
-        pub, fps=30, buffer_seconds=1.0, audio_queue_ms=500, video_delay_ms=0,
+        pub, fps=30, buffer_seconds=1.0, audio_queue_ms=500, audio_backlog_ms=500, video_delay_ms=0,
         follow_receivers=False,
     )  # fmt: skip
     for s in (stage, fixed):
@@ -309,3 +333,127 @@ async def test_the_hold_adds_the_publisher_queue() -> None:
     written = dict(pub.video)
     assert written[2] - g.received_ns / 1e9 < 0.2  # no hold without following
     assert written[1] - f.received_ns / 1e9 >= 0.25  # held while that audio plays out
+
+
+# ----- audio through a stalled publisher: kept, paced, caught up in silence -------------------
+
+
+def tone(ms: int, i: int) -> AudioChunk:
+    """A loud chunk numbered ``i`` (its first sample), to check order and completeness."""
+    samples = np.full(48 * ms, 8000, np.int16)
+    samples[0] = i
+    return AudioChunk(samples, FMT)
+
+
+async def until(cond: Callable[[], bool], limit_s: float = 10.0) -> None:
+    async with asyncio.timeout(limit_s):
+        while not cond():  # noqa: ASYNC110 - polling a test double
+            await asyncio.sleep(0.01)
+
+
+async def test_speech_outlasts_a_publisher_stall_longer_than_the_sdk_queue() -> None:
+    """The publisher's writes stall for 800 ms of speech (the SDK's runtime busy): every chunk
+    of it reaches the publisher afterwards, in order, none dropped (it was: the stage's queue
+    had the SDK's 200 ms bound and dropped the oldest 600 ms), and the backlog goes in small
+    batches (no burst past the SDK's queue, which would drop the oldest of it)."""
+    pub = RecordingPublisher()
+    pub.gate.clear()
+    stage = SyncStage(
+        pub, fps=30, buffer_seconds=1.0, audio_queue_ms=200, video_delay_ms=0,
+        audio_backlog_ms=2000,
+    )  # fmt: skip
+    task = asyncio.create_task(stage.run())
+    try:
+        for i in range(1, 81):
+            stage.put_audio(tone(10, i))
+            await asyncio.sleep(0)
+        assert stage.audio_dropped_s == 0.0
+        pub.gate.set()
+        await until(lambda: sum(c.duration_s for c in pub.audio) >= 0.8 - 1e-9)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    pcm = np.concatenate([c.samples for c in pub.audio])
+    assert [int(x) for x in pcm[::480]] == list(range(1, 81))
+    assert max(c.duration_s for c in pub.audio) <= MAX_BATCH_S + 1e-9  # a burst the SDK takes
+    assert len(pub.audio) < 80  # in batches: fewer round trips than chunks
+    assert stage.audio_dropped_s == 0.0 and stage.audio_skipped_s == 0.0
+
+
+async def test_the_backlog_is_shed_in_silence_only() -> None:
+    """After a stall the latency it left goes in the pause: silent chunks are skipped while the
+    backlog is above the catch-up threshold; every loud chunk is written."""
+    pub = RecordingPublisher()
+    pub.gate.clear()
+    stage = SyncStage(
+        pub, fps=30, buffer_seconds=1.0, audio_queue_ms=200, video_delay_ms=0,
+        audio_backlog_ms=2000,
+    )  # fmt: skip
+    task = asyncio.create_task(stage.run())
+    try:
+        sent = [tone(10, i) for i in range(1, 31)] + [chunk(10)] * 50
+        sent += [tone(10, i) for i in range(31, 41)]
+        for c in sent:
+            stage.put_audio(c)
+        pub.gate.set()
+        await until(lambda: any(int(c.samples[-480]) == 40 for c in pub.audio))
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    pcm = np.concatenate([c.samples for c in pub.audio])
+    firsts = [int(x) for x in pcm[::480]]
+    assert [x for x in firsts if x] == list(range(1, 41))
+    assert stage.audio_skipped_s > 0.2  # most of the pause
+    assert abs(stage.audio_skipped_s + firsts.count(0) * 0.01 - 0.5) < 1e-6
+    assert stage.audio_dropped_s == 0.0
+
+
+async def test_a_stall_longer_than_the_backlog_drops_the_oldest() -> None:
+    pub = RecordingPublisher()
+    pub.gate.clear()
+    stage = SyncStage(
+        pub, fps=30, buffer_seconds=1.0, audio_queue_ms=200, video_delay_ms=0,
+        audio_backlog_ms=500,
+    )  # fmt: skip
+    for i in range(1, 81):
+        stage.put_audio(tone(10, i))
+    assert stage.depth()["audio_ms"] == pytest.approx(500.0)
+    assert stage.audio_dropped_s == pytest.approx(0.3)
+
+
+def test_the_backlog_gives_what_fits_and_skips_silence_only_above_the_threshold() -> None:
+    q = AudioBacklog(max_s=1.0, catch_up_above_s=0.05)
+    for c in [chunk(10)] * 3 + [tone(10, 1), tone(10, 2)] + [chunk(10)] * 2:
+        assert q.put(c) == []
+    taken = q.take(0.015)  # 70 ms queued: the silent head is skipped down to the threshold
+    assert taken.skipped_s == pytest.approx(0.02)
+    assert [int(c.samples[0]) for c in taken.chunks] == [0]  # one fits
+    assert q.queued_s == pytest.approx(0.04)
+    taken = q.take(1.0)  # below the threshold: nothing skipped, all of it fits
+    assert taken.skipped_s == 0.0
+    assert [int(c.samples[0]) for c in taken.chunks] == [1, 2, 0, 0]
+    assert len(q) == 0 and q.queued_s == 0.0
+    q.put(tone(30, 3))
+    assert len(q.take(0.01).chunks) == 1  # a chunk larger than the room still goes
+
+
+async def test_audio_flows_when_the_sdk_queue_is_smaller_than_the_kept_margin() -> None:
+    """output.audio_queue_ms at its minimum (20 ms, under the 40 ms the pump keeps free): each
+    chunk still goes once the modelled queue is empty (no wedge, no busy loop)."""
+    pub = RecordingPublisher()
+    stage = SyncStage(
+        pub, fps=30, buffer_seconds=1.0, audio_queue_ms=20, audio_backlog_ms=2000,
+        video_delay_ms=0,
+    )  # fmt: skip
+    task = asyncio.create_task(stage.run())
+    try:
+        for i in range(1, 11):
+            stage.put_audio(tone(10, i))
+        await until(lambda: len(pub.audio) >= 10)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert [int(c.samples[0]) for c in pub.audio] == list(range(1, 11))
