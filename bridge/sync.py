@@ -166,9 +166,12 @@ def is_loud(chunk: AudioChunk) -> bool:
 
 
 # Above this much audio waiting for the publisher, silent chunks at its head are skipped: the
-# latency a stall left is shed in the pauses, never from speech. Below it nothing is skipped
-# (a normal backlog is one chunk, ~10 ms, between the downlink's put and the pump's write).
-CATCH_UP_ABOVE_S = 0.06
+# latency a stall left is shed in the pauses, never from speech. Below it nothing is skipped:
+# bursts of up to the SDK queue's 200 ms come with the video's own (a loop held by the CPU
+# delays both), and shaving their pauses moved the sound ahead of its picture (a loaded
+# end-to-end run at 60 ms: beep skews of -233...+252 ms). 200 ms is the old audio queue's bound,
+# so below it the timing is what it was; above it, silence goes where speech used to.
+CATCH_UP_ABOVE_S = 0.2
 # Room kept free in the SDK's PCM queue when a backlog is written (see _pump_audio).
 SDK_QUEUE_MARGIN_S = 0.04
 # At most this much audio per write: 5 chunks a round trip catch up with a stall 5x faster than
