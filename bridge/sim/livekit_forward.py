@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -203,6 +204,7 @@ class PublishedTrack:
             "rtx": 0,
             "plis_up": 0,
             "nacks_up": 0,
+            "late": 0,
         }
     )
 
@@ -271,6 +273,8 @@ class PublishedTrack:
                 self.stats["gaps"] += ahead - 1  # lost on the way in (or reordered)
         if layer.last_seq is None or 0 < (packet.sequence_number - layer.last_seq) % 65536 < 32768:
             layer.last_seq = packet.sequence_number
+        else:
+            self.stats["late"] += 1  # a retransmission without RTX, or reordered
         for sink in list(self.sinks):
             await sink.on_packet(self, rid, packet, now_ms)
 
@@ -449,6 +453,17 @@ class ForwardSink:
         self.height = 0
         self.disabled = False
         self.sent = 0
+        # Feedback from this subscriber: PLIs, and NACKed numbers answered from the sender's
+        # history, asked of the publisher, or unknown (a failure says which link broke).
+        self.feedback = {
+            "plis_in": 0,
+            "nacks_in": 0,
+            "nacks_held": 0,
+            "nacks_up": 0,
+            "nacks_lost": 0,
+        }
+        # What happened when (stand-in clock, ms): switches, keyframes, PLIs; bounded.
+        self.events: deque[tuple[int, str]] = deque(maxlen=48)
         self.freezes = 0
         self.longest_gap_ms = 0
         self._last_frame_ms: int | None = None
@@ -519,6 +534,7 @@ class ForwardSink:
         if out is None:
             return
         if out.switched:
+            self.events.append((now_ms, f"switch {rid} seq {out.sequence_number}"))
             log.info(
                 "livekit_layer_forwarded",
                 track=track.info.sid,
@@ -529,6 +545,8 @@ class ForwardSink:
             layer = track.layers[rid]
             if layer.sr is not None:
                 self.on_sr(rid, *layer.sr)
+        if out.keyframe:
+            self.events.append((now_ms, f"key {rid} seq {out.sequence_number}"))
         await self._send(pt, out.sequence_number, out.timestamp, out.marker, out.payload, None)
         if out.marker:
             if self._last_frame_ms is not None:
@@ -585,9 +603,11 @@ class ForwardSink:
 
     def _on_pli(self) -> None:
         f = self.forwarder
+        self.feedback["plis_in"] += 1
         if f is None or f.current is None:
             return
         now_ms = current_ms()
+        self.events.append((now_ms, f"pli {f.current}"))
         task = asyncio.get_running_loop().create_task(
             self.track.request_keyframe(f.current, now_ms)
         )
@@ -596,13 +616,18 @@ class ForwardSink:
 
     async def _retransmit(self, seq: int) -> None:
         s = cast(Any, self.sender)
+        self.feedback["nacks_in"] += 1
         held = s._RTCRtpSender__rtp_history.get(seq % RTP_HISTORY_SIZE)
         if held is not None and held.sequence_number == seq:
+            self.feedback["nacks_held"] += 1
             await self._orig_retransmit(seq)
             return
         source = self.forwarder.source_of(seq) if self.forwarder is not None else None
         if source is not None:
+            self.feedback["nacks_up"] += 1
             await self.track.nack(source[0], [source[1]], current_ms())
+        else:
+            self.feedback["nacks_lost"] += 1
 
 
 # Short feedback sends started from aiortc's synchronous callbacks; owned so none is lost.
