@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -82,6 +83,12 @@ PLI_INTERVAL_MS = 300  # per layer, like LiveKit's PLI throttle
 # bridge added from one the avatar's encoder made (libwebrtc drops frames under load).
 FREEZE_GAP_MS = 200
 NACK_REPEAT_MS = 1000  # per packet
+# A publisher's UDP receive buffer, as LiveKit's deployment guide asks of the host
+# (net.core.rmem_max >= 5 MB): libwebrtc pads every simulcast layer up to its bitrate (~1000
+# packets/s here), and a Python loop starved for a few hundred ms under load would otherwise
+# overflow the kernel's default ~200 KB and lose whole keyframes on the way in.
+RECV_BUFFER_BYTES = 5_000_000
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; root may exceed rmem_max
 
 
 # -- SDP (pure text) -----------------------------------------------------------------------------
@@ -261,6 +268,9 @@ class PublishedTrack:
         if not packet.payload:
             # Padding only (libwebrtc probing the bandwidth): not forwarded, as in LiveKit.
             self.stats["padding"] += 1
+            seq = packet.sequence_number
+            if layer.last_seq is None or 0 < (seq - layer.last_seq) % 65536 < 32768:
+                layer.last_seq = seq  # not a loss: the next media packet follows it
             for sink in self.sinks:
                 if sink.forwarder is not None:
                     sink.forwarder.skip_padding(rid, packet.sequence_number)
@@ -296,6 +306,7 @@ class PublisherTap:
         self._rtx_pts: set[int] = set()
         self._remb_task: asyncio.Task[None] | None = None
         self.configure(offer_sdp)
+        widen_receive_buffers(transport)
         self._orig_rtp = transport._handle_rtp_data
         self._orig_rtcp = transport._handle_rtcp_data
         transport._handle_rtp_data = self._on_rtp
@@ -406,6 +417,25 @@ class PublisherTap:
                 if known is not None and not known[2]:
                     known[0].on_sr(known[1], p)
         await self._orig_rtcp(data)
+
+
+def widen_receive_buffers(dtls_transport: Any) -> list[int]:
+    """Set the receive buffer of the connection's ICE sockets to RECV_BUFFER_BYTES (forced when
+    permitted, else up to the system's maximum); returns the sizes the kernel granted."""
+    granted: list[int] = []
+    connection = getattr(dtls_transport.transport, "_connection", None)
+    for protocol in getattr(connection, "_protocols", []):
+        udp = getattr(protocol, "transport", None)
+        sock = udp.get_extra_info("socket") if udp is not None else None
+        if sock is None:
+            continue
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, RECV_BUFFER_BYTES)
+        except OSError:  # not permitted: the ordinary option, capped by net.core.rmem_max
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER_BYTES)
+        granted.append(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+    log.info("livekit_publisher_recv_buffer", bytes=granted)
+    return granted
 
 
 class SilentTrack(MediaStreamTrack):

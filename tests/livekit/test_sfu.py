@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import socket
 from dataclasses import dataclass
 
 import pytest
@@ -333,3 +334,34 @@ def test_keyframes_forwarded_whole_are_counted() -> None:
     for pkt in src["q"].frame(True):
         fwd.forward(*pkt, now_ms=80)
     assert (fwd.stats.keyframes, fwd.stats.keyframes_whole) == (2, 2)
+
+
+def _rmem_max() -> int:
+    with open("/proc/sys/net/core/rmem_max") as f:
+        return int(f.read())
+
+
+async def test_a_publisher_connection_gets_a_wide_receive_buffer() -> None:
+    """The publisher's ICE sockets (a real aiortc connection, gathered on loopback) are widened
+    past the kernel's default so a briefly starved loop does not lose the padding-heavy stream."""
+    from aiortc import RTCPeerConnection
+
+    from bridge.sim.livekit_forward import RECV_BUFFER_BYTES, widen_receive_buffers
+
+    pc = RTCPeerConnection()
+    try:
+        pc.addTransceiver("video", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        dtls = pc.getTransceivers()[0].receiver.transport
+        default = min(
+            s.transport.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            for s in dtls.transport._connection._protocols
+        )
+        granted = widen_receive_buffers(dtls)
+        assert granted, "the gathered sockets were found"
+        # Linux reports twice what was set; without privilege it stops at net.core.rmem_max.
+        cap = _rmem_max()
+        assert all(g >= min(RECV_BUFFER_BYTES, cap) for g in granted), (granted, cap)
+        assert all(g >= default for g in granted)
+    finally:
+        await pc.close()
