@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -81,6 +83,12 @@ PLI_INTERVAL_MS = 300  # per layer, like LiveKit's PLI throttle
 # bridge added from one the avatar's encoder made (libwebrtc drops frames under load).
 FREEZE_GAP_MS = 200
 NACK_REPEAT_MS = 1000  # per packet
+# A publisher's UDP receive buffer, as LiveKit's deployment guide asks of the host
+# (net.core.rmem_max >= 5 MB): libwebrtc pads every simulcast layer up to its bitrate (~1000
+# packets/s here), and a Python loop starved for a few hundred ms under load would otherwise
+# overflow the kernel's default ~200 KB and lose whole keyframes on the way in.
+RECV_BUFFER_BYTES = 5_000_000
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; root may exceed rmem_max
 
 
 # -- SDP (pure text) -----------------------------------------------------------------------------
@@ -203,6 +211,7 @@ class PublishedTrack:
             "rtx": 0,
             "plis_up": 0,
             "nacks_up": 0,
+            "late": 0,
         }
     )
 
@@ -259,6 +268,9 @@ class PublishedTrack:
         if not packet.payload:
             # Padding only (libwebrtc probing the bandwidth): not forwarded, as in LiveKit.
             self.stats["padding"] += 1
+            seq = packet.sequence_number
+            if layer.last_seq is None or 0 < (seq - layer.last_seq) % 65536 < 32768:
+                layer.last_seq = seq  # not a loss: the next media packet follows it
             for sink in self.sinks:
                 if sink.forwarder is not None:
                     sink.forwarder.skip_padding(rid, packet.sequence_number)
@@ -271,6 +283,8 @@ class PublishedTrack:
                 self.stats["gaps"] += ahead - 1  # lost on the way in (or reordered)
         if layer.last_seq is None or 0 < (packet.sequence_number - layer.last_seq) % 65536 < 32768:
             layer.last_seq = packet.sequence_number
+        else:
+            self.stats["late"] += 1  # a retransmission without RTX, or reordered
         for sink in list(self.sinks):
             await sink.on_packet(self, rid, packet, now_ms)
 
@@ -292,6 +306,7 @@ class PublisherTap:
         self._rtx_pts: set[int] = set()
         self._remb_task: asyncio.Task[None] | None = None
         self.configure(offer_sdp)
+        widen_receive_buffers(transport)
         self._orig_rtp = transport._handle_rtp_data
         self._orig_rtcp = transport._handle_rtcp_data
         transport._handle_rtp_data = self._on_rtp
@@ -404,6 +419,25 @@ class PublisherTap:
         await self._orig_rtcp(data)
 
 
+def widen_receive_buffers(dtls_transport: Any) -> list[int]:
+    """Set the receive buffer of the connection's ICE sockets to RECV_BUFFER_BYTES (forced when
+    permitted, else up to the system's maximum); returns the sizes the kernel granted."""
+    granted: list[int] = []
+    connection = getattr(dtls_transport.transport, "_connection", None)
+    for protocol in getattr(connection, "_protocols", []):
+        udp = getattr(protocol, "transport", None)
+        sock = udp.get_extra_info("socket") if udp is not None else None
+        if sock is None:
+            continue
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, RECV_BUFFER_BYTES)
+        except OSError:  # not permitted: the ordinary option, capped by net.core.rmem_max
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER_BYTES)
+        granted.append(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+    log.info("livekit_publisher_recv_buffer", bytes=granted)
+    return granted
+
+
 class SilentTrack(MediaStreamTrack):
     """What an aiortc sender carrying forwarded packets reads: nothing, until stopped."""
 
@@ -449,6 +483,17 @@ class ForwardSink:
         self.height = 0
         self.disabled = False
         self.sent = 0
+        # Feedback from this subscriber: PLIs, and NACKed numbers answered from the sender's
+        # history, asked of the publisher, or unknown (a failure says which link broke).
+        self.feedback = {
+            "plis_in": 0,
+            "nacks_in": 0,
+            "nacks_held": 0,
+            "nacks_up": 0,
+            "nacks_lost": 0,
+        }
+        # What happened when (stand-in clock, ms): switches, keyframes, PLIs; bounded.
+        self.events: deque[tuple[int, str]] = deque(maxlen=48)
         self.freezes = 0
         self.longest_gap_ms = 0
         self._last_frame_ms: int | None = None
@@ -519,6 +564,7 @@ class ForwardSink:
         if out is None:
             return
         if out.switched:
+            self.events.append((now_ms, f"switch {rid} seq {out.sequence_number}"))
             log.info(
                 "livekit_layer_forwarded",
                 track=track.info.sid,
@@ -529,6 +575,8 @@ class ForwardSink:
             layer = track.layers[rid]
             if layer.sr is not None:
                 self.on_sr(rid, *layer.sr)
+        if out.keyframe:
+            self.events.append((now_ms, f"key {rid} seq {out.sequence_number}"))
         await self._send(pt, out.sequence_number, out.timestamp, out.marker, out.payload, None)
         if out.marker:
             if self._last_frame_ms is not None:
@@ -585,9 +633,11 @@ class ForwardSink:
 
     def _on_pli(self) -> None:
         f = self.forwarder
+        self.feedback["plis_in"] += 1
         if f is None or f.current is None:
             return
         now_ms = current_ms()
+        self.events.append((now_ms, f"pli {f.current}"))
         task = asyncio.get_running_loop().create_task(
             self.track.request_keyframe(f.current, now_ms)
         )
@@ -596,13 +646,18 @@ class ForwardSink:
 
     async def _retransmit(self, seq: int) -> None:
         s = cast(Any, self.sender)
+        self.feedback["nacks_in"] += 1
         held = s._RTCRtpSender__rtp_history.get(seq % RTP_HISTORY_SIZE)
         if held is not None and held.sequence_number == seq:
+            self.feedback["nacks_held"] += 1
             await self._orig_retransmit(seq)
             return
         source = self.forwarder.source_of(seq) if self.forwarder is not None else None
         if source is not None:
+            self.feedback["nacks_up"] += 1
             await self.track.nack(source[0], [source[1]], current_ms())
+        else:
+            self.feedback["nacks_lost"] += 1
 
 
 # Short feedback sends started from aiortc's synchronous callbacks; owned so none is lost.

@@ -55,6 +55,7 @@ from aiortc import (
     RTCRtpSender,
     RTCSessionDescription,
 )
+from aiortc.clock import current_ms
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.opus import OpusEncoder
 from aiortc.codecs.vpx import Vp8Encoder, number_of_threads
@@ -1598,6 +1599,15 @@ class LiveKitStandIn:
                         "switches": f.stats.switches,
                         "forwarded": f.stats.forwarded,
                         "dropped_waiting_keyframe": f.stats.dropped_waiting_keyframe,
+                        "keyframe_requests": f.stats.keyframe_requests,
+                        # Keyframes forwarded, and those every packet of which went out.
+                        "keyframes": f.stats.keyframes,
+                        "keyframes_whole": f.stats.keyframes_whole,
+                        "last_keyframe_ms": f.stats.last_keyframe_ms,
+                        "last_whole_keyframe_ms": f.stats.last_whole_keyframe_ms,
+                        "feedback": dict(sink.feedback),
+                        "events": list(sink.events),
+                        "now_ms": current_ms(),
                         "asked": (sink.quality, sink.width, sink.height),
                         "disabled": sink.disabled,
                         # The published track's side: packets in, losses on the way in, and

@@ -244,6 +244,32 @@ class ForwarderStats:
     switches: int = 0
     keyframe_requests: int = 0
     padding_skipped: int = 0
+    # Keyframes forwarded (their first packet), and those of which every packet up to the
+    # marker went out (in order or late): a subscriber that stops decoding after a switch
+    # either got no keyframe whole or could not use the ones it got.
+    keyframes: int = 0
+    keyframes_whole: int = 0
+    last_keyframe_ms: int | None = None
+    last_whole_keyframe_ms: int | None = None
+
+
+@dataclass(slots=True)
+class _KeyframeWatch:
+    """The packets of the last keyframe forwarded (outgoing numbers), until it is whole."""
+
+    timestamp: int
+    first: int
+    last: int | None = None
+    got: set[int] = field(default_factory=set)
+
+    def add(self, seq: int, marker: bool) -> bool:
+        """Note one forwarded packet of this frame; True once every packet went out."""
+        self.got.add(seq)
+        if marker:
+            self.last = seq
+        if self.last is None:
+            return False
+        return len(self.got) == (self.last - self.first) % _SEQ + 1
 
 
 @dataclass
@@ -270,6 +296,7 @@ class LayerForwarder:
     _switch_in_seq: int = 0  # source sequence number of the keyframe the current layer began at
     _vp8: _Vp8State = field(default_factory=_Vp8State)
     _pli_at_ms: int | None = None
+    _keyframe: _KeyframeWatch | None = None
     # out seq -> (rid, source seq), for mapping the subscriber's NACKs to the publisher.
     _sent: OrderedDict[int, tuple[str, int]] = field(default_factory=OrderedDict)
     # Input numbers of the padding probes skipped on the current layer (recent ones: a packet
@@ -320,17 +347,36 @@ class LayerForwarder:
             # when it was due (before any padding skipped since), so the subscriber's jitter
             # buffer reorders it; it must not move our state.
             offset = (self._seq_offset + self._skips_after(sequence_number)) % _SEQ
-            return self._rewrite(
+            late = self._rewrite(
                 rid, sequence_number, timestamp, marker, payload, False, False, offset
             )
+            self._watch_keyframe(late, now_ms)
+            return late
         keyframe = is_keyframe(self.codec, payload)
         out = self._rewrite(rid, sequence_number, timestamp, marker, payload, keyframe, switched)
+        self._watch_keyframe(out, now_ms)
         self._last_in_seq = sequence_number
         self._last_out_seq = out.sequence_number
         self._last_out_ts = out.timestamp
         self._last_out_ms = now_ms
         self.stats.forwarded += 1
         return out
+
+    def _watch_keyframe(self, out: Forwarded, now_ms: int) -> None:
+        w = self._keyframe
+        if out.keyframe and (w is None or w.timestamp != out.timestamp):
+            # H264 marks both the SPS/PPS aggregate and the IDR start: one frame, one count.
+            w = self._keyframe = _KeyframeWatch(out.timestamp, out.sequence_number)
+            self.stats.keyframes += 1
+            self.stats.last_keyframe_ms = now_ms
+        if w is None or w.timestamp != out.timestamp:
+            return
+        if _seq_newer(w.first, out.sequence_number):
+            return  # before the frame's first packet: another frame of the same timestamp
+        if w.add(out.sequence_number, out.marker):
+            self.stats.keyframes_whole += 1
+            self.stats.last_whole_keyframe_ms = now_ms
+            self._keyframe = None
 
     def skip_padding(self, rid: str, sequence_number: int) -> None:
         """A padding-only packet of ``rid`` (bandwidth probing): not forwarded, and the
@@ -390,13 +436,16 @@ class LayerForwarder:
         out_seq = (seq + (self._seq_offset if seq_offset is None else seq_offset)) % _SEQ
         out_ts = (ts + self._ts_offset) % _TS
         if self.codec.upper() == "VP8":
-            payload = self._rewrite_vp8(payload)
+            # A late packet (its own mapping given) must not move the last ids back: the next
+            # switch continues from them, and a keyframe reusing a picture id the subscriber
+            # already decoded is dropped by its frame buffer.
+            payload = self._rewrite_vp8(payload, advance=seq_offset is None)
         self._sent[out_seq] = (rid, seq)
         while len(self._sent) > _NACK_MEMORY:
             self._sent.popitem(last=False)
         return Forwarded(out_seq, out_ts, marker, payload, keyframe, switched)
 
-    def _rewrite_vp8(self, payload: bytes) -> bytes:
+    def _rewrite_vp8(self, payload: bytes, advance: bool = True) -> bytes:
         d = parse_vp8_descriptor(payload)
         if d is None:
             return payload
@@ -405,13 +454,16 @@ class LayerForwarder:
         if d.picture_id is not None:
             mod = 1 << d.picture_id_bits
             pid = (d.picture_id + v.picture_id_offset) % mod
-            v.last_picture_id = pid
+            if advance:
+                v.last_picture_id = pid
         if d.tl0picidx is not None:
             tl0 = (d.tl0picidx + v.tl0_offset) % 256
-            v.last_tl0 = tl0
+            if advance:
+                v.last_tl0 = tl0
         if d.keyidx is not None:
             key = (d.keyidx + v.keyidx_offset) % 32
-            v.last_keyidx = key
+            if advance:
+                v.last_keyidx = key
         return rewrite_vp8_descriptor(payload, d, pid, tl0, key)
 
     def source_of(self, out_seq: int) -> tuple[str, int] | None:

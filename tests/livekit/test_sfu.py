@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import socket
 from dataclasses import dataclass
 
 import pytest
@@ -283,3 +284,84 @@ def test_the_answer_accepts_the_offered_simulcast() -> None:
     again = sections_by_mid(twice)["1"]
     assert again.attr("extmap").count(exts[-1]) == 1
     assert again.attr("rid") == ["q recv", "h recv", "f recv"]
+
+
+def test_a_late_packet_does_not_move_the_picture_id_back_for_the_next_switch() -> None:
+    """A repaired packet of an older frame arrives after newer frames: the next layer's keyframe
+    still gets a picture id and TL0PICIDX past every one sent (Chromium's frame buffer drops a
+    frame whose id it has decoded past, and LiveKit's VP8 munger continues from the highest)."""
+    src = layers(21)
+    fwd = LayerForwarder("VP8")
+    fwd.set_target("q")
+    first = src["q"].frame(True)
+    for pkt in first[:2]:
+        fwd.forward(*pkt, now_ms=0)
+    sent = []
+    for n in range(3):  # newer frames, before the late packet comes
+        for pkt in src["q"].frame(False):
+            out = fwd.forward(*pkt, now_ms=40 * (n + 1))
+            assert out is not None
+            sent.append(parse_vp8_descriptor(out.payload))
+    late = fwd.forward(*first[2], now_ms=150)
+    assert late is not None, "a late packet of the current layer is forwarded"
+    fwd.set_target("h")
+    key = None
+    for pkt in src["h"].frame(True):
+        key = key or fwd.forward(*pkt, now_ms=160)
+    assert key is not None and key.switched
+    d = parse_vp8_descriptor(key.payload)
+    assert d is not None and sent[-1] is not None
+    assert d.picture_id == (sent[-1].picture_id + 1) % 32768  # type: ignore[operator]
+    assert d.tl0picidx == (sent[-1].tl0picidx + 1) % 256  # type: ignore[operator]
+
+
+def test_keyframes_forwarded_whole_are_counted() -> None:
+    """The diagnostics a stuck subscriber is judged by: a keyframe counts as whole once every
+    packet from its first to its marker went out, late ones included."""
+    src = layers(22)
+    fwd = LayerForwarder("VP8")
+    fwd.set_target("q")
+    key = src["q"].frame(True, packets=4)
+    for i in (0, 1, 3):  # packet 2 lost on the way in
+        fwd.forward(*key[i], now_ms=0)
+    assert (fwd.stats.keyframes, fwd.stats.keyframes_whole) == (1, 0)
+    for pkt in src["q"].frame(False):
+        fwd.forward(*pkt, now_ms=40)
+    assert fwd.stats.keyframes_whole == 0
+    fwd.forward(*key[2], now_ms=60)  # the publisher's retransmission
+    assert (fwd.stats.keyframes, fwd.stats.keyframes_whole) == (1, 1)
+    assert fwd.stats.last_whole_keyframe_ms == 60
+    for pkt in src["q"].frame(True):
+        fwd.forward(*pkt, now_ms=80)
+    assert (fwd.stats.keyframes, fwd.stats.keyframes_whole) == (2, 2)
+
+
+def _rmem_max() -> int:
+    with open("/proc/sys/net/core/rmem_max") as f:
+        return int(f.read())
+
+
+async def test_a_publisher_connection_gets_a_wide_receive_buffer() -> None:
+    """The publisher's ICE sockets (a real aiortc connection, gathered on loopback) are widened
+    past the kernel's default so a briefly starved loop does not lose the padding-heavy stream."""
+    from aiortc import RTCPeerConnection
+
+    from bridge.sim.livekit_forward import RECV_BUFFER_BYTES, widen_receive_buffers
+
+    pc = RTCPeerConnection()
+    try:
+        pc.addTransceiver("video", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        dtls = pc.getTransceivers()[0].receiver.transport
+        default = min(
+            s.transport.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            for s in dtls.transport._connection._protocols
+        )
+        granted = widen_receive_buffers(dtls)
+        assert granted, "the gathered sockets were found"
+        # Linux reports twice what was set; without privilege it stops at net.core.rmem_max.
+        cap = _rmem_max()
+        assert all(g >= min(RECV_BUFFER_BYTES, cap) for g in granted), (granted, cap)
+        assert all(g >= default for g in granted)
+    finally:
+        await pc.close()

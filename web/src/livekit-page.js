@@ -155,6 +155,14 @@ window.lkPage = {
             packets: s.packetsReceived ?? s.packetsSent ?? 0,
             framesDecoded: s.framesDecoded,
             size: [s.frameWidth, s.frameHeight],
+            // The receiver's own repair: what it lost, asked again, and keyframes it asked for.
+            lost: s.packetsLost,
+            nacks: s.nackCount,
+            plis: s.pliCount,
+            firs: s.firCount,
+            framesReceived: s.framesReceived,
+            framesDropped: s.framesDropped,
+            keyFramesDecoded: s.keyFramesDecoded,
           });
         } else if (s.type === 'transport') {
           rows.push({ type: s.type, dtlsState: s.dtlsState, bytesReceived: s.bytesReceived });
