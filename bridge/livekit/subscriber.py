@@ -52,7 +52,7 @@ from livekit.protocol import models as lkm
 from livekit.protocol import rtc as lkr
 from prometheus_client import Counter
 
-from bridge import dtls_guard, metrics
+from bridge import dtls_guard, metrics, negotiation_guard
 from bridge.config import LiveAvatarConfig, setting_default
 from bridge.errors import BridgeError, ErrorCode
 from bridge.relay.policy import LayerAsk
@@ -288,6 +288,7 @@ class LiveKitSubscriber:
 
     def _new_pc(self) -> RTCPeerConnection:
         dtls_guard.install()
+        negotiation_guard.install()
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self._handed.clear()
         self._tracks_ready.clear()

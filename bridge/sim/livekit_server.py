@@ -70,6 +70,7 @@ from livekit.protocol import rtc as lkr
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge
 
+from bridge import negotiation_guard
 from bridge.sim import marks
 from bridge.sim.livekit_forward import (
     ForwardSink,
@@ -1221,6 +1222,8 @@ class LiveKitStandIn:
     # -- WebRTC ----------------------------------------------------------------------------------
 
     def _new_pc(self, p: _Participant, name: str) -> RTCPeerConnection:
+        # Like LiveKit's SFU (pion): a track negotiated mid-handshake must still flow.
+        negotiation_guard.install()
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
 
         @pc.on("connectionstatechange")

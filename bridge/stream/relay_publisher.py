@@ -45,7 +45,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from google.protobuf.message import DecodeError
 from prometheus_client import Counter
 
-from bridge import dtls_guard
+from bridge import dtls_guard, negotiation_guard
 from bridge.errors import BridgeError, ErrorCode
 from bridge.stages import EventSink, FailureCallback
 from bridge.stream.join import StreamJoinOptions
@@ -373,6 +373,7 @@ class StreamRelayPublisher:
 
         self._pc_settled.clear()
         dtls_guard.install()
+        negotiation_guard.install()
         pc = self._pc = RTCPeerConnection(RTCConfiguration(iceServers=self._ice_servers))
         pc.on("connectionstatechange", self._on_pc_state)
         audio_track = audio_source or _IdleTrack("audio")

@@ -180,10 +180,14 @@ async def test_two_calls_at_once_are_measured_apart(standin: StreamStandIn) -> N
     pub_a = make_publisher(standin, rec_a, "call-a", width=640, height=360)
     pub_b = make_publisher(standin, rec_b, "call-b", width=320, height=180, user_id="bridge-b")
     await asyncio.gather(pub_a.start(), pub_b.start())
-    await asyncio.gather(drive(pub_a, seconds=1.5), drive(pub_b, seconds=1.5, w=320, h=180))
-    assert await wait_for(
-        lambda: frames(standin, "call-b") >= 30 and frames(standin, "call-a") >= 30
+    sent = await asyncio.gather(drive(pub_a, seconds=1.5), drive(pub_b, seconds=1.5, w=320, h=180))
+    # Each call's own figures need some of its frames, not all: two encoders on a loaded CI
+    # machine drop frames (a full-suite run got fewer than 30 of 45 to one call within 5 s).
+    # What must hold is that both calls got video and each is measured on its own.
+    arrived = await wait_for(
+        lambda: frames(standin, "call-b") >= 10 and frames(standin, "call-a") >= 10, within_s=20
     )
+    assert arrived, (sent, frames(standin, "call-a"), frames(standin, "call-b"))
     a, b = standin.stats("default", "call-a"), standin.stats("default", "call-b")
     assert (a["video"]["resolution"], b["video"]["resolution"]) == ("640x360", "320x180")
     assert [p["user_id"] for p in a["participants"]] == ["avatar-bridge"]

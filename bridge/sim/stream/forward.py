@@ -72,6 +72,8 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpParameters
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtp import HeaderExtensionsMap, RtcpSrPacket, RtpPacket, unwrap_rtx, wrap_rtx
 
+from bridge import negotiation_guard
+
 log = structlog.get_logger(__name__)
 
 _HISTORY = 512  # forwarded packets kept per subscriber track, to answer NACKs
@@ -362,6 +364,7 @@ class Subscriber:
         self._send_offer = send_offer
         self._add_candidate = add_candidate
         self._spawn = spawn
+        negotiation_guard.install()  # tracks are added to a subscriber mid-handshake
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.sinks: dict[TrackKey, ForwardSink] = {}
         self._transceivers: dict[TrackKey, RTCRtpTransceiver] = {}

@@ -48,6 +48,7 @@ from google.protobuf.message_factory import GetMessageClass
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge
 
+from bridge import negotiation_guard
 from bridge.sim.stream.coordinator_models import BUILTIN_CALL_TYPES, get_or_create_call_response
 from bridge.sim.stream.forward import (
     ForwardFaults,
@@ -1085,6 +1086,8 @@ class StreamStandIn:
         return sig.SetPublisherResponse(sdp=answer, session_id=req.session_id)
 
     def _new_publisher_pc(self, session: _Session) -> RTCPeerConnection:
+        # Like Stream's SFU: video added after audio, maybe mid-handshake, is still received.
+        negotiation_guard.install()
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
 
         def sdp_of(which: str) -> Callable[[], str | None]:
