@@ -155,7 +155,7 @@ async def test_sfu_websocket_drop_is_survived(standin: StreamStandIn) -> None:
     stats = standin.stats("default", "drop-call")
     assert stats["sfu_connects"] >= 2  # the SDK opened a new SFU WebSocket
     assert stats["video"]["frames"] >= before + 40, stats  # and frames kept arriving
-    assert stats["marks"]["in_order"], stats
+    assert stats["marks"]["in_order"], (stats["marks"], stats["video"])
     assert [p["user_id"] for p in stats["participants"]] == ["avatar-bridge"]
     assert rec.failures == []
     await pub.aclose()

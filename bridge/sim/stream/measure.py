@@ -143,6 +143,7 @@ class CallMeasure:
         # frames completed by the receiver's jitter buffer (what the network delivered).
         self.decoded = FrameGaps()
         self.assembled = FrameGaps()
+        self.withheld = 0
         self.marks_read = 0
         self.first_mark: int | None = None
         self.last_mark: int | None = None
@@ -198,6 +199,11 @@ class CallMeasure:
         self.last_frame_t = t
         if y is not None:
             self._on_marks(self._read_marks(y), t)
+
+    def on_video_withheld(self) -> None:
+        """A completed frame not decoded: it follows a break the receiver could not repair and
+        predicts from a missing picture (``rtp_taps.DecodableGate``)."""
+        self.withheld += 1
 
     def on_video_assembled(self, t: float | None = None) -> None:
         """One encoded frame completed by the receiver's jitter buffer, handed to its decoder."""
@@ -374,6 +380,8 @@ class CallMeasure:
             # The same gaps at the jitter buffer's output: a freeze here was delivered late by
             # the network or the sender; one only in the decoded figures is this receiver's CPU.
             "assembled": self.assembled.snapshot(),
+            # Frames after an unrepaired break, held back until a keyframe as a viewer does.
+            "withheld_until_keyframe": self.withheld,
         }
         if self.first_frame_t is not None and self.last_frame_t is not None and self.frames > 1:
             span = self.last_frame_t - self.first_frame_t

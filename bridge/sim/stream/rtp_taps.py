@@ -676,3 +676,85 @@ def install_assembly_tap(receiver: RTCRtpReceiver, on_frame: Callable[[float], N
         put(item, *args, **kwargs)
 
     decoder_queue.put = put_and_time
+
+
+# ---- decodability --------------------------------------------------------------------------------
+
+_JITTER_BUFFER_ATTR = "_RTCRtpReceiver__jitter_buffer"
+_KEYFRAMES_KEPT = 64  # RTP timestamps of recent keyframe starts; a handful are ever pending
+
+
+class DecodableGate:
+    """After a break in the video, only a keyframe may be decoded again: sans-I/O.
+
+    aiortc's jitter buffer, when a gap is never repaired, skips the incomplete frames (its buffer
+    full, or a packet too far out of order) and hands the decoder the next frames, which predict
+    from a picture the decoder never had; libvpx decodes them without an error into corrupt
+    pictures, until the keyframe its PLI asked for arrives. A viewer's libwebrtc does not: its
+    frame buffer holds back frames whose references are missing and decodes again from the
+    keyframe. The gate gives the stand-in's receiver that rule, so what it measures (marks,
+    sizes, sync) is what a viewer could show, not misread corrupt pictures.
+    """
+
+    def __init__(self) -> None:
+        self.waiting = False
+        self.withheld = 0
+        self._keyframes: deque[int] = deque(maxlen=_KEYFRAMES_KEPT)
+
+    def on_packet(self, timestamp: int, keyframe_start: bool) -> None:
+        if keyframe_start and timestamp not in self._keyframes:
+            self._keyframes.append(timestamp)
+
+    def on_break(self) -> None:
+        """The jitter buffer dropped frames it could not complete."""
+        self.waiting = True
+
+    def admit(self, timestamp: int) -> bool:
+        """Whether a completed frame (by its RTP timestamp) goes to the decoder."""
+        if self.waiting and timestamp in self._keyframes:
+            self.waiting = False
+        if self.waiting:
+            self.withheld += 1
+        return not self.waiting
+
+
+def install_keyframe_gate(
+    receiver: RTCRtpReceiver, gate: DecodableGate, on_withheld: Callable[[], None]
+) -> None:
+    """Put ``gate`` between the receiver's jitter buffer and its decoder (a video receiver);
+    ``on_withheld()`` for each frame it holds back.
+
+    aiortc reports a break by asking for a keyframe (the ``pli_flag`` of ``JitterBuffer.add``);
+    frames of codecs without a keyframe detector pass ungated."""
+    _check_hook(receiver)
+    jitter = getattr(receiver, _JITTER_BUFFER_ATTR, None)
+    if jitter is None or not callable(getattr(jitter, "add", None)):
+        raise RuntimeError(
+            f"aiortc moved RTCRtpReceiver.{_JITTER_BUFFER_ATTR}: the stand-in's decodable gate "
+            "needs updating for this aiortc version"
+        )
+    gate_jitter_buffer(jitter, getattr(receiver, _CODECS_ATTR), gate, on_withheld)
+
+
+def gate_jitter_buffer(
+    jitter: Any, codecs: dict[int, Any], gate: DecodableGate, on_withheld: Callable[[], None]
+) -> None:
+    """Wrap an aiortc ``JitterBuffer``'s ``add`` with ``gate`` (``codecs``: payload type ->
+    codec parameters, to find the keyframe detector)."""
+    add = jitter.add
+
+    def gated_add(packet: RtpPacket) -> tuple[bool, Any]:
+        codec = codecs.get(packet.payload_type)
+        detector = _KEYFRAME_DETECTORS.get(codec.name) if codec is not None else None
+        if detector is None:
+            return add(packet)  # type: ignore[no-any-return]
+        gate.on_packet(packet.timestamp, detector(packet.payload))
+        pli, frame = add(packet)
+        if pli:
+            gate.on_break()
+        if frame is not None and not gate.admit(frame.timestamp):
+            on_withheld()
+            frame = None
+        return pli, frame
+
+    jitter.add = gated_add

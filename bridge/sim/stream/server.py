@@ -61,6 +61,7 @@ from bridge.sim.stream.measure import CallMeasure, MarkReader, OnsetDetectorFact
 from bridge.sim.stream.recorder import Mp4Recorder
 from bridge.sim.stream.rtp_taps import (
     ArrivalTimes,
+    DecodableGate,
     FaultCounts,
     LightCounter,
     MediaSsrc,
@@ -70,6 +71,7 @@ from bridge.sim.stream.rtp_taps import (
     install_arrival_tap,
     install_assembly_tap,
     install_faults,
+    install_keyframe_gate,
     install_light,
     install_ssrc_tap,
     install_wire_tap,
@@ -1131,6 +1133,10 @@ class StreamStandIn:
                 elif not light:
                     install_ssrc_tap(receiver, seen)
                     install_assembly_tap(receiver, call.measure.on_video_assembled)
+                    # Inside the assembly tap: a withheld frame is not handed to the decoder.
+                    install_keyframe_gate(
+                        receiver, DecodableGate(), lambda: call.measure.on_video_withheld()
+                    )
                 # Faults wrap whatever handles the packets, so a decoded call NACKs the gaps.
                 install_faults(
                     receiver, track.kind, lambda: call.faults, call.fault_counts, self._spawn
