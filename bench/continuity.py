@@ -423,3 +423,68 @@ def skew_after_switches(timed: list[tuple[float, float]], switches: list[float])
         "all_after_switches": driver.skew_stats(after),
         "before_first_switch": driver.skew_stats([sk for ft, sk in timed if ft < first]),
     }
+
+
+def markdown_lines(continuity: dict[str, Any]) -> list[str]:
+    """The handover section of docs/performance.md (issue 17, part 2), from ``handover_<path>``."""
+    paths = [
+        p for p in ("relay", "transcode") if "handovers" in continuity.get(f"handover_{p}", {})
+    ]
+    if not paths:
+        return []
+
+    def f(v: Any) -> str:
+        return "–" if v is None else f"{v:.1f}" if isinstance(v, float) else str(v)
+
+    def row(title: str, get: Any) -> str:
+        return (
+            f"| {title} | " + " | ".join(f(get(continuity[f"handover_{p}"])) for p in paths) + " |"
+        )
+
+    def beeps(h: dict[str, Any], key: str) -> Any:
+        return (h.get("beeps") or {}).get(key)
+
+    def skew(h: dict[str, Any], part: str, q: str) -> Any:
+        return ((h.get("skew_after_switch_ms") or {}).get(part) or {}).get(q)
+
+    first = continuity[f"handover_{paths[0]}"]
+    return [
+        "## Continuity: handover (issue 17, part 2)",
+        "",
+        f"One {first.get('call_s'):g} s call per path across a {first.get('cap_s')} s cap "
+        f"(planned switches {first.get('margin_s')} s before it, from a warm pool) and one "
+        "injected provider drop, the client speaking in turns of coded beeps; everything "
+        "measured at the Stream stand-in's receiver (`bench/continuity.py`):",
+        "",
+        "| measure | " + " | ".join(paths) + " |",
+        "|---|" + "---|" * len(paths),
+        row("switches (planned + the drop)", lambda h: h.get("handovers")),
+        row(
+            "planned picture gap p50 / max ms (goal <= 100)",
+            lambda h: f"{f(h['switch_gap_ms'].get('p50'))} / {f(h['switch_gap_ms'].get('max'))}",
+        ),
+        row(
+            "drop -> recovered s (goal <= 2)",
+            lambda h: None if h.get("recovery_s") is None else f"{h['recovery_s']:.3f}",
+        ),
+        row("audio packets lost on the wire, ms", lambda h: h.get("audio_lost_ms")),
+        row("beeps heard once / sent", lambda h: f"{beeps(h, 'heard_once')} / {beeps(h, 'sent')}"),
+        row("beeps lost", lambda h: beeps(h, "lost")),
+        row("beeps heard twice (a word re-spoken)", lambda h: beeps(h, "heard_twice_or_more")),
+        row("participants seen in the call", lambda h: h.get("participants_seen")),
+        row(
+            "skew p95 / p99 of magnitude ms, 10 s after switches (goal 20 / 40)",
+            lambda h: (
+                f"{f(skew(h, 'all_after_switches', 'p95'))} / "
+                f"{f(skew(h, 'all_after_switches', 'p99'))}"
+            ),
+        ),
+        row(
+            "skew p95 / p99 of magnitude ms, before the first switch",
+            lambda h: (
+                f"{f(skew(h, 'before_first_switch', 'p95'))} / "
+                f"{f(skew(h, 'before_first_switch', 'p99'))}"
+            ),
+        ),
+        "",
+    ]

@@ -386,6 +386,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{_f((st.get('loop_lag_ms') or {}).get('p99'))} | {_f(st.get('rss_mb'))} |"
             )
         lines.append("")
+    lines += _handover_lines(sc.get("continuity", {}))
     lines += _latency_lines(sc.get("continuity", {}))
     lines += _viewer_lines(sc.get("viewer", {}))
     goals = results.get("goals", [])
@@ -462,6 +463,12 @@ def _viewer_lines(viewer: dict[str, Any]) -> list[str]:
 def write_markdown(results: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(markdown(results))
+
+
+def _handover_lines(continuity: dict[str, Any]) -> list[str]:
+    from bench import continuity as scenario  # the scenario's own rendering (issue 17, part 2)
+
+    return scenario.markdown_lines(continuity)
 
 
 def _latency_lines(continuity: dict[str, Any]) -> list[str]:

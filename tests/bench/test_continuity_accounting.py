@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from bench.continuity import beep_accounting, number_beeps, skew_after_switches
+from bench.continuity import beep_accounting, markdown_lines, number_beeps, skew_after_switches
 from bridge.sim import marks
 
 
@@ -52,3 +52,29 @@ def test_skew_is_reported_per_switch_until_the_next_one() -> None:
     assert [s["samples"] for s in out["per_switch"]] == [5, 10, 7]
     assert out["all_after_switches"]["samples"] == 22
     assert out["before_first_switch"]["samples"] == 10
+
+
+def test_the_handover_section_renders_each_path_and_skips_a_missing_one() -> None:
+    handover = {
+        "handovers": 4,
+        "call_s": 180.0,
+        "cap_s": 60,
+        "margin_s": 10,
+        "switch_gap_ms": {"p50": 17.2, "max": 26.7},
+        "recovery_s": 0.2134,
+        "audio_lost_ms": 0,
+        "participants_seen": 1,
+        "beeps": {"sent": 276, "heard_once": 275, "lost": 1, "heard_twice_or_more": 0},
+        "skew_after_switch_ms": {
+            "all_after_switches": {"p95": 28.4, "p99": 29.9},
+            "before_first_switch": {"p95": 32.8, "p99": 33.5},
+        },
+    }
+    lines = markdown_lines({"handover_relay": handover, "handover_transcode": {"error": "x"}})
+    table = [ln for ln in lines if ln.startswith("| ")]
+    assert table[0] == "| measure | relay |"
+    assert "| beeps heard once / sent | 275 / 276 |" in table
+    assert "| drop -> recovered s (goal <= 2) | 0.213 |" in table
+    # Every row has the header's number of cells: no stray pipe in a title.
+    assert {ln.count("|") for ln in table} == {3}
+    assert markdown_lines({}) == []
