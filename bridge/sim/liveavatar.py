@@ -346,7 +346,13 @@ class LiveAvatarStandIn:
 
     @staticmethod
     async def _json_body(request: web.Request) -> tuple[dict[str, Any] | None, web.Response | None]:
-        raw = await request.read()
+        try:
+            raw = await request.read()
+        except ConnectionResetError:
+            # The client left mid-request (a daemon stopped while its pool refilled): nothing was
+            # started, and the answer goes nowhere; not a server error.
+            log.info("liveavatar_client_gone", path=request.path)
+            return None, web.Response(status=400, text="client gone")
         if not raw.strip():
             return {}, None
         try:

@@ -8,9 +8,11 @@ import contextlib
 import json
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import numpy as np
+from prometheus_client import REGISTRY
 
 from bridge.sim.avatar import AvatarRenderer
 from bridge.sim.liveavatar import (
@@ -320,3 +322,39 @@ async def test_session_cap_ends_the_session(
             with contextlib.suppress(asyncio.CancelledError, ConnectionError, RuntimeError):
                 await sender
     assert standin.sessions[data["session_id"]].end_reason == "MAX_DURATION_REACHED"
+
+
+async def test_a_client_gone_mid_request_is_not_a_server_error(
+    standin: LiveAvatarStandIn, http: aiohttp.ClientSession, caplog: Any
+) -> None:
+    """A daemon stopped while its pool refills leaves mid-request: the stand-in answers it as a
+    bad request that goes nowhere (``liveavatar_client_gone``), starts nothing, logs no server
+    error (it used to log aiohttp's traceback at ERROR), and serves on."""
+
+    def answered_400() -> float:
+        labels = {"endpoint": "token", "status": "400"}
+        return REGISTRY.get_sample_value("sim_liveavatar_requests_total", labels) or 0.0
+
+    url = urlsplit(standin.base_url)
+    _, writer = await asyncio.open_connection(url.hostname, url.port)
+    writer.write(
+        b"POST /v1/sessions/token HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"X-API-KEY: {API_KEY}\r\nContent-Length: 400\r\n\r\n".encode()
+        + b'{"mode": "LITE"'
+    )
+    await writer.drain()
+    before, answered = standin.requests["token"], answered_400()
+    for _ in range(500):  # bounded: the handler is reading the body
+        if standin.requests["token"] > before:
+            break
+        await asyncio.sleep(0.01)
+    writer.close()
+    await writer.wait_closed()
+    for _ in range(500):  # bounded: the handler sees the reset
+        if answered_400() > answered:
+            break
+        await asyncio.sleep(0.01)
+    assert answered_400() == answered + 1
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert standin.sessions == {}
+    assert (await token(http, standin)) is not None  # and it serves the next client
