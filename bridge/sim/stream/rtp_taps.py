@@ -698,7 +698,6 @@ class DecodableGate:
 
     def __init__(self) -> None:
         self.waiting = False
-        self.withheld = 0
         self._keyframes: deque[int] = deque(maxlen=_KEYFRAMES_KEPT)
 
     def on_packet(self, timestamp: int, keyframe_start: bool) -> None:
@@ -713,12 +712,10 @@ class DecodableGate:
         """Whether a completed frame (by its RTP timestamp) goes to the decoder."""
         if self.waiting and timestamp in self._keyframes:
             self.waiting = False
-        if self.waiting:
-            self.withheld += 1
         return not self.waiting
 
 
-def install_keyframe_gate(
+def install_decodable_gate(
     receiver: RTCRtpReceiver, gate: DecodableGate, on_withheld: Callable[[], None]
 ) -> None:
     """Put ``gate`` between the receiver's jitter buffer and its decoder (a video receiver);

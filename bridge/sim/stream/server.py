@@ -70,8 +70,8 @@ from bridge.sim.stream.rtp_taps import (
     WireCodecs,
     install_arrival_tap,
     install_assembly_tap,
+    install_decodable_gate,
     install_faults,
-    install_keyframe_gate,
     install_light,
     install_ssrc_tap,
     install_wire_tap,
@@ -1134,7 +1134,7 @@ class StreamStandIn:
                     install_ssrc_tap(receiver, seen)
                     install_assembly_tap(receiver, call.measure.on_video_assembled)
                     # Inside the assembly tap: a withheld frame is not handed to the decoder.
-                    install_keyframe_gate(
+                    install_decodable_gate(
                         receiver, DecodableGate(), lambda: call.measure.on_video_withheld()
                     )
                 # Faults wrap whatever handles the packets, so a decoded call NACKs the gaps.
