@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import signal
 from pathlib import Path
 
@@ -213,9 +214,17 @@ async def test_ws_drop_mid_turn_reconnects_and_every_byte_is_rendered(
     assert la.sessions[s.la_session_id].ws_connections == 2
     # Nothing lost and nothing doubled: the renderer got exactly the turn's bytes ...
     assert rendered_bytes(la, s.la_session_id) == len(beeps)
-    # ... and the viewer heard every beep.
+    # ... and the viewer heard every beep. A client streaming in real time keeps the avatar
+    # only a few hundred ms ahead, so a reconnect slower than that (a loaded machine) leaves
+    # the avatar's buffer dry: the stand-in counts the underrun, and where its silence falls
+    # inside a 100 ms beep, that beep is heard as two onsets (stop 28's CI: 9 of 8). So each
+    # underrun allows one extra onset, and none may be missing.
     audio = sim.stream.stats("default", "ws-drop")["audio"]
-    assert audio["onsets"] == 8, audio
+    playback = la.playback_stats(s.la_session_id)
+    heard = list(sim.stream.measure("default", "ws-drop").onset_times)
+    spacing_ms = [round(1000 * (b - a)) for a, b in itertools.pairwise(heard)]
+    why = f"{audio}; onset spacing {spacing_ms} ms (500 sent); avatar playback {playback}"
+    assert 8 <= audio["onsets"] <= 8 + playback["underruns"], why
     assert s.errors == []
     await s.close()
     await no_live_sessions(la)
