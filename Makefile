@@ -39,8 +39,13 @@ demo: $(STAMP) web
 
 # Tests run inside a private network namespace (bridge/sim/netns.py): WebRTC needs a
 # non-loopback interface, and the namespace keeps every packet on this machine.
+# Two pytest-xdist workers share it (every listener takes an ephemeral port): most of the suite's
+# time is real-time media waiting on the clock, not CPU, and the tests must pass on a loaded
+# 2-core machine anyway. worksteal: the minute-long calls do not leave one worker idle at the end.
+# PYTEST_WORKERS="-p no:xdist" runs them one at a time.
+PYTEST_WORKERS ?= -n 2 --dist worksteal
 test: $(STAMP) web
-	$(BIN)/python -m bridge.sim.netns -- $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m bridge.sim.netns -- $(BIN)/python -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check bridge tests bench deploy/check
