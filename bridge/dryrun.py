@@ -54,6 +54,10 @@ class DryRunUplink:
     def buffered_ms(self) -> float:
         return self._queued_s * 1000.0
 
+    @property
+    def healthy(self) -> bool:
+        return self._task is not None and not self._task.done()
+
     async def send_audio(self, chunk: AudioChunk) -> None:
         async with self._changed:
             # Block the producer (and so the client's socket) while the queue is full.

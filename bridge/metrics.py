@@ -61,3 +61,9 @@ HANDOVERS = Counter(
     "Avatar handovers (a new LiveAvatar session under a running call), by reason and outcome.",
     ["reason", "outcome"],
 )
+AVATAR_LOST_AGAIN = Counter(
+    "bridge_avatar_lost_again_total",
+    "Replacement avatars lost while a recovery brought them up (during=start) or as they took "
+    "over (during=switch), each replaced in turn within the session's recovery budget.",
+    ["during"],
+)

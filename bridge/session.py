@@ -472,16 +472,32 @@ class Session:
         return True
 
     async def _recover(self, path: AvatarSwitch, plan: Handover, err: BridgeError) -> None:
+        """Replace the lost avatar; and the next one too when it is lost as it comes up (its
+        start or room fails) or as it takes over. A loss reported while this runs is taken for
+        the old avatar's last report (see _replace_lost_avatar), so after the switch the new
+        uplink's own health says which it was. Within MAX_RECOVERIES, then the session fails."""
         try:
-            async with self._switching:
-                if not self._avatar_lost:
-                    return  # a planned switch that was under way has replaced it already
-                ok = await self._handover(path, plan, "lost")
+            while True:
+                async with self._switching:
+                    if not self._avatar_lost:
+                        return  # a planned switch that was under way has replaced it already
+                    ok = await self._handover(path, plan, "lost")
+                if ok and self.uplink.healthy:
+                    return
+                if self._recoveries >= MAX_RECOVERIES:
+                    break
+                self._recoveries += 1
+                self._avatar_lost = True
+                during = "switch" if ok else "start"
+                self._log.warning("avatar_lost_again", during=during, attempt=self._recoveries)
+                metrics.AVATAR_LOST_AGAIN.labels(during=during).inc()
+                if ok:
+                    self._hold_marks()  # the new avatar's playback is gone with it
+                else:
+                    await asyncio.sleep(plan.retry_s)
         except Exception:
             self._log.exception("avatar_recovery_crashed")
-            ok = False
-        if not ok:
-            self._fail_now(err)
+        self._fail_now(err)
 
     def _hold_marks(self) -> None:
         """The avatar is lost: the marks timed from its playback wait for the next one."""

@@ -61,6 +61,11 @@ class AvatarUplink(Protocol):
         """Audio accepted but not yet sent up, for the client's credit events."""
         ...
 
+    @property
+    def healthy(self) -> bool:
+        """Started and neither failed nor closing: its avatar is there to speak."""
+        ...
+
     async def aclose(self, reason: str = "USER_CLOSED") -> None:
         """Close the WebSocket and stop the paid session. Idempotent, never raises."""
         ...
