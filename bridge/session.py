@@ -476,6 +476,7 @@ class Session:
         start or room fails) or as it takes over. A loss reported while this runs is taken for
         the old avatar's last report (see _replace_lost_avatar), so after the switch the new
         uplink's own health says which it was. Within MAX_RECOVERIES, then the session fails."""
+        failed_starts = 0
         try:
             while True:
                 async with self._switching:
@@ -494,7 +495,11 @@ class Session:
                 if ok:
                     self._hold_marks()  # the new avatar's playback is gone with it
                 else:
-                    await asyncio.sleep(plan.retry_s)
+                    # The call has no avatar: the first retry at once (that avatar failed, not
+                    # necessarily the service), later ones after plan.retry_s.
+                    failed_starts += 1
+                    if failed_starts > 1:
+                        await asyncio.sleep(plan.retry_s)
         except Exception:
             self._log.exception("avatar_recovery_crashed")
         self._fail_now(err)
