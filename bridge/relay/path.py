@@ -383,6 +383,7 @@ class PreparedRelay:
     keyframe: asyncio.Event = field(default_factory=asyncio.Event)
     switch_asked: bool = False  # switch at its next keyframe
     committed: bool = False  # its receivers are the relay's upstream
+    swapped: asyncio.Event = field(default_factory=asyncio.Event)  # set with ``committed``
     # The switch's timing (monotonic s): committed (keyframe asked), the switching keyframe's
     # first packet in; for the gap's breakdown (relay_avatar_switched).
     commit_t: float = 0.0
@@ -924,6 +925,7 @@ class RelayPath:
         self._subscriber = prepared.subscriber
         self._receiver_taps = dict(prepared.taps)
         prepared.committed = True
+        prepared.swapped.set()
         self._prepared = None
         for fwd in self._fwd.values():
             fwd.mark_switch()
@@ -937,9 +939,8 @@ class RelayPath:
         that their leaving is not taken for a failure)."""
         prepared, self._switching = self._switching, None
         if prepared is not None and not prepared.committed:
-            deadline = time.monotonic() + _SWITCH_WAIT_S
-            while not prepared.committed and time.monotonic() < deadline:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)  # bounded: a keyframe is a PLI round trip away
+            with contextlib.suppress(TimeoutError):  # a keyframe is a PLI round trip away
+                await asyncio.wait_for(prepared.swapped.wait(), _SWITCH_WAIT_S)
             if not prepared.committed:
                 log.info("relay_handover_no_keyframe_yet", waited_s=_SWITCH_WAIT_S)
                 self._swap(prepared, at_keyframe=False)
