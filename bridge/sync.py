@@ -423,17 +423,18 @@ class SyncStage:
             metrics.QUEUE_DEPTH.labels(stage="sync_audio_ms").set(self.audio.queued_s * 1000)
             if not taken.chunks:
                 continue
-            for chunk in taken.chunks:
-                self._track_silence(chunk)
+            peaks = [_peak(chunk) for chunk in taken.chunks]  # one pass over the samples
+            for chunk, peak in zip(taken.chunks, peaks, strict=True):
+                self._track_silence(chunk, loud=peak > SILENCE_PEAK)
             batch = _joined(taken.chunks)
             await self._publisher.write_audio(batch)
             self.pacer.wrote(batch.duration_s, time.monotonic_ns())
             self.audio_written_s += batch.duration_s
-            for chunk in taken.chunks:
-                self._onset_out.feed(_peak(chunk) >= PCM_LOUD_PEAK)
+            for peak in peaks:
+                self._onset_out.feed(peak >= PCM_LOUD_PEAK)
 
-    def _track_silence(self, chunk: AudioChunk) -> None:
-        if is_loud(chunk):
+    def _track_silence(self, chunk: AudioChunk, *, loud: bool) -> None:
+        if loud:
             self._silent_s = 0.0
             self._flushed_this_silence = False
             return
