@@ -485,8 +485,8 @@ class Session:
                     ok = await self._handover(path, plan, "lost")
                 if ok and self.uplink.healthy:
                     return
-                if self._recoveries >= MAX_RECOVERIES:
-                    break
+                if self._recoveries >= MAX_RECOVERIES or self._is_draining():
+                    break  # draining: no new paid avatar for the drain to cut off
                 self._recoveries += 1
                 self._avatar_lost = True
                 during = "switch" if ok else "start"
