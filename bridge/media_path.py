@@ -143,6 +143,11 @@ class AvatarSwitch(Protocol):
     @property
     def can_switch(self) -> bool: ...
 
+    @property
+    def avatar_alive(self) -> bool:
+        """The current avatar's room has not failed (its loss may not be reported yet)."""
+        ...
+
     async def prepare_avatar(
         self, room: AvatarRoom, timeout_s: float, warm: WarmRoom | None = None
     ) -> Any:

@@ -483,7 +483,7 @@ class Session:
                     if not self._avatar_lost:
                         return  # a planned switch that was under way has replaced it already
                     ok = await self._handover(path, plan, "lost")
-                if ok and self.uplink.healthy:
+                if ok and self.uplink.healthy and path.avatar_alive:
                     return
                 if self._recoveries >= MAX_RECOVERIES or self._is_draining():
                     break  # draining: no new paid avatar for the drain to cut off
@@ -618,8 +618,8 @@ class Session:
             await asyncio.shield(old.aclose("USER_CLOSED"))
         gap_ms = gap()
         for _ in range(100):  # its first frame through the gate: a frame interval or so
-            if gap_ms is not None:
-                break
+            if gap_ms is not None or not (new.healthy and path.avatar_alive):
+                break  # measured, or the new avatar is gone too (_recover replaces it)
             await asyncio.sleep(0.02)
             gap_ms = gap()
         metrics.HANDOVERS.labels(reason=reason, outcome="switched").inc()

@@ -101,6 +101,11 @@ class AvatarDownlink(Protocol):
 
     async def start(self, room: AvatarRoom, sink: MediaSink) -> None: ...
 
+    @property
+    def failed(self) -> bool:
+        """The room failed for good (reported through the failure callback)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

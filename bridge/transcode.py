@@ -190,6 +190,10 @@ class TranscodePath:
     def can_switch(self) -> bool:
         return self._new_downlink is not None and not self._closed
 
+    @property
+    def avatar_alive(self) -> bool:
+        return not self.downlink.failed
+
     async def prepare_avatar(
         self, room: AvatarRoom, timeout_s: float, warm: WarmRoom | None = None
     ) -> PreparedAvatar:

@@ -238,6 +238,11 @@ class LiveKitDownlink:
 
     # -- SDK callbacks (run on the SDK's room task, must not block) ------------------------------
 
+    @property
+    def failed(self) -> bool:
+        """The room failed for good (reported through ``on_failure``)."""
+        return self._failed
+
     def _avatar(self) -> rtc.RemoteParticipant | None:
         if self._room is None:
             return None

@@ -207,6 +207,11 @@ class LiveKitSubscriber:
     def receivers(self) -> dict[str, RTCRtpReceiver]:
         return dict(self._handed)
 
+    @property
+    def failed(self) -> bool:
+        """The room failed for good (reported through ``on_failure``)."""
+        return self._failed
+
     # -- join / resume ---------------------------------------------------------------------------
 
     async def _join(self, *, resume: bool) -> None:

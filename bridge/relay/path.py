@@ -755,6 +755,10 @@ class RelayPath:
     def can_switch(self) -> bool:
         return self._subscriber is not None and not self._closed.is_set()
 
+    @property
+    def avatar_alive(self) -> bool:
+        return self._subscriber is not None and not self._subscriber.failed
+
     async def prepare_avatar(
         self, room: AvatarRoom, timeout_s: float, warm: WarmRoom | None = None
     ) -> PreparedRelay:

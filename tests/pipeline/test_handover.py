@@ -215,7 +215,8 @@ async def test_a_turn_lost_mid_way_is_finished_by_the_next_avatar(
 async def _replacement(sim: StandIns, known: set[str], when: str) -> str:
     """The session the daemon starts next (not in ``known``), dropped by the provider as soon
     as it started (``start``) or at its first ``agent.speak``, the audio a recovery's switch
-    hands it (``switch``)."""
+    hands it (``switch``); or at that moment only its LiveKit room closes (``room``: the
+    LiveAvatar session and its WebSocket stay up)."""
     la = sim.liveavatar
     async with asyncio.timeout(20):
         while True:
@@ -227,12 +228,16 @@ async def _replacement(sim: StandIns, known: set[str], when: str) -> str:
                 and (when == "start" or any(m.get("type") == "agent.speak" for m in s.messages))
             ]
             if ready:
-                await la.drop(ready[0].session_id)
-                return ready[0].session_id
+                sid = ready[0].session_id
+                if when == "room":
+                    await sim.livekit.close_room(f"la-{sid}")
+                else:
+                    await la.drop(sid)
+                return sid
             await asyncio.sleep(0.005)
 
 
-@pytest.mark.parametrize("when", ["start", "switch"])
+@pytest.mark.parametrize("when", ["start", "switch", "room"])
 async def test_a_replacement_lost_in_its_turn_is_replaced_too(
     capped: StandIns, tmp_path: Path, when: str
 ) -> None:
@@ -240,8 +245,9 @@ async def test_a_replacement_lost_in_its_turn_is_replaced_too(
     (the recovery's switch to it fails, or lands on a dead avatar), or at its first
     ``agent.speak``, as the switch hands it the turn's rest (its loss is then reported while the
     recovery still runs, when a report reads like the lost avatar's last one: it was ignored, and
-    the call went on with a dead avatar). A third avatar finishes the turn: no error, one
-    participant, every beep of the turn played once by the avatars together."""
+    the call went on with a dead avatar), or only its room closes then. A third avatar finishes
+    the turn: no error, one participant, every beep of the turn played once by the avatars
+    together."""
     sim = capped
     la = sim.liveavatar
     la.options.sandbox_max_duration_s = 3600  # no planned switch in this test
@@ -280,15 +286,23 @@ async def test_a_replacement_lost_in_its_turn_is_replaced_too(
         assert live == [third]
         assert stats["joins"] == 1
         _assert_one_continuous_participant(stats, sr=False)
-        played = 0
-        for sid in (first, second, third):
-            renderer = la.sessions[sid].renderer
-            played += len(renderer.onset_media_s) if renderer is not None else 0
-        assert played == BEEPS  # none lost, none re-spoken twice
-        # The call heard the turn. Its receiver's count is looser than the avatars' (one beep
-        # missed, or one split by a gap in the audio, on a saturated machine: 13 of 12 seen once
-        # with two CPU hogs beside two test workers); what was played twice shows above.
-        assert BEEPS - 1 <= stats["audio"]["onsets"] <= BEEPS + 1, stats["audio"]
+        renderers = [la.sessions[sid].renderer for sid in (first, second, third)]
+        played = [len(r.onset_media_s) if r is not None else 0 for r in renderers]
+        print(f"beeps played by each avatar {played}; heard {stats['audio']['onsets']}")
+        heard = stats["audio"]["onsets"]
+        if when == "room":
+            # Whatever the second avatar plays into its closed room before the next switch
+            # LiveAvatar counts as played: not re-spoken, and not heard (a limit: the uplink
+            # knows what the avatar played, not what reached the call). Usually none: the switch
+            # stops waiting for its first frame once its room failed ([3, 0, 9], 12 heard; the
+            # first version waited 2 s for it: [3, 4, 5], 8 heard).
+            assert played[2] > 0 and heard >= played[0] + played[2] - 1, (played, heard)
+        else:
+            assert sum(played) == BEEPS  # none lost, none re-spoken twice
+            # The call heard the turn. Its receiver's count is looser than the avatars' (one
+            # beep missed, or one split by a gap in the audio, on a saturated machine: 13 of 12
+            # seen once with two CPU hogs beside two test workers); played twice shows above.
+            assert BEEPS - 1 <= heard <= BEEPS + 1, stats["audio"]
     finally:
         await daemon.stop()
     assert la.live_sessions == []
