@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -27,6 +28,31 @@ from bridge.sim.stream import StreamStandIn
 
 LIVEAVATAR_KEY = "standin-liveavatar-key"
 PUBLISHER_ENV = "BRIDGE_SIM_AVATAR_PUBLISHER"
+
+# How many StandIns of this process are open: the heap stays frozen until the last one closes.
+_open = 0
+
+
+def hold_heap() -> None:
+    """Keep what this process holds now out of the cyclic collector's full collections.
+
+    The stand-ins stand for remote services (the avatar's renderer, the two SFUs) that never stop
+    for this process's garbage collection, but they share its interpreter with whatever started
+    them (the bench, pytest): a full collection walks that whole heap holding the GIL, 70-150 ms
+    on the bench's, and stalls every stand-in at once, the libwebrtc publisher's audio thread
+    too. Its audio then reaches libwebrtc late in a burst and Chromium's NetEq at the viewer
+    grows its delay for seconds (docs/sync.md). Frozen objects are only set aside, not lost:
+    :func:`release_heap` hands them back to the collector when the last stand-ins close."""
+    global _open
+    _open += 1
+    gc.freeze()
+
+
+def release_heap() -> None:
+    global _open
+    _open = max(0, _open - 1)
+    if _open == 0:
+        gc.unfreeze()
 
 
 class StandIns:
@@ -54,16 +80,24 @@ class StandIns:
         opts.publisher = avatar_publisher or os.environ.get(PUBLISHER_ENV, opts.publisher)
         self.liveavatar = LiveAvatarStandIn(opts, livekit=self.livekit)
         self.stream = StreamStandIn(video_codec=stream_codec)
+        self._holding = False  # this one counts in hold_heap()
 
     async def start(self) -> None:
         await self.livekit.start()
         await self.liveavatar.start()
         await self.stream.start()
+        hold_heap()
+        self._holding = True
 
     async def aclose(self) -> None:
-        await self.stream.aclose()
-        await self.liveavatar.aclose()
-        await self.livekit.aclose()
+        try:
+            await self.stream.aclose()
+            await self.liveavatar.aclose()
+            await self.livekit.aclose()
+        finally:
+            if self._holding:
+                self._holding = False
+                release_heap()
 
     async def __aenter__(self) -> StandIns:
         await self.start()
