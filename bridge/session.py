@@ -475,7 +475,8 @@ class Session:
         """Replace the lost avatar; and the next one too when it is lost as it comes up (its
         start or room fails) or as it takes over. A loss reported while this runs is taken for
         the old avatar's last report (see _replace_lost_avatar), so after the switch the new
-        uplink's own health says which it was. Within MAX_RECOVERIES, then the session fails."""
+        avatar's own health (its uplink, its room on the path) says which it was. Within
+        MAX_RECOVERIES (and not while the daemon drains), then the session fails."""
         failed_starts = 0
         try:
             while True:
