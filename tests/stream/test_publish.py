@@ -39,10 +39,11 @@ def reached_the_end(marks: dict[str, Any], sent: int) -> bool:
     what arrives is not all of it under CPU load: the SDK's libwebrtc encoder drops frames when
     encoding falls behind (its overuse frame dropper), and the stand-in's receiver, on the test's
     busy loop, can lose packets from a full socket buffer (measured at load 4-6: 38-53 of 60
-    scaled 720p frames arrived, frames_written 60, marks in order). The tests count frames
-    exactly only when no mark went missing between the first and the last read."""
+    scaled 720p frames arrived, frames_written 60, marks in order; 27 of 60 with two test
+    workers beside two CPU hogs). The tests count frames exactly only when no mark went missing
+    between the first and the last read."""
     last = marks["last"]
-    return bool(marks["read"] >= sent // 2 and last is not None and last >= sent - 15)
+    return bool(marks["read"] >= sent // 3 and last is not None and last >= sent - 15)
 
 
 def publisher_tasks() -> list[asyncio.Task[object]]:
