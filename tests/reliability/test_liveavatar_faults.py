@@ -217,7 +217,7 @@ async def test_ws_drop_mid_turn_reconnects_and_every_byte_is_rendered(
     # ... and the viewer heard every beep. A client streaming in real time keeps the avatar
     # only a few hundred ms ahead, so a reconnect slower than that (a loaded machine) leaves
     # the avatar's buffer dry: the stand-in counts the underrun, and where its silence falls
-    # inside a 100 ms beep, that beep is heard as two onsets (stop 28's CI: 9 of 8). So each
+    # inside a 100 ms beep, that beep is heard as two onsets (stop 27's CI: 9 of 8). So each
     # underrun allows one extra onset, and none may be missing.
     audio = sim.stream.stats("default", "ws-drop")["audio"]
     playback = la.playback_stats(s.la_session_id)
