@@ -382,13 +382,17 @@ class PreparedRelay:
     video_ssrc: int | None = None
     keyframe: asyncio.Event = field(default_factory=asyncio.Event)
     switch_asked: bool = False  # switch at its next keyframe
-    committed: bool = False  # its receivers are the relay's upstream
-    swapped: asyncio.Event = field(default_factory=asyncio.Event)  # set with ``committed``
+    swapped: asyncio.Event = field(default_factory=asyncio.Event)  # see ``committed``
     # The switch's timing (monotonic s): committed (keyframe asked), the switching keyframe's
     # first packet in; for the gap's breakdown (relay_avatar_switched).
     commit_t: float = 0.0
     keyframe_t: float | None = None
     old_in_t: float = 0.0  # the old avatar's last complete frame in, at the switch
+
+    @property
+    def committed(self) -> bool:
+        """Its receivers are the relay's upstream (``swapped`` is awaited for it)."""
+        return self.swapped.is_set()
 
 
 class RelayPath:
@@ -928,7 +932,6 @@ class RelayPath:
             self._retired_taps.add(old)
         self._subscriber = prepared.subscriber
         self._receiver_taps = dict(prepared.taps)
-        prepared.committed = True
         prepared.swapped.set()
         self._prepared = None
         for fwd in self._fwd.values():

@@ -16,14 +16,14 @@ BALLAST = 100_000
 
 async def test_standins_freeze_the_heap_while_open() -> None:
     ballast = [[] for _ in range(BALLAST)]  # containers the collector would walk
-    already = getattr(stack, "_open", 0)
+    already = stack._open
     async with StandIns():
         assert gc.get_freeze_count() >= BALLAST
         # What is frozen is skipped by a full collection, not lost.
         assert not any(o is ballast for o in gc.get_objects(generation=2))
     if already == 0:
         assert gc.get_freeze_count() == 0
-    assert getattr(stack, "_open", 0) == already
+    assert stack._open == already
     del ballast
 
 
