@@ -72,23 +72,40 @@ def watch_url(pages: PageServer, standin: StreamStandIn, call_type: str, call_id
 
 
 def control_moves(
-    pairs: list[dict[str, Any]], within_ms: float = 600.0, steady_ms: float | None = None
+    pairs: list[dict[str, Any]],
+    within_ms: float = 600.0,
+    steady_ms: float | None = None,
+    without_display_late: bool = False,
 ) -> list[float]:
     """Per control mark (``control`` set by the page), its skew minus the mean skew of the plain
     marks within ``within_ms`` of it: how far the injected offset moved the figure. With
     ``steady_ms``, a control mark counts only where those plain marks agree within it (the
-    receivers' delays were steady around it: a jump between them would be read as a move)."""
-    plain = [p for p in pairs if not p.get("control")]
+    receivers' delays were steady around it: a jump between them would be read as a move).
+    With ``without_display_late``, each mark's skew is taken without its frame's display
+    lateness (the page's ``lateMs``: shown that much later than the promptest frame of the
+    second before, against its RTP time; marks without it are left out): a loaded browser shows
+    some frames a vsync or a frame late, and a steady pattern of that (two frames arriving
+    together) can fall on the control marks' frames and not on their neighbours', which says
+    nothing about the method."""
+
+    def skew(p: dict[str, Any]) -> float | None:
+        if not without_display_late:
+            return float(p["skewMs"])
+        late = p.get("lateMs")
+        return None if late is None else float(p["skewMs"]) - float(late)
+
+    plain = [(p["at"], v) for p in pairs if not p.get("control") and (v := skew(p)) is not None]
     moved = []
     for c in pairs:
-        if not c.get("control"):
+        value = skew(c) if c.get("control") else None
+        if value is None:
             continue
-        near = [p["skewMs"] for p in plain if abs(p["at"] - c["at"]) <= within_ms]
+        near = [v for at, v in plain if abs(at - c["at"]) <= within_ms]
         if not near:
             continue
         if steady_ms is not None and (len(near) < 2 or max(near) - min(near) > steady_ms):
             continue
-        moved.append(float(c["skewMs"]) - statistics.fmean(near))
+        moved.append(value - statistics.fmean(near))
     return moved
 
 

@@ -30,6 +30,9 @@ const measure = {
   prevFlash: false,
   lastPresented: null,
   notPresented: 0, // frames the browser decoded but never showed (their marks are lost)
+  displayOffsets: [], // per frame: its display time minus its RTP time (last second's frames)
+  frameRtp: null, // the last frame's RTP timestamp, and its unwrapped time in ms
+  frameRtpMs: 0,
   audioContext: null,
   outputLatencyMs: null,
   ssrcOnsets: [],
@@ -98,8 +101,23 @@ function leadMs(video, canvas) {
   return (16 + (full * 219) / 255 - 140) / 1.25;
 }
 
+// How much later than the promptest of the last second's frames this frame is shown, against its
+// RTP timestamp: a vsync missed, a late main thread, a frame the jitter buffer held. A mark's skew
+// keeps it (the viewer sees the frame then); the negative control takes it out, so a control mark
+// and its plain neighbours are compared like with like (tests/browser/test_sync_control.py).
+function displayLate(t, meta) {
+  if (meta.rtpTimestamp === undefined) return null;
+  if (measure.frameRtp !== null) measure.frameRtpMs += ((meta.rtpTimestamp - measure.frameRtp) | 0) / 90;
+  measure.frameRtp = meta.rtpTimestamp;
+  const offsets = measure.displayOffsets;
+  offsets.push(t - measure.frameRtpMs);
+  if (offsets.length > 30) offsets.shift();
+  return offsets[offsets.length - 1] - Math.min(...offsets);
+}
+
 function onMeasuredFrame(video, canvas, meta) {
   const t = meta.expectedDisplayTime;
+  const late = displayLate(t, meta);
   measure.frames += 1;
   if (measure.lastPresented !== null && meta.presentedFrames > measure.lastPresented + 1) {
     measure.notPresented += meta.presentedFrames - measure.lastPresented - 1;
@@ -127,7 +145,8 @@ function onMeasuredFrame(video, canvas, meta) {
     // From the arrival of the frame's last packet to the vsync it is shown at (jitter buffer,
     // decode, the wait for the vsync): the video receiver's share of the skew, per mark.
     const shown = meta.receiveTime ? t - meta.receiveTime : null;
-    measure.flashes.push({ at: t + lead, control: level < 212, shownAfterReceiveMs: shown });
+    measure.flashes.push({ at: t + lead, control: level < 212, shownAfterReceiveMs: shown, lead,
+                           level, late });
   }
   measure.prevFlash = flash;
 }
@@ -219,15 +238,18 @@ function pollSsrc() {
 }
 setInterval(pollSsrc, 4);
 
+const round1 = (v) => Math.round(v * 10) / 10;
+
 function pairs(onsets, windowMs = PAIR_WINDOW_MS) {
   const out = [];
-  for (const { at: f, control } of measure.flashes) {
+  for (const { at: f, control, lead, level, late } of measure.flashes) {
     let best = null;
     for (const a of onsets) {
       if (best === null || Math.abs(a - f) < Math.abs(best - f)) best = a;
     }
     if (best !== null && Math.abs(best - f) <= windowMs) {
-      const pair = { at: f, skewMs: f - best };
+      const pair = { at: f, skewMs: f - best, leadMs: round1(lead), level: Math.round(level),
+                     lateMs: late === null ? null : round1(late) };
       if (control) pair.control = true;
       out.push(pair);
     }
@@ -253,9 +275,9 @@ function viewerReport({ pairWindowMs } = {}) {
     flashes: measure.flashes.length,
     onsets: measure.onsets.length,
     outputLatencyMs: measure.outputLatencyMs,
-    leadsMs: measure.leads.slice(-16).map((v) => Math.round(v * 10) / 10),
+    leadsMs: measure.leads.slice(-16).map(round1),
     shownAfterReceiveMs: measure.flashes.map((f) => f.shownAfterReceiveMs)
-      .filter((v) => v !== null && v !== undefined).map((v) => Math.round(v * 10) / 10),
+      .filter((v) => v !== null && v !== undefined).map(round1),
     skews: skews(),
     ssrc: { polls: measure.ssrcPolls, withLevel: measure.ssrcLevels,
             uncertain: measure.ssrcUncertain,
