@@ -30,7 +30,9 @@ The handover call is also watched by a browser (headless Chromium running Stream
 SDK, :mod:`bridge.sim.browser_viewer`): ``viewer_skew_after_switch_ms`` is the same figure as
 ``skew_after_switch_ms`` at the browser's playout, where the goals are judged (the stand-in's
 arrival figure stays as a diagnostic: it has no jitter buffers), with the viewer's first frame
-and its freezes, each freeze put down to the switch it is near. The viewer's marks and freezes
+and its freezes, each freeze put down to the switch it is near, and its receivers' jitter-buffer
+delays per second (``viewer.jitter_buffer_ms``: what moves the browser's figure, Chromium not
+lip-syncing Stream's tracks). The viewer's marks and freezes
 are timed on the page's ``performance.now()``, mapped onto this process's ``time.monotonic()``
 (the client's ``avatar_handover`` times) by one clock read before the call
 (``BrowserViewer.clock``: the page read between two host reads, off by at most half that round
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import statistics
 import tempfile
@@ -203,9 +206,12 @@ async def handover_call(
 
             reader = asyncio.create_task(read())
             clock: browser_viewer.PageClock | None = None
+            receivers: list[tuple[float, dict[str, Any]]] = []
+            sampler: asyncio.Task[None] | None = None
             if watcher is not None:
                 await watcher.reset()
                 clock = await watcher.clock()
+                sampler = asyncio.create_task(_sample_receivers(watcher, receivers, call_s))
             t0, wall0 = time.monotonic(), time.time()
             dropped = False
             per_turn = max(1, int(TURN_S * 1000 / driver.BEEP_PERIOD_MS))
@@ -231,8 +237,14 @@ async def handover_call(
                     await sim.liveavatar.drop(current[-1])
                     dropped = True
             await asyncio.sleep(2.0)
+            if sampler is not None:
+                sampler.cancel()
+                await asyncio.gather(sampler, return_exceptions=True)
             if watcher is not None and clock is not None:
                 viewer_out.update(await _viewer_figures(watcher, clock, t0, handovers))
+                viewer_out["jitter_buffer_ms"] = jitter_buffer_by_second(
+                    [(t - t0, stats) for t, stats in receivers], [h["t"] - t0 for h in handovers]
+                )
             stats = sim.stream.stats("default", call)
             measure = sim.stream.measure("default", call)
             heard = [(t, hz) for t, hz in measure.onset_tones if t >= t0]
@@ -369,6 +381,70 @@ async def _viewer_figures(
         "clock_uncertainty_ms": round(clock.uncertainty_ms, 2),
         "clock_drift_ms": round(1000 * (after.offset_s - clock.offset_s), 2),
     }
+
+
+RECEIVER_PERIOD_S = 1.0
+
+
+async def _sample_receivers(
+    watcher: browser_viewer.BrowserViewer,
+    out: list[tuple[float, dict[str, Any]]],
+    call_s: float,
+) -> None:
+    """The viewer's receiver stats every RECEIVER_PERIOD_S (until cancelled, or the call's
+    length and a minute past it)."""
+    for _ in range(int((call_s + 60) / RECEIVER_PERIOD_S)):  # bounded
+        with contextlib.suppress(Exception):  # a read that fails leaves a hole, not an error
+            out.append((time.monotonic(), await watcher.receiver_stats()))
+        await asyncio.sleep(RECEIVER_PERIOD_S)
+
+
+# Around each switch: the viewer's jitter buffers this long before its avatar_handover and
+# SKEW_WINDOW_S after it (a skew after a switch is their difference moving).
+JB_BEFORE_S = 3.0
+
+
+def jitter_buffer_by_second(
+    samples: list[tuple[float, dict[str, Any]]], switches: list[float]
+) -> dict[str, Any]:
+    """The viewer's mean jitter-buffer delay per kind between consecutive getStats samples
+    (``samples``: call time, the page's receiverStats), in ms, and per switch its mean over
+    JB_BEFORE_S before and SKEW_WINDOW_S after: whether a skew after a switch is the browser's
+    receivers moving (e.g. NetEq raising its target after a gap in the audio)."""
+    series: list[dict[str, Any]] = []
+    for (_, a), (t, b) in itertools.pairwise(samples):
+        row: dict[str, Any] = {"t": round(t, 1)}
+        for kind in ("audio", "video"):
+            ka, kb = a.get(kind) or {}, b.get(kind) or {}
+            try:
+                emitted = kb["jitterBufferEmittedCount"] - ka["jitterBufferEmittedCount"]
+                delay = kb["jitterBufferDelay"] - ka["jitterBufferDelay"]
+            except (KeyError, TypeError):
+                row[kind] = None
+                continue
+            row[kind] = round(1000 * delay / emitted, 1) if emitted > 0 else None
+        series.append(row)
+
+    def mean(kind: str, lo: float, hi: float) -> float | None:
+        # A row covers the second that ends at its ``t``.
+        values = [r[kind] for r in series if lo < r["t"] <= hi and r[kind] is not None]
+        return round(statistics.fmean(values), 1) if values else None
+
+    per = [
+        {
+            "at_s": round(t, 1),
+            **{
+                f"{kind}_{when}": mean(kind, *span)
+                for kind in ("audio", "video")
+                for when, span in (
+                    ("before", (t - JB_BEFORE_S, t)),
+                    ("after", (t, t + SKEW_WINDOW_S)),
+                )
+            },
+        }
+        for t in switches
+    ]
+    return {"per_switch": per, "by_second": series}
 
 
 def freezes_near_switches(

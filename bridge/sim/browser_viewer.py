@@ -296,6 +296,10 @@ class BrowserViewer:
             "first_frame_at": raw.get("firstFrameAt"),
         }
 
+    async def receiver_stats(self) -> dict[str, Any]:
+        """The page's receivers' getStats now, per kind (cumulative counters)."""
+        return dict(await self._page().evaluate("window.streamPage.receiverStats()") or {})
+
     async def report(self) -> dict[str, Any]:
         page = self._page()
         raw = await page.evaluate("window.streamPage.viewerReport()")

@@ -7,6 +7,7 @@ import random
 from bench.continuity import (
     beep_accounting,
     freezes_near_switches,
+    jitter_buffer_by_second,
     markdown_lines,
     number_beeps,
     skew_after_switches,
@@ -74,6 +75,26 @@ def test_the_viewers_freezes_are_put_down_to_the_switch_they_are_near() -> None:
     assert freezes_near_switches([], [5.0])["per_switch"] == [
         {"at_s": 5.0, "freezes": 0, "longest_ms": None}
     ]
+
+
+def test_the_viewers_jitter_buffers_are_read_per_second_and_around_each_switch() -> None:
+    def stats(audio_delay_s: float, emitted: int) -> dict[str, object]:
+        # getStats counters are cumulative: a second's mean is their differences' ratio.
+        return {
+            "audio": {"jitterBufferDelay": audio_delay_s, "jitterBufferEmittedCount": emitted},
+            "video": {},
+        }
+
+    # 100 audio frames a second, held 50 ms each until t=10, then 150 ms (NetEq raised it).
+    samples, delay = [(0.0, stats(0.0, 0))], 0.0
+    for t in range(1, 21):
+        delay += 100 * (0.05 if t <= 10 else 0.15)
+        samples.append((float(t), stats(delay, 100 * t)))
+    out = jitter_buffer_by_second(samples, [10.0])
+    assert [r["audio"] for r in out["by_second"]] == [50.0] * 10 + [150.0] * 10
+    assert all(r["video"] is None for r in out["by_second"])
+    (around,) = out["per_switch"]
+    assert around["audio_before"] == 50.0 and around["audio_after"] == 150.0
 
 
 def test_the_pages_clock_is_put_on_the_hosts() -> None:
