@@ -25,12 +25,26 @@ switch, p50 signed, p95/p99 of the magnitude; goal |p95| <= 20, |p99| <= 40 ms; 
 the first switch as the baseline), the daemon's own audio drops per second of the call
 (``sync_audio_dropped``, PCM-queue overflows) and the wire ``continuity`` per track (SSRCs,
 largest sequence step, SR jumps).
+
+The handover call is also watched by a browser (headless Chromium running Stream's own browser
+SDK, :mod:`bridge.sim.browser_viewer`): ``viewer_skew_after_switch_ms`` is the same figure as
+``skew_after_switch_ms`` at the browser's playout, where the goals are judged (the stand-in's
+arrival figure stays as a diagnostic: it has no jitter buffers), with the viewer's first frame
+and its freezes, each freeze put down to the switch it is near, and its receivers' jitter-buffer
+delays per second (``viewer.jitter_buffer_ms``: what moves the browser's figure, Chromium not
+lip-syncing Stream's tracks). The viewer's marks and freezes
+are timed on the page's ``performance.now()``, mapped onto this process's ``time.monotonic()``
+(the client's ``avatar_handover`` times) by one clock read before the call
+(``BrowserViewer.clock``: the page read between two host reads, off by at most half that round
+trip, reported as ``clock_uncertainty_ms``); the same read after the call gives the drift over
+the call (``clock_drift_ms``, ~0: both are the system's monotonic clock).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import statistics
 import tempfile
@@ -42,7 +56,7 @@ from typing import Any
 from bench import driver, latency
 from bridge.client import BridgeClient, stream_pcm_realtime
 from bridge.protocol import EventMsg
-from bridge.sim import first_frame, marks
+from bridge.sim import browser_viewer, first_frame, marks
 from bridge.sim.liveavatar import StandInOptions
 from bridge.sim.stack import DaemonProcess, StandIns
 
@@ -68,6 +82,10 @@ async def scenario(r: Any) -> dict[str, Any]:
         out.setdefault("skew_after_switch_ms", {})[p] = h.get("skew_after_switch_ms", {}).get(
             "all_after_switches"
         )
+        viewer = h.get("viewer") or {}
+        out.setdefault("viewer_skew_after_switch_ms", {})[p] = (
+            viewer.get("skew_after_switch_ms") or {}
+        ).get("all_after_switches")
         beeps = h.get("beeps", {})
         out.setdefault("speech", {})[p] = {
             k: beeps.get(k) for k in ("sent", "lost", "heard_twice_or_more", "not_played")
@@ -127,14 +145,20 @@ SKEW_WINDOW_S = 10.0
 # A lost or doubled beep is put down to a switch when it was sent within this window around the
 # switch's avatar_handover (its turn is played out ~0.7 s after it is sent; a turn lasts TURN_S).
 NEAR_SWITCH_S = (-(TURN_S + 2.0), 2.0)
+# A viewer's freeze is put down to a switch when the frame ending it was shown within this window
+# around the switch's avatar_handover (the picture switches before the event: on the transcode
+# path a planned switch's drain holds the event up to 1.5 s after it).
+FREEZE_NEAR_SWITCH_S = (-2.0, 2.0)
 # Beeps sent this early in the call are put down to its start (the Stream publisher's first
 # writes block while its connection comes up: docs/continuity.md).
 CALL_START_S = 8.0
 
 
 async def handover_call(
-    workroot: Path, *, path: str, quick: bool, pool: bool = True
+    workroot: Path, *, path: str, quick: bool, pool: bool = True, viewer: bool = True
 ) -> dict[str, Any]:
+    """One handover call (module docstring); with ``viewer``, watched by a browser too (its
+    figures in ``viewer``, or why it could not run in ``viewer.error``)."""
     v = driver.VARIANTS[VARIANT]
     call_s = QUICK_CALL_S if quick else CALL_S
     cap_s = QUICK_CAP_S if quick else CAP_S
@@ -150,9 +174,13 @@ async def handover_call(
         # switch); a warm session is handed out with at least half a cap left.
         flags += ["--set", "pool.size=1", "--set", f"pool.min_remaining_s={cap_s // 2}"]
     options = StandInOptions(sandbox_max_duration_s=cap_s)
-    async with StandIns(
-        render_latency_s=driver.RENDER_LATENCY_S, stream_codec=v.codec, liveavatar=options
-    ) as sim:
+    why_not = browser_viewer.unavailable() if viewer else "not asked"
+    async with (
+        StandIns(
+            render_latency_s=driver.RENDER_LATENCY_S, stream_codec=v.codec, liveavatar=options
+        ) as sim,
+        contextlib.AsyncExitStack() as stack,
+    ):
         daemon = DaemonProcess(workdir, sim.daemon_env(), *flags)
         handovers: list[dict[str, Any]] = []
         errors: list[str] = []
@@ -162,6 +190,7 @@ async def handover_call(
             client = await BridgeClient.connect(daemon.socket)
             call = "continuity-handover"
             await asyncio.wait_for(client.hello(f"default:{call}", driver.CLIENT_FMT), 30)
+            watcher, viewer_out = await _watch(stack, sim, call, why_not)
             current: list[str] = []
 
             async def read() -> None:
@@ -176,6 +205,13 @@ async def handover_call(
                         errors.append(f"{m.code}: {m.message}")
 
             reader = asyncio.create_task(read())
+            clock: browser_viewer.PageClock | None = None
+            receivers: list[tuple[float, dict[str, Any]]] = []
+            sampler: asyncio.Task[None] | None = None
+            if watcher is not None:
+                await watcher.reset()
+                clock = await watcher.clock()
+                sampler = asyncio.create_task(_sample_receivers(watcher, receivers, call_s))
             t0, wall0 = time.monotonic(), time.time()
             dropped = False
             per_turn = max(1, int(TURN_S * 1000 / driver.BEEP_PERIOD_MS))
@@ -201,6 +237,14 @@ async def handover_call(
                     await sim.liveavatar.drop(current[-1])
                     dropped = True
             await asyncio.sleep(2.0)
+            if sampler is not None:
+                sampler.cancel()
+                await asyncio.gather(sampler, return_exceptions=True)
+            if watcher is not None and clock is not None:
+                viewer_out.update(await _viewer_figures(watcher, clock, t0, handovers))
+                viewer_out["jitter_buffer_ms"] = jitter_buffer_by_second(
+                    [(t - t0, stats) for t, stats in receivers], [h["t"] - t0 for h in handovers]
+                )
             stats = sim.stream.stats("default", call)
             measure = sim.stream.measure("default", call)
             heard = [(t, hz) for t, hz in measure.onset_tones if t >= t0]
@@ -281,9 +325,155 @@ async def handover_call(
             kind: {k: c.get(k) for k in ("ssrcs", "max_seq_step", "lost", "max_sr_jump_s")}
             for kind, c in continuity.items()
         },
+        "viewer": viewer_out,
         "daemon_audio_dropped_ms_by_second": audio_dropped,
         "pcm_queue_overflows_at_s": overflows,
         "errors": errors,
+    }
+
+
+async def _watch(
+    stack: contextlib.AsyncExitStack, sim: StandIns, call: str, why_not: str | None
+) -> tuple[browser_viewer.BrowserViewer | None, dict[str, Any]]:
+    """A browser joined to the call as a viewer, and its figures so far (its first frame), or
+    None and why not: the call's other figures stand without it."""
+    if why_not is not None:
+        return None, {"error": why_not}
+    try:
+        watcher = await stack.enter_async_context(
+            browser_viewer.BrowserViewer(sim.stream, "default", call)
+        )
+        await watcher.join()
+        return watcher, {"first_frame_s": await watcher.first_frame_s()}
+    except Exception as exc:
+        return None, {"error": f"{type(exc).__name__}: {exc}"[:500]}
+
+
+async def _viewer_figures(
+    watcher: browser_viewer.BrowserViewer,
+    clock: browser_viewer.PageClock,
+    t0: float,
+    handovers: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The viewer's skew after each switch and its freezes, on the call's time (s since t0)."""
+    seen = await watcher.timeline()
+    report = await watcher.report()
+    after = await watcher.clock()
+
+    def call_s(page_ms: float) -> float:
+        return clock.host_s(page_ms) - t0
+
+    switches = [h["t"] - t0 for h in handovers]
+    freezes = [(call_s(float(f["at"])), float(f["ms"])) for f in seen["freezes"]]
+    return {
+        "skew_after_switch_ms": skew_after_switches(
+            [(call_s(float(m["at"])), float(m["skewMs"])) for m in seen["marks"]], switches
+        ),
+        "skew_ms": {k: v for k, v in report["skew_ms"].items() if k != "values"},
+        "freezes": report["freezes"],
+        "freezes_near_switches": freezes_near_switches(freezes, switches),
+        "fps": report["fps"],
+        "frames_not_presented": report["frames_not_presented"],
+        "onsets_uncertain": report["onsets_uncertain"],
+        "receiver_delays_ms": report["receiver_delays_ms"],
+        "decoder": report["decoder"],
+        "method": report["method"],
+        "clock_uncertainty_ms": round(clock.uncertainty_ms, 2),
+        "clock_drift_ms": round(1000 * (after.offset_s - clock.offset_s), 2),
+    }
+
+
+RECEIVER_PERIOD_S = 1.0
+
+
+async def _sample_receivers(
+    watcher: browser_viewer.BrowserViewer,
+    out: list[tuple[float, dict[str, Any]]],
+    call_s: float,
+) -> None:
+    """The viewer's receiver stats every RECEIVER_PERIOD_S (until cancelled, or the call's
+    length and a minute past it)."""
+    for _ in range(int((call_s + 60) / RECEIVER_PERIOD_S)):  # bounded
+        with contextlib.suppress(Exception):  # a read that fails leaves a hole, not an error
+            out.append((time.monotonic(), await watcher.receiver_stats()))
+        await asyncio.sleep(RECEIVER_PERIOD_S)
+
+
+# Around each switch: the viewer's jitter buffers this long before its avatar_handover and
+# SKEW_WINDOW_S after it (a skew after a switch is their difference moving).
+JB_BEFORE_S = 3.0
+
+
+def jitter_buffer_by_second(
+    samples: list[tuple[float, dict[str, Any]]], switches: list[float]
+) -> dict[str, Any]:
+    """The viewer's mean jitter-buffer delay per kind between consecutive getStats samples
+    (``samples``: call time, the page's receiverStats), in ms, and per switch its mean over
+    JB_BEFORE_S before and SKEW_WINDOW_S after: whether a skew after a switch is the browser's
+    receivers moving (e.g. NetEq raising its target after a gap in the audio)."""
+    series: list[dict[str, Any]] = []
+    for (_, a), (t, b) in itertools.pairwise(samples):
+        row: dict[str, Any] = {"t": round(t, 1)}
+        for kind in ("audio", "video"):
+            ka, kb = a.get(kind) or {}, b.get(kind) or {}
+            try:
+                emitted = kb["jitterBufferEmittedCount"] - ka["jitterBufferEmittedCount"]
+                delay = kb["jitterBufferDelay"] - ka["jitterBufferDelay"]
+            except (KeyError, TypeError):
+                row[kind] = None
+                continue
+            row[kind] = round(1000 * delay / emitted, 1) if emitted > 0 else None
+        series.append(row)
+
+    def mean(kind: str, lo: float, hi: float) -> float | None:
+        # A row covers the second that ends at its ``t``.
+        values = [r[kind] for r in series if lo < r["t"] <= hi and r[kind] is not None]
+        return round(statistics.fmean(values), 1) if values else None
+
+    per = [
+        {
+            "at_s": round(t, 1),
+            **{
+                f"{kind}_{when}": mean(kind, *span)
+                for kind in ("audio", "video")
+                for when, span in (
+                    ("before", (t - JB_BEFORE_S, t)),
+                    ("after", (t, t + SKEW_WINDOW_S)),
+                )
+            },
+        }
+        for t in switches
+    ]
+    return {"per_switch": per, "by_second": series}
+
+
+def freezes_near_switches(
+    freezes: list[tuple[float, float]], switches: list[float]
+) -> dict[str, Any]:
+    """Every freeze (the call's time of the frame that ended it, its gap in ms) with the switch
+    it is near (``FREEZE_NEAR_SWITCH_S`` around its avatar_handover) or none; per switch the
+    count and the longest gap."""
+    counts = [0] * len(switches)
+    longest: list[float | None] = [None] * len(switches)
+    listed = []
+    for at, ms in freezes:
+        lo, hi = FREEZE_NEAR_SWITCH_S
+        near = next((i for i, t in enumerate(switches) if lo <= at - t <= hi), None)
+        listed.append({"at_s": round(at, 2), "ms": round(ms, 1), "switch": near})
+        if near is not None:
+            counts[near] += 1
+            longest[near] = max(longest[near] or 0.0, ms)
+    return {
+        "per_switch": [
+            {
+                "at_s": round(t, 1),
+                "freezes": n,
+                "longest_ms": None if top is None else round(top, 1),
+            }
+            for t, n, top in zip(switches, counts, longest, strict=True)
+        ],
+        "away_from_switches": sum(1 for f in listed if f["switch"] is None),
+        "all": listed,
     }
 
 
@@ -447,6 +637,12 @@ def markdown_lines(continuity: dict[str, Any]) -> list[str]:
     def skew(h: dict[str, Any], part: str, q: str) -> Any:
         return ((h.get("skew_after_switch_ms") or {}).get(part) or {}).get(q)
 
+    def vskew(h: dict[str, Any], part: str, q: str) -> Any:
+        return (((h.get("viewer") or {}).get("skew_after_switch_ms") or {}).get(part) or {}).get(q)
+
+    def vfreezes(h: dict[str, Any]) -> dict[str, Any]:
+        return dict((h.get("viewer") or {}).get("freezes_near_switches") or {})
+
     first = continuity[f"handover_{paths[0]}"]
     return [
         "## Continuity: handover (issue 17, part 2)",
@@ -485,6 +681,30 @@ def markdown_lines(continuity: dict[str, Any]) -> list[str]:
                 f"{f(skew(h, 'before_first_switch', 'p95'))} / "
                 f"{f(skew(h, 'before_first_switch', 'p99'))}"
             ),
+        ),
+        row(
+            "browser viewer: skew p95 / p99 ms, 10 s after switches (goal 20 / 40)",
+            lambda h: (
+                f"{f(vskew(h, 'all_after_switches', 'p95'))} / "
+                f"{f(vskew(h, 'all_after_switches', 'p99'))}"
+            ),
+        ),
+        row(
+            "browser viewer: skew p95 / p99 ms, before the first switch",
+            lambda h: (
+                f"{f(vskew(h, 'before_first_switch', 'p95'))} / "
+                f"{f(vskew(h, 'before_first_switch', 'p99'))}"
+            ),
+        ),
+        row(
+            "browser viewer: freezes near switches / elsewhere",
+            lambda h: (
+                f"{sum(s['freezes'] for s in vfreezes(h).get('per_switch', []))} / "
+                f"{vfreezes(h).get('away_from_switches')}"
+            ),
+        ),
+        row(
+            "browser viewer: first frame s", lambda h: (h.get("viewer") or {}).get("first_frame_s")
         ),
         "",
     ]

@@ -14,6 +14,16 @@ docs/sync.md, proven by a negative control (``tests/browser/test_sync_control.py
 WebAudio timing (an AudioWorklet on the played stream, mapped with ``getOutputTimestamp()``)
 is kept as a diagnostic, ``skew_webaudio_ms``; without audio levels in the packets the report
 falls back to it and says so in ``method``.
+
+**The page's clock on the host's.** A caller that puts the viewer's marks or freezes down to its
+own events (the continuity bench: skew and freezes after each avatar switch) maps the page's
+``performance.now()`` onto the host's ``time.monotonic()`` with :meth:`BrowserViewer.clock`:
+the page's clock is read between two host reads, and the host time of that read is their
+midpoint, so the offset is off by at most half the round trip, which is kept (the smallest of a
+few reads). Both clocks are monotonic, run at the same rate (Chromium's ``performance.now()`` is
+the system's monotonic clock on Linux) and are never reset by the page's ``resetViewer()``:
+an offset read once holds for the call (its drift over the call is read again at the end and
+reported). Resetting the viewer at known host times instead would time nothing inside a window.
 """
 
 from __future__ import annotations
@@ -21,6 +31,8 @@ from __future__ import annotations
 import contextlib
 import json
 import statistics
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import jwt
@@ -183,21 +195,57 @@ def skew_summary(skews: list[float]) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class PageClock:
+    """The page's ``performance.now()`` (ms) on the host's ``time.monotonic()`` (s)."""
+
+    offset_s: float  # host monotonic seconds at the page's performance.now() == 0
+    uncertainty_ms: float  # half the round trip of the read it comes from
+
+    def host_s(self, page_ms: float) -> float:
+        return self.offset_s + page_ms / 1000.0
+
+
+def marks_of(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    """The viewer report's plain marks (``at`` on the page's clock, ``skewMs``) by the method
+    the figure uses: the audio receiver's synchronization source when it saw onsets, else
+    WebAudio. Negative-control marks (bridge.sim.avatar set_mark_offset) are never in it."""
+    ssrc = raw.get("ssrc") or {}
+    use_ssrc = int(ssrc.get("onsets", 0)) >= 3
+    return [p for p in (ssrc["skews"] if use_ssrc else raw["skews"]) if not p.get("control")]
+
+
 class BrowserViewer:
     """Headless Chromium joined to one call as a viewer. ``async with`` it, then :meth:`join`."""
 
-    def __init__(self, standin: StreamStandIn, call_type: str, call_id: str) -> None:
+    def __init__(
+        self,
+        standin: StreamStandIn,
+        call_type: str,
+        call_id: str,
+        *,
+        browser: Chromium | None = None,
+        pages: PageServer | None = None,
+    ) -> None:
+        """``browser`` and ``pages``: a Chromium and a page server the caller runs (a test
+        session's shared one); without them the viewer starts its own."""
         self.standin = standin
         self.call_type, self.call_id = call_type, call_id
+        self._browser, self._pages = browser, pages
         self._stack = contextlib.AsyncExitStack()
         self.page: Page | None = None
         self.joined_at_ms: float | None = None
         self.reset_at_ms: float | None = None
 
     async def __aenter__(self) -> BrowserViewer:
-        pages = await self._stack.enter_async_context(PageServer())
-        browser = await self._stack.enter_async_context(Chromium.launch())
+        pages = self._pages
+        if pages is None:
+            pages = await self._stack.enter_async_context(PageServer())
+        browser = self._browser
+        if browser is None:
+            browser = await self._stack.enter_async_context(Chromium.launch())
         self.page = await browser.open(pages.url("stream.html"))
+        self._stack.push_async_callback(self.page.close)
         await self.page.wait_for("window.streamPage !== undefined")
         return self
 
@@ -239,14 +287,43 @@ class BrowserViewer:
         await page.evaluate("window.streamPage.resetViewer()")
         self.reset_at_ms = float(await page.evaluate("performance.now()"))
 
+    async def clock(self, reads: int = 10) -> PageClock:
+        """The page's clock on the host's (module docstring): of ``reads`` reads, the one with
+        the shortest round trip."""
+        page = self._page()
+        best: PageClock | None = None
+        for _ in range(reads):  # bounded
+            before = time.monotonic()
+            page_ms = float(await page.evaluate("performance.now()"))
+            after = time.monotonic()
+            read = PageClock((before + after) / 2 - page_ms / 1000, 1000 * (after - before) / 2)
+            if best is None or read.uncertainty_ms < best.uncertainty_ms:
+                best = read
+        assert best is not None
+        return best
+
+    async def timeline(self) -> dict[str, Any]:
+        """What the viewer saw, each on the page's clock (map it with :meth:`clock`): the marks
+        (``at``, ``skewMs``), the freezes (``at``: the frame that ended one; ``ms``: its gap),
+        the first frame shown since the last reset."""
+        raw = await self._page().evaluate("window.streamPage.viewerReport()")
+        return {
+            "marks": marks_of(raw),
+            "freezes": raw.get("freezeTimes") or [],
+            "first_frame_at": raw.get("firstFrameAt"),
+        }
+
+    async def receiver_stats(self) -> dict[str, Any]:
+        """The page's receivers' getStats now, per kind (cumulative counters)."""
+        return dict(await self._page().evaluate("window.streamPage.receiverStats()") or {})
+
     async def report(self) -> dict[str, Any]:
         page = self._page()
         raw = await page.evaluate("window.streamPage.viewerReport()")
         stats = await page.evaluate("window.streamPage.receiverStats()") or {}
         ssrc = raw.get("ssrc") or {}
         use_ssrc = int(ssrc.get("onsets", 0)) >= 3
-        # Negative-control marks (bridge.sim.avatar set_mark_offset) are never part of the figure.
-        pairs = [p for p in (ssrc["skews"] if use_ssrc else raw["skews"]) if not p.get("control")]
+        pairs = marks_of(raw)
         skews = [float(s["skewMs"]) for s in pairs]
         start = self.reset_at_ms or 0.0
         first = [float(s["skewMs"]) for s in pairs if s["at"] - start < FIRST_WINDOW_MS]

@@ -287,6 +287,12 @@ def test_demo_short_run_reports_its_invariants(tmp_path: Path) -> None:
     assert "error" not in continuity, continuity
     assert continuity["path"] == report["media_path"]
     assert 0 < continuity["first_frame_warm_s"] < continuity["first_frame_cold_s"], continuity
+    # Where each run's time went, in causal order at the Stream stand-in: the call's first
+    # frame comes over the publisher's connection once it is up, and is decoded once complete.
+    for run in ("warm", "cold"):
+        samples, parts = continuity[run]["samples_s"], continuity[run]["parts"]
+        for figure, where in zip(samples, parts, strict=True):
+            assert where["publisher_connected_s"] <= where["first_frame_in_s"] <= figure, where
     assert (out / "call.mp4").stat().st_size > 10_000
     assert (out / "sync.png").read_bytes()[:4] == b"\x89PNG"
     assert "avatar-bridge demo: what the Stream call received" in done.stdout

@@ -27,6 +27,7 @@ const measure = {
   lastFrameAt: null,
   gaps: [],
   freezes: 0,
+  freezeTimes: [], // { at: the frame that ended the freeze (page clock, ms), ms: the gap }
   prevFlash: false,
   lastPresented: null,
   notPresented: 0, // frames the browser decoded but never showed (their marks are lost)
@@ -130,7 +131,11 @@ function onMeasuredFrame(video, canvas, meta) {
     if (measure.gaps.length > 120) measure.gaps.shift();
     const sorted = [...measure.gaps].sort((a, b) => a - b);
     const median = sorted[Math.floor(sorted.length / 2)];
-    if (measure.gaps.length >= 5 && gap > Math.max(FREEZE_MIN_MS, 3 * median)) measure.freezes += 1;
+    if (measure.gaps.length >= 5 && gap > Math.max(FREEZE_MIN_MS, 3 * median)) {
+      measure.freezes += 1;
+      // When: a caller maps it onto its own clock to put a freeze down to an event (a switch).
+      if (measure.freezeTimes.length < KEPT) measure.freezeTimes.push({ at: t, ms: gap });
+    }
   }
   measure.lastFrameAt = t;
   const level = flashLevel(video, canvas);
@@ -270,6 +275,7 @@ function viewerReport({ pairWindowMs } = {}) {
     frames: measure.frames,
     fps: measure.frames > 1 && span > 0 ? ((measure.frames - 1) * 1000) / span : null,
     freezes: measure.freezes,
+    freezeTimes: measure.freezeTimes,
     notPresented: measure.notPresented,
     firstFrameAt: measure.firstFrameAt,
     flashes: measure.flashes.length,
@@ -467,7 +473,7 @@ function resetViewer() {
   Object.assign(measure, { flashes: [], leads: [], onsets: [], ssrcOnsets: [], ssrcUncertain: 0,
                            frames: 0,
                            notPresented: 0, firstFrameAt: null,
-                           lastFrameAt: null, gaps: [], freezes: 0, t0: performance.now() });
+                           lastFrameAt: null, gaps: [], freezes: 0, freezeTimes: [], t0: performance.now() });
 }
 
 window.streamPage = { connect, join, leave, snapshot, receiverStats, viewerReport, resetViewer,

@@ -143,6 +143,10 @@ class CallMeasure:
         # frames completed by the receiver's jitter buffer (what the network delivered).
         self.decoded = FrameGaps()
         self.assembled = FrameGaps()
+        self.first_assembled_t: float | None = None
+        # The first publisher connection of the call up (ICE and DTLS): frames a publisher
+        # wrote before it never arrive (the call's first keyframe among them).
+        self.publisher_connected_t: float | None = None
         self.withheld = 0
         self.marks_read = 0
         self.first_mark: int | None = None
@@ -207,7 +211,14 @@ class CallMeasure:
 
     def on_video_assembled(self, t: float | None = None) -> None:
         """One encoded frame completed by the receiver's jitter buffer, handed to its decoder."""
-        self.assembled.add(time.monotonic() if t is None else t)
+        t = time.monotonic() if t is None else t
+        if self.first_assembled_t is None:
+            self.first_assembled_t = t
+        self.assembled.add(t)
+
+    def on_publisher_connected(self) -> None:
+        if self.publisher_connected_t is None:
+            self.publisher_connected_t = time.monotonic()
 
     @property
     def freezes(self) -> int:

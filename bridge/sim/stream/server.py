@@ -1151,6 +1151,8 @@ class StreamStandIn:
 
         def on_state() -> None:
             log.info("publisher_pc_state", session=session.session_id, state=pc.connectionState)
+            if pc.connectionState == "connected":
+                session.call.measure.on_publisher_connected()
 
         pc.on("track", on_track)
         pc.on("connectionstatechange", on_state)
