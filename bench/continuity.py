@@ -13,7 +13,7 @@ across a ``CAP_S`` cap (planned switches ``MARGIN_S`` before it) and one injecte
 the client speaking in turns of coded beeps (beep k at its own tone,
 ``bridge.sim.marks.coded_beeps``): ``switch_gap_ms`` (planned, p50/max, as the daemon measured
 it), ``recovery_gap_ms`` (the unplanned switch's picture gap) and ``recovery_s`` (drop -> the
-client's ``avatar_handover``), ``participants_seen`` (joins of the call), ``errors``, and at the
+client's ``avatar_handover``), ``participants_seen`` (the bridge's joins of the call), ``errors``, and at the
 Stream stand-in's receiver: ``audio_lost_ms`` (audio packets missing from the sequence on the
 wire, 20 ms each), ``beeps`` (which beeps the receiver heard and how often each avatar's renderer
 played them: every beep not played once and heard once is listed with its turn and where it was,
@@ -55,12 +55,14 @@ from typing import Any
 
 from bench import driver, latency
 from bridge.client import BridgeClient, stream_pcm_realtime
+from bridge.config import StreamConfig
 from bridge.protocol import EventMsg
 from bridge.sim import browser_viewer, first_frame, marks
 from bridge.sim.liveavatar import StandInOptions
 from bridge.sim.stack import DaemonProcess, StandIns
 
 VARIANT = "360p30-VP8"
+BRIDGE_USER: str = StreamConfig.model_fields["user_id"].default  # the daemon's Stream user
 PROFILE = first_frame.START_PROFILE
 
 
@@ -305,7 +307,8 @@ async def handover_call(
         ],
         "recovery_gap_ms": lost[0]["gap_ms"] if lost else None,
         "recovery_s": round(lost[0]["t"] - drop_t, 3) if lost and drop_t else None,
-        "participants_seen": stats.get("joins"),
+        # The bridge's joins only: the browser viewer watching the call joins it too.
+        "participants_seen": (stats.get("joins_by_user") or {}).get(BRIDGE_USER),
         "audio_lost_ms": 20 * audio["lost"] if "lost" in audio else None,
         "beeps_sent": beeps_sent,
         "beeps_heard": stats.get("audio", {}).get("onsets"),

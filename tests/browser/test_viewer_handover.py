@@ -97,12 +97,15 @@ async def test_the_viewer_marks_are_split_at_the_switch_on_the_host_clock(
             await asyncio.gather(reader, return_exceptions=True)
             seen = await viewer.timeline()
             snap = await viewer._page().evaluate("window.streamPage.snapshot()")
+            joins = sim.stream.stats("default", "viewer-handover")["joins_by_user"]
     finally:
         await daemon.stop()
     assert len(switched) == 1, switched
     # One participant all along: the page measures the first one it bound, so marks after the
     # switch are the same participant's, showing the new avatar.
     assert [p["userId"] for p in snap["participants"].values()] == ["avatar-bridge"], snap
+    # The stand-in tells the bridge's joins from the viewer's (the bench's participants_seen).
+    assert joins == {"avatar-bridge": 1, "viewer": 1}, joins
     timed = [(clock.host_s(float(m["at"])), float(m["skewMs"])) for m in seen["marks"]]
     split = skew_after_switches(timed, switched)
     # Found and paired on both sides of the switch (the figure is the bench's: not asserted).

@@ -187,6 +187,7 @@ class _Call:
     sessions: dict[str, _Session] = field(default_factory=dict)
     deny_join: str | None = None
     joins: int = 0
+    joins_by_user: dict[str, int] = field(default_factory=dict)  # a watcher's joins apart
     sfu_connects: int = 0
     leaves: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=_LEAVES_KEPT))
     recorder: Mp4Recorder | None = None
@@ -433,6 +434,7 @@ class StreamStandIn:
             for s in call.sessions.values()
         ]
         out["joins"] = call.joins
+        out["joins_by_user"] = dict(call.joins_by_user)
         out["sfu_connects"] = call.sfu_connects
         out["leaves"] = list(call.leaves)
         # Measured: the payload type on the wire, named by the negotiated SDP. None before the
@@ -708,6 +710,7 @@ class StreamStandIn:
             )
             return web.json_response(err.body(), status=err.status)
         call.joins += 1
+        call.joins_by_user[user_id] = call.joins_by_user.get(user_id, 0) + 1
         base = self.base_url
         body = get_or_create_call_response(
             call_type,
