@@ -8,23 +8,22 @@ Per media path: one daemon without a pool (every HELLO starts cold) and one with
 each, one after the other; a warm session is taken once it has been in the pool for
 ``SETTLED_S`` (the measurement is ``bridge.sim.first_frame``, shared with ``demo --continuity``).
 
-Handover, per media path: one call of ``CALL_S`` (3 minutes; ``QUICK_CALL_S`` in quick mode)
-across a ``CAP_S`` cap (planned switches ``MARGIN_S`` before it) and one injected provider drop,
-the client speaking in turns of coded beeps (beep k at its own tone,
-``bridge.sim.marks.coded_beeps``): ``switch_gap_ms`` (planned, p50/max, as the daemon measured
-it), ``recovery_gap_ms`` (the unplanned switch's picture gap) and ``recovery_s`` (drop -> the
-client's ``avatar_handover``), ``participants_seen`` (the bridge's joins of the call), ``errors``, and at the
-Stream stand-in's receiver: ``audio_lost_ms`` (audio packets missing from the sequence on the
-wire, 20 ms each), ``beeps`` (which beeps the receiver heard and how often each avatar's renderer
-played them: every beep not played once and heard once is listed with its turn and where it was,
-at the call's start, near a switch, at the end or mid-call; a drop mid-turn re-speaks the
-unspoken rest of the turn on the next avatar, ``bridge/liveavatar/respeak.py``, so a beep heard
-twice is a word re-spoken twice), ``beeps_heard`` (all onsets, the older count),
-``skew_after_switch_ms`` (the A/V skew of the marks within ``SKEW_WINDOW_S`` after each
-switch, p50 signed, p95/p99 of the magnitude; goal |p95| <= 20, |p99| <= 40 ms; the marks before
-the first switch as the baseline), the daemon's own audio drops per second of the call
-(``sync_audio_dropped``, PCM-queue overflows) and the wire ``continuity`` per track (SSRCs,
-largest sequence step, SR jumps).
+Handover, per media path: one call of ``CALL_S`` (3 minutes; ``QUICK_CALL_S`` in quick mode) across
+a ``CAP_S`` cap (planned switches ``MARGIN_S`` before it) and one injected provider drop, the
+client speaking in turns of coded beeps (beep k at its own tone, ``bridge.sim.marks.coded_beeps``):
+``switch_gap_ms`` (planned, p50/max, as the daemon measured it), ``recovery_gap_ms`` (the unplanned
+switch's picture gap) and ``recovery_s`` (drop -> the client's ``avatar_handover``),
+``participants_seen`` (the bridge's joins of the call), ``errors``, and at the Stream stand-in's
+receiver: ``audio_lost_ms`` (audio packets missing from the sequence on the wire, 20 ms each),
+``beeps`` (which beeps the receiver heard and how often each avatar's renderer played them: every
+beep not played once and heard once is listed with its turn and where it was, at the call's start,
+near a switch, at the end or mid-call; a drop mid-turn re-speaks the unspoken rest of the turn on
+the next avatar, ``bridge/liveavatar/respeak.py``, so a beep heard twice is a word re-spoken
+twice), ``beeps_heard`` (all onsets, the older count), ``skew_after_switch_ms`` (the A/V skew of
+the marks within ``SKEW_WINDOW_S`` after each switch, p50 signed, p95/p99 of the magnitude; goal
+|p95| <= 20, |p99| <= 40 ms; the marks before the first switch as the baseline), the daemon's own
+audio drops per second of the call (``sync_audio_dropped``, PCM-queue overflows) and the wire
+``continuity`` per track (SSRCs, largest sequence step, SR jumps).
 
 The handover call is also watched by a browser (headless Chromium running Stream's own browser
 SDK, :mod:`bridge.sim.browser_viewer`): ``viewer_skew_after_switch_ms`` is the same figure as
