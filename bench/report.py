@@ -437,14 +437,16 @@ def _viewer_lines(viewer: dict[str, Any]) -> list[str]:
         lines += [
             "",
             "Per run: the viewer's median skew (a constant within a run) beside its parts: the "
-            "receivers' jitter buffers and, on the relay, how much longer the video took than "
+            "receivers' jitter buffers, the skew the packets brought to the browser (the "
+            "constant less video received-to-shown, plus the audio jitter buffer), the arrival "
+            "skew at the Stream stand-in and, on the relay, how much longer the video took than "
             "the audio from the avatar's capture (its SRs) to the bridge in their best cases, "
             "which the relay's SR alignment holds the audio for (lift).",
             "",
             "| path | viewer skew p50 / \\|p95\\| ms | audio / video JB ms | video received to "
-            "shown ms | relay video - audio "
-            "ms | relay lift audio / video ms | aligned | load |",
-            "|---|---|---|---|---|---|---|---|",
+            "shown ms | at the browser's arrival ms | arrival at the stand-in ms | relay video "
+            "- audio ms | relay lift audio / video ms | aligned | load |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for path, r in rows:
             lift = r.get("relay_lift_ms") or {}
@@ -452,6 +454,7 @@ def _viewer_lines(viewer: dict[str, Any]) -> list[str]:
                 f"| {path} | {_f(r.get('viewer_skew_p50_ms'))} / {_f(r.get('viewer_skew_p95_ms'))} "
                 f"| {_f(r.get('audio_jb_ms'))} / {_f(r.get('video_jb_ms'))} "
                 f"| {_f(r.get('video_shown_after_receive_ms'))} "
+                f"| {_f(r.get('arrival_at_browser_ms'))} | {_f(r.get('arrival_skew_p50_ms'))} "
                 f"| {_f(r.get('relay_video_minus_audio_ms'))} "
                 f"| {_f(lift.get('audio'))} / {_f(lift.get('video'))} "
                 f"| {r.get('relay_aligned')} | {_f(r.get('load'))} |"

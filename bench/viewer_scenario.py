@@ -23,10 +23,15 @@ VARIANT = "360p30-VP8"
 # publisher (the rows before): its SRs carry send times, so the relay's capture alignment has
 # nothing to take out there. "relay_libwebrtc": the avatar published by the LiveKit SDK, as
 # LiveAvatar's is, whose SRs map to its capture clock (bridge/relay/sender_clock.py).
+# "transcode_libwebrtc": the transcode path behind that publisher. The transcode path times its
+# video by arrival, not by SRs, so the publisher's own A/V offset reaches the viewer: the aiortc
+# publisher sends each 20 ms of audio at its first sample, libwebrtc (a real capture device's
+# timing) at its last (docs/sync.md, "The transcode path's constant").
 PATHS: dict[str, tuple[str, str | None]] = {
     "relay": ("relay", None),
     "relay_libwebrtc": ("relay", "sdk"),
     "transcode": ("transcode", None),
+    "transcode_libwebrtc": ("transcode", "sdk"),
 }
 # The goals are judged over >= 40 marks at the viewer: 60 beeps (500 ms apart) leave room for
 # those a loaded machine loses (20 s windows gave 23-35).
@@ -92,12 +97,23 @@ def _run_row(run: dict[str, Any]) -> dict[str, Any]:
     viewer = run.get("viewer") or {}
     delays = viewer.get("receiver_delays_ms") or {}
     sync = run.get("relay_sync") or {}
+    p50 = (viewer.get("skew_ms") or {}).get("p50")
+    audio_jb = (delays.get("audio") or {}).get("jitter_buffer_mean")
+    shown = viewer.get("video_shown_after_receive_ms")
+    # The constant less the browser's receivers' share (the flash frame's received-to-shown
+    # time, less the audio jitter buffer): the A/V offset the packets brought to the browser,
+    # which is what a sender controls (docs/sync.md, "The transcode path's constant").
+    at_browser = None
+    if p50 is not None and shown is not None and audio_jb is not None:
+        at_browser = round(p50 - shown + audio_jb, 1)
     return {
-        "viewer_skew_p50_ms": (viewer.get("skew_ms") or {}).get("p50"),
+        "viewer_skew_p50_ms": p50,
+        "arrival_at_browser_ms": at_browser,
+        "arrival_skew_p50_ms": (run.get("skew_ms") or {}).get("p50"),
         "viewer_skew_p95_ms": (viewer.get("skew_ms") or {}).get("p95"),
-        "audio_jb_ms": (delays.get("audio") or {}).get("jitter_buffer_mean"),
+        "audio_jb_ms": audio_jb,
         "video_jb_ms": (delays.get("video") or {}).get("jitter_buffer_mean"),
-        "video_shown_after_receive_ms": viewer.get("video_shown_after_receive_ms"),
+        "video_shown_after_receive_ms": shown,
         "relay_aligned": bool(sync.get("enabled")) and bool(sync.get("aligned")),
         "relay_video_minus_audio_ms": sync.get("video_minus_audio_transit_ms"),
         "relay_lift_ms": sync.get("lift_ms"),

@@ -589,7 +589,12 @@ class _AvatarAudioTrack(MediaStreamTrack):
         if k < live - _RING_TICKS // 2:
             SIM_AVATAR_SKIPPED.labels("audio").inc(live - k)
             k = live
-        wait = k * TICK_S - r.media_s()
+        # Handed over when its last sample is due, as a capture device delivers audio (and as
+        # the libwebrtc publisher feeds it, bridge/sim/avatar_publisher.py). At its first
+        # sample, the stand-in's audio reached every receiver one tick (20 ms) before a real
+        # sender's could, and the transcode path, which times video by the audio's arrival,
+        # showed the picture that much late (docs/sync.md, "The transcode path's constant").
+        wait = (k + 1) * TICK_S - r.media_s()
         if wait > 0:
             await asyncio.sleep(wait)
         await r._wait_computed(k)

@@ -119,12 +119,10 @@ class StandIns:
             "STREAM_BASE_URL": self.stream.base_url,
             "AVATAR_BRIDGE_STREAM__WS_URL": self.stream.ws_url,
         }
-        if self.liveavatar.options.publisher == "aiortc":
-            # The LiveKit stand-in's own aiortc senders stamp an SR with the time a packet is
-            # sent, and the renderer hands aiortc each 20 ms audio frame at its first sample's
-            # time: their audio SRs are capture times already, unlike libwebrtc's (one packet
-            # late: output.relay_audio_sr_capture_lag_ms, bridge/relay/sender_clock.py).
-            env["AVATAR_BRIDGE_OUTPUT__RELAY_AUDIO_SR_CAPTURE_LAG_MS"] = "0"
+        # Both avatar publishers' audio SRs are one packet late (the daemon's default, "auto",
+        # output.relay_audio_sr_capture_lag_ms): libwebrtc stamps the packetization time, and
+        # the aiortc senders the send time of a 20 ms frame the renderer hands over when its
+        # last sample is due (bridge/sim/avatar.py).
         return env
 
     def daemon_env(self) -> dict[str, str]:

@@ -169,3 +169,31 @@ def test_judge_wording() -> None:
     assert report.judge(None, 5.0, "ms") == "not measured"
     assert report.judge(4.0, 5.0, "ms") == "met"
     assert report.judge(0.75, 0.5, "x") == "missed by 0.25 x"
+
+
+def test_viewer_run_row_splits_the_constant_into_the_packets_and_the_receivers() -> None:
+    """A viewer run's row carries the skew the packets brought to the browser: the constant
+    less the video's received-to-shown time, plus the audio jitter buffer (what a sender
+    controls), next to the arrival skew at the Stream stand-in; both absent when unmeasured."""
+    from bench import viewer_scenario
+
+    run = {
+        "viewer": {
+            "skew_ms": {"p50": -30.2, "p95": 39.9},
+            "video_shown_after_receive_ms": 7.2,
+            "receiver_delays_ms": {
+                "audio": {"jitter_buffer_mean": 34.8},
+                "video": {"jitter_buffer_mean": 8.5},
+            },
+        },
+        "skew_ms": {"p50": -40.0},
+        "load": 5.3,
+    }
+    row = viewer_scenario._run_row(run)
+    assert row["arrival_at_browser_ms"] == pytest.approx(-2.6)
+    assert row["arrival_skew_p50_ms"] == -40.0
+    empty = viewer_scenario._run_row({"viewer": {"error": "no chromium"}})
+    assert empty["arrival_at_browser_ms"] is None and empty["arrival_skew_p50_ms"] is None
+    lines = report._viewer_lines({"variant": "v", "paths": {"relay_libwebrtc": {"per_run": [row]}}})
+    assert any("| -2.6 | -40.0 |" in line for line in lines)
+    assert "transcode_libwebrtc" in viewer_scenario.PATHS

@@ -179,3 +179,23 @@ async def test_rendered_frame_survives_vp8_at_each_quality() -> None:
         expected = [marks.read_frame(f.to_ndarray()[:h]) for f in frames]
         assert [marks.read_frame(f.to_ndarray()[:h]) for f in decoded] == expected
         assert all(m is not None for m in expected)
+
+
+async def test_audio_frames_leave_when_their_last_sample_is_due() -> None:
+    """The aiortc track hands over each 20 ms of audio once all of it has played, as a capture
+    device does (and the libwebrtc publisher, bridge/sim/avatar_publisher.py): handed over at
+    its first sample, the stand-in's audio reached every receiver one packet earlier than a
+    real avatar's, which the transcode path (timed by arrival) carried to the viewer as a
+    picture ~20 ms late (docs/sync.md, "The transcode path's constant"). Only lower bounds:
+    a loaded machine makes a frame later, never earlier."""
+    r = AvatarRenderer(640, 360, FPS, 0.05)
+    r.start()
+    try:
+        at: Any = r.audio_track()
+        ends: list[tuple[float, float]] = []  # (frame's end in media s, media s at hand-over)
+        for _ in range(10):
+            frame = await at.recv()
+            ends.append(((frame.pts + frame.samples) / OUT_RATE, r.media_s()))
+    finally:
+        await r.aclose()
+    assert all(handed >= end for end, handed in ends), ends

@@ -280,7 +280,11 @@ function viewerReport({ pairWindowMs } = {}) {
     firstFrameAt: measure.firstFrameAt,
     flashes: measure.flashes.length,
     onsets: measure.onsets.length,
-    outputLatencyMs: measure.outputLatencyMs,
+    // Read now, not when the context was made: a context not yet running reads 0 (the bench
+    // had 0 and 30 ms in runs of one row). Reported only: the onsets are NetEq's delivery
+    // times, before the output device (docs/sync.md, "Calibration").
+    outputLatencyMs: measure.audioContext
+      ? (measure.audioContext.outputLatency || 0) * 1000 : measure.outputLatencyMs,
     leadsMs: measure.leads.slice(-16).map(round1),
     shownAfterReceiveMs: measure.flashes.map((f) => f.shownAfterReceiveMs)
       .filter((v) => v !== null && v !== undefined).map(round1),
