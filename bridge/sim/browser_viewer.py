@@ -210,9 +210,13 @@ def marks_of(raw: dict[str, Any]) -> list[dict[str, Any]]:
     """The viewer report's plain marks (``at`` on the page's clock, ``skewMs``) by the method
     the figure uses: the audio receiver's synchronization source when it saw onsets, else
     WebAudio. Negative-control marks (bridge.sim.avatar set_mark_offset) are never in it."""
-    ssrc = raw.get("ssrc") or {}
-    use_ssrc = int(ssrc.get("onsets", 0)) >= 3
-    return [p for p in (ssrc["skews"] if use_ssrc else raw["skews"]) if not p.get("control")]
+    pairs = raw["ssrc"]["skews"] if _uses_ssrc(raw) else raw["skews"]
+    return [p for p in pairs if not p.get("control")]
+
+
+def _uses_ssrc(raw: dict[str, Any]) -> bool:
+    """Whether the figure is the audio receiver's synchronization source (it saw onsets)."""
+    return int((raw.get("ssrc") or {}).get("onsets", 0)) >= 3
 
 
 class BrowserViewer:
@@ -322,7 +326,7 @@ class BrowserViewer:
         raw = await page.evaluate("window.streamPage.viewerReport()")
         stats = await page.evaluate("window.streamPage.receiverStats()") or {}
         ssrc = raw.get("ssrc") or {}
-        use_ssrc = int(ssrc.get("onsets", 0)) >= 3
+        use_ssrc = _uses_ssrc(raw)
         pairs = marks_of(raw)
         skews = [float(s["skewMs"]) for s in pairs]
         start = self.reset_at_ms or 0.0
