@@ -258,9 +258,19 @@ def main(argv: list[str] | None = None) -> int:
         choices=list(viewer_scenario.PATHS),
         help="viewer scenario: this row only (repeatable; default all)",
     )
+    p.add_argument(
+        "--daemon-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a daemon setting for every run, after the variant's (repeatable; an A/B)",
+    )
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--doc", type=Path, default=DOC)
     args = p.parse_args(argv)
+    if any("=" not in kv for kv in args.daemon_set):
+        p.error("--daemon-set takes KEY=VALUE")
+    driver.DAEMON_SETTINGS[:] = args.daemon_set
     if args.window is not None and not 1 <= args.window <= 120:
         p.error("--window must be within 1..120 s")
     if args.repeat is not None and not 1 <= args.repeat <= 10:

@@ -44,6 +44,9 @@ BEEP_MS = 100
 # The daemon's default output.video_delay_ms, from its one source (set explicitly below so a
 # result records what it ran with).
 VIDEO_DELAY_MS: float = OutputConfig.model_fields["video_delay_ms"].default
+# Daemon settings given on the command line (``python -m bench --daemon-set KEY=VALUE``), after
+# the variant's own: an A/B of one setting without editing code; the command is in the results.
+DAEMON_SETTINGS: list[str] = []
 SESSION_TIMEOUT_S = 60.0
 BENCH_AVATAR_ID = "6b1f3b8e-5c1e-4d7a-9a59-0b3c2d1e4f50"  # any UUID: the stand-in accepts all
 SKEW_QS = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
@@ -67,6 +70,7 @@ class Variant:
             "--set", f"output.width={self.width}", "--set", f"output.height={self.height}",
             "--set", f"output.fps={FPS}", "--set", f"output.video_codec={self.codec}",
             "--set", f"output.video_delay_ms={VIDEO_DELAY_MS:g}",
+            *(arg for kv in DAEMON_SETTINGS for arg in ("--set", kv)),
         )  # fmt: skip
 
 
@@ -228,17 +232,24 @@ async def run_daemon(
             "avatar_publisher": sim.liveavatar.options.publisher,
         }
         try:
-            await daemon.start()
-            assert daemon.proc is not None
-            pid = daemon.proc.pid
-            await asyncio.gather(*(_open(c, daemon, sim, media_path) for c in clients))
             watcher: browser_viewer.BrowserViewer | None = None
             result["viewer"] = {"error": why_not}
             if why_not is None:
+                # The viewer's browser is up before the call, as a person's is: its start (a
+                # second of both cores) would otherwise land on the call's first seconds, which
+                # on a real deployment run on other machines than the viewer's.
                 try:
                     watcher = await stack.enter_async_context(
                         browser_viewer.BrowserViewer(sim.stream, "default", clients[0].call_id)
                     )
+                except Exception as exc:  # the run's other figures stand without a viewer
+                    result["viewer"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+            await daemon.start()
+            assert daemon.proc is not None
+            pid = daemon.proc.pid
+            await asyncio.gather(*(_open(c, daemon, sim, media_path) for c in clients))
+            if watcher is not None:
+                try:
                     await watcher.join()
                     result["viewer"] = {"first_frame_s": await watcher.first_frame_s()}
                 except Exception as exc:  # the run's other figures stand without a viewer
