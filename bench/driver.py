@@ -33,7 +33,7 @@ from bridge.protocol import Error, EventMsg
 from bridge.sim import browser_viewer
 from bridge.sim.avatar import AvatarRenderer
 from bridge.sim.marks import beep_train
-from bridge.sim.stack import DaemonProcess, StandIns
+from bridge.sim.stack import DaemonProcess, StandIns, set_flags
 from bridge.sim.stream.measure import CallMeasure
 
 CLIENT_FMT = AudioFormat(24000, 1)  # what TTS engines emit; the daemon resamples as needed
@@ -70,7 +70,7 @@ class Variant:
             "--set", f"output.width={self.width}", "--set", f"output.height={self.height}",
             "--set", f"output.fps={FPS}", "--set", f"output.video_codec={self.codec}",
             "--set", f"output.video_delay_ms={VIDEO_DELAY_MS:g}",
-            *(arg for kv in DAEMON_SETTINGS for arg in ("--set", kv)),
+            *set_flags(DAEMON_SETTINGS),
         )  # fmt: skip
 
 

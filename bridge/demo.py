@@ -33,7 +33,7 @@ from bridge.media import AudioFormat
 from bridge.protocol import Error, EventMsg
 from bridge.sim import browser_viewer, first_frame, first_sound, netns
 from bridge.sim.marks import beep_train
-from bridge.sim.stack import PUBLISHER_ENV, SMALL, DaemonProcess, StandIns
+from bridge.sim.stack import PUBLISHER_ENV, SMALL, DaemonProcess, StandIns, set_flags
 from bridge.sim.stream import StreamStandIn
 from bridge.sim.web import PageServer
 
@@ -146,7 +146,7 @@ class Demo:
                 *SMALL,
                 "--set",
                 f"output.media_path={self.media_path}",
-                *(arg for opt in self.daemon_set for arg in ("--set", opt)),
+                *set_flags(self.daemon_set),
             )
             try:
                 sim.stream.record("default", "demo-0", str(self.out / "call.mp4"))
@@ -190,7 +190,7 @@ class Demo:
             return await first_frame.warm_and_cold(
                 path,
                 self.out / "continuity",
-                daemon_flags=[*SMALL, *(arg for opt in self.daemon_set for arg in ("--set", opt))],
+                daemon_flags=[*SMALL, *set_flags(self.daemon_set)],
                 stream_codec="VP9",  # the demo's stand-in grants its default, as for the call
                 render_latency_s=RENDER_LATENCY_S,
             )

@@ -144,6 +144,11 @@ SMALL = (
 )  # fmt: skip
 
 
+def set_flags(settings: list[str]) -> tuple[str, ...]:
+    """``avatar-bridge run`` flags for ``KEY=VALUE`` settings (``--set`` each)."""
+    return tuple(arg for kv in settings for arg in ("--set", kv))
+
+
 class DaemonProcess:
     """``avatar-bridge run`` as a child process, its log in ``workdir/daemon.log``."""
 
