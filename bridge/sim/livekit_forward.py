@@ -14,6 +14,13 @@ negotiates simulcast nor demultiplexes rids, so:
   picks one layer and rewrites it, and the sink writes the packet on the subscriber's transport
   and keeps aiortc's retransmission history and sender-report state current.
 
+Sender reports are LiveKit's pass-through, its default (``pkg/sfu/downtrack.go``
+``CreateSenderReport`` -> ``rtpstats_sender.go`` ``GetRtcpSenderReport(..., passThrough)`` unless
+``DisableSenderReportPassThrough``): the forwarded layer's publisher NTP with its RTP time moved by
+the forwarder's offset. LiveKit extrapolates that pair to the moment it sends; the stand-in sends
+the pair itself, the same NTP<->RTP line. Before the publisher's first SR LiveKit sends none; the
+stand-in sends its own send-time mapping, which the relay never prefers (docs/relay.md).
+
 Feedback goes upstream as LiveKit's does: a subscriber's PLI becomes a PLI for the forwarded
 layer's SSRC, a NACK the sender history cannot answer becomes a NACK for the source packet, and a
 layer switch asks for the new layer's keyframe. The publisher gets a REMB so libwebrtc's bandwidth

@@ -9,8 +9,12 @@ JSON arrays are all served). Protocol details and pitfalls: ``specs/stream-stand
 forwarding: :mod:`bridge.sim.stream.forward`. Test-only endpoints live under ``/_standin/``.
 
 Assumptions where the real service could not be observed (from the SDKs' sources and Stream's
-protocol definitions): the answer to a publisher carries only the granted codec; call settings of
-the built-in call types (:mod:`bridge.sim.stream.coordinator_models`); an unknown call type is
+protocol definitions): the answer to a publisher carries only the granted codec; the SFU's ICE
+candidates are not in its SDP but trickled (``SfuEvent.ice_trickle``, tagged with their ufrag), the
+publisher's before the ``SetPublisher`` answer, the subscriber's after its offer (Stream's Rust SDK
+buffers them because "the SFU trickles its candidates as soon as it receives our offer",
+``src/rtc/peer/ice.rs``; the browser SDK's ``IceTrickleBuffer`` keys them by ufrag); call settings
+of the built-in call types (:mod:`bridge.sim.stream.coordinator_models`); an unknown call type is
 Stream's ``DoesNotExist`` (16, HTTP 404); a Twirp method outside ``SignalServer`` is Twirp's
 ``bad_route``; the location hint is answered locally (:attr:`StreamStandIn.location_hint_url`).
 """
@@ -1065,8 +1069,12 @@ class StreamStandIn:
         for cand in session.pending_ice:
             await _add_candidate(pc, cand)
         session.pending_ice.clear()
-        # aiortc gathers while setting the local description: candidates are in the answer SDP.
+        # aiortc gathers while setting the local description; like Stream's SFU, the stand-in
+        # trickles them (module docstring) before it answers.
         await pc.setLocalDescription(await pc.createAnswer())
+        answer, candidates = split_candidates(pc.localDescription.sdp)
+        for cand in candidates:
+            await session.send(_trickle_event(session, pbm.PEER_TYPE_PUBLISHER_UNSPECIFIED, cand))
         for track_type in new_tracks:
             if track_type not in session.tracks:
                 session.tracks.append(track_type)
@@ -1081,7 +1089,6 @@ class StreamStandIn:
                 for other in list(session.call.sessions.values()):
                     if other is not session:
                         await other.send(published)
-        answer = pc.localDescription.sdp
         if session.call.break_dtls == "mismatch":
             answer = re.sub(
                 r"(a=fingerprint:sha-256 )\S+", r"\g<1>" + ":".join(["00"] * 32), answer
@@ -1180,7 +1187,10 @@ class StreamStandIn:
                 s = session
 
                 async def send_offer(sdp: str, s: _Session = s) -> None:
-                    await s.send(ev.SfuEvent(subscriber_offer=ev.SubscriberOffer(sdp=sdp)))
+                    offer, candidates = split_candidates(sdp)
+                    await s.send(ev.SfuEvent(subscriber_offer=ev.SubscriberOffer(sdp=offer)))
+                    for cand in candidates:
+                        await s.send(_trickle_event(s, pbm.PEER_TYPE_SUBSCRIBER, cand))
 
                 c = call
                 session.subscriber = Subscriber(
@@ -1439,6 +1449,44 @@ def _answer_only_granted(pc: RTCPeerConnection, video_codec: str) -> None:
         transceiver._codecs = [primary] + [
             c for c in codecs if is_rtx(c) and c.parameters.get("apt") == primary.payloadType
         ]
+
+
+def split_candidates(sdp: str) -> tuple[str, list[str]]:
+    """A local description as Stream's SFU sends it: the SDP without its ICE candidates, and
+    those candidates as the ``ICETrickle.ice_candidate`` JSON the SDKs parse (an
+    ``RTCIceCandidateInit``, tagged with its ``usernameFragment``: the browser SDK keeps only
+    candidates of the ICE generation it applied). The sections are bundled on one transport,
+    so the first section's candidates are all of them."""
+    kept: list[str] = []
+    candidates: list[str] = []
+    mid: str | None = None
+    ufrag = _sdp_attr(sdp, "ice-ufrag")
+    section = -1
+    for line in sdp.split("\r\n"):
+        if line.startswith("m="):
+            section += 1
+        elif section >= 0 and line.startswith("a=mid:") and mid is None:
+            mid = line.removeprefix("a=mid:")
+        if line.startswith("a=candidate:"):
+            if section == 0:
+                candidates.append(line.removeprefix("a="))
+            continue
+        if line == "a=end-of-candidates":
+            continue
+        kept.append(line)
+    inits = [
+        json.dumps({"candidate": c, "sdpMid": mid, "sdpMLineIndex": 0, "usernameFragment": ufrag})
+        for c in candidates
+    ]
+    return "\r\n".join(kept), inits
+
+
+def _trickle_event(session: _Session, peer_type: int, candidate: str) -> ev.SfuEvent:
+    return ev.SfuEvent(
+        ice_trickle=pbm.ICETrickle(
+            peer_type=peer_type, ice_candidate=candidate, session_id=session.session_id
+        )
+    )
 
 
 def _sdp_attr(sdp: str, name: str) -> str | None:
