@@ -104,8 +104,11 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
     viewer_paths = sc.get("viewer", {}).get("paths", {})
     for q in ("p95", "p99"):
         v, w = worst("", "viewer", "skew_ms", q)
-        # The viewer scenario's paths (relay, transcode) count too: the worse of all.
+        # The viewer scenario's judged rows count too (bench/viewer_scenario.py JUDGED): the
+        # worse of all. A result from before rows were marked has every row judged.
         for path, p in viewer_paths.items():
+            if not p.get("judged", True):
+                continue
             pv = (p.get("viewer_skew_ms") or {}).get(q)
             if pv is not None and (v is None or pv > v):
                 v, w = pv, f"{sc['viewer'].get('variant', '')} {path}".strip()
@@ -416,7 +419,9 @@ def _viewer_lines(viewer: dict[str, Any]) -> list[str]:
         "",
         f"Variant {viewer.get('variant')}, one session per run, watched by Stream's browser SDK "
         "in headless Chromium (bridge/sim/browser_viewer.py); medians over the runs. Skew is "
-        "picture - sound at playout; the receivers' jitter-buffer means are getStats'.",
+        "picture - sound at playout; the receivers' jitter-buffer means are getStats'. The "
+        "goals are judged on the rows marked *judged*: the avatar published by libwebrtc, as "
+        "LiveAvatar's is; the aiortc publisher's rows are diagnostics (docs/sync.md).",
         "",
         "| path | viewer skew p50 / \\|p95\\| / \\|p99\\| ms | marks | first 10 s \\|p95\\| ms "
         "| audio / video jitter buffer ms | arrival skew at the SFU p50 / \\|p95\\| ms "
@@ -426,8 +431,9 @@ def _viewer_lines(viewer: dict[str, Any]) -> list[str]:
     for path, p in viewer.get("paths", {}).items():
         sk, arr = p.get("viewer_skew_ms") or {}, p.get("arrival_skew_ms") or {}
         errors = "; ".join(str(e)[:80] for e in p.get("viewer_errors") or []) or "-"
+        name = f"{path} (judged)" if p.get("judged", True) else path
         lines.append(
-            f"| {path} | {_f(sk.get('p50'))} / {_f(sk.get('p95'))} / {_f(sk.get('p99'))} | "
+            f"| {name} | {_f(sk.get('p50'))} / {_f(sk.get('p95'))} / {_f(sk.get('p99'))} | "
             f"{_f(p.get('viewer_marks'), 0)} | {_f(p.get('viewer_first10s_p95_ms'))} | "
             f"{_f(p.get('audio_jitter_buffer_ms'))} / {_f(p.get('video_jitter_buffer_ms'))} | "
             f"{_f(arr.get('p50'))} / {_f(arr.get('p95'))} | {errors} |"

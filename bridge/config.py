@@ -199,12 +199,13 @@ class OutputConfig(_Section):
         "reading receiver stats (a panic in rtp_receiver.rs:68 on a non-finite value).",
     )
     relay_video_hold_ms: float = Field(
-        5.0,
+        18.0,
         ge=0,
         le=500,
         description="On the relay path, hold video packets this long so a viewer presents them "
-        "aligned with the audio (its receivers' and display's fixed share of the skew; measured "
-        "in docs/sync.md).",
+        "aligned with the audio (a browser's audio jitter buffer holds audio longer than its "
+        "video path holds a picture; measured with a libwebrtc-published avatar, as "
+        "LiveAvatar's is, in docs/sync.md).",
     )
     relay_align_by_sr: bool = Field(
         True,

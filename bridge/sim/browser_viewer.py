@@ -361,6 +361,13 @@ class BrowserViewer:
             # Per flash mark: its frame's last packet's arrival to the vsync it was shown at
             # (rVFC receiveTime): the video receiver's share, with the vsync's phase in it.
             "video_shown_after_receive_ms": _median(raw.get("shownAfterReceiveMs") or []),
+            # Per frame, rVFC expectedDisplayTime - presentationTime: ~one vsync when Chromium's
+            # compositor paced the frame, ~0 when it set the frame at once (its display then
+            # still waits for the next vsync, which expectedDisplayTime does not count).
+            "video_expected_ahead_ms": _quantiles(raw.get("expectedAheadMs") or []),
+            # Per frame, the rendering update its rVFC callback ran in (the callback's `now`)
+            # after presentationTime: the wait for the compositor's next frame.
+            "video_callback_after_presented_ms": _quantiles(raw.get("callbackAfterMs") or []),
             "receiver_delays_ms": (delays := receiver_delays(stats)),
             "skew_check": skew_check(skews, delays),
             "method": METHOD_SSRC if use_ssrc else METHOD_WEBAUDIO,
@@ -369,3 +376,15 @@ class BrowserViewer:
 
 def _median(values: list[float]) -> float | None:
     return round(statistics.median(values), 1) if values else None
+
+
+def _quantiles(values: list[float]) -> dict[str, float] | None:
+    """p10 / p50 / p90 of ``values`` (ms), or None without any."""
+    if not values:
+        return None
+    s = sorted(values)
+    q = {name: round(s[min(len(s) - 1, int(f * len(s)))], 1) for name, f in _QUANTILES}
+    return {**q, "n": len(s)}
+
+
+_QUANTILES = (("p10", 0.1), ("p50", 0.5), ("p90", 0.9))

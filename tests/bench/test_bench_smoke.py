@@ -165,6 +165,30 @@ def test_goals_and_report_writer(tmp_path: Path) -> None:
             assert len({r.count("|") for r in rows}) == 1, block
 
 
+def test_viewer_goals_are_judged_on_the_judged_rows_only(tmp_path: Path) -> None:
+    # The aiortc publisher's rows are diagnostics (bench/viewer_scenario.py JUDGED): a worse
+    # figure there does not decide the goal, a worse judged row does.
+    results = _results()
+    results["scenarios"]["viewer"] = {
+        "variant": "360p30-VP8",
+        "paths": {
+            "relay": {"judged": False, "viewer_skew_ms": {"p95": 31.0, "p99": 33.0}},
+            "relay_libwebrtc": {"judged": True, "viewer_skew_ms": {"p95": 14.0, "p99": 45.0}},
+        },
+    }
+    goals = {g["goal"]: g for g in report.evaluate(results)}
+    assert (goals["viewer_skew_p95"]["measured"], goals["viewer_skew_p95"]["status"]) == (
+        14.0,
+        "met",
+    )
+    assert goals["viewer_skew_p99"]["where"] == "360p30-VP8 relay_libwebrtc"
+    assert goals["viewer_skew_p99"]["status"] == "missed by 5.0 ms"
+    doc = tmp_path / "performance.md"
+    report.write_markdown(results, doc)
+    text = doc.read_text()
+    assert "| relay_libwebrtc (judged) |" in text and "| relay |" in text
+
+
 def test_judge_wording() -> None:
     assert report.judge(None, 5.0, "ms") == "not measured"
     assert report.judge(4.0, 5.0, "ms") == "met"

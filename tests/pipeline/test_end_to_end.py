@@ -305,5 +305,9 @@ def test_demo_short_run_reports_its_invariants(tmp_path: Path) -> None:
         # The viewer plays what the call carries: the demo's avatar is libwebrtc's, whose frame
         # dropper sets the rate on a loaded machine (14-20 fps seen), so no fixed rate.
         assert viewer["fps"] > report["fps"] / 2 and 0 < viewer["first_frame_s"] < 10, viewer
+        # The picture side's timing diagnostic: per frame, expectedDisplayTime after
+        # presentationTime, as the page read it (docs/sync.md, "Calibration").
+        ahead = viewer["video_expected_ahead_ms"]
+        assert ahead["n"] > 0 and ahead["p10"] <= ahead["p50"] <= ahead["p90"], viewer
         # A second viewer joined later in the call and saw a frame (the figure, not a deadline).
         assert viewer["join_first_frame_s"] > 0, viewer

@@ -32,6 +32,11 @@ const measure = {
   lastPresented: null,
   notPresented: 0, // frames the browser decoded but never showed (their marks are lost)
   displayOffsets: [], // per frame: its display time minus its RTP time (last second's frames)
+  // Per frame: expectedDisplayTime minus presentationTime. Chromium reports the vsync the frame
+  // is drawn at when its compositor paced the frame (one vsync ahead), but the moment the frame
+  // was set when it bypassed that pacing: which one a stream got (last 600 frames).
+  expectedAhead: [],
+  callbackAfter: [],
   frameRtp: null, // the last frame's RTP timestamp, and its unwrapped time in ms
   frameRtpMs: 0,
   audioContext: null,
@@ -116,9 +121,16 @@ function displayLate(t, meta) {
   return offsets[offsets.length - 1] - Math.min(...offsets);
 }
 
-function onMeasuredFrame(video, canvas, meta) {
+function onMeasuredFrame(video, canvas, meta, now) {
   const t = meta.expectedDisplayTime;
   const late = displayLate(t, meta);
+  if (meta.presentationTime !== undefined) {
+    measure.expectedAhead.push(t - meta.presentationTime);
+    if (measure.expectedAhead.length > 600) measure.expectedAhead.shift();
+    // The rendering update this callback runs in (its frame time) after the frame was set.
+    measure.callbackAfter.push(now - meta.presentationTime);
+    if (measure.callbackAfter.length > 600) measure.callbackAfter.shift();
+  }
   measure.frames += 1;
   if (measure.lastPresented !== null && meta.presentedFrames > measure.lastPresented + 1) {
     measure.notPresented += meta.presentedFrames - measure.lastPresented - 1;
@@ -288,6 +300,8 @@ function viewerReport({ pairWindowMs } = {}) {
     leadsMs: measure.leads.slice(-16).map(round1),
     shownAfterReceiveMs: measure.flashes.map((f) => f.shownAfterReceiveMs)
       .filter((v) => v !== null && v !== undefined).map(round1),
+    expectedAheadMs: measure.expectedAhead.map(round1),
+    callbackAfterMs: measure.callbackAfter.map(round1),
     skews: skews(),
     ssrc: { polls: measure.ssrcPolls, withLevel: measure.ssrcLevels,
             uncertain: measure.ssrcUncertain,
@@ -351,7 +365,7 @@ function bindParticipant(call, p) {
   const measured = measure.sessionId === null;  // the first remote participant is measured
   if (measured) measure.sessionId = p.sessionId;
   const onFrame = (now, meta) => {
-    if (measured) onMeasuredFrame(video, canvas, meta);
+    if (measured) onMeasuredFrame(video, canvas, meta, now);
     entry.frames += 1;
     entry.width = meta.width;
     entry.height = meta.height;
@@ -475,7 +489,7 @@ async function receiverStats() {
 function resetViewer() {
   pendingOnset = null;
   Object.assign(measure, { flashes: [], leads: [], onsets: [], ssrcOnsets: [], ssrcUncertain: 0,
-                           frames: 0,
+                           frames: 0, expectedAhead: [], callbackAfter: [],
                            notPresented: 0, firstFrameAt: null,
                            lastFrameAt: null, gaps: [], freezes: 0, freezeTimes: [], t0: performance.now() });
 }
