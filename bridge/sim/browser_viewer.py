@@ -358,15 +358,13 @@ class BrowserViewer:
                 "total_freezes_duration_s": video.get("totalFreezesDuration"),
             },
             "audio_output_latency_ms": raw.get("outputLatencyMs"),
-            # Per flash mark: its frame's last packet's arrival to the vsync it was shown at
-            # (rVFC receiveTime): the video receiver's share, with the vsync's phase in it.
+            # Per flash mark: its frame's last packet's arrival (rVFC receiveTime) to its
+            # expectedDisplayTime: the video receiver's share of the skew.
             "video_shown_after_receive_ms": _median(raw.get("shownAfterReceiveMs") or []),
-            # Per frame, rVFC expectedDisplayTime - presentationTime: ~one vsync when Chromium's
-            # compositor paced the frame, ~0 when it set the frame at once (its display then
-            # still waits for the next vsync, which expectedDisplayTime does not count).
+            # What the picture's time is, per frame: rVFC expectedDisplayTime and the callback's
+            # own `now`, each less the frame's presentationTime (when the compositor took it).
+            # Headless Chromium 150: -0.3 ms for both, every frame (docs/sync.md, calibration).
             "video_expected_ahead_ms": _quantiles(raw.get("expectedAheadMs") or []),
-            # Per frame, the rendering update its rVFC callback ran in (the callback's `now`)
-            # after presentationTime: the wait for the compositor's next frame.
             "video_callback_after_presented_ms": _quantiles(raw.get("callbackAfterMs") or []),
             "receiver_delays_ms": (delays := receiver_delays(stats)),
             "skew_check": skew_check(skews, delays),

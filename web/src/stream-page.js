@@ -32,9 +32,8 @@ const measure = {
   lastPresented: null,
   notPresented: 0, // frames the browser decoded but never showed (their marks are lost)
   displayOffsets: [], // per frame: its display time minus its RTP time (last second's frames)
-  // Per frame: expectedDisplayTime minus presentationTime. Chromium reports the vsync the frame
-  // is drawn at when its compositor paced the frame (one vsync ahead), but the moment the frame
-  // was set when it bypassed that pacing: which one a stream got (last 600 frames).
+  // Per frame (last 600): expectedDisplayTime, and the rVFC callback's own time, each less the
+  // frame's presentationTime: what the picture side's time is (docs/sync.md, calibration).
   expectedAhead: [],
   callbackAfter: [],
   frameRtp: null, // the last frame's RTP timestamp, and its unwrapped time in ms
@@ -159,8 +158,8 @@ function onMeasuredFrame(video, canvas, meta, now) {
     const lead = leadMs(video, canvas);
     measure.leads.push(lead);
     if (measure.leads.length > 64) measure.leads.shift();
-    // From the arrival of the frame's last packet to the vsync it is shown at (jitter buffer,
-    // decode, the wait for the vsync): the video receiver's share of the skew, per mark.
+    // From the arrival of the frame's last packet to its expectedDisplayTime (jitter buffer,
+    // decode, the compositor): the video receiver's share of the skew, per mark.
     const shown = meta.receiveTime ? t - meta.receiveTime : null;
     measure.flashes.push({ at: t + lead, control: level < 212, shownAfterReceiveMs: shown, lead,
                            level, late });
