@@ -216,7 +216,8 @@ async def test_a_minute_of_libwebrtc_simulcast_relayed_through_loss_and_a_layer_
                     skews = sim.stream.measure("default", call_id).skews_ms()
                     relay = await _relay(daemon)
                     (fwd,) = sim.livekit.forwarded_video()
-                    decoder = (await viewer.report())["decoder"]
+                    played = await viewer.report()
+                    decoder = played["decoder"]
                     assert viewer.page is not None
                     inbound = await viewer.page.evaluate("window.streamPage.receiverStats()")
                     avatar = [
@@ -258,6 +259,9 @@ async def test_a_minute_of_libwebrtc_simulcast_relayed_through_loss_and_a_layer_
         "avatar_publisher": avatar,
         "source_stalls": stalled,
         "stream_receiver_skew_ms": _skew_summary(skews),
+        # At the browser's playout (the goals' measure since issue 15; reported, not judged:
+        # the benchmark holds the goal, this call carries loss on every hop and a switch).
+        "viewer_skew_ms": {k: v for k, v in (played.get("skew_ms") or {}).items() if k != "values"},
         "udp_receive_buffer_errors": _udp_receive_buffer_errors() - rcvbuf_errors_before,
         "load": os.getloadavg()[0],
     }
