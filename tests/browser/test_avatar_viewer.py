@@ -76,3 +76,35 @@ async def test_browser_views_the_avatar_the_daemon_relays(
     assert viewer["ssrc"]["withLevel"] > 0 and viewer["ssrc"]["onsets"] >= 3, viewer
     assert len(viewer["ssrc"]["skews"]) >= 1, viewer
     assert all(abs(s["skewMs"]) < 250 for s in viewer["ssrc"]["skews"]), viewer
+
+
+@pytest.mark.parametrize("path", ["relay", "transcode"])
+async def test_a_viewer_waiting_in_the_call_sees_the_avatar_when_it_arrives(
+    sim: StandIns, browser: Chromium, pages: PageServer, tmp_path: Path, path: str
+) -> None:
+    # A person already in the call when the bridge joins: the avatar's tracks are announced
+    # before its publisher's transport is up. The stand-in SFU used to offer the viewer a
+    # subscription with no media section then, which the browser refuses ("A BUNDLE group
+    # contains a MID='' matching no m= section"), and the viewer waited for the SFU's 10 s
+    # answer timeout to see anything.
+    page = await join_as_viewer(browser, pages, sim.stream, "waiting")
+    daemon = DaemonProcess(tmp_path, sim.daemon_env(), *SMALL, "--set", f"output.media_path={path}")
+    await daemon.start()
+    try:
+        async with await BridgeClient.connect(daemon.socket) as client:
+            await asyncio.wait_for(client.hello("default:waiting", FMT), 30)
+            try:
+                await page.wait_for(
+                    "Object.values(window.streamPage.snapshot().participants)"
+                    ".some(p => p.userId === 'avatar-bridge' && p.frames >= 10)",
+                    within_s=30,
+                )
+            except Exception as exc:
+                raise AssertionError(f"{exc}\n{page.diagnostics()}") from exc
+            stats = sim.stream.stats("default", "waiting")
+    finally:
+        await daemon.stop()
+    (viewer,) = [p for p in stats["participants"] if p["user_id"] == "viewer"]
+    assert viewer["subscriber"]["answer_timeouts"] == 0, viewer["subscriber"]
+    failed = [line for line in page.console if "negotiationFailed" in line]
+    assert not failed, failed

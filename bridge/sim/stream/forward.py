@@ -35,8 +35,9 @@ towards the publisher (the RTCP it sends) and the RTX packets received (by paylo
 
 Assumed where the real service cannot be observed here: simulcast layer selection (the stand-in
 receives single-layer only), the exact moment the SFU renegotiates (here: as soon as the wanted
-set of tracks changes, one negotiation at a time per subscriber), and unsubscribed video (its
-m-line stays, set ``inactive``).
+set of tracks changes and each new track's codec is known, i.e. its publisher's transport is up;
+one negotiation at a time per subscriber; never an offer without a media section, which a
+browser refuses), and unsubscribed video (its m-line stays, set ``inactive``).
 
 Private aiortc state (1.14, pinned) used here, as in :mod:`bridge.sim.stream.rtp_taps`: a
 receiver's ``_RTCRtpReceiver__codecs`` / ``__rtx_ssrc`` (RTX unwrapping) and
@@ -78,6 +79,10 @@ log = structlog.get_logger(__name__)
 
 _HISTORY = 512  # forwarded packets kept per subscriber track, to answer NACKs
 _ANSWER_TIMEOUT_S = 10.0
+# A track announced before its publisher's transport is up has no codec to offer yet: the
+# subscriber looks again this often, this many times (20 s), instead of offering nothing.
+_CODEC_WAIT_S = 0.05
+_CODEC_WAITS = 400
 TRACK_TYPE_NAME = {"audio": "TRACK_TYPE_AUDIO", "video": "TRACK_TYPE_VIDEO"}
 
 Spawn = Callable[[Awaitable[None], str], None]
@@ -373,7 +378,9 @@ class Subscriber:
         self._wanted: dict[TrackKey, PublishedTrack] = {}
         self._dirty = asyncio.Event()
         self._running = False
+        self._codec_unknown = False
         self.negotiations = 0
+        self.answer_timeouts = 0
         self.closed = False
         self.pc.on("connectionstatechange", self._on_connection_state)
 
@@ -395,9 +402,14 @@ class Subscriber:
 
     async def _run(self) -> None:
         try:
+            waits = 0
             while self._dirty.is_set() and not self.closed:
                 self._dirty.clear()
                 await self._sync(dict(self._wanted))
+                if self._codec_unknown and waits < _CODEC_WAITS:  # bounded
+                    waits += 1
+                    await asyncio.sleep(_CODEC_WAIT_S)
+                    self._dirty.set()
         finally:
             self._running = False
 
@@ -405,6 +417,7 @@ class Subscriber:
         current = {k for k, s in self.sinks.items() if s.track is wanted.get(k)}
         added = [k for k in wanted if k not in current]
         removed = [k for k in self.sinks if k not in wanted or k in added]
+        self._codec_unknown = False
         if not added and not removed:
             return
         for key in removed:
@@ -419,10 +432,15 @@ class Subscriber:
             if transceiver is None:
                 transceiver = self._add_transceiver(track)
                 if transceiver is None:
+                    self._codec_unknown = True
                     continue
                 self._transceivers[key] = transceiver
             transceiver.direction = "sendonly"
             new.append(key)
+        if not new and not removed:
+            # Nothing to offer yet: an offer without a media section is one a browser refuses
+            # (an empty BUNDLE group), which cost a viewer who joined before the avatar 10 s.
+            return
         if not await self._negotiate():
             return
         for key in new:
@@ -467,6 +485,7 @@ class Subscriber:
         try:
             answer = await asyncio.wait_for(self._answer, _ANSWER_TIMEOUT_S)
         except TimeoutError:
+            self.answer_timeouts += 1
             log.warning("sfu_subscriber_answer_timeout", session=self.session_id)
             return False
         finally:
@@ -494,6 +513,7 @@ class Subscriber:
         return {
             "pc_state": self.pc.connectionState,
             "negotiations": self.negotiations,
+            "answer_timeouts": self.answer_timeouts,
             "tracks": {
                 f"{k.session_id}:{k.kind}": {
                     "sent": s.sent,
