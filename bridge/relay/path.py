@@ -63,6 +63,7 @@ from bridge.relay.aiortc_hooks import (
     SrHandler,
     ensure_compatible,
 )
+from bridge.relay.cadence import CadenceHold
 from bridge.relay.playout import PlayoutBuffer
 from bridge.relay.policy import (
     StreamFollower,
@@ -113,6 +114,12 @@ VIDEO_PAUSES = Counter(
 SIZE_CHANGES = Counter(
     "bridge_relay_video_size_changes_total",
     "Keyframes of another size than the stream's before (the LiveKit SFU switched layers)",
+)
+CADENCE_CHANGES = Counter(
+    "bridge_relay_video_cadence_changes_total",
+    "Times the forwarded video's frame timing turned steady or unsteady, and the video hold "
+    "followed (bridge/relay/cadence.py)",
+    ["steady"],
 )
 PLAYOUT_LATE = Counter(
     "bridge_relay_playout_late_total",
@@ -220,6 +227,10 @@ class RelayOptions:
     fallback_codecs: tuple[str, ...] = ()
     # Playout alignment (see the module doc); 0 disables the hold.
     video_hold_ms: float = setting_default(OutputConfig, "relay_video_hold_ms")
+    # Less hold for steadily timed frames (bridge/relay/cadence.py); with pacing only.
+    video_cadence_allowance_ms: float = setting_default(
+        OutputConfig, "relay_video_cadence_allowance_ms"
+    )
     # Pacing by the RTP clocks (bridge/relay/playout.py); 0 forwards on arrival.
     playout_hold_ms: float = setting_default(OutputConfig, "relay_playout_hold_ms")
     # Both kinds' pacing aligned by the avatar's sender reports (bridge/relay/sender_clock.py).
@@ -265,6 +276,7 @@ class RelayOptions:
             video_size=video_size,
             require_size=require_size,
             video_hold_ms=settings.output.relay_video_hold_ms,
+            video_cadence_allowance_ms=settings.output.relay_video_cadence_allowance_ms,
             playout_hold_ms=settings.output.relay_playout_hold_ms,
             align_by_sr=settings.output.relay_align_by_sr,
             audio_sr_capture_lag_ms=settings.output.relay_audio_sr_capture_lag_ms,
@@ -441,6 +453,9 @@ class RelayPath:
                 max_hold_s=max_s,
                 capacity=options.hold_capacity,
             )
+        # The video's offset in its buffer, by the forwarded frames' cadence.
+        self._cadence = CadenceHold(options.video_hold_ms, options.video_cadence_allowance_ms)
+        self._cadence_steps = 0
         # Aligns the two buffers' timing by the avatar's capture clock (its SRs).
         self._clock = (
             SenderClock(
@@ -736,6 +751,15 @@ class RelayPath:
             "pli_suppressed": policy.pli.suppressed,
             "hold_released_early": policy.hold.released_early,
             "playout": {kind: buf.stats.as_dict() for kind, buf in self._playout.items()},
+            "video_cadence": {
+                "steady": self._cadence.steady,
+                "frame_deviation_ms": (
+                    None
+                    if self._cadence.deviation_ms is None
+                    else round(self._cadence.deviation_ms, 1)
+                ),
+                "hold_ms": self._cadence.hold_ms if self._playout else self._opts.video_hold_ms,
+            },
             "sync": None if self._clock is None else self._clock.stats(),
             "video_paused_dropped": policy.paused_dropped,
             "rebases": video.rewriter.rebases if video else 0,
@@ -1047,6 +1071,9 @@ class RelayPath:
         async with self._send_locks[fwd.kind]:
             for out in buf.push(packet, now, lift):
                 await self._send_out(fwd, out)
+        if fwd.kind == "video" and buf.step_count != self._cadence_steps:
+            self._cadence_steps = buf.step_count
+            self._follow_cadence(buf)
         if buf.stats.late != late:
             PLAYOUT_LATE.labels(fwd.kind).inc(buf.stats.late - late)
         if buf.stats.released_early != early:
@@ -1056,6 +1083,20 @@ class RelayPath:
         due = buf.next_due()
         if due is not None and due < self._pump_due:
             self._hold_wake.set()  # earlier than what the pump sleeps for (or it is idle)
+
+    def _follow_cadence(self, buf: PlayoutBuffer[RtpPacket]) -> None:
+        hold_ms = self._cadence.update(buf.steps_s)
+        if hold_ms is None:
+            return
+        buf.set_offset(hold_ms / 1000.0)
+        CADENCE_CHANGES.labels(str(self._cadence.steady).lower()).inc()
+        dev = self._cadence.deviation_ms
+        log.info(
+            "relay_video_cadence",
+            steady=self._cadence.steady,
+            frame_deviation_ms=None if dev is None else round(dev, 1),
+            hold_ms=hold_ms,
+        )
 
     async def _send_out(self, fwd: _Forwarder, packet: RtpPacket) -> None:
         await fwd.send(packet)

@@ -45,7 +45,7 @@ P = TypeVar("P", bound=TimedPacket)
 
 _WRAP = 1 << 32
 _HALF = 1 << 31
-_STEPS = 16  # timestamp steps kept for packet_s
+_STEPS = 16  # timestamp steps kept for packet_s and steps_s
 
 
 @dataclass(slots=True)
@@ -89,7 +89,8 @@ class PlayoutBuffer(Generic[P]):
         if clock_rate <= 0 or capacity <= 0 or window_s <= 0:
             raise ValueError("clock_rate, capacity and window_s must be positive")
         self.clock_rate = clock_rate
-        self.delay_s = max(0.0, hold_s) + max(0.0, offset_s)
+        self._hold_s = max(0.0, hold_s)
+        self.delay_s = self._hold_s + max(0.0, offset_s)
         self.max_hold_s = max(max_hold_s, self.delay_s)
         self.rebase_late_s = rebase_late_s
         self.window_s = window_s
@@ -112,6 +113,7 @@ class PlayoutBuffer(Generic[P]):
         # minimum is one packet's duration (audio: loss only makes a step longer, reordering
         # makes one negative, neither shorter).
         self._steps: deque[int] = deque(maxlen=_STEPS)
+        self.step_count = 0  # steps seen in all (tells a caller when steps_s has a new one)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -130,6 +132,20 @@ class PlayoutBuffer(Generic[P]):
         consecutive packets of the current SSRC, None before two packets of it. Meaningful for
         audio (a video frame's packets share a timestamp)."""
         return min(self._steps) / self.clock_rate if self._steps else None
+
+    @property
+    def steps_s(self) -> list[float]:
+        """The last timestamp steps between consecutive packets of the current SSRC (s), oldest
+        first: for video, the frames' durations (a frame's packets share a timestamp)."""
+        return [step / self.clock_rate for step in self._steps]
+
+    def set_offset(self, offset_s: float) -> None:
+        """Hold the packets pushed from now on ``hold_s + offset_s``. Those waiting keep their
+        deadlines, and a lower offset reorders nothing: in timestamp order a deadline is never
+        before the one of the packet before it (the next frame just follows its predecessor
+        that much sooner)."""
+        self.delay_s = self._hold_s + max(0.0, offset_s)
+        self.max_hold_s = max(self.max_hold_s, self.delay_s)
 
     def media_of(self, ssrc: int, timestamp: int) -> float | None:
         """``timestamp`` of ``ssrc`` as media time (s) on this buffer's origin (that of its
@@ -217,6 +233,7 @@ class PlayoutBuffer(Generic[P]):
             self._media += d - _WRAP if d >= _HALF else d
             if 0 < d < _HALF:
                 self._steps.append(d)
+                self.step_count += 1
         self._last_ts = ts
         return self._media
 

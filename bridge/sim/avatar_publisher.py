@@ -89,8 +89,10 @@ class SdkAvatarPublisher:
         width: int,
         height: int,
         codec: str,
+        max_fps: float | None = None,
     ) -> None:
         self._video = video
+        self.max_fps = max_fps
         self._audio = audio
         self.width, self.height = width, height
         self.codec = codec.upper()
@@ -146,15 +148,25 @@ class SdkAvatarPublisher:
         async with asyncio.timeout(PUBLISH_TIMEOUT_S):
             await lp.publish_track(
                 rtc.LocalVideoTrack.create_video_track("avatar-video", self._vsource),
-                rtc.TrackPublishOptions(
-                    source=rtc.TrackSource.SOURCE_CAMERA, simulcast=True, video_codec=codec
-                ),
+                self._video_options(codec),
             )
             await lp.publish_track(
                 rtc.LocalAudioTrack.create_audio_track("avatar-audio", self._asource),
                 rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE, dtx=False),
             )
         log.info("avatar_sdk_published", codec=self.codec, width=self.width, height=self.height)
+
+    def _video_options(self, codec: rtc.VideoCodec.ValueType) -> rtc.TrackPublishOptions:
+        opts = rtc.TrackPublishOptions(
+            source=rtc.TrackSource.SOURCE_CAMERA, simulcast=True, video_codec=codec
+        )
+        if self.max_fps is not None:
+            # The preset's bitrate for the size (livekit-client's VideoPresets: h360 450 kbps,
+            # h720 1.7 Mbps), only the frame rate capped otherwise.
+            bitrate = 450_000 if self.height <= 360 else 1_700_000
+            opts.video_encoding.max_framerate = self.max_fps
+            opts.video_encoding.max_bitrate = bitrate
+        return opts
 
     async def aclose(self) -> None:
         for task in self._tasks:

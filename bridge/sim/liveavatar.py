@@ -175,6 +175,10 @@ class StandInOptions:
     # to subscribers. "aiortc": the LiveKit stand-in encodes the tracks itself per subscriber
     # (or once, pre-encoded): cheaper, for large-scale benches; not libwebrtc's RTP.
     publisher: str = "aiortc"
+    # The "sdk" publisher's frame-rate cap. None: LiveKit's preset for the size, as a client
+    # that sets no encoding gets (360p: 20 fps, every third of the renderer's 30 frames
+    # dropped; 720p: 30). A steady 30 fps at 360p is what a relay bench of the cadence needs.
+    publisher_max_fps: float | None = None
     delays: StartDelays = field(default_factory=StartDelays)
 
 
@@ -561,6 +565,7 @@ class LiveAvatarStandIn:
             width=width,
             height=height,
             codec=session.encoding,
+            max_fps=self.options.publisher_max_fps,
         )
         session.publisher = publisher
         token = self.livekit.mint_token(session.room, self.options.avatar_identity)

@@ -28,6 +28,8 @@ from bridge.sim.stream import StreamStandIn
 
 LIVEAVATAR_KEY = "standin-liveavatar-key"
 PUBLISHER_ENV = "BRIDGE_SIM_AVATAR_PUBLISHER"
+# The "sdk" avatar's frame-rate cap for a whole run (StandInOptions.publisher_max_fps).
+PUBLISHER_FPS_ENV = "BRIDGE_SIM_AVATAR_FPS"
 
 # How many StandIns of this process are open: the heap stays frozen until the last one closes.
 _open = 0
@@ -78,6 +80,8 @@ class StandIns:
         # "sdk": the avatar publishes with the LiveKit SDK (libwebrtc simulcast RTP, forwarded);
         # "aiortc": the LiveKit stand-in encodes it. The environment can switch a whole run.
         opts.publisher = avatar_publisher or os.environ.get(PUBLISHER_ENV, opts.publisher)
+        if fps := os.environ.get(PUBLISHER_FPS_ENV):
+            opts.publisher_max_fps = float(fps)
         self.liveavatar = LiveAvatarStandIn(opts, livekit=self.livekit)
         self.stream = StreamStandIn(video_codec=stream_codec)
         self._holding = False  # this one counts in hold_heap()

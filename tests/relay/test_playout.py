@@ -124,6 +124,37 @@ def test_offset_adds_to_the_hold() -> None:
     assert [p.timestamp for p in buf.drain()] == [0] and buf.next_due() is None
 
 
+def test_a_new_offset_applies_to_later_packets_without_reordering() -> None:
+    """The cadence hold (bridge/relay/cadence.py) moves the video's offset mid-stream: what
+    waits keeps its deadline, the next frame takes the new one, never before its predecessor."""
+    buf: PlayoutBuffer[Pkt] = PlayoutBuffer(90_000, 0.03, offset_s=0.018)
+    buf.push(Pkt(1, 0), 5.0)
+    assert buf.next_due() == pytest.approx(5.048)
+    buf.set_offset(0.010)
+    buf.push(Pkt(1, 3000), 5.0334)  # 33.3 ms later: due 8 ms sooner after its predecessor
+    buf.push(Pkt(1, 3000), 5.0336)  # the frame's second packet: the same deadline
+    buf.set_offset(0.0)
+    buf.push(Pkt(1, 3001), 5.034)  # even with no offset left: not before the packet before it
+    assert [p.timestamp for p in buf.pop_due(5.0479)] == []
+    assert [p.timestamp for p in buf.pop_due(5.0481)] == [0]
+    assert [p.timestamp for p in buf.pop_due(5.0728)] == []
+    assert [p.timestamp for p in buf.pop_due(5.0738)] == [3000, 3000, 3001]
+
+
+def test_steps_are_the_frames_durations() -> None:
+    buf: PlayoutBuffer[Pkt] = PlayoutBuffer(90_000, 0.03)
+    ts = 0
+    for n, step in enumerate([3000, 6000, 3000, 6000]):
+        for _ in range(3):  # a frame's packets share its timestamp
+            buf.push(Pkt(1, ts), 1.0 + n * 0.05)
+        ts += step
+    buf.push(Pkt(1, ts), 1.3)
+    assert buf.steps_s == pytest.approx([1 / 30, 1 / 15, 1 / 30, 1 / 15])
+    assert buf.step_count == 4
+    buf.push(Pkt(2, 0), 1.4)  # a new stream: its own steps
+    assert buf.steps_s == [] and buf.step_count == 4
+
+
 def test_packets_in_timestamp_order_never_overtake_each_other() -> None:
     """Seeded jitter, including packets of one frame spread out and bursts: whatever the base
     does, what was pushed in timestamp order is due in that order."""
