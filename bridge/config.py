@@ -189,6 +189,17 @@ class OutputConfig(_Section):
         "video_delay_follows_receivers), so it leaves aligned with the slower audio path "
         "(docs/sync.md).",
     )
+    video_cadence_allowance_ms: float = Field(
+        8.0,
+        ge=0,
+        le=50,
+        description="Either path: hold video this much less (than relay_video_hold_ms on the "
+        "relay with pacing, video_delay_ms on the transcode path) while the frames sent to "
+        "the call come at a steady rate: Chromium renders such a stream by cadence, on time "
+        "or one 60 Hz vsync (16.7 ms) later by phase, where it shows irregular frames at the "
+        "next vsync; half a vsync centres both cases (bridge/cadence.py, docs/sync.md). "
+        "0 keeps one hold for every stream.",
+    )
     video_delay_follows_receivers: bool = Field(
         False,
         description="Transcode path: add the avatar downlink's audio jitter-buffer delay "
@@ -207,16 +218,7 @@ class OutputConfig(_Section):
         "video path holds a picture; measured with a libwebrtc-published avatar, as "
         "LiveAvatar's is, in docs/sync.md).",
     )
-    relay_video_cadence_allowance_ms: float = Field(
-        8.0,
-        ge=0,
-        le=50,
-        description="On the relay path with pacing, hold video this much less than "
-        "relay_video_hold_ms while its frames come at a steady rate: Chromium renders such a "
-        "stream by cadence, on time or one 60 Hz vsync (16.7 ms) later by phase, where it "
-        "shows irregular frames at the next vsync; half a vsync centres both cases "
-        "(bridge/relay/cadence.py, docs/sync.md). 0 keeps one hold for every stream.",
-    )
+
     relay_align_by_sr: bool = Field(
         True,
         description="On the relay path, align the paced audio and video by the avatar's "

@@ -284,6 +284,7 @@ class RemotePaths:
             audio_queue_ms=out.audio_queue_ms,
             video_delay_ms=out.video_delay_ms,
             follow_receivers=out.video_delay_follows_receivers,
+            cadence_allowance_ms=out.video_cadence_allowance_ms,
             audio_backlog_ms=out.audio_backlog_ms,
         )
 

@@ -4,7 +4,9 @@ Audio is the master clock: it goes to the publisher as soon as it arrives, and t
 own pacer plays it out in real time. Video frames are held back from their arrival, because
 libwebrtc hands decoded video to us earlier than the matching audio. The hold
 (:class:`VideoAlignment`) is ``video_delay_ms`` (a fixed part, which holds the video receiver's
-small, steady delay) plus the downlink's audio jitter buffer (NetEq), read from libwebrtc's stats
+small, steady delay; ``video_cadence_allowance_ms`` less while the frames written are steadily
+timed, which a viewer's Chromium renders by cadence: :mod:`bridge.cadence`) plus the downlink's
+audio jitter buffer (NetEq), read from libwebrtc's stats
 every 100 ms, plus the Stream SDK's PCM queue (:class:`PacerQueue`, modelled from our writes):
 NetEq starts a call with a delay it sheds over seconds (and grows it on jitter), which a fixed
 hold left as the picture 100-200 ms early in the first seconds of every call (docs/sync.md).
@@ -49,6 +51,8 @@ import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
 from bridge import metrics
+from bridge.cadence import FRAMES as CADENCE_FRAMES
+from bridge.cadence import CadenceHold
 from bridge.first_sound import PCM_LOUD_PEAK, OnsetPoint
 from bridge.media import AudioChunk, JitterBufferReading, VideoFrame
 from bridge.stages import CallPublisher
@@ -78,6 +82,12 @@ VIDEO_ADDED = Histogram(
     buckets=(0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2, 0.25, 0.3,
              0.4, 0.5, 0.75, 1.0, 2.0),
 )  # fmt: skip
+CADENCE_CHANGES = Counter(
+    "bridge_sync_video_cadence_changes_total",
+    "Times the transcode path's written frames turned steadily timed or not, and the video "
+    "hold's base followed (output.video_cadence_allowance_ms)",
+    ["steady"],
+)
 AUDIO_SILENCE_SKIPPED = Counter(
     "bridge_sync_audio_silence_skipped_seconds_total",
     "Silent audio the sync stage skipped to shed the latency a publisher stall left (speech is "
@@ -253,10 +263,17 @@ class VideoAlignment:
     receiver is measured it is ``base_ms`` alone, and always with ``follow=False`` (the
     receivers are then measured only, for the logs)."""
 
-    def __init__(self, base_ms: float, max_ms: float, *, follow: bool = True) -> None:
+    def __init__(
+        self, base_ms: float, max_ms: float, *, follow: bool = True, cadence_allowance_ms: float = 0
+    ) -> None:
         self.base_ms = base_ms
         self.follow = follow
         self.max_ms = max(0.0, max_ms)
+        # The base, less the allowance while the frames written are steadily timed (a viewer's
+        # Chromium renders them by cadence: bridge/cadence.py).
+        self.cadence = CadenceHold(base_ms, cadence_allowance_ms)
+        self._durations: deque[float] = deque(maxlen=CADENCE_FRAMES)
+        self._last_pts_us: int | None = None
         self.audio = ReceiverDelay(AUDIO_WINDOW_MS)
         self.video = ReceiverDelay(VIDEO_WINDOW_MS)
         self._last_ms: float | None = None
@@ -280,7 +297,7 @@ class VideoAlignment:
     def hold_ms(self) -> float:
         """The hold the receivers call for now (the target)."""
         diff = self.difference_ms if self.follow else None
-        hold = self.base_ms + (diff if diff is not None else 0.0)
+        hold = self.cadence.hold_ms + (diff if diff is not None else 0.0)
         if self.follow:
             hold += self.publisher_queue_ms
         return min(self.max_ms, max(0.0, hold))
@@ -299,6 +316,15 @@ class VideoAlignment:
         """A frame left with this hold."""
         self._last_ms = hold_ms
 
+    def written(self, pts_us: int) -> float | None:
+        """A frame with this pts went to the call: its timing joins the cadence verdict.
+        Returns the base (ms) when the verdict changed it, else None."""
+        last, self._last_pts_us = self._last_pts_us, pts_us
+        if last is None or pts_us <= last:
+            return None
+        self._durations.append((pts_us - last) / 1e6)
+        return self.cadence.update(self._durations)
+
 
 class SyncStage:
     """Bounded A/V queues between the downlink and the publisher; see the module docstring."""
@@ -314,6 +340,7 @@ class SyncStage:
         audio_backlog_ms: float,
         silence_flush_ms: float = 300.0,
         follow_receivers: bool = True,
+        cadence_allowance_ms: float = 0.0,
     ) -> None:
         self._publisher = publisher
         self.video_capacity = max(1, round(fps * buffer_seconds))
@@ -325,7 +352,10 @@ class SyncStage:
         self.audio = AudioBacklog(audio_backlog_ms / 1000.0)
         # The hold cannot outlast the video queue (its frames would be dropped as overflow).
         self.alignment = VideoAlignment(
-            video_delay_ms, max_ms=1000.0 * buffer_seconds * 0.8, follow=follow_receivers
+            video_delay_ms,
+            max_ms=1000.0 * buffer_seconds * 0.8,
+            follow=follow_receivers,
+            cadence_allowance_ms=cadence_allowance_ms,
         )
         self._hold_logged_ms = -1.0
         self.pacer = PacerQueue(audio_queue_ms / 1000.0)
@@ -478,6 +508,16 @@ class SyncStage:
             # The await is the publisher's backpressure: frames queue (bounded) meanwhile.
             await self._publisher.write_video(frame)
             self.video_written += 1
+            if (base := self.alignment.written(frame.pts_us)) is not None:
+                steady = self.alignment.cadence.steady
+                CADENCE_CHANGES.labels(str(steady).lower()).inc()
+                dev = self.alignment.cadence.deviation_ms
+                log.info(
+                    "sync_video_cadence",
+                    steady=steady,
+                    frame_deviation_ms=None if dev is None else round(dev, 1),
+                    base_hold_ms=base,
+                )
             done_ns = time.monotonic_ns()
             metrics.STAGE_LATENCY.labels(stage="downlink_to_publish").observe(
                 (done_ns - frame.received_ns) / 1e9

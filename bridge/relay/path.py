@@ -51,6 +51,7 @@ from prometheus_client import Counter, Histogram
 
 from bridge import metrics
 from bridge.barge_in import SpeechGate, opus_silence_like
+from bridge.cadence import CadenceHold
 from bridge.config import LiveAvatarConfig, OutputConfig, Settings, setting_default
 from bridge.errors import BridgeError, ErrorCode
 from bridge.first_sound import OPUS_LOUD_BYTES, OnsetPoint
@@ -63,7 +64,6 @@ from bridge.relay.aiortc_hooks import (
     SrHandler,
     ensure_compatible,
 )
-from bridge.relay.cadence import CadenceHold
 from bridge.relay.playout import PlayoutBuffer
 from bridge.relay.policy import (
     StreamFollower,
@@ -118,7 +118,7 @@ SIZE_CHANGES = Counter(
 CADENCE_CHANGES = Counter(
     "bridge_relay_video_cadence_changes_total",
     "Times the forwarded video's frame timing turned steady or unsteady, and the video hold "
-    "followed (bridge/relay/cadence.py)",
+    "followed (bridge/cadence.py)",
     ["steady"],
 )
 PLAYOUT_LATE = Counter(
@@ -227,10 +227,8 @@ class RelayOptions:
     fallback_codecs: tuple[str, ...] = ()
     # Playout alignment (see the module doc); 0 disables the hold.
     video_hold_ms: float = setting_default(OutputConfig, "relay_video_hold_ms")
-    # Less hold for steadily timed frames (bridge/relay/cadence.py); with pacing only.
-    video_cadence_allowance_ms: float = setting_default(
-        OutputConfig, "relay_video_cadence_allowance_ms"
-    )
+    # Less hold for steadily timed frames (bridge/cadence.py); with pacing only.
+    video_cadence_allowance_ms: float = setting_default(OutputConfig, "video_cadence_allowance_ms")
     # Pacing by the RTP clocks (bridge/relay/playout.py); 0 forwards on arrival.
     playout_hold_ms: float = setting_default(OutputConfig, "relay_playout_hold_ms")
     # Both kinds' pacing aligned by the avatar's sender reports (bridge/relay/sender_clock.py).
@@ -276,7 +274,7 @@ class RelayOptions:
             video_size=video_size,
             require_size=require_size,
             video_hold_ms=settings.output.relay_video_hold_ms,
-            video_cadence_allowance_ms=settings.output.relay_video_cadence_allowance_ms,
+            video_cadence_allowance_ms=settings.output.video_cadence_allowance_ms,
             playout_hold_ms=settings.output.relay_playout_hold_ms,
             align_by_sr=settings.output.relay_align_by_sr,
             audio_sr_capture_lag_ms=settings.output.relay_audio_sr_capture_lag_ms,

@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bridge.cadence import STEADY_BELOW_S, UNSTEADY_ABOVE_S
 from bridge.client import BridgeClient, RemoteError, stream_pcm_realtime
 from bridge.config import OutputConfig, setting_default
 from bridge.media import AudioFormat
 from bridge.protocol import EventMsg
-from bridge.relay.cadence import STEADY_BELOW_S, UNSTEADY_ABOVE_S
 from bridge.sim.marks import beep_train
 from bridge.sim.stack import StandIns
 from tests.pipeline.conftest import StartDaemon
@@ -126,7 +126,7 @@ async def test_a_turn_reaches_the_call_lip_synced(
         assert stats["video_codec"] == "VP8"  # the avatar's codec, forwarded, seen on the wire
         relay = info["relay"]
         assert relay["keyframes"] >= 1 and relay["video_sent"] > 80 and relay["audio_sent"] > 100
-        # The video hold follows the forwarded frames' timing (bridge/relay/cadence.py): the
+        # The video hold follows the forwarded frames' timing (bridge/cadence.py): the
         # stand-in's aiortc avatar stamps a steady 30 fps, unless a loaded machine made its
         # renderer skip frames; the verdict and the hold must agree with the deviation seen.
         cadence = relay["video_cadence"]
@@ -138,7 +138,7 @@ async def test_a_turn_reaches_the_call_lip_synced(
         elif deviation > 1000 * UNSTEADY_ABOVE_S:
             assert not cadence["steady"], cadence
         hold = setting_default(OutputConfig, "relay_video_hold_ms")
-        allowance = setting_default(OutputConfig, "relay_video_cadence_allowance_ms")
+        allowance = setting_default(OutputConfig, "video_cadence_allowance_ms")
         assert cadence["hold_ms"] == hold - (allowance if cadence["steady"] else 0), cadence
         if cadence["steady"]:
             assert any(

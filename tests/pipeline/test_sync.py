@@ -211,6 +211,21 @@ def test_hold_follows_the_audio_minus_video_delay() -> None:
     assert align.hold_ms() == pytest.approx(50.0)
 
 
+def test_steadily_timed_frames_lower_the_base_by_the_cadence_allowance() -> None:
+    """The frames written at a steady 30 fps (a viewer's Chromium renders them by cadence,
+    bridge/cadence.py): the base comes down by the allowance once; LiveKit's 20 fps of a
+    30 fps camera (33/67 ms) keeps it."""
+    steady = VideoAlignment(base_ms=60, max_ms=800, follow=False, cadence_allowance_ms=8)
+    changes = [steady.written(round(n * 1e6 / 30)) for n in range(40)]
+    assert [c for c in changes if c is not None] == [pytest.approx(52.0)]
+    assert steady.hold_ms() == pytest.approx(52.0)
+    uneven = VideoAlignment(base_ms=60, max_ms=800, follow=False, cadence_allowance_ms=8)
+    pts = [round(1e6 * (n + n // 2) / 30) for n in range(40)]  # every third frame dropped
+    assert all(uneven.written(p) is None for p in pts)
+    assert uneven.hold_ms() == 60
+    assert uneven.written(pts[-1]) is None  # a repeated pts is not a duration
+
+
 def test_hold_is_clamped_and_can_be_fixed() -> None:
     align = VideoAlignment(base_ms=20, max_ms=300)
     fixed = VideoAlignment(base_ms=20, max_ms=300, follow=False)

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from getstream.video.rtc.pb.stream.video.sfu.event import events_pb2 as ev
 
+from bridge.cadence import UNSTEADY_ABOVE_S
 from bridge.client import BridgeClient, RemoteError, stream_pcm_realtime
 from bridge.config import OutputConfig, setting_default
 from bridge.media import AudioFormat
 from bridge.protocol import EventMsg
-from bridge.relay.cadence import UNSTEADY_ABOVE_S
 from bridge.sim.marks import beep_train
 from bridge.sim.stack import PUBLISHER_ENV, SMALL, DaemonProcess, StandIns
 from bridge.sim.stream.rtp_taps import ReceiveFaults
@@ -155,14 +155,14 @@ async def test_relay_is_the_default_and_carries_a_lip_synced_turn(
     assert relay["keyframes"] >= 1 and relay["video_sent"] > 50 and relay["audio_sent"] > 100
     # libwebrtc sends LiveKit's h360 preset, 20 fps from the renderer's 30: frames 33 and 67 ms
     # apart, which Chromium shows without a cadence, so the relay keeps its full video hold
-    # (bridge/relay/cadence.py); unless its frame dropper made a steadier stream of it.
+    # (bridge/cadence.py); unless its frame dropper made a steadier stream of it.
     cadence = relay["video_cadence"]
     print(f"{codec}: relay cadence {cadence}")
     assert cadence["frame_deviation_ms"] is not None, cadence
     if cadence["frame_deviation_ms"] > 1000 * UNSTEADY_ABOVE_S:
         assert not cadence["steady"], cadence
     hold = setting_default(OutputConfig, "relay_video_hold_ms")
-    allowance = setting_default(OutputConfig, "relay_video_cadence_allowance_ms")
+    allowance = setting_default(OutputConfig, "video_cadence_allowance_ms")
     assert cadence["hold_ms"] == hold - (allowance if cadence["steady"] else 0), cadence
     metrics = await asyncio.to_thread(daemon.metrics)
     assert any(k.startswith("bridge_media_path_total") and 'path="relay"' in k for k in metrics)

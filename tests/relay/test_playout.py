@@ -125,7 +125,7 @@ def test_offset_adds_to_the_hold() -> None:
 
 
 def test_a_new_offset_applies_to_later_packets_without_reordering() -> None:
-    """The cadence hold (bridge/relay/cadence.py) moves the video's offset mid-stream: what
+    """The cadence hold (bridge/cadence.py) moves the video's offset mid-stream: what
     waits keeps its deadline, the next frame takes the new one, never before its predecessor."""
     buf: PlayoutBuffer[Pkt] = PlayoutBuffer(90_000, 0.03, offset_s=0.018)
     buf.push(Pkt(1, 0), 5.0)

@@ -1,4 +1,4 @@
-"""The relay's video hold by the forwarded frames' cadence (bridge/relay/cadence.py), without
+"""The relay's video hold by the forwarded frames' cadence (bridge/cadence.py), without
 sockets: frame durations in, the hold out."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from bridge.relay.cadence import FRAMES, STEADY_BELOW_S, UNSTEADY_ABOVE_S, CadenceHold
+from bridge.cadence import FRAMES, STEADY_BELOW_S, UNSTEADY_ABOVE_S, CadenceHold
 
 HOLD_MS, ALLOWANCE_MS = 18.0, 8.0
 

@@ -1,7 +1,8 @@
-"""The relay's video hold by the forwarded frames' cadence, sans-I/O.
+"""The video hold by the cadence of the frames sent to the call, sans-I/O (both media paths).
 
-The relay holds video ``relay_video_hold_ms`` behind its audio because a browser viewer's audio
-jitter buffer holds sound longer than its video path holds a picture (docs/sync.md). How long
+Both paths hold video behind its audio (the relay ``relay_video_hold_ms``, the transcode path
+``video_delay_ms`` plus what it follows), partly because a browser viewer's audio jitter buffer
+holds sound longer than its video path holds a picture (docs/sync.md). How long
 the picture path takes depends on the frames' timing, as Chromium renders a remote WebRTC track
 (media/filters/video_renderer_algorithm.cc, video_cadence_estimator.cc, read in docs/sync.md):
 
@@ -14,9 +15,11 @@ the picture path takes depends on the frames' timing, as Chromium renders a remo
   Such a stream is shown either on time or 16.7 ms later (measured: 30 fps streams sat 5-18 ms
   later at the viewer than a 20 fps libwebrtc one, per run; docs/sync.md).
 
-So for a steady stream the hold is lowered by ``allowance_ms``: half a 60 Hz vsync puts both of
-Chromium's cases the same distance from the sound. Steadiness is judged from the RTP timestamps
-(the viewer's render times keep their spacing) with Chromium's own thresholds and hysteresis: the
+So for a steady stream the hold is lowered by ``allowance_ms``
+(``output.video_cadence_allowance_ms``): half a 60 Hz vsync puts both of Chromium's cases the
+same distance from the sound. Steadiness is judged from the frames' timestamps as sent (the
+relay's RTP timestamps, the transcode path's pts; the viewer's render times keep their spacing)
+with Chromium's own thresholds and hysteresis: the
 standard deviation of the last ``FRAMES`` frame durations below 0.45 of a vsync is steady, above
 0.55 is not, in between the verdict stands.
 """
@@ -24,7 +27,7 @@ standard deviation of the last ``FRAMES`` frame durations below 0.45 of a vsync 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 __all__ = ["FRAMES", "CadenceHold"]
 
@@ -52,10 +55,10 @@ class CadenceHold:
     def hold_ms(self) -> float:
         return self.base_ms - self.allowance_ms if self.steady else self.base_ms
 
-    def update(self, durations_s: Sequence[float]) -> float | None:
-        if self.allowance_ms <= 0 or len(durations_s) < FRAMES:
+    def update(self, durations_s: Iterable[float]) -> float | None:
+        recent = list(durations_s)[-FRAMES:]
+        if self.allowance_ms <= 0 or len(recent) < FRAMES:
             return None
-        recent = durations_s[-FRAMES:]
         mean = sum(recent) / len(recent)  # by hand: statistics' exact arithmetic is slow
         deviation = math.sqrt(sum((d - mean) ** 2 for d in recent) / len(recent))
         self.deviation_ms = 1000 * deviation
