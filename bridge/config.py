@@ -181,7 +181,7 @@ class OutputConfig(_Section):
         "Beyond it the oldest audio is dropped and counted (docs/sync.md).",
     )
     video_delay_ms: float = Field(
-        70.0,
+        65.0,
         ge=0,
         le=1000,
         description="Transcode path: hold video this long after arrival, plus the downlink's "
