@@ -12,6 +12,7 @@ from bridge.sim.livekit_server import SyntheticVideoTrack, ToneAudioTrack
 
 
 def _publisher(height: int, max_fps: float | None) -> SdkAvatarPublisher:
+    # Built inside a running loop (the tests are async), as the stand-in builds it.
     width = height * 16 // 9
     return SdkAvatarPublisher(
         SyntheticVideoTrack(width, height, fps=30),
@@ -23,13 +24,13 @@ def _publisher(height: int, max_fps: float | None) -> SdkAvatarPublisher:
     )
 
 
-def test_no_cap_leaves_the_sdks_preset() -> None:
+async def test_no_cap_leaves_the_sdks_preset() -> None:
     opts = _publisher(360, None)._video_options(rtc.VideoCodec.VP8)
     assert opts.simulcast and opts.video_codec == rtc.VideoCodec.VP8
     assert not opts.HasField("video_encoding")
 
 
-def test_a_cap_sets_the_frame_rate_and_the_presets_bitrate() -> None:
+async def test_a_cap_sets_the_frame_rate_and_the_presets_bitrate() -> None:
     small = _publisher(360, 30)._video_options(rtc.VideoCodec.H264)
     assert small.video_encoding.max_framerate == 30
     assert small.video_encoding.max_bitrate == 450_000  # livekit-client's h360
