@@ -216,9 +216,9 @@ class OutputConfig(_Section):
         description="On the relay path, hold video packets this long so a viewer presents them "
         "aligned with the audio (a browser's audio jitter buffer holds audio longer than its "
         "video path holds a picture; measured with a libwebrtc-published avatar, as "
-        "LiveAvatar's is, in docs/sync.md).",
+        "LiveAvatar's is, in docs/sync.md); less video_cadence_allowance_ms while the "
+        "frames are steadily timed.",
     )
-
     relay_align_by_sr: bool = Field(
         True,
         description="On the relay path, align the paced audio and video by the avatar's "
