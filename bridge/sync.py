@@ -260,13 +260,13 @@ class VideoAlignment:
     out almost at once. The hold is ``base_ms`` (a fixed part) plus the receivers' current
     difference, audio minus video, plus ``publisher_queue_ms`` (the Stream SDK's PCM queue, set
     by the sync stage from :class:`PacerQueue`), clamped to ``[0, max_ms]``. Until the audio
-    receiver is measured it is ``base_ms`` alone, and always with ``follow=False`` (the
-    receivers are then measured only, for the logs)."""
+    receiver is measured it is the base alone, and always with ``follow=False`` (the
+    receivers are then measured only, for the logs). The base is ``base_ms``, less
+    ``cadence_allowance_ms`` while the frames written are steadily timed (:meth:`written`)."""
 
     def __init__(
         self, base_ms: float, max_ms: float, *, follow: bool = True, cadence_allowance_ms: float = 0
     ) -> None:
-        self.base_ms = base_ms
         self.follow = follow
         self.max_ms = max(0.0, max_ms)
         # The base, less the allowance while the frames written are steadily timed (a viewer's
